@@ -1,0 +1,194 @@
+//! The one interface every IKE (or no-IKE) backend implements.
+//!
+//! A pass of the daemon is `observe` → `plan` → `apply` → `status`:
+//! - [`Backend::observe`] reads what the IKE daemon or the kernel holds now (I/O);
+//! - [`Backend::plan`] compares it with the desired state and returns the minimal list of
+//!   actions (pure, unit-tested without root);
+//! - [`Backend::apply`] carries the actions out (I/O) and reports per-tunnel failures;
+//! - [`Backend::status`] derives each tunnel's live state from an observation (pure).
+//!
+//! Backends must never touch state they did not create, and must never replace an
+//! established SA that is still wanted: `plan` on an unchanged desired state and an
+//! observation of a converged system returns no actions.
+
+pub mod dry_run;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::future::Future;
+
+use thiserror::Error;
+use tokio::sync::mpsc;
+
+use crate::model::Desired;
+
+/// Which backend `--ike-daemon` selects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackendKind {
+    StrongSwan,
+    Libreswan,
+    /// `--ike-daemon=none`: static keys programmed straight into kernel XFRM.
+    None,
+}
+
+impl BackendKind {
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "strongswan" => Some(Self::StrongSwan),
+            "libreswan" => Some(Self::Libreswan),
+            "none" => Some(Self::None),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::StrongSwan => "strongswan",
+            Self::Libreswan => "libreswan",
+            Self::None => "none",
+        }
+    }
+}
+
+impl fmt::Display for BackendKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A backend failure that stops a whole pass (the IKE daemon is unreachable, netlink refused
+/// the socket). Per-tunnel failures go in [`ApplyReport::errors`] instead. Messages must never
+/// contain a secret: wrap netlink errors, which echo the request.
+#[derive(Debug, Error)]
+pub enum BackendError {
+    #[error("{what}: {detail}")]
+    Io { what: String, detail: String },
+    #[error("{0} is not available: {1}")]
+    Unavailable(String, String),
+    #[error("timed out after {secs} seconds trying to {what}")]
+    Timeout { what: String, secs: u64 },
+}
+
+/// Live state of one tunnel as a backend sees it; written to `external_ids:ipsec-state`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LiveState {
+    /// Configured, nothing observed yet (or the backend cannot tell).
+    Configured,
+    /// Loaded; IKE or the first Child SA is being negotiated.
+    Negotiating,
+    /// Every connection of the tunnel has an established Child SA (or installed SAs).
+    Up,
+    /// Loaded but not established, and not currently negotiating.
+    Down,
+    /// The backend failed to apply this tunnel; see `LiveStatus::error`.
+    Error,
+}
+
+impl LiveState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Configured => "configured",
+            Self::Negotiating => "negotiating",
+            Self::Up => "up",
+            Self::Down => "down",
+            Self::Error => "error",
+        }
+    }
+}
+
+impl fmt::Display for LiveState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What a backend reports about one tunnel, for OVSDB status and `tunnels/show`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LiveStatus {
+    pub state: LiveState,
+    /// Why the state is `Error` or `Down`; never a secret.
+    pub error: Option<String>,
+    /// Connections (or SA pairs) that are established, by name.
+    pub active: Vec<String>,
+    /// Extra lines for `tunnels/show`, grouped under a heading each (e.g. "Kernel policies
+    /// installed"), already redacted.
+    pub details: Vec<(String, Vec<String>)>,
+}
+
+impl LiveStatus {
+    pub fn new(state: LiveState) -> Self {
+        Self {
+            state,
+            error: None,
+            active: Vec::new(),
+            details: Vec::new(),
+        }
+    }
+}
+
+/// The result of [`Backend::apply`]: tunnels whose actions failed, with the reason.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ApplyReport {
+    pub errors: BTreeMap<String, String>,
+    /// Number of actions carried out (for logs and benchmarks).
+    pub applied: usize,
+}
+
+/// Something happened in the IKE daemon or the kernel that may change a tunnel's state
+/// (a VICI `child-updown` event, a netlink notification, the daemon restarted).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BackendEvent {
+    /// Observe again and update status; no new plan is needed.
+    StateChanged,
+    /// The IKE daemon went away and came back: plan and apply again from scratch.
+    DaemonRestarted,
+}
+
+/// Options common to every backend, from the command line.
+#[derive(Debug, Clone, Default)]
+pub struct StartOptions {
+    /// Restart the IKE daemon at start-up (false with `--no-restart-ike-daemon`).
+    pub restart_ike_daemon: bool,
+}
+
+/// One IPsec backend. See the module documentation for the contract.
+pub trait Backend: Send + 'static {
+    /// What [`Backend::observe`] returns: parsed `ipsec status`, VICI `list-sas`, an XFRM dump.
+    type Observed: Send + Sync + Default + 'static;
+    /// One step of a plan; `Display` gives the log line ("load conn tun-in-2").
+    type Action: fmt::Display + fmt::Debug + Send + 'static;
+
+    fn kind(&self) -> BackendKind;
+
+    /// Called once before the first pass.
+    fn start(
+        &mut self,
+        opts: &StartOptions,
+    ) -> impl Future<Output = Result<(), BackendError>> + Send;
+
+    /// Reads the current state of the IKE daemon or the kernel.
+    fn observe(&mut self) -> impl Future<Output = Result<Self::Observed, BackendError>> + Send;
+
+    /// Pure: the actions that make `observed` match `desired`. Empty when converged.
+    fn plan(&self, desired: &Desired, observed: &Self::Observed) -> Vec<Self::Action>;
+
+    /// Carries out `actions`. Per-tunnel failures go in the report; only failures that make
+    /// the whole backend unusable are errors.
+    fn apply(
+        &mut self,
+        desired: &Desired,
+        actions: Vec<Self::Action>,
+    ) -> impl Future<Output = Result<ApplyReport, BackendError>> + Send;
+
+    /// Pure: the live state of every desired tunnel, by name.
+    fn status(&self, desired: &Desired, observed: &Self::Observed) -> BTreeMap<String, LiveStatus>;
+
+    /// `exit` with cleanup: remove everything this monitor created.
+    fn cleanup(&mut self) -> impl Future<Output = Result<(), BackendError>> + Send;
+
+    /// Events that should trigger a new observation; `None` when the backend has none and
+    /// relies on the periodic pass.
+    fn events(&mut self) -> Option<mpsc::Receiver<BackendEvent>> {
+        None
+    }
+}

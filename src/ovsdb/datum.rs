@@ -1,0 +1,305 @@
+//! OVSDB values (RFC 7047 §5.1): atoms, sets and maps in their JSON encodings.
+//!
+//! A column value is a bare atom, `["set", [...]]`, or `["map", [[k, v], ...]]`; a set of one
+//! element may be sent as the bare atom. We keep every value as a set or a map and offer typed
+//! views for the few shapes the monitor reads.
+
+use std::collections::BTreeMap;
+
+use serde_json::{Value, json};
+use thiserror::Error;
+
+#[derive(Debug, Error, PartialEq)]
+pub enum DatumError {
+    #[error("not an OVSDB atom: {0}")]
+    Atom(String),
+    #[error("not an OVSDB datum: {0}")]
+    Datum(String),
+}
+
+/// One OVSDB atom.
+#[derive(Debug, Clone, PartialEq, PartialOrd)]
+pub enum Atom {
+    String(String),
+    Integer(i64),
+    Real(f64),
+    Boolean(bool),
+    Uuid(String),
+    NamedUuid(String),
+}
+
+impl Atom {
+    pub fn from_json(v: &Value) -> Result<Self, DatumError> {
+        match v {
+            Value::String(s) => Ok(Atom::String(s.clone())),
+            Value::Bool(b) => Ok(Atom::Boolean(*b)),
+            Value::Number(n) => match n.as_i64() {
+                Some(i) => Ok(Atom::Integer(i)),
+                None => n
+                    .as_f64()
+                    .map(Atom::Real)
+                    .ok_or_else(|| DatumError::Atom(v.to_string())),
+            },
+            Value::Array(a) => match (a.first().and_then(Value::as_str), a.get(1), a.len()) {
+                (Some("uuid"), Some(Value::String(u)), 2) => Ok(Atom::Uuid(u.clone())),
+                (Some("named-uuid"), Some(Value::String(u)), 2) => Ok(Atom::NamedUuid(u.clone())),
+                _ => Err(DatumError::Atom(v.to_string())),
+            },
+            _ => Err(DatumError::Atom(v.to_string())),
+        }
+    }
+
+    pub fn to_json(&self) -> Value {
+        match self {
+            Atom::String(s) => json!(s),
+            Atom::Integer(i) => json!(i),
+            Atom::Real(r) => json!(r),
+            Atom::Boolean(b) => json!(b),
+            Atom::Uuid(u) => json!(["uuid", u]),
+            Atom::NamedUuid(u) => json!(["named-uuid", u]),
+        }
+    }
+
+    pub fn as_str(&self) -> Option<&str> {
+        match self {
+            Atom::String(s) => Some(s),
+            _ => None,
+        }
+    }
+}
+
+/// One OVSDB column value.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Datum {
+    Set(Vec<Atom>),
+    Map(Vec<(Atom, Atom)>),
+}
+
+impl Default for Datum {
+    fn default() -> Self {
+        Datum::Set(Vec::new())
+    }
+}
+
+impl Datum {
+    pub fn from_json(v: &Value) -> Result<Self, DatumError> {
+        if let Value::Array(a) = v {
+            match (a.first().and_then(Value::as_str), a.get(1), a.len()) {
+                (Some("set"), Some(Value::Array(items)), 2) => {
+                    return items
+                        .iter()
+                        .map(Atom::from_json)
+                        .collect::<Result<_, _>>()
+                        .map(Datum::Set);
+                }
+                (Some("map"), Some(Value::Array(pairs)), 2) => {
+                    return pairs
+                        .iter()
+                        .map(|p| match p.as_array().map(Vec::as_slice) {
+                            Some([k, v]) => Ok((Atom::from_json(k)?, Atom::from_json(v)?)),
+                            _ => Err(DatumError::Datum(p.to_string())),
+                        })
+                        .collect::<Result<_, _>>()
+                        .map(Datum::Map);
+                }
+                _ => {}
+            }
+        }
+        Atom::from_json(v).map(|a| Datum::Set(vec![a]))
+    }
+
+    pub fn to_json(&self) -> Value {
+        match self {
+            Datum::Set(atoms) if atoms.len() == 1 => atoms[0].to_json(),
+            Datum::Set(atoms) => {
+                json!(["set", atoms.iter().map(Atom::to_json).collect::<Vec<_>>()])
+            }
+            Datum::Map(pairs) => json!([
+                "map",
+                pairs
+                    .iter()
+                    .map(|(k, v)| json!([k.to_json(), v.to_json()]))
+                    .collect::<Vec<_>>()
+            ]),
+        }
+    }
+
+    /// A string map as `["map", ...]`, for transactions.
+    pub fn string_map<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> Value {
+        let pairs: Vec<Value> = pairs.into_iter().map(|(k, v)| json!([k, v])).collect();
+        json!(["map", pairs])
+    }
+
+    /// A set of strings as `["set", ...]`, for transactions.
+    pub fn string_set<'a>(items: impl IntoIterator<Item = &'a str>) -> Value {
+        json!(["set", items.into_iter().collect::<Vec<_>>()])
+    }
+
+    /// The single string of a scalar string column.
+    pub fn as_str(&self) -> Option<&str> {
+        match self {
+            Datum::Set(a) if a.len() == 1 => a[0].as_str(),
+            _ => None,
+        }
+    }
+
+    /// The value of an optional integer column (`ofport`).
+    pub fn as_opt_int(&self) -> Option<i64> {
+        match self {
+            Datum::Set(a) if a.len() == 1 => match a[0] {
+                Atom::Integer(i) => Some(i),
+                _ => None,
+            },
+            _ => None,
+        }
+    }
+
+    /// The value of an optional boolean column (`cfm_fault`).
+    pub fn as_opt_bool(&self) -> Option<bool> {
+        match self {
+            Datum::Set(a) if a.len() == 1 => match a[0] {
+                Atom::Boolean(b) => Some(b),
+                _ => None,
+            },
+            _ => None,
+        }
+    }
+
+    /// A string-to-string map; non-string pairs are skipped. An empty set is an empty map.
+    pub fn as_string_map(&self) -> BTreeMap<String, String> {
+        match self {
+            Datum::Map(pairs) => pairs
+                .iter()
+                .filter_map(|(k, v)| Some((k.as_str()?.to_owned(), v.as_str()?.to_owned())))
+                .collect(),
+            Datum::Set(_) => BTreeMap::new(),
+        }
+    }
+
+    /// Applies an `update2` "modify" diff (RFC 7047 extension, ovsdb-server(7)): for a set the
+    /// diff is the symmetric difference; for a map, a pair with a new key is added, a pair equal
+    /// to the existing one is removed, a pair with a new value for an existing key replaces it.
+    /// Scalar columns (`min == max == 1`) are replaced, which the caller decides by `scalar`.
+    pub fn apply_diff(&mut self, diff: Datum, scalar: bool) {
+        if scalar {
+            *self = diff;
+            return;
+        }
+        match (self, diff) {
+            (Datum::Map(cur), Datum::Map(d)) => {
+                for (k, v) in d {
+                    match cur.iter().position(|(ck, _)| *ck == k) {
+                        Some(i) if cur[i].1 == v => {
+                            cur.remove(i);
+                        }
+                        Some(i) => cur[i].1 = v,
+                        None => cur.push((k, v)),
+                    }
+                }
+            }
+            (cur @ Datum::Set(_), Datum::Map(d)) => {
+                // An empty map arrives as an empty set; a diff against it just adds pairs.
+                *cur = Datum::Map(d);
+            }
+            (Datum::Set(cur), Datum::Set(d)) => {
+                for a in d {
+                    match cur.iter().position(|c| *c == a) {
+                        Some(i) => {
+                            cur.remove(i);
+                        }
+                        None => cur.push(a),
+                    }
+                }
+            }
+            (cur @ Datum::Map(_), d @ Datum::Set(_)) => {
+                // An empty-set diff against a map changes nothing; anything else is malformed,
+                // and the full value is the best we can do.
+                if !matches!(&d, Datum::Set(v) if v.is_empty()) {
+                    *cur = d;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn d(v: Value) -> Datum {
+        Datum::from_json(&v).unwrap()
+    }
+
+    #[test]
+    fn decodes_every_shape() {
+        assert_eq!(d(json!("gre")).as_str(), Some("gre"));
+        assert_eq!(d(json!(["set", []])).as_opt_int(), None);
+        assert_eq!(d(json!(5)).as_opt_int(), Some(5));
+        assert_eq!(d(json!(true)).as_opt_bool(), Some(true));
+        assert_eq!(
+            d(json!(["map", [["psk", "x"], ["remote_ip", "1.2.3.4"]]])).as_string_map(),
+            BTreeMap::from([
+                ("psk".into(), "x".into()),
+                ("remote_ip".into(), "1.2.3.4".into())
+            ])
+        );
+        assert_eq!(
+            d(json!(["uuid", "abc"])),
+            Datum::Set(vec![Atom::Uuid("abc".into())])
+        );
+        assert!(Datum::from_json(&json!({"a": 1})).is_err());
+        assert!(Datum::from_json(&json!(["map", [["a"]]])).is_err());
+    }
+
+    #[test]
+    fn json_round_trip() {
+        for v in [
+            json!("x"),
+            json!(["set", [1, 2]]),
+            json!(["map", [["a", "b"]]]),
+            json!(["set", []]),
+            json!(["uuid", "u"]),
+        ] {
+            assert_eq!(d(v.clone()).to_json(), v);
+        }
+    }
+
+    #[test]
+    fn map_diff_adds_changes_and_removes() {
+        let mut m = d(json!(["map", [["a", "1"], ["b", "2"]]]));
+        m.apply_diff(
+            d(json!(["map", [["a", "1"], ["b", "3"], ["c", "4"]]])),
+            false,
+        );
+        assert_eq!(
+            m.as_string_map(),
+            BTreeMap::from([("b".into(), "3".into()), ("c".into(), "4".into())])
+        );
+    }
+
+    #[test]
+    fn map_diff_against_empty_set() {
+        let mut m = d(json!(["set", []]));
+        m.apply_diff(d(json!(["map", [["a", "1"]]])), false);
+        assert_eq!(
+            m.as_string_map(),
+            BTreeMap::from([("a".into(), "1".into())])
+        );
+    }
+
+    #[test]
+    fn set_diff_is_symmetric_difference() {
+        let mut s = d(json!(5));
+        s.apply_diff(d(json!(["set", [5, 6]])), false);
+        assert_eq!(s.as_opt_int(), Some(6));
+        s.apply_diff(d(json!(6)), false);
+        assert_eq!(s.as_opt_int(), None);
+    }
+
+    #[test]
+    fn scalar_diff_replaces() {
+        let mut s = d(json!("old"));
+        s.apply_diff(d(json!("new")), true);
+        assert_eq!(s.as_str(), Some("new"));
+    }
+}

@@ -1,0 +1,233 @@
+//! The local copy of the monitored rows, kept current by `update`, `update2` and `update3`
+//! notifications.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde_json::Value;
+use thiserror::Error;
+
+use super::datum::{Datum, DatumError};
+
+#[derive(Debug, Error, PartialEq)]
+pub enum UpdateError {
+    #[error("table-updates is not an object")]
+    NotObject,
+    #[error("row update for {table} {uuid} is malformed: {detail}")]
+    Row {
+        table: String,
+        uuid: String,
+        detail: String,
+    },
+    #[error(transparent)]
+    Datum(#[from] DatumError),
+}
+
+/// One row: column name → value. Columns not monitored are absent.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Row {
+    pub columns: BTreeMap<String, Datum>,
+}
+
+static EMPTY: Datum = Datum::Set(Vec::new());
+
+impl Row {
+    /// The column's value; an absent column reads as the empty set.
+    pub fn get(&self, column: &str) -> &Datum {
+        self.columns.get(column).unwrap_or(&EMPTY)
+    }
+
+    fn from_json(v: &Value) -> Result<Self, UpdateError> {
+        let obj = v.as_object().ok_or(UpdateError::NotObject)?;
+        let columns = obj
+            .iter()
+            .map(|(k, v)| Ok((k.clone(), Datum::from_json(v)?)))
+            .collect::<Result<_, UpdateError>>()?;
+        Ok(Row { columns })
+    }
+}
+
+/// Rows by table, then by UUID.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Replica {
+    tables: BTreeMap<String, BTreeMap<String, Row>>,
+    /// Columns whose `update2` diff replaces the value (scalars, `min == max == 1`).
+    scalars: BTreeSet<(String, String)>,
+}
+
+impl Replica {
+    /// An empty replica; `scalars` lists the (table, column) pairs that are scalars in the
+    /// schema, which decides how `update2` diffs apply.
+    pub fn new(scalars: BTreeSet<(String, String)>) -> Self {
+        Self {
+            tables: BTreeMap::new(),
+            scalars,
+        }
+    }
+
+    pub fn table(&self, name: &str) -> impl Iterator<Item = (&str, &Row)> {
+        self.tables
+            .get(name)
+            .into_iter()
+            .flat_map(|t| t.iter().map(|(u, r)| (u.as_str(), r)))
+    }
+
+    pub fn row(&self, table: &str, uuid: &str) -> Option<&Row> {
+        self.tables.get(table)?.get(uuid)
+    }
+
+    pub fn len(&self, table: &str) -> usize {
+        self.tables.get(table).map_or(0, BTreeMap::len)
+    }
+
+    pub fn clear(&mut self) {
+        self.tables.clear();
+    }
+
+    /// Applies `<table-updates>` of a plain `monitor` (RFC 7047 §4.1.6): `new` is the whole
+    /// row, a missing `new` deletes it.
+    pub fn apply_update(&mut self, updates: &Value) -> Result<(), UpdateError> {
+        for (table, uuid, ru) in iter_updates(updates)? {
+            let t = self.tables.entry(table.to_owned()).or_default();
+            match ru.get("new") {
+                Some(new) => {
+                    t.insert(
+                        uuid.to_owned(),
+                        Row::from_json(new).map_err(|e| row_err(table, uuid, e))?,
+                    );
+                }
+                None => {
+                    t.remove(uuid);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Applies `<table-updates2>` of `monitor_cond` / `monitor_cond_since`.
+    pub fn apply_update2(&mut self, updates: &Value) -> Result<(), UpdateError> {
+        for (table, uuid, ru) in iter_updates(updates)? {
+            let (op, body) = ru
+                .as_object()
+                .and_then(|o| if o.len() == 1 { o.iter().next() } else { None })
+                .ok_or_else(|| {
+                    row_err(
+                        table,
+                        uuid,
+                        "expected exactly one of initial/insert/modify/delete",
+                    )
+                })?;
+            let t = self.tables.entry(table.to_owned()).or_default();
+            match op.as_str() {
+                "initial" | "insert" => {
+                    t.insert(
+                        uuid.to_owned(),
+                        Row::from_json(body).map_err(|e| row_err(table, uuid, e))?,
+                    );
+                }
+                "delete" => {
+                    t.remove(uuid);
+                }
+                "modify" => {
+                    let diff = Row::from_json(body).map_err(|e| row_err(table, uuid, e))?;
+                    let row = t.entry(uuid.to_owned()).or_default();
+                    for (col, d) in diff.columns {
+                        let scalar = self.scalars.contains(&(table.to_owned(), col.clone()));
+                        row.columns.entry(col).or_default().apply_diff(d, scalar);
+                    }
+                }
+                other => {
+                    return Err(row_err(
+                        table,
+                        uuid,
+                        format!("unknown row operation {other:?}"),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn row_err(table: &str, uuid: &str, detail: impl ToString) -> UpdateError {
+    UpdateError::Row {
+        table: table.to_owned(),
+        uuid: uuid.to_owned(),
+        detail: detail.to_string(),
+    }
+}
+
+type RowUpdate<'a> = (&'a str, &'a str, &'a Value);
+
+fn iter_updates(updates: &Value) -> Result<Vec<RowUpdate<'_>>, UpdateError> {
+    let tables = updates.as_object().ok_or(UpdateError::NotObject)?;
+    let mut out = Vec::new();
+    for (table, rows) in tables {
+        let rows = rows.as_object().ok_or(UpdateError::NotObject)?;
+        for (uuid, ru) in rows {
+            out.push((table.as_str(), uuid.as_str(), ru));
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn scalars() -> BTreeSet<(String, String)> {
+        [("Interface", "name"), ("Interface", "type")]
+            .iter()
+            .map(|(t, c)| (t.to_string(), c.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn update2_lifecycle() {
+        let mut r = Replica::new(scalars());
+        r.apply_update2(&json!({"Interface": {"u1": {"initial": {
+            "name": "t1", "type": "gre", "options": ["map", [["psk", "a"], ["remote_ip", "1.1.1.1"]]],
+            "ofport": ["set", []]}}}}))
+        .unwrap();
+        r.apply_update2(&json!({"Interface": {"u1": {"modify": {
+            "type": "vxlan", "options": ["map", [["psk", "b"]]], "ofport": 3}}}}))
+            .unwrap();
+        let row = r.row("Interface", "u1").unwrap();
+        assert_eq!(row.get("type").as_str(), Some("vxlan"));
+        assert_eq!(row.get("options").as_string_map()["psk"], "b");
+        assert_eq!(row.get("ofport").as_opt_int(), Some(3));
+        r.apply_update2(&json!({"Interface": {"u1": {"delete": null}}}))
+            .unwrap();
+        assert_eq!(r.len("Interface"), 0);
+    }
+
+    #[test]
+    fn plain_update_replaces_rows() {
+        let mut r = Replica::new(BTreeSet::new());
+        r.apply_update(&json!({"Interface": {"u1": {"new": {"name": "a"}}}}))
+            .unwrap();
+        r.apply_update(&json!({"Interface": {"u1": {"old": {"name": "a"}, "new": {"name": "b"}}}}))
+            .unwrap();
+        assert_eq!(
+            r.row("Interface", "u1").unwrap().get("name").as_str(),
+            Some("b")
+        );
+        r.apply_update(&json!({"Interface": {"u1": {"old": {"name": "b"}}}}))
+            .unwrap();
+        assert!(r.row("Interface", "u1").is_none());
+    }
+
+    #[test]
+    fn malformed_updates_are_errors() {
+        let mut r = Replica::new(BTreeSet::new());
+        assert!(r.apply_update2(&json!([])).is_err());
+        assert!(
+            r.apply_update2(&json!({"T": {"u": {"explode": {}}}}))
+                .is_err()
+        );
+        assert!(
+            r.apply_update2(&json!({"T": {"u": {"insert": {"c": {"x": 1}}}}}))
+                .is_err()
+        );
+    }
+}
