@@ -1,1 +1,168 @@
-//! Placeholder; filled in by its own change.
+//! Tunnel and monitor state written back to OVSDB.
+//!
+//! `external_ids` is shared: ovn-controller, CMSes and admins own most of its keys. We only
+//! ever `mutate` our own keys (never `update` the column), and only when a value differs from
+//! what the replica shows, so an unchanged pass writes nothing. This matters beyond tidiness:
+//! ovn-controller tracks `Interface:external_ids` and wakes up on every write (vswitchd omits
+//! the column, so it is not disturbed). All changes of one pass go in one transaction.
+//!
+//! Everything here is pure: [`plan`] turns the desired key values and the replica's current
+//! rows into transaction operations.
+
+pub mod keys;
+pub mod time;
+
+use std::collections::BTreeMap;
+
+use serde_json::{Value, json};
+
+use crate::backend::{LiveState, LiveStatus};
+use crate::model::rows::{InterfaceRow, OpenVSwitchRow};
+use crate::model::{Tunnel, Validity};
+use crate::ovsdb::datum::Datum;
+
+/// Our keys on one row: `Some(value)` to set, `None` to make sure the key is absent.
+pub type Keys = BTreeMap<&'static str, Option<String>>;
+
+/// The keys describing one tunnel. `live` is what the backend observed, `apply_error` a
+/// failure of the last apply for this tunnel (it wins over the observed state).
+pub fn tunnel_keys(tunnel: &Tunnel, live: Option<&LiveStatus>, apply_error: Option<&str>) -> Keys {
+    let (state, error, auth) = match &tunnel.validity {
+        Validity::Invalid(reason) => (
+            "invalid",
+            Some(reason.trim_start_matches(": ").to_owned()),
+            None,
+        ),
+        Validity::Valid(conf) => {
+            let auth = Some(conf.auth.kind().to_owned());
+            match (apply_error, live) {
+                (Some(e), _) => (LiveState::Error.as_str(), Some(e.to_owned()), auth),
+                (None, Some(l)) => (l.state.as_str(), l.error.clone(), auth),
+                (None, None) => (LiveState::Configured.as_str(), None, auth),
+            }
+        }
+    };
+    Keys::from([
+        (keys::STATE, Some(state.to_owned())),
+        (keys::ERROR, error),
+        (keys::VERSION, Some(tunnel.version.to_string())),
+        (keys::AUTH, auth),
+    ])
+}
+
+/// Keys that must be absent (a row that is no longer an IPsec tunnel, or `exit` cleanup).
+pub fn cleared(names: &[&'static str]) -> Keys {
+    names.iter().map(|k| (*k, None)).collect()
+}
+
+/// One `mutate` operation that brings `current` to `wanted` for our keys, or `None` when the
+/// row already matches. A changed value is deleted then inserted, because a map `insert`
+/// never overwrites an existing key (RFC 7047 §5.1).
+pub fn row_mutation(
+    table: &str,
+    uuid: &str,
+    current: &BTreeMap<String, String>,
+    wanted: &Keys,
+) -> Option<Value> {
+    let mut delete: Vec<&str> = Vec::new();
+    let mut insert: Vec<(&str, &str)> = Vec::new();
+    for (key, want) in wanted {
+        let have = current.get(*key);
+        match (have, want) {
+            (Some(h), Some(w)) if h == w => {}
+            (Some(_), Some(w)) => {
+                delete.push(key);
+                insert.push((key, w));
+            }
+            (None, Some(w)) => insert.push((key, w)),
+            (Some(_), None) => delete.push(key),
+            (None, None) => {}
+        }
+    }
+    if delete.is_empty() && insert.is_empty() {
+        return None;
+    }
+    let mut mutations = Vec::new();
+    if !delete.is_empty() {
+        mutations.push(json!(["external_ids", "delete", Datum::string_set(delete)]));
+    }
+    if !insert.is_empty() {
+        mutations.push(json!(["external_ids", "insert", Datum::string_map(insert)]));
+    }
+    Some(json!({
+        "op": "mutate",
+        "table": table,
+        "where": [["_uuid", "==", ["uuid", uuid]]],
+        "mutations": mutations,
+    }))
+}
+
+/// Inputs of one status pass.
+pub struct StatusInput<'a> {
+    pub interfaces: &'a [InterfaceRow],
+    pub open_vswitch: Option<&'a OpenVSwitchRow>,
+    /// Known tunnels by name (valid and invalid).
+    pub tunnels: &'a BTreeMap<String, Tunnel>,
+    pub live: &'a BTreeMap<String, LiveStatus>,
+    pub apply_errors: &'a BTreeMap<String, String>,
+    /// Our keys on the Open_vSwitch row.
+    pub monitor: Keys,
+}
+
+/// The operations of one status transaction; empty when OVSDB already shows everything.
+pub fn plan(input: &StatusInput<'_>) -> Vec<Value> {
+    let mut ops = Vec::new();
+    for row in input.interfaces {
+        let wanted = match input.tunnels.get(&row.name) {
+            Some(t) if t.uuid == row.uuid => tunnel_keys(
+                t,
+                input.live.get(&t.name),
+                input.apply_errors.get(&t.name).map(String::as_str),
+            ),
+            // Not (or no longer) an IPsec tunnel: remove whatever we wrote before.
+            _ => cleared(keys::INTERFACE),
+        };
+        ops.extend(row_mutation(
+            "Interface",
+            &row.uuid,
+            &row.external_ids,
+            &wanted,
+        ));
+    }
+    if let Some(ovs) = input.open_vswitch {
+        ops.extend(row_mutation(
+            "Open_vSwitch",
+            &ovs.uuid,
+            &ovs.external_ids,
+            &input.monitor,
+        ));
+    }
+    ops
+}
+
+/// The operations of `exit` with cleanup: remove every key we own, everywhere.
+pub fn cleanup(interfaces: &[InterfaceRow], open_vswitch: Option<&OpenVSwitchRow>) -> Vec<Value> {
+    let mut ops: Vec<Value> = interfaces
+        .iter()
+        .filter_map(|r| {
+            row_mutation(
+                "Interface",
+                &r.uuid,
+                &r.external_ids,
+                &cleared(keys::INTERFACE),
+            )
+        })
+        .collect();
+    if let Some(ovs) = open_vswitch {
+        ops.extend(row_mutation(
+            "Open_vSwitch",
+            &ovs.uuid,
+            &ovs.external_ids,
+            &cleared(keys::OPEN_VSWITCH),
+        ));
+    }
+    ops
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,211 @@
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use serde_json::json;
+
+use super::*;
+use crate::model::{Auth, Family, RawTunnel, Secret, TunnelConf, TunnelType};
+
+fn psk_tunnel(name: &str, uuid: &str, version: u64) -> Tunnel {
+    let conf = TunnelConf {
+        name: name.into(),
+        kind: TunnelType::Geneve,
+        local_ip: None,
+        remote_ip: "192.0.2.2".parse::<IpAddr>().unwrap(),
+        family: Family::V4,
+        dst_port: None,
+        auth: Auth::Psk(Secret::new("swordfish")),
+        pki: None,
+        custom: BTreeMap::new(),
+    };
+    Tunnel {
+        uuid: uuid.into(),
+        name: name.into(),
+        version,
+        validity: Validity::Valid(Arc::new(conf)),
+        raw: RawTunnel::default(),
+        ofport: None,
+        cfm_fault: None,
+    }
+}
+
+fn row(name: &str, uuid: &str, ext: &[(&str, &str)]) -> InterfaceRow {
+    InterfaceRow {
+        uuid: uuid.into(),
+        name: name.into(),
+        kind: "geneve".into(),
+        external_ids: ext
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        ..Default::default()
+    }
+}
+
+fn input<'a>(
+    interfaces: &'a [InterfaceRow],
+    tunnels: &'a BTreeMap<String, Tunnel>,
+    live: &'a BTreeMap<String, LiveStatus>,
+    errors: &'a BTreeMap<String, String>,
+) -> StatusInput<'a> {
+    StatusInput {
+        interfaces,
+        open_vswitch: None,
+        tunnels,
+        live,
+        apply_errors: errors,
+        monitor: Keys::new(),
+    }
+}
+
+#[test]
+fn new_tunnel_gets_its_keys_inserted_and_foreign_keys_untouched() {
+    let rows = [row("t1", "u1", &[("iface-id", "vm1")])];
+    let tunnels = BTreeMap::from([("t1".to_string(), psk_tunnel("t1", "u1", 1))]);
+    let (live, errors) = (BTreeMap::new(), BTreeMap::new());
+    let ops = plan(&input(&rows, &tunnels, &live, &errors));
+    assert_eq!(
+        ops,
+        vec![json!({"op": "mutate", "table": "Interface",
+            "where": [["_uuid", "==", ["uuid", "u1"]]],
+            "mutations": [["external_ids", "insert", ["map", [
+                ["ipsec-auth", "psk"], ["ipsec-state", "configured"], ["ipsec-version", "1"]]]]]})]
+    );
+}
+
+#[test]
+fn unchanged_status_writes_nothing() {
+    let rows = [row(
+        "t1",
+        "u1",
+        &[
+            ("ipsec-auth", "psk"),
+            ("ipsec-state", "up"),
+            ("ipsec-version", "3"),
+            ("other", "x"),
+        ],
+    )];
+    let tunnels = BTreeMap::from([("t1".to_string(), psk_tunnel("t1", "u1", 3))]);
+    let live = BTreeMap::from([("t1".to_string(), LiveStatus::new(LiveState::Up))]);
+    let errors = BTreeMap::new();
+    assert!(plan(&input(&rows, &tunnels, &live, &errors)).is_empty());
+}
+
+#[test]
+fn changed_value_is_deleted_then_inserted() {
+    let rows = [row(
+        "t1",
+        "u1",
+        &[
+            ("ipsec-auth", "psk"),
+            ("ipsec-state", "up"),
+            ("ipsec-version", "3"),
+        ],
+    )];
+    let tunnels = BTreeMap::from([("t1".to_string(), psk_tunnel("t1", "u1", 3))]);
+    let live = BTreeMap::new();
+    let errors = BTreeMap::from([(
+        "t1".to_string(),
+        "charon refused the connection".to_string(),
+    )]);
+    let ops = plan(&input(&rows, &tunnels, &live, &errors));
+    assert_eq!(
+        ops[0]["mutations"],
+        json!([
+            ["external_ids", "delete", ["set", ["ipsec-state"]]],
+            [
+                "external_ids",
+                "insert",
+                [
+                    "map",
+                    [
+                        ["ipsec-error", "charon refused the connection"],
+                        ["ipsec-state", "error"]
+                    ]
+                ]
+            ]
+        ])
+    );
+}
+
+#[test]
+fn invalid_tunnel_reports_reason_without_leading_colon() {
+    let mut t = psk_tunnel("t1", "u1", 2);
+    t.validity = Validity::Invalid(": 'remote_ip' is not set".into());
+    let keys = tunnel_keys(&t, None, None);
+    assert_eq!(keys[keys::STATE].as_deref(), Some("invalid"));
+    assert_eq!(keys[keys::ERROR].as_deref(), Some("'remote_ip' is not set"));
+    assert_eq!(keys[keys::AUTH], None);
+}
+
+#[test]
+fn row_that_stopped_being_a_tunnel_loses_only_our_keys() {
+    let rows = [row(
+        "t1",
+        "u1",
+        &[
+            ("ipsec-state", "up"),
+            ("ipsec-version", "1"),
+            ("iface-id", "vm"),
+        ],
+    )];
+    let tunnels = BTreeMap::new();
+    let (live, errors) = (BTreeMap::new(), BTreeMap::new());
+    let ops = plan(&input(&rows, &tunnels, &live, &errors));
+    assert_eq!(
+        ops[0]["mutations"],
+        json!([[
+            "external_ids",
+            "delete",
+            ["set", ["ipsec-state", "ipsec-version"]]
+        ]])
+    );
+}
+
+#[test]
+fn recreated_row_with_same_name_is_matched_by_uuid() {
+    // The registry still knows the old row's UUID: the new row must not get its keys yet.
+    let rows = [row("t1", "u2", &[])];
+    let tunnels = BTreeMap::from([("t1".to_string(), psk_tunnel("t1", "u1", 1))]);
+    let (live, errors) = (BTreeMap::new(), BTreeMap::new());
+    assert!(plan(&input(&rows, &tunnels, &live, &errors)).is_empty());
+}
+
+#[test]
+fn psk_never_reaches_status() {
+    let rows = [row("t1", "u1", &[])];
+    let tunnels = BTreeMap::from([("t1".to_string(), psk_tunnel("t1", "u1", 1))]);
+    let (live, errors) = (BTreeMap::new(), BTreeMap::new());
+    let ops = plan(&input(&rows, &tunnels, &live, &errors));
+    assert!(!serde_json::to_string(&ops).unwrap().contains("swordfish"));
+}
+
+#[test]
+fn cleanup_removes_every_key_we_own_and_nothing_else() {
+    let rows = [
+        row("t1", "u1", &[("ipsec-state", "up"), ("iface-id", "vm")]),
+        row("t2", "u2", &[]),
+    ];
+    let ovs = OpenVSwitchRow {
+        uuid: "o".into(),
+        other_config: BTreeMap::new(),
+        external_ids: BTreeMap::from([
+            (
+                "ipsec-monitor-backend".to_string(),
+                "strongswan".to_string(),
+            ),
+            ("system-id".to_string(), "host1".to_string()),
+        ]),
+    };
+    let ops = cleanup(&rows, Some(&ovs));
+    assert_eq!(ops.len(), 2);
+    assert_eq!(
+        ops[0]["mutations"],
+        json!([["external_ids", "delete", ["set", ["ipsec-state"]]]])
+    );
+    assert_eq!(
+        ops[1]["mutations"],
+        json!([["external_ids", "delete", ["set", ["ipsec-monitor-backend"]]]])
+    );
+}
