@@ -204,3 +204,23 @@ fn reopen_without_file_is_an_error() {
     .unwrap();
     assert!(h.reopen().is_err());
 }
+
+#[test]
+fn init_installs_the_global_subscriber_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let h = ovs_monitor_ipsec::logging::init(LogConfig {
+        log_file: Some(dir.path().join("test.log")),
+        specs: vec!["console:off".into()],
+    })
+    .unwrap();
+    // Another thread has no scoped subscriber, so it uses the global one.
+    std::thread::spawn(|| tracing::info!(target: "ovs_monitor_ipsec::status", "global"))
+        .join()
+        .unwrap();
+    assert!(lines(dir.path())[0].ends_with("|status|INFO|global"));
+    assert!(matches!(
+        ovs_monitor_ipsec::logging::init(LogConfig::default()),
+        Err(LogError::AlreadyInstalled)
+    ));
+    h.close();
+}
