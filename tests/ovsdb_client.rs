@@ -385,6 +385,12 @@ async fn fake_connection(mut stream: UnixStream, script: Script, seen: Seen) {
                     json!({"Interface": {"u1": {"initial": {"name": "t1", "type": "gre"}}}});
                 let result = match method.as_str() {
                     "get_schema" => serde_json::from_str(FAKE_SCHEMA).unwrap(),
+                    // A server that keeps history: from "txn-5" on, only u2 was added.
+                    "monitor_cond_since" if params.get(3) == Some(&json!("txn-5")) => json!([
+                        true,
+                        "txn-6",
+                        {"Interface": {"u2": {"insert": {"name": "t2", "type": "gre"}}}}
+                    ]),
                     "monitor_cond_since" => json!([false, "txn-1", initial]),
                     "monitor_cond" => initial,
                     "monitor" => {
@@ -524,4 +530,53 @@ async fn silent_server_is_probed_then_dropped() {
     }
     let first = seen.lock().unwrap()[0].clone();
     assert_eq!(first.last().unwrap()["method"], "echo");
+}
+
+#[tokio::test]
+async fn monitor_cond_since_resumes_from_the_last_update3() {
+    let dir = tempfile::tempdir().unwrap();
+    let script = Script {
+        reject: &[],
+        after_monitor: vec![notify(
+            "update3",
+            json!(["ovs-monitor-ipsec", "txn-5", {"Interface": {"u1": {"modify": {"type": "vxlan"}}}}]),
+        )],
+    };
+    let (remote, seen) = fake_server(dir.path(), script);
+    let mut c = config(&remote);
+    // The fake never answers our echo, so each connection ends after two probe intervals.
+    c.inactivity_probe = Duration::from_millis(300);
+    let (client, mut events) = Client::spawn(c);
+    assert_eq!(
+        connected(&mut events).await,
+        MonitorMethod::MonitorCondSince
+    );
+    assert_eq!(next_event(&mut events).await, DbEvent::Changed);
+    let kinds = |client: &Client| -> Vec<(String, String)> {
+        replica_tunnels(client)
+            .into_values()
+            .map(|(n, t, _)| (n, t))
+            .collect()
+    };
+    assert_eq!(kinds(&client), [("t1".into(), "vxlan".into())]);
+    assert!(matches!(
+        next_event(&mut events).await,
+        DbEvent::Disconnected { .. }
+    ));
+
+    // Found in history: only the difference arrives and lands on top of what we kept.
+    assert_eq!(
+        connected(&mut events).await,
+        MonitorMethod::MonitorCondSince
+    );
+    assert_eq!(
+        kinds(&client),
+        [("t1".into(), "vxlan".into()), ("t2".into(), "gre".into())]
+    );
+    let second = seen.lock().unwrap()[1].clone();
+    let since = second
+        .iter()
+        .find(|m| m["method"] == "monitor_cond_since")
+        .unwrap();
+    assert_eq!(since["params"][3], json!("txn-5"));
 }

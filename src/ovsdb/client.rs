@@ -255,8 +255,7 @@ impl Task {
         let mut session = match self.establish(remote).await {
             Ok(s) => s,
             Err(e) => {
-                // A failed resync may have left our transaction id behind the replica.
-                self.last_txn_id = None;
+                self.forget_txn_after(&e);
                 return Outcome::Failed(e);
             }
         };
@@ -264,11 +263,17 @@ impl Task {
         match self.follow(&mut session).await {
             Ok(()) => Outcome::Stopped,
             Err(e) => {
-                if matches!(e, OvsdbError::Update(_) | OvsdbError::Protocol { .. }) {
-                    self.last_txn_id = None;
-                }
+                self.forget_txn_after(&e);
                 Outcome::Dropped(e)
             }
+        }
+    }
+
+    /// After bad data from the server, our replica may not match any transaction id: ask for
+    /// everything next time instead of a difference.
+    fn forget_txn_after(&mut self, e: &OvsdbError) {
+        if matches!(e, OvsdbError::Update(_) | OvsdbError::Protocol { .. }) {
+            self.last_txn_id = None;
         }
     }
 
