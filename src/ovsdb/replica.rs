@@ -84,68 +84,88 @@ impl Replica {
     }
 
     /// Applies `<table-updates>` of a plain `monitor` (RFC 7047 §4.1.6): `new` is the whole
-    /// row, a missing `new` deletes it.
+    /// row, a missing `new` deletes it. All or nothing: on error the replica is unchanged.
     pub fn apply_update(&mut self, updates: &Value) -> Result<(), UpdateError> {
-        for (table, uuid, ru) in iter_updates(updates)? {
-            let t = self.tables.entry(table.to_owned()).or_default();
-            match ru.get("new") {
-                Some(new) => {
-                    t.insert(
-                        uuid.to_owned(),
-                        Row::from_json(new).map_err(|e| row_err(table, uuid, e))?,
-                    );
-                }
-                None => {
-                    t.remove(uuid);
-                }
-            }
-        }
+        let ops = iter_updates(updates)?
+            .into_iter()
+            .map(|(table, uuid, ru)| {
+                let op = match ru.get("new") {
+                    Some(new) => {
+                        RowOp::Put(Row::from_json(new).map_err(|e| row_err(table, uuid, e))?)
+                    }
+                    None => RowOp::Delete,
+                };
+                Ok((table, uuid, op))
+            })
+            .collect::<Result<Vec<_>, UpdateError>>()?;
+        self.apply_ops(ops);
         Ok(())
     }
 
-    /// Applies `<table-updates2>` of `monitor_cond` / `monitor_cond_since`.
+    /// Applies `<table-updates2>` of `monitor_cond` / `monitor_cond_since`. All or nothing:
+    /// every row update is decoded before any is applied, so a malformed one leaves the
+    /// replica unchanged.
     pub fn apply_update2(&mut self, updates: &Value) -> Result<(), UpdateError> {
-        for (table, uuid, ru) in iter_updates(updates)? {
-            let (op, body) = ru
-                .as_object()
-                .and_then(|o| if o.len() == 1 { o.iter().next() } else { None })
-                .ok_or_else(|| {
-                    row_err(
-                        table,
-                        uuid,
-                        "expected exactly one of initial/insert/modify/delete",
-                    )
-                })?;
+        let ops = iter_updates(updates)?
+            .into_iter()
+            .map(|(table, uuid, ru)| {
+                let (op, body) = ru
+                    .as_object()
+                    .and_then(|o| if o.len() == 1 { o.iter().next() } else { None })
+                    .ok_or_else(|| {
+                        row_err(
+                            table,
+                            uuid,
+                            "expected exactly one of initial/insert/modify/delete",
+                        )
+                    })?;
+                let row = || Row::from_json(body).map_err(|e| row_err(table, uuid, e));
+                let op = match op.as_str() {
+                    "initial" | "insert" => RowOp::Put(row()?),
+                    "delete" => RowOp::Delete,
+                    "modify" => RowOp::Modify(row()?),
+                    other => {
+                        return Err(row_err(
+                            table,
+                            uuid,
+                            format!("unknown row operation {other:?}"),
+                        ));
+                    }
+                };
+                Ok((table, uuid, op))
+            })
+            .collect::<Result<Vec<_>, UpdateError>>()?;
+        self.apply_ops(ops);
+        Ok(())
+    }
+
+    fn apply_ops(&mut self, ops: Vec<(&str, &str, RowOp)>) {
+        for (table, uuid, op) in ops {
             let t = self.tables.entry(table.to_owned()).or_default();
-            match op.as_str() {
-                "initial" | "insert" => {
-                    t.insert(
-                        uuid.to_owned(),
-                        Row::from_json(body).map_err(|e| row_err(table, uuid, e))?,
-                    );
+            match op {
+                RowOp::Put(row) => {
+                    t.insert(uuid.to_owned(), row);
                 }
-                "delete" => {
+                RowOp::Delete => {
                     t.remove(uuid);
                 }
-                "modify" => {
-                    let diff = Row::from_json(body).map_err(|e| row_err(table, uuid, e))?;
+                RowOp::Modify(diff) => {
                     let row = t.entry(uuid.to_owned()).or_default();
                     for (col, d) in diff.columns {
                         let scalar = self.scalars.contains(&(table.to_owned(), col.clone()));
                         row.columns.entry(col).or_default().apply_diff(d, scalar);
                     }
                 }
-                other => {
-                    return Err(row_err(
-                        table,
-                        uuid,
-                        format!("unknown row operation {other:?}"),
-                    ));
-                }
             }
         }
-        Ok(())
     }
+}
+
+/// One decoded row update, ready to apply infallibly.
+enum RowOp {
+    Put(Row),
+    Delete,
+    Modify(Row),
 }
 
 fn row_err(table: &str, uuid: &str, detail: impl ToString) -> UpdateError {
@@ -215,6 +235,24 @@ mod tests {
         r.apply_update(&json!({"Interface": {"u1": {"old": {"name": "b"}}}}))
             .unwrap();
         assert!(r.row("Interface", "u1").is_none());
+    }
+
+    #[test]
+    fn malformed_update_leaves_replica_unchanged() {
+        let mut r = Replica::new(scalars());
+        r.apply_update2(&json!({"Interface": {"u1": {"initial": {"name": "t1"}}}}))
+            .unwrap();
+        let before = r.clone();
+        // "a" sorts before "b": the good row update is decoded first, the bad one fails.
+        let bad = json!({"Interface": {
+            "a": {"insert": {"name": "t2"}},
+            "b": {"modify": {"name": {"x": 1}}},
+            "u1": {"delete": null}}});
+        assert!(r.apply_update2(&bad).is_err());
+        assert_eq!(r, before);
+        let bad_plain = json!({"Interface": {"a": {"new": {"name": "t2"}}, "b": {"new": 7}}});
+        assert!(r.apply_update(&bad_plain).is_err());
+        assert_eq!(r, before);
     }
 
     #[test]
