@@ -112,8 +112,17 @@ pub fn shown(s: &str) -> Cow<'_, str> {
     }
 }
 
+/// An interface name for a log line: as is when it passes [`interface_name`], else
+/// [`escaped`].
+pub fn shown_name(name: &str) -> Cow<'_, str> {
+    match interface_name(name) {
+        Ok(()) => Cow::Borrowed(name),
+        Err(_) => Cow::Owned(escaped(name)),
+    }
+}
+
 /// A key as reasons name it: `'remote_ip'`, or escaped when the key itself is hostile.
-fn key_label(key: &str) -> String {
+pub fn key_label(key: &str) -> String {
     let plain = !key.is_empty()
         && key.len() <= SHOWN_MAX
         && key
