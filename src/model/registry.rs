@@ -160,33 +160,24 @@ impl Registry {
             }
             Err(reason) => Some(reason),
         };
-        if pki_error.is_some() && pki_error != self.pki_error {
-            events.push(ModelEvent::GlobalPkiInvalid {
-                reason: pki_error.clone().unwrap_or_default(),
-            });
-        }
-        self.pki_error = pki_error;
-
-        let mark_error = match other_config
+        let mark = other_config
             .get("ipsec_skb_mark")
-            .map(|m| grammar::skb_mark(m))
-        {
-            None => {
-                self.global.skb_mark = None;
-                None
-            }
+            .map(|m| grammar::skb_mark(m));
+        let mark_error = match mark {
+            Some(Err(e)) => Some(e.to_string()),
             Some(Ok(mark)) => {
                 self.global.skb_mark = Some(mark);
                 None
             }
-            Some(Err(e)) => Some(e.to_string()),
+            None => {
+                self.global.skb_mark = None;
+                None
+            }
         };
-        if mark_error.is_some() && mark_error != self.mark_error {
-            events.push(ModelEvent::SkbMarkInvalid {
-                reason: mark_error.clone().unwrap_or_default(),
-            });
-        }
-        self.mark_error = mark_error;
+        let pki_event = |reason| ModelEvent::GlobalPkiInvalid { reason };
+        let mark_event = |reason| ModelEvent::SkbMarkInvalid { reason };
+        events.extend(new_error(&mut self.pki_error, pki_error, pki_event));
+        events.extend(new_error(&mut self.mark_error, mark_error, mark_event));
 
         self.global_error = match (&self.pki_error, &self.mark_error) {
             (Some(pki), Some(mark)) => Some(format!("{GLOBAL_PKI_INVALID} ({pki}); {mark}")),
@@ -283,6 +274,18 @@ impl Registry {
                 .collect(),
         }
     }
+}
+
+/// Stores `new` in `slot`; returns an event when it is an error different from the last
+/// one, so a persisting problem is logged once.
+fn new_error(
+    slot: &mut Option<String>,
+    new: Option<String>,
+    event: impl FnOnce(String) -> ModelEvent,
+) -> Option<ModelEvent> {
+    let changed = new != *slot;
+    *slot = new;
+    slot.clone().filter(|_| changed).map(event)
 }
 
 #[cfg(test)]
