@@ -1,7 +1,34 @@
 //! Certificate facts the model needs (the CN), read through a [`CertSource`] so the model
-//! stays pure. `FsCertSource` reads PEM files with x509-parser and caches by file identity.
+//! stays pure. [`FsCertSource`] reads PEM or DER files with x509-parser and caches by file
+//! identity.
+//!
+//! The Python monitor ran `openssl x509 -subject` on every OVSDB change and took the CN with a
+//! regex that needed a comma after it, so a certificate whose subject is only `CN=foo` (or
+//! ends with the CN) had "no CN". We read the subject's attributes, so the CN is found
+//! wherever it sits.
+//!
+//! The cache key is (path, device, inode, mtime, size), taken with `fstat` on the opened file
+//! so it describes exactly the bytes we read: a rewritten or replaced file is parsed again,
+//! an untouched one is not. Outcomes, failures included, are cached, since the same bytes give
+//! the same answer. Files are opened non-blocking and must be regular files of at most
+//! [`MAX_CERT_SIZE`] bytes, so a path to a FIFO or `/dev/zero` cannot stall the daemon.
 
-use std::path::Path;
+use std::collections::HashMap;
+use std::fs::{File, Metadata, OpenOptions};
+use std::io::Read;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+use thiserror::Error;
+use x509_parser::certificate::X509Certificate;
+use x509_parser::pem::Pem;
+use x509_parser::prelude::FromDer;
+
+use super::grammar::shown;
+
+/// Largest certificate file we read. Real certificates are a few KiB.
+pub const MAX_CERT_SIZE: u64 = 1 << 20;
 
 /// What the model learns from a certificate file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -15,4 +42,312 @@ pub struct CertInfo {
 /// Reads certificate facts; errors are human-readable reasons ("cannot read /x: No such file").
 pub trait CertSource {
     fn cert_info(&mut self, path: &Path) -> Result<CertInfo, String>;
+}
+
+/// Why a certificate could not give a CN. Paths are shown escaped when unusual.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum CertError {
+    #[error("cannot read '{path}': {detail}")]
+    Read { path: String, detail: String },
+    #[error("'{path}' is not a PEM or DER certificate")]
+    NotCertificate { path: String },
+    #[error("certificate '{path}' has no CN in its subject")]
+    NoCn { path: String },
+}
+
+/// The identity of the bytes behind a path, as `fstat` reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FileId {
+    dev: u64,
+    ino: u64,
+    mtime: i64,
+    mtime_nsec: i64,
+    size: u64,
+}
+
+impl FileId {
+    fn of(meta: &Metadata) -> Self {
+        Self {
+            dev: meta.dev(),
+            ino: meta.ino(),
+            mtime: meta.mtime(),
+            mtime_nsec: meta.mtime_nsec(),
+            size: meta.size(),
+        }
+    }
+}
+
+/// Reads certificates from the file system, caching each path's last outcome.
+#[derive(Debug, Default)]
+pub struct FsCertSource {
+    cache: HashMap<PathBuf, (FileId, Result<CertInfo, CertError>)>,
+}
+
+impl FsCertSource {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The CN and DER digest of the certificate at `path`, parsed again only if the file
+    /// changed since the last call.
+    pub fn read(&mut self, path: &Path) -> Result<CertInfo, CertError> {
+        let shown_path = || shown(&path.to_string_lossy()).into_owned();
+        let read_error = |e: std::io::Error| CertError::Read {
+            path: shown_path(),
+            detail: e.to_string(),
+        };
+        let file = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(path)
+            .map_err(read_error)?;
+        let meta = file.metadata().map_err(read_error)?;
+        if !meta.is_file() {
+            return Err(CertError::Read {
+                path: shown_path(),
+                detail: "not a regular file".to_owned(),
+            });
+        }
+        let id = FileId::of(&meta);
+        if let Some((cached_id, outcome)) = self.cache.get(path)
+            && *cached_id == id
+        {
+            return outcome.clone();
+        }
+        let outcome = read_limited(file)
+            .map_err(read_error)
+            .and_then(|bytes| parse(&bytes, shown_path));
+        self.cache.insert(path.to_owned(), (id, outcome.clone()));
+        outcome
+    }
+}
+
+impl CertSource for FsCertSource {
+    fn cert_info(&mut self, path: &Path) -> Result<CertInfo, String> {
+        self.read(path).map_err(|e| e.to_string())
+    }
+}
+
+/// Reads the whole file, refusing more than [`MAX_CERT_SIZE`] bytes.
+fn read_limited(file: File) -> std::io::Result<Vec<u8>> {
+    let mut bytes = Vec::new();
+    file.take(MAX_CERT_SIZE + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > MAX_CERT_SIZE {
+        return Err(std::io::Error::other("file too large for a certificate"));
+    }
+    Ok(bytes)
+}
+
+/// The first `CERTIFICATE` PEM block, or else the whole file as DER.
+fn parse(bytes: &[u8], shown_path: impl Fn() -> String) -> Result<CertInfo, CertError> {
+    let pem_der = Pem::iter_from_buffer(bytes)
+        .map_while(Result::ok)
+        .find(|pem| pem.label == "CERTIFICATE" || pem.label == "X509 CERTIFICATE")
+        .map(|pem| pem.contents);
+    let der = pem_der.as_deref().unwrap_or(bytes);
+    let cert = match X509Certificate::from_der(der) {
+        Ok(([], cert)) => cert,
+        _ => {
+            return Err(CertError::NotCertificate { path: shown_path() });
+        }
+    };
+    let cn = cert
+        .subject()
+        .iter_common_name()
+        .find_map(|attr| attr.as_str().ok())
+        .filter(|cn| !cn.is_empty())
+        .ok_or_else(|| CertError::NoCn { path: shown_path() })?;
+    Ok(CertInfo {
+        cn: cn.to_owned(),
+        sha256: Sha256::digest(der).into(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::process::Command;
+
+    /// A self-signed certificate with `subject`, made by the real `openssl`, in `dir`.
+    fn make_cert(dir: &Path, name: &str, subject: &str, der: bool) -> PathBuf {
+        let cert = dir.join(name);
+        let key = dir.join(format!("{name}.key"));
+        let mut cmd = Command::new("openssl");
+        cmd.args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+        ])
+        .args(["-subj", subject])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert);
+        if der {
+            cmd.args(["-outform", "DER"]);
+        }
+        let out = cmd
+            .output()
+            .expect("openssl must be installed (/usr/bin/openssl) for these tests");
+        assert!(
+            out.status.success(),
+            "openssl failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        cert
+    }
+
+    fn der_of(pem_path: &Path) -> Vec<u8> {
+        let out = Command::new("openssl")
+            .args(["x509", "-outform", "DER", "-in"])
+            .arg(pem_path)
+            .output()
+            .expect("openssl must be installed");
+        assert!(out.status.success());
+        out.stdout
+    }
+
+    #[test]
+    fn cn_alone_is_found() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = make_cert(dir.path(), "a.pem", "/CN=foo", false);
+        let info = FsCertSource::new().cert_info(&path).unwrap();
+        assert_eq!(info.cn, "foo");
+        let digest: [u8; 32] = Sha256::digest(der_of(&path)).into();
+        assert_eq!(info.sha256, digest);
+    }
+
+    #[test]
+    fn cn_in_the_middle_is_found() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = make_cert(dir.path(), "b.pem", "/O=x/CN=foo/OU=y", false);
+        assert_eq!(FsCertSource::new().cert_info(&path).unwrap().cn, "foo");
+    }
+
+    #[test]
+    fn der_certificate_is_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = make_cert(dir.path(), "c.der", "/O=x/CN=bar", true);
+        assert_eq!(FsCertSource::new().cert_info(&path).unwrap().cn, "bar");
+    }
+
+    #[test]
+    fn reasons() {
+        let dir = tempfile::tempdir().unwrap();
+        let no_cn = make_cert(dir.path(), "d.pem", "/O=x/OU=y", false);
+        let junk = dir.path().join("junk.pem");
+        std::fs::write(&junk, "not a certificate\n").unwrap();
+        let missing = dir.path().join("missing.pem");
+        let mut certs = FsCertSource::new();
+        assert_eq!(
+            certs.cert_info(&no_cn).unwrap_err(),
+            format!("certificate '{}' has no CN in its subject", no_cn.display())
+        );
+        assert_eq!(
+            certs.cert_info(&junk).unwrap_err(),
+            format!("'{}' is not a PEM or DER certificate", junk.display())
+        );
+        assert_eq!(
+            certs.cert_info(&missing).unwrap_err(),
+            format!(
+                "cannot read '{}': No such file or directory (os error 2)",
+                missing.display()
+            )
+        );
+        let err = certs.cert_info(dir.path()).unwrap_err();
+        assert!(err.ends_with("not a regular file"), "{err}");
+    }
+
+    #[test]
+    fn a_private_key_is_not_a_certificate_and_is_not_echoed() {
+        let dir = tempfile::tempdir().unwrap();
+        let cert = make_cert(dir.path(), "e.pem", "/CN=foo", false);
+        let key = dir.path().join("e.pem.key");
+        let err = FsCertSource::new().cert_info(&key).unwrap_err();
+        assert!(err.contains("is not a PEM or DER certificate"), "{err}");
+        assert!(!err.contains("PRIVATE") && err.len() < 200, "{err}");
+        // A bundle with the key first still yields the certificate.
+        let bundle = dir.path().join("bundle.pem");
+        let mut text = std::fs::read(&key).unwrap();
+        text.extend(std::fs::read(&cert).unwrap());
+        std::fs::write(&bundle, text).unwrap();
+        assert_eq!(FsCertSource::new().cert_info(&bundle).unwrap().cn, "foo");
+    }
+
+    #[test]
+    fn cache_follows_file_identity() {
+        let dir = tempfile::tempdir().unwrap();
+        let foo = make_cert(dir.path(), "foo.pem", "/CN=foo", false);
+        let bar = make_cert(dir.path(), "bar.pem", "/CN=bar", false);
+        let path = dir.path().join("peer.pem");
+        std::fs::copy(&foo, &path).unwrap();
+        let mut certs = FsCertSource::new();
+        assert_eq!(certs.cert_info(&path).unwrap().cn, "foo");
+        assert_eq!(certs.cache.len(), 1);
+        // Same file, same answer from the cache.
+        assert_eq!(certs.cert_info(&path).unwrap().cn, "foo");
+        // Replaced by rename (new inode): parsed again.
+        let tmp = dir.path().join("peer.tmp");
+        std::fs::copy(&bar, &tmp).unwrap();
+        std::fs::rename(&tmp, &path).unwrap();
+        assert_eq!(certs.cert_info(&path).unwrap().cn, "bar");
+        // Deleted: the cache must not hide it.
+        std::fs::remove_file(&path).unwrap();
+        assert!(
+            certs
+                .cert_info(&path)
+                .unwrap_err()
+                .starts_with("cannot read")
+        );
+    }
+
+    #[test]
+    fn oversized_and_odd_paths_are_refused_and_escaped() {
+        let dir = tempfile::tempdir().unwrap();
+        let big = dir.path().join("big.pem");
+        std::fs::write(&big, vec![b'a'; MAX_CERT_SIZE as usize + 1]).unwrap();
+        let err = FsCertSource::new().cert_info(&big).unwrap_err();
+        assert!(err.contains("too large"), "{err}");
+        let odd = dir.path().join("a\nb.pem");
+        let err = FsCertSource::new().cert_info(&odd).unwrap_err();
+        assert!(!err.contains('\n') && err.contains("\\n"), "{err}");
+    }
+}
+
+/// A [`CertSource`] for tests: CNs by path, and a count of lookups.
+#[cfg(test)]
+pub(crate) mod fake {
+    use super::*;
+
+    #[derive(Debug, Default)]
+    pub(crate) struct FakeCerts {
+        pub cns: HashMap<PathBuf, String>,
+        pub lookups: usize,
+    }
+
+    impl FakeCerts {
+        pub fn with(certs: &[(&str, &str)]) -> Self {
+            Self {
+                cns: certs
+                    .iter()
+                    .map(|(p, cn)| (PathBuf::from(p), (*cn).to_owned()))
+                    .collect(),
+                lookups: 0,
+            }
+        }
+    }
+
+    impl CertSource for FakeCerts {
+        fn cert_info(&mut self, path: &Path) -> Result<CertInfo, String> {
+            self.lookups += 1;
+            match self.cns.get(path) {
+                Some(cn) => Ok(CertInfo {
+                    cn: cn.clone(),
+                    sha256: Sha256::digest(cn.as_bytes()).into(),
+                }),
+                None => Err(format!(
+                    "cannot read '{}': No such file or directory (os error 2)",
+                    path.display()
+                )),
+            }
+        }
+    }
 }
