@@ -9,6 +9,7 @@
 //! - [`status`]: the per-tunnel state written back to OVSDB, only our keys, only on change;
 //! - [`control`]: the unixctl server (`ovs-appctl -t ovs-monitor-ipsec ...`) and our client.
 
+pub mod app;
 pub mod backend;
 pub mod cli;
 pub mod control;

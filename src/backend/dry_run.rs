@@ -38,8 +38,8 @@ pub enum DryAction {
 impl fmt::Display for DryAction {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            DryAction::Load(c) => write!(f, "load connection {c}"),
-            DryAction::Unload(c) => write!(f, "unload connection {c}"),
+            DryAction::Load(c) => write!(f, "dry run: would load connection {c}"),
+            DryAction::Unload(c) => write!(f, "dry run: would unload connection {c}"),
         }
     }
 }

@@ -1,0 +1,334 @@
+//! The main loop: reacts to OVSDB changes, control commands, backend events, signals and the
+//! periodic timer. It owns the registry, the last pass outcome and the backend.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
+use tokio::time::{Interval, MissedTickBehavior, interval_at};
+use tracing::{Level, debug, error, info, warn};
+
+use super::monitor_keys::MonitorKeys;
+use super::pass::{self, PassOutcome};
+use crate::backend::{Backend, BackendEvent, StartOptions};
+use crate::control::show;
+use crate::control::{AppCommand, ControlRequest};
+use crate::daemon::Daemon;
+use crate::daemon::{SignalEvent, Signals};
+use crate::logging::LogHandle;
+use crate::model::cert::FsCertSource;
+use crate::model::registry::{ModelEvent, Registry};
+use crate::model::{Desired, Tunnel, rows};
+use crate::ovsdb::client::{Client, DbEvent};
+use crate::status;
+
+/// How the loop ended; decides the exit code and what is left behind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    /// `exit`: everything we created was removed.
+    Cleanup,
+    /// `exit --no-cleanup`, SIGTERM or SIGINT: IPsec state left in place.
+    NoCleanup,
+}
+
+/// Why the loop should act after an event.
+#[derive(Debug, Default, Clone, Copy)]
+struct Work {
+    /// OVSDB changed: rebuild the model.
+    model: bool,
+    /// Run a backend pass.
+    pass: bool,
+    /// Recompute and write status.
+    status: bool,
+}
+
+pub struct EventLoop<B: Backend> {
+    backend: B,
+    client: Client,
+    db_events: mpsc::UnboundedReceiver<DbEvent>,
+    control: mpsc::Receiver<ControlRequest>,
+    backend_events: Option<mpsc::Receiver<BackendEvent>>,
+    signals: Signals,
+    daemon: Daemon,
+    log: LogHandle,
+    registry: Registry,
+    certs: FsCertSource,
+    desired: Desired,
+    outcome: PassOutcome,
+    monitor_keys: MonitorKeys,
+    /// True once the model has been built from a synced replica. Before that the desired
+    /// state is unknown, and a pass would tear down what a restarted monitor should adopt.
+    model_ready: bool,
+    /// True once the first pass after the initial OVSDB sync has been applied.
+    ready: bool,
+    /// When a failed status write should be retried.
+    status_retry: Option<Instant>,
+    tick: Interval,
+}
+
+impl<B: Backend> EventLoop<B> {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        backend: B,
+        client: Client,
+        db_events: mpsc::UnboundedReceiver<DbEvent>,
+        control: mpsc::Receiver<ControlRequest>,
+        signals: Signals,
+        daemon: Daemon,
+        log: LogHandle,
+        dry_run: bool,
+    ) -> Self {
+        let period = Duration::from_secs(super::RECONCILE_INTERVAL_SECS);
+        let mut tick = interval_at(tokio::time::Instant::now() + period, period);
+        tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let monitor_keys = MonitorKeys::new(backend.kind(), dry_run);
+        Self {
+            backend,
+            client,
+            db_events,
+            control,
+            backend_events: None,
+            signals,
+            daemon,
+            log,
+            registry: Registry::new(),
+            certs: FsCertSource::new(),
+            desired: Desired::default(),
+            outcome: PassOutcome::default(),
+            monitor_keys,
+            model_ready: false,
+            ready: false,
+            status_retry: None,
+            tick,
+        }
+    }
+
+    /// Runs until `exit` or a terminating signal.
+    pub async fn run(mut self, start: StartOptions) -> Exit {
+        if let Err(e) = self.backend.start(&start).await {
+            error!("cannot start {} backend: {e}", self.backend.kind());
+        }
+        self.backend_events = self.backend.events();
+        loop {
+            let retry_at = self.status_retry.map(tokio::time::Instant::from_std);
+            let work = tokio::select! {
+                Some(ev) = self.db_events.recv() => self.on_db_event(ev),
+                Some(req) = self.control.recv() => match self.on_control(req).await {
+                    Some(exit) => return exit,
+                    None => Work::default(),
+                },
+                Some(ev) = recv_opt(&mut self.backend_events) => match ev {
+                    BackendEvent::StateChanged => Work { pass: true, ..Work::default() },
+                    BackendEvent::DaemonRestarted => {
+                        info!("{} restarted: reloading every tunnel", self.backend.kind());
+                        Work { pass: true, ..Work::default() }
+                    }
+                },
+                _ = self.tick.tick() => Work { pass: true, ..Work::default() },
+                _ = sleep_until_opt(retry_at) => Work { status: true, ..Work::default() },
+                Some(sig) = self.signals.recv() => match sig {
+                    SignalEvent::Shutdown(sig) => {
+                        info!("terminating on {sig:?}; IPsec state is left in place");
+                        return Exit::NoCleanup;
+                    }
+                    SignalEvent::ReopenLogs => {
+                        if let Err(e) = self.log.reopen() {
+                            warn!("cannot reopen the log file: {e}");
+                        }
+                        Work::default()
+                    }
+                },
+            };
+            self.perform(work).await;
+        }
+    }
+
+    fn on_db_event(&mut self, ev: DbEvent) -> Work {
+        match ev {
+            DbEvent::Changed => Work {
+                model: true,
+                ..Work::default()
+            },
+            DbEvent::Connected { remote, method } => {
+                debug!("{remote}: monitoring with {method:?}");
+                Work::default()
+            }
+            DbEvent::Disconnected { reason } => {
+                debug!("OVSDB connection lost: {reason}");
+                // Do not hold a --detach parent forever when the database is down.
+                self.mark_detached();
+                Work::default()
+            }
+        }
+    }
+
+    async fn perform(&mut self, mut work: Work) {
+        if work.model {
+            work.pass |= self.rebuild_model() || !self.ready;
+            work.status = true;
+        }
+        if work.pass && self.model_ready {
+            self.outcome = pass::run(&mut self.backend, &self.desired).await;
+            if self.outcome.backend_error.is_none() {
+                self.monitor_keys.reconciled(self.outcome.applied > 0);
+            }
+            work.status = true;
+            if !self.ready {
+                self.ready = true;
+                self.mark_detached();
+                crate::daemon::notify::ready();
+                info!("first pass applied: {} tunnels", self.desired.tunnels.len());
+            }
+        }
+        if work.status {
+            self.write_status().await;
+        }
+    }
+
+    /// Lets a `--detach` parent exit.
+    fn mark_detached(&mut self) {
+        if let Err(e) = self.daemon.ready() {
+            warn!("cannot complete daemonization: {e}");
+        }
+    }
+
+    /// Re-evaluates the model from the replica; true when the desired state changed.
+    fn rebuild_model(&mut self) -> bool {
+        let (ovs, ifaces) = self
+            .client
+            .with_replica(|r| (rows::open_vswitch(r), rows::interfaces(r)));
+        let events = self.registry.update(ovs.as_ref(), &ifaces, &mut self.certs);
+        self.model_ready = true;
+        for ev in &events {
+            log_event(ev);
+        }
+        let desired = self.registry.desired();
+        if desired == self.desired {
+            return false;
+        }
+        self.desired = desired;
+        true
+    }
+
+    async fn write_status(&mut self) {
+        self.status_retry = None;
+        let tunnels: BTreeMap<String, Tunnel> = self
+            .registry
+            .tunnels()
+            .map(|t| (t.name.clone(), t.clone()))
+            .collect();
+        let error = self
+            .registry
+            .global_error()
+            .map(str::to_owned)
+            .or_else(|| self.outcome.backend_error.clone());
+        let monitor = self.monitor_keys.keys(error);
+        let ops = self.client.with_replica(|r| {
+            let ifaces = rows::interfaces(r);
+            let ovs = rows::open_vswitch(r);
+            status::plan(&status::StatusInput {
+                interfaces: &ifaces,
+                open_vswitch: ovs.as_ref(),
+                tunnels: &tunnels,
+                live: &self.outcome.live,
+                apply_errors: &self.outcome.apply_errors,
+                monitor,
+            })
+        });
+        if ops.is_empty() || !self.client.is_connected() {
+            return;
+        }
+        let n = ops.len();
+        match self.client.transact(ops).await {
+            Ok(_) => debug!("status: updated {n} rows"),
+            Err(e) => {
+                warn!("cannot write tunnel status to OVSDB: {e}");
+                self.status_retry = Some(Instant::now() + Duration::from_secs(2));
+            }
+        }
+    }
+
+    async fn on_control(&mut self, req: ControlRequest) -> Option<Exit> {
+        let ControlRequest { command, reply } = req;
+        let (answer, exit) = match command {
+            AppCommand::TunnelsShow { json } => {
+                let tunnels: Vec<show::ShowTunnel<'_>> = self
+                    .registry
+                    .tunnels()
+                    .map(|t| show::ShowTunnel {
+                        tunnel: t,
+                        live: self.outcome.live.get(&t.name),
+                    })
+                    .collect();
+                (
+                    Ok(show::render(json, self.registry.global(), &tunnels)),
+                    None,
+                )
+            }
+            AppCommand::Refresh => {
+                self.perform(Work {
+                    model: true,
+                    pass: true,
+                    status: true,
+                })
+                .await;
+                (Ok(String::new()), None)
+            }
+            AppCommand::Exit { cleanup: false } => (Ok(String::new()), Some(Exit::NoCleanup)),
+            AppCommand::Exit { cleanup: true } => (self.cleanup().await, Some(Exit::Cleanup)),
+        };
+        // The requester may have gone away; nothing to do then.
+        let _ = reply.send(answer);
+        if exit.is_some() {
+            // Let the control server write the reply before the process exits.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        exit
+    }
+
+    /// `exit` with cleanup: remove IPsec state and our OVSDB keys.
+    async fn cleanup(&mut self) -> Result<String, String> {
+        info!("exit requested: removing IPsec state and OVSDB status");
+        let mut problems = Vec::new();
+        if let Err(e) = self.backend.cleanup().await {
+            problems.push(format!("cannot clean up {}: {e}", self.backend.kind()));
+        }
+        let ops = self.client.with_replica(|r| {
+            status::cleanup(&rows::interfaces(r), rows::open_vswitch(r).as_ref())
+        });
+        if !ops.is_empty()
+            && let Err(e) = self.client.transact(ops).await
+        {
+            problems.push(format!("cannot remove status from OVSDB: {e}"));
+        }
+        for p in &problems {
+            warn!("{p}");
+        }
+        if problems.is_empty() {
+            Ok(String::new())
+        } else {
+            Err(problems.join("; "))
+        }
+    }
+}
+
+fn log_event(ev: &ModelEvent) {
+    match ev.level() {
+        Level::WARN | Level::ERROR => warn!("{ev}"),
+        _ => info!("{ev}"),
+    }
+}
+
+async fn recv_opt<T>(rx: &mut Option<mpsc::Receiver<T>>) -> Option<T> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn sleep_until_opt(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,16 @@
+//! The imperative shell: process set-up and the main loop that feeds OVSDB changes through
+//! the pure model, the backend's plan and the status diff.
+//!
+//! One current-thread tokio runtime runs everything: the OVSDB connection task, the control
+//! server, and [`event_loop::EventLoop`]. The main loop owns all daemon state, so no locks
+//! guard it; the OVSDB replica is the only shared structure.
+
+mod event_loop;
+mod monitor_keys;
+mod pass;
+mod setup;
+
+pub use setup::main_entry;
+
+/// Seconds between periodic reconcile passes (`RECONCILIATION_INTERVAL` in the Python monitor).
+pub const RECONCILE_INTERVAL_SECS: u64 = 15;

@@ -1,0 +1,165 @@
+//! Process set-up, in the order the OS requires: parse arguments, start logging, fork (before
+//! any thread exists), then build the runtime and take the pidfile and control socket.
+
+use std::path::PathBuf;
+
+use tracing::{error, info};
+
+use super::event_loop::{EventLoop, Exit};
+use crate::backend::dry_run::DryRun;
+use crate::backend::{BackendKind, StartOptions};
+use crate::cli::Cli;
+use crate::daemon::pidfile::Pidfile;
+use crate::daemon::signals::Signals;
+use crate::daemon::{self, Daemon, DaemonOptions, paths};
+use crate::logging::{self, LogConfig, LogHandle};
+use crate::ovsdb::{Client, ClientConfig, Remote, TableSpec, TlsFiles};
+use crate::{control, schema};
+
+/// Runs the daemon; returns the process exit code.
+pub fn main_entry() -> i32 {
+    let cli = Cli::parse_args();
+    let kind = match cli.backend_kind() {
+        Ok(k) => k,
+        Err(msg) => return fail(msg),
+    };
+    let (remotes, tls) = match remotes_and_tls(&cli) {
+        Ok(r) => r,
+        Err(msg) => return fail(&msg),
+    };
+    let (database, tables) = match monitor_tables() {
+        Ok(t) => t,
+        Err(msg) => return fail(&msg),
+    };
+    let log_file = cli.log_file.as_deref().map(paths::resolve_log_file);
+    let log = match logging::init(LogConfig {
+        log_file,
+        specs: cli.verbose.clone(),
+    }) {
+        Ok(l) => l,
+        Err(e) => return fail(&e.to_string()),
+    };
+    let daemon = match daemon::daemonize(DaemonOptions {
+        detach: cli.detach,
+        monitor: cli.monitor,
+        no_chdir: cli.no_chdir,
+    }) {
+        Ok(d) => d,
+        Err(e) => {
+            error!("{e}");
+            return 1;
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            error!("cannot start the runtime: {e}");
+            return 1;
+        }
+    };
+    let mut config = ClientConfig::new(remotes, database, tables);
+    config.tls = tls;
+    runtime.block_on(run(cli, kind, config, log, daemon))
+}
+
+fn fail(msg: &str) -> i32 {
+    eprintln!("ovs-monitor-ipsec: {msg}");
+    1
+}
+
+async fn run(
+    cli: Cli,
+    kind: BackendKind,
+    config: ClientConfig,
+    log: LogHandle,
+    daemon: Daemon,
+) -> i32 {
+    let pidfile = match cli.pidfile.as_deref().map(paths::resolve_pidfile) {
+        Some(path) => match Pidfile::create(&path, cli.overwrite_pidfile) {
+            Ok(p) => Some(p),
+            Err(e) => {
+                error!("{e}");
+                return 1;
+            }
+        },
+        None => None,
+    };
+    let ctl_path: PathBuf = paths::resolve_unixctl(cli.unixctl.as_deref(), std::process::id());
+    let (server, control_rx) = match control::bind(&ctl_path, log.clone()) {
+        Ok(s) => s,
+        Err(e) => {
+            error!("{e}");
+            return 1;
+        }
+    };
+    let signals = match Signals::new() {
+        Ok(s) => s,
+        Err(e) => {
+            error!("{e}");
+            return 1;
+        }
+    };
+    let server_task = tokio::spawn(server.run());
+    let (client, db_events) = Client::spawn(config);
+    info!(
+        "ovs-monitor-ipsec {} starting with --ike-daemon={kind}",
+        env!("CARGO_PKG_VERSION")
+    );
+
+    // The real backends plug in here as they land; until then every kind runs the dry-run
+    // backend, which validates, reports status and plans connections without applying them.
+    info!("backend {kind} is not built in yet: running in dry-run mode (nothing is applied)");
+    let backend = DryRun::new(kind);
+    let start = StartOptions {
+        restart_ike_daemon: !cli.no_restart_ike_daemon,
+    };
+    let exit = EventLoop::new(
+        backend, client, db_events, control_rx, signals, daemon, log, true,
+    )
+    .run(start)
+    .await;
+    server_task.abort();
+    drop(pidfile);
+    match exit {
+        Exit::Cleanup => info!("exiting after cleanup"),
+        Exit::NoCleanup => info!("exiting; IPsec state left in place"),
+    }
+    crate::daemon::notify::stopping();
+    0
+}
+
+fn remotes_and_tls(cli: &Cli) -> Result<(Vec<Remote>, Option<TlsFiles>), String> {
+    let remotes = Remote::parse_list(&cli.database).map_err(|e| e.to_string())?;
+    let needs_tls = remotes.iter().any(|r| matches!(r, Remote::Ssl(..)));
+    let tls = match (&cli.private_key, &cli.certificate, &cli.ca_cert) {
+        (Some(k), Some(c), Some(ca)) => Some(TlsFiles {
+            private_key: k.clone(),
+            certificate: c.clone(),
+            ca_cert: ca.clone(),
+        }),
+        _ if needs_tls => {
+            return Err("an ssl: remote needs --private-key, --certificate and --ca-cert".into());
+        }
+        _ => None,
+    };
+    Ok((remotes, tls))
+}
+
+/// The monitor request, straight from `vswitch-schema/contract.json`.
+fn monitor_tables() -> Result<(String, Vec<TableSpec>), String> {
+    let contract = schema::Contract::get().map_err(|e| e.to_string())?;
+    let tables = contract
+        .tables
+        .iter()
+        .map(|(name, t)| TableSpec {
+            table: name.clone(),
+            columns: t.columns.keys().cloned().collect(),
+            conditions: (!t.conditions.is_empty())
+                .then(|| t.conditions.iter().map(|c| c.to_json()).collect()),
+        })
+        .collect();
+    Ok((contract.database.clone(), tables))
+}

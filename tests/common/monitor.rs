@@ -1,0 +1,177 @@
+//! Runs the real `ovs-monitor-ipsec` binary against a test ovsdb-server and drives it with the
+//! real `ovs-appctl`.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use super::ovsdb_server::OvsdbServer;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_ovs-monitor-ipsec");
+pub const CTL_BIN: &str = env!("CARGO_BIN_EXE_ovs-monitor-ipsec-ctl");
+
+/// Polls `cond` every 20 ms until it holds; panics with `what` after `timeout`.
+pub fn wait_for(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !cond() {
+        assert!(
+            start.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A running monitor (not detached), killed on drop.
+pub struct Monitor {
+    pub child: Option<Child>,
+    pub dir: PathBuf,
+    pub ctl: PathBuf,
+    pub log: PathBuf,
+}
+
+impl Monitor {
+    /// Starts the monitor on `db`'s unix socket with its control socket, log and pidfile in
+    /// the server's directory, plus `extra` arguments.
+    pub fn start(db: &OvsdbServer, extra: &[&str]) -> Self {
+        let dir = db.dir().to_path_buf();
+        let ctl = dir.join("monitor.ctl");
+        let log = dir.join("monitor.log");
+        let mut args = vec![
+            db.unix_remote(),
+            "--ike-daemon=strongswan".into(),
+            format!("--unixctl={}", ctl.display()),
+            format!("--log-file={}", log.display()),
+            "-vfile:dbg".into(),
+            format!("--root-prefix={}", dir.join("root").display()),
+            "--no-restart-ike-daemon".into(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let child = Command::new(BIN)
+            .args(&args)
+            .env("OVS_RUNDIR", &dir)
+            .env("OVS_LOGDIR", &dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn ovs-monitor-ipsec");
+        let m = Monitor {
+            child: Some(child),
+            dir,
+            ctl,
+            log,
+        };
+        wait_for("the control socket", Duration::from_secs(20), || {
+            m.ctl.exists()
+        });
+        m
+    }
+
+    /// `ovs-appctl -t <ctl> args...`
+    pub fn appctl(&self, args: &[&str]) -> Output {
+        appctl_target(&self.dir, self.ctl.to_str().expect("utf-8 path"), args)
+    }
+
+    /// Successful `ovs-appctl` output, or a panic with its stderr.
+    pub fn appctl_ok(&self, args: &[&str]) -> String {
+        let out = self.appctl(args);
+        assert!(
+            out.status.success(),
+            "ovs-appctl {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Lines of the log that contain `pat`.
+    pub fn log_count(&self, pat: &str) -> usize {
+        self.log().lines().filter(|l| l.contains(pat)).count()
+    }
+
+    pub fn wait_log(&self, pat: &str) {
+        wait_for(
+            &format!("log line {pat:?}"),
+            Duration::from_secs(20),
+            || self.log_count(pat) > 0,
+        );
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// Waits for the process to exit (after `exit` or a signal).
+    pub fn wait_exit(&mut self) -> ExitStatus {
+        let mut child = self.child.take().expect("running");
+        let start = Instant::now();
+        loop {
+            if let Some(st) = child.try_wait().expect("wait") {
+                return st;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "monitor did not exit"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Monitor {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// `ovs-appctl -t target args...` with OVS_RUNDIR=`rundir`.
+pub fn appctl_target(rundir: &Path, target: &str, args: &[&str]) -> Output {
+    Command::new("ovs-appctl")
+        .env("OVS_RUNDIR", rundir)
+        .arg("-t")
+        .arg(target)
+        .args(args)
+        .output()
+        .expect("run ovs-appctl (install openvswitch-common)")
+}
+
+/// `external_ids:key` of interface `iface`, or None.
+pub fn iface_key(db: &OvsdbServer, iface: &str, key: &str) -> Option<String> {
+    let v = db.vsctl(&[
+        "--if-exists",
+        "get",
+        "Interface",
+        iface,
+        &format!("external_ids:{key}"),
+    ]);
+    let v = v.trim().trim_matches('"');
+    if v.is_empty() {
+        None
+    } else {
+        Some(v.to_owned())
+    }
+}
+
+/// `external_ids:key` of the Open_vSwitch row, or None.
+pub fn ovs_key(db: &OvsdbServer, key: &str) -> Option<String> {
+    let v = db.vsctl(&[
+        "--if-exists",
+        "get",
+        "Open_vSwitch",
+        ".",
+        &format!("external_ids:{key}"),
+    ]);
+    let v = v.trim().trim_matches('"');
+    if v.is_empty() {
+        None
+    } else {
+        Some(v.to_owned())
+    }
+}
