@@ -102,6 +102,10 @@ pub struct Cli {
     #[arg(short = 'C', long, value_name = "FILE")]
     pub ca_cert: Option<PathBuf>,
 
+    /// Directory whose files override the built-in config templates (below --root-prefix).
+    #[arg(long, value_name = "DIR", default_value = crate::backend::templates::DEFAULT_TEMPLATE_DIR)]
+    pub template_dir: PathBuf,
+
     /// Control socket [default: $OVS_RUNDIR/ovs-monitor-ipsec.<pid>.ctl].
     #[arg(long, value_name = "PATH")]
     pub unixctl: Option<PathBuf>,
@@ -114,6 +118,14 @@ impl Cli {
     /// Parses the process arguments; see [`normalize_args`].
     pub fn parse_args() -> Self {
         Self::parse_from(normalize_args(std::env::args_os()))
+    }
+
+    /// `--template-dir` below `--root-prefix`.
+    pub fn template_dir(&self) -> PathBuf {
+        crate::backend::files::under_root(
+            std::path::Path::new(&self.root_prefix),
+            &self.template_dir,
+        )
     }
 
     pub fn backend_kind(&self) -> Result<BackendKind, &'static str> {

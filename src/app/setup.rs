@@ -7,7 +7,7 @@ use tracing::{error, info};
 
 use super::event_loop::{EventLoop, Exit};
 use crate::backend::dry_run::DryRun;
-use crate::backend::{BackendKind, StartOptions};
+use crate::backend::{Backend, BackendKind, StartOptions};
 use crate::cli::Cli;
 use crate::daemon::pidfile::Pidfile;
 use crate::daemon::signals::Signals;
@@ -108,19 +108,27 @@ async fn run(
         "ovs-monitor-ipsec {} starting with --ike-daemon={kind}",
         env!("CARGO_PKG_VERSION")
     );
-
-    // The real backends plug in here as they land; until then every kind runs the dry-run
-    // backend, which validates, reports status and plans connections without applying them.
-    info!("backend {kind} is not built in yet: running in dry-run mode (nothing is applied)");
-    let backend = DryRun::new(kind);
+    let parts = Parts {
+        client,
+        db_events,
+        control_rx,
+        signals,
+        daemon,
+        log,
+    };
     let start = StartOptions {
         restart_ike_daemon: !cli.no_restart_ike_daemon,
     };
-    let exit = EventLoop::new(
-        backend, client, db_events, control_rx, signals, daemon, log, true,
-    )
-    .run(start)
-    .await;
+
+    // One arm per backend: each builds its backend from the command line and runs the loop.
+    let exit = match kind {
+        BackendKind::StrongSwan | BackendKind::Libreswan | BackendKind::None => {
+            info!(
+                "backend {kind} is not built in yet: running in dry-run mode (nothing is applied)"
+            );
+            run_with(DryRun::new(kind), true, parts, start).await
+        }
+    };
     server_task.abort();
     drop(pidfile);
     match exit {
@@ -129,6 +137,31 @@ async fn run(
     }
     crate::daemon::notify::stopping();
     0
+}
+
+/// What every backend's event loop needs besides the backend itself.
+struct Parts {
+    client: Client,
+    db_events: tokio::sync::mpsc::UnboundedReceiver<crate::ovsdb::DbEvent>,
+    control_rx: tokio::sync::mpsc::Receiver<control::ControlRequest>,
+    signals: Signals,
+    daemon: Daemon,
+    log: LogHandle,
+}
+
+async fn run_with<B: Backend>(backend: B, dry_run: bool, p: Parts, start: StartOptions) -> Exit {
+    EventLoop::new(
+        backend,
+        p.client,
+        p.db_events,
+        p.control_rx,
+        p.signals,
+        p.daemon,
+        p.log,
+        dry_run,
+    )
+    .run(start)
+    .await
 }
 
 fn remotes_and_tls(cli: &Cli) -> Result<(Vec<Remote>, Option<TlsFiles>), String> {

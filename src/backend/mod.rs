@@ -11,7 +11,11 @@
 //! established SA that is still wanted: `plan` on an unchanged desired state and an
 //! observation of a converged system returns no actions.
 
+pub mod command;
 pub mod dry_run;
+pub mod files;
+pub mod secrets;
+pub mod templates;
 
 use std::collections::BTreeMap;
 use std::fmt;

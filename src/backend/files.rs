@@ -1,0 +1,150 @@
+//! Config and secrets files the monitor owns: written atomically (a reader — charon, pluto,
+//! an admin — sees the old file or the new one, never half of one), with an explicit mode
+//! (0600 for secrets, set at creation so there is no window where the file is readable), and
+//! only when the content or mode changes, so an unchanged pass touches nothing on disk.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{ErrorKind, Write};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+#[error("cannot write {path}: {source}")]
+pub struct FileError {
+    pub path: PathBuf,
+    #[source]
+    pub source: std::io::Error,
+}
+
+/// Mode of files that hold secrets.
+pub const SECRET_MODE: u32 = 0o600;
+/// Mode of ordinary config files.
+pub const CONFIG_MODE: u32 = 0o644;
+
+/// Writes `content` to `path` with `mode` unless it already holds exactly that; returns
+/// whether the file changed. Parent directories are created (0755).
+pub fn write_if_changed(path: &Path, content: &[u8], mode: u32) -> Result<bool, FileError> {
+    let err = |source| FileError {
+        path: path.to_owned(),
+        source,
+    };
+    if let Ok(meta) = fs::metadata(path)
+        && meta.permissions().mode() & 0o7777 == mode
+        && meta.len() == content.len() as u64
+        && fs::read(path).map_err(err)? == content
+    {
+        return Ok(false);
+    }
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    fs::create_dir_all(dir).map_err(err)?;
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.tmp{}", std::process::id()));
+    // A leftover from a crashed run would make create_new fail.
+    let _ = fs::remove_file(&tmp);
+    let result = (|| {
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(&tmp)?;
+        // The umask may have cleared bits of `mode`; set it exactly.
+        f.set_permissions(fs::Permissions::from_mode(mode))?;
+        f.write_all(content)?;
+        f.sync_all()?;
+        fs::rename(&tmp, path)?;
+        // Make the rename itself durable.
+        File::open(dir)?.sync_all()
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result.map_err(err)?;
+    Ok(true)
+}
+
+/// Removes `path`; a file that is already gone is not an error.
+pub fn remove(path: &Path) -> Result<bool, FileError> {
+    match fs::remove_file(path) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == ErrorKind::NotFound => Ok(false),
+        Err(source) => Err(FileError {
+            path: path.to_owned(),
+            source,
+        }),
+    }
+}
+
+/// `root` + absolute `path` (`--root-prefix`): `/x` + `/etc/ipsec.conf` = `/x/etc/ipsec.conf`.
+pub fn under_root(root: &Path, path: &Path) -> PathBuf {
+    if root.as_os_str().is_empty() {
+        return path.to_owned();
+    }
+    root.join(path.strip_prefix("/").unwrap_or(path))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn writes_once_then_only_on_change() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("etc/ipsec.secrets");
+        assert!(write_if_changed(&p, b"a", SECRET_MODE).unwrap());
+        let inode = std::os::unix::fs::MetadataExt::ino(&fs::metadata(&p).unwrap());
+        assert!(!write_if_changed(&p, b"a", SECRET_MODE).unwrap());
+        assert_eq!(
+            std::os::unix::fs::MetadataExt::ino(&fs::metadata(&p).unwrap()),
+            inode
+        );
+        assert!(write_if_changed(&p, b"b", SECRET_MODE).unwrap());
+        assert_eq!(fs::read(&p).unwrap(), b"b");
+    }
+
+    #[test]
+    fn secrets_are_0600_and_a_mode_change_rewrites() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("s");
+        fs::write(&p, b"x").unwrap();
+        fs::set_permissions(&p, fs::Permissions::from_mode(0o644)).unwrap();
+        assert!(write_if_changed(&p, b"x", SECRET_MODE).unwrap());
+        assert_eq!(
+            fs::metadata(&p).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        assert_eq!(
+            fs::read_dir(d.path()).unwrap().count(),
+            1,
+            "temporary file left behind"
+        );
+    }
+
+    #[test]
+    fn remove_is_idempotent() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("f");
+        fs::write(&p, b"x").unwrap();
+        assert!(remove(&p).unwrap());
+        assert!(!remove(&p).unwrap());
+    }
+
+    #[test]
+    fn root_prefix_joins_absolute_paths() {
+        assert_eq!(
+            under_root(Path::new("/sandbox"), Path::new("/etc/ipsec.conf")),
+            PathBuf::from("/sandbox/etc/ipsec.conf")
+        );
+        assert_eq!(
+            under_root(Path::new(""), Path::new("/etc/x")),
+            PathBuf::from("/etc/x")
+        );
+    }
+}
