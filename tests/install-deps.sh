@@ -3,7 +3,16 @@
 # Rust toolchain is on PATH. Idempotent; prints nothing when everything is there.
 set -euo pipefail
 
-PACKAGES=(openvswitch-switch openvswitch-common openssl iproute2 procps)
+PACKAGES=(openvswitch-switch openvswitch-common openssl iproute2 procps util-linux)
+# Each backend lists what its real-daemon tests need in tests/deps/<backend>.packages (one
+# Debian package a line) and may add tests/deps/<backend>.sh for anything apt cannot do.
+here=$(cd "$(dirname "$0")" && pwd)
+for f in "$here"/deps/*.packages; do
+    [ -e "$f" ] || continue
+    while read -r p _; do
+        case "$p" in ''|'#'*) ;; *) PACKAGES+=("$p") ;; esac
+    done < "$f"
+done
 
 missing=()
 for p in "${PACKAGES[@]}"; do
@@ -21,6 +30,11 @@ if [ ${#missing[@]} -gt 0 ]; then
     apt-get update -q
     DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
 fi
+
+for f in "$here"/deps/*.sh; do
+    [ -e "$f" ] || continue
+    bash "$f"
+done
 
 if ! command -v cargo >/dev/null 2>&1 && [ ! -x "$HOME/.cargo/bin/cargo" ]; then
     # Debian 12's own rustc (1.63) is too old for this project: use rustup.
