@@ -9,7 +9,7 @@
 //!   `ovs-monitor-ipsec-ctl`.
 //!
 //! The daemon wires it as:
-//! ```ignore
+//! ```text
 //! let (server, mut requests) = control::bind(&path, log_handle)?;
 //! tokio::spawn(server.run());
 //! // in the main loop's select!: Some(req) = requests.recv() => answer req.command on req.reply
