@@ -323,3 +323,57 @@ fn detach_with_default_pidfile_is_found_by_ovs_appctl_and_our_client() {
             .contains("appeared")
     );
 }
+
+#[test]
+fn ssl_and_tcp_remotes_work_end_to_end() {
+    use common::ovsdb_server::Listeners;
+    let db = OvsdbServer::start_with(Listeners {
+        tcp: true,
+        ssl: true,
+    });
+    add_tunnel(&db, "t1", "gre", &["remote_ip=192.0.2.2", "psk=swordfish"]);
+    let pki = db.client_pki();
+    let ssl_remote = db.ssl_remote();
+    let ctl = db.dir().join("ssl.ctl");
+    let mut child = Command::new(BIN)
+        .args([
+            ssl_remote.as_str(),
+            "--ike-daemon=strongswan",
+            &format!("--private-key={}", pki.private_key.display()),
+            &format!("--certificate={}", pki.certificate.display()),
+            &format!("--ca-cert={}", pki.ca_cert.display()),
+            &format!("--unixctl={}", ctl.display()),
+        ])
+        .env("OVS_RUNDIR", db.dir())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_state(&db, "t1", "configured");
+    let _ = child.kill();
+    let _ = child.wait();
+
+    // tcp: a new tunnel shows up through a plain TCP session as well.
+    let tcp_ctl = db.dir().join("tcp.ctl");
+    let mut child = Command::new(BIN)
+        .args([
+            db.tcp_remote().as_str(),
+            "--ike-daemon=strongswan",
+            &format!("--unixctl={}", tcp_ctl.display()),
+        ])
+        .env("OVS_RUNDIR", db.dir())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    add_tunnel(&db, "t2", "vxlan", &["remote_ip=192.0.2.3", "psk=x"]);
+    wait_state(&db, "t2", "configured");
+    let _ = child.kill();
+    let _ = child.wait();
+
+    // An ssl: remote without the key material is refused at start, with a reason.
+    let out = Command::new(BIN)
+        .args([ssl_remote.as_str(), "--ike-daemon=none"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--private-key"));
+}

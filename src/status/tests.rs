@@ -209,3 +209,14 @@ fn cleanup_removes_every_key_we_own_and_nothing_else() {
         json!([["external_ids", "delete", ["set", ["ipsec-monitor-backend"]]]])
     );
 }
+
+#[test]
+fn keys_in_code_are_exactly_the_contracts_written_keys() {
+    let contract = crate::schema::Contract::get().unwrap();
+    let mut code: Vec<&str> = keys::INTERFACE.to_vec();
+    code.sort_unstable();
+    assert_eq!(contract.keys_written("Interface.external_ids"), code);
+    let mut code: Vec<&str> = keys::OPEN_VSWITCH.to_vec();
+    code.sort_unstable();
+    assert_eq!(contract.keys_written("Open_vSwitch.external_ids"), code);
+}
