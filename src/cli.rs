@@ -56,6 +56,11 @@ pub struct Cli {
     #[arg(long, value_name = "SECS", default_value_t = 120)]
     pub command_timeout: u64,
 
+    /// --ike-daemon=none: seconds an SA that is no longer wanted (the old key after a
+    /// rotation) stays installed, so that packets already sent with it are still accepted.
+    #[arg(long, value_name = "SECS", default_value_t = 60)]
+    pub static_rekey_grace: u64,
+
     /// Libreswan: leave ike=, esp= and ikev2= out and use the daemon's default crypto.
     #[arg(long)]
     pub use_default_crypto: bool,

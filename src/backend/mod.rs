@@ -16,6 +16,7 @@ pub mod dry_run;
 pub mod files;
 pub mod secrets;
 pub mod templates;
+pub mod xfrm;
 
 use std::collections::BTreeMap;
 use std::fmt;
