@@ -2,8 +2,9 @@
 //! directory (a tmpfs: a reboot forgets it, which is what makes a reboot draw a new one).
 //!
 //! Format, one record per line: `generation <32 hex>` first, then `used <src> <dst> <spi hex>`
-//! for every outbound SA created under it. Records are appended and synced before the SA is
-//! added, so a crash can only over-report use (which costs a new generation, never a reuse).
+//! for every outbound SA created under it, and `unused ...` for an add the kernel refused.
+//! Records are appended and synced before the SA is added, so a crash can only over-report
+//! use (which costs a new generation, never a reuse).
 
 use std::collections::BTreeSet;
 use std::io::Write;
@@ -62,23 +63,41 @@ impl GenerationStore {
 
     /// Records outbound SAs about to be created; synced before returning.
     pub fn record(&mut self, ids: &[SaId]) -> Result<(), XfrmError> {
-        let new: Vec<&SaId> = ids.iter().filter(|i| !self.used.contains(i)).collect();
-        if new.is_empty() {
+        let new: Vec<SaId> = ids
+            .iter()
+            .filter(|i| !self.used.contains(i))
+            .copied()
+            .collect();
+        self.append("used", &new)?;
+        self.used.extend(new);
+        Ok(())
+    }
+
+    /// Takes back records of SAs the kernel refused to create (an error reply to an
+    /// exclusive add means nothing was created, so nothing was sent with the key).
+    pub fn unrecord(&mut self, ids: &[SaId]) -> Result<(), XfrmError> {
+        self.append("unused", ids)?;
+        ids.iter().for_each(|i| {
+            self.used.remove(i);
+        });
+        Ok(())
+    }
+
+    fn append(&self, verb: &str, ids: &[SaId]) -> Result<(), XfrmError> {
+        if ids.is_empty() {
             return Ok(());
         }
         let mut f = std::fs::OpenOptions::new()
             .append(true)
             .open(&self.path)
             .map_err(|source| io("open the generation file", source))?;
-        let text: String = new
+        let text: String = ids
             .iter()
-            .map(|i| format!("used {} {} {:08x}\n", i.src, i.dst, i.spi))
+            .map(|i| format!("{verb} {} {} {:08x}\n", i.src, i.dst, i.spi))
             .collect();
         f.write_all(text.as_bytes())
             .and_then(|()| f.sync_data())
-            .map_err(|source| io("record used SAs in the generation file", source))?;
-        self.used.extend(new);
-        Ok(())
+            .map_err(|source| io("update the generation file", source))
     }
 
     /// `exit` with cleanup: the next start draws a new generation.
@@ -103,16 +122,21 @@ fn parse(text: &str) -> Option<([u8; 16], BTreeSet<SaId>)> {
     let mut lines = text.lines();
     let generation =
         grammar::generation("generation", lines.next()?.strip_prefix("generation ")?).ok()?;
-    let used = lines
-        .map(|l| {
-            let mut f = l.strip_prefix("used ")?.split(' ');
-            Some(SaId {
-                src: f.next()?.parse().ok()?,
-                dst: f.next()?.parse().ok()?,
-                spi: u32::from_str_radix(f.next()?, 16).ok()?,
-            })
-        })
-        .collect::<Option<BTreeSet<_>>>()?;
+    let mut used = BTreeSet::new();
+    for l in lines {
+        let mut f = l.split(' ');
+        let verb = f.next()?;
+        let id = SaId {
+            src: f.next()?.parse().ok()?,
+            dst: f.next()?.parse().ok()?,
+            spi: u32::from_str_radix(f.next()?, 16).ok()?,
+        };
+        match verb {
+            "used" => used.insert(id),
+            "unused" => used.remove(&id),
+            _ => return None,
+        };
+    }
     Some((generation, used))
 }
 
@@ -144,8 +168,11 @@ mod tests {
             dst: "2001:db8::2".parse().unwrap(),
             spi: 0xabc,
         };
-        g.record(&[id, id]).unwrap();
+        let refused = SaId { spi: 0xdef, ..id };
+        g.record(&[id, id, refused]).unwrap();
+        g.unrecord(&[refused]).unwrap();
         let again = GenerationStore::load_or_create(&path).unwrap();
+        assert!(!again.used.contains(&refused));
         assert_eq!((again.current, again.used.len()), (g.current, 1));
         let mut again = again;
         again.renew().unwrap();

@@ -100,19 +100,24 @@ impl XfrmBackend {
     }
 
     /// Runs one batch of writes; failures go to `errors` under the tunnel that needed them.
+    /// Returns the indexes of the ops the kernel refused.
     async fn write(
         &self,
         ops: Vec<(Option<&str>, String, Op<'_>)>,
         report: &mut ApplyReport,
-    ) -> Result<(), BackendError> {
+    ) -> Result<Vec<usize>, BackendError> {
+        let mut refused = Vec::new();
         if ops.is_empty() {
-            return Ok(());
+            return Ok(refused);
         }
         let results = self
             .xfrm()?
             .run(&ops.iter().map(|(_, _, op)| op_ref(op)).collect::<Vec<_>>())
             .await;
-        for ((tunnel, what, _), result) in ops.iter().zip(results) {
+        for (i, ((tunnel, what, _), result)) in ops.iter().zip(results).enumerate() {
+            if matches!(result, Err(XfrmError::Kernel { .. })) {
+                refused.push(i);
+            }
             match (result, tunnel) {
                 (Ok(()), _) => report.applied += 1,
                 (Err(e), Some(t)) => {
@@ -124,7 +129,7 @@ impl XfrmBackend {
                 (Err(e), None) => warn!("cannot {what}: {e}"),
             }
         }
-        Ok(())
+        Ok(refused)
     }
 }
 
@@ -292,9 +297,17 @@ impl Backend for XfrmBackend {
             }
             sa_out.clear();
         }
-        for batch in [sa_in, sa_out, set] {
-            self.write(batch, &mut report).await?;
+        self.write(sa_in, &mut report).await?;
+        let refused: Vec<SaId> = self
+            .write(sa_out, &mut report)
+            .await?
+            .into_iter()
+            .filter_map(|i| out_ids.get(i).copied())
+            .collect();
+        if let Err(e) = self.generation.unrecord(&refused) {
+            warn!("{e}");
         }
+        self.write(set, &mut report).await?;
         if !guard_script.is_empty() {
             let run = self
                 .nft("update the nftables guard")
