@@ -56,6 +56,11 @@ pub struct Cli {
     #[arg(long, value_name = "SECS", default_value_t = 120)]
     pub command_timeout: u64,
 
+    /// --ike-daemon=none: seconds an SA that is no longer wanted (the old key after a
+    /// rotation) stays installed, so that packets already sent with it are still accepted.
+    #[arg(long, value_name = "SECS", default_value_t = 60)]
+    pub static_rekey_grace: u64,
+
     /// Libreswan: leave ike=, esp= and ikev2= out and use the daemon's default crypto.
     #[arg(long)]
     pub use_default_crypto: bool,
@@ -105,6 +110,11 @@ pub struct Cli {
     /// Directory whose files override the built-in config templates (below --root-prefix).
     #[arg(long, value_name = "DIR", default_value = crate::backend::templates::DEFAULT_TEMPLATE_DIR)]
     pub template_dir: PathBuf,
+
+    /// Plan and log every action but apply none: no IKE daemon, file or kernel state is
+    /// touched (for tests and demos of the daemon core).
+    #[arg(long)]
+    pub dry_run: bool,
 
     /// Control socket [default: $OVS_RUNDIR/ovs-monitor-ipsec.<pid>.ctl].
     #[arg(long, value_name = "PATH")]

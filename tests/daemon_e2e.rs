@@ -279,6 +279,7 @@ fn detach_with_default_pidfile_is_found_by_ovs_appctl_and_our_client() {
         .args([
             &db.unix_remote(),
             "--ike-daemon=libreswan",
+            "--dry-run",
             "--detach",
             "--no-chdir",
             "--pidfile",
@@ -339,6 +340,7 @@ fn ssl_and_tcp_remotes_work_end_to_end() {
         .args([
             ssl_remote.as_str(),
             "--ike-daemon=strongswan",
+            "--dry-run",
             &format!("--private-key={}", pki.private_key.display()),
             &format!("--certificate={}", pki.certificate.display()),
             &format!("--ca-cert={}", pki.ca_cert.display()),
@@ -358,6 +360,7 @@ fn ssl_and_tcp_remotes_work_end_to_end() {
         .args([
             db.tcp_remote().as_str(),
             "--ike-daemon=strongswan",
+            "--dry-run",
             &format!("--unixctl={}", tcp_ctl.display()),
         ])
         .env("OVS_RUNDIR", db.dir())
@@ -371,7 +374,7 @@ fn ssl_and_tcp_remotes_work_end_to_end() {
 
     // An ssl: remote without the key material is refused at start, with a reason.
     let out = Command::new(BIN)
-        .args([ssl_remote.as_str(), "--ike-daemon=none"])
+        .args([ssl_remote.as_str(), "--ike-daemon=none", "--dry-run"])
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));

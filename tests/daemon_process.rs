@@ -56,6 +56,7 @@ fn monitor_restarts_the_daemon_after_a_crash_but_not_after_sigterm() {
         .args([
             &db.unix_remote(),
             "--ike-daemon=none",
+            "--dry-run",
             "--detach",
             "--monitor",
             "--no-chdir",
@@ -142,6 +143,7 @@ fn systemd_hears_ready_only_after_the_first_pass() {
         .args([
             &db.unix_remote(),
             "--ike-daemon=strongswan",
+            "--dry-run",
             "--no-restart-ike-daemon",
             &format!("--unixctl={}", ctl.display()),
         ])
@@ -174,6 +176,7 @@ fn second_instance_on_the_same_pidfile_refuses_to_start() {
         .args([
             &db.unix_remote(),
             "--ike-daemon=strongswan",
+            "--dry-run",
             &format!("--pidfile={}", pid.display()),
             &format!("--unixctl={}", db.dir().join("second.ctl").display()),
         ])

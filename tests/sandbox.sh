@@ -4,6 +4,9 @@
 # outside a temporary directory.
 # Usage: sudo tests/sandbox.sh        (IKE_DAEMON=strongswan|libreswan|none, default strongswan)
 #        KEEP=1 sudo tests/sandbox.sh (leave it running and print how to use it)
+# The monitor runs with --dry-run: it validates, versions, plans and reports, but touches no IKE
+# daemon and no kernel state of this machine. The backends' own tests run real daemons in
+# network namespaces (see README).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 tests/install-deps.sh
@@ -28,8 +31,8 @@ vsctl() { ovs-vsctl --db="unix:$D/db.sock" --no-wait "$@"; }
 vsctl init
 vsctl add-br br-ipsec
 
-say "ovs-monitor-ipsec unix:$D/db.sock --ike-daemon=${IKE_DAEMON:-strongswan} --detach ..."
-"$BIN/ovs-monitor-ipsec" "unix:$D/db.sock" --ike-daemon="${IKE_DAEMON:-strongswan}" \
+say "ovs-monitor-ipsec unix:$D/db.sock --ike-daemon=${IKE_DAEMON:-strongswan} --dry-run --detach ..."
+"$BIN/ovs-monitor-ipsec" "unix:$D/db.sock" --ike-daemon="${IKE_DAEMON:-strongswan}" --dry-run \
     --root-prefix="$D/root" --no-restart-ike-daemon --pidfile --log-file --detach --no-chdir
 
 say "ovs-vsctl add-port br-ipsec gnv0 -- set interface gnv0 type=geneve options:remote_ip=192.0.2.2 options:psk=swordfish"

@@ -7,6 +7,7 @@ use tracing::{error, info};
 
 use super::event_loop::{EventLoop, Exit};
 use crate::backend::dry_run::DryRun;
+use crate::backend::xfrm::XfrmBackend;
 use crate::backend::{Backend, BackendKind, StartOptions};
 use crate::cli::Cli;
 use crate::daemon::pidfile::Pidfile;
@@ -122,7 +123,18 @@ async fn run(
 
     // One arm per backend: each builds its backend from the command line and runs the loop.
     let exit = match kind {
-        BackendKind::StrongSwan | BackendKind::Libreswan | BackendKind::None => {
+        _ if cli.dry_run => {
+            info!("--dry-run: planning only, nothing is applied");
+            run_with(DryRun::new(kind), true, parts, start).await
+        }
+        BackendKind::None => match XfrmBackend::new(&cli) {
+            Ok(b) => run_with(b, false, parts, start).await,
+            Err(e) => {
+                error!("{e}");
+                return 1;
+            }
+        },
+        BackendKind::StrongSwan | BackendKind::Libreswan => {
             info!(
                 "backend {kind} is not built in yet: running in dry-run mode (nothing is applied)"
             );

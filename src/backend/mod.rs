@@ -16,6 +16,7 @@ pub mod dry_run;
 pub mod files;
 pub mod secrets;
 pub mod templates;
+pub mod xfrm;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -117,6 +118,9 @@ pub struct LiveStatus {
     /// Extra lines for `tunnels/show`, grouped under a heading each (e.g. "Kernel policies
     /// installed"), already redacted.
     pub details: Vec<(String, Vec<String>)>,
+    /// Backend-specific `external_ids` keys for the tunnel's row; only keys listed in
+    /// `status::keys::BACKEND_INTERFACE` (and the OVSDB contract) are written.
+    pub keys: BTreeMap<&'static str, String>,
 }
 
 impl LiveStatus {
@@ -126,6 +130,7 @@ impl LiveStatus {
             error: None,
             active: Vec::new(),
             details: Vec::new(),
+            keys: BTreeMap::new(),
         }
     }
 }

@@ -22,6 +22,7 @@ fn psk_tunnel() -> Tunnel {
         auth: Auth::Psk(Secret::new(SECRET)),
         pki: None,
         custom: custom.clone(),
+        static_keying: Default::default(),
     };
     Tunnel {
         uuid: "u1".into(),
@@ -59,6 +60,7 @@ fn cert_tunnel() -> Tunnel {
         },
         pki: Some(pki),
         custom: BTreeMap::new(),
+        static_keying: Default::default(),
     };
     Tunnel {
         uuid: "u2".into(),
@@ -97,6 +99,7 @@ fn up(active: &[&str]) -> LiveStatus {
         state: LiveState::Up,
         error: None,
         active: active.iter().map(|s| s.to_string()).collect(),
+        keys: BTreeMap::new(),
         details: vec![
             (
                 "Kernel policies installed:".into(),

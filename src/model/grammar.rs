@@ -207,6 +207,11 @@ pub fn dst_port(value: &str) -> Result<u16, GrammarError> {
 
 /// `options:psk`: non-empty, at most [`PSK_MAX`] bytes, no NUL. Reasons never show it.
 pub fn psk(value: &str) -> Result<Secret, GrammarError> {
+    secret("psk", value)
+}
+
+/// A PSK-like secret under option `key` (`psk`, `ipsec_psk_next`); see [`psk`].
+pub fn secret(key: &str, value: &str) -> Result<Secret, GrammarError> {
     let why = if value.is_empty() {
         "must not be empty"
     } else if value.len() > PSK_MAX {
@@ -216,7 +221,32 @@ pub fn psk(value: &str) -> Result<Secret, GrammarError> {
     } else {
         return Ok(Secret::new(value));
     };
-    Err(GrammarError::key("psk", why))
+    Err(GrammarError::key(key, why))
+}
+
+/// A key generation (`options:ipsec_peer_generation`): exactly 32 lowercase hex digits.
+pub fn generation(key: &str, value: &str) -> Result<[u8; 16], GrammarError> {
+    let mut out = [0u8; 16];
+    let ok = value.len() == 32
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        && out.iter_mut().enumerate().all(|(i, byte)| {
+            value
+                .get(2 * i..2 * i + 2)
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+                .map(|v| *byte = v)
+                .is_some()
+        });
+    if ok {
+        Ok(out)
+    } else {
+        Err(GrammarError::value(
+            key,
+            value,
+            "is not a key generation: it must be 32 lowercase hex digits",
+        ))
+    }
 }
 
 /// A certificate or key path: absolute, `[A-Za-z0-9._/+@=,-]`, no `..` segment, at most

@@ -177,6 +177,18 @@ pub struct TunnelConf {
     pub pki: Option<Arc<Pki>>,
     /// `options:ipsec_<key>=<value>` with the prefix stripped, each checked by the grammar.
     pub custom: BTreeMap<String, String>,
+    /// Options of the static-key backend (`--ike-daemon=none`); not passed to IKE daemons.
+    pub static_keying: StaticKeying,
+}
+
+/// Static-key options of a PSK tunnel (see `docs/static-keying.md`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+pub struct StaticKeying {
+    /// `options:ipsec_psk_next`: the next PSK of a two-phase rotation.
+    pub psk_next: Option<Secret>,
+    /// `options:ipsec_peer_generation`: the peer's key generation (128 bits), relayed by the
+    /// CMS from the peer's `external_ids:ipsec-generation`.
+    pub peer_generation: Option<[u8; 16]>,
 }
 
 impl TunnelConf {

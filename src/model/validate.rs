@@ -24,13 +24,17 @@ use std::sync::Arc;
 use super::cert::CertSource;
 use super::grammar::{self, CUSTOM_PREFIX, GrammarError};
 use super::rows::InterfaceRow;
-use super::types::{Auth, Family, Pki, RawTunnel, TunnelConf, TunnelType, Validity};
+use super::types::{Auth, Family, Pki, RawTunnel, StaticKeying, TunnelConf, TunnelType, Validity};
 
 pub const REMOTE_IP_NOT_SET: &str = ": 'remote_ip' is not set";
 pub const PSK_WITH_PKI: &str = ": 'certificate', 'private_key', 'ca_cert', 'remote_cert', and 'remote_name' must be unset with PSK";
 pub const NO_CERTIFICATE: &str = ": must set 'certificate' as local certificate when using CA-signed certificate or self-signed certificate to authenticate peers";
 pub const NO_PEER_AUTH: &str = ": must set 'remote_cert' when using self-signed certificate authentication or 'ca_cert' when using CA-signed certificate authentication";
 pub const NO_AUTH_METHOD: &str = ": must choose a authentication method";
+
+/// `ipsec_*` options read by the static-key backend itself: never passed to an IKE daemon
+/// (one is a secret) and never shown as custom options.
+pub const STATIC_KEYING_OPTIONS: [&str; 2] = ["ipsec_psk_next", "ipsec_peer_generation"];
 
 /// Options whose presence makes a gre/geneve/vxlan row an IPsec tunnel.
 const AUTH_KEYS: [&str; 3] = ["psk", "remote_cert", "remote_name"];
@@ -115,7 +119,9 @@ pub fn global_pki(
 fn custom_options(row: &InterfaceRow) -> impl Iterator<Item = (&str, &str)> {
     row.options
         .iter()
-        .filter(|(k, _)| k.starts_with(CUSTOM_PREFIX))
+        .filter(|(k, _)| {
+            k.starts_with(CUSTOM_PREFIX) && !STATIC_KEYING_OPTIONS.contains(&k.as_str())
+        })
         .map(|(k, v)| (k.as_str(), v.as_str()))
 }
 
@@ -211,6 +217,7 @@ fn tunnel_conf(
             .transpose()
             .map_err(reason)?,
     };
+    let static_keying = static_keying(&opt, matches!(mode, Mode::Psk(_)))?;
     let (auth, pki) = match mode {
         Mode::Psk(psk) => (Auth::Psk(grammar::psk(psk).map_err(reason)?), None),
         Mode::Cert { pki, peer } => (cert_auth(peer, certs)?, Some(Arc::clone(pki))),
@@ -229,6 +236,30 @@ fn tunnel_conf(
         auth,
         pki,
         custom,
+        static_keying,
+    })
+}
+
+/// `ipsec_psk_next` and `ipsec_peer_generation`; the first only makes sense with `psk`.
+fn static_keying<'a>(
+    opt: &impl Fn(&str) -> Option<&'a str>,
+    psk_mode: bool,
+) -> Result<StaticKeying, String> {
+    let [next_key, generation_key] = STATIC_KEYING_OPTIONS;
+    let psk_next = opt(next_key)
+        .map(|v| grammar::secret(next_key, v))
+        .transpose()
+        .map_err(reason)?;
+    if psk_next.is_some() && !psk_mode {
+        return Err(format!(": '{next_key}' can only be used with 'psk'"));
+    }
+    let peer_generation = opt(generation_key)
+        .map(|v| grammar::generation(generation_key, v))
+        .transpose()
+        .map_err(reason)?;
+    Ok(StaticKeying {
+        psk_next,
+        peer_generation,
     })
 }
 
@@ -666,4 +697,58 @@ mod tests {
             assert!(got.starts_with(want), "{kv:?}: {got}");
         }
     }
+
+    #[test]
+    fn static_keying_options_are_parsed_and_kept_out_of_custom_options() {
+        let gen_hex = "00112233445566778899aabbccddeeff";
+        let opts = [
+            ("psk", "now"),
+            ("remote_ip", "192.0.2.1"),
+            ("ipsec_psk_next", "later-secret"),
+            ("ipsec_peer_generation", gen_hex),
+        ];
+        let r = row("t", "geneve", &opts);
+        let conf = conf_of(&r, None);
+        assert_eq!(
+            conf.static_keying.psk_next.as_ref().map(Secret::expose),
+            Some("later-secret")
+        );
+        assert_eq!(
+            conf.static_keying.peer_generation.map(|g| g[15]),
+            Some(0xff)
+        );
+        assert!(conf.custom.is_empty(), "{:?}", conf.custom);
+        let shown = raw(&r);
+        assert!(shown.custom.is_empty());
+        assert!(!format!("{shown:?}{conf:?}").contains("later-secret"));
+    }
+
+    #[test]
+    fn static_keying_options_are_checked() {
+        let base = [("psk", "now"), ("remote_ip", "192.0.2.1")];
+        let with = |key: &str, value: &str| {
+            let mut o = base.to_vec();
+            o.push((key, value));
+            reason_of(&row("t", "gre", &o), None)
+        };
+        assert!(with("ipsec_peer_generation", "ABC").contains("32 lowercase hex"));
+        assert!(with("ipsec_peer_generation", &"g".repeat(32)).contains("32 lowercase hex"));
+        let err = with("ipsec_psk_next", &"x".repeat(PSK_MAX_TEST + 1));
+        assert!(
+            err.contains("ipsec_psk_next") && !err.contains("xxxx"),
+            "{err}"
+        );
+        let cert = row(
+            "t",
+            "gre",
+            &[
+                ("remote_ip", "192.0.2.1"),
+                ("remote_name", "host2"),
+                ("ipsec_psk_next", "s"),
+            ],
+        );
+        assert!(reason_of(&cert, Some(&pki(true))).contains("only be used with 'psk'"));
+    }
+
+    const PSK_MAX_TEST: usize = crate::model::grammar::PSK_MAX;
 }

@@ -10,8 +10,18 @@ pub const VERSION: &str = "ipsec-version";
 /// `Interface:external_ids:ipsec-auth`: psk, self-signed or ca-signed.
 pub const AUTH: &str = "ipsec-auth";
 
+/// `Interface:external_ids:ipsec-generation`: our key generation (static keys only); the CMS
+/// copies it into the peer's `options:ipsec_peer_generation`.
+pub const GENERATION: &str = "ipsec-generation";
+/// `Interface:external_ids:ipsec-rotation`: `pending` or `ready` while `ipsec_psk_next` is set
+/// (static keys only).
+pub const ROTATION: &str = "ipsec-rotation";
+
+/// Keys a backend may publish through `LiveStatus::keys`; any other key is ignored.
+pub const BACKEND_INTERFACE: &[&str] = &[GENERATION, ROTATION];
+
 /// Every key we write on Interface rows.
-pub const INTERFACE: &[&str] = &[STATE, ERROR, VERSION, AUTH];
+pub const INTERFACE: &[&str] = &[STATE, ERROR, VERSION, AUTH, GENERATION, ROTATION];
 
 pub const MONITOR_BACKEND: &str = "ipsec-monitor-backend";
 pub const MONITOR_VERSION: &str = "ipsec-monitor-version";

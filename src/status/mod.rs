@@ -42,12 +42,18 @@ pub fn tunnel_keys(tunnel: &Tunnel, live: Option<&LiveStatus>, apply_error: Opti
             }
         }
     };
-    Keys::from([
+    let mut out = Keys::from([
         (keys::STATE, Some(state.to_owned())),
         (keys::ERROR, error),
         (keys::VERSION, Some(tunnel.version.to_string())),
         (keys::AUTH, auth),
-    ])
+    ]);
+    // Backend keys: only those the contract declares; absent ones are removed.
+    let backend = live.filter(|_| tunnel.conf().is_some());
+    for key in keys::BACKEND_INTERFACE {
+        out.insert(key, backend.and_then(|l| l.keys.get(key)).cloned());
+    }
+    out
 }
 
 /// Keys that must be absent (a row that is no longer an IPsec tunnel, or `exit` cleanup).

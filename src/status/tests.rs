@@ -18,6 +18,7 @@ fn psk_tunnel(name: &str, uuid: &str, version: u64) -> Tunnel {
         auth: Auth::Psk(Secret::new("swordfish")),
         pki: None,
         custom: BTreeMap::new(),
+        static_keying: Default::default(),
     };
     Tunnel {
         uuid: uuid.into(),
@@ -219,4 +220,21 @@ fn keys_in_code_are_exactly_the_contracts_written_keys() {
     let mut code: Vec<&str> = keys::OPEN_VSWITCH.to_vec();
     code.sort_unstable();
     assert_eq!(contract.keys_written("Open_vSwitch.external_ids"), code);
+}
+
+#[test]
+fn backend_keys_are_written_only_when_declared_and_removed_when_gone() {
+    let rows = [row("t1", "u1", &[("ipsec-rotation", "pending")])];
+    let tunnels = BTreeMap::from([("t1".to_string(), psk_tunnel("t1", "u1", 1))]);
+    let mut st = LiveStatus::new(LiveState::Up);
+    st.keys.insert(keys::GENERATION, "00ff".into());
+    st.keys.insert("ipsec-undeclared", "x".into());
+    let live = BTreeMap::from([("t1".to_string(), st)]);
+    let errors = BTreeMap::new();
+    let ops = plan(&input(&rows, &tunnels, &live, &errors));
+    let text = serde_json::to_string(&ops).unwrap();
+    assert!(text.contains(r#"["ipsec-generation","00ff"]"#), "{text}");
+    assert!(text.contains(r#"["set",["ipsec-rotation"]]"#) || text.contains(r#""ipsec-rotation""#));
+    assert!(!text.contains("ipsec-undeclared"), "{text}");
+    assert!(keys::INTERFACE.contains(&keys::ROTATION));
 }

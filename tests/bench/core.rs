@@ -180,6 +180,7 @@ fn spawn_monitor(db: &OvsdbServer) -> Child {
         .args([
             &db.unix_remote(),
             "--ike-daemon=none",
+            "--dry-run",
             "--no-restart-ike-daemon",
             &format!("--unixctl={}", db.dir().join("m.ctl").display()),
             "-vconsole:off",

@@ -40,6 +40,7 @@ impl Monitor {
         let mut args = vec![
             db.unix_remote(),
             "--ike-daemon=strongswan".into(),
+            "--dry-run".into(),
             format!("--unixctl={}", ctl.display()),
             format!("--log-file={}", log.display()),
             "-vfile:dbg".into(),

@@ -1,0 +1,373 @@
+//! `--ike-daemon=none`: static keys programmed straight into kernel XFRM, with an nftables
+//! guard that drops cleartext tunnel traffic. The design (key derivation, SPIs, ownership
+//! tags, generations, rotation, failure modes) is in `docs/static-keying.md`.
+//!
+//! The pass follows the backend contract: `observe` dumps policies and SAs (our tagged ones,
+//! and the foreign ones only to avoid conflicts), lists our nftables table and reads
+//! `/proc/net/xfrm_stat`; `want::resolve` and `plan::plan` are pure; `apply` sends the writes
+//! in batches on one netlink socket and one `nft -f -`; `status` is pure.
+
+pub mod derive;
+pub mod error;
+pub mod generation;
+pub mod netlink;
+pub mod nft;
+pub mod plan;
+pub mod status;
+pub mod types;
+pub mod want;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
+use tracing::warn;
+
+use self::error::XfrmError;
+use self::generation::GenerationStore;
+use self::netlink::{Op, Xfrm};
+use self::plan::Action;
+use self::types::{Dir, Observed, SaId};
+use super::command::Cmd;
+use super::files::under_root;
+use super::{
+    ApplyReport, Backend, BackendError, BackendEvent, BackendKind, LiveStatus, StartOptions,
+};
+use crate::cli::Cli;
+use crate::daemon::paths;
+use crate::model::Desired;
+
+/// The generation file, in the run directory (a tmpfs).
+const GENERATION_FILE: &str = "ovs-monitor-ipsec.generation";
+
+pub struct XfrmBackend {
+    xfrm: Option<Xfrm>,
+    generation: GenerationStore,
+    /// Grace-period deadlines of SAs no longer wanted (forgotten on restart: a new monitor
+    /// grants a fresh grace period, never a shorter one).
+    retiring: BTreeMap<SaId, Instant>,
+    grace: Duration,
+    timeout: Duration,
+    events_tx: mpsc::Sender<BackendEvent>,
+    events_rx: Option<mpsc::Receiver<BackendEvent>>,
+}
+
+impl XfrmBackend {
+    pub fn new(cli: &Cli) -> Result<Self, BackendError> {
+        let path = under_root(
+            Path::new(&cli.root_prefix),
+            &paths::rundir().join(GENERATION_FILE),
+        );
+        let generation = GenerationStore::load_or_create(&path).map_err(io_error)?;
+        let (events_tx, events_rx) = mpsc::channel(4);
+        Ok(Self {
+            xfrm: None,
+            generation,
+            retiring: BTreeMap::new(),
+            grace: Duration::from_secs(cli.static_rekey_grace),
+            timeout: Duration::from_secs(cli.command_timeout),
+            events_tx,
+            events_rx: Some(events_rx),
+        })
+    }
+
+    fn xfrm(&self) -> Result<&Xfrm, BackendError> {
+        self.xfrm.as_ref().ok_or_else(|| {
+            BackendError::Unavailable("XFRM netlink".into(), "the backend is not started".into())
+        })
+    }
+
+    fn nft(&self, what: &str) -> Cmd {
+        Cmd::new("nft", what, self.timeout)
+    }
+
+    /// Our table as nft lists it: `Ok(None)` when it does not exist.
+    async fn observe_guards(
+        &self,
+    ) -> Result<Option<std::collections::BTreeSet<types::Guard>>, String> {
+        let out = self
+            .nft("list the nftables guard")
+            .args(["-j", "list", "table", "inet", nft::TABLE])
+            .run()
+            .await
+            .map_err(|e| e.to_string())?;
+        match out.code {
+            0 => nft::parse(&out.stdout).map(Some),
+            _ if out.stderr.contains("No such file or directory") => Ok(None),
+            _ => Err(format!("nft failed: {}", out.stderr.trim())),
+        }
+    }
+
+    /// Runs one batch of writes; failures go to `errors` under the tunnel that needed them.
+    /// Returns the indexes of the ops the kernel refused.
+    async fn write(
+        &self,
+        ops: Vec<(Option<&str>, String, Op<'_>)>,
+        report: &mut ApplyReport,
+    ) -> Result<Vec<usize>, BackendError> {
+        let mut refused = Vec::new();
+        if ops.is_empty() {
+            return Ok(refused);
+        }
+        let results = self
+            .xfrm()?
+            .run(&ops.iter().map(|(_, _, op)| op_ref(op)).collect::<Vec<_>>())
+            .await;
+        for (i, ((tunnel, what, _), result)) in ops.iter().zip(results).enumerate() {
+            if matches!(result, Err(XfrmError::Kernel { .. })) {
+                refused.push(i);
+            }
+            match (result, tunnel) {
+                (Ok(()), _) => report.applied += 1,
+                (Err(e), Some(t)) => {
+                    report
+                        .errors
+                        .entry((*t).to_owned())
+                        .or_insert_with(|| format!("cannot {what}: {e}{}", hint(&e)));
+                }
+                (Err(e), None) => warn!("cannot {what}: {e}"),
+            }
+        }
+        Ok(refused)
+    }
+}
+
+/// `Op` borrows; the batch owns the ops, so re-borrow each for the run.
+fn op_ref<'a>(op: &'a Op<'a>) -> Op<'a> {
+    match op {
+        Op::AddSa(sa) => Op::AddSa(sa),
+        Op::SetPolicy { id, spi } => Op::SetPolicy { id: *id, spi: *spi },
+        Op::DelPolicy(id) => Op::DelPolicy(*id),
+        Op::DelSa(id) => Op::DelSa(*id),
+    }
+}
+
+fn hint(e: &XfrmError) -> &'static str {
+    match e {
+        XfrmError::Kernel { errno }
+            if *errno == libc::ENOSYS || *errno == libc::EPROTONOSUPPORT =>
+        {
+            "; the kernel lacks ESP or AES-GCM support (esp4/esp6, gcm modules)"
+        }
+        _ => "",
+    }
+}
+
+fn io_error(e: XfrmError) -> BackendError {
+    BackendError::Io {
+        what: "static keys".into(),
+        detail: e.to_string(),
+    }
+}
+
+fn xfrm_stat() -> Vec<(String, u64)> {
+    std::fs::read_to_string("/proc/net/xfrm_stat")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.split_whitespace();
+            let (k, v) = (f.next()?, f.next()?.parse::<u64>().ok()?);
+            (v != 0).then(|| (k.to_owned(), v))
+        })
+        .collect()
+}
+
+impl Backend for XfrmBackend {
+    type Observed = Observed;
+    type Action = Action;
+
+    fn kind(&self) -> BackendKind {
+        BackendKind::None
+    }
+
+    async fn start(&mut self, _opts: &StartOptions) -> Result<(), BackendError> {
+        let x = Xfrm::open()
+            .map_err(|e| BackendError::Unavailable("XFRM netlink".into(), e.to_string()))?;
+        self.xfrm = Some(x);
+        Ok(())
+    }
+
+    async fn observe(&mut self) -> Result<Observed, BackendError> {
+        let xfrm = self.xfrm()?;
+        let dump_err = |what: &str, e: XfrmError| BackendError::Io {
+            what: format!("dump XFRM {what}"),
+            detail: e.to_string(),
+        };
+        let policies = xfrm
+            .dump_policies()
+            .await
+            .map_err(|e| dump_err("policies", e))?;
+        let sas = xfrm.dump_sas().await.map_err(|e| dump_err("SAs", e))?;
+        let mut obs = Observed {
+            generation: self.generation.current,
+            used: self.generation.used.clone(),
+            now: Some(Instant::now()),
+            xfrm_stat: xfrm_stat(),
+            ..Default::default()
+        };
+        for p in policies {
+            match (p.id, p.ours) {
+                (Some(id), true) => {
+                    obs.policies.insert(id, p.spi);
+                }
+                (Some(id), false) => {
+                    obs.foreign_policies.insert(id);
+                }
+                (None, _) => {}
+            }
+        }
+        for s in sas {
+            if s.ours {
+                obs.sas.insert(s.id, s.stats);
+            } else {
+                obs.foreign_sas.insert((s.id.dst, s.id.spi));
+            }
+        }
+        match self.observe_guards().await {
+            Ok(g) => obs.guards = g,
+            Err(e) => obs.nft_error = Some(e),
+        }
+        self.retiring.retain(|id, _| obs.sas.contains_key(id));
+        obs.retiring = self.retiring.clone();
+        Ok(obs)
+    }
+
+    fn plan(&self, desired: &Desired, observed: &Observed) -> Vec<Action> {
+        plan::plan(&want::resolve(desired, observed), observed)
+    }
+
+    async fn apply(
+        &mut self,
+        desired: &Desired,
+        actions: Vec<Action>,
+    ) -> Result<ApplyReport, BackendError> {
+        let mut report = ApplyReport::default();
+        let (mut sa_in, mut sa_out, mut set, mut del_pol, mut del_sa) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let mut guard_script = String::new();
+        let mut out_ids = Vec::new();
+        for a in &actions {
+            match a {
+                Action::RenewGeneration { .. } => {
+                    self.generation.renew().map_err(io_error)?;
+                    // Plan again with the new generation; a full channel already asks for it.
+                    let _ = self.events_tx.try_send(BackendEvent::StateChanged);
+                    report.applied += 1;
+                    return Ok(report);
+                }
+                Action::AddSa { tunnel, dir, sa } => {
+                    let entry = (
+                        Some(tunnel.as_str()),
+                        format!("add {dir} SA {}", sa.id),
+                        Op::AddSa(sa),
+                    );
+                    match dir {
+                        Dir::In => sa_in.push(entry),
+                        Dir::Out => {
+                            out_ids.push(sa.id);
+                            sa_out.push(entry);
+                        }
+                    }
+                }
+                Action::SetPolicy { tunnel, id, spi } => set.push((
+                    Some(tunnel.as_str()),
+                    format!("set {id} policy"),
+                    Op::SetPolicy { id: *id, spi: *spi },
+                )),
+                Action::Guard { create, add, del } => {
+                    guard_script.push_str(&nft::script(*create, add, del));
+                }
+                Action::DelPolicy(id) => {
+                    del_pol.push((None, format!("remove {id} policy"), Op::DelPolicy(*id)))
+                }
+                Action::Retire(id) => {
+                    self.retiring.insert(*id, Instant::now() + self.grace);
+                    report.applied += 1;
+                }
+                Action::DelSa(id) => del_sa.push((None, format!("remove SA {id}"), Op::DelSa(*id))),
+            }
+        }
+        // Written down (and synced) before the SAs exist: see generation.rs.
+        if let Err(e) = self.generation.record(&out_ids) {
+            for (t, _, _) in &sa_out {
+                if let Some(t) = t {
+                    report.errors.insert((*t).to_owned(), e.to_string());
+                }
+            }
+            sa_out.clear();
+        }
+        self.write(sa_in, &mut report).await?;
+        let refused: Vec<SaId> = self
+            .write(sa_out, &mut report)
+            .await?
+            .into_iter()
+            .filter_map(|i| out_ids.get(i).copied())
+            .collect();
+        if let Err(e) = self.generation.unrecord(&refused) {
+            warn!("{e}");
+        }
+        self.write(set, &mut report).await?;
+        if !guard_script.is_empty() {
+            let run = self
+                .nft("update the nftables guard")
+                .args(["-f", "-"])
+                .stdin(guard_script.into_bytes())
+                .run_checked()
+                .await;
+            match run {
+                Ok(_) => report.applied += 1,
+                Err(e) => {
+                    for name in desired.tunnels.keys() {
+                        report
+                            .errors
+                            .entry(name.clone())
+                            .or_insert_with(|| format!("cannot program the nftables guard: {e}"));
+                    }
+                }
+            }
+        }
+        for batch in [del_pol, del_sa] {
+            self.write(batch, &mut report).await?;
+        }
+        Ok(report)
+    }
+
+    fn status(&self, desired: &Desired, observed: &Observed) -> BTreeMap<String, LiveStatus> {
+        status::status(&want::resolve(desired, observed), observed)
+    }
+
+    async fn cleanup(&mut self) -> Result<(), BackendError> {
+        let obs = self.observe().await?;
+        let mut report = ApplyReport::default();
+        let pols = obs
+            .policies
+            .keys()
+            .map(|id| (None, format!("remove {id} policy"), Op::DelPolicy(*id)))
+            .collect();
+        self.write(pols, &mut report).await?;
+        let sas = obs
+            .sas
+            .keys()
+            .map(|id| (None, format!("remove SA {id}"), Op::DelSa(*id)))
+            .collect();
+        self.write(sas, &mut report).await?;
+        if obs.guards.is_some() {
+            let del = self
+                .nft("remove the nftables guard")
+                .args(["delete", "table", "inet", nft::TABLE])
+                .run_checked()
+                .await;
+            if let Err(e) = del {
+                warn!("{e}");
+            }
+        }
+        self.retiring.clear();
+        // Our outbound SAs are gone: the next start must not reuse their keys.
+        self.generation.forget().map_err(io_error)
+    }
+
+    fn events(&mut self) -> Option<mpsc::Receiver<BackendEvent>> {
+        self.events_rx.take()
+    }
+}

@@ -1,0 +1,152 @@
+//! The nftables fail-closed guard: table `inet ovs_ipsec`, owned entirely by us.
+//!
+//! A separate table with its own base chain at priority `raw` drops cleartext tunnel packets
+//! from configured peers (`meta ipsec missing`). An accept elsewhere ends only that chain;
+//! our drop is final. Peers are set elements, so the rule count stays constant and one tunnel
+//! change is one element add or delete. Scripts go to `nft -f -` on stdin.
+
+use std::collections::BTreeSet;
+use std::fmt::Write;
+use std::net::IpAddr;
+
+use serde_json::Value;
+
+use super::types::{Guard, Proto};
+
+pub const TABLE: &str = "ovs_ipsec";
+
+/// The whole table; `table` only creates what is missing, so it is safe to repeat.
+const SKELETON: &str = "table inet ovs_ipsec {
+  set udp4 { type ipv4_addr . ipv4_addr . inet_service; }
+  set udp6 { type ipv6_addr . ipv6_addr . inet_service; }
+  set gre4 { type ipv4_addr . ipv4_addr; }
+  set gre6 { type ipv6_addr . ipv6_addr; }
+  chain input {
+    type filter hook input priority raw; policy accept;
+    meta ipsec missing ip saddr . ip daddr . udp dport @udp4 drop
+    meta ipsec missing ip6 saddr . ip6 daddr . udp dport @udp6 drop
+    meta ipsec missing meta l4proto gre ip saddr . ip daddr @gre4 drop
+    meta ipsec missing meta l4proto gre ip6 saddr . ip6 daddr @gre6 drop
+  }
+}
+";
+
+fn set_of(g: &Guard) -> &'static str {
+    match (g.remote, g.proto) {
+        (IpAddr::V4(_), Proto::Udp(_)) => "udp4",
+        (IpAddr::V6(_), Proto::Udp(_)) => "udp6",
+        (IpAddr::V4(_), Proto::Gre) => "gre4",
+        (IpAddr::V6(_), Proto::Gre) => "gre6",
+    }
+}
+
+fn element(g: &Guard) -> String {
+    match g.proto {
+        Proto::Udp(port) => format!("{} . {} . {port}", g.remote, g.local),
+        Proto::Gre => format!("{} . {}", g.remote, g.local),
+    }
+}
+
+/// The `nft -f -` script for one guard action.
+pub fn script(create: bool, add: &[Guard], del: &[Guard]) -> String {
+    let mut s = String::new();
+    if create {
+        s.push_str(SKELETON);
+    }
+    for (verb, list) in [("delete", del), ("add", add)] {
+        for g in list {
+            let _ = writeln!(
+                s,
+                "{verb} element inet {TABLE} {} {{ {} }}",
+                set_of(g),
+                element(g)
+            );
+        }
+    }
+    s
+}
+
+/// Guards found in `nft -j list table inet ovs_ipsec` output; elements we cannot read
+/// (added by hand in some other shape) are skipped.
+pub fn parse(json: &str) -> Result<BTreeSet<Guard>, String> {
+    let v: Value = serde_json::from_str(json).map_err(|e| format!("unreadable nft output: {e}"))?;
+    let items = v
+        .get("nftables")
+        .and_then(Value::as_array)
+        .ok_or("unreadable nft output: no nftables array")?;
+    let mut out = BTreeSet::new();
+    for set in items.iter().filter_map(|i| i.get("set")) {
+        let gre = match set.get("name").and_then(Value::as_str) {
+            Some("udp4" | "udp6") => false,
+            Some("gre4" | "gre6") => true,
+            _ => continue,
+        };
+        let elems = set.get("elem").and_then(Value::as_array);
+        for e in elems.into_iter().flatten() {
+            let parts = e.get("concat").and_then(Value::as_array);
+            let ip = |i: usize| -> Option<IpAddr> { parts?.get(i)?.as_str()?.parse().ok() };
+            let port = parts
+                .and_then(|p| p.get(2))
+                .and_then(Value::as_u64)
+                .and_then(|p| u16::try_from(p).ok());
+            let proto = if gre {
+                Some(Proto::Gre)
+            } else {
+                port.map(Proto::Udp)
+            };
+            if let (Some(remote), Some(local), Some(proto)) = (ip(0), ip(1), proto) {
+                out.insert(Guard {
+                    remote,
+                    local,
+                    proto,
+                });
+            }
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn g(remote: &str, local: &str, proto: Proto) -> Guard {
+        Guard {
+            remote: remote.parse().unwrap(),
+            local: local.parse().unwrap(),
+            proto,
+        }
+    }
+
+    #[test]
+    fn scripts_name_the_right_set_and_element() {
+        let s = script(
+            false,
+            &[g("2001:db8::2", "2001:db8::1", Proto::Udp(6081))],
+            &[g("192.0.2.2", "192.0.2.1", Proto::Gre)],
+        );
+        assert_eq!(
+            s,
+            "delete element inet ovs_ipsec gre4 { 192.0.2.2 . 192.0.2.1 }\n\
+             add element inet ovs_ipsec udp6 { 2001:db8::2 . 2001:db8::1 . 6081 }\n"
+        );
+        assert!(script(true, &[], &[]).contains("priority raw"));
+    }
+
+    #[test]
+    fn parses_nft_json_elements() {
+        let json = r#"{"nftables": [{"metainfo": {}}, {"table": {"family": "inet", "name": "ovs_ipsec"}},
+          {"set": {"name": "udp4", "elem": [{"concat": ["192.0.2.2", "192.0.2.1", 6081]}]}},
+          {"set": {"name": "gre6", "elem": [{"concat": ["2001:db8::2", "2001:db8::1"]}]}},
+          {"set": {"name": "gre4"}}, {"set": {"name": "other", "elem": [{"concat": ["1.1.1.1", "1.1.1.2"]}]}}]}"#;
+        let got = parse(json).unwrap();
+        assert_eq!(
+            got,
+            BTreeSet::from([
+                g("192.0.2.2", "192.0.2.1", Proto::Udp(6081)),
+                g("2001:db8::2", "2001:db8::1", Proto::Gre)
+            ])
+        );
+        assert!(parse("not json").is_err());
+    }
+}

@@ -1,0 +1,291 @@
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::*;
+use crate::backend::xfrm::types::{Flow, Proto, SaStats};
+use crate::backend::xfrm::want::resolve;
+use crate::model::{
+    Auth, Desired, DesiredTunnel, Family, Secret, StaticKeying, TunnelConf, TunnelType,
+};
+
+const PEER_GEN: [u8; 16] = [9; 16];
+
+fn conf(name: &str, remote: &str, psk: &str, next: Option<&str>) -> TunnelConf {
+    TunnelConf {
+        name: name.into(),
+        kind: TunnelType::Geneve,
+        local_ip: Some("192.0.2.1".parse().unwrap()),
+        remote_ip: remote.parse().unwrap(),
+        family: Family::V4,
+        dst_port: None,
+        auth: Auth::Psk(Secret::new(psk)),
+        pki: None,
+        custom: BTreeMap::new(),
+        static_keying: StaticKeying {
+            psk_next: next.map(Secret::new),
+            peer_generation: Some(PEER_GEN),
+        },
+    }
+}
+
+fn desired(confs: Vec<TunnelConf>) -> Desired {
+    Desired {
+        tunnels: confs
+            .into_iter()
+            .map(|c| {
+                let t = DesiredTunnel {
+                    version: 1,
+                    conf: Arc::new(c),
+                };
+                (t.conf.name.clone(), t)
+            })
+            .collect(),
+        ..Default::default()
+    }
+}
+
+fn empty() -> Observed {
+    Observed {
+        generation: [1; 16],
+        ..Default::default()
+    }
+}
+
+/// A kernel that does what the actions say (grace periods are 10 s).
+fn simulate(obs: &mut Observed, actions: &[Action]) {
+    for a in actions {
+        match a {
+            Action::RenewGeneration { .. } => obs.generation[0] ^= 0xff,
+            Action::AddSa { sa, dir, .. } => {
+                obs.sas.insert(sa.id, SaStats::default());
+                if *dir == Dir::Out {
+                    obs.used.insert(sa.id);
+                }
+            }
+            Action::SetPolicy { id, spi, .. } => {
+                obs.policies.insert(*id, *spi);
+            }
+            Action::Guard { add, del, .. } => {
+                let g = obs.guards.get_or_insert_with(Default::default);
+                g.extend(add.iter().copied());
+                del.iter().for_each(|d| {
+                    g.remove(d);
+                });
+            }
+            Action::DelPolicy(id) => {
+                obs.policies.remove(id);
+            }
+            Action::Retire(id) => {
+                obs.retiring
+                    .insert(*id, obs.now.unwrap() + Duration::from_secs(10));
+            }
+            Action::DelSa(id) => {
+                obs.sas.remove(id);
+                obs.retiring.remove(id);
+            }
+        }
+    }
+}
+
+fn converge(d: &Desired, obs: &mut Observed) -> Vec<Action> {
+    obs.now.get_or_insert_with(Instant::now);
+    let actions = plan(&resolve(d, obs), obs);
+    simulate(obs, &actions);
+    actions
+}
+
+fn kinds(actions: &[Action]) -> Vec<String> {
+    actions
+        .iter()
+        .map(|a| match a {
+            Action::RenewGeneration { .. } => "renew".into(),
+            Action::AddSa { dir, .. } => format!("add-sa-{dir}"),
+            Action::SetPolicy { id, .. } => format!("policy-{}", id.dir),
+            Action::Guard { create, add, del } => {
+                format!("guard{create}+{}-{}", add.len(), del.len())
+            }
+            Action::DelPolicy(id) => format!("del-policy-{}", id.dir),
+            Action::Retire(_) => "retire".into(),
+            Action::DelSa(_) => "del-sa".into(),
+        })
+        .collect()
+}
+
+#[test]
+fn add_installs_inbound_first_then_policies_then_guard_and_then_converges() {
+    let d = desired(vec![conf("t1", "192.0.2.2", "a", None)]);
+    let mut obs = empty();
+    let first = converge(&d, &mut obs);
+    assert_eq!(
+        kinds(&first),
+        [
+            "add-sa-in",
+            "add-sa-out",
+            "policy-out",
+            "policy-in",
+            "guardtrue+1-0"
+        ]
+    );
+    let Action::Guard { add, .. } = &first[4] else {
+        panic!()
+    };
+    assert_eq!(add[0].proto, Proto::Udp(6081));
+    assert!(
+        converge(&d, &mut obs).is_empty(),
+        "a converged kernel plans nothing"
+    );
+}
+
+#[test]
+fn restart_adopts_kernel_state_and_leaves_foreign_state_alone() {
+    let d = desired(vec![conf("t1", "192.0.2.2", "a", None)]);
+    let mut obs = empty();
+    converge(&d, &mut obs);
+    // A new monitor: no memory of grace periods, same generation file, plus foreign state.
+    let foreign = PolicyId {
+        dir: Dir::Out,
+        flow: Flow {
+            src: "198.51.100.1".parse().unwrap(),
+            dst: "198.51.100.2".parse().unwrap(),
+            proto: Proto::Gre,
+        },
+    };
+    obs.foreign_policies.insert(foreign);
+    obs.foreign_sas
+        .insert(("198.51.100.2".parse().unwrap(), 0x1234));
+    obs.retiring.clear();
+    assert!(converge(&d, &mut obs).is_empty());
+}
+
+#[test]
+fn changing_the_remote_replaces_policies_and_retires_old_sas() {
+    let mut obs = empty();
+    converge(&desired(vec![conf("t1", "192.0.2.2", "a", None)]), &mut obs);
+    let d2 = desired(vec![conf("t1", "192.0.2.3", "a", None)]);
+    let k = kinds(&converge(&d2, &mut obs));
+    assert_eq!(
+        k,
+        [
+            "add-sa-in",
+            "add-sa-out",
+            "policy-out",
+            "policy-in",
+            "guardfalse+1-1",
+            "del-policy-in",
+            "del-policy-out",
+            "retire",
+            "retire"
+        ]
+    );
+    assert_eq!(kinds(&converge(&d2, &mut obs)), Vec::<String>::new());
+    obs.now = obs.now.map(|n| n + Duration::from_secs(11));
+    assert_eq!(kinds(&converge(&d2, &mut obs)), ["del-sa", "del-sa"]);
+    assert_eq!(obs.sas.len(), 2);
+}
+
+#[test]
+fn rotation_phase_one_adds_only_the_next_inbound_sa() {
+    let mut obs = empty();
+    converge(&desired(vec![conf("t1", "192.0.2.2", "a", None)]), &mut obs);
+    let out_before = obs.policies.clone();
+    let d = desired(vec![conf("t1", "192.0.2.2", "a", Some("b"))]);
+    assert_eq!(kinds(&converge(&d, &mut obs)), ["add-sa-in"]);
+    assert_eq!(
+        obs.policies, out_before,
+        "still sending with the current key"
+    );
+    assert!(converge(&d, &mut obs).is_empty());
+}
+
+#[test]
+fn rotation_phase_two_switches_outbound_atomically_and_keeps_old_inbound_for_grace() {
+    let mut obs = empty();
+    converge(
+        &desired(vec![conf("t1", "192.0.2.2", "a", Some("b"))]),
+        &mut obs,
+    );
+    let d = desired(vec![conf("t1", "192.0.2.2", "b", None)]);
+    let actions = converge(&d, &mut obs);
+    assert_eq!(
+        kinds(&actions),
+        ["add-sa-out", "policy-out", "retire", "retire"],
+        "no inbound add: the next key's inbound SA is already there"
+    );
+    assert_eq!(obs.sas.len(), 4, "old SAs linger during the grace period");
+    obs.now = obs.now.map(|n| n + Duration::from_secs(11));
+    assert_eq!(kinds(&converge(&d, &mut obs)), ["del-sa", "del-sa"]);
+    assert!(converge(&d, &mut obs).is_empty());
+}
+
+#[test]
+fn removing_a_tunnel_removes_policies_and_guard_then_sas() {
+    let mut obs = empty();
+    converge(&desired(vec![conf("t1", "192.0.2.2", "a", None)]), &mut obs);
+    let none = desired(vec![]);
+    assert_eq!(
+        kinds(&converge(&none, &mut obs)),
+        [
+            "guardfalse+0-1",
+            "del-policy-in",
+            "del-policy-out",
+            "retire",
+            "retire"
+        ]
+    );
+    obs.now = obs.now.map(|n| n + Duration::from_secs(11));
+    assert_eq!(kinds(&converge(&none, &mut obs)), ["del-sa", "del-sa"]);
+    assert!(obs.sas.is_empty() && obs.policies.is_empty());
+}
+
+#[test]
+fn a_lost_outbound_sa_forces_a_new_generation_instead_of_reusing_its_key() {
+    let d = desired(vec![conf("t1", "192.0.2.2", "a", None)]);
+    let mut obs = empty();
+    converge(&d, &mut obs);
+    obs.sas.clear(); // `ip xfrm state flush` behind our back
+    assert_eq!(kinds(&converge(&d, &mut obs)), ["renew"]);
+    let again = converge(&d, &mut obs);
+    assert_eq!(kinds(&again), ["add-sa-in", "add-sa-out", "policy-out"]);
+}
+
+#[test]
+fn without_the_peer_generation_only_outbound_and_the_drop_policy_are_installed() {
+    let mut c = conf("t1", "192.0.2.2", "a", None);
+    c.static_keying.peer_generation = None;
+    let mut obs = empty();
+    assert_eq!(
+        kinds(&converge(&desired(vec![c]), &mut obs)),
+        ["add-sa-out", "policy-out", "policy-in", "guardtrue+1-0"]
+    );
+}
+
+#[test]
+fn conflicts_fail_the_tunnel_and_touch_nothing_foreign() {
+    let d = desired(vec![
+        conf("t1", "192.0.2.2", "a", None),
+        conf("t2", "192.0.2.2", "b", None),
+        conf("t3", "192.0.2.4", "c", None),
+    ]);
+    let mut obs = empty();
+    let wants = resolve(&d, &obs);
+    assert!(wants["t2"].as_ref().unwrap_err().contains("another tunnel"));
+    let t3 = wants["t3"].as_ref().unwrap();
+    obs.foreign_sas.insert((t3.out_sa.id.dst, t3.out_sa.id.spi));
+    let p = PolicyId {
+        dir: Dir::Out,
+        flow: wants["t1"].as_ref().unwrap().out_flow,
+    };
+    obs.foreign_policies.insert(p);
+    let wants = resolve(&d, &obs);
+    assert!(wants["t1"].as_ref().unwrap_err().contains("not created by"));
+    assert!(wants["t3"].as_ref().unwrap_err().contains("SPI collision"));
+    assert!(wants["t2"].as_ref().unwrap_err().contains("not created by"));
+    let actions = plan(&wants, &obs);
+    assert!(
+        actions
+            .iter()
+            .all(|a| !matches!(a, Action::DelPolicy(_) | Action::DelSa(_)))
+    );
+    assert!(!format!("{actions:?}").contains("\"a\""));
+}

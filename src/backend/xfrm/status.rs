@@ -1,0 +1,138 @@
+//! Pure: each tunnel's live state and `tunnels/show` details from an observation.
+
+use std::collections::BTreeMap;
+
+use super::types::{Guard, Observed, SaId, generation_hex};
+use super::want::{TunnelWant, WAITING_FOR_PEER, Wants};
+use crate::backend::{LiveState, LiveStatus};
+use crate::status::keys;
+
+/// ESN sequence numbers are 64-bit.
+const SEQ_MAX: u64 = u64::MAX;
+
+pub fn status(wants: &Wants, obs: &Observed) -> BTreeMap<String, LiveStatus> {
+    wants
+        .iter()
+        .map(|(name, w)| {
+            let st = match w {
+                Err(reason) => {
+                    let mut st = LiveStatus::new(LiveState::Error);
+                    st.error = Some(reason.clone());
+                    st
+                }
+                Ok(w) => tunnel_status(w, obs),
+            };
+            (name.clone(), st)
+        })
+        .collect()
+}
+
+fn tunnel_status(w: &TunnelWant, obs: &Observed) -> LiveStatus {
+    let has_sa = |id: &SaId| obs.sas.contains_key(id);
+    let guard = Guard {
+        remote: w.out_flow.dst,
+        local: w.out_flow.src,
+        proto: w.out_flow.proto,
+    };
+    let guarded = obs.guards.as_ref().is_some_and(|g| g.contains(&guard));
+    let mut missing = Vec::new();
+    if !has_sa(&w.out_sa.id) {
+        missing.push("outbound SA");
+    }
+    if obs.policies.get(&w.out_policy()) != Some(&w.out_sa.id.spi) {
+        missing.push("out policy");
+    }
+    if !obs.policies.contains_key(&w.in_policy()) {
+        missing.push("in policy");
+    }
+    if w.in_sa.as_ref().is_some_and(|s| !has_sa(&s.id)) {
+        missing.push("inbound SA");
+    }
+    if !guarded {
+        missing.push("nftables guard");
+    }
+    let mut st = match (&w.in_sa, missing.is_empty(), &obs.nft_error) {
+        (None, _, _) => down(WAITING_FOR_PEER.to_owned()),
+        (Some(_), true, _) => LiveStatus::new(LiveState::Up),
+        (Some(_), false, Some(e)) if !guarded => {
+            let mut st = LiveStatus::new(LiveState::Error);
+            st.error = Some(format!("nftables guard: {e}"));
+            st
+        }
+        (Some(_), false, _) => down(format!("not installed: {}", missing.join(", "))),
+    };
+    st.keys
+        .insert(keys::GENERATION, generation_hex(&obs.generation));
+    if w.rotating {
+        let ready = w.in_next.as_ref().is_some_and(|s| has_sa(&s.id));
+        st.keys.insert(
+            keys::ROTATION,
+            if ready { "ready" } else { "pending" }.into(),
+        );
+    }
+    st.active = w
+        .sas()
+        .filter(|(_, s)| has_sa(&s.id))
+        .map(|(d, s)| format!("{d} 0x{:08x}", s.id.spi))
+        .collect();
+    st.details = details(w, obs, guarded);
+    st
+}
+
+fn down(reason: String) -> LiveStatus {
+    let mut st = LiveStatus::new(LiveState::Down);
+    st.error = Some(reason);
+    st
+}
+
+fn details(w: &TunnelWant, obs: &Observed, guarded: bool) -> Vec<(String, Vec<String>)> {
+    let sas = w
+        .sas()
+        .map(|(d, s)| match obs.sas.get(&s.id) {
+            Some(c) => format!(
+                "{d} {}: {} bytes, {} packets, replay drops {}, integrity failures {}, sequence headroom {}",
+                s.id,
+                c.bytes,
+                c.packets,
+                c.replay_drops,
+                c.integrity_failed,
+                SEQ_MAX - c.oseq
+            ),
+            None => format!("{d} {}: missing", s.id),
+        })
+        .collect();
+    let present = |ok: bool| if ok { "installed" } else { "missing" };
+    let policies = vec![
+        format!(
+            "{} (spi 0x{:08x}): {}",
+            w.out_policy(),
+            w.out_sa.id.spi,
+            present(obs.policies.get(&w.out_policy()) == Some(&w.out_sa.id.spi))
+        ),
+        format!(
+            "{} (level required): {}",
+            w.in_policy(),
+            present(obs.policies.contains_key(&w.in_policy()))
+        ),
+    ];
+    let guard = vec![format!(
+        "table inet ovs_ipsec drops cleartext {}: {}",
+        w.in_flow(),
+        present(guarded)
+    )];
+    let mut out = vec![
+        ("Kernel SAs (static keys)".to_owned(), sas),
+        ("Kernel policies".to_owned(), policies),
+        ("Fail-closed guard".to_owned(), guard),
+    ];
+    if !obs.xfrm_stat.is_empty() {
+        out.push((
+            "Kernel XFRM error counters (/proc/net/xfrm_stat, all tunnels)".to_owned(),
+            obs.xfrm_stat
+                .iter()
+                .map(|(k, v)| format!("{k}: {v}"))
+                .collect(),
+        ));
+    }
+    out
+}

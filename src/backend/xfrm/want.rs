@@ -1,0 +1,163 @@
+//! Pure: what the kernel must hold for each desired tunnel, or why the tunnel cannot be
+//! programmed. Shared by the planner and the status so both judge a tunnel the same way.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+
+use super::derive::{Context, Key, derive};
+use super::types::{Dir, Flow, Observed, PolicyId, Proto, SaId};
+use crate::model::{Auth, Desired, Secret, TunnelConf, TunnelType};
+
+/// Why a tunnel is down while it waits for its peer's generation.
+pub const WAITING_FOR_PEER: &str = "waiting for options:ipsec_peer_generation (the peer's external_ids:ipsec-generation); inbound traffic is dropped until then";
+
+/// One SA to hold, with its key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SaWant {
+    pub id: SaId,
+    pub flow: Flow,
+    pub key: Key,
+}
+
+/// Everything one tunnel needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TunnelWant {
+    /// Local → remote.
+    pub out_flow: Flow,
+    pub out_sa: SaWant,
+    /// Inbound SA of the current PSK; `None` until the peer's generation is known.
+    pub in_sa: Option<SaWant>,
+    /// Inbound SA of `ipsec_psk_next` (rotation phase 1).
+    pub in_next: Option<SaWant>,
+    /// `ipsec_psk_next` is set.
+    pub rotating: bool,
+}
+
+impl TunnelWant {
+    pub fn in_flow(&self) -> Flow {
+        self.out_flow.reversed()
+    }
+
+    pub fn out_policy(&self) -> PolicyId {
+        PolicyId {
+            dir: Dir::Out,
+            flow: self.out_flow,
+        }
+    }
+
+    pub fn in_policy(&self) -> PolicyId {
+        PolicyId {
+            dir: Dir::In,
+            flow: self.in_flow(),
+        }
+    }
+
+    /// Inbound SAs first: they must exist before anything depends on them.
+    pub fn sas(&self) -> impl Iterator<Item = (Dir, &SaWant)> {
+        self.in_sa
+            .iter()
+            .chain(&self.in_next)
+            .map(|s| (Dir::In, s))
+            .chain(std::iter::once((Dir::Out, &self.out_sa)))
+    }
+}
+
+/// Each desired tunnel, by name: what it needs, or the reason it cannot be programmed.
+pub type Wants = BTreeMap<String, Result<TunnelWant, String>>;
+
+/// Resolves every desired tunnel against our generation and what the kernel holds. Tunnels
+/// are taken in name order, so when two claim the same traffic or SPI the later one fails.
+pub fn resolve(desired: &Desired, obs: &Observed) -> Wants {
+    let mut flows: BTreeSet<PolicyId> = BTreeSet::new();
+    let mut spis: BTreeSet<(IpAddr, u32)> = BTreeSet::new();
+    desired
+        .tunnels
+        .iter()
+        .map(|(name, t)| {
+            let want = tunnel_want(&t.conf, &obs.generation)
+                .and_then(|w| check_conflicts(w, obs, &mut flows, &mut spis));
+            (name.clone(), want)
+        })
+        .collect()
+}
+
+fn tunnel_want(conf: &TunnelConf, generation: &[u8; 16]) -> Result<TunnelWant, String> {
+    let Auth::Psk(psk) = &conf.auth else {
+        return Err("static keys (--ike-daemon=none) need options:psk".into());
+    };
+    let local = conf
+        .local_ip
+        .ok_or("options:local_ip is required with --ike-daemon=none")?;
+    let proto = match conf.kind {
+        TunnelType::Gre => Proto::Gre,
+        TunnelType::Geneve | TunnelType::Vxlan => Proto::Udp(conf.udp_port().unwrap_or(0)),
+    };
+    let out_flow = Flow {
+        src: local,
+        dst: conf.remote_ip,
+        proto,
+    };
+    let in_flow = out_flow.reversed();
+    let peer = conf.static_keying.peer_generation;
+    let inbound = |s: &Secret| peer.map(|g| sa_want(s, in_flow, &g));
+    Ok(TunnelWant {
+        out_flow,
+        out_sa: sa_want(psk, out_flow, generation),
+        in_sa: inbound(psk),
+        in_next: conf.static_keying.psk_next.as_ref().and_then(inbound),
+        rotating: conf.static_keying.psk_next.is_some(),
+    })
+}
+
+fn sa_want(psk: &Secret, flow: Flow, sender_generation: &[u8; 16]) -> SaWant {
+    let d = derive(
+        psk.expose().as_bytes(),
+        Context {
+            flow: &flow,
+            generation: sender_generation,
+        },
+    );
+    SaWant {
+        id: SaId {
+            src: flow.src,
+            dst: flow.dst,
+            spi: d.spi,
+        },
+        flow,
+        key: d.key,
+    }
+}
+
+fn check_conflicts(
+    w: TunnelWant,
+    obs: &Observed,
+    flows: &mut BTreeSet<PolicyId>,
+    spis: &mut BTreeSet<(IpAddr, u32)>,
+) -> Result<TunnelWant, String> {
+    for p in [w.out_policy(), w.in_policy()] {
+        if obs.foreign_policies.contains(&p) {
+            return Err(format!(
+                "a policy not created by ovs-monitor-ipsec already selects {}; it is left alone",
+                p.flow
+            ));
+        }
+        if flows.contains(&p) {
+            return Err(format!(
+                "another tunnel already selects {}: tunnels must differ in addresses, type or port",
+                p.flow
+            ));
+        }
+    }
+    for (_, sa) in w.sas() {
+        let key = (sa.id.dst, sa.id.spi);
+        if obs.foreign_sas.contains(&key) || spis.contains(&key) {
+            return Err(format!(
+                "SPI collision: SPI 0x{:08x} to {} is already in use; rotate the PSK (options:ipsec_psk_next)",
+                sa.id.spi, sa.id.dst
+            ));
+        }
+    }
+    flows.extend([w.out_policy(), w.in_policy()]);
+    spis.extend(w.sas().map(|(_, s)| (s.id.dst, s.id.spi)));
+    Ok(w)
+}

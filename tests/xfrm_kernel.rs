@@ -1,0 +1,207 @@
+//! The static-key backend on this machine's real kernel, in a fresh network namespace, with a
+//! real ovsdb-server, ovs-vsctl, ovs-appctl, ip and nft. This kernel has XFRM policies but no
+//! esp4: policies and the nftables guard are installed, SA adds fail, and the tunnel says so.
+
+mod common;
+
+use std::time::Duration;
+
+use common::monitor::{iface_key, wait_for};
+use common::ovsdb_server::OvsdbServer;
+use common::xfrm::{LOCAL4, Netns, all_text};
+use ovs_monitor_ipsec::backend::xfrm::derive::{Context, derive};
+use ovs_monitor_ipsec::backend::xfrm::types::{Flow, Proto};
+
+const T: Duration = Duration::from_secs(20);
+const REMOTE: &str = "192.0.2.2";
+const PSK: &str = "swordfish-static";
+const PEER_GEN: &str = "0123456789abcdef0123456789abcdef";
+
+fn add_tunnel(db: &OvsdbServer) {
+    db.vsctl(&[
+        "--may-exist",
+        "add-br",
+        "br-ipsec",
+        "--",
+        "add-port",
+        "br-ipsec",
+        "gnv0",
+        "--",
+        "set",
+        "interface",
+        "gnv0",
+        "type=geneve",
+        &format!("options:remote_ip={REMOTE}"),
+        &format!("options:local_ip={LOCAL4}"),
+        "options:dst_port=6090",
+        &format!("options:psk={PSK}"),
+        &format!("options:ipsec_peer_generation={PEER_GEN}"),
+    ]);
+}
+
+/// `ip xfrm policy` lines of our tunnel's selectors, with the volatile parts left out.
+fn our_policies(ns: &Netns) -> String {
+    ns.ip(&["xfrm", "policy"])
+        .split("src ")
+        .filter(|p| p.contains("dport 6090"))
+        .map(|p| format!("src {}", p.trim()))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn hex16(s: &str) -> [u8; 16] {
+    let mut g = [0u8; 16];
+    for (i, b) in g.iter_mut().enumerate() {
+        *b = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).unwrap();
+    }
+    g
+}
+
+/// The (key hex, SPI) pairs the monitor derived, the keys in the hex a careless log would show.
+fn derived(local_gen: &str) -> Vec<(String, u32)> {
+    let out = Flow {
+        src: LOCAL4.parse().unwrap(),
+        dst: REMOTE.parse().unwrap(),
+        proto: Proto::Udp(6090),
+    };
+    let inb = out.reversed();
+    [(out, hex16(local_gen)), (inb, hex16(PEER_GEN))]
+        .iter()
+        .map(|(flow, g)| {
+            let d = derive(
+                PSK.as_bytes(),
+                Context {
+                    flow,
+                    generation: g,
+                },
+            );
+            (d.key.0.iter().map(|b| format!("{b:02x}")).collect(), d.spi)
+        })
+        .collect()
+}
+
+#[test]
+fn kernel_state_is_installed_adopted_kept_and_removed_and_keys_never_leak() {
+    let ns = Netns::new();
+    let db = OvsdbServer::start();
+    // A foreign policy, placed by hand: it must survive everything below.
+    ns.ip(&[
+        "xfrm",
+        "policy",
+        "add",
+        "src",
+        "198.51.100.1",
+        "dst",
+        "198.51.100.2",
+        "proto",
+        "gre",
+        "dir",
+        "out",
+        "tmpl",
+        "proto",
+        "esp",
+        "mode",
+        "transport",
+    ]);
+    let mut mon = ns.monitor(&db, "monitor1.log", &[]);
+    add_tunnel(&db);
+
+    // No esp4 here: the SA add fails, clearly, and the tunnel is in error.
+    wait_for("ipsec-state=error", T, || {
+        iface_key(&db, "gnv0", "ipsec-state").as_deref() == Some("error")
+    });
+    let err = iface_key(&db, "gnv0", "ipsec-error").unwrap_or_default();
+    assert!(
+        err.contains("cannot add in SA") && err.contains("os error"),
+        "{err}"
+    );
+    // Policies with the configured port (not the geneve default), both directions.
+    let pols = our_policies(&ns);
+    assert!(
+        pols.contains(&format!(
+            "src {LOCAL4}/32 dst {REMOTE}/32 proto udp dport 6090"
+        )),
+        "{pols}"
+    );
+    assert!(
+        pols.contains(&format!(
+            "src {REMOTE}/32 dst {LOCAL4}/32 proto udp dport 6090"
+        )),
+        "{pols}"
+    );
+    assert!(
+        pols.contains("dir in") && pols.contains("dir out"),
+        "{pols}"
+    );
+    assert!(
+        pols.contains("level required") || !pols.contains("level use"),
+        "{pols}"
+    );
+    let (ok, table) = ns.nft(&["list", "table", "inet", "ovs_ipsec"]);
+    assert!(
+        ok && table.contains(&format!("{REMOTE} . {LOCAL4} . 6090")),
+        "{table}"
+    );
+    let generation = iface_key(&db, "gnv0", "ipsec-generation").expect("generation published");
+    assert_eq!(generation.len(), 32);
+    let show = mon.appctl_ok(&["tunnels/show"]);
+    assert!(
+        show.contains("dport 6090") && show.contains("ovs_ipsec"),
+        "{show}"
+    );
+
+    // Restart (SIGKILL): the new monitor adopts policies and guard without touching them.
+    drop(mon);
+    let before = our_policies(&ns);
+    mon = ns.monitor(&db, "monitor2.log", &[]);
+    mon.wait_log("add in SA"); // its first pass retries only what is missing
+    assert_eq!(
+        our_policies(&ns),
+        before,
+        "policies were churned by a restart: {}",
+        mon.log()
+    );
+    assert_eq!(mon.log_count("policy (spi"), 0, "{}", mon.log());
+    assert_eq!(mon.log_count("nftables guard:"), 0, "{}", mon.log());
+    assert_eq!(
+        iface_key(&db, "gnv0", "ipsec-generation").as_deref(),
+        Some(generation.as_str())
+    );
+
+    // exit --no-cleanup leaves everything.
+    mon.appctl_ok(&["exit", "--no-cleanup"]);
+    mon.wait_exit();
+    assert_eq!(our_policies(&ns), before);
+    assert!(ns.nft(&["list", "table", "inet", "ovs_ipsec"]).0);
+
+    // exit removes ours, and only ours.
+    let mut mon = ns.monitor(&db, "monitor3.log", &[]);
+    mon.wait_log("add in SA");
+    mon.appctl_ok(&["exit"]);
+    mon.wait_exit();
+    assert_eq!(our_policies(&ns), "", "our policies survived exit");
+    assert!(
+        !ns.nft(&["list", "table", "inet", "ovs_ipsec"]).0,
+        "nft table survived exit"
+    );
+    assert!(
+        ns.ip(&["xfrm", "policy"]).contains("198.51.100.2"),
+        "foreign policy removed"
+    );
+
+    // No secret anywhere we write: logs, generation file, tunnels/show, our OVSDB keys.
+    let everything = format!(
+        "{}{show}{}",
+        all_text(db.dir()),
+        db.vsctl(&["get", "Interface", "gnv0", "external_ids"])
+    );
+    assert!(!everything.contains(PSK), "PSK leaked");
+    for (key, spi) in derived(&generation) {
+        // The SPI in the log proves the test derives exactly what the monitor did.
+        assert!(everything.contains(&format!("spi 0x{spi:08x}")), "{spi:x}");
+        assert!(
+            !everything.to_lowercase().contains(&key),
+            "derived key leaked"
+        );
+    }
+}
