@@ -122,7 +122,14 @@ async fn run(
 
     // One arm per backend: each builds its backend from the command line and runs the loop.
     let exit = match kind {
-        BackendKind::StrongSwan | BackendKind::Libreswan | BackendKind::None => {
+        BackendKind::Libreswan => match crate::backend::libreswan::Libreswan::new(&cli) {
+            Ok(b) => run_with(b, false, parts, start).await,
+            Err(e) => {
+                error!("cannot set up the libreswan backend: {e}");
+                return 1;
+            }
+        },
+        BackendKind::StrongSwan | BackendKind::None => {
             info!(
                 "backend {kind} is not built in yet: running in dry-run mode (nothing is applied)"
             );
