@@ -18,6 +18,9 @@ pub mod render;
 pub mod status;
 pub mod version;
 
+#[cfg(test)]
+mod tests;
+
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
