@@ -193,3 +193,162 @@ impl Drop for LswMonitor {
         }
     }
 }
+
+/// Unpacked Libreswan's `ipsec` (tests/deps/libreswan.sh).
+pub const REAL_IPSEC: &str = "/opt/lsw/ipsec";
+
+fn sh(args: &[&str]) -> std::process::Output {
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .unwrap_or_else(|e| panic!("{args:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// Two network namespaces joined by a veth pair, 192.0.2.1 <-> 192.0.2.2, each with a
+/// default route to the other (pluto's `%defaultroute` needs one). Removed on drop.
+pub struct NetnsPair {
+    pub left: String,
+    pub right: String,
+}
+
+impl NetnsPair {
+    pub fn new() -> Self {
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let id = format!(
+            "{}{}",
+            std::process::id() % 100_000,
+            N.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+        );
+        let pair = Self {
+            left: format!("lswl{id}"),
+            right: format!("lswr{id}"),
+        };
+        let (vl, vr) = (format!("vl{id}"), format!("vr{id}"));
+        sh(&["ip", "netns", "add", &pair.left]);
+        sh(&["ip", "netns", "add", &pair.right]);
+        sh(&[
+            "ip", "link", "add", &vl, "type", "veth", "peer", "name", &vr,
+        ]);
+        sh(&["ip", "link", "set", &vl, "netns", &pair.left]);
+        sh(&["ip", "link", "set", &vr, "netns", &pair.right]);
+        for (ns, dev, me, peer) in [
+            (&pair.left, &vl, "192.0.2.1/24", "192.0.2.2"),
+            (&pair.right, &vr, "192.0.2.2/24", "192.0.2.1"),
+        ] {
+            sh(&["ip", "-n", ns, "addr", "add", me, "dev", dev]);
+            sh(&["ip", "-n", ns, "link", "set", "lo", "up"]);
+            sh(&["ip", "-n", ns, "link", "set", dev, "up"]);
+            sh(&["ip", "-n", ns, "route", "add", "default", "via", peer]);
+        }
+        pair
+    }
+}
+
+impl Drop for NetnsPair {
+    fn drop(&mut self) {
+        for ns in [&self.left, &self.right] {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+    }
+}
+
+/// A real pluto in `netns`, files under `<dir>/root` at the paths our monitor gets, killed
+/// on drop.
+pub struct Pluto {
+    pub root: PathBuf,
+    pub netns: String,
+}
+
+impl Pluto {
+    pub fn start(dir: &Path, netns: &str) -> Self {
+        assert!(
+            Path::new(REAL_IPSEC).exists(),
+            "{REAL_IPSEC} is missing: run tests/install-deps.sh (tests/deps/libreswan.sh unpacks libreswan)"
+        );
+        let root = dir.join("root");
+        for d in ["etc/ipsec.d", "usr/sbin", "run/pluto"] {
+            std::fs::create_dir_all(root.join(d)).expect("mkdir");
+        }
+        let wrapper = root.join("usr/sbin/ipsec");
+        std::fs::write(&wrapper, format!("#!/bin/sh\nexec {REAL_IPSEC} \"$@\"\n"))
+            .expect("wrapper");
+        let mut perm = std::fs::metadata(&wrapper).expect("stat").permissions();
+        std::os::unix::fs::PermissionsExt::set_mode(&mut perm, 0o755);
+        std::fs::set_permissions(&wrapper, perm).expect("chmod");
+        std::fs::write(root.join("etc/ipsec.conf"), "").expect("conf");
+        std::fs::write(root.join("etc/ipsec.secrets"), "").expect("secrets");
+        let p = |s: &str| root.join(s).display().to_string();
+        sh(&[REAL_IPSEC, "initnss", "--nssdir", &p("etc/ipsec.d")]);
+        let log = dir.join("pluto.log").display().to_string();
+        sh(&[
+            "ip",
+            "netns",
+            "exec",
+            netns,
+            REAL_IPSEC,
+            "pluto",
+            "--config",
+            &p("etc/ipsec.conf"),
+            "--ipsecdir",
+            &p("etc"),
+            "--nssdir",
+            &p("etc/ipsec.d"),
+            "--logfile",
+            &log,
+            "--secretsfile",
+            &p("etc/ipsec.secrets"),
+            "--rundir",
+            &p("run/pluto"),
+        ]);
+        let pluto = Self {
+            root,
+            netns: netns.to_owned(),
+        };
+        wait_for("pluto's control socket", Duration::from_secs(10), || {
+            pluto.root.join("run/pluto/pluto.ctl").exists()
+        });
+        pluto
+    }
+
+    /// `ipsec status` as pluto prints it.
+    pub fn status(&self) -> String {
+        let ctl = self.root.join("run/pluto/pluto.ctl").display().to_string();
+        let out = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &self.netns,
+                REAL_IPSEC,
+                "status",
+                "--ctlsocket",
+                &ctl,
+            ])
+            .output()
+            .expect("ipsec status");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// The monitor options that point at this pluto's files (below `--root-prefix`).
+    pub const MONITOR_ARGS: &'static [&'static str] = &[
+        "--ipsec-conf=/etc/ipsec.conf",
+        "--ipsec-d=/etc/ipsec.d",
+        "--ipsec-secrets=/etc/ipsec.secrets",
+        "--ipsec-ctl=/run/pluto/pluto.ctl",
+    ];
+}
+
+impl Drop for Pluto {
+    fn drop(&mut self) {
+        let pid =
+            std::fs::read_to_string(self.root.join("run/pluto/pluto.pid")).unwrap_or_default();
+        if let Ok(pid) = pid.trim().parse::<i32>() {
+            let _ = Command::new("kill").arg(pid.to_string()).status();
+        }
+    }
+}
