@@ -135,7 +135,12 @@ fn v4_cold_start_add_modify_delete() {
     wait_for("gre1-1 deleted", T, || {
         !stub.loaded().contains(&"gre1-1".to_owned())
     });
-    assert_eq!(stub.loaded(), ["vx1-in-2", "vx1-out-2"]);
+    assert_eq!(
+        stub.loaded(),
+        ["vx1-in-2", "vx1-out-2"],
+        "{:#?}",
+        stub.calls()
+    );
 }
 
 #[test]

@@ -13,6 +13,8 @@ use super::ovsdb_server::OvsdbServer;
 /// `nochild` present: an initiate brings the IKE SA up but no ESP SA (like this kernel).
 const STUB: &str = r#"#!/bin/bash
 S=$(cd "$(dirname "$0")" && pwd)/state; mkdir -p $S; touch $S/loaded $S/active
+# The monitor runs whack calls concurrently; pluto serializes them, so does the stub.
+exec 9>>$S/lock; flock 9
 echo "ipsec $*" >> $S/calls.log
 major=$(cat $S/version)
 p=""; [ "$major" -lt 5 ] && p="000 "
