@@ -291,7 +291,7 @@ fn detach_with_default_pidfile_is_found_by_ovs_appctl_and_our_client() {
         .status()
         .unwrap();
     assert!(st.success());
-    // --detach returns once the first pass is applied.
+    // --detach returns once the first pass is applied and its status written.
     assert_eq!(
         iface_key(&db, "t1", "ipsec-state").as_deref(),
         Some("configured")

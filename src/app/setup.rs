@@ -134,7 +134,14 @@ async fn run(
                 return 1;
             }
         },
-        BackendKind::StrongSwan | BackendKind::Libreswan => {
+        BackendKind::Libreswan => match crate::backend::libreswan::Libreswan::new(&cli) {
+            Ok(b) => run_with(b, false, parts, start).await,
+            Err(e) => {
+                error!("cannot set up the libreswan backend: {e}");
+                return 1;
+            }
+        },
+        BackendKind::StrongSwan => {
             info!(
                 "backend {kind} is not built in yet: running in dry-run mode (nothing is applied)"
             );

@@ -1,0 +1,375 @@
+//! Carrying out a plan, batched: the Python monitor runs one `ipsec` subprocess per
+//! connection (2,000 for 1,000 tunnels); here all new conns are loaded by one `addconn` per
+//! [`ADDCONN_BATCH`] names, and the `whack` calls that must stay per connection (initiate,
+//! delete) run through a pool of concurrent children.
+//!
+//! Order matters: files first (addconn reads the config, pluto the secrets), then
+//! certificates (a conn referring to a missing nickname fails to load), then deletions, then
+//! loads, then initiations. A failure is reported against its tunnel (→ `ipsec-state=error`)
+//! and the half-loaded conn is deleted, as the Python monitor does.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Instant;
+
+use tokio::task::JoinSet;
+use tracing::{error, warn};
+
+use super::plan::{Action, Pending, wanted_certs};
+use super::{Libreswan, LibreswanError, file_hash};
+use crate::backend::ApplyReport;
+use crate::backend::command::{Cmd, CmdOutput, CommandError};
+use crate::backend::files::{CONFIG_MODE, SECRET_MODE, write_if_changed};
+use crate::model::{Auth, Desired};
+
+/// Names per `addconn` call: far below any argv limit, and a failing batch is retried one
+/// by one, so a smaller batch costs less when one conn is bad.
+pub const ADDCONN_BATCH: usize = 200;
+
+/// What `whack --initiate` prints when it gives up at once.
+const INITIATE_FAILED: &str = "ailed to initiate connection";
+
+/// The actions of one pass, grouped by kind in execution order.
+#[derive(Default)]
+struct Batches {
+    write_files: bool,
+    remove_certs: Vec<String>,
+    import_certs: Vec<(String, super::nss::CertSource)>,
+    deletes: Vec<String>,
+    delete_shunts: Vec<String>,
+    load_shunts: Vec<String>,
+    adds: Vec<String>,
+    starts: Vec<String>,
+    bring_ups: Vec<String>,
+}
+
+impl Batches {
+    fn new(actions: Vec<Action>) -> (Self, usize) {
+        let mut b = Self::default();
+        let mut n = 0;
+        for a in actions {
+            n += 1;
+            match a {
+                Action::WriteFiles => b.write_files = true,
+                Action::RemoveCert { nick } => b.remove_certs.push(nick),
+                Action::ImportCert { nick, source } => b.import_certs.push((nick, source)),
+                Action::Delete { conn, .. } => b.deletes.push(conn),
+                Action::DeleteShunt { conn } => b.delete_shunts.push(conn),
+                Action::LoadShunt { conn } => b.load_shunts.push(conn),
+                Action::Add { conn } => b.adds.push(conn),
+                Action::Start { conn } => b.starts.push(conn),
+                Action::BringUp { conn, .. } => b.bring_ups.push(conn),
+                Action::Reconcile { .. } => n -= 1,
+            }
+        }
+        (b, n)
+    }
+}
+
+/// Which tunnel each conn belongs to, and which tunnels need each nickname.
+struct Owners {
+    conn: BTreeMap<String, String>,
+    nick: BTreeMap<String, Vec<String>>,
+}
+
+impl Owners {
+    fn new(desired: &Desired) -> Self {
+        let mut conn = BTreeMap::new();
+        let mut nick: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        let local = desired.global.pki.as_ref().map(|p| {
+            [
+                format!("{}{}", super::nss::CERTKEY_PREFIX, p.local_name),
+                super::nss::CA_NICK.to_owned(),
+            ]
+        });
+        for (name, t) in &desired.tunnels {
+            for c in t.conn_names() {
+                conn.insert(c, name.clone());
+            }
+            if matches!(t.conf.auth, Auth::Psk(_)) {
+                continue;
+            }
+            for n in local.iter().flatten() {
+                nick.entry(n.clone()).or_default().push(name.clone());
+            }
+            if let Auth::SelfSigned { remote_name, .. } = &t.conf.auth {
+                nick.entry(format!("{}{remote_name}", super::nss::CERT_PREFIX))
+                    .or_default()
+                    .push(name.clone());
+            }
+        }
+        Self { conn, nick }
+    }
+
+    fn tunnel(&self, conn: &str) -> String {
+        self.conn
+            .get(conn)
+            .cloned()
+            .unwrap_or_else(|| conn.to_owned())
+    }
+}
+
+/// Runs `cmds` with at most `limit` children at a time; results in completion order.
+async fn pool(
+    cmds: Vec<(String, Cmd)>,
+    limit: usize,
+) -> Vec<(String, Result<CmdOutput, CommandError>)> {
+    let mut set = JoinSet::new();
+    let mut todo = cmds.into_iter();
+    let mut out = Vec::new();
+    loop {
+        while set.len() < limit.max(1) {
+            let Some((key, cmd)) = todo.next() else { break };
+            set.spawn(async move {
+                let r = cmd.run().await;
+                (key, r)
+            });
+        }
+        match set.join_next().await {
+            Some(Ok(r)) => out.push(r),
+            // A task can only fail by panicking or being cancelled; neither happens here.
+            Some(Err(e)) => warn!("command task failed: {e}"),
+            None => return out,
+        }
+    }
+}
+
+/// A completed command counts as failed on a non-zero exit or unfiltered stderr.
+fn failure(r: &Result<CmdOutput, CommandError>) -> Option<String> {
+    match r {
+        Ok(o) if o.code == 0 && o.stderr.trim().is_empty() => None,
+        Ok(o) => Some(format!(
+            "exit code {}: {}",
+            o.code,
+            o.stderr.trim().lines().next().unwrap_or("")
+        )),
+        Err(e) => Some(e.to_string()),
+    }
+}
+
+impl Libreswan {
+    /// Writes both files; rereads secrets when they changed.
+    pub(super) async fn write_files(&self, desired: &Desired) -> Result<(), LibreswanError> {
+        let (conf, secrets) = self.render(desired)?;
+        write_if_changed(&self.paths.conf, conf.as_bytes(), CONFIG_MODE)?;
+        if write_if_changed(&self.paths.secrets, secrets.as_bytes(), SECRET_MODE)? {
+            // pluto keeps running with the old secrets if this fails; the conns that need
+            // the new ones fail and are retried by the next pass.
+            let _ = self
+                .ipsec("reread the IPsec secrets", self.cmds.rereadsecrets())
+                .run_checked()
+                .await;
+        }
+        Ok(())
+    }
+
+    pub(super) async fn run_actions(
+        &mut self,
+        desired: &Desired,
+        actions: Vec<Action>,
+    ) -> Result<ApplyReport, LibreswanError> {
+        let (b, applied) = Batches::new(actions);
+        let owners = Owners::new(desired);
+        let mut report = ApplyReport {
+            applied,
+            ..ApplyReport::default()
+        };
+        if b.write_files {
+            self.write_files(desired).await?;
+        }
+        let blocked = self.sync_certs(&b, &owners, &mut report).await;
+        self.nss_wanted = !wanted_certs(desired).is_empty() || !self.memory.synced.is_empty();
+
+        self.delete_conns(&b.deletes).await;
+        for c in &b.deletes {
+            if !owners.conn.contains_key(c) {
+                self.memory.owned.remove(c);
+            }
+        }
+        self.delete_conns(&b.delete_shunts).await;
+        if !b.load_shunts.is_empty() {
+            self.load_shunts(&b.load_shunts, desired).await;
+        }
+
+        let skip = |c: &String| blocked.contains(&owners.tunnel(c));
+        let loads: Vec<String> = b
+            .adds
+            .iter()
+            .chain(&b.starts)
+            .filter(|c| !skip(c))
+            .cloned()
+            .collect();
+        let failed = self.load_conns(&loads, &owners, &mut report).await;
+        let now = Instant::now();
+        for c in b.adds.iter().filter(|c| !skip(c) && !failed.contains(*c)) {
+            self.pending.insert(c.clone(), (Pending::Added, now));
+        }
+        let initiate: Vec<String> = b
+            .starts
+            .iter()
+            .filter(|c| !skip(c) && !failed.contains(*c))
+            .chain(&b.bring_ups)
+            .cloned()
+            .collect();
+        self.initiate(&initiate, &owners, &mut report).await;
+        Ok(report)
+    }
+
+    /// Removes and imports NSS nicknames; returns the tunnels whose certificates failed.
+    async fn sync_certs(
+        &mut self,
+        b: &Batches,
+        owners: &Owners,
+        report: &mut ApplyReport,
+    ) -> BTreeSet<String> {
+        let mut blocked = BTreeSet::new();
+        for nick in &b.remove_certs {
+            match self.nss.delete(nick).await {
+                Ok(()) => {}
+                // Already gone (deleted by hand) is what we wanted.
+                Err(e) => warn!("{e}"),
+            }
+            self.memory.synced.remove(nick);
+        }
+        for (nick, source) in &b.import_certs {
+            match self.nss.ensure(nick, source).await {
+                Ok(_) => {
+                    let hash = file_hash(source.cert_path());
+                    self.memory
+                        .synced
+                        .insert(nick.clone(), (source.clone(), hash));
+                }
+                Err(e) => {
+                    self.memory.synced.remove(nick);
+                    for t in owners.nick.get(nick).into_iter().flatten() {
+                        report
+                            .errors
+                            .insert(t.clone(), format!("cannot import {nick}: {e}"));
+                        blocked.insert(t.clone());
+                    }
+                }
+            }
+        }
+        blocked
+    }
+
+    async fn delete_conns(&mut self, conns: &[String]) {
+        let cmds = conns
+            .iter()
+            .map(|c| {
+                let what = format!("delete ipsec connection {c}");
+                (c.clone(), self.ipsec(what, self.cmds.delete(c)))
+            })
+            .collect();
+        for (conn, r) in pool(cmds, self.concurrency).await {
+            self.pending.remove(&conn);
+            if let Some(f) = failure(&r) {
+                warn!("Failed to delete ipsec connection {conn}: {f}");
+            }
+        }
+    }
+
+    /// Loads shunts with `addconn` and routes them (a `type=drop` conn only drops once its
+    /// policy is installed). No `--asynchronous` with the add: Libreswan 5 rejects it.
+    async fn load_shunts(&mut self, shunts: &[String], desired: &Desired) {
+        let load = self.ipsec("load the shunt connections", self.cmds.addconn(shunts));
+        if let Some(f) = failure(&load.run().await) {
+            warn!("Failed to load the shunt connections: {f}");
+            return;
+        }
+        let cmds = shunts
+            .iter()
+            .map(|c| {
+                let what = format!("route shunt connection {c}");
+                (c.clone(), self.ipsec(what, self.cmds.route(c)))
+            })
+            .collect();
+        let mut ok = true;
+        for (conn, r) in pool(cmds, self.concurrency).await {
+            if let Some(f) = failure(&r) {
+                warn!("Failed to route shunt connection {conn}: {f}");
+                ok = false;
+            }
+        }
+        if ok {
+            self.memory.shunt_mark = desired.global.skb_mark;
+        }
+    }
+
+    /// Loads `conns` in batches; a failing batch is retried one conn at a time to find the
+    /// culprits, which are reported, deleted and returned.
+    async fn load_conns(
+        &mut self,
+        conns: &[String],
+        owners: &Owners,
+        report: &mut ApplyReport,
+    ) -> BTreeSet<String> {
+        let mut failed = BTreeSet::new();
+        for chunk in conns.chunks(ADDCONN_BATCH) {
+            self.memory.owned.extend(chunk.iter().cloned());
+            let cmd = self.ipsec("load ipsec connections", self.cmds.addconn(chunk));
+            if failure(&cmd.run().await).is_none() {
+                continue;
+            }
+            let singles = chunk
+                .iter()
+                .map(|c| {
+                    let what = format!("add ipsec connection {c}");
+                    let args = self.cmds.addconn(std::slice::from_ref(c));
+                    (c.clone(), self.ipsec(what, args))
+                })
+                .collect();
+            for (conn, r) in pool(singles, self.concurrency).await {
+                if let Some(f) = failure(&r) {
+                    warn!("Failed to add ipsec connection {conn}: {f}");
+                    report.errors.insert(
+                        owners.tunnel(&conn),
+                        format!("cannot load connection {conn}: {f}"),
+                    );
+                    failed.insert(conn);
+                }
+            }
+        }
+        let failed_list: Vec<String> = failed.iter().cloned().collect();
+        self.delete_conns(&failed_list).await;
+        failed
+    }
+
+    async fn initiate(&mut self, conns: &[String], owners: &Owners, report: &mut ApplyReport) {
+        let cmds = conns
+            .iter()
+            .map(|c| {
+                let what = format!("start ipsec connection {c}");
+                (c.clone(), self.ipsec(what, self.cmds.initiate(c)))
+            })
+            .collect();
+        let mut failed = Vec::new();
+        let now = Instant::now();
+        for (conn, r) in pool(cmds, self.concurrency).await {
+            let tunnel = owners.tunnel(&conn);
+            if let Ok(o) = &r
+                && o.stdout.contains(INITIATE_FAILED)
+            {
+                error!("Failed to initiate connection through Interface {tunnel}.");
+            }
+            let f = failure(&r).or_else(|| {
+                r.as_ref()
+                    .ok()
+                    .filter(|o| o.stdout.contains(INITIATE_FAILED))
+                    .map(|_| "pluto failed to initiate it".to_owned())
+            });
+            match f {
+                Some(f) => {
+                    warn!("Failed to start ipsec connection {conn}: {f}");
+                    report
+                        .errors
+                        .insert(tunnel, format!("cannot start connection {conn}: {f}"));
+                    failed.push(conn);
+                }
+                None => {
+                    self.pending.insert(conn, (Pending::Started, now));
+                }
+            }
+        }
+        self.delete_conns(&failed).await;
+    }
+}

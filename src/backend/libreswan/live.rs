@@ -1,0 +1,84 @@
+//! The live state of each tunnel from an observation (pure), for OVSDB and `tunnels/show`.
+//!
+//! - every conn has an ESP SA: `up`;
+//! - a conn is not loaded in pluto: `down`, with the conns as the reason;
+//! - all loaded, an IKE SA is established or a bring-up is pending: `negotiating` (with the
+//!   reason when the IKE SA is up but no IPsec SA followed, e.g. a kernel without ESP);
+//! - otherwise `down`: loaded, nothing negotiating.
+
+use std::collections::BTreeMap;
+
+use super::plan::Observed;
+use crate::backend::{LiveState, LiveStatus};
+use crate::model::{Desired, DesiredTunnel};
+
+pub fn status(desired: &Desired, observed: &Observed) -> BTreeMap<String, LiveStatus> {
+    desired
+        .tunnels
+        .iter()
+        .map(|(name, t)| (name.clone(), tunnel(t, observed)))
+        .collect()
+}
+
+fn tunnel(t: &DesiredTunnel, observed: &Observed) -> LiveStatus {
+    let st = &observed.pluto;
+    let conns = t.conn_names();
+    let missing = |set: &std::collections::BTreeSet<String>| -> Vec<String> {
+        conns
+            .iter()
+            .filter(|c| !set.contains(*c))
+            .cloned()
+            .collect()
+    };
+    let not_loaded = missing(&st.loaded);
+    let not_active = missing(&st.active);
+    let ike_up: Vec<&String> = conns.iter().filter(|c| st.ike_up.contains(*c)).collect();
+    let pending = conns.iter().any(|c| observed.pending.contains_key(c));
+
+    let (state, error) = if not_active.is_empty() {
+        (LiveState::Up, None)
+    } else if !not_loaded.is_empty() {
+        (
+            LiveState::Down,
+            Some(format!("not loaded in pluto: {}", not_loaded.join(", "))),
+        )
+    } else if !ike_up.is_empty() {
+        (
+            LiveState::Negotiating,
+            Some(format!(
+                "IKE SA established but no IPsec SA for {}",
+                not_active.join(", ")
+            )),
+        )
+    } else if pending {
+        (LiveState::Negotiating, None)
+    } else {
+        (
+            LiveState::Down,
+            Some(format!("not established: {}", not_active.join(", "))),
+        )
+    };
+    let mut live = LiveStatus::new(state);
+    live.error = error;
+    live.active = conns
+        .iter()
+        .filter(|c| st.active.contains(*c))
+        .cloned()
+        .collect();
+    live.details.push((
+        "IPsec connections that are active".into(),
+        conns
+            .iter()
+            .flat_map(|c| st.active_lines.get(c).into_iter().flatten().cloned())
+            .collect(),
+    ));
+    live.details.push((
+        "IPsec connections loaded".into(),
+        conns
+            .iter()
+            .filter(|c| st.loaded.contains(*c))
+            .cloned()
+            .collect(),
+    ));
+    live
+}

@@ -1,0 +1,377 @@
+//! `--ike-daemon=libreswan`: drives pluto through `ipsec` commands, with the Python
+//! monitor's reconcile loop (OVS HEAD) and without its per-connection subprocess storm.
+//!
+//! A pass is `observe` (one `ipsec status`, file hashes, optionally `certutil -L`) → `plan`
+//! (pure, [`plan`]) → `apply` ([`apply`]: files, NSS, deletes, one `addconn` per 200
+//! connections, a bounded pool of concurrent `whack --initiate`) → `status` (pure,
+//! [`live`]). The per-connection timestamps that decide "defunct" and "bring up" after 15 s
+//! live here, because the daemon calls a pass at least every 15 s and on every change.
+//!
+//! The Libreswan version (from `ipsec --version` at start) picks the command forms, whether
+//! `keyingtries` is written, and the NSS directory default ([`version`]).
+
+pub mod apply;
+pub mod live;
+pub mod nss;
+pub mod plan;
+pub mod render;
+pub mod status;
+pub mod version;
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+use thiserror::Error;
+use tracing::{error, info, warn};
+
+use self::nss::Nss;
+use self::plan::{Action, Memory, Observed, Pending};
+use self::render::Layout;
+use self::status::PlutoStatus;
+use self::version::{Commands, Version};
+use super::command::{Cmd, CommandError};
+use super::files::{FileError, under_root};
+use super::templates::{TemplateError, Templates};
+use super::{ApplyReport, Backend, BackendError, BackendKind, LiveStatus, StartOptions};
+use crate::cli::Cli;
+use crate::model::Desired;
+
+/// The stderr line Libreswan 5.3 prints for every conn loaded with `auto=route` by an
+/// explicit add (libreswan issue #2584); harmless.
+const AUTO_ROUTE_WARNING: &str = "overriding auto=route with auto=add";
+
+#[derive(Debug, Error)]
+pub enum LibreswanError {
+    #[error(transparent)]
+    Template(#[from] TemplateError),
+    #[error(transparent)]
+    File(#[from] FileError),
+    #[error(transparent)]
+    Command(#[from] CommandError),
+    #[error(transparent)]
+    Nss(#[from] nss::NssError),
+}
+
+impl From<LibreswanError> for BackendError {
+    fn from(e: LibreswanError) -> Self {
+        match e {
+            LibreswanError::Command(CommandError::Timeout { what, secs }) => {
+                BackendError::Timeout { what, secs }
+            }
+            other => BackendError::Io {
+                what: "libreswan".into(),
+                detail: other.to_string(),
+            },
+        }
+    }
+}
+
+/// Files and sockets, `--root-prefix` applied (except to `--root-ipsec-conf`, as in the
+/// Python monitor: it names the host's main config).
+#[derive(Debug, Clone)]
+pub struct Paths {
+    pub ipsec: PathBuf,
+    pub conf: PathBuf,
+    pub root_conf: PathBuf,
+    pub secrets: PathBuf,
+    pub ctl: PathBuf,
+    /// `--ipsec-d`, when given; otherwise the version's default.
+    pub nss_dir: Option<PathBuf>,
+    pub root: PathBuf,
+}
+
+impl Paths {
+    pub fn from_cli(cli: &Cli) -> Self {
+        let root = PathBuf::from(&cli.root_prefix);
+        let at = |p: Option<&PathBuf>, default: &str| {
+            under_root(&root, p.map(PathBuf::as_path).unwrap_or(Path::new(default)))
+        };
+        let conf = at(cli.ipsec_conf.as_ref(), "/etc/ipsec.conf");
+        Self {
+            ipsec: under_root(&root, Path::new("/usr/sbin/ipsec")),
+            root_conf: cli.root_ipsec_conf.clone().unwrap_or_else(|| conf.clone()),
+            conf,
+            secrets: at(cli.ipsec_secrets.as_ref(), "/etc/ipsec.secrets"),
+            ctl: at(cli.ipsec_ctl.as_ref(), "/run/pluto/pluto.ctl"),
+            nss_dir: cli.ipsec_d.as_ref().map(|d| under_root(&root, d)),
+            root,
+        }
+    }
+
+    /// Whether the file we write is also the root config (then it has `config setup`).
+    pub fn own_root(&self) -> bool {
+        self.root_conf == self.conf
+    }
+}
+
+/// The Libreswan backend.
+pub struct Libreswan {
+    paths: Paths,
+    default_crypto: bool,
+    timeout: Duration,
+    templates: Templates,
+    cmds: Commands,
+    layout: Layout,
+    nss: Nss,
+    memory: Memory,
+    pending: HashMap<String, (Pending, Instant)>,
+    /// Whether `certutil -L` runs at observe time (certificates configured now or before).
+    nss_wanted: bool,
+    /// The tunnel count for which "Connections for all(N) … are Up." was logged.
+    announced: Mutex<Option<usize>>,
+    /// Maximum concurrent `whack` calls.
+    pub concurrency: usize,
+}
+
+impl Libreswan {
+    pub fn new(cli: &Cli) -> Result<Self, LibreswanError> {
+        let paths = Paths::from_cli(cli);
+        let templates = Templates::load(Some(&cli.template_dir()), render::DEFAULTS)?;
+        for name in templates.overridden() {
+            info!("using template override {name}");
+        }
+        let timeout = Duration::from_secs(cli.command_timeout);
+        let version = Version::unknown();
+        Ok(Self {
+            layout: Layout::new(paths.own_root(), cli.use_default_crypto, &version),
+            nss: Nss::new(
+                paths
+                    .nss_dir
+                    .as_deref()
+                    .unwrap_or(&under_root(&paths.root, version.default_nss_dir())),
+                timeout,
+            ),
+            cmds: Commands {
+                version,
+                ctl: paths.ctl.clone(),
+                config: paths.root_conf.clone(),
+            },
+            default_crypto: cli.use_default_crypto,
+            timeout,
+            templates,
+            paths,
+            memory: Memory::default(),
+            pending: HashMap::new(),
+            nss_wanted: false,
+            announced: Mutex::new(None),
+            concurrency: 16,
+        })
+    }
+
+    /// An `ipsec` command with our time limit and stderr filter.
+    fn ipsec(&self, what: impl Into<String>, args: Vec<String>) -> Cmd {
+        Cmd::new(&self.paths.ipsec, what, self.timeout)
+            .args(args)
+            .ignore_stderr(AUTO_ROUTE_WARNING)
+    }
+
+    fn set_version(&mut self, version: Version) {
+        self.layout = Layout::new(self.paths.own_root(), self.default_crypto, &version);
+        let dir = self
+            .paths
+            .nss_dir
+            .clone()
+            .unwrap_or_else(|| under_root(&self.paths.root, version.default_nss_dir()));
+        self.nss = Nss::new(&dir, self.timeout);
+        self.cmds.version = version;
+    }
+
+    async fn probe_version(&self) -> Version {
+        if !self.paths.ipsec.exists() {
+            error!("IKE daemon is not installed in the system.");
+        }
+        let cmd = Cmd::new(
+            &self.paths.ipsec,
+            "query the Libreswan version",
+            self.timeout,
+        )
+        .arg("--version");
+        match cmd.run().await.ok().and_then(|o| Version::parse(&o.stdout)) {
+            Some(v) => v,
+            None => {
+                warn!("cannot tell the Libreswan version; assuming the oldest behaviour");
+                Version::unknown()
+            }
+        }
+    }
+
+    /// The conns named in the config file a previous run left (ours to delete).
+    fn conns_in_our_file(&self) -> Vec<String> {
+        std::fs::read_to_string(&self.paths.conf)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.strip_prefix("conn "))
+            .map(str::trim)
+            .filter(|c| *c != "%default" && !c.starts_with(render::SHUNT_PREFIX))
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// Startup restart: our NSS nicknames out, empty files, `ipsec restart`.
+    async fn restart(&mut self) -> Result<(), LibreswanError> {
+        match self.nss.list().await {
+            Ok(nicks) => {
+                for nick in nicks {
+                    if let Err(e) = self.nss.delete(&nick).await {
+                        warn!("{e}");
+                    }
+                }
+            }
+            Err(e) => warn!("cannot clear our certificates from the NSS database: {e}"),
+        }
+        self.write_files(&Desired::default()).await?;
+        self.ipsec("restart the IKE daemon", vec!["restart".into()])
+            .run_checked()
+            .await?;
+        self.memory = Memory::default();
+        self.pending.clear();
+        Ok(())
+    }
+
+    fn render(&self, desired: &Desired) -> Result<(String, String), TemplateError> {
+        Ok((
+            render::ipsec_conf(&self.templates, &self.layout, desired)?,
+            render::ipsec_secrets(&self.templates, desired)?,
+        ))
+    }
+
+    fn announce(&self, desired: &Desired, live: &BTreeMap<String, LiveStatus>) {
+        let all_up = !live.is_empty()
+            && live
+                .values()
+                .all(|l| l.state == crate::backend::LiveState::Up);
+        let n = desired.tunnels.len();
+        if let Ok(mut announced) = self.announced.lock() {
+            if !all_up {
+                *announced = None;
+            } else if *announced != Some(n) {
+                info!("Connections for all({n}) configured tunnels are Up.");
+                *announced = Some(n);
+            }
+        }
+    }
+}
+
+fn sha256(bytes: &[u8]) -> [u8; 32] {
+    Sha256::digest(bytes).into()
+}
+
+fn file_hash(path: &Path) -> Option<[u8; 32]> {
+    std::fs::read(path).ok().map(|b| sha256(&b))
+}
+
+impl Backend for Libreswan {
+    type Observed = Observed;
+    type Action = Action;
+
+    fn kind(&self) -> BackendKind {
+        BackendKind::Libreswan
+    }
+
+    async fn start(&mut self, opts: &StartOptions) -> Result<(), BackendError> {
+        let version = self.probe_version().await;
+        info!("Libreswan version {} detected", version.text);
+        self.set_version(version);
+        self.memory.owned.extend(self.conns_in_our_file());
+        if opts.restart_ike_daemon {
+            self.restart().await?;
+        }
+        Ok(())
+    }
+
+    async fn observe(&mut self) -> Result<Observed, BackendError> {
+        let out = self
+            .ipsec("read the IPsec status", self.cmds.status())
+            .run()
+            .await
+            .map_err(LibreswanError::from)?;
+        if out.code != 0 {
+            return Err(BackendError::Unavailable(
+                "pluto".into(),
+                out.stderr
+                    .trim()
+                    .lines()
+                    .next()
+                    .unwrap_or("ipsec status failed")
+                    .into(),
+            ));
+        }
+        let pluto = PlutoStatus::parse(&out.stdout);
+        self.pending.retain(|c, _| !pluto.active.contains(c));
+        let nss = if self.nss_wanted {
+            match self.nss.list().await {
+                Ok(n) => Some(n),
+                Err(e) => {
+                    warn!("{e}");
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        let now = Instant::now();
+        Ok(Observed {
+            conf_hash: file_hash(&self.paths.conf),
+            secrets_hash: file_hash(&self.paths.secrets),
+            nss,
+            cert_hashes: self
+                .memory
+                .synced
+                .iter()
+                .map(|(nick, (src, _))| (nick.clone(), file_hash(src.cert_path())))
+                .collect(),
+            pending: self
+                .pending
+                .iter()
+                .map(|(c, (p, at))| (c.clone(), (*p, now.duration_since(*at))))
+                .collect(),
+            pluto,
+        })
+    }
+
+    fn plan(&self, desired: &Desired, observed: &Observed) -> Vec<Action> {
+        let files = self
+            .render(desired)
+            .ok()
+            .map(|(conf, secrets)| (sha256(conf.as_bytes()), sha256(secrets.as_bytes())));
+        plan::plan(desired, observed, &self.memory, files)
+    }
+
+    async fn apply(
+        &mut self,
+        desired: &Desired,
+        actions: Vec<Action>,
+    ) -> Result<ApplyReport, BackendError> {
+        Ok(self.run_actions(desired, actions).await?)
+    }
+
+    fn status(&self, desired: &Desired, observed: &Observed) -> BTreeMap<String, LiveStatus> {
+        let live = live::status(desired, observed);
+        self.announce(desired, &live);
+        live
+    }
+
+    async fn cleanup(&mut self) -> Result<(), BackendError> {
+        let empty = Desired::default();
+        self.nss_wanted = true;
+        let observed = self.observe().await?;
+        let actions = self.plan(&empty, &observed);
+        for a in &actions {
+            info!("{a}");
+        }
+        let report = self.run_actions(&empty, actions).await?;
+        match report.errors.values().next() {
+            Some(e) => Err(BackendError::Io {
+                what: "cleanup".into(),
+                detail: e.clone(),
+            }),
+            None => Ok(()),
+        }
+    }
+}

@@ -1,0 +1,276 @@
+//! Pluto's NSS certificate database, driven with `certutil` and `pk12util` (called by bare
+//! name, as the Python monitor does) and `openssl` for the PKCS#12 bundle of our key.
+//!
+//! Nicknames are the ones OVS's tests and operators expect: `ovs_certkey_<CN>` for our
+//! certificate and key, `ovs_cert_cacert` for the CA, `ovs_cert_<CN>` for a peer's
+//! self-signed certificate. Only nicknames with these prefixes are ever touched.
+//!
+//! An import first compares what the database holds under the nickname with the file (the
+//! set of base64 certificate bodies) and replaces it only when they differ; a stale entry
+//! left by a run that died during a certificate rotation is deleted until the nickname is
+//! gone (NSS allows several certificates under one nickname).
+//!
+//! The private key reaches `pk12util` through a PKCS#12 file made by `mkstemp` (mode 0600,
+//! unpredictable name) and removed as soon as the import ends, whatever its outcome.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use thiserror::Error;
+
+use crate::backend::command::{Cmd, CommandError};
+
+/// Nickname prefix of certificates (CA and peers).
+pub const CERT_PREFIX: &str = "ovs_cert_";
+/// Nickname prefix of our certificate with its private key.
+pub const CERTKEY_PREFIX: &str = "ovs_certkey_";
+/// Nickname of the CA certificate.
+pub const CA_NICK: &str = "ovs_cert_cacert";
+
+/// How often a mismatched nickname is deleted before giving up.
+const MAX_DELETES: usize = 8;
+
+#[derive(Debug, Error)]
+pub enum NssError {
+    #[error(transparent)]
+    Command(#[from] CommandError),
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot create a private temporary file in {dir}: {source}")]
+    Temp { dir: PathBuf, source: nix::Error },
+    #[error("{nick} still differs from {path} after {MAX_DELETES} deletions")]
+    Stuck { nick: String, path: PathBuf },
+}
+
+/// Is `nick` one of ours?
+pub fn is_ours(nick: &str) -> bool {
+    nick.starts_with(CERT_PREFIX) || nick.starts_with(CERTKEY_PREFIX)
+}
+
+/// What a nickname holds and where it comes from.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum CertSource {
+    /// Our certificate and private key (`ovs_certkey_<CN>`).
+    Local { cert: PathBuf, key: PathBuf },
+    /// The CA (`ovs_cert_cacert`), trusted for peers' certificates.
+    Ca(PathBuf),
+    /// A peer's self-signed certificate (`ovs_cert_<CN>`).
+    Peer(PathBuf),
+}
+
+impl CertSource {
+    /// The certificate file (for content comparison).
+    pub fn cert_path(&self) -> &Path {
+        match self {
+            Self::Local { cert, .. } => cert,
+            Self::Ca(p) | Self::Peer(p) => p,
+        }
+    }
+}
+
+/// The NSS database at `sql:<dir>`.
+#[derive(Debug, Clone)]
+pub struct Nss {
+    db: String,
+    timeout: Duration,
+    tmp_dir: PathBuf,
+}
+
+impl Nss {
+    pub fn new(dir: &Path, timeout: Duration) -> Self {
+        Self {
+            db: format!("sql:{}", dir.display()),
+            timeout,
+            tmp_dir: std::env::temp_dir(),
+        }
+    }
+
+    fn certutil(&self, what: String) -> Cmd {
+        Cmd::new("certutil", what, self.timeout)
+    }
+
+    /// Our nicknames present in the database.
+    pub async fn list(&self) -> Result<BTreeSet<String>, NssError> {
+        let out = self
+            .certutil("list the NSS database".into())
+            .args(["-L", "-d", &self.db])
+            .run_checked()
+            .await?;
+        Ok(parse_list(&out.stdout))
+    }
+
+    /// Makes `nick` hold exactly the certificate(s) of `source`; returns whether the database
+    /// changed.
+    pub async fn ensure(&self, nick: &str, source: &CertSource) -> Result<bool, NssError> {
+        let path = source.cert_path();
+        let want = pem_bodies(&std::fs::read_to_string(path).map_err(|e| NssError::Read {
+            path: path.to_owned(),
+            source: e,
+        })?);
+        for _ in 0..MAX_DELETES {
+            let have = self.bodies(nick).await?;
+            if have.is_empty() {
+                self.import(nick, source).await?;
+                return Ok(true);
+            }
+            if have == want {
+                return Ok(false);
+            }
+            tracing::info!("Mismatched certificate {nick} in the NSS database, removing.");
+            self.delete(nick).await?;
+        }
+        Err(NssError::Stuck {
+            nick: nick.to_owned(),
+            path: path.to_owned(),
+        })
+    }
+
+    /// Certificate bodies under `nick`; empty when the nickname is absent.
+    async fn bodies(&self, nick: &str) -> Result<BTreeSet<String>, NssError> {
+        let out = self
+            .certutil(format!("read certificate {nick}"))
+            .args(["-L", "-d", &self.db, "-a", "-n", nick])
+            .run()
+            .await?;
+        // certutil exits 255 with "could not find certificate named" when it is absent.
+        Ok(if out.code == 0 {
+            pem_bodies(&out.stdout)
+        } else {
+            BTreeSet::new()
+        })
+    }
+
+    async fn import(&self, nick: &str, source: &CertSource) -> Result<(), NssError> {
+        match source {
+            CertSource::Ca(p) => self.add_cert(nick, p, "CT,,").await,
+            CertSource::Peer(p) => self.add_cert(nick, p, "P,P,P").await,
+            CertSource::Local { cert, key } => self.add_certkey(nick, cert, key).await,
+        }
+    }
+
+    async fn add_cert(&self, nick: &str, path: &Path, trust: &str) -> Result<(), NssError> {
+        self.certutil(format!("import certificate {nick}"))
+            .args(["-A", "-a", "-i"])
+            .arg(path.display().to_string())
+            .args(["-d", &self.db, "-n", nick, "-t", trust])
+            .run_checked()
+            .await?;
+        Ok(())
+    }
+
+    async fn add_certkey(&self, nick: &str, cert: &Path, key: &Path) -> Result<(), NssError> {
+        let p12 = TempFile::new(&self.tmp_dir)?;
+        let p12_path = p12.0.display().to_string();
+        Cmd::new(
+            "openssl",
+            format!("bundle certificate and key {nick}"),
+            self.timeout,
+        )
+        .args(["pkcs12", "-export", "-in"])
+        .arg(cert.display().to_string())
+        .arg("-inkey")
+        .arg(key.display().to_string())
+        .args(["-out", &p12_path, "-name", nick, "-passout", "pass:"])
+        .run_checked()
+        .await?;
+        Cmd::new(
+            "pk12util",
+            format!("import certificate and key {nick}"),
+            self.timeout,
+        )
+        .args(["-i", &p12_path, "-d", &self.db, "-W", ""])
+        .run_checked()
+        .await?;
+        Ok(())
+    }
+
+    /// Deletes `nick` (with its private key for `ovs_certkey_*`).
+    pub async fn delete(&self, nick: &str) -> Result<(), NssError> {
+        let flag = if nick.starts_with(CERTKEY_PREFIX) {
+            "-F"
+        } else {
+            "-D"
+        };
+        self.certutil(format!("delete certificate {nick}"))
+            .args([flag, "-d", &self.db, "-n", nick])
+            .run_checked()
+            .await?;
+        Ok(())
+    }
+}
+
+/// A `mkstemp` file removed on drop.
+struct TempFile(PathBuf);
+
+impl TempFile {
+    fn new(dir: &Path) -> Result<Self, NssError> {
+        let (fd, path) =
+            nix::unistd::mkstemp(&dir.join("ovs-monitor-ipsec-p12.XXXXXX")).map_err(|source| {
+                NssError::Temp {
+                    dir: dir.to_owned(),
+                    source,
+                }
+            })?;
+        drop(fd);
+        Ok(Self(path))
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// Our nicknames in `certutil -L` output: the nickname column, left of the trust flags.
+fn parse_list(text: &str) -> BTreeSet<String> {
+    text.lines()
+        .filter_map(|l| {
+            let (nick, trust) = l.trim_end().rsplit_once(char::is_whitespace)?;
+            let nick = nick.trim_end();
+            (trust.matches(',').count() == 2 && is_ours(nick)).then(|| nick.to_owned())
+        })
+        .collect()
+}
+
+/// The base64 bodies of the PEM certificates in `text`, whitespace removed.
+pub fn pem_bodies(text: &str) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    let mut cur: Option<String> = None;
+    for line in text.lines().map(str::trim) {
+        if line.starts_with("-----BEGIN CERTIFICATE") {
+            cur = Some(String::new());
+        } else if line.starts_with("-----END CERTIFICATE") {
+            out.extend(cur.take());
+        } else if let Some(c) = cur.as_mut() {
+            c.push_str(line);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn list_keeps_only_our_nicknames() {
+        let text = "\nCertificate Nickname                                         Trust Attributes\n                                                             SSL,S/MIME,JAR/XPI\n\novs_certkey_left                                             u,u,u\novs_cert_cacert                                              CT,, \nadmin cert                                                   CT,C,C\n";
+        assert_eq!(
+            parse_list(text).into_iter().collect::<Vec<_>>(),
+            ["ovs_cert_cacert", "ovs_certkey_left"]
+        );
+    }
+
+    #[test]
+    fn pem_bodies_ignore_layout() {
+        let a = "-----BEGIN CERTIFICATE-----\nAAAA\nBBBB\n-----END CERTIFICATE-----\n";
+        let b = "junk\n-----BEGIN CERTIFICATE-----\r\nAAAABBBB\r\n-----END CERTIFICATE-----";
+        assert_eq!(pem_bodies(a), pem_bodies(b));
+        assert_eq!(pem_bodies(a).len(), 1);
+    }
+}

@@ -1,0 +1,332 @@
+//! The pure part of a pass: what to do given the desired state and an observation.
+//!
+//! The reconcile rules are the Python monitor's at OVS HEAD (reference §3.2), per
+//! connection:
+//! - active (an ESP SA exists): nothing; its tracking timestamp is dropped at observe time;
+//! - loaded, not active, started more than 15 s ago: delete it ("defunct"); the next pass
+//!   loads it again;
+//! - loaded, not active, added (inbound, waiting for the peer) more than 15 s ago: initiate
+//!   it ourselves ("Bringing up ipsec connection");
+//! - loaded, not active, untracked: it went down; initiate it;
+//! - not loaded: load it; the outbound side (and GRE's single conn) is also initiated, the
+//!   inbound side only added, so that the two peers do not start crossing negotiations;
+//! - loaded or active, ours, not desired: delete it ("is outdated").
+//!
+//! "Ours" means named in the config file we found at start-up or loaded by this process:
+//! an admin's own conns in the root config are never touched.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::time::Duration;
+
+use super::nss::{self, CertSource};
+use super::render::SHUNT_PREFIX;
+use super::status::PlutoStatus;
+use crate::model::{Auth, Desired, DesiredTunnel, SkbMark, TunnelType};
+
+/// A started or added connection gets this long to come up (the Python monitor's
+/// `RECONCILIATION_INTERVAL`).
+pub const GRACE: Duration = Duration::from_secs(15);
+
+/// Why a connection is tracked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pending {
+    /// Loaded as responder (`--add`): waits for the peer to initiate.
+    Added,
+    /// Initiated by us.
+    Started,
+}
+
+/// One observation: pluto's status, our files, our NSS nicknames, and the age of every
+/// pending connection.
+#[derive(Debug, Default)]
+pub struct Observed {
+    pub pluto: PlutoStatus,
+    /// SHA-256 of `--ipsec-conf` and `--ipsec-secrets` as found (never their text: the
+    /// secrets file holds PSKs); `None` for a missing file.
+    pub conf_hash: Option<[u8; 32]>,
+    pub secrets_hash: Option<[u8; 32]>,
+    /// Our nicknames in the NSS database, when it was listed.
+    pub nss: Option<BTreeSet<String>>,
+    /// SHA-256 of the certificate files we imported, by nickname, as they are now.
+    pub cert_hashes: BTreeMap<String, Option<[u8; 32]>>,
+    pub pending: BTreeMap<String, (Pending, Duration)>,
+}
+
+/// What the backend remembers between passes and `plan` needs.
+#[derive(Debug, Default, Clone)]
+pub struct Memory {
+    /// Connections this monitor may delete (see the module doc).
+    pub owned: BTreeSet<String>,
+    /// Nicknames imported or verified, with the source and the hash of its certificate.
+    pub synced: BTreeMap<String, (CertSource, Option<[u8; 32]>)>,
+    /// The mark of the loaded shunts.
+    pub shunt_mark: Option<SkbMark>,
+}
+
+/// Why a connection is deleted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeleteWhy {
+    Outdated,
+    Defunct,
+}
+
+/// One step of a Libreswan pass. `Display` is the log line (the wording OVS's tests grep).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Rewrite `--ipsec-conf`/`--ipsec-secrets` (each only if its content changed).
+    WriteFiles,
+    ImportCert {
+        nick: String,
+        source: CertSource,
+    },
+    RemoveCert {
+        nick: String,
+    },
+    Delete {
+        conn: String,
+        why: DeleteWhy,
+    },
+    /// Only a log line: a port's active connections drifted from the desired ones.
+    Reconcile {
+        port: String,
+        active: Vec<String>,
+        desired: Vec<String>,
+    },
+    /// Load as responder.
+    Add {
+        conn: String,
+    },
+    /// Load and initiate.
+    Start {
+        conn: String,
+    },
+    /// Initiate a loaded connection.
+    BringUp {
+        conn: String,
+        went_down: bool,
+    },
+    LoadShunt {
+        conn: String,
+    },
+    DeleteShunt {
+        conn: String,
+    },
+}
+
+impl fmt::Display for Action {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::WriteFiles => f.write_str("Refreshing LibreSwan configuration"),
+            Self::ImportCert { nick, .. } => {
+                write!(f, "Importing certificate {nick} into the NSS database")
+            }
+            Self::RemoveCert { nick } => {
+                write!(f, "Removing certificate {nick} from the NSS database")
+            }
+            Self::Delete {
+                conn,
+                why: DeleteWhy::Outdated,
+            } => write!(f, "{conn} is outdated, removing"),
+            Self::Delete {
+                conn,
+                why: DeleteWhy::Defunct,
+            } => write!(f, "Connection {conn} is defunct, removing"),
+            Self::Reconcile {
+                port,
+                active,
+                desired,
+            } => write!(
+                f,
+                "Active connections for port {port} {active:?} do not match desired {desired:?}, need to reconcile"
+            ),
+            Self::Add { conn } => write!(f, "Adding ipsec connection {conn}"),
+            Self::Start { conn } => write!(f, "Starting ipsec connection {conn}"),
+            Self::BringUp {
+                conn,
+                went_down: false,
+            } => write!(f, "Bringing up ipsec connection {conn}"),
+            Self::BringUp {
+                conn,
+                went_down: true,
+            } => write!(f, "Connection {conn} went down, bringing it up"),
+            Self::LoadShunt { conn } => write!(f, "Loading shunt connection {conn}"),
+            Self::DeleteShunt { conn } => write!(f, "Removing shunt connection {conn}"),
+        }
+    }
+}
+
+/// The nicknames `desired` needs, with their source.
+pub fn wanted_certs(desired: &Desired) -> BTreeMap<String, CertSource> {
+    let mut out = BTreeMap::new();
+    if let Some(pki) = &desired.global.pki {
+        out.insert(
+            format!("{}{}", nss::CERTKEY_PREFIX, pki.local_name),
+            CertSource::Local {
+                cert: pki.certificate.clone(),
+                key: pki.private_key.clone(),
+            },
+        );
+        if let Some(ca) = &pki.ca_cert {
+            out.insert(nss::CA_NICK.to_owned(), CertSource::Ca(ca.clone()));
+        }
+    }
+    for t in desired.tunnels.values() {
+        if let Auth::SelfSigned {
+            remote_cert,
+            remote_name,
+        } = &t.conf.auth
+        {
+            out.insert(
+                format!("{}{remote_name}", nss::CERT_PREFIX),
+                CertSource::Peer(remote_cert.clone()),
+            );
+        }
+    }
+    out
+}
+
+/// The inbound conn of a UDP tunnel is only added; every other conn is started.
+fn is_responder(t: &DesiredTunnel, conn: &str) -> bool {
+    t.conf.kind != TunnelType::Gre && conn.starts_with(&format!("{}-in-", t.conf.name))
+}
+
+/// The shunt connection names `desired` needs.
+pub fn wanted_shunts(desired: &Desired) -> BTreeSet<String> {
+    match desired.global.skb_mark {
+        Some(_) => super::render::SHUNTS
+            .iter()
+            .map(|(n, _)| format!("{SHUNT_PREFIX}{n}"))
+            .collect(),
+        None => BTreeSet::new(),
+    }
+}
+
+/// The plan. `files` are the hashes of the files `desired` renders to (`None` when they
+/// cannot be rendered: the write then reports the error).
+pub fn plan(
+    desired: &Desired,
+    observed: &Observed,
+    memory: &Memory,
+    files: Option<([u8; 32], [u8; 32])>,
+) -> Vec<Action> {
+    let mut actions = Vec::new();
+    let files_differ = files.is_none_or(|(conf, secrets)| {
+        observed.conf_hash != Some(conf) || observed.secrets_hash != Some(secrets)
+    });
+    if files_differ {
+        actions.push(Action::WriteFiles);
+    }
+    plan_certs(desired, observed, memory, &mut actions);
+
+    let st = &observed.pluto;
+    let wanted: BTreeSet<String> = desired
+        .tunnels
+        .values()
+        .flat_map(|t| t.conn_names())
+        .collect();
+    for conn in st.loaded.union(&st.active) {
+        if !wanted.contains(conn) && memory.owned.contains(conn) {
+            actions.push(Action::Delete {
+                conn: conn.clone(),
+                why: DeleteWhy::Outdated,
+            });
+        }
+    }
+    plan_shunts(desired, observed, memory, &mut actions);
+
+    for t in desired.tunnels.values() {
+        plan_tunnel(t, observed, memory, &mut actions);
+    }
+    actions
+}
+
+fn plan_certs(desired: &Desired, observed: &Observed, memory: &Memory, out: &mut Vec<Action>) {
+    let wanted = wanted_certs(desired);
+    let present: BTreeSet<&String> = observed
+        .nss
+        .iter()
+        .flatten()
+        .chain(memory.synced.keys())
+        .collect();
+    for nick in present {
+        if !wanted.contains_key(nick) {
+            out.push(Action::RemoveCert { nick: nick.clone() });
+        }
+    }
+    for (nick, source) in wanted {
+        let in_sync = memory.synced.get(&nick).is_some_and(|(src, hash)| {
+            *src == source
+                && observed.cert_hashes.get(&nick) == Some(hash)
+                && observed.nss.as_ref().is_none_or(|n| n.contains(&nick))
+        });
+        if !in_sync {
+            out.push(Action::ImportCert { nick, source });
+        }
+    }
+}
+
+fn plan_shunts(desired: &Desired, observed: &Observed, memory: &Memory, out: &mut Vec<Action>) {
+    let wanted = wanted_shunts(desired);
+    let mark_changed = memory.shunt_mark != desired.global.skb_mark;
+    for conn in &observed.pluto.loaded {
+        if conn.starts_with(SHUNT_PREFIX) && (!wanted.contains(conn) || mark_changed) {
+            out.push(Action::DeleteShunt { conn: conn.clone() });
+        }
+    }
+    for conn in wanted {
+        if !observed.pluto.loaded.contains(&conn) || mark_changed {
+            out.push(Action::LoadShunt { conn });
+        }
+    }
+}
+
+fn plan_tunnel(t: &DesiredTunnel, observed: &Observed, memory: &Memory, out: &mut Vec<Action>) {
+    let st = &observed.pluto;
+    let conns = t.conn_names();
+    let drifted = conns.iter().any(|c| {
+        !st.active.contains(c)
+            && !observed.pending.contains_key(c)
+            && (st.loaded.contains(c) || memory.owned.contains(c))
+    });
+    if drifted {
+        out.push(Action::Reconcile {
+            port: t.conf.name.clone(),
+            active: conns
+                .iter()
+                .filter(|c| st.active.contains(*c))
+                .cloned()
+                .collect(),
+            desired: conns.clone(),
+        });
+    }
+    for conn in conns {
+        if st.active.contains(&conn) {
+            continue;
+        }
+        let pending = observed.pending.get(&conn);
+        if !st.loaded.contains(&conn) {
+            out.push(if is_responder(t, &conn) {
+                Action::Add { conn }
+            } else {
+                Action::Start { conn }
+            });
+            continue;
+        }
+        match pending {
+            Some((Pending::Started, age)) if *age >= GRACE => out.push(Action::Delete {
+                conn,
+                why: DeleteWhy::Defunct,
+            }),
+            Some((Pending::Added, age)) if *age >= GRACE => out.push(Action::BringUp {
+                conn,
+                went_down: false,
+            }),
+            Some(_) => {}
+            None => out.push(Action::BringUp {
+                conn,
+                went_down: true,
+            }),
+        }
+    }
+}

@@ -1,0 +1,214 @@
+//! Rendering of the two files the monitor owns, `--ipsec-conf` and `--ipsec-secrets`, from
+//! the desired state. The layout lives in `templates/libreswan/` (admins may override it);
+//! this module only decides the values.
+//!
+//! Layout rules (reference §3.2): when we own the root config (no distinct
+//! `--root-ipsec-conf`), the file has `config setup` and a `conn %default` carrying the base
+//! and crypto lines; otherwise each conn repeats crypto and base lines, because an included
+//! file must not redefine `%default` for the admin's own conns. `--use-default-crypto` leaves
+//! `ike=`, `esp=` and `ikev2=` out. The PSK is written as `0x` hex so that no character of it
+//! can end its field.
+
+use serde::Serialize;
+
+use super::version::Version;
+use crate::backend::secrets::psk_hex;
+use crate::backend::templates::{TemplateError, Templates};
+use crate::model::{Auth, Desired, DesiredTunnel, Family, TunnelType};
+
+pub const CONF_TEMPLATE: &str = "ipsec.conf";
+pub const SECRETS_TEMPLATE: &str = "ipsec.secrets";
+
+/// The compiled-in templates.
+pub const DEFAULTS: &[(&str, &str)] = &[
+    (
+        CONF_TEMPLATE,
+        include_str!("../../../templates/libreswan/ipsec.conf"),
+    ),
+    (
+        SECRETS_TEMPLATE,
+        include_str!("../../../templates/libreswan/ipsec.secrets"),
+    ),
+];
+
+/// Shunt connections that drop unencrypted tunnel traffic when `ipsec_skb_mark` is set.
+pub const SHUNTS: &[(&str, &str)] = &[
+    ("gre", "gre"),
+    ("geneve", "udp/6081"),
+    ("vxlan", "udp/4789"),
+];
+
+/// Prefix of the shunt connection names.
+pub const SHUNT_PREFIX: &str = "prevent_unencrypted_";
+
+/// Layout options from the command line and the daemon's version.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Layout {
+    /// We own the root config: write `config setup` and `conn %default`.
+    pub own_root: bool,
+    /// `--use-default-crypto`.
+    pub default_crypto: bool,
+    pub keyingtries: bool,
+}
+
+impl Layout {
+    pub fn new(own_root: bool, default_crypto: bool, version: &Version) -> Self {
+        Self {
+            own_root,
+            default_crypto,
+            keyingtries: version.wants_keyingtries(),
+        }
+    }
+
+    fn base(&self) -> Vec<&'static str> {
+        let mut v = Vec::new();
+        if self.keyingtries {
+            v.push("keyingtries=%forever");
+        }
+        v.extend(["type=transport", "auto=route"]);
+        v
+    }
+
+    fn crypto(&self) -> Vec<&'static str> {
+        if self.default_crypto {
+            Vec::new()
+        } else {
+            vec!["ike=aes_gcm256-sha2_256", "esp=aes_gcm256", "ikev2=insist"]
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct ConfCtx<'a> {
+    own_root: bool,
+    base: Vec<&'static str>,
+    crypto: Vec<&'static str>,
+    shunts: Vec<ShuntCtx>,
+    mark: String,
+    conns: Vec<ConnCtx<'a>>,
+}
+
+#[derive(Serialize)]
+struct ShuntCtx {
+    name: &'static str,
+    proto: &'static str,
+}
+
+#[derive(Serialize)]
+struct ConnCtx<'a> {
+    name: String,
+    ipv6: bool,
+    left: String,
+    right: String,
+    auth: &'static str,
+    local_name: &'a str,
+    remote_name: &'a str,
+    leftprotoport: String,
+    rightprotoport: String,
+    custom: Vec<KeyValue<'a>>,
+}
+
+#[derive(Serialize)]
+struct KeyValue<'a> {
+    key: &'a str,
+    value: &'a str,
+}
+
+#[derive(Serialize)]
+struct SecretsCtx {
+    psks: Vec<PskCtx>,
+}
+
+#[derive(Serialize)]
+struct PskCtx {
+    remote: String,
+    hex: String,
+}
+
+/// The connections of one tunnel: (name, left protoport, right protoport). The inbound conn
+/// selects traffic to our tunnel port, the outbound one traffic to the peer's.
+pub fn conn_selectors(t: &DesiredTunnel) -> Vec<(String, String, String)> {
+    let names = t.conn_names();
+    match (t.conf.kind, t.conf.udp_port()) {
+        (TunnelType::Gre, _) | (_, None) => names
+            .into_iter()
+            .map(|n| (n, "gre".to_owned(), "gre".to_owned()))
+            .collect(),
+        (_, Some(port)) => names
+            .into_iter()
+            .zip([
+                (format!("udp/{port}"), "udp".to_owned()),
+                ("udp".to_owned(), format!("udp/{port}")),
+            ])
+            .map(|(n, (l, r))| (n, l, r))
+            .collect(),
+    }
+}
+
+fn conn_ctxs(t: &DesiredTunnel) -> Vec<ConnCtx<'_>> {
+    let c = &t.conf;
+    let local_name = c.pki.as_ref().map(|p| p.local_name.as_str()).unwrap_or("");
+    conn_selectors(t)
+        .into_iter()
+        .map(|(name, l, r)| ConnCtx {
+            name,
+            ipv6: c.family == Family::V6,
+            left: c
+                .local_ip
+                .map(|ip| ip.to_string())
+                .unwrap_or_else(|| "%defaultroute".into()),
+            right: c.remote_ip.to_string(),
+            auth: c.auth.kind(),
+            local_name,
+            remote_name: c.auth.remote_name().unwrap_or(""),
+            leftprotoport: l,
+            rightprotoport: r,
+            custom: c
+                .custom
+                .iter()
+                .map(|(k, v)| KeyValue { key: k, value: v })
+                .collect(),
+        })
+        .collect()
+}
+
+/// The text of `--ipsec-conf` for `desired`.
+pub fn ipsec_conf(
+    templates: &Templates,
+    layout: &Layout,
+    desired: &Desired,
+) -> Result<String, TemplateError> {
+    let mark = desired.global.skb_mark;
+    let ctx = ConfCtx {
+        own_root: layout.own_root,
+        base: layout.base(),
+        crypto: layout.crypto(),
+        shunts: if mark.is_some() {
+            SHUNTS
+                .iter()
+                .map(|(name, proto)| ShuntCtx { name, proto })
+                .collect()
+        } else {
+            Vec::new()
+        },
+        mark: mark.map(|m| m.to_string()).unwrap_or_default(),
+        conns: desired.tunnels.values().flat_map(conn_ctxs).collect(),
+    };
+    templates.render(CONF_TEMPLATE, &ctx)
+}
+
+/// The text of `--ipsec-secrets` for `desired`: one line per PSK tunnel.
+pub fn ipsec_secrets(templates: &Templates, desired: &Desired) -> Result<String, TemplateError> {
+    let psks = desired
+        .tunnels
+        .values()
+        .filter_map(|t| match &t.conf.auth {
+            Auth::Psk(psk) => Some(PskCtx {
+                remote: t.conf.remote_ip.to_string(),
+                hex: psk_hex(psk),
+            }),
+            _ => None,
+        })
+        .collect();
+    templates.render(SECRETS_TEMPLATE, &SecretsCtx { psks })
+}

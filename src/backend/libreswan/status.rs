@@ -1,0 +1,129 @@
+//! Parsing of `ipsec status` (pluto's `whack --status`), v3 to v5.
+//!
+//! The lines that matter, with or without v4's `000 ` prefix:
+//! - a connection is *loaded* when it has a description line, `"NAME": <address>…===…` or
+//!   `…...…` (addresses may be IPv6, hence hex digits);
+//! - a connection is *active* when an ESP SA exists for it: the state's SPI line
+//!   `#N: "NAME"… esp.SPI@PEER …` (or `esp:` in older formats). An IKE SA alone, or a
+//!   Child SA that the kernel refused (no ESP support), is not active;
+//! - an IKE SA is established when a state line says `ESTABLISHED_IKE_SA` (v4 prints
+//!   `STATE_V2_ESTABLISHED_IKE_SA`, v5 `ESTABLISHED_IKE_SA`) or IKEv1's `MAIN_R3`/`MAIN_I4`.
+//!
+//! Connection names never contain `"` (the model's interface-name grammar), so the quoted
+//! name can be cut out without a regex.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+/// What `ipsec status` says about every connection.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PlutoStatus {
+    pub loaded: BTreeSet<String>,
+    pub active: BTreeSet<String>,
+    /// Connections with an established IKE SA.
+    pub ike_up: BTreeSet<String>,
+    /// Raw lines of the active connections, for `tunnels/show` (prefix stripped).
+    pub active_lines: BTreeMap<String, Vec<String>>,
+}
+
+impl PlutoStatus {
+    pub fn parse(text: &str) -> Self {
+        let mut st = Self::default();
+        for raw in text.lines() {
+            let line = raw.strip_prefix("000 ").unwrap_or(raw).trim_end();
+            if let Some(name) = loaded_conn(line) {
+                st.loaded.insert(name.to_owned());
+            } else if let Some((name, rest)) = state_conn(line) {
+                if has_esp_spi(rest) {
+                    st.active.insert(name.to_owned());
+                }
+                if rest.contains("ESTABLISHED_IKE_SA")
+                    || rest.contains("MAIN_R3")
+                    || rest.contains("MAIN_I4")
+                {
+                    st.ike_up.insert(name.to_owned());
+                }
+                if rest.contains("ESTABLISHED_CHILD_SA") || has_esp_spi(rest) {
+                    st.active_lines
+                        .entry(name.to_owned())
+                        .or_default()
+                        .push(line.trim_start().to_owned());
+                }
+            }
+        }
+        // Lines of a conn whose ESP SA did not show are not "active" lines.
+        st.active_lines.retain(|c, _| st.active.contains(c));
+        st
+    }
+}
+
+/// `"NAME": <hex digit>…(=== or ...)…` → NAME.
+fn loaded_conn(line: &str) -> Option<&str> {
+    let rest = line.strip_prefix('"')?;
+    let (name, after) = rest.split_once("\": ")?;
+    let first = after.chars().next()?;
+    (first.is_ascii_hexdigit() && (after.contains("===") || after.contains("..."))).then_some(name)
+}
+
+/// `#N: "NAME"<rest>` → (NAME, rest).
+fn state_conn(line: &str) -> Option<(&str, &str)> {
+    let rest = line.trim_start().strip_prefix('#')?;
+    let (serial, rest) = rest.split_once(": \"")?;
+    if serial.is_empty() || !serial.chars().all(|c| c.is_ascii_digit()) {
+        return None;
+    }
+    rest.split_once('"')
+}
+
+/// `esp.<hex>@` or `esp:<hex>@` somewhere in `s`.
+fn has_esp_spi(s: &str) -> bool {
+    s.match_indices("esp").any(|(i, _)| {
+        let tail = &s[i + 3..];
+        let mut chars = tail.chars();
+        matches!(chars.next(), Some('.') | Some(':')) && {
+            let hex: String = chars.clone().take_while(char::is_ascii_hexdigit).collect();
+            !hex.is_empty() && tail[1 + hex.len()..].starts_with('@')
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const V4_IKE_ONLY: &str =
+        include_str!("../../../tests/golden/libreswan/status-v4-ike-only.txt");
+    const V4_UP: &str = include_str!("../../../tests/golden/libreswan/status-v4-up.txt");
+    const V5_UP: &str = include_str!("../../../tests/golden/libreswan/status-v5-up.txt");
+
+    fn set(v: &[&str]) -> BTreeSet<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn v4_ike_sa_without_child_is_loaded_not_active() {
+        let st = PlutoStatus::parse(V4_IKE_ONLY);
+        assert_eq!(st.loaded, set(&["tun-in-1", "tun-out-1"]));
+        assert!(st.active.is_empty());
+        assert_eq!(st.ike_up, set(&["tun-in-1", "tun-out-1"]));
+    }
+
+    #[test]
+    fn v4_and_v5_esp_lines_make_conns_active() {
+        for text in [V4_UP, V5_UP] {
+            let st = PlutoStatus::parse(text);
+            assert_eq!(st.loaded, set(&["gnv-in-1", "gnv-out-1", "v6-1"]), "{text}");
+            assert_eq!(st.active, set(&["gnv-in-1", "gnv-out-1"]), "{text}");
+            assert!(
+                st.active_lines["gnv-in-1"]
+                    .iter()
+                    .any(|l| l.contains("esp."))
+            );
+        }
+    }
+
+    #[test]
+    fn garbage_is_ignored() {
+        let st = PlutoStatus::parse("\"x\": nothing\n#a: \"y\" esp.1@2\n000 #1: \"z\" espx.1@\n");
+        assert_eq!(st, PlutoStatus::default());
+    }
+}

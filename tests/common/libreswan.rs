@@ -1,0 +1,356 @@
+//! Libreswan test harness: a recording stub `ipsec` (for call sequences only) that keeps the
+//! conns it was told to load and start and prints them in the real v4 or v5 `ipsec status`
+//! format, and a runner for our monitor in Libreswan mode under a temp root.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use super::monitor::{BIN, appctl_target, wait_for};
+use super::ovsdb_server::OvsdbServer;
+
+/// The stub. State lives beside it: `loaded`, `active` (one conn a line), `calls.log`.
+/// `nochild` present: an initiate brings the IKE SA up but no ESP SA (like this kernel).
+const STUB: &str = r#"#!/bin/bash
+S=$(cd "$(dirname "$0")" && pwd)/state; mkdir -p $S; touch $S/loaded $S/active
+# The monitor runs whack calls concurrently; pluto serializes them, so does the stub.
+exec 9>>$S/lock; flock 9
+echo "ipsec $*" >> $S/calls.log
+major=$(cat $S/version)
+p=""; [ "$major" -lt 5 ] && p="000 "
+name_after() { local f=$1 prev=""; shift; for a in "$@"; do [ "$prev" = "$f" ] && { echo "$a"; return; }; prev=$a; done; }
+drop() { grep -vxF "$1" $S/$2 > $S/$2.n; mv $S/$2.n $S/$2; }
+case "$1" in
+  --version) echo "Libreswan $major.1"; exit 0 ;;
+  status)
+    while read c; do echo "${p}\"$c\": 192.0.2.1/32:UDP/0-65535===192.0.2.1...192.0.2.2===192.0.2.2/32:UDP/0-65535; unrouted; eroute owner: #0"; done < $S/loaded
+    echo "${p}Total IPsec connections: loaded $(wc -l < $S/loaded), active $(wc -l < $S/active)"
+    n=1; st="STATE_V2_"; [ "$major" -ge 5 ] && st=""
+    while read c; do
+      echo "${p}#$n: \"$c\":500 ${st}ESTABLISHED_IKE_SA (established IKE SA); REKEY in 27456s; newest; idle;"
+      if grep -qxF "$c" $S/active; then
+        echo "${p}#$((n+1)): \"$c\":500 ${st}ESTABLISHED_CHILD_SA (established Child SA); newest; eroute owner; IKE SA #$n; idle;"
+        echo "${p}#$((n+1)): \"$c\" esp.248d1071@192.0.2.2 esp.4e68b7a9@192.0.2.1 Traffic: ESPin=0B ESPout=0B ESPmax=2^63B"
+      fi
+      n=$((n+2))
+    done < <(sort -u $S/initiated 2>/dev/null | grep -xF -f $S/loaded)
+    exit 0 ;;
+  addconn)
+    shift; while [ $# -gt 0 ]; do case "$1" in --ctlsocket|--config) shift 2;; *) echo "$1" >> $S/loaded; shift;; esac; done
+    sort -u -o $S/loaded $S/loaded; exit 0 ;;
+  whack)
+    c=$(name_after --name "$@")
+    case "$*" in
+      *--initiate*) # the peer answers on the same IKE SA and brings up our inbound conn
+                    for x in "$c" "${c/-out-/-in-}"; do echo "$x" >> $S/initiated; [ -e $S/nochild ] || echo "$x" >> $S/active; done
+                    echo "002 \"$c\" #1: initiating IKEv2 connection" ;;
+    esac; exit 0 ;;
+esac
+case "$*" in
+  *--delete*) c="${@: -1}"; drop "$c" loaded; drop "$c" active; [ -e $S/initiated ] && drop "$c" initiated ;;
+esac
+exit 0
+"#;
+
+/// A temp root with the stub `ipsec` at `<root>/usr/sbin/ipsec`.
+pub struct StubRoot {
+    pub root: PathBuf,
+}
+
+impl StubRoot {
+    pub fn new(dir: &Path, major: u32) -> Self {
+        let root = dir.join("root");
+        let sbin = root.join("usr/sbin");
+        std::fs::create_dir_all(sbin.join("state")).expect("mkdir");
+        std::fs::write(sbin.join("ipsec"), STUB).expect("write stub");
+        std::fs::write(sbin.join("state/version"), major.to_string()).expect("write version");
+        let mut perm = std::fs::metadata(sbin.join("ipsec"))
+            .expect("stat")
+            .permissions();
+        std::os::unix::fs::PermissionsExt::set_mode(&mut perm, 0o755);
+        std::fs::set_permissions(sbin.join("ipsec"), perm).expect("chmod");
+        Self { root }
+    }
+
+    fn state(&self, f: &str) -> PathBuf {
+        self.root.join("usr/sbin/state").join(f)
+    }
+
+    /// Every `ipsec` call so far, one a line.
+    pub fn calls(&self) -> Vec<String> {
+        std::fs::read_to_string(self.state("calls.log"))
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+
+    pub fn loaded(&self) -> Vec<String> {
+        std::fs::read_to_string(self.state("loaded"))
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// Deletes a conn behind the monitor's back (`ipsec auto --delete` by an admin).
+    pub fn delete_by_hand(&self, conn: &str) {
+        for f in ["loaded", "active", "initiated"] {
+            let text = std::fs::read_to_string(self.state(f)).unwrap_or_default();
+            let kept: String = text
+                .lines()
+                .filter(|l| *l != conn)
+                .map(|l| format!("{l}\n"))
+                .collect();
+            std::fs::write(self.state(f), kept).expect("write state");
+        }
+    }
+
+    /// From now on initiations establish the IKE SA only.
+    pub fn no_child_sa(&self) {
+        std::fs::write(self.state("nochild"), "").expect("write nochild");
+    }
+}
+
+/// Our monitor in Libreswan mode, killed on drop.
+pub struct LswMonitor {
+    child: Option<Child>,
+    pub dir: PathBuf,
+    pub ctl: PathBuf,
+    pub log: PathBuf,
+}
+
+impl LswMonitor {
+    /// Starts `ovs-monitor-ipsec --ike-daemon=libreswan` on `db` with `--root-prefix=root`,
+    /// `--no-restart-ike-daemon` and `extra`, optionally inside network namespace `netns`.
+    pub fn start(db: &OvsdbServer, root: &Path, netns: Option<&str>, extra: &[&str]) -> Self {
+        let dir = db.dir().to_path_buf();
+        let ctl = dir.join("monitor.ctl");
+        let log = dir.join("monitor.log");
+        let mut args: Vec<String> = vec![
+            db.unix_remote(),
+            "--ike-daemon=libreswan".into(),
+            format!("--unixctl={}", ctl.display()),
+            format!("--log-file={}", log.display()),
+            "-vfile:dbg".into(),
+            format!("--root-prefix={}", root.display()),
+            "--no-restart-ike-daemon".into(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let mut cmd = match netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, BIN]);
+                c
+            }
+            None => Command::new(BIN),
+        };
+        let child = cmd
+            .args(&args)
+            .env("OVS_RUNDIR", &dir)
+            .env("OVS_LOGDIR", &dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn ovs-monitor-ipsec");
+        let m = Self {
+            child: Some(child),
+            dir,
+            ctl,
+            log,
+        };
+        wait_for("the control socket", Duration::from_secs(20), || {
+            m.ctl.exists()
+        });
+        m
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn wait_log(&self, pat: &str, timeout: Duration) {
+        wait_for(&format!("log line {pat:?}"), timeout, || {
+            self.log().contains(pat)
+        });
+    }
+
+    pub fn appctl(&self, args: &[&str]) -> String {
+        let out = appctl_target(&self.dir, self.ctl.to_str().expect("utf-8"), args);
+        assert!(
+            out.status.success(),
+            "appctl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+impl Drop for LswMonitor {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Unpacked Libreswan's `ipsec` (tests/deps/libreswan.sh).
+pub const REAL_IPSEC: &str = "/opt/lsw/ipsec";
+
+fn sh(args: &[&str]) -> std::process::Output {
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .unwrap_or_else(|e| panic!("{args:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// Two network namespaces joined by a veth pair, 192.0.2.1 <-> 192.0.2.2, each with a
+/// default route to the other (pluto's `%defaultroute` needs one). Removed on drop.
+pub struct NetnsPair {
+    pub left: String,
+    pub right: String,
+}
+
+impl NetnsPair {
+    pub fn new() -> Self {
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let id = format!(
+            "{}{}",
+            std::process::id() % 100_000,
+            N.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+        );
+        let pair = Self {
+            left: format!("lswl{id}"),
+            right: format!("lswr{id}"),
+        };
+        let (vl, vr) = (format!("vl{id}"), format!("vr{id}"));
+        sh(&["ip", "netns", "add", &pair.left]);
+        sh(&["ip", "netns", "add", &pair.right]);
+        sh(&[
+            "ip", "link", "add", &vl, "type", "veth", "peer", "name", &vr,
+        ]);
+        sh(&["ip", "link", "set", &vl, "netns", &pair.left]);
+        sh(&["ip", "link", "set", &vr, "netns", &pair.right]);
+        for (ns, dev, me, peer) in [
+            (&pair.left, &vl, "192.0.2.1/24", "192.0.2.2"),
+            (&pair.right, &vr, "192.0.2.2/24", "192.0.2.1"),
+        ] {
+            sh(&["ip", "-n", ns, "addr", "add", me, "dev", dev]);
+            sh(&["ip", "-n", ns, "link", "set", "lo", "up"]);
+            sh(&["ip", "-n", ns, "link", "set", dev, "up"]);
+            sh(&["ip", "-n", ns, "route", "add", "default", "via", peer]);
+        }
+        pair
+    }
+}
+
+impl Drop for NetnsPair {
+    fn drop(&mut self) {
+        for ns in [&self.left, &self.right] {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+    }
+}
+
+/// A real pluto in `netns`, files under `<dir>/root` at the paths our monitor gets, killed
+/// on drop.
+pub struct Pluto {
+    pub root: PathBuf,
+    pub netns: String,
+}
+
+impl Pluto {
+    pub fn start(dir: &Path, netns: &str) -> Self {
+        assert!(
+            Path::new(REAL_IPSEC).exists(),
+            "{REAL_IPSEC} is missing: run tests/install-deps.sh (tests/deps/libreswan.sh unpacks libreswan)"
+        );
+        let root = dir.join("root");
+        for d in ["etc/ipsec.d", "usr/sbin", "run/pluto"] {
+            std::fs::create_dir_all(root.join(d)).expect("mkdir");
+        }
+        let wrapper = root.join("usr/sbin/ipsec");
+        std::fs::write(&wrapper, format!("#!/bin/sh\nexec {REAL_IPSEC} \"$@\"\n"))
+            .expect("wrapper");
+        let mut perm = std::fs::metadata(&wrapper).expect("stat").permissions();
+        std::os::unix::fs::PermissionsExt::set_mode(&mut perm, 0o755);
+        std::fs::set_permissions(&wrapper, perm).expect("chmod");
+        std::fs::write(root.join("etc/ipsec.conf"), "").expect("conf");
+        std::fs::write(root.join("etc/ipsec.secrets"), "").expect("secrets");
+        let p = |s: &str| root.join(s).display().to_string();
+        sh(&[REAL_IPSEC, "initnss", "--nssdir", &p("etc/ipsec.d")]);
+        let log = dir.join("pluto.log").display().to_string();
+        sh(&[
+            "ip",
+            "netns",
+            "exec",
+            netns,
+            REAL_IPSEC,
+            "pluto",
+            "--config",
+            &p("etc/ipsec.conf"),
+            "--ipsecdir",
+            &p("etc"),
+            "--nssdir",
+            &p("etc/ipsec.d"),
+            "--logfile",
+            &log,
+            "--secretsfile",
+            &p("etc/ipsec.secrets"),
+            "--rundir",
+            &p("run/pluto"),
+        ]);
+        let pluto = Self {
+            root,
+            netns: netns.to_owned(),
+        };
+        wait_for("pluto's control socket", Duration::from_secs(10), || {
+            pluto.root.join("run/pluto/pluto.ctl").exists()
+        });
+        pluto
+    }
+
+    /// `ipsec status` as pluto prints it.
+    pub fn status(&self) -> String {
+        let ctl = self.root.join("run/pluto/pluto.ctl").display().to_string();
+        let out = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &self.netns,
+                REAL_IPSEC,
+                "status",
+                "--ctlsocket",
+                &ctl,
+            ])
+            .output()
+            .expect("ipsec status");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// The monitor options that point at this pluto's files (below `--root-prefix`).
+    pub const MONITOR_ARGS: &'static [&'static str] = &[
+        "--ipsec-conf=/etc/ipsec.conf",
+        "--ipsec-d=/etc/ipsec.d",
+        "--ipsec-secrets=/etc/ipsec.secrets",
+        "--ipsec-ctl=/run/pluto/pluto.ctl",
+    ];
+}
+
+impl Drop for Pluto {
+    fn drop(&mut self) {
+        let pid =
+            std::fs::read_to_string(self.root.join("run/pluto/pluto.pid")).unwrap_or_default();
+        if let Ok(pid) = pid.trim().parse::<i32>() {
+            let _ = Command::new("kill").arg(pid.to_string()).status();
+        }
+    }
+}

@@ -1,0 +1,210 @@
+//! Libreswan call sequences: our monitor, a real ovsdb-server and ovs-vsctl, and a recording
+//! stub `ipsec` that answers `ipsec status` in the real v4 or v5 format.
+
+mod common;
+
+use std::time::Duration;
+
+use common::libreswan::{LswMonitor, StubRoot};
+use common::monitor::{iface_key, wait_for};
+use common::ovsdb_server::OvsdbServer;
+
+const T: Duration = Duration::from_secs(20);
+
+fn add_tunnel(db: &OvsdbServer, name: &str, kind: &str, opts: &[&str]) {
+    let mut args: Vec<String> = [
+        "--may-exist",
+        "add-br",
+        "br-ipsec",
+        "--",
+        "add-port",
+        "br-ipsec",
+        name,
+        "--",
+        "set",
+        "interface",
+        name,
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    args.push(format!("type={kind}"));
+    args.extend(opts.iter().map(|o| format!("options:{o}")));
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    db.vsctl(&refs);
+}
+
+fn wait_state(db: &OvsdbServer, iface: &str, state: &str) {
+    wait_for(&format!("{iface} ipsec-state={state}"), T, || {
+        iface_key(db, iface, "ipsec-state").as_deref() == Some(state)
+    });
+}
+
+/// Calls after the first `n`, without the periodic `ipsec status`.
+fn new_calls(stub: &StubRoot, n: usize) -> Vec<String> {
+    stub.calls()
+        .into_iter()
+        .skip(n)
+        .filter(|c| !c.starts_with("ipsec status"))
+        .collect()
+}
+
+#[test]
+fn v4_cold_start_add_modify_delete() {
+    let db = OvsdbServer::start();
+    add_tunnel(
+        &db,
+        "vx1",
+        "vxlan",
+        &["remote_ip=192.0.2.2", "psk=swordfish"],
+    );
+    let stub = StubRoot::new(db.dir(), 4);
+    let mon = LswMonitor::start(&db, &stub.root, None, &[]);
+    wait_state(&db, "vx1", "up");
+    mon.wait_log("Connections for all(1) configured tunnels are Up.", T);
+
+    let r = stub.root.display().to_string();
+    let ctl = format!("{r}/run/pluto/pluto.ctl");
+    let conf = format!("{r}/etc/ipsec.conf");
+    assert_eq!(
+        new_calls(&stub, 0),
+        [
+            "ipsec --version".to_owned(),
+            format!("ipsec auto --ctlsocket {ctl} --config {conf} --rereadsecrets"),
+            format!("ipsec addconn --ctlsocket {ctl} --config {conf} vx1-in-1 vx1-out-1"),
+            format!("ipsec whack --ctlsocket {ctl} --asynchronous --name vx1-out-1 --initiate"),
+        ]
+    );
+    let secrets = std::fs::read_to_string(format!("{r}/etc/ipsec.secrets")).unwrap();
+    assert!(
+        secrets.contains("%any 192.0.2.2 : PSK 0x73776f7264666973"),
+        "{secrets}"
+    );
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(format!("{r}/etc/ipsec.secrets"))
+            .unwrap()
+            .permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o600);
+    let show = mon.appctl(&["tunnels/show"]);
+    assert!(show.contains("esp.248d1071@192.0.2.2"), "{show}");
+
+    // +1 tunnel: O(1) commands.
+    let n = stub.calls().len();
+    add_tunnel(
+        &db,
+        "gre1",
+        "gre",
+        &["remote_ip=192.0.2.3", "psk=gresecret"],
+    );
+    wait_state(&db, "gre1", "up");
+    assert_eq!(
+        new_calls(&stub, n),
+        [
+            format!("ipsec auto --ctlsocket {ctl} --config {conf} --rereadsecrets"),
+            format!("ipsec addconn --ctlsocket {ctl} --config {conf} gre1-1"),
+            format!("ipsec whack --ctlsocket {ctl} --asynchronous --name gre1-1 --initiate"),
+        ]
+    );
+
+    // Modify: the old version goes, the new one comes; gre1 is not touched.
+    let n = stub.calls().len();
+    db.vsctl(&["set", "interface", "vx1", "options:remote_ip=192.0.2.4"]);
+    wait_for("vx1 version 2 loaded", T, || {
+        stub.loaded().contains(&"vx1-out-2".to_owned())
+    });
+    wait_state(&db, "vx1", "up");
+    let calls = new_calls(&stub, n);
+    assert!(
+        calls.contains(&format!(
+            "ipsec auto --ctlsocket {ctl} --config {conf} --delete vx1-in-1"
+        )),
+        "{calls:#?}"
+    );
+    assert!(calls.contains(&format!(
+        "ipsec auto --ctlsocket {ctl} --config {conf} --delete vx1-out-1"
+    )));
+    assert!(calls.contains(&format!(
+        "ipsec addconn --ctlsocket {ctl} --config {conf} vx1-in-2 vx1-out-2"
+    )));
+    assert!(!calls.iter().any(|c| c.contains("gre1")), "{calls:#?}");
+    mon.wait_log("vx1-in-1 is outdated, removing", T);
+
+    // Delete.
+    db.vsctl(&["del-port", "gre1"]);
+    wait_for("gre1-1 deleted", T, || {
+        !stub.loaded().contains(&"gre1-1".to_owned())
+    });
+    assert_eq!(
+        stub.loaded(),
+        ["vx1-in-2", "vx1-out-2"],
+        "{:#?}",
+        stub.calls()
+    );
+}
+
+#[test]
+fn v5_forms_and_status_format() {
+    let db = OvsdbServer::start();
+    add_tunnel(
+        &db,
+        "gnv1",
+        "geneve",
+        &["remote_ip=2001:db8::2", "psk=v6secret"],
+    );
+    let stub = StubRoot::new(db.dir(), 5);
+    let _mon = LswMonitor::start(&db, &stub.root, None, &[]);
+    wait_state(&db, "gnv1", "up");
+    let calls = new_calls(&stub, 0);
+    assert!(calls[1].starts_with("ipsec --ctlsocket "), "{calls:#?}");
+    assert!(calls[1].ends_with("--rereadsecrets"));
+    assert!(!calls.iter().any(|c| c.contains(" auto ")));
+    let conf = std::fs::read_to_string(stub.root.join("etc/ipsec.conf")).unwrap();
+    assert!(!conf.contains("keyingtries") && conf.contains("hostaddrfamily=ipv6"));
+}
+
+#[test]
+fn manual_deletion_is_reconciled() {
+    let db = OvsdbServer::start();
+    add_tunnel(
+        &db,
+        "vx1",
+        "vxlan",
+        &["remote_ip=192.0.2.2", "psk=swordfish"],
+    );
+    let stub = StubRoot::new(db.dir(), 4);
+    let mon = LswMonitor::start(&db, &stub.root, None, &[]);
+    wait_state(&db, "vx1", "up");
+    stub.delete_by_hand("vx1-out-1");
+    mon.appctl(&["refresh"]);
+    mon.wait_log("need to reconcile", T);
+    wait_state(&db, "vx1", "up");
+    assert!(stub.loaded().contains(&"vx1-out-1".to_owned()));
+    assert!(mon.log().contains("Starting ipsec connection vx1-out-1"));
+}
+
+#[test]
+fn child_sa_failure_is_negotiating_then_defunct() {
+    let db = OvsdbServer::start();
+    let stub = StubRoot::new(db.dir(), 4);
+    stub.no_child_sa();
+    add_tunnel(
+        &db,
+        "gre1",
+        "gre",
+        &["remote_ip=192.0.2.3", "psk=gresecret"],
+    );
+    let mon = LswMonitor::start(&db, &stub.root, None, &[]);
+    wait_state(&db, "gre1", "negotiating");
+    let err = iface_key(&db, "gre1", "ipsec-error").unwrap_or_default();
+    assert!(err.contains("IKE SA established but no IPsec SA"), "{err}");
+    // After the 15 s grace the conn is defunct: deleted, then loaded again.
+    std::thread::sleep(Duration::from_secs(16));
+    mon.appctl(&["refresh"]);
+    mon.wait_log("defunct", T);
+    assert!(stub.calls().iter().any(|c| c.ends_with("--delete gre1-1")));
+    mon.appctl(&["refresh"]);
+    wait_for("gre1-1 loaded again", T, || {
+        stub.loaded().contains(&"gre1-1".to_owned())
+    });
+}
