@@ -15,7 +15,9 @@ pub mod command;
 pub mod dry_run;
 pub mod files;
 pub mod secrets;
+pub mod strongswan_vici;
 pub mod templates;
+pub mod vici;
 
 use std::collections::BTreeMap;
 use std::fmt;
