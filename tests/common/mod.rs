@@ -4,6 +4,7 @@
 //! items are expected here.
 #![allow(dead_code)]
 
+pub mod fake_charon;
 pub mod monitor;
 pub mod ovsdb_server;
 pub mod vici;

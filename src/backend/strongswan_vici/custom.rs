@@ -170,6 +170,18 @@ mod tests {
     }
 
     #[test]
+    fn every_supported_key_is_in_the_documented_table() {
+        let doc = include_str!("../../../docs/strongswan-vici.md");
+        for (key, swanctl, _) in supported_keys() {
+            let row = doc
+                .lines()
+                .find(|l| l.starts_with('|') && l.contains(&format!("`{key}`")))
+                .unwrap_or_else(|| panic!("ipsec_{key} is not documented"));
+            assert!(row.contains(&format!("`{swanctl}`")), "{row}");
+        }
+    }
+
+    #[test]
     fn settings_land_in_the_conn_or_its_child() {
         let mut conn = Message::new().section(
             "children",
