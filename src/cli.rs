@@ -10,6 +10,7 @@ use std::path::PathBuf;
 use clap::Parser;
 
 use crate::backend::BackendKind;
+use crate::backend::strongswan_vici::mode::StrongSwanMode;
 
 /// Keeps the kernel's IPsec state in line with Open vSwitch tunnels whose `options` carry
 /// `psk`, `remote_cert` or `remote_name`.
@@ -51,6 +52,16 @@ pub struct Cli {
     /// Libreswan: pluto control socket [default: /run/pluto/pluto.ctl].
     #[arg(long, value_name = "FILE")]
     pub ipsec_ctl: Option<PathBuf>,
+
+    /// strongSwan: drive charon over its VICI socket (vici), through ipsec.conf and the `ipsec`
+    /// command (stroke), or pick vici when the VICI socket answers (auto).
+    #[arg(long, value_enum, value_name = "MODE", default_value_t = StrongSwanMode::Auto)]
+    pub strongswan_mode: StrongSwanMode,
+
+    /// strongSwan: charon's VICI socket, used as given [default: /var/run/charon.vici below
+    /// --root-prefix].
+    #[arg(long, value_name = "PATH")]
+    pub vici_socket: Option<PathBuf>,
 
     /// Seconds an external command may run before it is killed and treated as failed.
     #[arg(long, value_name = "SECS", default_value_t = 120)]
@@ -136,6 +147,16 @@ impl Cli {
             std::path::Path::new(&self.root_prefix),
             &self.template_dir,
         )
+    }
+
+    /// The VICI socket: `--vici-socket`, else charon's default below `--root-prefix`.
+    pub fn vici_socket(&self) -> PathBuf {
+        self.vici_socket.clone().unwrap_or_else(|| {
+            crate::backend::files::under_root(
+                std::path::Path::new(&self.root_prefix),
+                std::path::Path::new(crate::backend::strongswan_vici::DEFAULT_SOCKET),
+            )
+        })
     }
 
     pub fn backend_kind(&self) -> Result<BackendKind, &'static str> {
@@ -227,6 +248,23 @@ mod tests {
                 .backend_kind(),
             Err(IKE_DAEMON_ERROR)
         );
+    }
+
+    #[test]
+    fn strongswan_mode_and_vici_socket() {
+        let c = parse(&["unix:x", "--ike-daemon=strongswan", "--root-prefix=/r"]).unwrap();
+        assert_eq!(c.strongswan_mode, StrongSwanMode::Auto);
+        assert_eq!(c.vici_socket(), PathBuf::from("/r/var/run/charon.vici"));
+        let c = parse(&[
+            "unix:x",
+            "--strongswan-mode=vici",
+            "--vici-socket=/tmp/c.vici",
+            "--root-prefix=/r",
+        ])
+        .unwrap();
+        assert_eq!(c.strongswan_mode, StrongSwanMode::Vici);
+        assert_eq!(c.vici_socket(), PathBuf::from("/tmp/c.vici"));
+        assert!(parse(&["unix:x", "--strongswan-mode=racoon"]).is_err());
     }
 
     #[test]

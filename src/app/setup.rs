@@ -7,6 +7,8 @@ use tracing::{error, info};
 
 use super::event_loop::{EventLoop, Exit};
 use crate::backend::dry_run::DryRun;
+use crate::backend::strongswan_vici::StrongSwanVici;
+use crate::backend::strongswan_vici::mode::{self, StrongSwanMode};
 use crate::backend::xfrm::XfrmBackend;
 use crate::backend::{Backend, BackendKind, StartOptions};
 use crate::cli::Cli;
@@ -142,10 +144,19 @@ async fn run(
             }
         },
         BackendKind::StrongSwan => {
-            info!(
-                "backend {kind} is not built in yet: running in dry-run mode (nothing is applied)"
-            );
-            run_with(DryRun::new(kind), true, parts, start).await
+            let socket = cli.vici_socket();
+            match mode::resolve(cli.strongswan_mode, &socket).await {
+                StrongSwanMode::Vici => {
+                    info!("strongSwan mode: vici ({})", socket.display());
+                    let timeout = std::time::Duration::from_secs(cli.command_timeout);
+                    run_with(StrongSwanVici::new(socket, timeout), false, parts, start).await
+                }
+                // The stroke backend plugs in here.
+                StrongSwanMode::Stroke | StrongSwanMode::Auto => {
+                    info!("strongSwan mode: stroke (not built in yet: running in dry-run mode)");
+                    run_with(DryRun::new(kind), true, parts, start).await
+                }
+            }
         }
     };
     server_task.abort();

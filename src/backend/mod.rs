@@ -16,7 +16,9 @@ pub mod dry_run;
 pub mod files;
 pub mod libreswan;
 pub mod secrets;
+pub mod strongswan_vici;
 pub mod templates;
+pub mod vici;
 pub mod xfrm;
 
 use std::collections::BTreeMap;

@@ -4,9 +4,11 @@
 //! items are expected here.
 #![allow(dead_code)]
 
+pub mod fake_charon;
 pub mod libreswan;
 pub mod monitor;
 pub mod ovsdb_server;
+pub mod vici;
 pub mod xfrm;
 
 use std::time::{Duration, Instant};

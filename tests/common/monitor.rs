@@ -31,16 +31,24 @@ pub struct Monitor {
 }
 
 impl Monitor {
-    /// Starts the monitor on `db`'s unix socket with its control socket, log and pidfile in
-    /// the server's directory, plus `extra` arguments.
+    /// Starts the monitor for a daemon-core test: `--dry-run`, so whatever the backend, no IKE
+    /// daemon and no kernel state is touched. See [`Monitor::start_real`].
     pub fn start(db: &OvsdbServer, extra: &[&str]) -> Self {
+        let mut args = vec!["--dry-run"];
+        args.extend_from_slice(extra);
+        Self::start_real(db, &args)
+    }
+
+    /// Starts the monitor on `db`'s unix socket with its control socket, log and a root prefix
+    /// in the server's directory, `--ike-daemon=strongswan --no-restart-ike-daemon` (later
+    /// arguments in `extra` win), plus `extra`.
+    pub fn start_real(db: &OvsdbServer, extra: &[&str]) -> Self {
         let dir = db.dir().to_path_buf();
         let ctl = dir.join("monitor.ctl");
         let log = dir.join("monitor.log");
         let mut args = vec![
             db.unix_remote(),
             "--ike-daemon=strongswan".into(),
-            "--dry-run".into(),
             format!("--unixctl={}", ctl.display()),
             format!("--log-file={}", log.display()),
             "-vfile:dbg".into(),

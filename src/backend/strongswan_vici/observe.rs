@@ -1,0 +1,160 @@
+//! What charon holds, parsed from `list-conns` and `list-sas` events, plus what this monitor
+//! loaded into the charon it is connected to (memory that is reset when charon changes).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use super::creds::{CredKey, Sha};
+use crate::backend::vici::Message;
+
+/// One loaded connection: its children and their modes (`TRANSPORT`, `DROP`, ...).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ObservedConn {
+    pub children: BTreeMap<String, String>,
+}
+
+/// A CHILD_SA.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ChildSa {
+    /// The child config name (our connection name).
+    pub name: String,
+    pub state: String,
+    pub mode: String,
+    pub local_ts: Vec<String>,
+    pub remote_ts: Vec<String>,
+}
+
+/// An IKE_SA and its CHILD_SAs.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct IkeSa {
+    /// The connection (peer config) name.
+    pub conn: String,
+    pub state: String,
+    pub local: String,
+    pub remote: String,
+    pub children: Vec<ChildSa>,
+}
+
+/// What this monitor loaded into the current charon.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Loaded {
+    /// Connection name → digest of the `load-conn` body we sent.
+    pub conns: BTreeMap<String, Sha>,
+    /// Credential → digest of its content when loaded.
+    pub creds: BTreeMap<CredKey, Sha>,
+    /// `load-key` answers: key file → charon's key id, for `unload-key`.
+    pub key_ids: BTreeMap<PathBuf, String>,
+}
+
+/// The result of [`super::StrongSwanVici`]'s `observe`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Observed {
+    pub conns: BTreeMap<String, ObservedConn>,
+    pub sas: Vec<IkeSa>,
+    pub loaded: Loaded,
+    /// Current digest of every credential file we loaded (`None`: unreadable now).
+    pub files: BTreeMap<PathBuf, Option<Sha>>,
+}
+
+/// Parses `list-conn` events.
+pub fn parse_conns(events: &[Message]) -> BTreeMap<String, ObservedConn> {
+    events
+        .iter()
+        .flat_map(Message::sections)
+        .map(|(name, conn)| {
+            let children = conn
+                .section_of("children")
+                .map(|c| {
+                    c.sections()
+                        .map(|(n, child)| {
+                            (n.to_owned(), child.str("mode").unwrap_or("").to_owned())
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            (name.to_owned(), ObservedConn { children })
+        })
+        .collect()
+}
+
+/// Parses `list-sa` events.
+pub fn parse_sas(events: &[Message]) -> Vec<IkeSa> {
+    events
+        .iter()
+        .flat_map(Message::sections)
+        .map(|(name, sa)| IkeSa {
+            conn: name.to_owned(),
+            state: text(sa, "state"),
+            local: format!("{}[{}]", text(sa, "local-host"), text(sa, "local-id")),
+            remote: format!("{}[{}]", text(sa, "remote-host"), text(sa, "remote-id")),
+            children: sa
+                .section_of("child-sas")
+                .map(|c| {
+                    c.sections()
+                        .map(|(_, child)| ChildSa {
+                            name: text(child, "name"),
+                            state: text(child, "state"),
+                            mode: text(child, "mode"),
+                            local_ts: owned(child.strs("local-ts")),
+                            remote_ts: owned(child.strs("remote-ts")),
+                        })
+                        .collect()
+                })
+                .unwrap_or_default(),
+        })
+        .collect()
+}
+
+fn text(m: &Message, key: &str) -> String {
+    m.str(key).unwrap_or("").to_owned()
+}
+
+fn owned(v: Vec<&str>) -> Vec<String> {
+    v.into_iter().map(str::to_owned).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn list_conn_and_list_sa_events_parse() {
+        let conn = Message::new().section(
+            "vx1-in-1",
+            Message::new().list("remote_addrs", ["192.0.2.2"]).section(
+                "children",
+                Message::new().section("vx1-in-1", Message::new().kv("mode", "TRANSPORT")),
+            ),
+        );
+        let conns = parse_conns(&[conn]);
+        assert_eq!(conns["vx1-in-1"].children["vx1-in-1"], "TRANSPORT");
+
+        let sa = Message::new().section(
+            "vx1-out-1",
+            Message::new()
+                .kv("state", "ESTABLISHED")
+                .kv("local-host", "192.0.2.1")
+                .kv("local-id", "192.0.2.1")
+                .kv("remote-host", "192.0.2.2")
+                .kv("remote-id", "192.0.2.2")
+                .section(
+                    "child-sas",
+                    Message::new().section(
+                        "vx1-in-1-7",
+                        Message::new()
+                            .kv("name", "vx1-in-1")
+                            .kv("state", "INSTALLED")
+                            .kv("mode", "TRANSPORT")
+                            .list("local-ts", ["192.0.2.1/32[udp/4789]"])
+                            .list("remote-ts", ["192.0.2.2/32[udp]"]),
+                    ),
+                ),
+        );
+        let sas = parse_sas(&[sa]);
+        assert_eq!(sas[0].conn, "vx1-out-1");
+        assert_eq!(sas[0].state, "ESTABLISHED");
+        assert_eq!(sas[0].remote, "192.0.2.2[192.0.2.2]");
+        assert_eq!(sas[0].children[0].name, "vx1-in-1");
+        assert_eq!(sas[0].children[0].local_ts, ["192.0.2.1/32[udp/4789]"]);
+    }
+}

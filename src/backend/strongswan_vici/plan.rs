@@ -1,0 +1,321 @@
+//! The pure plan: which credentials and connections to load, start or unload.
+//!
+//! A connection is (re)loaded when charon does not have it or when what we sent differs from
+//! what we would send now (digest of the `load-conn` body); `load-conn` of an existing name
+//! replaces its config without touching established SAs, so a monitor restart that reloads
+//! every connection once is harmless. A connection is unloaded only when it is ours (loaded
+//! by this monitor, or named and shaped like ours) and no longer wanted.
+
+use std::collections::BTreeSet;
+use std::fmt;
+
+use super::conns::{DesiredConn, SHUNT_PREFIX, desired_conns};
+use super::creds::{CredKey, CredSource, Sha, desired_creds, sha};
+use super::observe::{Observed, ObservedConn};
+use crate::backend::vici::Message;
+use crate::model::Desired;
+
+/// One step of a plan.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    LoadCred(CredKey),
+    LoadConn(Box<DesiredConn>),
+    /// Start the outbound side of a tunnel now rather than on the first packet.
+    Initiate {
+        conn: String,
+        tunnel: Option<String>,
+    },
+    UnloadConn(String),
+    UnloadCred(CredKey),
+}
+
+impl fmt::Display for Action {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Action::LoadCred(k) => write!(f, "load {}", cred_label(k)),
+            Action::LoadConn(c) => write!(f, "load connection {}", c.name),
+            Action::Initiate { conn, .. } => write!(f, "initiate connection {conn}"),
+            Action::UnloadConn(c) => write!(f, "unload connection {c}"),
+            Action::UnloadCred(k) => write!(f, "unload {}", cred_label(k)),
+        }
+    }
+}
+
+fn cred_label(k: &CredKey) -> String {
+    match k {
+        CredKey::Shared(t) => format!("pre-shared key of tunnel {t}"),
+        CredKey::Key(p) => format!("private key {}", p.display()),
+        CredKey::Cert(p) => format!("certificate {}", p.display()),
+        CredKey::Authority(p) => format!("CA certificate {}", p.display()),
+    }
+}
+
+/// The digest of a `load-conn` body (an unencodable body gets a digest that never matches,
+/// so the load is attempted and its error reported).
+pub fn body_digest(body: &Message) -> Sha {
+    let mut bytes = Vec::new();
+    match body.encode(&mut bytes) {
+        Ok(()) => sha(&bytes),
+        Err(_) => [0xff; 32],
+    }
+}
+
+pub fn plan(desired: &Desired, observed: &Observed) -> Vec<Action> {
+    let mut actions = Vec::new();
+    let creds = desired_creds(desired);
+    for (key, source) in &creds {
+        let loaded = observed.loaded.creds.get(key);
+        let current = match source {
+            CredSource::Psk { digest, .. } => Some(*digest),
+            CredSource::File => key
+                .path()
+                .and_then(|p| observed.files.get(p).copied().flatten()),
+        };
+        let stale = match (loaded, current) {
+            (None, _) => true,
+            (Some(l), Some(c)) => *l != c,
+            // Unreadable now: keep what charon has rather than drop a working credential.
+            (Some(_), None) => false,
+        };
+        if stale {
+            actions.push(Action::LoadCred(key.clone()));
+        }
+    }
+
+    let (conns, _rejected) = desired_conns(desired);
+    let wanted: BTreeSet<&str> = conns.iter().map(|c| c.name.as_str()).collect();
+    for c in conns.iter() {
+        let current = observed.conns.contains_key(&c.name)
+            && observed.loaded.conns.get(&c.name) == Some(&body_digest(&c.body));
+        if current {
+            continue;
+        }
+        let has_sa = observed.sas.iter().any(|sa| sa.conn == c.name);
+        actions.push(Action::LoadConn(Box::new(c.clone())));
+        if c.initiate && !has_sa {
+            actions.push(Action::Initiate {
+                conn: c.name.clone(),
+                tunnel: c.tunnel.clone(),
+            });
+        }
+    }
+    for (name, conn) in &observed.conns {
+        if !wanted.contains(name.as_str()) && is_ours(name, conn, observed) {
+            actions.push(Action::UnloadConn(name.clone()));
+        }
+    }
+    for key in observed.loaded.creds.keys() {
+        if !creds.contains_key(key) {
+            actions.push(Action::UnloadCred(key.clone()));
+        }
+    }
+    actions
+}
+
+/// Ours: loaded by this monitor, or left by an earlier run — named like our tunnel
+/// connections (`X-N`, `X-in-N`, `X-out-N`) with one transport child of the same name, or a
+/// drop shunt with our prefix.
+pub fn is_ours(name: &str, conn: &ObservedConn, observed: &Observed) -> bool {
+    if observed.loaded.conns.contains_key(name) {
+        return true;
+    }
+    if let Some(rest) = name.strip_prefix(SHUNT_PREFIX) {
+        return !rest.is_empty() && conn.children.values().all(|m| m == "DROP");
+    }
+    let versioned = name.rsplit_once('-').is_some_and(|(head, v)| {
+        !head.is_empty() && !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit())
+    });
+    versioned
+        && conn.children.len() == 1
+        && conn.children.get(name).is_some_and(|m| m == "TRANSPORT")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::strongswan_vici::observe::IkeSa;
+    use crate::backend::strongswan_vici::test_support::{cert_tunnel, desired, psk_tunnel};
+    use crate::model::TunnelType;
+    use std::collections::BTreeMap;
+
+    /// What charon and our memory look like after `actions` were applied successfully.
+    fn converge(d: &Desired, mut o: Observed, actions: &[Action]) -> Observed {
+        let (conns, _) = desired_conns(d);
+        let creds = desired_creds(d);
+        for a in actions {
+            match a {
+                Action::LoadCred(k) => {
+                    let digest = match &creds[k] {
+                        CredSource::Psk { digest, .. } => *digest,
+                        CredSource::File => o.files[k.path().unwrap()].unwrap(),
+                    };
+                    o.loaded.creds.insert(k.clone(), digest);
+                }
+                Action::LoadConn(c) => {
+                    let child = c.name.clone();
+                    let mode = if c.tunnel.is_some() {
+                        "TRANSPORT"
+                    } else {
+                        "DROP"
+                    };
+                    o.conns.insert(
+                        c.name.clone(),
+                        ObservedConn {
+                            children: BTreeMap::from([(child, mode.to_string())]),
+                        },
+                    );
+                    o.loaded.conns.insert(c.name.clone(), body_digest(&c.body));
+                }
+                Action::Initiate { conn, .. } => o.sas.push(IkeSa {
+                    conn: conn.clone(),
+                    state: "CONNECTING".into(),
+                    ..Default::default()
+                }),
+                Action::UnloadConn(n) => {
+                    o.conns.remove(n);
+                    o.loaded.conns.remove(n);
+                }
+                Action::UnloadCred(k) => {
+                    o.loaded.creds.remove(k);
+                }
+            }
+        }
+        assert!(conns.iter().all(|c| o.conns.contains_key(&c.name)));
+        o
+    }
+
+    fn names(actions: &[Action]) -> Vec<String> {
+        actions.iter().map(ToString::to_string).collect()
+    }
+
+    #[test]
+    fn cold_start_loads_creds_then_conns_and_starts_the_outbound_side() {
+        let d = desired(
+            vec![psk_tunnel("vx1", TunnelType::Vxlan, "192.0.2.2", 1)],
+            None,
+        );
+        let a = plan(&d, &Observed::default());
+        assert_eq!(
+            names(&a),
+            [
+                "load pre-shared key of tunnel vx1",
+                "load connection vx1-in-1",
+                "load connection vx1-out-1",
+                "initiate connection vx1-out-1",
+            ]
+        );
+        let o = converge(&d, Observed::default(), &a);
+        assert!(plan(&d, &o).is_empty(), "{:?}", names(&plan(&d, &o)));
+    }
+
+    #[test]
+    fn adding_one_tunnel_at_scale_is_constant_work() {
+        let tunnels: Vec<_> = (0..1000)
+            .map(|i| psk_tunnel(&format!("t{i}"), TunnelType::Geneve, "192.0.2.2", 1))
+            .collect();
+        let mut d = desired(tunnels, None);
+        let o = converge(&d, Observed::default(), &plan(&d, &Observed::default()));
+        let t = psk_tunnel("new", TunnelType::Geneve, "192.0.2.9", 1);
+        d.tunnels.insert("new".into(), t);
+        assert_eq!(plan(&d, &o).len(), 4);
+    }
+
+    #[test]
+    fn modify_loads_new_version_then_unloads_old_and_delete_unloads() {
+        let d1 = desired(vec![psk_tunnel("g", TunnelType::Gre, "192.0.2.3", 1)], None);
+        let o = converge(&d1, Observed::default(), &plan(&d1, &Observed::default()));
+        let d2 = desired(vec![psk_tunnel("g", TunnelType::Gre, "192.0.2.4", 2)], None);
+        let a = plan(&d2, &o);
+        assert_eq!(
+            names(&a),
+            [
+                "load pre-shared key of tunnel g",
+                "load connection g-2",
+                "initiate connection g-2",
+                "unload connection g-1",
+            ]
+        );
+        let o = converge(&d2, o, &a);
+        let a = plan(&Desired::default(), &o);
+        assert_eq!(
+            names(&a),
+            ["unload connection g-2", "unload pre-shared key of tunnel g"]
+        );
+    }
+
+    #[test]
+    fn monitor_restart_reloads_in_place_and_unloads_nothing_current() {
+        let d = desired(
+            vec![psk_tunnel("vx1", TunnelType::Vxlan, "192.0.2.2", 1)],
+            None,
+        );
+        let mut o = converge(&d, Observed::default(), &plan(&d, &Observed::default()));
+        o.sas.push(IkeSa {
+            conn: "vx1-out-1".into(),
+            state: "ESTABLISHED".into(),
+            ..Default::default()
+        });
+        // A new monitor process: charon kept everything, our memory is empty.
+        o.loaded = Default::default();
+        let a = plan(&d, &o);
+        assert!(
+            a.iter()
+                .all(|a| matches!(a, Action::LoadCred(_) | Action::LoadConn(_))),
+            "{:?}",
+            names(&a)
+        );
+    }
+
+    #[test]
+    fn foreign_connections_are_never_unloaded() {
+        let mut o = Observed::default();
+        let child = |n: &str, m: &str| ObservedConn {
+            children: BTreeMap::from([(n.to_string(), m.to_string())]),
+        };
+        o.conns
+            .insert("site-to-site".into(), child("net", "TUNNEL"));
+        o.conns
+            .insert("office-1".into(), child("office-1", "TUNNEL"));
+        o.conns
+            .insert("old-in-4".into(), child("old-in-4", "TRANSPORT"));
+        let a = plan(&Desired::default(), &o);
+        assert_eq!(names(&a), ["unload connection old-in-4"]);
+    }
+
+    #[test]
+    fn renewed_certificate_content_reloads_only_that_credential() {
+        let d = desired(vec![cert_tunnel("t", "192.0.2.2", "right", true)], None);
+        let mut o = Observed::default();
+        for p in [
+            "/pki/left-cert.pem",
+            "/pki/left-privkey.pem",
+            "/pki/cacert.pem",
+        ] {
+            o.files.insert(p.into(), Some(sha(p.as_bytes())));
+        }
+        let o = converge(&d, o.clone(), &plan(&d, &o));
+        assert!(plan(&d, &o).is_empty());
+        let mut renewed = o.clone();
+        renewed
+            .files
+            .insert("/pki/cacert.pem".into(), Some(sha(b"new CA")));
+        assert_eq!(
+            names(&plan(&d, &renewed)),
+            ["load CA certificate /pki/cacert.pem"]
+        );
+        // A file that became unreadable keeps what charon has.
+        let mut gone = o;
+        gone.files.insert("/pki/cacert.pem".into(), None);
+        assert!(plan(&d, &gone).is_empty());
+    }
+
+    #[test]
+    fn psk_change_reloads_the_secret() {
+        let d = desired(vec![psk_tunnel("g", TunnelType::Gre, "192.0.2.3", 1)], None);
+        let mut o = converge(&d, Observed::default(), &plan(&d, &Observed::default()));
+        o.loaded
+            .creds
+            .insert(CredKey::Shared("g".into()), sha(b"old secret"));
+        assert_eq!(names(&plan(&d, &o)), ["load pre-shared key of tunnel g"]);
+    }
+}

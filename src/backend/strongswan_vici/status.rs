@@ -1,0 +1,179 @@
+//! Live state of each tunnel from `list-conns` and `list-sas` (pure).
+//!
+//! A tunnel is `up` when every one of its connections has an INSTALLED CHILD_SA of that name
+//! (under whichever IKE_SA: the peer may have started the exchange), `negotiating` while an
+//! IKE_SA or CHILD_SA of it is being set up, `down` otherwise, and `error` when its
+//! `ipsec_*` options cannot be expressed in swanctl or a connection is not loaded.
+
+use std::collections::BTreeMap;
+
+use super::conns::desired_conns;
+use super::observe::Observed;
+use crate::backend::{LiveState, LiveStatus};
+use crate::model::Desired;
+
+const NEGOTIATING_IKE: &[&str] = &["CREATED", "CONNECTING", "PASSIVE", "REKEYING"];
+const NEGOTIATING_CHILD: &[&str] = &["CREATED", "INSTALLING", "REKEYING", "UPDATING"];
+
+pub fn status(desired: &Desired, observed: &Observed) -> BTreeMap<String, LiveStatus> {
+    let (_, rejected) = desired_conns(desired);
+    desired
+        .tunnels
+        .iter()
+        .map(|(name, t)| {
+            if let Some(reason) = rejected.get(name) {
+                let mut st = LiveStatus::new(LiveState::Error);
+                st.error = Some(reason.clone());
+                return (name.clone(), st);
+            }
+            let conns = t.conn_names();
+            let ike: Vec<_> = observed
+                .sas
+                .iter()
+                .filter(|sa| conns.contains(&sa.conn))
+                .collect();
+            let children: Vec<_> = observed
+                .sas
+                .iter()
+                .flat_map(|sa| &sa.children)
+                .filter(|c| conns.contains(&c.name))
+                .collect();
+            let installed = |c: &str| {
+                children
+                    .iter()
+                    .any(|ch| ch.name == c && ch.state == "INSTALLED")
+            };
+            let missing: Vec<&String> = conns
+                .iter()
+                .filter(|c| !observed.conns.contains_key(*c))
+                .collect();
+            let negotiating = ike
+                .iter()
+                .any(|sa| NEGOTIATING_IKE.contains(&sa.state.as_str()))
+                || children
+                    .iter()
+                    .any(|c| NEGOTIATING_CHILD.contains(&c.state.as_str()));
+            let mut st = if !missing.is_empty() {
+                let mut st = LiveStatus::new(LiveState::Error);
+                st.error = Some(format!(
+                    "connection {} is not loaded in charon",
+                    missing
+                        .iter()
+                        .map(|s| s.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ));
+                st
+            } else if conns.iter().all(|c| installed(c)) {
+                LiveStatus::new(LiveState::Up)
+            } else if negotiating {
+                LiveStatus::new(LiveState::Negotiating)
+            } else {
+                LiveStatus::new(LiveState::Down)
+            };
+            st.active = conns.iter().filter(|c| installed(c)).cloned().collect();
+            st.details = vec![
+                (
+                    "Connections loaded in charon".into(),
+                    conns
+                        .iter()
+                        .filter(|c| observed.conns.contains_key(*c))
+                        .cloned()
+                        .collect(),
+                ),
+                (
+                    "IKE SAs".into(),
+                    ike.iter()
+                        .map(|sa| format!("{}: {} {}...{}", sa.conn, sa.state, sa.local, sa.remote))
+                        .collect(),
+                ),
+                (
+                    "Child SAs".into(),
+                    children
+                        .iter()
+                        .map(|c| {
+                            format!(
+                                "{}: {} {} {} === {}",
+                                c.name,
+                                c.state,
+                                c.mode,
+                                c.local_ts.join(","),
+                                c.remote_ts.join(",")
+                            )
+                        })
+                        .collect(),
+                ),
+            ];
+            (name.clone(), st)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::strongswan_vici::observe::{ChildSa, IkeSa, ObservedConn};
+    use crate::backend::strongswan_vici::test_support::{desired, psk_tunnel};
+    use crate::model::TunnelType;
+
+    fn loaded(names: &[&str]) -> Observed {
+        let mut o = Observed::default();
+        for n in names {
+            o.conns.insert(n.to_string(), ObservedConn::default());
+        }
+        o
+    }
+
+    fn child(name: &str, state: &str) -> ChildSa {
+        ChildSa {
+            name: name.into(),
+            state: state.into(),
+            mode: "TRANSPORT".into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn states_follow_the_sas() {
+        let d = desired(
+            vec![psk_tunnel("vx", TunnelType::Vxlan, "192.0.2.2", 1)],
+            None,
+        );
+        let mut o = loaded(&["vx-in-1", "vx-out-1"]);
+        assert_eq!(status(&d, &o)["vx"].state, LiveState::Down);
+
+        o.sas.push(IkeSa {
+            conn: "vx-out-1".into(),
+            state: "CONNECTING".into(),
+            ..Default::default()
+        });
+        assert_eq!(status(&d, &o)["vx"].state, LiveState::Negotiating);
+
+        // The peer started the in side: its child lives under the IKE_SA it chose.
+        o.sas[0].state = "ESTABLISHED".into();
+        o.sas[0].children = vec![
+            child("vx-out-1", "INSTALLED"),
+            child("vx-in-1", "INSTALLED"),
+        ];
+        let st = &status(&d, &o)["vx"];
+        assert_eq!(st.state, LiveState::Up);
+        assert_eq!(st.active, ["vx-in-1", "vx-out-1"]);
+        assert_eq!(st.details[1].1, ["vx-out-1: ESTABLISHED ..."]);
+        assert_eq!(st.details[2].1.len(), 2);
+
+        // IKE up but the CHILD_SA could not be installed: down, and the details say why.
+        o.sas[0].children.clear();
+        assert_eq!(status(&d, &o)["vx"].state, LiveState::Down);
+    }
+
+    #[test]
+    fn unloaded_connection_is_an_error() {
+        let d = desired(vec![psk_tunnel("g", TunnelType::Gre, "192.0.2.2", 2)], None);
+        let st = &status(&d, &loaded(&[]))["g"];
+        assert_eq!(st.state, LiveState::Error);
+        assert_eq!(
+            st.error.as_deref(),
+            Some("connection g-2 is not loaded in charon")
+        );
+    }
+}

@@ -1,0 +1,270 @@
+//! Real strongSwan charons for the VICI backend tests: two network namespaces joined by a
+//! veth pair, each with its own charon in a private mount namespace (its own `/run`, its own
+//! strongswan.conf) whose VICI socket lives in the test's temp dir, so the monitor — running
+//! in the host namespaces — reaches it by path.
+//!
+//! Names are unique per process and test so that tests run in parallel; everything is torn
+//! down on drop, also when a test panics.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use super::monitor::wait_for;
+
+pub const CHARON: &str = "/usr/lib/ipsec/charon";
+pub const SWANCTL: &str = "/usr/sbin/swanctl";
+
+/// Fails (never skips) when the packages are missing.
+pub fn require_strongswan() {
+    for bin in [CHARON, SWANCTL, "/usr/sbin/ip", "/usr/bin/openssl"] {
+        assert!(
+            Path::new(bin).exists(),
+            "{bin} is missing: run tests/install-deps.sh (packages in tests/deps/strongswan-vici.packages)"
+        );
+    }
+}
+
+fn run(cmd: &str, args: &[&str]) -> Output {
+    let out = Command::new(cmd)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd} {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// Two network namespaces, `left` (192.0.2.1) and `right` (192.0.2.2), joined by a veth.
+pub struct NetnsPair {
+    pub left: String,
+    pub right: String,
+}
+
+impl NetnsPair {
+    pub fn new() -> Self {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let id = format!(
+            "{}x{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::SeqCst)
+        );
+        let pair = Self {
+            left: format!("vl{id}"),
+            right: format!("vr{id}"),
+        };
+        run("ip", &["netns", "add", &pair.left]);
+        run("ip", &["netns", "add", &pair.right]);
+        // Interface names are created inside each netns, so they need not be unique.
+        run(
+            "ip",
+            &[
+                "-n",
+                &pair.left,
+                "link",
+                "add",
+                "v0",
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "v1",
+                "netns",
+                &pair.right,
+            ],
+        );
+        for (ns, dev, addr) in [
+            (&pair.left, "v0", "192.0.2.1/24"),
+            (&pair.right, "v1", "192.0.2.2/24"),
+        ] {
+            run("ip", &["-n", ns, "addr", "add", addr, "dev", dev]);
+            run("ip", &["-n", ns, "link", "set", dev, "up"]);
+            run("ip", &["-n", ns, "link", "set", "lo", "up"]);
+        }
+        pair
+    }
+
+    /// `ip xfrm policy` in `ns`.
+    pub fn xfrm_policies(ns: &str) -> String {
+        String::from_utf8_lossy(&run("ip", &["-n", ns, "xfrm", "policy"]).stdout).into_owned()
+    }
+}
+
+impl Drop for NetnsPair {
+    fn drop(&mut self) {
+        for ns in [&self.left, &self.right] {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+    }
+}
+
+/// A charon in netns `ns`, with its config, log and VICI socket in `dir`.
+pub struct Charon {
+    pub ns: String,
+    pub dir: PathBuf,
+    child: Option<Child>,
+}
+
+impl Charon {
+    pub fn start(ns: &str, dir: &Path) -> Self {
+        std::fs::create_dir_all(dir).expect("charon dir");
+        let conf = format!(
+            "charon {{
+  load_modular = yes
+  install_routes = no
+  plugins {{
+    include /etc/strongswan.d/charon/*.conf
+    stroke {{
+      load = no
+    }}
+    vici {{
+      socket = unix://{dir}/charon.vici
+    }}
+    kernel-netlink {{
+      set_proto_port_transport_sa = yes
+    }}
+  }}
+  filelog {{
+    test {{
+      path = {dir}/charon.log
+      default = 1
+      flush_line = yes
+    }}
+  }}
+}}
+",
+            dir = dir.display()
+        );
+        std::fs::write(dir.join("strongswan.conf"), conf).expect("strongswan.conf");
+        let mut c = Self {
+            ns: ns.to_owned(),
+            dir: dir.to_owned(),
+            child: None,
+        };
+        c.spawn();
+        c
+    }
+
+    pub fn socket(&self) -> PathBuf {
+        self.dir.join("charon.vici")
+    }
+
+    fn spawn(&mut self) {
+        let script = format!(
+            "mount -t tmpfs tmpfs /run && mount --bind {}/strongswan.conf /etc/strongswan.conf && exec {CHARON}",
+            self.dir.display()
+        );
+        let _ = std::fs::remove_file(self.socket());
+        let child = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &self.ns,
+                "unshare",
+                "-m",
+                "--propagation",
+                "private",
+            ])
+            .args(["sh", "-c", &script])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn charon");
+        self.child = Some(child);
+        wait_for("charon's VICI socket", Duration::from_secs(20), || {
+            self.swanctl(&["--stats"]).status.success()
+        });
+    }
+
+    /// Kills charon (a crash: SIGKILL) and waits for it to be gone.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+
+    /// `swanctl <args> --uri <our socket>`.
+    pub fn swanctl(&self, args: &[&str]) -> Output {
+        let uri = format!("unix://{}", self.socket().display());
+        Command::new(SWANCTL)
+            .args(args)
+            .args(["--uri", &uri])
+            .output()
+            .expect("run swanctl")
+    }
+
+    pub fn swanctl_out(&self, args: &[&str]) -> String {
+        String::from_utf8_lossy(&self.swanctl(args).stdout).into_owned()
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("charon.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Charon {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A CA and two host certificates (`left`, `right`, SAN DNS = CN) made with openssl.
+pub fn make_pki(dir: &Path) {
+    let d = |f: &str| dir.join(f).display().to_string();
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    let mut args = vec!["req", "-x509", "-days", "2", "-subj", "/CN=ovs-test-ca"];
+    args.extend(ec);
+    let (ck, cc) = (d("ca-key.pem"), d("cacert.pem"));
+    args.extend(["-keyout", &ck, "-out", &cc]);
+    run("openssl", &args);
+    for host in ["left", "right"] {
+        let (key, csr, cert) = (
+            d(&format!("{host}-privkey.pem")),
+            d(&format!("{host}-req.pem")),
+            d(&format!("{host}-cert.pem")),
+        );
+        let subj = format!("/CN={host}");
+        let mut args = vec!["req", "-new", "-subj", &subj, "-keyout", &key, "-out", &csr];
+        args.extend(ec);
+        run("openssl", &args);
+        let ext = d(&format!("{host}.ext"));
+        std::fs::write(&ext, format!("subjectAltName=DNS:{host}\n")).expect("ext");
+        run(
+            "openssl",
+            &[
+                "x509",
+                "-req",
+                "-days",
+                "2",
+                "-in",
+                &csr,
+                "-CA",
+                &cc,
+                "-CAkey",
+                &ck,
+                "-CAcreateserial",
+                "-extfile",
+                &ext,
+                "-out",
+                &cert,
+            ],
+        );
+    }
+}
