@@ -7,6 +7,7 @@ use tracing::{error, info};
 
 use super::event_loop::{EventLoop, Exit};
 use crate::backend::dry_run::DryRun;
+use crate::backend::strongswan_stroke::StrongSwanStroke;
 use crate::backend::{Backend, BackendKind, StartOptions};
 use crate::cli::Cli;
 use crate::daemon::pidfile::Pidfile;
@@ -122,7 +123,14 @@ async fn run(
 
     // One arm per backend: each builds its backend from the command line and runs the loop.
     let exit = match kind {
-        BackendKind::StrongSwan | BackendKind::Libreswan | BackendKind::None => {
+        BackendKind::StrongSwan => match StrongSwanStroke::new(&cli) {
+            Ok(b) => run_with(b, false, parts, start).await,
+            Err(e) => {
+                error!("cannot set up the strongSwan backend: {e}");
+                return 1;
+            }
+        },
+        BackendKind::Libreswan | BackendKind::None => {
             info!(
                 "backend {kind} is not built in yet: running in dry-run mode (nothing is applied)"
             );

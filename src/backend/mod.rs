@@ -15,6 +15,7 @@ pub mod command;
 pub mod dry_run;
 pub mod files;
 pub mod secrets;
+pub mod strongswan_stroke;
 pub mod templates;
 
 use std::collections::BTreeMap;

@@ -1,0 +1,110 @@
+//! Parsed `ipsec statusall` → each tunnel's live state (pure).
+//!
+//! A tunnel is `up` when every one of its connections has an `INSTALLED` CHILD_SA,
+//! `negotiating` when an IKE_SA of its peer configuration is being set up or is established
+//! while a CHILD_SA is still missing, `down` when its connections are loaded (trap policies in
+//! place) but nothing is negotiated, and `down` with a reason when charon does not have them.
+
+use std::collections::BTreeMap;
+
+use super::statusall::{IkeSa, Status};
+use crate::backend::{LiveState, LiveStatus};
+use crate::model::{Desired, DesiredTunnel};
+
+const IKE_HEADING: &str = "IKE SAs:";
+const CONN_HEADING: &str = "Connections loaded in charon:";
+
+/// IKE_SAs that can carry `conn`: those named after the peer configuration it was merged
+/// into (or after the connection itself).
+fn ike_sas_for<'a>(st: &'a Status, conn: &str) -> Vec<&'a IkeSa> {
+    let peer = st.peer_of(conn).unwrap_or(conn);
+    st.sas
+        .iter()
+        .filter(|s| s.name == peer || s.children.iter().any(|c| c.name == conn))
+        .collect()
+}
+
+fn tunnel_status(t: &DesiredTunnel, st: &Status) -> LiveStatus {
+    let conns = t.conn_names();
+    let loaded = st.loaded();
+    let mut ike_lines = Vec::new();
+    let mut conn_lines = Vec::new();
+    let mut active = Vec::new();
+    let mut installed = 0;
+    let mut negotiating = false;
+    let mut missing = Vec::new();
+    for conn in &conns {
+        if !loaded.contains(conn.as_str()) {
+            missing.push(conn.clone());
+            continue;
+        }
+        let routed = if st.routed.contains(conn) {
+            "routed"
+        } else {
+            "not routed"
+        };
+        conn_lines.push(format!("{conn}: loaded, {routed}"));
+        let sas = ike_sas_for(st, conn);
+        let children: Vec<_> = sas
+            .iter()
+            .flat_map(|ike| &ike.children)
+            .filter(|c| c.name == *conn)
+            .collect();
+        let up: Vec<_> = children.iter().filter(|c| c.state == "INSTALLED").collect();
+        active.extend(up.iter().map(|c| format!("{}: {}", c.token(), c.line)));
+        if up.is_empty() {
+            // An IKE_SA exists (being set up, or up while this CHILD_SA is not yet).
+            negotiating |= !sas.is_empty();
+        } else {
+            installed += 1;
+        }
+        for ike in sas {
+            let line = format!("{}: {}", ike.token(), ike.line);
+            if !ike_lines.contains(&line) {
+                ike_lines.push(line);
+            }
+        }
+    }
+    let state = if !missing.is_empty() {
+        LiveState::Down
+    } else if installed == conns.len() {
+        LiveState::Up
+    } else if negotiating {
+        LiveState::Negotiating
+    } else {
+        LiveState::Down
+    };
+    let mut ls = LiveStatus::new(state);
+    if !missing.is_empty() {
+        ls.error = Some(format!("not loaded in charon: {}", missing.join(", ")));
+    }
+    ls.active = active;
+    ls.details = vec![
+        (CONN_HEADING.to_owned(), conn_lines),
+        (IKE_HEADING.to_owned(), ike_lines),
+    ];
+    ls
+}
+
+/// The live state of every desired tunnel; `rejected` ones are errors with their reason.
+pub fn status(
+    desired: &Desired,
+    st: &Status,
+    rejected: &BTreeMap<String, String>,
+) -> BTreeMap<String, LiveStatus> {
+    desired
+        .tunnels
+        .iter()
+        .map(|(name, t)| {
+            let ls = match rejected.get(name) {
+                Some(reason) => {
+                    let mut ls = LiveStatus::new(LiveState::Error);
+                    ls.error = Some(reason.clone());
+                    ls
+                }
+                None => tunnel_status(t, st),
+            };
+            (name.clone(), ls)
+        })
+        .collect()
+}
