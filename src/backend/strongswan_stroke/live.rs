@@ -108,3 +108,46 @@ pub fn status(
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::statusall::{parse, tests::SAMPLE};
+    use super::super::testutil::{desired, psk_tunnel};
+    use super::*;
+
+    #[test]
+    fn states_from_real_statusall() {
+        let d = desired(vec![
+            psk_tunnel("tun", "vxlan", "192.0.2.2", "k", 1),
+            psk_tunnel("gre9", "gre", "192.0.2.2", "k", 1),
+            psk_tunnel("old", "geneve", "192.0.2.3", "k", 1),
+            psk_tunnel("gone", "gre", "192.0.2.4", "k", 1),
+        ]);
+        let mut rejected = BTreeMap::new();
+        rejected.insert("gone".to_string(), "bad".to_string());
+        let sample = SAMPLE.replace(
+            "      gre9-1:   child",
+            "      gre9-1:   child:  x\n      old-in-1:   child:  y\n      old-out-1:   child",
+        );
+        let st = status(&d, &parse(&sample), &rejected);
+        let tun = &st["tun"];
+        assert_eq!(tun.state, LiveState::Up);
+        assert_eq!(
+            tun.active,
+            [
+                "tun-in-1{4}: INSTALLED, TRANSPORT, reqid 1, ESP SPIs: c0dc3410_i cb107296_o",
+                "tun-out-1{3}: INSTALLED, TRANSPORT, reqid 2, ESP SPIs: ce04275e_i c41b58b3_o"
+            ]
+        );
+        // gre9's CHILD_SA is not there but the shared IKE_SA is up: being negotiated.
+        assert_eq!(st["gre9"].state, LiveState::Negotiating);
+        assert_eq!(st["old"].state, LiveState::Negotiating);
+        assert_eq!(st["gone"].state, LiveState::Error);
+        let none = status(&d, &parse(""), &BTreeMap::new());
+        assert_eq!(none["tun"].state, LiveState::Down);
+        assert_eq!(
+            none["tun"].error.as_deref(),
+            Some("not loaded in charon: tun-in-1, tun-out-1")
+        );
+    }
+}

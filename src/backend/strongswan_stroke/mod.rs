@@ -24,6 +24,8 @@ pub mod live;
 pub mod plan;
 pub mod render;
 pub mod statusall;
+#[cfg(test)]
+mod testutil;
 
 use std::collections::BTreeMap;
 use std::io::ErrorKind;

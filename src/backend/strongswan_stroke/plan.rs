@@ -193,3 +193,151 @@ pub fn plan(desired: &Desired, r: &Rendered, obs: &Observed) -> Vec<Action> {
     actions.extend(outdated(desired, r, obs));
     actions
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::render::render;
+    use super::super::statusall::parse;
+    use super::super::testutil::{desired, psk_tunnel, templates};
+    use super::*;
+    use crate::backend::files::SECRET_MODE;
+
+    /// The observation of a charon that loaded exactly `r`, with `status` text.
+    fn converged(r: &Rendered, status: &str) -> Observed {
+        Observed {
+            conf: Some(r.conf.clone()),
+            conf_conns: super::super::conffile::conn_names(&r.conf),
+            secrets: Some((sha256(r.secrets.as_bytes()), SECRET_MODE)),
+            cert_changed: BTreeSet::new(),
+            status: parse(status),
+            settling: false,
+        }
+    }
+
+    const UP: &str = "\
+Connections:
+    vx1-in-1:  %any...192.0.2.2  IKEv2
+    vx1-in-1:   child:  dynamic[udp/4789] === dynamic[udp] TRANSPORT
+   vx1-out-1:   child:  dynamic[udp] === dynamic[udp/4789] TRANSPORT
+      gre1-1:   child:  dynamic[gre] === dynamic[gre] TRANSPORT
+      office:  %any...198.51.100.7  IKEv2
+      office:   child:  dynamic === 10.0.0.0/8 TUNNEL
+Security Associations (2 up, 0 connecting):
+    vx1-in-1[1]: ESTABLISHED 8 seconds ago, 192.0.2.1[192.0.2.1]...192.0.2.2[192.0.2.2]
+   vx1-out-1{1}:  INSTALLED, TRANSPORT, reqid 2, ESP SPIs: ce04275e_i c41b58b3_o
+    vx1-in-1{2}:  INSTALLED, TRANSPORT, reqid 1, ESP SPIs: c0dc3410_i cb107296_o
+      gre1-1{3}:  INSTALLED, TRANSPORT, reqid 3, ESP SPIs: c0dc3411_i cb107297_o
+      office[2]: ESTABLISHED 1 hour ago, 192.0.2.1[192.0.2.1]...198.51.100.7[198.51.100.7]
+      office{4}:  INSTALLED, TUNNEL, reqid 4, ESP SPIs: c0dc3412_i cb107298_o
+";
+
+    fn two(vx_version: u64, gre_version: u64) -> Desired {
+        desired(vec![
+            psk_tunnel("vx1", "vxlan", "192.0.2.2", "k", vx_version),
+            psk_tunnel("gre1", "gre", "192.0.2.2", "k", gre_version),
+        ])
+    }
+
+    #[test]
+    fn converged_plans_nothing_and_keeps_in_out_sas() {
+        let d = two(1, 1);
+        let r = render(&templates(), &d).unwrap();
+        assert_eq!(plan(&d, &r, &converged(&r, UP)), vec![]);
+    }
+
+    #[test]
+    fn version_bump_downs_only_the_outdated_children_of_a_shared_ike_sa() {
+        let old = two(1, 1);
+        let obs = converged(&render(&templates(), &old).unwrap(), UP);
+        let d = two(2, 1);
+        let r = render(&templates(), &d).unwrap();
+        assert_eq!(
+            plan(&d, &r, &obs),
+            vec![
+                Action::WriteFiles,
+                Action::Update,
+                // vx1-in-1[1] also carries the current gre1-1{3}: it stays up.
+                Action::DownNb {
+                    sa: "vx1-out-1{1}".into(),
+                    version: Some(1)
+                },
+                Action::DownNb {
+                    sa: "vx1-in-1{2}".into(),
+                    version: Some(1)
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn deleting_every_tunnel_downs_their_ike_sa_and_never_a_foreign_one() {
+        let old = two(1, 1);
+        let obs = converged(&render(&templates(), &old).unwrap(), UP);
+        let d = desired(vec![]);
+        let r = render(&templates(), &d).unwrap();
+        assert_eq!(
+            plan(&d, &r, &obs),
+            vec![
+                Action::WriteFiles,
+                Action::Update,
+                Action::RereadSecrets,
+                Action::DownNb {
+                    sa: "vx1-in-1[1]".into(),
+                    version: Some(1)
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn a_connection_lost_by_charon_is_reloaded_once_things_settled() {
+        let d = two(1, 1);
+        let r = render(&templates(), &d).unwrap();
+        let mut obs = converged(
+            &r,
+            &UP.replace("      gre1-1:   child", "      xxx:   child"),
+        );
+        assert_eq!(
+            plan(&d, &r, &obs),
+            vec![Action::Reconcile(vec!["gre1-1".into()])]
+        );
+        obs.settling = true;
+        assert_eq!(plan(&d, &r, &obs), vec![]);
+    }
+
+    #[test]
+    fn certificate_changed_in_place_reloads_credentials_without_down() {
+        let d = two(1, 1);
+        let r = render(&templates(), &d).unwrap();
+        let mut obs = converged(&r, UP);
+        obs.cert_changed.insert("/etc/c.pem".into());
+        assert_eq!(
+            plan(&d, &r, &obs),
+            vec![
+                Action::WriteFiles,
+                Action::ReloadCredentials(vec!["/etc/c.pem".into()])
+            ]
+        );
+    }
+
+    #[test]
+    fn secrets_with_a_wrong_mode_are_rewritten_and_reread() {
+        let d = two(1, 1);
+        let r = render(&templates(), &d).unwrap();
+        let mut obs = converged(&r, UP);
+        obs.secrets = obs.secrets.map(|(h, _)| (h, 0o644));
+        assert_eq!(
+            plan(&d, &r, &obs),
+            vec![Action::WriteFiles, Action::RereadSecrets]
+        );
+    }
+
+    #[test]
+    fn outdated_log_line_keeps_the_python_wording() {
+        let a = Action::DownNb {
+            sa: "vx1-in-1{2}".into(),
+            version: Some(1),
+        };
+        assert_eq!(a.to_string(), "vx1-in-1{2} is outdated 1");
+    }
+}

@@ -286,3 +286,94 @@ pub fn empty(templates: &Templates) -> Result<Rendered, TemplateError> {
 pub fn ovs_conf(templates: &Templates) -> Result<String, TemplateError> {
     templates.render(OVS_CONF_TEMPLATE, &serde_json::json!({}))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::testutil::{desired, psk_tunnel, templates, with};
+    use super::*;
+    use crate::model::SkbMark;
+
+    fn section<'a>(conf: &'a str, conn: &str) -> Vec<&'a str> {
+        let head = format!("conn {conn}\n");
+        let start = conf.find(&head).expect(conn) + head.len();
+        conf[start..]
+            .lines()
+            .take_while(|l| !l.is_empty())
+            .map(str::trim)
+            .collect()
+    }
+
+    #[test]
+    fn local_ip_and_dst_port_are_honoured() {
+        let t = with(psk_tunnel("gnv", "geneve", "192.0.2.2", "k", 3), |c| {
+            c.local_ip = Some("192.0.2.1".parse().unwrap());
+            c.dst_port = Some(6090);
+        });
+        let r = render(&templates(), &desired(vec![t])).unwrap();
+        assert_eq!(
+            section(&r.conf, "gnv-in-3"),
+            [
+                "left=192.0.2.1",
+                "right=192.0.2.2",
+                "authby=psk",
+                "leftprotoport=udp/6090",
+                "rightprotoport=udp"
+            ]
+        );
+        assert_eq!(
+            section(&r.conf, "gnv-out-3")[3..],
+            ["leftprotoport=udp", "rightprotoport=udp/6090"]
+        );
+        assert_eq!(
+            r.secrets.lines().last(),
+            Some("192.0.2.1 192.0.2.2 : PSK 0x6b")
+        );
+    }
+
+    #[test]
+    fn hostile_psk_cannot_leave_its_field() {
+        let t = psk_tunnel("g", "gre", "192.0.2.9", "x\"\nconn evil\n#", 1);
+        let r = render(&templates(), &desired(vec![t])).unwrap();
+        assert!(!r.secrets.contains("evil") && !r.conf.contains("evil"));
+        assert_eq!(r.secrets.lines().count(), 3, "{}", r.secrets);
+    }
+
+    #[test]
+    fn conflicting_psks_for_the_same_endpoints_are_rejected_not_guessed() {
+        let a = psk_tunnel("a", "vxlan", "192.0.2.2", "one", 1);
+        let b = psk_tunnel("b", "gre", "192.0.2.2", "two", 1);
+        let c = psk_tunnel("c", "geneve", "192.0.2.2", "one", 1);
+        let r = render(&templates(), &desired(vec![a, b, c])).unwrap();
+        assert_eq!(r.rejected.keys().collect::<Vec<_>>(), ["b"]);
+        assert!(
+            r.rejected["b"].contains("tunnel 'a'"),
+            "{}",
+            r.rejected["b"]
+        );
+        assert!(!r.conf.contains("conn b-1"));
+        assert!(r.conns.contains("c-in-1") && r.conns.contains("a-out-1"));
+        assert_eq!(r.secrets.matches(": PSK").count(), 1);
+    }
+
+    #[test]
+    fn shunts_cover_the_ports_in_use() {
+        let t = with(psk_tunnel("v", "vxlan", "192.0.2.2", "k", 1), |c| {
+            c.dst_port = Some(4790)
+        });
+        let mut d = desired(vec![t]);
+        d.global.skb_mark = Some(SkbMark { value: 0, mask: 1 });
+        let r = render(&templates(), &d).unwrap();
+        for (name, pp) in [
+            ("prevent_unencrypted_gre", "gre"),
+            ("prevent_unencrypted_geneve", "udp/6081"),
+            ("prevent_unencrypted_vxlan", "udp/4789"),
+            ("prevent_unencrypted_vxlan_4790", "udp/4790"),
+        ] {
+            assert_eq!(
+                section(&r.conf, name),
+                ["type=drop", &format!("leftprotoport={pp}"), "mark=0/1"]
+            );
+            assert!(r.conns.contains(name));
+        }
+    }
+}
