@@ -106,6 +106,11 @@ pub struct Cli {
     #[arg(long, value_name = "DIR", default_value = crate::backend::templates::DEFAULT_TEMPLATE_DIR)]
     pub template_dir: PathBuf,
 
+    /// Plan and log every action but apply none: no IKE daemon, file or kernel state is
+    /// touched (for tests and demos of the daemon core).
+    #[arg(long)]
+    pub dry_run: bool,
+
     /// Control socket [default: $OVS_RUNDIR/ovs-monitor-ipsec.<pid>.ctl].
     #[arg(long, value_name = "PATH")]
     pub unixctl: Option<PathBuf>,

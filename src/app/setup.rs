@@ -123,6 +123,10 @@ async fn run(
 
     // One arm per backend: each builds its backend from the command line and runs the loop.
     let exit = match kind {
+        _ if cli.dry_run => {
+            info!("--dry-run: planning only, nothing is applied");
+            run_with(DryRun::new(kind), true, parts, start).await
+        }
         BackendKind::StrongSwan => match StrongSwanStroke::new(&cli) {
             Ok(b) => run_with(b, false, parts, start).await,
             Err(e) => {
