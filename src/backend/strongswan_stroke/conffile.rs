@@ -48,13 +48,41 @@ pub fn join(body: &str, stamps: &Stamps) -> String {
     s
 }
 
-/// Connection names a file defines (`conn %default` excluded).
-pub fn conn_names(body: &str) -> BTreeSet<String> {
-    body.lines()
-        .filter_map(|l| l.strip_prefix("conn "))
-        .map(str::trim)
-        .filter(|n| !n.is_empty() && *n != "%default")
-        .map(str::to_owned)
+/// The connections a file defines (`conn %default` excluded): name → the lines of its
+/// section after the `conn` line, up to the blank line that ends it.
+pub fn sections(body: &str) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    let mut current: Option<(&str, Vec<&str>)> = None;
+    // A section is its `conn` line and the indented lines that follow it.
+    for line in body.lines().chain(std::iter::once("")) {
+        if line.starts_with([' ', '\t']) && !line.trim().is_empty() {
+            if let Some((_, lines)) = current.as_mut() {
+                lines.push(line);
+            }
+            continue;
+        }
+        if let Some((name, lines)) = current.take()
+            && name != "%default"
+        {
+            out.insert(name.to_owned(), lines.join("\n"));
+        }
+        current = line
+            .strip_prefix("conn ")
+            .map(str::trim)
+            .filter(|n| !n.is_empty())
+            .map(|n| (n, Vec::new()));
+    }
+    out
+}
+
+/// SHA-256 of each line of a secrets file by its selectors (the text before ` : `), so that
+/// lines can be compared without keeping any secret in memory.
+pub fn secret_lines(text: &str) -> BTreeMap<String, [u8; 32]> {
+    text.lines()
+        .filter_map(|l| {
+            let (sel, _) = l.split_once(" : ")?;
+            Some((sel.to_owned(), super::plan::sha256(l.as_bytes())))
+        })
         .collect()
 }
 
@@ -89,6 +117,6 @@ mod tests {
         let (body, back) = split(&text);
         assert_eq!(body, "conn %default\nconn a-1\n");
         assert_eq!(back, stamps);
-        assert_eq!(conn_names(&body), BTreeSet::from(["a-1".to_owned()]));
+        assert_eq!(sections(&body).keys().collect::<Vec<_>>(), ["a-1"]);
     }
 }

@@ -5,7 +5,7 @@
 //! while a CHILD_SA is still missing, `down` when its connections are loaded (trap policies in
 //! place) but nothing is negotiated, and `down` with a reason when charon does not have them.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use super::statusall::{IkeSa, Status};
 use crate::backend::{LiveState, LiveStatus};
@@ -14,19 +14,61 @@ use crate::model::{Desired, DesiredTunnel};
 const IKE_HEADING: &str = "IKE SAs:";
 const CONN_HEADING: &str = "Connections loaded in charon:";
 
-/// IKE_SAs that can carry `conn`: those named after the peer configuration it was merged
-/// into (or after the connection itself).
-fn ike_sas_for<'a>(st: &'a Status, conn: &str) -> Vec<&'a IkeSa> {
-    let peer = st.peer_of(conn).unwrap_or(conn);
-    st.sas
-        .iter()
-        .filter(|s| s.name == peer || s.children.iter().any(|c| c.name == conn))
-        .collect()
+/// Lookups over one parsed status, built once per call of [`status`] so that the state of
+/// N tunnels costs O(N log N), not O(N²).
+struct Index<'a> {
+    loaded: BTreeSet<&'a str>,
+    peer_of: BTreeMap<&'a str, &'a str>,
+    /// IKE_SAs by the connection names they can carry: their own name, and their children's.
+    sas_of: BTreeMap<&'a str, Vec<&'a IkeSa>>,
+    routed: &'a BTreeSet<String>,
 }
 
-fn tunnel_status(t: &DesiredTunnel, st: &Status) -> LiveStatus {
+impl<'a> Index<'a> {
+    fn new(st: &'a Status) -> Self {
+        let mut sas_of: BTreeMap<&str, Vec<&IkeSa>> = BTreeMap::new();
+        for ike in &st.sas {
+            let names = std::iter::once(ike.name.as_str())
+                .chain(ike.children.iter().map(|c| c.name.as_str()));
+            for n in names {
+                let v = sas_of.entry(n).or_default();
+                if !v.iter().any(|s| std::ptr::eq(*s, ike)) {
+                    v.push(ike);
+                }
+            }
+        }
+        Self {
+            loaded: st.loaded(),
+            peer_of: st
+                .peers
+                .iter()
+                .flat_map(|(p, kids)| kids.iter().map(move |k| (k.as_str(), p.as_str())))
+                .collect(),
+            sas_of,
+            routed: &st.routed,
+        }
+    }
+
+    fn routed(&self, conn: &str) -> bool {
+        self.routed.contains(conn)
+    }
+
+    /// IKE_SAs that can carry `conn`: those named after the peer configuration it was merged
+    /// into, or that list a CHILD_SA of it.
+    fn ike_sas_for(&self, conn: &str) -> Vec<&'a IkeSa> {
+        let peer = self.peer_of.get(conn).copied().unwrap_or(conn);
+        let mut v: Vec<&IkeSa> = self.sas_of.get(conn).cloned().unwrap_or_default();
+        for s in self.sas_of.get(peer).into_iter().flatten() {
+            if s.name == peer && !v.iter().any(|x| std::ptr::eq(*x, *s)) {
+                v.push(s);
+            }
+        }
+        v
+    }
+}
+
+fn tunnel_status(t: &DesiredTunnel, ix: &Index<'_>) -> LiveStatus {
     let conns = t.conn_names();
-    let loaded = st.loaded();
     let mut ike_lines = Vec::new();
     let mut conn_lines = Vec::new();
     let mut active = Vec::new();
@@ -34,23 +76,22 @@ fn tunnel_status(t: &DesiredTunnel, st: &Status) -> LiveStatus {
     let mut negotiating = false;
     let mut missing = Vec::new();
     for conn in &conns {
-        if !loaded.contains(conn.as_str()) {
+        if !ix.loaded.contains(conn.as_str()) {
             missing.push(conn.clone());
             continue;
         }
-        let routed = if st.routed.contains(conn) {
+        let routed = if ix.routed(conn) {
             "routed"
         } else {
             "not routed"
         };
         conn_lines.push(format!("{conn}: loaded, {routed}"));
-        let sas = ike_sas_for(st, conn);
-        let children: Vec<_> = sas
+        let sas = ix.ike_sas_for(conn);
+        let up: Vec<_> = sas
             .iter()
             .flat_map(|ike| &ike.children)
-            .filter(|c| c.name == *conn)
+            .filter(|c| c.name == *conn && c.state == "INSTALLED")
             .collect();
-        let up: Vec<_> = children.iter().filter(|c| c.state == "INSTALLED").collect();
         active.extend(up.iter().map(|c| format!("{}: {}", c.token(), c.line)));
         if up.is_empty() {
             // An IKE_SA exists (being set up, or up while this CHILD_SA is not yet).
@@ -92,6 +133,7 @@ pub fn status(
     st: &Status,
     rejected: &BTreeMap<String, String>,
 ) -> BTreeMap<String, LiveStatus> {
+    let ix = Index::new(st);
     desired
         .tunnels
         .iter()
@@ -102,7 +144,7 @@ pub fn status(
                     ls.error = Some(reason.clone());
                     ls
                 }
-                None => tunnel_status(t, st),
+                None => tunnel_status(t, &ix),
             };
             (name.clone(), ls)
         })

@@ -19,6 +19,7 @@
 //! Paths are the Python monitor's: `--root-prefix` + `/etc/ipsec.conf`, `/etc/ipsec.secrets`,
 //! `/etc/strongswan.d/ovs.conf` (written before a restart only) and `/usr/sbin/ipsec`.
 
+pub mod adopt;
 pub mod conffile;
 pub mod live;
 pub mod plan;
@@ -212,22 +213,21 @@ impl StrongSwanStroke {
             }
             None => (None, conffile::Stamps::new()),
         };
-        let secrets = match std::fs::read(&self.paths.secrets) {
+        let (secrets, secret_lines) = match std::fs::read(&self.paths.secrets) {
             Ok(bytes) => {
                 let mode = std::fs::metadata(&self.paths.secrets)
                     .map(|m| m.permissions().mode() & 0o7777)
                     .unwrap_or(0);
-                Some((plan::sha256(&bytes), mode))
+                let lines = conffile::secret_lines(&String::from_utf8_lossy(&bytes));
+                (Some((plan::sha256(&bytes), mode)), lines)
             }
-            Err(_) => None,
+            Err(_) => (None, BTreeMap::new()),
         };
         Ok(Observed {
-            conf_conns: conf
-                .as_deref()
-                .map(conffile::conn_names)
-                .unwrap_or_default(),
+            conf_sections: conf.as_deref().map(conffile::sections).unwrap_or_default(),
             conf,
             secrets,
+            secret_lines,
             cert_changed: conffile::changed(&stamps, &mut self.certs),
             status: Status::default(),
             settling: self
@@ -251,12 +251,30 @@ impl StrongSwanStroke {
         Ok(())
     }
 
+    /// `desired` with adopted versions (see [`adopt`]) and its rendering.
+    fn effective(
+        &self,
+        desired: &Desired,
+        obs: &Observed,
+    ) -> Result<(Desired, Rendered), TemplateError> {
+        let r = render::render(&self.templates, desired)?;
+        let versions = adopt::versions(desired, &r, obs);
+        if versions.is_empty() {
+            return Ok((desired.clone(), r));
+        }
+        let d = adopt::with_versions(desired, &versions);
+        let r = render::render(&self.templates, &d)?;
+        Ok((d, r))
+    }
+
     async fn run_actions(
         &mut self,
         desired: &Desired,
         actions: Vec<Action>,
     ) -> Result<ApplyReport, StrokeError> {
-        let r = render::render(&self.templates, desired)?;
+        // The files have not changed since plan read them: the same versions result.
+        let obs = self.observe_files()?;
+        let (_, r) = self.effective(desired, &obs)?;
         let mut report = ApplyReport {
             errors: r.rejected.clone(),
             applied: 0,
@@ -361,8 +379,8 @@ impl Backend for StrongSwanStroke {
     }
 
     fn plan(&self, desired: &Desired, observed: &Observed) -> Vec<Action> {
-        match render::render(&self.templates, desired) {
-            Ok(r) => plan::plan(desired, &r, observed),
+        match self.effective(desired, observed) {
+            Ok((d, r)) => plan::plan(&d, &r, observed),
             // apply renders again and reports the template error for the whole pass.
             Err(_) => vec![Action::WriteFiles],
         }
@@ -377,7 +395,10 @@ impl Backend for StrongSwanStroke {
     }
 
     fn status(&self, desired: &Desired, observed: &Observed) -> BTreeMap<String, LiveStatus> {
-        live::status(desired, &observed.status, &render::rejections(desired))
+        let d = self
+            .effective(desired, observed)
+            .map_or_else(|_| desired.clone(), |(d, _)| d);
+        live::status(&d, &observed.status, &render::rejections(&d))
     }
 
     /// Empties our files, lets starter drop every connection, and brings down our SAs.

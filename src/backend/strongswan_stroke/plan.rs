@@ -15,7 +15,7 @@
 //!   the connections of its peer configuration are still wanted; otherwise only its outdated
 //!   CHILD_SAs are.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::path::PathBuf;
 
@@ -26,14 +26,17 @@ use super::statusall::Status;
 use crate::model::Desired;
 
 /// What a pass sees before planning.
-#[derive(Debug, Clone, Default)]
+/// Not `Debug`: it holds digests of secrets lines.
+#[derive(Clone, Default)]
 pub struct Observed {
     /// `ipsec.conf` on disk without its stamps; `None` when missing.
     pub conf: Option<String>,
-    /// Connections our file on disk defines.
-    pub conf_conns: BTreeSet<String>,
+    /// Connections our file on disk defines: name → section text (see `conffile::sections`).
+    pub conf_sections: BTreeMap<String, String>,
     /// SHA-256 and mode of `ipsec.secrets` on disk (never its text: it holds PSKs).
     pub secrets: Option<([u8; 32], u32)>,
+    /// SHA-256 of each secrets line on disk, by selectors.
+    pub secret_lines: BTreeMap<String, [u8; 32]>,
     /// Stamped certificates whose content changed since charon loaded them.
     pub cert_changed: BTreeSet<PathBuf>,
     /// `ipsec statusall`.
@@ -95,7 +98,7 @@ pub fn version_of(conn: &str) -> Option<u64> {
 
 /// The interface names a connection name may belong to: `X-in-N` is tunnel `X` (vxlan or
 /// geneve) or tunnel `X-in` (gre); both are returned, the caller knows which tunnels exist.
-fn tunnel_candidates(conn: &str) -> Vec<&str> {
+pub fn tunnel_candidates(conn: &str) -> Vec<&str> {
     let Some((base, v)) = conn.rsplit_once('-') else {
         return Vec::new();
     };
@@ -113,7 +116,7 @@ pub fn sha256(bytes: &[u8]) -> [u8; 32] {
 
 /// True when `conn` is a connection this monitor created.
 fn ours(conn: &str, desired: &Desired, obs: &Observed, loaded: &BTreeSet<&str>) -> bool {
-    obs.conf_conns.contains(conn)
+    obs.conf_sections.contains_key(conn)
         || tunnel_candidates(conn)
             .iter()
             .any(|t| desired.tunnels.contains_key(*t))
@@ -156,7 +159,8 @@ pub fn outdated(desired: &Desired, r: &Rendered, obs: &Observed) -> Vec<Action> 
     actions
 }
 
-/// The actions that make charon and the files match `r` (rendered from `desired`).
+/// The actions that make charon and the files match `r`, rendered from `desired` (with the
+/// versions of `super::adopt` applied).
 pub fn plan(desired: &Desired, r: &Rendered, obs: &Observed) -> Vec<Action> {
     let conf_differs = obs.conf.as_deref() != Some(r.conf.as_str());
     let secrets_differ = obs.secrets
@@ -206,8 +210,9 @@ mod tests {
     fn converged(r: &Rendered, status: &str) -> Observed {
         Observed {
             conf: Some(r.conf.clone()),
-            conf_conns: super::super::conffile::conn_names(&r.conf),
+            conf_sections: super::super::conffile::sections(&r.conf),
             secrets: Some((sha256(r.secrets.as_bytes()), SECRET_MODE)),
+            secret_lines: super::super::conffile::secret_lines(&r.secrets),
             cert_changed: BTreeSet::new(),
             status: parse(status),
             settling: false,
