@@ -6,6 +6,7 @@
 
 pub mod monitor;
 pub mod ovsdb_server;
+pub mod strongswan_netns;
 pub mod strongswan_stroke;
 
 use std::time::{Duration, Instant};

@@ -56,6 +56,14 @@ const START_TIMEOUT: Duration = Duration::from_secs(10);
 /// reloaded; a connection charon refuses is then retried at most this often.
 const RECONCILE_BACKOFF: Duration = Duration::from_secs(60);
 
+/// What `ipsec` prints on stderr when all goes well.
+const PROGRESS: &[&str] = &[
+    "Starting strongSwan ",
+    "Stopping strongSwan IPsec...",
+    "Updating strongSwan IPsec configuration...",
+    "Reloading strongSwan IPsec configuration...",
+];
+
 #[derive(Debug, Error)]
 pub enum StrokeError {
     #[error(transparent)]
@@ -156,7 +164,10 @@ impl StrongSwanStroke {
         I: IntoIterator<Item = S>,
         S: Into<String>,
     {
-        Cmd::new(&self.paths.ipsec, what, self.timeout).args(args)
+        PROGRESS.iter().fold(
+            Cmd::new(&self.paths.ipsec, what, self.timeout).args(args),
+            |c, p| c.ignore_stderr(*p),
+        )
     }
 
     async fn statusall(&self) -> Result<Status, StrokeError> {

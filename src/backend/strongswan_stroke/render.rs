@@ -7,7 +7,9 @@
 //! - the PSK is written `0x`-hex, so no byte of it can leave its field;
 //! - two tunnels whose PSK lines would have the same selectors but different keys are
 //!   rejected with a reason instead of letting charon pick one of the keys silently;
-//! - identical secrets lines are written once.
+//! - identical secrets lines are written once;
+//! - the `ca` section has `auto=add`: without it charon ignores the section (the default is
+//!   `auto=ignore`), so the Python monitor's CA mode never loaded the CA.
 //!
 //! The on-disk file may also carry certificate stamps (see [`super::stamps`]); they are
 //! appended by the caller and are not part of what is rendered here.
