@@ -7,6 +7,7 @@ use tracing::{error, info};
 
 use super::event_loop::{EventLoop, Exit};
 use crate::backend::dry_run::DryRun;
+use crate::backend::strongswan_stroke::StrongSwanStroke;
 use crate::backend::strongswan_vici::StrongSwanVici;
 use crate::backend::strongswan_vici::mode::{self, StrongSwanMode};
 use crate::backend::xfrm::XfrmBackend;
@@ -151,10 +152,15 @@ async fn run(
                     let timeout = std::time::Duration::from_secs(cli.command_timeout);
                     run_with(StrongSwanVici::new(socket, timeout), false, parts, start).await
                 }
-                // The stroke backend plugs in here.
                 StrongSwanMode::Stroke | StrongSwanMode::Auto => {
-                    info!("strongSwan mode: stroke (not built in yet: running in dry-run mode)");
-                    run_with(DryRun::new(kind), true, parts, start).await
+                    info!("strongSwan mode: stroke (ipsec.conf)");
+                    match StrongSwanStroke::new(&cli) {
+                        Ok(b) => run_with(b, false, parts, start).await,
+                        Err(e) => {
+                            error!("cannot set up the strongSwan backend: {e}");
+                            return 1;
+                        }
+                    }
                 }
             }
         }

@@ -16,6 +16,7 @@ pub mod dry_run;
 pub mod files;
 pub mod libreswan;
 pub mod secrets;
+pub mod strongswan_stroke;
 pub mod strongswan_vici;
 pub mod templates;
 pub mod vici;

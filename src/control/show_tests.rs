@@ -13,16 +13,13 @@ const SECRET: &str = "v6secret-do-not-print";
 fn psk_tunnel() -> Tunnel {
     let custom = BTreeMap::from([("ikelifetime".to_string(), "3h".to_string())]);
     let conf = TunnelConf {
-        name: "gnv1".into(),
-        kind: TunnelType::Geneve,
-        local_ip: None,
-        remote_ip: "2001:db8::2".parse().unwrap(),
-        family: Family::V6,
-        dst_port: None,
-        auth: Auth::Psk(Secret::new(SECRET)),
-        pki: None,
         custom: custom.clone(),
-        static_keying: Default::default(),
+        ..TunnelConf::new(
+            "gnv1",
+            TunnelType::Geneve,
+            "2001:db8::2".parse().unwrap(),
+            Auth::Psk(Secret::new(SECRET)),
+        )
     };
     Tunnel {
         uuid: "u1".into(),
@@ -49,18 +46,17 @@ fn cert_tunnel() -> Tunnel {
         local_name: "left".into(),
     });
     let conf = TunnelConf {
-        name: "gnv1".into(),
-        kind: TunnelType::Geneve,
         local_ip: Some("192.0.2.1".parse().unwrap()),
-        remote_ip: "192.0.2.2".parse().unwrap(),
-        family: Family::V4,
         dst_port: Some(6082),
-        auth: Auth::CaSigned {
-            remote_name: "right".into(),
-        },
         pki: Some(pki),
-        custom: BTreeMap::new(),
-        static_keying: Default::default(),
+        ..TunnelConf::new(
+            "gnv1",
+            TunnelType::Geneve,
+            "192.0.2.2".parse().unwrap(),
+            Auth::CaSigned {
+                remote_name: "right".into(),
+            },
+        )
     };
     Tunnel {
         uuid: "u2".into(),

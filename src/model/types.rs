@@ -192,6 +192,23 @@ pub struct StaticKeying {
 }
 
 impl TunnelConf {
+    /// A tunnel to `remote_ip` with `auth`, the default route as local address, the default
+    /// port, no PKI and no options; set the other fields as needed.
+    pub fn new(name: impl Into<String>, kind: TunnelType, remote_ip: IpAddr, auth: Auth) -> Self {
+        Self {
+            name: name.into(),
+            kind,
+            local_ip: None,
+            remote_ip,
+            family: Family::of(&remote_ip),
+            dst_port: None,
+            auth,
+            pki: None,
+            custom: BTreeMap::new(),
+            static_keying: StaticKeying::default(),
+        }
+    }
+
     /// The UDP destination port of the tunnel traffic; `None` for GRE.
     pub fn udp_port(&self) -> Option<u16> {
         self.kind

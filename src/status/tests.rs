@@ -5,21 +5,15 @@ use std::sync::Arc;
 use serde_json::json;
 
 use super::*;
-use crate::model::{Auth, Family, RawTunnel, Secret, TunnelConf, TunnelType};
+use crate::model::{Auth, RawTunnel, Secret, TunnelConf, TunnelType};
 
 fn psk_tunnel(name: &str, uuid: &str, version: u64) -> Tunnel {
-    let conf = TunnelConf {
-        name: name.into(),
-        kind: TunnelType::Geneve,
-        local_ip: None,
-        remote_ip: "192.0.2.2".parse::<IpAddr>().unwrap(),
-        family: Family::V4,
-        dst_port: None,
-        auth: Auth::Psk(Secret::new("swordfish")),
-        pki: None,
-        custom: BTreeMap::new(),
-        static_keying: Default::default(),
-    };
+    let conf = TunnelConf::new(
+        name,
+        TunnelType::Geneve,
+        "192.0.2.2".parse::<IpAddr>().unwrap(),
+        Auth::Psk(Secret::new("swordfish")),
+    );
     Tunnel {
         uuid: uuid.into(),
         name: name.into(),

@@ -8,6 +8,8 @@ pub mod fake_charon;
 pub mod libreswan;
 pub mod monitor;
 pub mod ovsdb_server;
+pub mod strongswan_netns;
+pub mod strongswan_stroke;
 pub mod vici;
 pub mod xfrm;
 

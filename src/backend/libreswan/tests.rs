@@ -14,7 +14,7 @@ use super::status::PlutoStatus;
 use super::version::Version;
 use crate::backend::templates::Templates;
 use crate::model::{
-    Auth, Desired, DesiredTunnel, Family, Global, Pki, Secret, SkbMark, TunnelConf, TunnelType,
+    Auth, Desired, DesiredTunnel, Global, Pki, Secret, SkbMark, TunnelConf, TunnelType,
 };
 
 fn tunnel(
@@ -28,16 +28,8 @@ fn tunnel(
     DesiredTunnel {
         version: 1,
         conf: Arc::new(TunnelConf {
-            name: name.into(),
-            kind,
-            local_ip: None,
-            remote_ip,
-            family: Family::of(&remote_ip),
-            dst_port: None,
-            auth,
             pki,
-            custom: BTreeMap::new(),
-            static_keying: Default::default(),
+            ..TunnelConf::new(name, kind, remote_ip, auth)
         }),
     }
 }

@@ -1,28 +1,21 @@
 //! Desired states for the unit tests of this backend.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use crate::model::{
-    Auth, Desired, DesiredTunnel, Family, Global, Pki, Secret, SkbMark, TunnelConf, TunnelType,
+    Auth, Desired, DesiredTunnel, Global, Pki, Secret, SkbMark, TunnelConf, TunnelType,
 };
 
 pub fn psk_tunnel(name: &str, kind: TunnelType, remote: &str, version: u64) -> DesiredTunnel {
     let remote_ip = remote.parse().unwrap();
     DesiredTunnel {
         version,
-        conf: Arc::new(TunnelConf {
-            name: name.into(),
+        conf: Arc::new(TunnelConf::new(
+            name,
             kind,
-            local_ip: None,
             remote_ip,
-            family: Family::of(&remote_ip),
-            dst_port: None,
-            auth: Auth::Psk(Secret::new("swordfish")),
-            pki: None,
-            custom: BTreeMap::new(),
-            static_keying: Default::default(),
-        }),
+            Auth::Psk(Secret::new("swordfish")),
+        )),
     }
 }
 

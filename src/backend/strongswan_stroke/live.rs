@@ -1,0 +1,195 @@
+//! Parsed `ipsec statusall` → each tunnel's live state (pure).
+//!
+//! A tunnel is `up` when every one of its connections has an `INSTALLED` CHILD_SA,
+//! `negotiating` when an IKE_SA of its peer configuration is being set up or is established
+//! while a CHILD_SA is still missing, `down` when its connections are loaded (trap policies in
+//! place) but nothing is negotiated, and `down` with a reason when charon does not have them.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use super::statusall::{IkeSa, Status};
+use crate::backend::{LiveState, LiveStatus};
+use crate::model::{Desired, DesiredTunnel};
+
+const IKE_HEADING: &str = "IKE SAs:";
+const CONN_HEADING: &str = "Connections loaded in charon:";
+
+/// Lookups over one parsed status, built once per call of [`status`] so that the state of
+/// N tunnels costs O(N log N), not O(N²).
+struct Index<'a> {
+    loaded: BTreeSet<&'a str>,
+    peer_of: BTreeMap<&'a str, &'a str>,
+    /// IKE_SAs by the connection names they can carry: their own name, and their children's.
+    sas_of: BTreeMap<&'a str, Vec<&'a IkeSa>>,
+    routed: &'a BTreeSet<String>,
+}
+
+impl<'a> Index<'a> {
+    fn new(st: &'a Status) -> Self {
+        let mut sas_of: BTreeMap<&str, Vec<&IkeSa>> = BTreeMap::new();
+        for ike in &st.sas {
+            let names = std::iter::once(ike.name.as_str())
+                .chain(ike.children.iter().map(|c| c.name.as_str()));
+            for n in names {
+                let v = sas_of.entry(n).or_default();
+                if !v.iter().any(|s| std::ptr::eq(*s, ike)) {
+                    v.push(ike);
+                }
+            }
+        }
+        Self {
+            loaded: st.loaded(),
+            peer_of: st
+                .peers
+                .iter()
+                .flat_map(|(p, kids)| kids.iter().map(move |k| (k.as_str(), p.as_str())))
+                .collect(),
+            sas_of,
+            routed: &st.routed,
+        }
+    }
+
+    fn routed(&self, conn: &str) -> bool {
+        self.routed.contains(conn)
+    }
+
+    /// IKE_SAs that can carry `conn`: those named after the peer configuration it was merged
+    /// into, or that list a CHILD_SA of it.
+    fn ike_sas_for(&self, conn: &str) -> Vec<&'a IkeSa> {
+        let peer = self.peer_of.get(conn).copied().unwrap_or(conn);
+        let mut v: Vec<&IkeSa> = self.sas_of.get(conn).cloned().unwrap_or_default();
+        for s in self.sas_of.get(peer).into_iter().flatten() {
+            if s.name == peer && !v.iter().any(|x| std::ptr::eq(*x, *s)) {
+                v.push(s);
+            }
+        }
+        v
+    }
+}
+
+fn tunnel_status(t: &DesiredTunnel, ix: &Index<'_>) -> LiveStatus {
+    let conns = t.conn_names();
+    let mut ike_lines = Vec::new();
+    let mut conn_lines = Vec::new();
+    let mut active = Vec::new();
+    let mut installed = 0;
+    let mut negotiating = false;
+    let mut missing = Vec::new();
+    for conn in &conns {
+        if !ix.loaded.contains(conn.as_str()) {
+            missing.push(conn.clone());
+            continue;
+        }
+        let routed = if ix.routed(conn) {
+            "routed"
+        } else {
+            "not routed"
+        };
+        conn_lines.push(format!("{conn}: loaded, {routed}"));
+        let sas = ix.ike_sas_for(conn);
+        let up: Vec<_> = sas
+            .iter()
+            .flat_map(|ike| &ike.children)
+            .filter(|c| c.name == *conn && c.state == "INSTALLED")
+            .collect();
+        active.extend(up.iter().map(|c| format!("{}: {}", c.token(), c.line)));
+        if up.is_empty() {
+            // An IKE_SA exists (being set up, or up while this CHILD_SA is not yet).
+            negotiating |= !sas.is_empty();
+        } else {
+            installed += 1;
+        }
+        for ike in sas {
+            let line = format!("{}: {}", ike.token(), ike.line);
+            if !ike_lines.contains(&line) {
+                ike_lines.push(line);
+            }
+        }
+    }
+    let state = if !missing.is_empty() {
+        LiveState::Down
+    } else if installed == conns.len() {
+        LiveState::Up
+    } else if negotiating {
+        LiveState::Negotiating
+    } else {
+        LiveState::Down
+    };
+    let mut ls = LiveStatus::new(state);
+    if !missing.is_empty() {
+        ls.error = Some(format!("not loaded in charon: {}", missing.join(", ")));
+    }
+    ls.active = active;
+    ls.details = vec![
+        (CONN_HEADING.to_owned(), conn_lines),
+        (IKE_HEADING.to_owned(), ike_lines),
+    ];
+    ls
+}
+
+/// The live state of every desired tunnel; `rejected` ones are errors with their reason.
+pub fn status(
+    desired: &Desired,
+    st: &Status,
+    rejected: &BTreeMap<String, String>,
+) -> BTreeMap<String, LiveStatus> {
+    let ix = Index::new(st);
+    desired
+        .tunnels
+        .iter()
+        .map(|(name, t)| {
+            let ls = match rejected.get(name) {
+                Some(reason) => {
+                    let mut ls = LiveStatus::new(LiveState::Error);
+                    ls.error = Some(reason.clone());
+                    ls
+                }
+                None => tunnel_status(t, &ix),
+            };
+            (name.clone(), ls)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::statusall::{parse, tests::SAMPLE};
+    use super::super::testutil::{desired, psk_tunnel};
+    use super::*;
+
+    #[test]
+    fn states_from_real_statusall() {
+        let d = desired(vec![
+            psk_tunnel("tun", "vxlan", "192.0.2.2", "k", 1),
+            psk_tunnel("gre9", "gre", "192.0.2.2", "k", 1),
+            psk_tunnel("old", "geneve", "192.0.2.3", "k", 1),
+            psk_tunnel("gone", "gre", "192.0.2.4", "k", 1),
+        ]);
+        let mut rejected = BTreeMap::new();
+        rejected.insert("gone".to_string(), "bad".to_string());
+        let sample = SAMPLE.replace(
+            "      gre9-1:   child",
+            "      gre9-1:   child:  x\n      old-in-1:   child:  y\n      old-out-1:   child",
+        );
+        let st = status(&d, &parse(&sample), &rejected);
+        let tun = &st["tun"];
+        assert_eq!(tun.state, LiveState::Up);
+        assert_eq!(
+            tun.active,
+            [
+                "tun-in-1{4}: INSTALLED, TRANSPORT, reqid 1, ESP SPIs: c0dc3410_i cb107296_o",
+                "tun-out-1{3}: INSTALLED, TRANSPORT, reqid 2, ESP SPIs: ce04275e_i c41b58b3_o"
+            ]
+        );
+        // gre9's CHILD_SA is not there but the shared IKE_SA is up: being negotiated.
+        assert_eq!(st["gre9"].state, LiveState::Negotiating);
+        assert_eq!(st["old"].state, LiveState::Negotiating);
+        assert_eq!(st["gone"].state, LiveState::Error);
+        let none = status(&d, &parse(""), &BTreeMap::new());
+        assert_eq!(none["tun"].state, LiveState::Down);
+        assert_eq!(
+            none["tun"].error.as_deref(),
+            Some("not loaded in charon: tun-in-1, tun-out-1")
+        );
+    }
+}

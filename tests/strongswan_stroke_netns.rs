@@ -1,0 +1,155 @@
+//! strongSwan legacy mode against real charons: two network namespaces, each with its own
+//! ovsdb-server, our monitor and the charon that monitor restarts. This kernel has XFRM but
+//! no esp4, so the IKE_SA establishes and the CHILD_SA cannot install: we assert the IKE_SA,
+//! the trap policies with the tunnel's real ports, and our status in OVSDB.
+
+mod common;
+
+use std::time::Duration;
+
+use common::monitor::{iface_key, wait_for};
+
+use common::strongswan_netns::{NetnsPair, Node, make_pki};
+
+const T: Duration = Duration::from_secs(30);
+
+fn add_tunnel(node: &Node, name: &str, kind: &str, opts: &[String]) {
+    let mut args: Vec<String> = [
+        "--may-exist",
+        "add-br",
+        "br-ipsec",
+        "--",
+        "add-port",
+        "br-ipsec",
+        name,
+        "--",
+        "set",
+        "interface",
+        name,
+    ]
+    .map(String::from)
+    .to_vec();
+    args.push(format!("type={kind}"));
+    args.extend(opts.iter().map(|o| format!("options:{o}")));
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    node.db.vsctl(&refs);
+}
+
+/// Sends traffic into the trap policy until the IKE_SA is up; on timeout the panic shows
+/// charon's log and status.
+fn wait_ike_established(node: &Node, peer_ip: &str, port: u16) {
+    let start = std::time::Instant::now();
+    loop {
+        node.poke_udp(peer_ip, port);
+        let st = node.ipsec("statusall");
+        if st.contains("ESTABLISHED") {
+            return;
+        }
+        assert!(
+            start.elapsed() < T,
+            "no IKE_SA after {T:?}:\n{st}\ncharon log:\n{}\nmonitor log:\n{}",
+            node.charon_log(),
+            node.mon.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn psk_vxlan_on_a_custom_port_establishes_ike_with_policies_on_that_port() {
+    let pair = NetnsPair::new();
+    let left = Node::start(&pair.left);
+    let right = Node::start(&pair.right);
+    for (node, peer) in [(&left, "192.0.2.2"), (&right, "192.0.2.1")] {
+        add_tunnel(
+            node,
+            "tun",
+            "vxlan",
+            &[
+                format!("remote_ip={peer}"),
+                "psk=swordfish".into(),
+                "dst_port=4790".into(),
+            ],
+        );
+    }
+    for node in [&left, &right] {
+        wait_for("both connections loaded in charon", T, || {
+            let st = node.ipsec("statusall");
+            st.contains("tun-in-1{") && st.contains("tun-out-1{")
+        });
+    }
+    // Trap policies carry the tunnel's real port, in both directions.
+    let pol = left.xfrm_policies();
+    assert!(pol.contains("proto udp dport 4790"), "{pol}");
+    assert!(pol.contains("proto udp sport 4790"), "{pol}");
+    assert!(
+        !pol.contains("4789"),
+        "the default port must not be used:\n{pol}"
+    );
+
+    wait_ike_established(&left, "192.0.2.2", 4790);
+    let st = right.ipsec("statusall");
+    assert!(
+        st.contains("ESTABLISHED"),
+        "the peer sees the IKE_SA too:\n{st}"
+    );
+    // Our status: the IKE_SA is up, the CHILD_SA cannot install on this kernel.
+    wait_for("ipsec-state=negotiating", T, || {
+        left.mon.appctl_ok(&["refresh"]);
+        iface_key(&left.db, "tun", "ipsec-state").as_deref() == Some("negotiating")
+    });
+    let show = left.mon.appctl_ok(&["tunnels/show"]);
+    assert!(show.contains("ESTABLISHED"), "{show}");
+    assert!(show.contains("tun-in-1: loaded, routed"), "{show}");
+    assert!(
+        left.charon_log()
+            .contains("authentication of '192.0.2.2' with pre-shared key successful"),
+        "charon accepted the hex-encoded PSK"
+    );
+}
+
+#[test]
+fn ca_signed_geneve_establishes_ike() {
+    let pair = NetnsPair::new();
+    let left = Node::start(&pair.left);
+    let right = Node::start(&pair.right);
+    let pki = tempfile::tempdir().unwrap();
+    make_pki(pki.path());
+    let p = |f: &str| pki.path().join(f).display().to_string();
+    for (node, me, peer, peer_ip) in [
+        (&left, "left", "right", "192.0.2.2"),
+        (&right, "right", "left", "192.0.2.1"),
+    ] {
+        node.db.vsctl(&[
+            "set",
+            "Open_vSwitch",
+            ".",
+            &format!("other_config:certificate={}", p(&format!("{me}-cert.pem"))),
+            &format!("other_config:private_key={}", p(&format!("{me}-key.pem"))),
+            &format!("other_config:ca_cert={}", p("ca-cert.pem")),
+        ]);
+        add_tunnel(
+            node,
+            "gnv",
+            "geneve",
+            &[
+                format!("remote_ip={peer_ip}"),
+                format!("remote_name={peer}"),
+            ],
+        );
+    }
+    for node in [&left, &right] {
+        wait_for("connections loaded", T, || {
+            node.ipsec("statusall").contains("gnv-out-1{")
+        });
+    }
+    assert!(left.xfrm_policies().contains("dport 6081"));
+    if std::panic::catch_unwind(|| wait_ike_established(&left, "192.0.2.2", 6081)).is_err() {
+        panic!("peer charon log:\n{}", right.charon_log());
+    }
+    let st = left.ipsec("statusall");
+    assert!(
+        st.contains("[left]...192.0.2.2[right]"),
+        "certificate identities:\n{st}"
+    );
+}
