@@ -36,13 +36,13 @@ step "dpkg-buildpackage with the network unshared"
 (cd "$src" && unshare --net -- dpkg-buildpackage -us -uc -b) > "$work/deb-build.log" 2>&1 ||
     { tail -40 "$work/deb-build.log"; fail "dpkg-buildpackage"; }
 deb="$(ls "$work"/ovs-monitor-ipsec_*.deb)"
-dpkg-deb -c "$deb"
+dpkg-deb -c "$deb" | tee "$work/deb-contents"
 for path in ./usr/sbin/ovs-monitor-ipsec ./usr/sbin/ovs-monitor-ipsec-ctl \
     ./usr/share/openvswitch/scripts/ovs-monitor-ipsec ./lib/systemd/system/openvswitch-ipsec.service \
     ./etc/default/openvswitch-ipsec ./usr/share/man/man8/ovs-monitor-ipsec.8.gz \
     ./usr/share/openvswitch/ipsec/templates/README ./etc/openvswitch/ipsec/templates/README \
     ./usr/share/doc/ovs-monitor-ipsec/howto.md; do
-    dpkg-deb -c "$deb" | grep -q " $path" || fail "$path is not in the .deb"
+    grep -q " $path" "$work/deb-contents" || fail "$path is not in the .deb"
 done
 dpkg-deb -f "$deb" Provides Conflicts Replaces Depends
 
@@ -50,12 +50,15 @@ step "lintian"
 lintian --fail-on error,warning --display-info "$deb"
 
 step "rpmbuild (reuses the release build)"
-(cd "$src" && rpmbuild -bb --build-in-place --nodeps \
+# dpkg-buildpackage exported Debian's C build flags; the C code in ring depends on them, so
+# the same flags here let cargo reuse everything it built for the .deb.
+(cd "$src" && eval "$(dpkg-buildflags --export=sh)" && rpmbuild -bb --build-in-place --nodeps \
     --define "_topdir $work/rpmbuild" rpm/ovs-monitor-ipsec.spec) > "$work/rpm-build.log" 2>&1 ||
     { tail -40 "$work/rpm-build.log"; fail "rpmbuild"; }
 rpm="$(ls "$work"/rpmbuild/RPMS/*/ovs-monitor-ipsec-*.rpm)"
 rpm -qlp "$rpm"
-rpm -qp --provides --requires --conflicts --obsoletes "$rpm" 2>/dev/null | grep -E 'openvswitch|libreswan'
+rpm -qp --provides --requires --conflicts --obsoletes "$rpm" > "$work/rpm-relations"
+grep -E 'openvswitch|libreswan' "$work/rpm-relations"
 mkdir "$work/rpmroot"
 (cd "$work/rpmroot" && rpm2cpio "$rpm" | cpio -id --quiet)
 grep -qx 'Environment=IKE_DAEMON=libreswan' "$work/rpmroot/usr/lib/systemd/system/openvswitch-ipsec.service" ||
