@@ -14,9 +14,10 @@ fail() { echo "packaging: FAILED: $*" >&2; exit 1; }
 step "build tools"
 export DEBIAN_FRONTEND=noninteractive
 apt_get() { apt-get -q -y -o DPkg::Lock::Timeout=600 "$@"; }
-if ! command -v dh >/dev/null || ! command -v lintian >/dev/null || ! command -v rpmbuild >/dev/null; then
+if ! command -v dh >/dev/null || ! command -v lintian >/dev/null || ! command -v rpmbuild >/dev/null ||
+    ! command -v cpio >/dev/null; then
     apt_get update
-    apt_get install --no-install-recommends debhelper dpkg-dev fakeroot lintian rpm
+    apt_get install --no-install-recommends cpio debhelper dpkg-dev fakeroot lintian rpm
 fi
 
 work="$(mktemp -d /tmp/ovs-monitor-ipsec-pkg.XXXXXX)"
