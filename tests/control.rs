@@ -195,7 +195,10 @@ fn appctl_builtins() {
     assert_eq!(stdout(&d.appctl(&["help"])), list);
     assert_eq!(
         stdout(&d.appctl(&["version"])),
-        format!("ovs-monitor-ipsec (Rust) {}\n", env!("CARGO_PKG_VERSION"))
+        format!(
+            "ovs-monitor-ipsec (Rust) {} for Open vSwitch 3.1+\n",
+            env!("CARGO_PKG_VERSION")
+        )
     );
 }
 

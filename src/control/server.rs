@@ -230,8 +230,10 @@ async fn execute(method: &str, args: &[String], shared: &Shared) -> Result<Strin
     let log = &shared.log;
     match commands::parse(method, args)? {
         Command::ListCommands => Ok(commands::help_text()),
+        // ovs-ctl's stop_daemon sends "exit" only when the last word of this line is a
+        // version >= 2.5.90 (otherwise it falls back to SIGTERM, skipping the cleanup).
         Command::Version => Ok(format!(
-            "ovs-monitor-ipsec (Rust) {}",
+            "ovs-monitor-ipsec (Rust) {} for Open vSwitch 3.1+",
             env!("CARGO_PKG_VERSION")
         )),
         Command::VlogList => Ok(log.list()),
