@@ -1,6 +1,6 @@
 //! Config templates are data: defaults live in `templates/` (compiled in), and an admin can
 //! override any of them at run time by placing a file of the same name in the override
-//! directory (`--template-dir`, default `/etc/ovs-monitor-ipsec/templates`). Templates use
+//! directory (`--template-dir`, default `/etc/openvswitch/ipsec/templates`). Templates use
 //! tera; autoescaping is off (these are not HTML) and an undefined variable is an error, so
 //! a broken override fails loudly instead of rendering an empty field.
 //!
@@ -14,7 +14,7 @@ use tera::{Context, Tera};
 use thiserror::Error;
 
 /// Default override directory, below `--root-prefix`.
-pub const DEFAULT_TEMPLATE_DIR: &str = "/etc/ovs-monitor-ipsec/templates";
+pub const DEFAULT_TEMPLATE_DIR: &str = "/etc/openvswitch/ipsec/templates";
 
 #[derive(Debug, Error)]
 pub enum TemplateError {
