@@ -383,3 +383,68 @@ fn ssl_and_tcp_remotes_work_end_to_end() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--private-key"));
 }
+
+#[test]
+fn versions_survive_a_monitor_restart_so_connection_names_do_not_change() {
+    let db = OvsdbServer::start();
+    add_tunnel(
+        &db,
+        "t1",
+        "geneve",
+        &["remote_ip=192.0.2.2", "psk=swordfish"],
+    );
+    let mut mon = Monitor::start(&db, &[]);
+    db.vsctl(&["set", "interface", "t1", "options:remote_ip=192.0.2.9"]);
+    wait_for("v2", T, || {
+        iface_key(&db, "t1", "ipsec-version").as_deref() == Some("2")
+    });
+    mon.appctl_ok(&["exit", "--no-cleanup"]);
+    assert!(mon.wait_exit().success());
+    let saved = db.dir().join("ovs-monitor-ipsec.versions");
+    let mode = std::fs::metadata(&saved).unwrap().permissions();
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
+        0o600
+    );
+    assert!(
+        !std::fs::read_to_string(&saved)
+            .unwrap()
+            .contains("swordfish")
+    );
+
+    // Unchanged while down: the restarted monitor keeps version 2, so the connections it
+    // plans are the ones that already exist (t1-in-2, t1-out-2).
+    let before = std::fs::read_to_string(db.dir().join("monitor.log"))
+        .unwrap()
+        .len();
+    let mut mon = Monitor::start(&db, &[]);
+    wait_for("the first pass", T, || {
+        mon.log()[before..].contains("first pass applied")
+    });
+    let show = mon.appctl_ok(&["tunnels/show"]);
+    assert!(
+        show.contains("Interface name: t1 v2 (CONFIGURED)"),
+        "{show}"
+    );
+    let run = mon.log()[before..].to_owned();
+    assert!(run.contains("would load connection t1-in-2"), "{run}");
+    assert!(
+        !run.contains("t1-in-1") && !run.contains("changed in OVSDB"),
+        "{run}"
+    );
+    mon.appctl_ok(&["exit", "--no-cleanup"]);
+    assert!(mon.wait_exit().success());
+
+    // Changed while down: the next version.
+    db.vsctl(&["set", "interface", "t1", "options:psk=other"]);
+    let mut mon = Monitor::start(&db, &[]);
+    mon.wait_log("Tunnel's 't1' configuration changed in OVSDB to 3");
+    wait_for("v3", T, || {
+        iface_key(&db, "t1", "ipsec-version").as_deref() == Some("3")
+    });
+
+    // `exit` cleans up: nothing is left to adopt.
+    mon.appctl_ok(&["exit"]);
+    assert!(mon.wait_exit().success());
+    assert!(!saved.exists());
+}

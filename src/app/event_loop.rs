@@ -10,6 +10,7 @@ use tracing::{Level, debug, error, info, warn};
 
 use super::monitor_keys::MonitorKeys;
 use super::pass::{self, PassOutcome};
+use crate::backend::files;
 use crate::backend::{Backend, BackendEvent, StartOptions};
 use crate::control::show;
 use crate::control::{AppCommand, ControlRequest};
@@ -18,7 +19,7 @@ use crate::daemon::{SignalEvent, Signals};
 use crate::logging::LogHandle;
 use crate::model::cert::FsCertSource;
 use crate::model::registry::{ModelEvent, Registry};
-use crate::model::{Desired, Tunnel, rows};
+use crate::model::{Desired, Tunnel, rows, versions};
 use crate::ovsdb::client::{Client, DbEvent};
 use crate::status;
 
@@ -61,6 +62,8 @@ pub struct EventLoop<B: Backend> {
     model_ready: bool,
     /// True once the first pass after the initial OVSDB sync has been applied.
     ready: bool,
+    /// Where tunnel versions are saved across restarts (see `model::versions`).
+    versions_file: std::path::PathBuf,
     /// When a failed status write should be retried.
     status_retry: Option<Instant>,
     tick: Interval,
@@ -82,6 +85,16 @@ impl<B: Backend> EventLoop<B> {
         let mut tick = interval_at(tokio::time::Instant::now() + period, period);
         tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let monitor_keys = MonitorKeys::new(backend.kind(), dry_run);
+        let versions_file = crate::daemon::paths::rundir().join("ovs-monitor-ipsec.versions");
+        let mut registry = Registry::new();
+        match std::fs::read_to_string(&versions_file) {
+            Ok(text) => match versions::parse(&text) {
+                Ok(saved) => registry.seed(saved),
+                Err(e) => warn!("{}: {e}", versions_file.display()),
+            },
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => warn!("cannot read {}: {e}", versions_file.display()),
+        }
         Self {
             backend,
             client,
@@ -91,13 +104,14 @@ impl<B: Backend> EventLoop<B> {
             signals,
             daemon,
             log,
-            registry: Registry::new(),
+            registry,
             certs: FsCertSource::new(),
             desired: Desired::default(),
             outcome: PassOutcome::default(),
             monitor_keys,
             model_ready: false,
             ready: false,
+            versions_file,
             status_retry: None,
             tick,
         }
@@ -202,12 +216,24 @@ impl<B: Backend> EventLoop<B> {
         for ev in &events {
             log_event(ev);
         }
+        if !events.is_empty() {
+            self.save_versions();
+        }
         let desired = self.registry.desired();
         if desired == self.desired {
             return false;
         }
         self.desired = desired;
         true
+    }
+
+    fn save_versions(&self) {
+        let text = versions::render(&self.registry.saved_versions());
+        if let Err(e) =
+            files::write_if_changed(&self.versions_file, text.as_bytes(), files::SECRET_MODE)
+        {
+            warn!("cannot save tunnel versions: {e}");
+        }
     }
 
     async fn write_status(&mut self) {
@@ -292,6 +318,10 @@ impl<B: Backend> EventLoop<B> {
         let mut problems = Vec::new();
         if let Err(e) = self.backend.cleanup().await {
             problems.push(format!("cannot clean up {}: {e}", self.backend.kind()));
+        }
+        // Nothing is left to adopt: the next run starts from version 1.
+        if let Err(e) = files::remove(&self.versions_file) {
+            problems.push(e.to_string());
         }
         let ops = self.client.with_replica(|r| {
             status::cleanup(&rows::interfaces(r), rows::open_vswitch(r).as_ref())

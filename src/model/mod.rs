@@ -11,5 +11,6 @@ pub mod registry;
 pub mod rows;
 pub mod types;
 pub mod validate;
+pub mod versions;
 
 pub use types::*;

@@ -26,6 +26,7 @@ use super::grammar::{self, shown_name};
 use super::rows::{InterfaceRow, OpenVSwitchRow};
 use super::types::{Desired, DesiredTunnel, Global, Tunnel, Validity};
 use super::validate;
+use super::versions::{self, SavedVersion, SavedVersions};
 
 /// The Python monitor's warning for an invalid global PKI, typo included (tests grep it).
 pub const GLOBAL_PKI_INVALID: &str = "The cert and key configuration is not valid. The valid configuations are 1): certificate, private_key and ca_cert are not set; or 2): certificate and private_key are all set.";
@@ -104,11 +105,33 @@ pub struct Registry {
     global_error: Option<String>,
     pki_error: Option<String>,
     mark_error: Option<String>,
+    /// Versions saved by the previous run, consumed by the first update.
+    seed: SavedVersions,
 }
 
 impl Registry {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Versions saved by a previous run of the monitor (see [`super::versions`]); they apply
+    /// to the tunnels of the next [`Registry::update`] only.
+    pub fn seed(&mut self, saved: SavedVersions) {
+        self.seed = saved;
+    }
+
+    /// What to save so that a restarted monitor keeps the versions.
+    pub fn saved_versions(&self) -> SavedVersions {
+        self.tunnels
+            .values()
+            .map(|t| {
+                let saved = SavedVersion {
+                    version: t.version,
+                    digest: versions::digest(&t.validity),
+                };
+                (t.name.clone(), saved)
+            })
+            .collect()
     }
 
     /// Re-evaluates every row against the current OVSDB contents. `ovs` is `None` before
@@ -140,6 +163,8 @@ impl Registry {
             let validity = validate::validate(row, self.global.pki.as_ref(), certs);
             self.update_tunnel(name, row, validity, &mut events);
         }
+        // Saved versions of tunnels that are gone must not apply to a later namesake.
+        self.seed.clear();
         events
     }
 
@@ -215,12 +240,26 @@ impl Registry {
                 events.push(ModelEvent::Appeared {
                     name: name.to_owned(),
                 });
+                // A tunnel the previous run knew keeps its version if nothing changed, and
+                // gets the next one if it changed while the monitor was down.
+                let version = match self.seed.remove(name) {
+                    Some(s) if s.digest == versions::digest(&validity) => s.version,
+                    Some(s) => {
+                        let version = s.version + 1;
+                        events.push(ModelEvent::Changed {
+                            name: name.to_owned(),
+                            version,
+                        });
+                        version
+                    }
+                    None => 1,
+                };
                 self.tunnels.insert(
                     name.to_owned(),
                     Tunnel {
                         uuid: row.uuid.clone(),
                         name: name.to_owned(),
-                        version: 1,
+                        version,
                         validity,
                         raw: validate::raw(row),
                         ofport: row.ofport,
@@ -396,6 +435,28 @@ mod tests {
             (t.version, t.ofport, t.cfm_fault),
             (2, Some(7), Some(false))
         );
+    }
+
+    #[test]
+    fn saved_versions_survive_a_restart_and_count_changes_made_meanwhile() {
+        let mut certs = certs();
+        let mut first = Registry::new();
+        first.update(None, &[psk_row("a", "k1"), psk_row("b", "k1")], &mut certs);
+        first.update(None, &[psk_row("a", "k2"), psk_row("b", "k1")], &mut certs);
+        assert_eq!(tunnel(&first, "a").version, 2);
+        let saved = versions::parse(&versions::render(&first.saved_versions())).unwrap();
+
+        // Restart: "a" unchanged keeps 2; "b" changed while down goes 1 -> 2.
+        let mut second = Registry::new();
+        second.seed(saved);
+        let ev = second.update(None, &[psk_row("a", "k2"), psk_row("b", "k9")], &mut certs);
+        assert_eq!(tunnel(&second, "a").version, 2);
+        assert_eq!(tunnel(&second, "b").version, 2);
+        assert!(texts(&ev).contains(&"Tunnel's 'b' configuration changed in OVSDB to 2".into()));
+        // Seeds apply to the first update only: a later namesake starts afresh.
+        second.update(None, &[psk_row("a", "k2")], &mut certs);
+        second.update(None, &[psk_row("a", "k2"), psk_row("b", "k9")], &mut certs);
+        assert_eq!(tunnel(&second, "b").version, 1);
     }
 
     #[test]
