@@ -12,6 +12,8 @@ mod common;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use serde_json::json;
+
 use common::monitor::BIN;
 use common::ovsdb_server::OvsdbServer;
 use ovs_monitor_ipsec::ovsdb::{Client, ClientConfig, Remote, TableSpec};
@@ -55,35 +57,12 @@ fn ms(d: Duration) -> f64 {
 async fn run(n: usize) -> Result {
     let db = OvsdbServer::start();
     db.vsctl(&["add-br", "br0"]);
-    for chunk in (0..n).collect::<Vec<_>>().chunks(500) {
-        let mut args: Vec<String> = Vec::new();
-        for i in chunk {
-            let ip = format!("10.{}.{}.{}", i / 65536 % 256, i / 256 % 256, i % 256 + 1);
-            args.extend(
-                [
-                    "--",
-                    "add-port",
-                    "br0",
-                    &format!("t{i}"),
-                    "--",
-                    "set",
-                    "interface",
-                    &format!("t{i}"),
-                    "type=vxlan",
-                    &format!("options:remote_ip={ip}"),
-                    "options:psk=swordfish",
-                ]
-                .map(String::from),
-            );
-        }
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        db.vsctl(&args);
-    }
     let watcher = watch(&db);
     let (client, mut events) = Client::spawn(watcher);
     while !client.is_connected() {
         let _ = events.recv().await;
     }
+    load(&client, n).await;
     let count = |c: &Client| {
         c.with_replica(|r| {
             r.table("Interface")
@@ -108,7 +87,6 @@ async fn run(n: usize) -> Result {
     let cold = start.elapsed();
     let cpu_ms = cpu_ms(mon.id());
 
-    let start = Instant::now();
     db.vsctl(&[
         "add-port",
         "br0",
@@ -159,6 +137,36 @@ async fn run(n: usize) -> Result {
         modify,
         rss_kb,
         cpu_ms,
+    }
+}
+
+/// Inserts `n` vxlan PSK tunnels on br0 with our own client, 1,000 per transaction
+/// (ovs-vsctl re-reads the whole database per call and times out at 10,000 ports).
+async fn load(client: &Client, n: usize) {
+    let ids: Vec<usize> = (0..n).collect();
+    for chunk in ids.chunks(1000) {
+        let mut ops = Vec::new();
+        for &i in chunk {
+            let ip = format!("10.{}.{}.{}", i / 62500 % 250, i / 250 % 250, i % 250 + 1);
+            ops.push(
+                json!({"op": "insert", "table": "Interface", "uuid-name": format!("i{i}"),
+                "row": {"name": format!("t{i}"), "type": "vxlan",
+                        "options": ["map", [["remote_ip", ip], ["psk", "swordfish"]]]}}),
+            );
+            ops.push(
+                json!({"op": "insert", "table": "Port", "uuid-name": format!("p{i}"),
+                "row": {"name": format!("t{i}"), "interfaces": ["named-uuid", format!("i{i}")]}}),
+            );
+        }
+        let ports: Vec<_> = chunk
+            .iter()
+            .map(|i| json!(["named-uuid", format!("p{i}")]))
+            .collect();
+        ops.push(
+            json!({"op": "mutate", "table": "Bridge", "where": [["name", "==", "br0"]],
+            "mutations": [["ports", "insert", ["set", ports]]]}),
+        );
+        client.transact(ops).await.expect("load tunnels");
     }
 }
 
