@@ -39,42 +39,12 @@ impl Monitor {
         Self::start_real(db, &args)
     }
 
-    /// Starts the monitor on `db`'s unix socket with its control socket, log and a root prefix
-    /// in the server's directory, `--ike-daemon=strongswan --no-restart-ike-daemon` (later
-    /// arguments in `extra` win), plus `extra`.
+    /// Starts the monitor on `db`'s unix socket with `--ike-daemon=strongswan
+    /// --no-restart-ike-daemon` (later arguments in `extra` win), plus `extra`.
     pub fn start_real(db: &OvsdbServer, extra: &[&str]) -> Self {
-        let dir = db.dir().to_path_buf();
-        let ctl = dir.join("monitor.ctl");
-        let log = dir.join("monitor.log");
-        let mut args = vec![
-            db.unix_remote(),
-            "--ike-daemon=strongswan".into(),
-            format!("--unixctl={}", ctl.display()),
-            format!("--log-file={}", log.display()),
-            "-vfile:dbg".into(),
-            format!("--root-prefix={}", dir.join("root").display()),
-            "--no-restart-ike-daemon".into(),
-        ];
-        args.extend(extra.iter().map(|s| s.to_string()));
-        let child = Command::new(BIN)
-            .args(&args)
-            .env("OVS_RUNDIR", &dir)
-            .env("OVS_LOGDIR", &dir)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn ovs-monitor-ipsec");
-        let m = Monitor {
-            child: Some(child),
-            dir,
-            ctl,
-            log,
-        };
-        wait_for("the control socket", Duration::from_secs(20), || {
-            m.ctl.exists()
-        });
-        m
+        let mut args = vec!["--ike-daemon=strongswan", "--no-restart-ike-daemon"];
+        args.extend_from_slice(extra);
+        launch(db, &[], "monitor.log", &args)
     }
 
     /// `ovs-appctl -t <ctl> args...`
@@ -138,6 +108,47 @@ impl Drop for Monitor {
             let _ = c.wait();
         }
     }
+}
+
+/// Runs `wrapper... ovs-monitor-ipsec <db> --unixctl=<dir>/monitor.ctl --log-file=<dir>/<log_name>
+/// -vfile:dbg --root-prefix=<dir>/root args...` with OVS_RUNDIR and OVS_LOGDIR set to the
+/// server's directory, and waits for its control socket. `wrapper` is e.g.
+/// `["ip", "netns", "exec", NAME]`, or empty.
+pub fn launch(db: &OvsdbServer, wrapper: &[&str], log_name: &str, args: &[&str]) -> Monitor {
+    let dir = db.dir().to_path_buf();
+    let ctl = dir.join("monitor.ctl");
+    let log = dir.join(log_name);
+    // A socket left by a killed monitor would satisfy the wait below at once.
+    let _ = std::fs::remove_file(&ctl);
+    let mut argv: Vec<String> = wrapper.iter().map(|s| s.to_string()).collect();
+    argv.extend([
+        BIN.to_owned(),
+        db.unix_remote(),
+        format!("--unixctl={}", ctl.display()),
+        format!("--log-file={}", log.display()),
+        "-vfile:dbg".into(),
+        format!("--root-prefix={}", dir.join("root").display()),
+    ]);
+    argv.extend(args.iter().map(|s| s.to_string()));
+    let child = Command::new(&argv[0])
+        .args(&argv[1..])
+        .env("OVS_RUNDIR", &dir)
+        .env("OVS_LOGDIR", &dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn ovs-monitor-ipsec");
+    let m = Monitor {
+        child: Some(child),
+        dir,
+        ctl,
+        log,
+    };
+    wait_for("the control socket", Duration::from_secs(20), || {
+        m.ctl.exists()
+    });
+    m
 }
 
 /// `ovs-appctl -t target args...` with OVS_RUNDIR=`rundir`.

@@ -7,10 +7,8 @@
 //! survive `update` until `stroke down-nb` removes them.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::Duration;
 
-use super::monitor::{BIN, Monitor, wait_for};
+use super::monitor::{Monitor, launch};
 use super::ovsdb_server::OvsdbServer;
 
 const STUB: &str = r#"#!/bin/bash
@@ -78,38 +76,9 @@ impl StubRoot {
 
 /// Starts our monitor with `--ike-daemon=strongswan` on the stub root, not dry-run.
 pub fn start_monitor(db: &OvsdbServer, extra: &[&str]) -> Monitor {
-    let dir = db.dir().to_path_buf();
-    let ctl = dir.join("monitor.ctl");
-    let log = dir.join("monitor.log");
-    let mut args = vec![
-        db.unix_remote(),
-        "--ike-daemon=strongswan".into(),
-        format!("--unixctl={}", ctl.display()),
-        format!("--log-file={}", log.display()),
-        "-vfile:dbg".into(),
-        format!("--root-prefix={}", dir.join("root").display()),
-    ];
-    args.extend(extra.iter().map(|s| s.to_string()));
-    let _ = std::fs::remove_file(&ctl);
-    let child = Command::new(BIN)
-        .args(&args)
-        .env("OVS_RUNDIR", &dir)
-        .env("OVS_LOGDIR", &dir)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn ovs-monitor-ipsec");
-    let m = Monitor {
-        child: Some(child),
-        dir,
-        ctl,
-        log,
-    };
-    wait_for("the control socket", Duration::from_secs(20), || {
-        m.ctl.exists()
-    });
-    m
+    let mut args = vec!["--ike-daemon=strongswan"];
+    args.extend_from_slice(extra);
+    launch(db, &[], "monitor.log", &args)
 }
 
 /// Mode bits of a file.

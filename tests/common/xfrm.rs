@@ -3,11 +3,10 @@
 //! `--ike-daemon=none`.
 
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::Duration;
 
-use super::monitor::{BIN, Monitor, wait_for};
+use super::monitor::{Monitor, launch};
 use super::ovsdb_server::OvsdbServer;
 
 /// Our tunnel endpoint inside every namespace.
@@ -55,42 +54,9 @@ impl Netns {
 
     /// Starts `--ike-daemon=none` in the namespace, logging to `log_name` in the server dir.
     pub fn monitor(&self, db: &OvsdbServer, log_name: &str, extra: &[&str]) -> Monitor {
-        let dir = db.dir().to_path_buf();
-        let ctl = dir.join("monitor.ctl");
-        let _ = std::fs::remove_file(&ctl);
-        let log = dir.join(log_name);
-        let mut args = vec![
-            "netns".to_owned(),
-            "exec".into(),
-            self.name.clone(),
-            BIN.into(),
-            db.unix_remote(),
-            "--ike-daemon=none".into(),
-            format!("--unixctl={}", ctl.display()),
-            format!("--log-file={}", log.display()),
-            "-vfile:dbg".into(),
-            format!("--root-prefix={}", dir.join("root").display()),
-        ];
-        args.extend(extra.iter().map(|s| s.to_string()));
-        let child = Command::new("ip")
-            .args(&args)
-            .env("OVS_RUNDIR", &dir)
-            .env("OVS_LOGDIR", &dir)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn ip netns exec ovs-monitor-ipsec");
-        let m = Monitor {
-            child: Some(child),
-            dir,
-            ctl,
-            log,
-        };
-        wait_for("the control socket", Duration::from_secs(20), || {
-            m.ctl.exists()
-        });
-        m
+        let mut args = vec!["--ike-daemon=none"];
+        args.extend_from_slice(extra);
+        launch(db, &["ip", "netns", "exec", &self.name], log_name, &args)
     }
 }
 
