@@ -135,9 +135,15 @@ state_is() { [ "$(ext_id "$1" ipsec-state)" = "$2" ]; }
 
 both_up() { state_is left up && state_is right up; }
 
-# Traffic triggers the IKE daemons' on-demand (trap) SAs, so the wait pings while it polls.
-overlay_ping_ok() { ip netns exec left ping -c 1 -W 1 "$(overlay_ip right)"; }
-converged() { both_up && overlay_ping_ok; }
+# Traffic triggers the IKE daemons' on-demand (trap) SAs, so every poll pings first, in both
+# directions (strongSwan legacy mode negotiates nothing until a packet hits a trap policy).
+overlay_ping_ok() { ip netns exec "$1" ping -c 1 -W 1 "$(overlay_ip "$(peer_of "$1")")"; }
+converged() {
+    local ok=0
+    overlay_ping_ok left || ok=1
+    overlay_ping_ok right || ok=1
+    [ $ok -eq 0 ] && both_up
+}
 
 wait_converged() {
     wait_until "${1:-120}" "ipsec-state=up on both nodes and a first overlay ping" converged
