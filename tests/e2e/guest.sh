@@ -1,0 +1,54 @@
+#!/bin/bash
+# PID 1 of the guest after switch_root. Mounts what a normal init would, loads the modules the
+# scenarios need, runs each scenario in its own bash under a timeout (so a hung scenario cannot
+# take the run with it), always tears its nodes down, appends one line to results.tsv, and
+# powers off. Everything it writes for the host goes to /e2e-out (the 9p results share).
+# The body is one function so that bash has parsed all of it before running any of it (bash
+# reads a script as it goes; the file lives on the host and may change during a run).
+main() {
+    export PATH=/usr/sbin:/usr/bin:/sbin:/bin
+    out=/e2e-out
+    mount -t proc proc /proc 2> /dev/null
+    mount -t sysfs sys /sys 2> /dev/null
+    mount -t devtmpfs dev /dev 2> /dev/null
+    mkdir -p /dev/pts /dev/shm && mount -t devpts devpts /dev/pts && mount -t tmpfs tmpfs /dev/shm
+    mount -t tmpfs tmpfs /run && mkdir -p /run/netns /run/openvswitch
+    mount -t tmpfs tmpfs /tmp
+    # /lib is a symlink to usr/lib on Debian: bind the unpacked modules where modprobe looks.
+    mkdir -p /usr/lib/modules && mount --bind "$E2E_MODULES" /usr/lib/modules
+    ip link set lo up
+
+    up() { cut -d' ' -f1 /proc/uptime; }
+    echo "E2E-GUEST: userspace at $(up)s, kernel $(uname -r)"
+    for m in xfrm_user esp4 esp6 openvswitch geneve vxlan veth gcm aesni_intel seqiv echainiv \
+        nf_tables nft_xfrm; do
+        modprobe "$m" 2>> "$out/modprobe.log" || echo "E2E-GUEST: modprobe $m failed"
+    done
+    echo "E2E-GUEST: modules loaded at $(up)s"
+
+    cd "$E2E_REPO/tests/e2e" || { echo "E2E-GUEST: no $E2E_REPO"; poweroff -f; }
+    for s in $E2E_SCENARIOS; do
+        mkdir -p "$out/$s"
+        start=$(up)
+        echo "E2E-GUEST: scenario $s at ${start}s"
+        timeout --kill-after=5 "$E2E_TIMEOUT" bash -c '. ./lib.sh && . ./scenarios.sh && e2e_run "$1"' _ "$s" \
+            > "$out/$s/trace.txt" 2>&1
+        rc=$?
+        # A scenario killed by the timeout could not keep its logs itself.
+        [ $rc -eq 124 ] && E2E_OUT=$out/$s bash -c '. ./lib.sh && collect_logs left; collect_logs right'
+        bash -c '. ./lib.sh && teardown' >> "$out/$s/trace.txt" 2>&1
+        secs=$(awk -v a="$start" -v b="$(up)" 'BEGIN{printf "%.0f", b-a}')
+        if [ $rc -eq 0 ]; then
+            printf '%s\tPASS\t%s\t\n' "$s" "$secs" >> "$out/results.tsv"
+        else
+            why=$(tail -n 1 "$out/$s/failure.txt" 2> /dev/null)
+            [ $rc -eq 124 ] && why="timed out after ${E2E_TIMEOUT}s; $why"
+            printf '%s\tFAIL\t%s\t%s\n' "$s" "$secs" "${why:-exit $rc}" >> "$out/results.tsv"
+        fi
+        echo "E2E-GUEST: scenario $s rc=$rc in ${secs}s"
+    done
+    echo "E2E-GUEST: done at $(up)s"
+    sync
+    poweroff -f
+}
+main

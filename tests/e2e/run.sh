@@ -1,0 +1,96 @@
+#!/usr/bin/env bash
+# usage: tests/e2e/run.sh [SCENARIO...]      (as root; default: every scenario, see scenarios.sh)
+#
+# End-to-end tier: boots ONE QEMU guest (TCG; KVM does not work on the project's machines) with
+# Debian's kernel, which has the ESP, OVS datapath and tunnel modules the host kernel lacks, and
+# runs every requested scenario in it (guest.sh). The guest sees the host's / read-only, so it
+# runs this worktree's monitor binary and the host's OVS, strongSwan and /opt/lsw Libreswan.
+# Results come back through a read-write 9p share: target/e2e/results/<run>/ (also `latest`)
+# holds table.txt, results.tsv, the serial console and, for each failed scenario, its logs.
+#
+# Environment: E2E_BIN (monitor binary; default the newer of target/release and target/debug),
+# E2E_TIMEOUT (seconds per scenario, default 300), E2E_SMP / E2E_MEM (guest size).
+# Exit status: 0 when every scenario passed, 1 when one failed, 2 when the harness could not run.
+set -uo pipefail
+
+here=$(cd "$(dirname "$0")" && pwd)
+repo=$(cd "$here/../.." && pwd)
+cache=$repo/target/e2e
+export E2E_CACHE=$cache
+
+die() { echo "e2e: $*" >&2; exit 2; }
+[ "$(id -u)" = 0 ] || die "must run as root (netns, kernel modules in the guest, 9p shares)"
+
+missing=""
+for c in qemu-system-x86_64 busybox cpio depmod modprobe apt-get dpkg tcpdump ping nft \
+    ovsdb-server ovs-vswitchd ovs-vsctl ovs-appctl ipsec swanctl; do
+    command -v "$c" > /dev/null || missing="$missing $c"
+done
+[ -x /opt/lsw/ipsec ] || missing="$missing /opt/lsw/ipsec(tests/deps/libreswan.sh)"
+[ -z "$missing" ] || die "missing on the host:$missing
+  install: apt-get install -y --no-install-recommends qemu-system-x86 busybox-static cpio kmod tcpdump \\
+    iputils-ping nftables openvswitch-switch strongswan strongswan-swanctl libcharon-extra-plugins && tests/deps/libreswan.sh"
+
+. "$here/scenarios.sh"
+if [ $# -eq 0 ]; then set -- $E2E_ALL_SCENARIOS; fi
+for s in "$@"; do
+    declare -F "scenario_${s//-/_}" > /dev/null || die "unknown scenario '$s' (known: $E2E_ALL_SCENARIOS)"
+done
+
+bin=${E2E_BIN:-}
+if [ -z "$bin" ]; then
+    for b in "$repo/target/release/ovs-monitor-ipsec" "$repo/target/debug/ovs-monitor-ipsec"; do
+        [ -x "$b" ] && { [ -z "$bin" ] || [ "$b" -nt "$bin" ]; } && bin=$b
+    done
+fi
+[ -n "$bin" ] && [ -x "$bin" ] || die "no monitor binary: run cargo build (or set E2E_BIN)"
+newer=$(find "$repo/src" -newer "$bin" -name '*.rs' -print -quit)
+[ -z "$newer" ] || echo "e2e: WARNING: $bin is older than $newer; rebuild to test the current source" >&2
+
+t0=$(date +%s)
+release=$("$here/prepare.sh") || die "guest preparation failed"
+t_prep=$(($(date +%s) - t0))
+
+run_id=$(date +%Y%m%d-%H%M%S)-$$
+out=$cache/results/$run_id
+mkdir -p "$out"
+ln -sfn "$run_id" "$cache/results/latest"
+timeout=${E2E_TIMEOUT:-300}
+cat > "$out/boot.sh" <<EOF
+export E2E_REPO='$repo' E2E_BIN='$bin' E2E_SCENARIOS='$*' E2E_TIMEOUT='$timeout'
+export E2E_MODULES='$cache/kernel/lib/modules'
+exec /bin/bash '$here/guest.sh'
+EOF
+
+echo "e2e: kernel $release, binary $bin, scenarios: $*, results: $out (prepared in ${t_prep}s)"
+# The guest powers itself off; the outer timeout only guards against a hung guest.
+boot_limit=$((120 + timeout * $#))
+timeout --kill-after=10 "$boot_limit" qemu-system-x86_64 -accel tcg -cpu max \
+    -smp "${E2E_SMP:-2}" -m "${E2E_MEM:-2048}" -nographic -no-reboot -nodefaults -serial stdio \
+    -kernel "$cache/kernel/boot/vmlinuz-$release" -initrd "$cache/initrd.gz" \
+    -append "console=ttyS0 panic=-1 rdinit=/init quiet" \
+    -fsdev local,id=r,path=/,security_model=none,readonly=on,multidevs=remap \
+    -device virtio-9p-pci,fsdev=r,mount_tag=hostroot \
+    -fsdev "local,id=o,path=$out,security_model=none" -device virtio-9p-pci,fsdev=o,mount_tag=e2eout \
+    < /dev/null > "$out/serial.log" 2>&1
+qemu_rc=$?
+wall=$(($(date +%s) - t0))
+
+# A scenario the guest never reported (hang, crash, timeout) counts as failed.
+for s in "$@"; do
+    grep -q "^$s	" "$out/results.tsv" 2> /dev/null || printf '%s\tFAIL\t-\tno result from the guest (qemu exit %s)\n' "$s" "$qemu_rc" >> "$out/results.tsv"
+done
+{
+    printf '%-22s %-6s %8s  %s\n' SCENARIO RESULT SECONDS DETAIL
+    while IFS=$'\t' read -r s r secs why; do printf '%-22s %-6s %8s  %s\n' "$s" "$r" "$secs" "$why"; done < "$out/results.tsv"
+    echo "wall time ${wall}s (guest preparation ${t_prep}s), qemu exit $qemu_rc, binary $bin"
+} > "$out/table.txt"
+cat "$out/table.txt"
+if grep -q '	FAIL	' "$out/results.tsv"; then
+    echo "e2e: failures; logs under $out/<scenario>/ and $out/serial.log"
+    for s in "$@"; do
+        [ -f "$out/$s/failure.txt" ] && { echo "----- $s"; cat "$out/$s/failure.txt"; }
+    done
+    exit 1
+fi
+exit 0
