@@ -30,13 +30,20 @@ fn main() {
     } else {
         (&[100], 1)
     };
-    println!("| N | parse update2 (N rows) | one change: model + render + plan |");
-    println!("|---:|---:|---:|");
+    println!("| N | parse update2 (N rows) | one change: total | of which model | render | plan |");
+    println!("|---:|---:|---:|---:|---:|---:|");
     for &n in sizes {
         let text = initial(n);
         let parse = time(reps, || parse(&text, n));
-        let change = one_change(n, reps);
-        println!("| {n} | {:.2} ms | {:.2} ms |", ms(parse), ms(change));
+        let c = one_change(n, reps);
+        println!(
+            "| {n} | {:.2} ms | {:.2} ms | {:.2} ms | {:.2} ms | {:.2} ms |",
+            ms(parse),
+            ms(c.model + c.render + c.plan),
+            ms(c.model),
+            ms(c.render),
+            ms(c.plan)
+        );
     }
 }
 
@@ -98,8 +105,17 @@ fn parse(text: &str, n: usize) {
     assert_eq!(black_box(&r).len("Interface"), n);
 }
 
-/// Median time of one modified row at `n` tunnels, alternating its remote_ip each round.
-fn one_change(n: usize, reps: u32) -> Duration {
+/// Medians, per phase, of one modified row at some N.
+struct Change {
+    /// Apply the one-row update, rebuild the typed rows, re-evaluate the registry, desired set.
+    model: Duration,
+    /// strongSwan's ipsec.conf and secrets for all tunnels.
+    render: Duration,
+    plan: Duration,
+}
+
+/// One modified row at `n` tunnels, `reps` times, alternating its remote_ip each round.
+fn one_change(n: usize, reps: u32) -> Change {
     let v: Value = serde_json::from_str(&initial(n)).unwrap();
     let mut replica = Replica::new(scalars());
     replica.apply_update2(&v).unwrap();
@@ -113,21 +129,35 @@ fn one_change(n: usize, reps: u32) -> Duration {
         conf: Some(rendered.conf),
         ..Default::default()
     };
-    let mut round = 0;
-    time(reps, || {
-        round += 1;
+    let mut phases: [Vec<Duration>; 3] = Default::default();
+    for round in 0..reps {
         let ip = format!("203.0.113.{}", round % 200 + 1);
         let update = json!({ "Interface": { uuid(0): { "modify": {
             "options": ["map", [["remote_ip", ip]]] } } } });
+        let t = Instant::now();
         replica.apply_update2(&update).unwrap();
         let events = registry.update(None, &rows::interfaces(&replica), &mut certs);
         let desired = registry.desired();
+        phases[0].push(t.elapsed());
+        let t = Instant::now();
         let rendered = render::render(&templates, &desired).unwrap();
+        phases[1].push(t.elapsed());
+        let t = Instant::now();
         let actions = plan::plan(&desired, &rendered, &observed);
+        phases[2].push(t.elapsed());
         assert!(
             !events.is_empty() && !actions.is_empty(),
             "the change is seen"
         );
         observed.conf = Some(rendered.conf);
-    })
+    }
+    let [model, render, plan] = phases.map(|mut v| {
+        v.sort();
+        v[v.len() / 2]
+    });
+    Change {
+        model,
+        render,
+        plan,
+    }
 }
