@@ -1,0 +1,392 @@
+#!/usr/bin/python3
+"""Side-by-side benchmark: the Python ovs-monitor-ipsec and ours, same database, same stub.
+
+For every (mode, N) each program gets its own freshly started ovsdb-server loaded with the same
+N vxlan+PSK tunnels, and a fake root whose `usr/sbin/ipsec` is one counting stub that speaks
+both programs' vocabularies (ours uses `statusall`/`addconn`/`whack`, Python `status`/`auto`).
+The stub keeps state (loaded conns, SAs) so both programs' delete/down logic runs for real.
+
+A step is converged when ipsec.conf holds the expected conns and the stub, called at least once in
+the step, has seen no call for QUIET seconds; its time is the later of "file complete" and "last stub call", measured from
+process start (cold) or from `ovs-vsctl` returning (+1, modify, -1). Calls are the stub calls
+made in the step. RSS is VmHWM at the end; CPU is the monitor's own user+system time (the
+stub's CPU is not in it).
+
+Static-key mode (`--ike-daemon=none`, ours only: Python has no such mode) runs the monitor in a
+fresh network namespace and converges when `ip xfrm policy` shows the expected count; its floor
+is `ip -batch` installing the same policies and states.
+
+usage: compare.py [--ours BIN] [--modes stroke,libreswan,xfrm] [--sizes 1,100,1000]
+"""
+
+import argparse
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+PY_MONITOR = "/usr/share/openvswitch/scripts/ovs-monitor-ipsec"
+SCHEMA = "/usr/share/openvswitch/vswitch.ovsschema"
+QUIET = 3.0
+STEP_LIMIT = 900.0
+
+# One stub for both programs. Times come from bash's clock (no fork per call).
+STUB = r"""#!/bin/bash
+R=$(cd "$(dirname "$0")/../.." && pwd); S=$R/stub; mkdir -p $S
+exec 9>>$S/lock; flock 9
+touch $S/loaded $S/sas $S/active
+echo "$EPOCHREALTIME ipsec $*" >> $R/ipsec-calls.log
+drop() { grep -vxF "$1" $S/$2 > $S/$2.n; mv $S/$2.n $S/$2; }
+case "$1" in
+  --version) echo "Libreswan 4.10"; exit 0 ;;
+  update|reload)   # strongSwan: load ipsec.conf; an SA per conn that has none (trap routed)
+    grep -oP '^conn \K\S+' $R/etc/ipsec.conf | grep -v -e '^%default$' -e '^prevent_' > $S/loaded
+    awk 'FILENAME == ARGV[1] { have[$1]=1; print; n=($2>n?$2:n); next }
+         !($1 in have) { n++; print $1, n }' $S/sas $S/loaded > $S/sas.n
+    mv $S/sas.n $S/sas; exit 0 ;;
+  stroke) t=$3; name=${t%[\{\[]*}; id=${t##*[\{\[]}; id=${id%[\}\]]}; drop "$name $id" sas; exit 0 ;;
+  statusall|status)
+    if [ -e $S/libreswan ]; then   # pluto 4.x format: loaded conns, totals, then states
+      while read c; do echo "000 \"$c\": 198.17.0.1/32:UDP/0-65535===198.17.0.1...198.18.0.1===198.18.0.1/32:UDP/0-65535; unrouted; eroute owner: #0"; done < $S/loaded
+      echo "000 Total IPsec connections: loaded $(wc -l < $S/loaded), active $(wc -l < $S/active)"
+      n=1
+      while read c; do
+        echo "000 #$n: \"$c\":500 STATE_V2_ESTABLISHED_IKE_SA (established IKE SA); newest; idle;"
+        echo "000 #$((n+1)): \"$c\":500 STATE_V2_ESTABLISHED_CHILD_SA (established Child SA); newest; eroute owner; IKE SA #$n; idle;"
+        n=$((n+2))
+      done < $S/active
+      exit 0
+    fi
+    if [ "$1" = status ]; then   # strongSwan `status`: trap-routed children, as with no peer
+      echo "Routed Connections:"
+      awk '{ printf "%12s{%s}:  ROUTED, TRANSPORT, reqid %s\n", $1, $2, $2 }' $S/sas
+      exit 0
+    fi
+    echo "Connections:"
+    awk '{ printf "%12s:  %%any...192.0.2.2  IKEv2\n%12s:   child:  dynamic === dynamic TRANSPORT\n", $1, $1 }' $S/loaded
+    echo "Security Associations ($(wc -l < $S/sas) up, 0 connecting):"
+    awk '{ printf "%12s[%s]: ESTABLISHED 1 second ago, 192.0.2.1...192.0.2.2\n%12s{%s}:  INSTALLED, TRANSPORT, reqid %s, ESP SPIs: c0dc3410_i cb107296_o\n", $1, $2, $1, $2, $2 }' $S/sas
+    exit 0 ;;
+  addconn) shift; while [ $# -gt 0 ]; do case "$1" in --ctlsocket|--config) shift 2;; *) echo "$1" >> $S/loaded; shift;; esac; done
+    sort -u -o $S/loaded $S/loaded; exit 0 ;;
+  whack) # ours initiates -out-; the peer's initiation brings -in- up
+    c=$(echo "$*" | grep -oP -- '--name \K\S+')
+    case "$*" in *--initiate*) for x in "$c" "${c/-out-/-in-}"; do echo "$x" >> $S/active; done; sort -u -o $S/active $S/active ;; esac
+    exit 0 ;;
+esac
+case "$*" in
+  *--start*) for f in loaded active; do echo "${@: -1}" >> $S/$f; sort -u -o $S/$f $S/$f; done ;;
+  *--delete*) drop "${@: -1}" active; drop "${@: -1}" loaded ;;
+esac
+exit 0
+"""
+
+
+def run(*args, **kw):
+    return subprocess.run(args, check=True, capture_output=True, text=True, **kw).stdout
+
+
+class Db:
+    """A private ovsdb-server on a unix socket, loaded with N vxlan tunnels."""
+
+    def __init__(self, top, n, extra=()):
+        self.dir = os.path.join(top, "db")
+        os.makedirs(self.dir)
+        self.sock = os.path.join(self.dir, "db.sock")
+        run("ovsdb-tool", "create", os.path.join(self.dir, "conf.db"), SCHEMA)
+        self.proc = subprocess.Popen(
+            ["ovsdb-server", os.path.join(self.dir, "conf.db"), f"--remote=punix:{self.sock}",
+             "--no-chdir", f"--unixctl={self.dir}/db.ctl", f"--log-file={self.dir}/db.log"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.time() + 20
+        while not os.path.exists(self.sock):
+            if time.time() > deadline:
+                sys.exit("ovsdb-server did not start")
+            time.sleep(0.01)
+        self.vsctl("init", "--", "add-br", "br0")
+        for lo in range(0, n, 1000):
+            args = []
+            for i in range(lo, min(n, lo + 1000)):
+                args += ["--", "add-port", "br0", f"vx{i}", "--", "set", "interface", f"vx{i}",
+                         "type=vxlan", f"options:remote_ip={ip(i)}", f"options:psk=secret{i}", *extra]
+            self.vsctl(*args[1:])
+
+    def vsctl(self, *args):
+        run("ovs-vsctl", f"--db=unix:{self.sock}", "--no-wait", "--timeout=120", *args)
+
+    def stop(self):
+        self.proc.kill()
+        self.proc.wait()
+
+
+def ip(i):
+    return f"198.18.{i // 250 % 250}.{i % 250 + 1}" if i < 62500 else f"198.19.{i // 250 % 250}.{i % 250 + 1}"
+
+
+class Root:
+    """The fake root prefix with the counting stub."""
+
+    def __init__(self, top, mode):
+        self.root = os.path.join(top, "root")
+        for d in ["etc/strongswan.d", "etc/ipsec.d", "usr/sbin", "sbin", "run/pluto", "stub"]:
+            os.makedirs(os.path.join(self.root, d), exist_ok=True)
+        os.symlink("/usr/sbin/ip", os.path.join(self.root, "sbin/ip"))
+        stub = os.path.join(self.root, "usr/sbin/ipsec")
+        with open(stub, "w") as f:
+            f.write(STUB)
+        os.chmod(stub, 0o755)
+        if mode == "libreswan":
+            open(os.path.join(self.root, "stub/libreswan"), "w").close()
+            run("certutil", "-N", "--empty-password", "-d", f"sql:{self.root}/etc/ipsec.d")
+        self.conf = os.path.join(self.root, "etc/ipsec.conf")
+        self.log = os.path.join(self.root, "ipsec-calls.log")
+
+    def conns(self):
+        try:
+            with open(self.conf) as f:
+                return [m for m in re.findall(r"^conn (\S+)", f.read(), re.M) if m.startswith("vx")]
+        except FileNotFoundError:
+            return []
+
+    def calls(self):
+        try:
+            with open(self.log) as f:
+                return [l.split(" ", 1) for l in f.read().splitlines()]
+        except FileNotFoundError:
+            return []
+
+
+def command(prog, mode, ours, db, root, top):
+    rundir = os.path.join(top, "run")
+    os.makedirs(rundir, exist_ok=True)
+    common = [f"unix:{db.sock}", f"--root-prefix={root.root}", "--no-restart-ike-daemon",
+              f"--log-file={top}/mon.log", "-vconsole:off", "--no-chdir"]
+    if prog == "python":
+        argv = [PY_MONITOR, *common, f"--ike-daemon={mode}"]
+        if mode == "libreswan":
+            argv += ["--ipsec-conf=/etc/ipsec.conf", "--ipsec-secrets=/etc/ipsec.secrets",
+                     "--ipsec-d=/etc/ipsec.d", "--ipsec-ctl=/run/pluto/pluto.ctl"]
+        argv.append("-vfile:info")
+    else:
+        argv = [ours, *common, f"--unixctl={rundir}/m.ctl", "-vfile:info"]
+        argv += ["--ike-daemon=strongswan", "--strongswan-mode=stroke"] if mode == "stroke" \
+            else [f"--ike-daemon={mode}"]
+    env = dict(os.environ, OVS_RUNDIR=rundir, OVS_LOGDIR=rundir)
+    return argv, env
+
+
+def converge(root, t0, want, start_calls):
+    """Waits until ipsec.conf matches `want` and the stub is quiet; returns (seconds, calls)."""
+    t_files = None
+    last_n, last_change = len(root.calls()), time.time()
+    while True:
+        now = time.time()
+        if now - t0 > STEP_LIMIT:
+            sys.exit(f"step did not converge in {STEP_LIMIT} s")
+        if t_files is None and want(root.conns()):
+            t_files = now
+        n = len(root.calls())
+        if n != last_n:
+            last_n, last_change = n, now
+        # Every step makes at least one call in both programs; before it, quiet means nothing.
+        if t_files is not None and n > start_calls and now - last_change >= QUIET:
+            break
+        time.sleep(0.002)
+    calls = root.calls()[start_calls:]
+    t_last = float(calls[-1][0]) if calls else t0
+    return max(t_files, t_last) - t0, len(calls)
+
+
+def proc_stats(pid):
+    with open(f"/proc/{pid}/status") as f:
+        hwm = next(int(l.split()[1]) for l in f if l.startswith("VmHWM:"))
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    cpu = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return hwm / 1024.0, cpu
+
+
+def bench_stub(prog, mode, n, ours):
+    top = tempfile.mkdtemp(prefix=f"bench-{mode}-{prog}-{n}-")
+    db = Db(top, n)
+    root = Root(top, mode)
+    argv, env = command(prog, mode, ours, db, root, top)
+    r = {}
+    t0 = time.time()
+    mon = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        r["cold"] = converge(root, t0, lambda c: len(c) >= 2 * n, 0)
+        base = len(root.calls())
+
+        def step(key, want, *vsctl):
+            nonlocal base
+            db.vsctl(*vsctl)
+            r[key] = converge(root, time.time(), want, base)
+            base = len(root.calls())
+
+        step("add", lambda c: len(c) >= 2 * n + 2, "add-port", "br0", "vxnew", "--", "set",
+             "interface", "vxnew", "type=vxlan", "options:remote_ip=198.20.0.1", "options:psk=new")
+        conf_has = lambda s: (lambda c: s in open(root.conf).read())
+        step("modify", conf_has("198.20.0.2"), "set", "interface", "vxnew",
+             "options:remote_ip=198.20.0.2")
+        step("del", lambda c: len(c) == 2 * n, "del-port", "br0", "vxnew")
+        r["rss"], r["cpu"] = proc_stats(mon.pid)
+    finally:
+        mon.send_signal(signal.SIGTERM)
+        try:
+            mon.wait(10)
+        except subprocess.TimeoutExpired:
+            mon.kill()
+            mon.wait()
+        db.stop()
+    shutil.rmtree(top, ignore_errors=True)
+    return r
+
+
+LOCAL = "198.17.0.1"
+PEER_GEN = "0123456789abcdef0123456789abcdef"
+
+
+def policy_count(ns):
+    out = run("ip", "-n", ns, "xfrm", "policy", "count")
+    return sum(int(x) for x in re.findall(r"(?:IN|OUT|FWD)\s+(\d+)", out.split("\n")[0]))
+
+
+def wait_policies(ns, t0, done):
+    """Polls the kernel until `done(count)` holds and the count has not moved for QUIET s;
+    returns the seconds from `t0` to the last change."""
+    last, t_last = policy_count(ns), time.time()
+    while not done(last) or time.time() - t_last < QUIET:
+        if time.time() - t0 > STEP_LIMIT:
+            sys.exit("xfrm step did not converge")
+        time.sleep(0.002)
+        c = policy_count(ns)
+        if c != last:
+            last, t_last = c, time.time()
+    return t_last - t0, last
+
+
+def as_batch(dump):
+    """`ip xfrm policy` output as `ip -batch` commands that add the same policies."""
+    lines = []
+    for rec in re.split(r"\n(?=src )", dump.strip()):
+        lines.append("xfrm policy add " + " ".join(rec.split()))
+    return "\n".join(lines) + "\n"
+
+
+def netns(name):
+    run("ip", "netns", "add", name)
+    run("ip", "-n", name, "link", "set", "lo", "up")
+    run("ip", "-n", name, "addr", "add", f"{LOCAL}/32", "dev", "lo")
+
+
+def bench_xfrm(n, ours):
+    """Ours with --ike-daemon=none in a fresh netns, converged on the kernel's policy count;
+    the floor is `ip -batch` adding the same policies in another fresh netns."""
+    top = tempfile.mkdtemp(prefix=f"bench-xfrm-{n}-")
+    ns = os.path.basename(top)
+    db = Db(top, n, [f"options:local_ip={LOCAL}", f"options:ipsec_peer_generation={PEER_GEN}"])
+    root = Root(top, "none")
+    argv, env = command("ours", "none", ours, db, root, top)
+    r = {}
+    mon = None
+    try:
+        netns(ns)
+        t0 = time.time()
+        mon = subprocess.Popen(["ip", "netns", "exec", ns, *argv], env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        r["cold"] = wait_policies(ns, t0, lambda c: c > 0)
+        per = r["cold"][1] // max(n, 1)
+        dump = run("ip", "-n", ns, "xfrm", "policy")
+        t = time.time()
+        db.vsctl("add-port", "br0", "vxnew", "--", "set", "interface", "vxnew", "type=vxlan",
+                 "options:remote_ip=198.20.0.1", "options:psk=new", f"options:local_ip={LOCAL}",
+                 f"options:ipsec_peer_generation={PEER_GEN}")
+        r["add"] = wait_policies(ns, t, lambda c: c >= per * (n + 1))
+        t = time.time()
+        db.vsctl("set", "interface", "vxnew", "options:remote_ip=198.20.0.2")
+        on = lambda dst: run("ip", "-n", ns, "xfrm", "policy", "list", "dst", dst).strip() != ""
+        while on("198.20.0.1/32") or not on("198.20.0.2/32"):
+            if time.time() - t > STEP_LIMIT:
+                sys.exit("xfrm modify did not converge")
+            time.sleep(0.002)
+        r["modify"] = (time.time() - t, 0)
+        t = time.time()
+        db.vsctl("del-port", "br0", "vxnew")
+        r["del"] = wait_policies(ns, t, lambda c: c <= per * n)
+        r["rss"], r["cpu"] = proc_stats(mon.pid)
+        floor = ns + "-floor"
+        netns(floor)
+        batch = os.path.join(top, "policies.batch")
+        with open(batch, "w") as f:
+            f.write(as_batch(dump))
+        t = time.time()
+        run("ip", "-n", floor, "-batch", batch)
+        r["floor"] = time.time() - t
+        assert policy_count(floor) == r["cold"][1], "the floor installs the same policies"
+        subprocess.run(["ip", "netns", "del", floor])
+    finally:
+        if mon:
+            mon.send_signal(signal.SIGTERM)
+            mon.wait()
+        db.stop()
+        subprocess.run(["ip", "netns", "del", ns])
+    shutil.rmtree(top, ignore_errors=True)
+    return r
+
+
+def fmt_s(x):
+    return f"{x * 1000:.0f} ms" if x < 10 else f"{x:.1f} s"
+
+
+def ratio(p, o):
+    return f"{p / o:.1f}×" if o > 0 else "–"
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--ours", default=os.path.join(os.path.dirname(__file__),
+                                                   "../../target/release/ovs-monitor-ipsec"))
+    ap.add_argument("--modes", default="stroke,libreswan")
+    ap.add_argument("--sizes", default="1,100,1000")
+    a = ap.parse_args()
+    for tool in [PY_MONITOR, "/usr/sbin/ovsdb-server", "/usr/bin/ovs-vsctl", "/usr/bin/certutil"]:
+        if not os.path.exists(tool):
+            sys.exit(f"missing {tool}: apt-get install openvswitch-ipsec python3-openvswitch "
+                     "libnss3-tools")
+    if not os.access(a.ours, os.X_OK):
+        sys.exit(f"missing {a.ours}: cargo build --release")
+    sizes = [int(s) for s in a.sizes.split(",")]
+    print("| mode | N | step | Python | ours | ratio | calls Python / ours |")
+    print("|---|---:|---|---:|---:|---:|---:|")
+    for mode in a.modes.split(","):
+        for n in sizes:
+            if mode == "xfrm":
+                o = bench_xfrm(n, a.ours)
+                print(f"| xfrm | {n} | cold start (floor: ip -batch) | {fmt_s(o['floor'])} | "
+                      f"{fmt_s(o['cold'][0])} | {ratio(o['floor'], o['cold'][0])} | "
+                      f"{o['cold'][1]} policies |")
+                for k, label in [("add", "+1 tunnel"), ("modify", "modify 1"), ("del", "-1 tunnel")]:
+                    print(f"| xfrm | {n} | {label} | – | {fmt_s(o[k][0])} | – | |")
+                print(f"| xfrm | {n} | peak RSS / CPU | – | {o['rss']:.1f} MB / {o['cpu']:.2f} s | – | |")
+                sys.stdout.flush()
+                continue
+            p = bench_stub("python", "strongswan" if mode == "stroke" else mode, n, a.ours)
+            o = bench_stub("ours", mode, n, a.ours)
+            for k, label in [("cold", "cold start"), ("add", "+1 tunnel"), ("modify", "modify 1"),
+                             ("del", "-1 tunnel")]:
+                print(f"| {mode} | {n} | {label} | {fmt_s(p[k][0])} | {fmt_s(o[k][0])} | "
+                      f"{ratio(p[k][0], o[k][0])} | {p[k][1]} / {o[k][1]} |")
+            print(f"| {mode} | {n} | peak RSS | {p['rss']:.1f} MB | {o['rss']:.1f} MB | "
+                  f"{ratio(p['rss'], o['rss'])} | |")
+            print(f"| {mode} | {n} | CPU (whole run) | {p['cpu']:.2f} s | {o['cpu']:.2f} s | "
+                  f"{ratio(p['cpu'], o['cpu'])} | |")
+            sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()

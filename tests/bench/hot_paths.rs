@@ -1,0 +1,163 @@
+//! Micro-benchmarks of the pure paths that scale with the number of tunnels, without any
+//! process, socket or file: what bounds the monitor's CPU per OVSDB change.
+//!
+//! - `parse`: an `update2` notification of N Interface rows, from JSON text to the replica
+//!   (what a cold start or a reconnect costs).
+//! - `one change`: at N tunnels, one row modified: apply the one-row update, rebuild the typed
+//!   rows, re-evaluate the registry, compute the desired set, render strongSwan's ipsec.conf and
+//!   plan against the previous file (the work the daemon does for one `ovs-vsctl set`).
+//!
+//! `cargo bench --bench hot_paths` runs N ∈ {1000, 10000}; under `cargo test` it runs N = 100
+//! once so it cannot rot.
+
+use std::collections::BTreeSet;
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+use ovs_monitor_ipsec::backend::strongswan_stroke::plan::{self, Observed};
+use ovs_monitor_ipsec::backend::strongswan_stroke::render;
+use ovs_monitor_ipsec::backend::templates::Templates;
+use ovs_monitor_ipsec::model::cert::FsCertSource;
+use ovs_monitor_ipsec::model::registry::Registry;
+use ovs_monitor_ipsec::model::rows;
+use ovs_monitor_ipsec::ovsdb::Replica;
+use serde_json::{Value, json};
+
+fn main() {
+    let bench = std::env::args().any(|a| a == "--bench");
+    let (sizes, reps): (&[usize], u32) = if bench {
+        (&[1000, 10000], 20)
+    } else {
+        (&[100], 1)
+    };
+    println!("| N | parse update2 (N rows) | one change: total | of which model | render | plan |");
+    println!("|---:|---:|---:|---:|---:|---:|");
+    for &n in sizes {
+        let text = initial(n);
+        let parse = time(reps, || parse(&text, n));
+        let c = one_change(n, reps);
+        println!(
+            "| {n} | {:.2} ms | {:.2} ms | {:.2} ms | {:.2} ms | {:.2} ms |",
+            ms(parse),
+            ms(c.model + c.render + c.plan),
+            ms(c.model),
+            ms(c.render),
+            ms(c.plan)
+        );
+    }
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// Median of `reps` runs of `f`.
+fn time(reps: u32, mut f: impl FnMut()) -> Duration {
+    let mut v: Vec<Duration> = (0..reps)
+        .map(|_| {
+            let t = Instant::now();
+            f();
+            t.elapsed()
+        })
+        .collect();
+    v.sort();
+    v[v.len() / 2]
+}
+
+fn scalars() -> BTreeSet<(String, String)> {
+    ["name", "type", "cfm_fault", "ofport"]
+        .iter()
+        .map(|c| ("Interface".to_owned(), (*c).to_owned()))
+        .collect()
+}
+
+fn uuid(i: usize) -> String {
+    format!("{i:08x}-0000-4000-8000-000000000000")
+}
+
+/// A row as ovsdb-server sends it in `update2`, for tunnel `i` with `remote_ip`.
+fn row(i: usize, remote_ip: &str) -> Value {
+    json!({
+        "name": format!("vx{i}"),
+        "type": "vxlan",
+        "options": ["map", [["psk", format!("secret{i}")], ["remote_ip", remote_ip]]],
+        "external_ids": ["map", []],
+        "cfm_fault": ["set", []],
+        "ofport": 1 + i as i64,
+    })
+}
+
+fn remote_ip(i: usize) -> String {
+    format!("198.{}.{}.{}", 18 + i / 62500, i / 250 % 250, i % 250 + 1)
+}
+
+fn initial(n: usize) -> String {
+    let rows: serde_json::Map<String, Value> = (0..n)
+        .map(|i| (uuid(i), json!({ "initial": row(i, &remote_ip(i)) })))
+        .collect();
+    json!({ "Interface": rows }).to_string()
+}
+
+fn parse(text: &str, n: usize) {
+    let v: Value = serde_json::from_str(text).unwrap();
+    let mut r = Replica::new(scalars());
+    r.apply_update2(&v).unwrap();
+    assert_eq!(black_box(&r).len("Interface"), n);
+}
+
+/// Medians, per phase, of one modified row at some N.
+struct Change {
+    /// Apply the one-row update, rebuild the typed rows, re-evaluate the registry, desired set.
+    model: Duration,
+    /// strongSwan's ipsec.conf and secrets for all tunnels.
+    render: Duration,
+    plan: Duration,
+}
+
+/// One modified row at `n` tunnels, `reps` times, alternating its remote_ip each round.
+fn one_change(n: usize, reps: u32) -> Change {
+    let v: Value = serde_json::from_str(&initial(n)).unwrap();
+    let mut replica = Replica::new(scalars());
+    replica.apply_update2(&v).unwrap();
+    let templates = Templates::load(None, render::DEFAULTS).unwrap();
+    let mut registry = Registry::new();
+    let mut certs = FsCertSource::new();
+    registry.update(None, &rows::interfaces(&replica), &mut certs);
+    let desired = registry.desired();
+    let rendered = render::render(&templates, &desired).unwrap();
+    let mut observed = Observed {
+        conf: Some(rendered.conf),
+        ..Default::default()
+    };
+    let mut phases: [Vec<Duration>; 3] = Default::default();
+    for round in 0..reps {
+        let ip = format!("203.0.113.{}", round % 200 + 1);
+        let update = json!({ "Interface": { uuid(0): { "modify": {
+            "options": ["map", [["remote_ip", ip]]] } } } });
+        let t = Instant::now();
+        replica.apply_update2(&update).unwrap();
+        let events = registry.update(None, &rows::interfaces(&replica), &mut certs);
+        let desired = registry.desired();
+        phases[0].push(t.elapsed());
+        let t = Instant::now();
+        let rendered = render::render(&templates, &desired).unwrap();
+        phases[1].push(t.elapsed());
+        let t = Instant::now();
+        let actions = plan::plan(&desired, &rendered, &observed);
+        phases[2].push(t.elapsed());
+        assert!(
+            !events.is_empty() && !actions.is_empty(),
+            "the change is seen"
+        );
+        observed.conf = Some(rendered.conf);
+    }
+    let [model, render, plan] = phases.map(|mut v| {
+        v.sort();
+        v[v.len() / 2]
+    });
+    Change {
+        model,
+        render,
+        plan,
+    }
+}
