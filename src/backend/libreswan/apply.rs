@@ -199,10 +199,12 @@ impl Libreswan {
             .cloned()
             .collect();
         let failed = self.load_conns(&loads, &owners, &mut report).await;
-        let now = Instant::now();
-        for c in b.adds.iter().filter(|c| !skip(c) && !failed.contains(*c)) {
-            self.pending.insert(c.clone(), (Pending::Added, now));
-        }
+        let added: Vec<String> = b
+            .adds
+            .iter()
+            .filter(|c| !skip(c) && !failed.contains(*c))
+            .cloned()
+            .collect();
         let initiate: Vec<String> = b
             .starts
             .iter()
@@ -210,7 +212,18 @@ impl Libreswan {
             .chain(&b.bring_ups)
             .cloned()
             .collect();
-        self.initiate(&initiate, &owners, &mut report).await;
+        let started = self.initiate(&initiate, &owners, &mut report).await;
+        // A pending connection's grace (plan::GRACE) starts when this apply's commands have
+        // all returned: pluto serializes whack calls, so with many tunnels the last initiate
+        // returns long after the first, and a grace counted from before would expire on
+        // connections that never had a chance — deleted as "defunct", started again, forever.
+        let now = Instant::now();
+        for c in added {
+            self.pending.insert(c, (Pending::Added, now));
+        }
+        for c in started {
+            self.pending.insert(c, (Pending::Started, now));
+        }
         Ok(report)
     }
 
@@ -334,7 +347,13 @@ impl Libreswan {
         failed
     }
 
-    async fn initiate(&mut self, conns: &[String], owners: &Owners, report: &mut ApplyReport) {
+    /// Initiates `conns`; returns those that pluto accepted.
+    async fn initiate(
+        &mut self,
+        conns: &[String],
+        owners: &Owners,
+        report: &mut ApplyReport,
+    ) -> Vec<String> {
         let cmds = conns
             .iter()
             .map(|c| {
@@ -342,8 +361,7 @@ impl Libreswan {
                 (c.clone(), self.ipsec(what, self.cmds.initiate(c)))
             })
             .collect();
-        let mut failed = Vec::new();
-        let now = Instant::now();
+        let (mut failed, mut started) = (Vec::new(), Vec::new());
         for (conn, r) in pool(cmds, self.concurrency).await {
             let tunnel = owners.tunnel(&conn);
             if let Ok(o) = &r
@@ -365,11 +383,10 @@ impl Libreswan {
                         .insert(tunnel, format!("cannot start connection {conn}: {f}"));
                     failed.push(conn);
                 }
-                None => {
-                    self.pending.insert(conn, (Pending::Started, now));
-                }
+                None => started.push(conn),
             }
         }
         self.delete_conns(&failed).await;
+        started
     }
 }
