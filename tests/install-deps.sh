@@ -3,7 +3,7 @@
 # Rust toolchain is on PATH. Idempotent; prints nothing when everything is there.
 set -euo pipefail
 
-PACKAGES=(openvswitch-switch openvswitch-common openssl iproute2 procps util-linux)
+PACKAGES=(openvswitch-switch openvswitch-common openssl iproute2 procps util-linux iputils-ping systemd)
 # Each backend lists what its real-daemon tests need in tests/deps/<backend>.packages (one
 # Debian package a line) and may add tests/deps/<backend>.sh for anything apt cannot do.
 here=$(cd "$(dirname "$0")" && pwd)
