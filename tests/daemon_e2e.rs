@@ -448,3 +448,24 @@ fn versions_survive_a_monitor_restart_so_connection_names_do_not_change() {
     assert!(mon.wait_exit().success());
     assert!(!saved.exists());
 }
+
+#[test]
+fn a_row_that_stops_being_a_tunnel_type_loses_our_keys() {
+    let db = OvsdbServer::start();
+    let _mon = Monitor::start(&db, &[]);
+    add_tunnel(
+        &db,
+        "t1",
+        "vxlan",
+        &["remote_ip=192.0.2.2", "psk=swordfish"],
+    );
+    db.vsctl(&["set", "interface", "t1", "external_ids:iface-id=vm1"]);
+    wait_state(&db, "t1", "configured");
+    // The row leaves the monitored types (the server-side filter drops it from our view).
+    db.vsctl(&["set", "interface", "t1", "type=internal"]);
+    wait_for("our keys removed", T, || {
+        iface_key(&db, "t1", "ipsec-state").is_none()
+    });
+    assert_eq!(iface_key(&db, "t1", "ipsec-version"), None);
+    assert_eq!(iface_key(&db, "t1", "iface-id").as_deref(), Some("vm1"));
+}

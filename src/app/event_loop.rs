@@ -62,6 +62,8 @@ pub struct EventLoop<B: Backend> {
     model_ready: bool,
     /// True once the first pass after the initial OVSDB sync has been applied.
     ready: bool,
+    /// Interface rows the replica showed at the last status pass (see `status::forget`).
+    seen_rows: std::collections::BTreeSet<String>,
     /// Where tunnel versions are saved across restarts (see `model::versions`).
     versions_file: std::path::PathBuf,
     /// When a failed status write should be retried.
@@ -111,6 +113,7 @@ impl<B: Backend> EventLoop<B> {
             monitor_keys,
             model_ready: false,
             ready: false,
+            seen_rows: Default::default(),
             versions_file,
             status_retry: None,
             tick,
@@ -249,24 +252,39 @@ impl<B: Backend> EventLoop<B> {
             .map(str::to_owned)
             .or_else(|| self.outcome.backend_error.clone());
         let monitor = self.monitor_keys.keys(error);
-        let ops = self.client.with_replica(|r| {
+        let (mut ops, present) = self.client.with_replica(|r| {
             let ifaces = rows::interfaces(r);
             let ovs = rows::open_vswitch(r);
-            status::plan(&status::StatusInput {
+            let ops = status::plan(&status::StatusInput {
                 interfaces: &ifaces,
                 open_vswitch: ovs.as_ref(),
                 tunnels: &tunnels,
                 live: &self.outcome.live,
                 apply_errors: &self.outcome.apply_errors,
                 monitor,
-            })
+            });
+            let present: std::collections::BTreeSet<String> =
+                ifaces.into_iter().map(|i| i.uuid).collect();
+            (ops, present)
         });
-        if ops.is_empty() || !self.client.is_connected() {
+        ops.extend(
+            self.seen_rows
+                .difference(&present)
+                .map(|uuid| status::forget(uuid)),
+        );
+        if !self.client.is_connected() {
+            return;
+        }
+        if ops.is_empty() {
+            self.seen_rows = present;
             return;
         }
         let n = ops.len();
         match self.client.transact(ops).await {
-            Ok(_) => debug!("status: updated {n} rows"),
+            Ok(_) => {
+                debug!("status: updated {n} rows");
+                self.seen_rows = present;
+            }
             Err(e) => {
                 warn!("cannot write tunnel status to OVSDB: {e}");
                 self.status_retry = Some(Instant::now() + Duration::from_secs(2));

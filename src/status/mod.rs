@@ -146,6 +146,19 @@ pub fn plan(input: &StatusInput<'_>) -> Vec<Value> {
     ops
 }
 
+/// Removes our keys from an Interface row that left the replica. Under `monitor_cond` a row
+/// whose `type` changed to a non-tunnel type leaves the server-side filter and so vanishes
+/// from our view while it still carries our keys. A deleted row makes this a no-op (the
+/// `where` matches nothing), which is cheaper than telling the two cases apart.
+pub fn forget(uuid: &str) -> Value {
+    json!({
+        "op": "mutate",
+        "table": "Interface",
+        "where": [["_uuid", "==", ["uuid", uuid]]],
+        "mutations": [["external_ids", "delete", Datum::string_set(keys::INTERFACE.iter().copied())]],
+    })
+}
+
 /// The operations of `exit` with cleanup: remove every key we own, everywhere.
 pub fn cleanup(interfaces: &[InterfaceRow], open_vswitch: Option<&OpenVSwitchRow>) -> Vec<Value> {
     let mut ops: Vec<Value> = interfaces

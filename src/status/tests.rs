@@ -232,3 +232,21 @@ fn backend_keys_are_written_only_when_declared_and_removed_when_gone() {
     assert!(!text.contains("ipsec-undeclared"), "{text}");
     assert!(keys::INTERFACE.contains(&keys::ROTATION));
 }
+
+#[test]
+fn forget_deletes_exactly_our_keys_by_uuid() {
+    let op = forget("u9");
+    assert_eq!(op["where"], json!([["_uuid", "==", ["uuid", "u9"]]]));
+    let keys_deleted = &op["mutations"][0];
+    assert_eq!(keys_deleted[1], "delete");
+    let mut listed: Vec<&str> = keys_deleted[2][1]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    listed.sort_unstable();
+    let mut ours = keys::INTERFACE.to_vec();
+    ours.sort_unstable();
+    assert_eq!(listed, ours);
+}
