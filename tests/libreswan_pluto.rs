@@ -7,13 +7,14 @@ mod common;
 
 use std::time::Duration;
 
-use common::libreswan::{LswMonitor, NetnsPair, Pluto};
+use common::libreswan::{LswMonitor, Pluto};
 use common::monitor::{iface_key, wait_for};
+use common::netns::NetnsPair;
 use common::ovsdb_server::OvsdbServer;
 
 #[test]
 fn psk_vxlan_between_two_plutos_establishes_ike() {
-    let net = NetnsPair::new();
+    let net = NetnsPair::new("lsw");
     let dbs = [OvsdbServer::start(), OvsdbServer::start()];
     let sides = [(&net.left, "192.0.2.2"), (&net.right, "192.0.2.1")];
     let plutos: Vec<Pluto> = dbs

@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use common::monitor::{iface_key, wait_for};
 
-use common::strongswan_netns::{NetnsPair, Node, make_pki};
+use common::netns::NetnsPair;
+use common::strongswan_netns::{Node, make_pki};
 
 const T: Duration = Duration::from_secs(30);
 
@@ -57,7 +58,7 @@ fn wait_ike_established(node: &Node, peer_ip: &str, port: u16) {
 
 #[test]
 fn psk_vxlan_on_a_custom_port_establishes_ike_with_policies_on_that_port() {
-    let pair = NetnsPair::new();
+    let pair = NetnsPair::new("ss");
     let left = Node::start(&pair.left);
     let right = Node::start(&pair.right);
     for (node, peer) in [(&left, "192.0.2.2"), (&right, "192.0.2.1")] {
@@ -110,7 +111,7 @@ fn psk_vxlan_on_a_custom_port_establishes_ike_with_policies_on_that_port() {
 
 #[test]
 fn ca_signed_geneve_establishes_ike() {
-    let pair = NetnsPair::new();
+    let pair = NetnsPair::new("ss");
     let left = Node::start(&pair.left);
     let right = Node::start(&pair.right);
     let pki = tempfile::tempdir().unwrap();

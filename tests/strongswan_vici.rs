@@ -11,8 +11,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::monitor::{Monitor, iface_key, wait_for};
+use common::netns::NetnsPair;
 use common::ovsdb_server::OvsdbServer;
-use common::vici::{Charon, NetnsPair, make_pki, require_strongswan};
+use common::vici::{Charon, make_pki, require_strongswan};
 
 const T: Duration = Duration::from_secs(20);
 
@@ -67,7 +68,7 @@ impl Node {
 #[test]
 fn psk_vxlan_on_a_custom_port_establishes_ike_and_survives_a_charon_crash() {
     require_strongswan();
-    let net = NetnsPair::new();
+    let net = NetnsPair::new("vc");
     let tmp = tempfile::tempdir().unwrap();
     let left = Node::start(&net.left, &tmp.path().join("left"));
     let mut right = Node::start(&net.right, &tmp.path().join("right"));
@@ -141,7 +142,7 @@ fn psk_vxlan_on_a_custom_port_establishes_ike_and_survives_a_charon_crash() {
 #[test]
 fn ca_signed_geneve_establishes_ike_with_certificates_loaded_over_vici() {
     require_strongswan();
-    let net = NetnsPair::new();
+    let net = NetnsPair::new("vc");
     let tmp = tempfile::tempdir().unwrap();
     let pki = tmp.path().join("pki");
     std::fs::create_dir_all(&pki).unwrap();

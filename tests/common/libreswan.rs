@@ -212,54 +212,6 @@ fn sh(args: &[&str]) -> std::process::Output {
     out
 }
 
-/// Two network namespaces joined by a veth pair, 192.0.2.1 <-> 192.0.2.2, each with a
-/// default route to the other (pluto's `%defaultroute` needs one). Removed on drop.
-pub struct NetnsPair {
-    pub left: String,
-    pub right: String,
-}
-
-impl NetnsPair {
-    pub fn new() -> Self {
-        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-        let id = format!(
-            "{}{}",
-            std::process::id() % 100_000,
-            N.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
-        );
-        let pair = Self {
-            left: format!("lswl{id}"),
-            right: format!("lswr{id}"),
-        };
-        let (vl, vr) = (format!("vl{id}"), format!("vr{id}"));
-        sh(&["ip", "netns", "add", &pair.left]);
-        sh(&["ip", "netns", "add", &pair.right]);
-        sh(&[
-            "ip", "link", "add", &vl, "type", "veth", "peer", "name", &vr,
-        ]);
-        sh(&["ip", "link", "set", &vl, "netns", &pair.left]);
-        sh(&["ip", "link", "set", &vr, "netns", &pair.right]);
-        for (ns, dev, me, peer) in [
-            (&pair.left, &vl, "192.0.2.1/24", "192.0.2.2"),
-            (&pair.right, &vr, "192.0.2.2/24", "192.0.2.1"),
-        ] {
-            sh(&["ip", "-n", ns, "addr", "add", me, "dev", dev]);
-            sh(&["ip", "-n", ns, "link", "set", "lo", "up"]);
-            sh(&["ip", "-n", ns, "link", "set", dev, "up"]);
-            sh(&["ip", "-n", ns, "route", "add", "default", "via", peer]);
-        }
-        pair
-    }
-}
-
-impl Drop for NetnsPair {
-    fn drop(&mut self) {
-        for ns in [&self.left, &self.right] {
-            let _ = Command::new("ip").args(["netns", "del", ns]).status();
-        }
-    }
-}
-
 /// A real pluto in `netns`, files under `<dir>/root` at the paths our monitor gets, killed
 /// on drop.
 pub struct Pluto {

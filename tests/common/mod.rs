@@ -7,6 +7,7 @@
 pub mod fake_charon;
 pub mod libreswan;
 pub mod monitor;
+pub mod netns;
 pub mod ovsdb_server;
 pub mod strongswan_netns;
 pub mod strongswan_stroke;

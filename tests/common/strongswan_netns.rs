@@ -10,13 +10,10 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use super::monitor::{BIN, Monitor, wait_for};
 use super::ovsdb_server::OvsdbServer;
-
-static SEQ: AtomicU32 = AtomicU32::new(0);
 
 fn sh(cmd: &str) -> Output {
     let out = Command::new("sh")
@@ -42,52 +39,6 @@ pub fn require(bins: &[&str]) {
     }
 }
 
-/// Two namespaces `<name>l` (192.0.2.1) and `<name>r` (192.0.2.2).
-pub struct NetnsPair {
-    pub left: String,
-    pub right: String,
-}
-
-impl NetnsPair {
-    pub fn new() -> Self {
-        require(&[
-            "/usr/sbin/ipsec",
-            "/usr/lib/ipsec/charon",
-            "/usr/bin/unshare",
-        ]);
-        let n = SEQ.fetch_add(1, Ordering::SeqCst);
-        let base = format!("ss{}x{n}", std::process::id() % 100_000);
-        let (left, right) = (format!("{base}l"), format!("{base}r"));
-        let pair = Self {
-            left: left.clone(),
-            right: right.clone(),
-        };
-        sh(&format!(
-            "ip netns add {left} && ip netns add {right} && \
-             ip link add {left} type veth peer name {right} && \
-             ip link set {left} netns {left} && ip link set {right} netns {right} && \
-             ip -n {left} addr add 192.0.2.1/24 dev {left} && ip -n {right} addr add 192.0.2.2/24 dev {right} && \
-             ip -n {left} link set lo up && ip -n {right} link set lo up && \
-             ip -n {left} link set {left} up && ip -n {right} link set {right} up"
-        ));
-        pair
-    }
-}
-
-impl Drop for NetnsPair {
-    fn drop(&mut self) {
-        for ns in [&self.left, &self.right] {
-            // starter and charon daemonize: kill every process left in the namespace.
-            let _ = Command::new("sh")
-                .arg("-c")
-                .arg(format!(
-                    "for p in $(ip netns pids {ns}); do kill -9 $p; done; sleep 0.1; ip netns del {ns}"
-                ))
-                .status();
-        }
-    }
-}
-
 /// One side: its OVSDB, and our monitor inside the namespace.
 pub struct Node {
     pub ns: String,
@@ -99,6 +50,11 @@ pub struct Node {
 impl Node {
     /// Starts the monitor (which restarts charon itself) in namespace `ns`.
     pub fn start(ns: &str) -> Self {
+        require(&[
+            "/usr/sbin/ipsec",
+            "/usr/lib/ipsec/charon",
+            "/usr/bin/unshare",
+        ]);
         let db = OvsdbServer::start();
         let dir = db.dir().to_path_buf();
         let root = dir.join("root");

@@ -8,7 +8,6 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use super::monitor::wait_for;
@@ -37,69 +36,6 @@ fn run(cmd: &str, args: &[&str]) -> Output {
         String::from_utf8_lossy(&out.stderr)
     );
     out
-}
-
-/// Two network namespaces, `left` (192.0.2.1) and `right` (192.0.2.2), joined by a veth.
-pub struct NetnsPair {
-    pub left: String,
-    pub right: String,
-}
-
-impl NetnsPair {
-    pub fn new() -> Self {
-        static N: AtomicU32 = AtomicU32::new(0);
-        let id = format!(
-            "{}x{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::SeqCst)
-        );
-        let pair = Self {
-            left: format!("vl{id}"),
-            right: format!("vr{id}"),
-        };
-        run("ip", &["netns", "add", &pair.left]);
-        run("ip", &["netns", "add", &pair.right]);
-        // Interface names are created inside each netns, so they need not be unique.
-        run(
-            "ip",
-            &[
-                "-n",
-                &pair.left,
-                "link",
-                "add",
-                "v0",
-                "type",
-                "veth",
-                "peer",
-                "name",
-                "v1",
-                "netns",
-                &pair.right,
-            ],
-        );
-        for (ns, dev, addr) in [
-            (&pair.left, "v0", "192.0.2.1/24"),
-            (&pair.right, "v1", "192.0.2.2/24"),
-        ] {
-            run("ip", &["-n", ns, "addr", "add", addr, "dev", dev]);
-            run("ip", &["-n", ns, "link", "set", dev, "up"]);
-            run("ip", &["-n", ns, "link", "set", "lo", "up"]);
-        }
-        pair
-    }
-
-    /// `ip xfrm policy` in `ns`.
-    pub fn xfrm_policies(ns: &str) -> String {
-        String::from_utf8_lossy(&run("ip", &["-n", ns, "xfrm", "policy"]).stdout).into_owned()
-    }
-}
-
-impl Drop for NetnsPair {
-    fn drop(&mut self) {
-        for ns in [&self.left, &self.right] {
-            let _ = Command::new("ip").args(["netns", "del", ns]).status();
-        }
-    }
 }
 
 /// A charon in netns `ns`, with its config, log and VICI socket in `dir`.
