@@ -8,6 +8,7 @@ use std::io::{ErrorKind, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
+use sha2::{Digest, Sha256};
 use thiserror::Error;
 
 #[derive(Debug, Error)]
@@ -80,6 +81,17 @@ pub fn remove(path: &Path) -> Result<bool, FileError> {
             source,
         }),
     }
+}
+
+/// SHA-256 of `bytes`: how backends tell that a file, a rendered config or a credential
+/// changed without keeping its text (secrets files hold PSKs).
+pub fn sha256(bytes: &[u8]) -> [u8; 32] {
+    Sha256::digest(bytes).into()
+}
+
+/// SHA-256 of the file at `path`, `None` when it cannot be read.
+pub fn sha256_of(path: &Path) -> Option<[u8; 32]> {
+    fs::read(path).ok().map(|b| sha256(&b))
 }
 
 /// `root` + absolute `path` (`--root-prefix`): `/x` + `/etc/ipsec.conf` = `/x/etc/ipsec.conf`.

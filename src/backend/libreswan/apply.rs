@@ -15,9 +15,10 @@ use tokio::task::JoinSet;
 use tracing::{error, warn};
 
 use super::plan::{Action, Pending, wanted_certs};
-use super::{Libreswan, LibreswanError, file_hash};
+use super::{Libreswan, LibreswanError};
 use crate::backend::ApplyReport;
 use crate::backend::command::{Cmd, CmdOutput, CommandError};
+use crate::backend::files::sha256_of;
 use crate::backend::files::{CONFIG_MODE, SECRET_MODE, write_if_changed};
 use crate::model::{Auth, Desired};
 
@@ -246,7 +247,7 @@ impl Libreswan {
         for (nick, source) in &b.import_certs {
             match self.nss.ensure(nick, source).await {
                 Ok(_) => {
-                    let hash = file_hash(source.cert_path());
+                    let hash = sha256_of(source.cert_path());
                     self.memory
                         .synced
                         .insert(nick.clone(), (source.clone(), hash));

@@ -26,7 +26,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use sha2::{Digest, Sha256};
 use thiserror::Error;
 use tracing::{error, info, warn};
 
@@ -36,7 +35,7 @@ use self::render::Layout;
 use self::status::PlutoStatus;
 use self::version::{Commands, Version};
 use super::command::{Cmd, CommandError};
-use super::files::{FileError, under_root};
+use super::files::{FileError, sha256, sha256_of, under_root};
 use super::templates::{TemplateError, Templates};
 use super::{ApplyReport, Backend, BackendError, BackendKind, LiveStatus, StartOptions};
 use crate::cli::Cli;
@@ -258,14 +257,6 @@ impl Libreswan {
     }
 }
 
-fn sha256(bytes: &[u8]) -> [u8; 32] {
-    Sha256::digest(bytes).into()
-}
-
-fn file_hash(path: &Path) -> Option<[u8; 32]> {
-    std::fs::read(path).ok().map(|b| sha256(&b))
-}
-
 impl Backend for Libreswan {
     type Observed = Observed;
     type Action = Action;
@@ -317,14 +308,14 @@ impl Backend for Libreswan {
         };
         let now = Instant::now();
         Ok(Observed {
-            conf_hash: file_hash(&self.paths.conf),
-            secrets_hash: file_hash(&self.paths.secrets),
+            conf_hash: sha256_of(&self.paths.conf),
+            secrets_hash: sha256_of(&self.paths.secrets),
             nss,
             cert_hashes: self
                 .memory
                 .synced
                 .iter()
-                .map(|(nick, (src, _))| (nick.clone(), file_hash(src.cert_path())))
+                .map(|(nick, (src, _))| (nick.clone(), sha256_of(src.cert_path())))
                 .collect(),
             pending: self
                 .pending

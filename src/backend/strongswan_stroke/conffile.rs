@@ -81,7 +81,7 @@ pub fn secret_lines(text: &str) -> BTreeMap<String, [u8; 32]> {
     text.lines()
         .filter_map(|l| {
             let (sel, _) = l.split_once(" : ")?;
-            Some((sel.to_owned(), super::plan::sha256(l.as_bytes())))
+            Some((sel.to_owned(), crate::backend::files::sha256(l.as_bytes())))
         })
         .collect()
 }

@@ -230,7 +230,7 @@ impl StrongSwanStroke {
                     .map(|m| m.permissions().mode() & 0o7777)
                     .unwrap_or(0);
                 let lines = conffile::secret_lines(&String::from_utf8_lossy(&bytes));
-                (Some((plan::sha256(&bytes), mode)), lines)
+                (Some((crate::backend::files::sha256(&bytes), mode)), lines)
             }
             Err(_) => (None, BTreeMap::new()),
         };

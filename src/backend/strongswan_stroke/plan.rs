@@ -19,10 +19,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::path::PathBuf;
 
-use sha2::{Digest, Sha256};
-
 use super::render::Rendered;
 use super::statusall::Status;
+use crate::backend::files::sha256;
 use crate::model::Desired;
 
 /// What a pass sees before planning.
@@ -108,10 +107,6 @@ pub fn tunnel_candidates(conn: &str) -> Vec<&str> {
     let mut c = vec![base];
     c.extend(["-in", "-out"].iter().filter_map(|s| base.strip_suffix(s)));
     c
-}
-
-pub fn sha256(bytes: &[u8]) -> [u8; 32] {
-    Sha256::digest(bytes).into()
 }
 
 /// True when `conn` is a connection this monitor created.

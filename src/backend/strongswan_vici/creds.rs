@@ -46,10 +46,6 @@ impl CredKey {
 /// A content digest; for PSKs it only ever lives in memory.
 pub type Sha = [u8; 32];
 
-pub fn sha(bytes: &[u8]) -> Sha {
-    Sha256::digest(bytes).into()
-}
-
 /// The digest that tells whether a loaded PSK is current: the key and the peer it is for.
 pub fn psk_digest(psk: &str, owner: &str) -> Sha {
     let mut h = Sha256::new();

@@ -34,7 +34,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
-use self::creds::{CredKey, CredSource, Sha, desired_creds, load_request, sha, unload_request};
+use self::creds::{CredKey, CredSource, Sha, desired_creds, load_request, unload_request};
 use self::observe::{Loaded, Observed, parse_conns, parse_sas};
 use self::plan::{Action, body_digest};
 use super::vici::{Connection, Message, ViciError, check};
@@ -216,7 +216,10 @@ impl Backend for StrongSwanVici {
             .map_err(backend_error)?;
         let mut files = BTreeMap::new();
         for path in self.loaded.creds.keys().filter_map(CredKey::path) {
-            let digest = tokio::fs::read(path).await.ok().map(|b| sha(&b));
+            let digest = tokio::fs::read(path)
+                .await
+                .ok()
+                .map(|b| crate::backend::files::sha256(&b));
             files.insert(path.to_owned(), digest);
         }
         Ok(Observed {
@@ -269,7 +272,7 @@ impl Backend for StrongSwanVici {
                     let Some(secret) = secret else { continue };
                     let digest = match (&key, creds.get(&key)) {
                         (_, Some(CredSource::Psk { digest, .. })) => *digest,
-                        _ => sha(&secret),
+                        _ => crate::backend::files::sha256(&secret),
                     };
                     let (cmd, body) = load_request(&key, &secret, owner.as_deref());
                     requests.push((cmd.to_owned(), body));

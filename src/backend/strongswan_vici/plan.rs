@@ -10,7 +10,7 @@ use std::collections::BTreeSet;
 use std::fmt;
 
 use super::conns::{DesiredConn, SHUNT_PREFIX, desired_conns};
-use super::creds::{CredKey, CredSource, Sha, desired_creds, sha};
+use super::creds::{CredKey, CredSource, Sha, desired_creds};
 use super::observe::{Observed, ObservedConn};
 use crate::backend::vici::Message;
 use crate::model::Desired;
@@ -55,7 +55,7 @@ fn cred_label(k: &CredKey) -> String {
 pub fn body_digest(body: &Message) -> Sha {
     let mut bytes = Vec::new();
     match body.encode(&mut bytes) {
-        Ok(()) => sha(&bytes),
+        Ok(()) => crate::backend::files::sha256(&bytes),
         Err(_) => [0xff; 32],
     }
 }
@@ -291,14 +291,16 @@ mod tests {
             "/pki/left-privkey.pem",
             "/pki/cacert.pem",
         ] {
-            o.files.insert(p.into(), Some(sha(p.as_bytes())));
+            o.files
+                .insert(p.into(), Some(crate::backend::files::sha256(p.as_bytes())));
         }
         let o = converge(&d, o.clone(), &plan(&d, &o));
         assert!(plan(&d, &o).is_empty());
         let mut renewed = o.clone();
-        renewed
-            .files
-            .insert("/pki/cacert.pem".into(), Some(sha(b"new CA")));
+        renewed.files.insert(
+            "/pki/cacert.pem".into(),
+            Some(crate::backend::files::sha256(b"new CA")),
+        );
         assert_eq!(
             names(&plan(&d, &renewed)),
             ["load CA certificate /pki/cacert.pem"]
@@ -313,9 +315,10 @@ mod tests {
     fn psk_change_reloads_the_secret() {
         let d = desired(vec![psk_tunnel("g", TunnelType::Gre, "192.0.2.3", 1)], None);
         let mut o = converge(&d, Observed::default(), &plan(&d, &Observed::default()));
-        o.loaded
-            .creds
-            .insert(CredKey::Shared("g".into()), sha(b"old secret"));
+        o.loaded.creds.insert(
+            CredKey::Shared("g".into()),
+            crate::backend::files::sha256(b"old secret"),
+        );
         assert_eq!(names(&plan(&d, &o)), ["load pre-shared key of tunnel g"]);
     }
 }
