@@ -337,16 +337,7 @@ mod tests {
     use proptest::prelude::*;
 
     fn row(name: &str, kind: &str, opts: &[(&str, &str)]) -> InterfaceRow {
-        InterfaceRow {
-            uuid: format!("uuid-{name}"),
-            name: name.to_owned(),
-            kind: kind.to_owned(),
-            options: opts
-                .iter()
-                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-                .collect(),
-            ..Default::default()
-        }
+        InterfaceRow::for_test(name, kind, opts)
     }
 
     fn ovs(other: &[(&str, &str)]) -> OpenVSwitchRow {

@@ -53,3 +53,20 @@ pub fn open_vswitch(replica: &Replica) -> Option<OpenVSwitchRow> {
             external_ids: row.get("external_ids").as_string_map(),
         })
 }
+
+#[cfg(test)]
+impl InterfaceRow {
+    /// A row for tests: `name`, `type` and `options`; the UUID is derived from the name.
+    pub fn for_test(name: &str, kind: &str, opts: &[(&str, &str)]) -> Self {
+        InterfaceRow {
+            uuid: format!("uuid-{name}"),
+            name: name.to_owned(),
+            kind: kind.to_owned(),
+            options: opts
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+            ..Default::default()
+        }
+    }
+}
