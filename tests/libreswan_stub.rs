@@ -208,3 +208,125 @@ fn child_sa_failure_is_negotiating_then_defunct() {
         stub.loaded().contains(&"gre1-1".to_owned())
     });
 }
+
+/// Several tunnels at once: one `addconn`, one `whack` that initiates every outbound conn
+/// through their shared start alias, and at exit one `whack` that deletes them all.
+#[test]
+fn batch_cold_start_and_exit_take_one_call_each() {
+    let db = OvsdbServer::start();
+    for (name, ip) in [
+        ("vx1", "192.0.2.2"),
+        ("vx2", "192.0.2.3"),
+        ("vx3", "192.0.2.4"),
+    ] {
+        add_tunnel(
+            &db,
+            name,
+            "vxlan",
+            &[&format!("remote_ip={ip}"), "psk=swordfish"],
+        );
+    }
+    add_tunnel(
+        &db,
+        "gre1",
+        "gre",
+        &["remote_ip=192.0.2.5", "psk=gresecret"],
+    );
+    let stub = StubRoot::new(db.dir(), 4);
+    let mon = LswMonitor::start(&db, &stub.root, None, &[]);
+    for t in ["vx1", "vx2", "vx3", "gre1"] {
+        wait_state(&db, t, "up");
+    }
+    mon.wait_log("Connections for all(4) configured tunnels are Up.", T);
+
+    let r = stub.root.display().to_string();
+    let ctl = format!("{r}/run/pluto/pluto.ctl");
+    let conf = format!("{r}/etc/ipsec.conf");
+    let calls = new_calls(&stub, 0);
+    assert_eq!(calls.len(), 4, "{calls:#?}");
+    assert_eq!(
+        calls[2],
+        format!(
+            "ipsec addconn --ctlsocket {ctl} --config {conf} vx1-in-1 vx2-in-1 vx3-in-1 gre1-1 vx1-out-1 vx2-out-1 vx3-out-1"
+        )
+    );
+    let prefix =
+        format!("ipsec whack --ctlsocket {ctl} --asynchronous --name ovs-monitor-ipsec:start:");
+    let alias = calls[3]
+        .strip_prefix(&prefix)
+        .and_then(|rest| rest.strip_suffix(" --initiate"))
+        .unwrap_or_else(|| panic!("not one initiate by alias: {calls:#?}"));
+    // pluto got the alias from the file with the outbound conns, not with the inbound ones.
+    let aliases = stub.aliases();
+    for c in ["gre1-1", "vx1-out-1", "vx2-out-1", "vx3-out-1"] {
+        assert!(
+            aliases.contains(&format!(
+                "{c} ovs-monitor-ipsec:all ovs-monitor-ipsec:start:{alias} {c}"
+            )),
+            "{aliases:#?}"
+        );
+    }
+    assert!(aliases.contains(&"vx1-in-1 ovs-monitor-ipsec:all vx1-in-1".to_owned()));
+    for t in ["vx1", "vx2", "vx3", "gre1"] {
+        assert!(
+            mon.log()
+                .contains(&format!("Starting ipsec connection {t}"))
+        );
+    }
+
+    // Exit with cleanup: every conn goes with one delete by our alias.
+    let n = stub.calls().len();
+    mon.appctl(&["exit"]);
+    let deletes: Vec<String> = new_calls(&stub, n)
+        .into_iter()
+        .filter(|c| c.contains("--delete"))
+        .collect();
+    assert_eq!(
+        deletes,
+        [format!(
+            "ipsec auto --ctlsocket {ctl} --config {conf} --delete ovs-monitor-ipsec:all"
+        )]
+    );
+    assert!(stub.loaded().is_empty(), "{:#?}", stub.loaded());
+}
+
+/// A conn pluto refuses inside a batch is retried by name, which reports it against its
+/// tunnel; the rest of the batch comes up.
+#[test]
+fn a_refused_conn_of_a_batch_is_retried_alone_and_reported() {
+    let db = OvsdbServer::start();
+    for (name, ip) in [("vx1", "192.0.2.2"), ("vx2", "192.0.2.3")] {
+        add_tunnel(
+            &db,
+            name,
+            "vxlan",
+            &[&format!("remote_ip={ip}"), "psk=swordfish"],
+        );
+    }
+    let stub = StubRoot::new(db.dir(), 5);
+    stub.refuse(&["vx2-out-1"]);
+    let mon = LswMonitor::start(&db, &stub.root, None, &[]);
+    wait_state(&db, "vx1", "up");
+    wait_for("vx2 reported", T, || {
+        iface_key(&db, "vx2", "ipsec-error").is_some_and(|e| e.contains("vx2-out-1"))
+    });
+    let calls = new_calls(&stub, 0);
+    let initiates: Vec<&String> = calls.iter().filter(|c| c.contains("--initiate")).collect();
+    assert!(
+        initiates[0].contains("--name ovs-monitor-ipsec:start:"),
+        "{calls:#?}"
+    );
+    assert!(
+        initiates[1].contains("--name vx2-out-1 --initiate"),
+        "{calls:#?}"
+    );
+    assert!(
+        mon.log()
+            .contains("Failed to initiate connection through Interface vx2.")
+    );
+    // The half-loaded conn was deleted, as the Python monitor does.
+    assert!(
+        calls.iter().any(|c| c.ends_with("--delete vx2-out-1")),
+        "{calls:#?}"
+    );
+}

@@ -51,6 +51,8 @@ const RESERVED_KEYS: &[&str] = &[
     "mark_in",
     "mark_out",
     "keyexchange",
+    // The Libreswan backend batches initiations and deletions through it.
+    "connalias",
 ];
 
 /// Directives a pass-through value may be, as a whole; no other value may contain `%`.
@@ -496,6 +498,7 @@ mod tests {
         for key in [
             "ipsec_also",
             "ipsec_include",
+            "ipsec_connalias",
             "ipsec_leftid",
             "ipsec_rightsubnet",
         ] {

@@ -9,10 +9,14 @@ use std::time::Duration;
 use super::monitor::{BIN, appctl_target, wait_for};
 use super::ovsdb_server::OvsdbServer;
 
-/// The stub. State lives beside it: `loaded`, `active` (one conn a line), `calls.log`.
+/// The stub. State lives beside it: `loaded`, `active`, `initiated` (one conn a line),
+/// `aliases` (`conn alias…` a line, from the `connalias=` of each conn when it was loaded),
+/// `calls.log`. Like pluto, a `whack --name X` or `--delete X` acts on conn X or, when no conn
+/// has that name, on every loaded conn with alias X.
 /// `nochild` present: an initiate brings the IKE SA up but no ESP SA (like this kernel).
+/// `refuse` lists conns that pluto cannot initiate ("we cannot identify ourselves").
 const STUB: &str = r#"#!/bin/bash
-S=$(cd "$(dirname "$0")" && pwd)/state; mkdir -p $S; touch $S/loaded $S/active
+S=$(cd "$(dirname "$0")" && pwd)/state; mkdir -p $S; touch $S/loaded $S/active $S/aliases $S/refuse
 # The monitor runs whack calls concurrently; pluto serializes them, so does the stub.
 exec 9>>$S/lock; flock 9
 echo "ipsec $*" >> $S/calls.log
@@ -20,6 +24,11 @@ major=$(cat $S/version)
 p=""; [ "$major" -lt 5 ] && p="000 "
 name_after() { local f=$1 prev=""; shift; for a in "$@"; do [ "$prev" = "$f" ] && { echo "$a"; return; }; prev=$a; done; }
 drop() { grep -vxF "$1" $S/$2 > $S/$2.n; mv $S/$2.n $S/$2; }
+# The conns X names: the conn called X, else the loaded conns with alias X.
+resolve() {
+  if grep -qxF "$1" $S/loaded; then echo "$1"; return; fi
+  awk -v x="$1" 'FILENAME == ARGV[1] { l[$1] = 1; next } ($1 in l) { for (i = 2; i <= NF; i++) if ($i == x) print $1 }' $S/loaded $S/aliases
+}
 case "$1" in
   --version) echo "Libreswan $major.1"; exit 0 ;;
   status)
@@ -36,18 +45,37 @@ case "$1" in
     done < <(sort -u $S/initiated 2>/dev/null | grep -xF -f $S/loaded)
     exit 0 ;;
   addconn)
-    shift; while [ $# -gt 0 ]; do case "$1" in --ctlsocket|--config) shift 2;; *) echo "$1" >> $S/loaded; shift;; esac; done
-    sort -u -o $S/loaded $S/loaded; exit 0 ;;
+    conf=$(name_after --config "$@"); shift; names=()
+    while [ $# -gt 0 ]; do case "$1" in --ctlsocket|--config) shift 2;; *) names+=("$1"); shift;; esac; done
+    # pluto keeps the connalias each conn had in the config when it was added.
+    files=("$conf"); for f in $(awk '$1 == "include" { print $2 }' "$conf"); do files+=("$f"); done
+    printf '%s\n' "${names[@]}" > $S/names
+    awk '/^conn / { c = $2 } /^[ \t]+connalias=/ { v = $0; sub(/^[ \t]+connalias="?/, "", v); sub(/"$/, "", v); print c, v }' "${files[@]}" \
+      | awk 'FILENAME == ARGV[1] { n[$1] = 1; next } ($1 in n)' $S/names - > $S/aliases.new
+    awk 'FILENAME == ARGV[1] { n[$1] = 1; next } !($1 in n)' $S/names $S/aliases >> $S/aliases.new
+    mv $S/aliases.new $S/aliases
+    cat $S/names >> $S/loaded; sort -u -o $S/loaded $S/loaded; exit 0 ;;
   whack)
     c=$(name_after --name "$@")
     case "$*" in
-      *--initiate*) # the peer answers on the same IKE SA and brings up our inbound conn
-                    for x in "$c" "${c/-out-/-in-}"; do echo "$x" >> $S/initiated; [ -e $S/nochild ] || echo "$x" >> $S/active; done
-                    echo "002 \"$c\" #1: initiating IKEv2 connection" ;;
+      *--initiate*) conns=$(resolve "$c")
+                    [ -n "$conns" ] || { echo "021 no connection named \"$c\""; exit 0; }
+                    grep -qxF "$c" $S/loaded || echo "000 initiating all conns with alias='$c'"
+                    for x in $conns; do
+                      if grep -qxF "$x" $S/refuse; then
+                        echo "022 \"$x\": we cannot identify ourselves with either end of this connection."
+                        # pluto adds this for a conn named directly, not for an alias's
+                        [ "$x" = "$c" ] && echo "036 \"$x\": failed to initiate connection"
+                        continue
+                      fi
+                      # the peer answers on the same IKE SA and brings up our inbound conn
+                      for y in "$x" "${x/-out-/-in-}"; do echo "$y" >> $S/initiated; [ -e $S/nochild ] || echo "$y" >> $S/active; done
+                      echo "002 \"$x\" #1: initiating IKEv2 connection"
+                    done ;;
     esac; exit 0 ;;
 esac
 case "$*" in
-  *--delete*) c="${@: -1}"; drop "$c" loaded; drop "$c" active; [ -e $S/initiated ] && drop "$c" initiated ;;
+  *--delete*) for c in $(resolve "${@: -1}"); do drop "$c" loaded; drop "$c" active; [ -e $S/initiated ] && drop "$c" initiated; done ;;
 esac
 exit 0
 "#;
@@ -109,6 +137,21 @@ impl StubRoot {
     /// From now on initiations establish the IKE SA only.
     pub fn no_child_sa(&self) {
         std::fs::write(self.state("nochild"), "").expect("write nochild");
+    }
+
+    /// From now on pluto cannot initiate `conns` (as for an address that is not ours).
+    pub fn refuse(&self, conns: &[&str]) {
+        let text: String = conns.iter().map(|c| format!("{c}\n")).collect();
+        std::fs::write(self.state("refuse"), text).expect("write refuse");
+    }
+
+    /// Each loaded conn with its aliases, as pluto got them from the config.
+    pub fn aliases(&self) -> Vec<String> {
+        std::fs::read_to_string(self.state("aliases"))
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_owned)
+            .collect()
     }
 }
 

@@ -1,20 +1,23 @@
 //! Carrying out a plan, batched: the Python monitor runs one `ipsec` subprocess per
 //! connection (2,000 for 1,000 tunnels); here all new conns are loaded by one `addconn` per
-//! [`ADDCONN_BATCH`] names, and the `whack` calls that must stay per connection (initiate,
-//! delete) run through a pool of concurrent children.
+//! [`ADDCONN_BATCH`] names, and all new outbound conns of a pass are initiated by one `whack`
+//! through their shared start alias (see `render`). Only what is per connection by nature
+//! (bringing up a conn that is already loaded, deleting one, a retry after a batch failed)
+//! runs one `whack` per conn, through a pool of concurrent children.
 //!
-//! Order matters: files first (addconn reads the config, pluto the secrets), then
-//! certificates (a conn referring to a missing nickname fails to load), then deletions, then
-//! loads, then initiations. A failure is reported against its tunnel (→ `ipsec-state=error`)
-//! and the half-loaded conn is deleted, as the Python monitor does.
+//! Order matters: certificates first (a conn referring to a missing nickname fails to load),
+//! then files (addconn reads the config, pluto the secrets), then deletions, then loads, then
+//! initiations. A failure is reported against its tunnel (→ `ipsec-state=error`) and the
+//! half-loaded conn is deleted, as the Python monitor does.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::time::Instant;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::task::JoinSet;
 use tracing::{error, warn};
 
 use super::plan::{Action, Pending, wanted_certs};
+use super::render::START_PREFIX;
 use super::{Libreswan, LibreswanError};
 use crate::backend::ApplyReport;
 use crate::backend::command::{Cmd, CmdOutput, CommandError};
@@ -28,6 +31,10 @@ pub const ADDCONN_BATCH: usize = 200;
 
 /// What `whack --initiate` prints when it gives up at once.
 const INITIATE_FAILED: &str = "ailed to initiate connection";
+
+/// Words of the lines in which pluto refuses to initiate one conn of an alias ("we cannot
+/// identify ourselves…", "cannot initiate…", "failed to initiate…"; v3 to v5).
+const REFUSALS: &[&str] = &["cannot", "ailed"];
 
 /// The actions of one pass, grouped by kind in execution order.
 #[derive(Default)]
@@ -134,8 +141,17 @@ async fn pool(
     }
 }
 
+/// The conns that a `whack` on an alias names in a refusal line (`NNN "conn"…: cannot…`).
+fn refused(stdout: &str) -> BTreeSet<&str> {
+    stdout
+        .lines()
+        .filter(|l| REFUSALS.iter().any(|w| l.contains(w)))
+        .filter_map(|l| l.split('"').nth(1))
+        .collect()
+}
+
 /// A completed command counts as failed on a non-zero exit or unfiltered stderr.
-fn failure(r: &Result<CmdOutput, CommandError>) -> Option<String> {
+pub(super) fn failure(r: &Result<CmdOutput, CommandError>) -> Option<String> {
     match r {
         Ok(o) if o.code == 0 && o.stderr.trim().is_empty() => None,
         Ok(o) => Some(format!(
@@ -148,8 +164,8 @@ fn failure(r: &Result<CmdOutput, CommandError>) -> Option<String> {
 }
 
 impl Libreswan {
-    /// Writes both files; rereads secrets when they changed.
-    pub(super) async fn write_files(&self, desired: &Desired) -> Result<(), LibreswanError> {
+    /// Writes both files; rereads secrets when they changed. Returns the config text.
+    pub(super) async fn write_files(&self, desired: &Desired) -> Result<String, LibreswanError> {
         let (conf, secrets) = self.render(desired)?;
         write_if_changed(&self.paths.conf, conf.as_bytes(), CONFIG_MODE)?;
         if write_if_changed(&self.paths.secrets, secrets.as_bytes(), SECRET_MODE)? {
@@ -160,7 +176,30 @@ impl Libreswan {
                 .run_checked()
                 .await;
         }
-        Ok(())
+        Ok(conf)
+    }
+
+    /// Gives `starts` a fresh start alias when there is more than one (a single conn is
+    /// initiated by name) and forgets the aliases of conns no longer desired.
+    fn assign_start_alias(&mut self, starts: &[String], owners: &Owners) -> Option<String> {
+        self.memory
+            .starts
+            .retain(|c, _| owners.conn.contains_key(c));
+        if starts.len() < 2 {
+            return None;
+        }
+        // Never reused, not even by a later run: conns of an old batch may still be loaded,
+        // and initiating them again would negotiate a second Child SA.
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default();
+        self.last_token = now.max(self.last_token + 1);
+        let alias = format!("{START_PREFIX}{:x}", self.last_token);
+        for c in starts {
+            self.memory.starts.insert(c.clone(), alias.clone());
+        }
+        Some(alias)
     }
 
     pub(super) async fn run_actions(
@@ -174,11 +213,19 @@ impl Libreswan {
             applied,
             ..ApplyReport::default()
         };
-        if b.write_files {
-            self.write_files(desired).await?;
-        }
         let blocked = self.sync_certs(&b, &owners, &mut report).await;
         self.nss_wanted = !wanted_certs(desired).is_empty() || !self.memory.synced.is_empty();
+        let skip = |c: &String| blocked.contains(&owners.tunnel(c));
+        let starts: Vec<String> = b.starts.iter().filter(|c| !skip(c)).cloned().collect();
+        let alias = self.assign_start_alias(&starts, &owners);
+        // A new start alias is a change of the file even when the plan saw none.
+        let alias = if b.write_files || alias.is_some() {
+            let conf = self.write_files(desired).await?;
+            // An admin's template override without `connalias`: initiate one by one.
+            alias.filter(|a| conf.contains(a.as_str()))
+        } else {
+            None
+        };
 
         self.delete_conns(&b.deletes).await;
         for c in &b.deletes {
@@ -191,12 +238,11 @@ impl Libreswan {
             self.load_shunts(&b.load_shunts, desired).await;
         }
 
-        let skip = |c: &String| blocked.contains(&owners.tunnel(c));
         let loads: Vec<String> = b
             .adds
             .iter()
-            .chain(&b.starts)
             .filter(|c| !skip(c))
+            .chain(&starts)
             .cloned()
             .collect();
         let failed = self.load_conns(&loads, &owners, &mut report).await;
@@ -206,14 +252,15 @@ impl Libreswan {
             .filter(|c| !skip(c) && !failed.contains(*c))
             .cloned()
             .collect();
-        let initiate: Vec<String> = b
-            .starts
-            .iter()
-            .filter(|c| !skip(c) && !failed.contains(*c))
-            .chain(&b.bring_ups)
-            .cloned()
-            .collect();
-        let started = self.initiate(&initiate, &owners, &mut report).await;
+        let starts: Vec<String> = starts.into_iter().filter(|c| !failed.contains(c)).collect();
+        let mut started = match &alias {
+            Some(alias) => {
+                self.initiate_alias(alias, &starts, &owners, &mut report)
+                    .await
+            }
+            None => self.initiate(&starts, &owners, &mut report).await,
+        };
+        started.extend(self.initiate(&b.bring_ups, &owners, &mut report).await);
         // A pending connection's grace (plan::GRACE) starts when this apply's commands have
         // all returned: pluto serializes whack calls, so with many tunnels the last initiate
         // returns long after the first, and a grace counted from before would expire on
@@ -348,7 +395,37 @@ impl Libreswan {
         failed
     }
 
-    /// Initiates `conns`; returns those that pluto accepted.
+    /// Initiates `conns`, all written with start alias `alias`, with one `whack`; the conns
+    /// pluto refused, or all of them when that call failed, are initiated one by one, which
+    /// reports and deletes those that fail again. Returns the conns that pluto accepted.
+    async fn initiate_alias(
+        &mut self,
+        alias: &str,
+        conns: &[String],
+        owners: &Owners,
+        report: &mut ApplyReport,
+    ) -> Vec<String> {
+        let what = format!("start {} ipsec connections", conns.len());
+        let r = self.ipsec(what, self.cmds.initiate(alias)).run().await;
+        let refused = match (failure(&r), &r) {
+            (None, Ok(o)) => refused(&o.stdout),
+            (f, _) => {
+                let f = f.unwrap_or_default();
+                warn!(
+                    "Failed to start ipsec connections by alias {alias}: {f}; starting them one by one"
+                );
+                conns.iter().map(String::as_str).collect()
+            }
+        };
+        let (retry, mut started): (Vec<String>, Vec<String>) = conns
+            .iter()
+            .cloned()
+            .partition(|c| refused.contains(c.as_str()));
+        started.extend(self.initiate(&retry, owners, report).await);
+        started
+    }
+
+    /// Initiates `conns` one by one; returns those that pluto accepted.
     async fn initiate(
         &mut self,
         conns: &[String],
@@ -389,5 +466,30 @@ impl Libreswan {
         }
         self.delete_conns(&failed).await;
         started
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::refused;
+
+    #[test]
+    fn refusals_name_their_conn_in_v4_and_v5_output() {
+        // pluto 4.10 in a netns here: one conn initiated, two could not be oriented.
+        let v4 = "000 initiating all conns with alias='ovs-monitor-ipsec:start:1f'\n\
+                  181 \"e-out-1\" #2: initiating IKEv2 connection\n\
+                  022 \"d-out-1\": we cannot identify ourselves with either end of this connection.  198.51.100.7 or 198.51.100.9 are not usable\n\
+                  022 \"c-out-1\": we cannot identify ourselves with either end of this connection.  0.0.0.0 or 192.0.2.9 are not usable\n";
+        assert_eq!(
+            refused(v4).into_iter().collect::<Vec<_>>(),
+            ["c-out-1", "d-out-1"]
+        );
+        // v5 (libreswan's connalias-02 test output, and initiate.c's messages).
+        let v5 = "initiating all connections with alias \"ovs-monitor-ipsec:start:1f\"\n\
+                  \"west-cuckold\" #1: initiating IKEv2 connection to 192.1.2.23 using UDP\n\
+                  \"west-cuckoo\": queue Child SA; waiting on IKE SA \"west-cuckold\" #1 negotiating with 192.1.2.23\n\
+                  \"west-x\": cannot initiate connection without knowing peer IP address (kind=CK_PERMANENT)\n\
+                  initiating 3 connections\n";
+        assert_eq!(refused(v5).into_iter().collect::<Vec<_>>(), ["west-x"]);
     }
 }

@@ -124,6 +124,8 @@ pub struct Libreswan {
     nss_wanted: bool,
     /// The tunnel count for which "Connections for all(N) … are Up." was logged.
     announced: Mutex<Option<usize>>,
+    /// The last start alias handed out, as a number (see `apply`).
+    last_token: u128,
     /// Maximum concurrent `whack` calls.
     pub concurrency: usize,
 }
@@ -159,6 +161,7 @@ impl Libreswan {
             pending: HashMap::new(),
             nss_wanted: false,
             announced: Mutex::new(None),
+            last_token: 0,
             concurrency: 16,
         })
     }
@@ -200,16 +203,13 @@ impl Libreswan {
         }
     }
 
-    /// The conns named in the config file a previous run left (ours to delete).
-    fn conns_in_our_file(&self) -> Vec<String> {
-        std::fs::read_to_string(&self.paths.conf)
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| l.strip_prefix("conn "))
-            .map(str::trim)
-            .filter(|c| *c != "%default" && !c.starts_with(render::SHUNT_PREFIX))
-            .map(str::to_owned)
-            .collect()
+    /// Takes over the config file a previous run left: its conns are ours to delete, and
+    /// their start aliases are kept so that an unchanged state renders the same file.
+    fn adopt_our_file(&mut self) {
+        let text = std::fs::read_to_string(&self.paths.conf).unwrap_or_default();
+        let (conns, starts) = render::parse_own_file(&text);
+        self.memory.owned.extend(conns);
+        self.memory.starts = starts;
     }
 
     /// Startup restart: our NSS nicknames out, empty files, `ipsec restart`.
@@ -235,7 +235,7 @@ impl Libreswan {
 
     fn render(&self, desired: &Desired) -> Result<(String, String), TemplateError> {
         Ok((
-            render::ipsec_conf(&self.templates, &self.layout, desired)?,
+            render::ipsec_conf(&self.templates, &self.layout, desired, &self.memory.starts)?,
             render::ipsec_secrets(&self.templates, desired)?,
         ))
     }
@@ -269,7 +269,7 @@ impl Backend for Libreswan {
         let version = self.probe_version().await;
         info!("Libreswan version {} detected", version.text);
         self.set_version(version);
-        self.memory.owned.extend(self.conns_in_our_file());
+        self.adopt_our_file();
         if opts.restart_ike_daemon {
             self.restart().await?;
         }
@@ -351,10 +351,28 @@ impl Backend for Libreswan {
     async fn cleanup(&mut self) -> Result<(), BackendError> {
         let empty = Desired::default();
         self.nss_wanted = true;
-        let observed = self.observe().await?;
-        let actions = self.plan(&empty, &observed);
+        let mut observed = self.observe().await?;
+        let mut actions = self.plan(&empty, &observed);
         for a in &actions {
             info!("{a}");
+        }
+        let deletes = actions
+            .iter()
+            .filter(|a| matches!(a, Action::Delete { .. } | Action::DeleteShunt { .. }))
+            .count();
+        if deletes > 1 {
+            // One `whack` removes every conn we loaded (all carry our alias); the plan then
+            // finds what it missed, e.g. conns a previous monitor loaded without the alias.
+            let cmd = self.cmds.delete(render::ALIAS_ALL);
+            let r = self.ipsec("delete our ipsec connections", cmd).run().await;
+            if let Some(f) = apply::failure(&r) {
+                warn!(
+                    "Failed to delete the ipsec connections with alias {}: {f}",
+                    render::ALIAS_ALL
+                );
+            }
+            observed = self.observe().await?;
+            actions = self.plan(&empty, &observed);
         }
         let report = self.run_actions(&empty, actions).await?;
         match report.errors.values().next() {

@@ -62,6 +62,8 @@ pub struct Memory {
     pub synced: BTreeMap<String, (CertSource, Option<[u8; 32]>)>,
     /// The mark of the loaded shunts.
     pub shunt_mark: Option<SkbMark>,
+    /// The start alias each conn was written with (see `render`), by conn.
+    pub starts: BTreeMap<String, String>,
 }
 
 /// Why a connection is deleted.

@@ -9,6 +9,8 @@
 //! `ike=`, `esp=` and `ikev2=` out. The PSK is written as `0x` hex so that no character of it
 //! can end its field.
 
+use std::collections::BTreeMap;
+
 use serde::Serialize;
 
 use super::version::Version;
@@ -40,6 +42,42 @@ pub const SHUNTS: &[(&str, &str)] = &[
 
 /// Prefix of the shunt connection names.
 pub const SHUNT_PREFIX: &str = "prevent_unencrypted_";
+
+/// The alias of every conn this monitor writes (see the module doc).
+pub const ALIAS_ALL: &str = "ovs-monitor-ipsec:all";
+
+/// Prefix of the per-batch start alias.
+pub const START_PREFIX: &str = "ovs-monitor-ipsec:start:";
+
+/// The `connalias` value of conn `name`, with its batch's start alias if it has one.
+fn connalias(name: &str, start: Option<&str>) -> String {
+    match start {
+        Some(token) => format!("{ALIAS_ALL} {token} {name}"),
+        None => format!("{ALIAS_ALL} {name}"),
+    }
+}
+
+/// The conns named in a file we wrote, with the start alias of those that have one: a
+/// restarted monitor keeps them, so an unchanged desired state renders the same file.
+pub fn parse_own_file(text: &str) -> (Vec<String>, BTreeMap<String, String>) {
+    let (mut conns, mut starts) = (Vec::new(), BTreeMap::new());
+    let mut current: Option<&str> = None;
+    for line in text.lines() {
+        if let Some(name) = line.strip_prefix("conn ") {
+            let name = name.trim();
+            current = (name != "%default" && !name.starts_with(SHUNT_PREFIX)).then_some(name);
+            conns.extend(current.map(str::to_owned));
+        } else if let (Some(conn), Some(alias)) = (current, line.trim().strip_prefix("connalias="))
+            && let Some(token) = alias
+                .trim_matches('"')
+                .split_whitespace()
+                .find(|w| w.starts_with(START_PREFIX))
+        {
+            starts.insert(conn.to_owned(), token.to_owned());
+        }
+    }
+    (conns, starts)
+}
 
 /// Layout options from the command line and the daemon's version.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -92,11 +130,13 @@ struct ConfCtx<'a> {
 struct ShuntCtx {
     name: &'static str,
     proto: &'static str,
+    alias: String,
 }
 
 #[derive(Serialize)]
 struct ConnCtx<'a> {
     name: String,
+    alias: String,
     ipv6: bool,
     left: String,
     right: String,
@@ -145,12 +185,13 @@ pub fn conn_selectors(t: &DesiredTunnel) -> Vec<(String, String, String)> {
     }
 }
 
-fn conn_ctxs(t: &DesiredTunnel) -> Vec<ConnCtx<'_>> {
+fn conn_ctxs<'a>(t: &'a DesiredTunnel, starts: &BTreeMap<String, String>) -> Vec<ConnCtx<'a>> {
     let c = &t.conf;
     let local_name = c.pki.as_ref().map(|p| p.local_name.as_str()).unwrap_or("");
     conn_selectors(t)
         .into_iter()
         .map(|(name, l, r)| ConnCtx {
+            alias: connalias(&name, starts.get(&name).map(String::as_str)),
             name,
             ipv6: c.family == Family::V6,
             left: c
@@ -172,11 +213,12 @@ fn conn_ctxs(t: &DesiredTunnel) -> Vec<ConnCtx<'_>> {
         .collect()
 }
 
-/// The text of `--ipsec-conf` for `desired`.
+/// The text of `--ipsec-conf` for `desired`; `starts` maps conns to their start alias.
 pub fn ipsec_conf(
     templates: &Templates,
     layout: &Layout,
     desired: &Desired,
+    starts: &BTreeMap<String, String>,
 ) -> Result<String, TemplateError> {
     let mark = desired.global.skb_mark;
     let ctx = ConfCtx {
@@ -186,13 +228,21 @@ pub fn ipsec_conf(
         shunts: if mark.is_some() {
             SHUNTS
                 .iter()
-                .map(|(name, proto)| ShuntCtx { name, proto })
+                .map(|(name, proto)| ShuntCtx {
+                    name,
+                    proto,
+                    alias: connalias(&format!("{SHUNT_PREFIX}{name}"), None),
+                })
                 .collect()
         } else {
             Vec::new()
         },
         mark: mark.map(|m| m.to_string()).unwrap_or_default(),
-        conns: desired.tunnels.values().flat_map(conn_ctxs).collect(),
+        conns: desired
+            .tunnels
+            .values()
+            .flat_map(|t| conn_ctxs(t, starts))
+            .collect(),
     };
     templates.render(CONF_TEMPLATE, &ctx)
 }
