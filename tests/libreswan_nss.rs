@@ -1,10 +1,12 @@
 //! The NSS database with the real certutil, pk12util and openssl: import, unchanged
 //! re-check, content change, deletion, and no PKCS#12 file left behind.
 
-use std::path::Path;
+mod common;
+
 use std::process::Command;
 use std::time::Duration;
 
+use common::libreswan::self_signed;
 use ovs_monitor_ipsec::backend::libreswan::nss::{CertSource, Nss};
 
 fn run(args: &[&str]) {
@@ -17,26 +19,6 @@ fn run(args: &[&str]) {
         "{args:?}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-}
-
-fn self_signed(dir: &Path, cn: &str) {
-    let p = |s: &str| dir.join(format!("{cn}-{s}.pem")).display().to_string();
-    run(&[
-        "openssl",
-        "req",
-        "-x509",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-days",
-        "2",
-        "-subj",
-        &format!("/CN={cn}"),
-        "-keyout",
-        &p("privkey"),
-        "-out",
-        &p("cert"),
-    ]);
 }
 
 fn p12_leftovers() -> usize {

@@ -1,88 +1,270 @@
-//! Our monitor against real pluto (Libreswan 4.10 unpacked in /opt/lsw), one per network
-//! namespace, each with its own ovsdb-server. This kernel has XFRM but no ESP: the IKE SA
-//! must establish, the Child SA fails, and the monitor must say so (negotiating, with the
-//! reason) without crashing.
+//! Our monitor against real pluto, Libreswan 4.10 and 5 (unpacked in /opt/lsw and /opt/lsw5
+//! by tests/deps/libreswan.sh), one per network namespace, each with its own ovsdb-server, in
+//! the three authentication modes. This kernel
+//! has XFRM but no ESP: the IKE SA must establish, the Child SA fails, and the monitor must
+//! say so (negotiating, with the reason) without crashing. In the certificate modes the NSS
+//! database pluto reads is filled by our monitor alone.
 
 mod common;
 
+use std::path::Path;
 use std::time::Duration;
 
-use common::libreswan::{LswMonitor, Pluto};
+use common::libreswan::{LswMonitor, Pluto, REAL_IPSEC, REAL_IPSEC_V5, self_signed};
 use common::monitor::{iface_key, wait_for};
 use common::netns::NetnsPair;
 use common::ovsdb_server::OvsdbServer;
 
-#[test]
-fn psk_vxlan_between_two_plutos_establishes_ike() {
-    let net = NetnsPair::new("lsw");
-    let dbs = [OvsdbServer::start(), OvsdbServer::start()];
-    let sides = [(&net.left, "192.0.2.2"), (&net.right, "192.0.2.1")];
-    let plutos: Vec<Pluto> = dbs
-        .iter()
-        .zip(sides)
-        .map(|(db, (ns, _))| Pluto::start(db.dir(), ns))
-        .collect();
-    let monitors: Vec<LswMonitor> = dbs
-        .iter()
-        .zip(&plutos)
-        .map(|(db, p)| LswMonitor::start(db, &p.root, Some(&p.netns), Pluto::MONITOR_ARGS))
-        .collect();
-    for (db, (_, remote)) in dbs.iter().zip(sides) {
-        db.vsctl(&[
-            "add-br",
-            "br-ipsec",
-            "--",
-            "add-port",
-            "br-ipsec",
-            "tun",
-            "--",
-            "set",
-            "interface",
-            "tun",
-            "type=vxlan",
-            &format!("options:remote_ip={remote}"),
-            "options:psk=swordfish",
-        ]);
+const T: Duration = Duration::from_secs(30);
+
+/// Each side's name (its certificate's CN) and the address of its peer.
+const SIDES: [(&str, &str); 2] = [("left", "192.0.2.2"), ("right", "192.0.2.1")];
+
+/// Two sides, each with pluto, ovsdb-server and our monitor. Fields drop in order: monitors,
+/// then plutos, then the namespaces.
+struct Pair {
+    monitors: Vec<LswMonitor>,
+    plutos: Vec<Pluto>,
+    dbs: Vec<OvsdbServer>,
+    _net: NetnsPair,
+}
+
+impl Pair {
+    fn start(prefix: &str, ipsec: &'static str) -> Self {
+        let net = NetnsPair::new(prefix);
+        let dbs = vec![OvsdbServer::start(), OvsdbServer::start()];
+        let plutos: Vec<Pluto> = dbs
+            .iter()
+            .zip([&net.left, &net.right])
+            .map(|(db, ns)| Pluto::start(db.dir(), ns, ipsec))
+            .collect();
+        let monitors = dbs
+            .iter()
+            .zip(&plutos)
+            .map(|(db, p)| LswMonitor::start(db, &p.root, Some(&p.netns), Pluto::MONITOR_ARGS))
+            .collect();
+        Self {
+            monitors,
+            plutos,
+            dbs,
+            _net: net,
+        }
     }
-    for p in &plutos {
-        wait_for(
-            "2 conns loaded and an IKE SA",
-            Duration::from_secs(30),
-            || {
+
+    /// Runs `ovs-vsctl` on each side with the arguments `args(side, peer address)`.
+    fn vsctl(&self, args: impl Fn(&str, &str) -> Vec<String>) {
+        for (db, (side, peer)) in self.dbs.iter().zip(SIDES) {
+            let args = args(side, peer);
+            let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+            db.vsctl(&refs);
+        }
+    }
+
+    /// Waits until each pluto has `loaded` conns and an established IKE SA.
+    fn wait_ike(&self, loaded: usize) {
+        for p in &self.plutos {
+            wait_for(&format!("{loaded} conns loaded and an IKE SA"), T, || {
                 let st = p.status();
-                st.contains("Total IPsec connections: loaded 2,")
+                st.contains(&format!("Total IPsec connections: loaded {loaded},"))
                     && st.contains("ESTABLISHED_IKE_SA")
-            },
-        );
+            });
+        }
     }
-    for (db, m) in dbs.iter().zip(&monitors) {
-        // Status follows passes; `refresh` runs one now instead of in up to 15 s.
-        wait_for(
-            "negotiating: IKE SA up, no IPsec SA",
-            Duration::from_secs(20),
-            || {
+
+    /// Waits until each monitor reports `iface` as negotiating because no IPsec SA followed
+    /// the IKE SA (this kernel has no ESP).
+    fn wait_negotiating(&self, iface: &str) {
+        for (db, m) in self.dbs.iter().zip(&self.monitors) {
+            // Status follows passes; `refresh` runs one now instead of in up to 15 s.
+            wait_for(&format!("{iface}: negotiating, IKE SA up"), T, || {
                 m.appctl(&["refresh"]);
-                iface_key(db, "tun", "ipsec-state").as_deref() == Some("negotiating")
-                    && iface_key(db, "tun", "ipsec-error")
+                iface_key(db, iface, "ipsec-state").as_deref() == Some("negotiating")
+                    && iface_key(db, iface, "ipsec-error")
                         .is_some_and(|e| e.contains("IKE SA established but no IPsec SA"))
-            },
-        );
+            });
+        }
+    }
+
+    /// Waits until pluto has logged `line` on each side.
+    fn wait_pluto_log(&self, line: &str) {
+        for p in &self.plutos {
+            wait_for(&format!("pluto to log {line:?}"), T, || {
+                p.log().contains(line)
+            });
+        }
+    }
+}
+
+/// `add-port br-ipsec <name>` of `kind` with `opts` (without the `options:` prefix).
+fn add_port(name: &str, kind: &str, opts: &[String]) -> Vec<String> {
+    let mut v: Vec<String> = [
+        "--may-exist",
+        "add-br",
+        "br-ipsec",
+        "--",
+        "add-port",
+        "br-ipsec",
+        name,
+        "--",
+        "set",
+        "interface",
+        name,
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    v.push(format!("type={kind}"));
+    v.extend(opts.iter().map(|o| format!("options:{o}")));
+    v
+}
+
+/// `set Open_vSwitch . other_config:…` for this side's certificate, key and optional CA.
+fn set_pki(dir: &Path, side: &str, cert: &str, key: &str, ca: Option<&str>) -> Vec<String> {
+    let p = |f: &str| dir.join(f).display().to_string();
+    let mut v = vec![
+        "set".to_owned(),
+        "Open_vSwitch".to_owned(),
+        ".".to_owned(),
+        format!("other_config:certificate={}", p(&format!("{side}-{cert}"))),
+        format!("other_config:private_key={}", p(&format!("{side}-{key}"))),
+    ];
+    v.extend(ca.map(|ca| format!("other_config:ca_cert={}", p(ca))));
+    v
+}
+
+#[test]
+fn v4_psk_tunnels_establish_ike_after_one_batched_initiate() {
+    psk_tunnels(Pair::start("lsw4p", REAL_IPSEC));
+}
+
+#[test]
+fn v5_psk_tunnels_establish_ike_after_one_batched_initiate() {
+    psk_tunnels(Pair::start("lsw5p", REAL_IPSEC_V5));
+}
+
+#[test]
+fn v4_self_signed_certificates_establish_ike_from_an_nss_database_we_filled() {
+    self_signed_certificates(REAL_IPSEC, "lsw4s");
+}
+
+#[test]
+fn v5_self_signed_certificates_establish_ike_from_an_nss_database_we_filled() {
+    self_signed_certificates(REAL_IPSEC_V5, "lsw5s");
+}
+
+#[test]
+fn v4_ca_signed_certificates_establish_ike_from_an_nss_database_we_filled() {
+    ca_signed_certificates(REAL_IPSEC, "lsw4c");
+}
+
+#[test]
+fn v5_ca_signed_certificates_establish_ike_from_an_nss_database_we_filled() {
+    ca_signed_certificates(REAL_IPSEC_V5, "lsw5c");
+}
+
+fn psk_tunnels(pair: Pair) {
+    // Both tunnels in one transaction: the first pass starts both outbound conns at once.
+    pair.vsctl(|_, peer| {
+        let opts = [format!("remote_ip={peer}"), "psk=swordfish".to_owned()];
+        let mut v = add_port("tun", "vxlan", &opts);
+        v.push("--".into());
+        v.extend(add_port("gnv", "geneve", &opts));
+        v
+    });
+    pair.wait_ike(4);
+    // Both tunnels share the one IKE SA pluto negotiates with the peer.
+    pair.wait_negotiating("tun");
+    pair.wait_negotiating("gnv");
+    for (p, m) in pair.plutos.iter().zip(&pair.monitors) {
         let show = m.appctl(&["tunnels/show"]);
-        assert!(show.contains("tun-out-1"), "{show}");
-        assert!(m.log().contains("Starting ipsec connection tun-out-1"));
+        assert!(
+            show.contains("tun-out-1") && show.contains("gnv-out-1"),
+            "{show}"
+        );
+        // One whack initiated both outbound conns, through their start alias.
+        let calls = p.calls();
+        let first = calls.iter().find(|c| c.contains("--initiate"));
+        assert!(
+            first.is_some_and(|c| c.contains("--name ovs-monitor-ipsec:start:")),
+            "{calls:#?}"
+        );
+        for conn in ["tun-out-1", "gnv-out-1"] {
+            wait_for(&format!("pluto to initiate {conn}"), T, || {
+                p.log().lines().any(|l| {
+                    l.contains(&format!("\"{conn}\""))
+                        && (l.contains("initiating") || l.contains("queue Child SA"))
+                })
+            });
+            assert!(
+                m.log()
+                    .contains(&format!("Starting ipsec connection {conn}"))
+            );
+        }
     }
     // The PSK reached pluto hex-encoded and was accepted: the IKE SA authenticated with it.
-    let secrets = std::fs::read_to_string(plutos[0].root.join("etc/ipsec.secrets")).unwrap();
+    let secrets = std::fs::read_to_string(pair.plutos[0].root.join("etc/ipsec.secrets")).unwrap();
     assert!(secrets.contains("PSK 0x"), "{secrets}");
-    // pluto writes its log lazily.
-    let log = dbs[0].dir().join("pluto.log");
-    wait_for(
-        "pluto to log the PSK authentication",
-        Duration::from_secs(10),
-        || {
-            std::fs::read_to_string(&log)
-                .unwrap_or_default()
-                .contains("established IKE SA; authenticated peer using authby=secret")
-        },
-    );
+    pair.wait_pluto_log("authenticated peer using authby=secret");
+}
+
+fn self_signed_certificates(ipsec: &'static str, prefix: &str) {
+    let pki = tempfile::tempdir().unwrap();
+    for (side, _) in SIDES {
+        self_signed(pki.path(), side);
+    }
+    let pair = Pair::start(prefix, ipsec);
+    pair.vsctl(|side, peer| {
+        let other = if side == "left" { "right" } else { "left" };
+        let mut v = set_pki(pki.path(), side, "cert.pem", "privkey.pem", None);
+        v.push("--".into());
+        let remote_cert = pki.path().join(format!("{other}-cert.pem"));
+        v.extend(add_port(
+            "tun",
+            "geneve",
+            &[
+                format!("remote_ip={peer}"),
+                format!("remote_cert={}", remote_cert.display()),
+            ],
+        ));
+        v
+    });
+    pair.wait_ike(2);
+    pair.wait_negotiating("tun");
+    for (p, (side, _)) in pair.plutos.iter().zip(SIDES) {
+        let other = if side == "left" { "right" } else { "left" };
+        let nicks = p.nss_nicknames();
+        assert!(
+            nicks.contains(&format!("ovs_certkey_{side}"))
+                && nicks.contains(&format!("ovs_cert_{other}")),
+            "{nicks}"
+        );
+    }
+    pair.wait_pluto_log("established IKE SA; authenticated peer");
+}
+
+fn ca_signed_certificates(ipsec: &'static str, prefix: &str) {
+    let pki = tempfile::tempdir().unwrap();
+    common::strongswan_netns::make_pki(pki.path());
+    let pair = Pair::start(prefix, ipsec);
+    pair.vsctl(|side, peer| {
+        let other = if side == "left" { "right" } else { "left" };
+        let mut v = set_pki(pki.path(), side, "cert.pem", "key.pem", Some("ca-cert.pem"));
+        v.push("--".into());
+        v.extend(add_port(
+            "tun",
+            "vxlan",
+            &[format!("remote_ip={peer}"), format!("remote_name={other}")],
+        ));
+        v
+    });
+    pair.wait_ike(2);
+    pair.wait_negotiating("tun");
+    for (p, (side, _)) in pair.plutos.iter().zip(SIDES) {
+        let nicks = p.nss_nicknames();
+        assert!(
+            nicks.contains(&format!("ovs_certkey_{side}")) && nicks.contains("ovs_cert_cacert"),
+            "{nicks}"
+        );
+    }
+    pair.wait_pluto_log("established IKE SA; authenticated peer");
 }

@@ -239,8 +239,33 @@ impl Drop for LswMonitor {
     }
 }
 
-/// Unpacked Libreswan's `ipsec` (tests/deps/libreswan.sh).
+/// A self-signed RSA certificate with CN `cn` (what `ovs-pki self-sign` makes), as
+/// `<dir>/<cn>-cert.pem` and `<dir>/<cn>-privkey.pem`.
+pub fn self_signed(dir: &Path, cn: &str) {
+    let p = |s: &str| dir.join(format!("{cn}-{s}.pem")).display().to_string();
+    sh(&[
+        "openssl",
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        &format!("/CN={cn}"),
+        "-keyout",
+        &p("privkey"),
+        "-out",
+        &p("cert"),
+    ]);
+}
+
+/// Unpacked Libreswan 4.10's `ipsec` (Debian bookworm; tests/deps/libreswan.sh).
 pub const REAL_IPSEC: &str = "/opt/lsw/ipsec";
+
+/// Unpacked Libreswan 5's `ipsec` (Debian trixie; tests/deps/libreswan.sh).
+pub const REAL_IPSEC_V5: &str = "/opt/lsw5/ipsec";
 
 fn sh(args: &[&str]) -> std::process::Output {
     let out = Command::new(args[0])
@@ -260,35 +285,47 @@ fn sh(args: &[&str]) -> std::process::Output {
 pub struct Pluto {
     pub root: PathBuf,
     pub netns: String,
+    /// The `ipsec` it was started with ([`REAL_IPSEC`] or [`REAL_IPSEC_V5`]).
+    ipsec: &'static str,
+    log: PathBuf,
 }
 
 impl Pluto {
-    pub fn start(dir: &Path, netns: &str) -> Self {
+    pub fn start(dir: &Path, netns: &str, ipsec: &'static str) -> Self {
         assert!(
-            Path::new(REAL_IPSEC).exists(),
-            "{REAL_IPSEC} is missing: run tests/install-deps.sh (tests/deps/libreswan.sh unpacks libreswan)"
+            Path::new(ipsec).exists(),
+            "{ipsec} is missing: run tests/install-deps.sh (tests/deps/libreswan.sh unpacks libreswan 4 and 5)"
         );
         let root = dir.join("root");
         for d in ["etc/ipsec.d", "usr/sbin", "run/pluto"] {
             std::fs::create_dir_all(root.join(d)).expect("mkdir");
         }
         let wrapper = root.join("usr/sbin/ipsec");
-        std::fs::write(&wrapper, format!("#!/bin/sh\nexec {REAL_IPSEC} \"$@\"\n"))
-            .expect("wrapper");
+        // Logs each call, like the stub, so tests can count what the monitor ran.
+        let calls = root.join("calls.log");
+        std::fs::write(
+            &wrapper,
+            format!(
+                "#!/bin/sh\necho \"ipsec $*\" >> {}\nexec {ipsec} \"$@\"\n",
+                calls.display()
+            ),
+        )
+        .expect("wrapper");
         let mut perm = std::fs::metadata(&wrapper).expect("stat").permissions();
         std::os::unix::fs::PermissionsExt::set_mode(&mut perm, 0o755);
         std::fs::set_permissions(&wrapper, perm).expect("chmod");
         std::fs::write(root.join("etc/ipsec.conf"), "").expect("conf");
         std::fs::write(root.join("etc/ipsec.secrets"), "").expect("secrets");
         let p = |s: &str| root.join(s).display().to_string();
-        sh(&[REAL_IPSEC, "initnss", "--nssdir", &p("etc/ipsec.d")]);
-        let log = dir.join("pluto.log").display().to_string();
+        sh(&[ipsec, "initnss", "--nssdir", &p("etc/ipsec.d")]);
+        let log_path = dir.join("pluto.log");
+        let log = log_path.display().to_string();
         sh(&[
             "ip",
             "netns",
             "exec",
             netns,
-            REAL_IPSEC,
+            ipsec,
             "pluto",
             "--config",
             &p("etc/ipsec.conf"),
@@ -306,29 +343,57 @@ impl Pluto {
         let pluto = Self {
             root,
             netns: netns.to_owned(),
+            ipsec,
+            log: log_path,
         };
         wait_for("pluto's control socket", Duration::from_secs(10), || {
             pluto.root.join("run/pluto/pluto.ctl").exists()
         });
+        // What `ipsec start` does after pluto is up. pluto 5 waits for it: at start it runs
+        // its compiled-in /usr/libexec/ipsec/addconn, which here is 4.10's.
+        pluto.whack(&["--listen"]);
         pluto
+    }
+
+    /// `ipsec whack --ctlsocket <ctl> ARGS` in pluto's namespace.
+    fn whack(&self, args: &[&str]) -> std::process::Output {
+        let ctl = self.root.join("run/pluto/pluto.ctl").display().to_string();
+        let mut all = vec![
+            "netns",
+            "exec",
+            &self.netns,
+            self.ipsec,
+            "whack",
+            "--ctlsocket",
+            &ctl,
+        ];
+        all.extend_from_slice(args);
+        sh(&[&["ip"], all.as_slice()].concat())
     }
 
     /// `ipsec status` as pluto prints it.
     pub fn status(&self) -> String {
-        let ctl = self.root.join("run/pluto/pluto.ctl").display().to_string();
-        let out = Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &self.netns,
-                REAL_IPSEC,
-                "status",
-                "--ctlsocket",
-                &ctl,
-            ])
-            .output()
-            .expect("ipsec status");
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        String::from_utf8_lossy(&self.whack(&["--status"]).stdout).into_owned()
+    }
+
+    /// Every `ipsec` call the monitor made, one a line.
+    pub fn calls(&self) -> Vec<String> {
+        std::fs::read_to_string(self.root.join("calls.log"))
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// pluto's log (written lazily).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The nicknames in this pluto's NSS database.
+    pub fn nss_nicknames(&self) -> String {
+        let db = format!("sql:{}", self.root.join("etc/ipsec.d").display());
+        String::from_utf8_lossy(&sh(&["certutil", "-L", "-d", &db]).stdout).into_owned()
     }
 
     /// The monitor options that point at this pluto's files (below `--root-prefix`).

@@ -8,6 +8,8 @@
 //!   Child SA that the kernel refused (no ESP support), is not active;
 //! - an IKE SA is established when a state line says `ESTABLISHED_IKE_SA` (v4 prints
 //!   `STATE_V2_ESTABLISHED_IKE_SA`, v5 `ESTABLISHED_IKE_SA`) or IKEv1's `MAIN_R3`/`MAIN_I4`.
+//!   pluto negotiates one IKE SA per peer and lists it under the conn that created it, so
+//!   every conn to the same peer (the address after `...` in its description line) counts.
 //!
 //! Connection names never contain `"` (the model's interface-name grammar), so the quoted
 //! name can be cut out without a regex.
@@ -28,10 +30,12 @@ pub struct PlutoStatus {
 impl PlutoStatus {
     pub fn parse(text: &str) -> Self {
         let mut st = Self::default();
+        let mut peers: BTreeMap<&str, &str> = BTreeMap::new();
         for raw in text.lines() {
             let line = raw.strip_prefix("000 ").unwrap_or(raw).trim_end();
-            if let Some(name) = loaded_conn(line) {
+            if let Some((name, after)) = loaded_conn(line) {
                 st.loaded.insert(name.to_owned());
+                peers.extend(peer(after).map(|p| (name, p)));
             } else if let Some((name, rest)) = state_conn(line) {
                 if has_esp_spi(rest) {
                     st.active.insert(name.to_owned());
@@ -52,16 +56,37 @@ impl PlutoStatus {
         }
         // Lines of a conn whose ESP SA did not show are not "active" lines.
         st.active_lines.retain(|c, _| st.active.contains(c));
+        let up_peers: BTreeSet<&str> = st
+            .ike_up
+            .iter()
+            .filter_map(|c| peers.get(c.as_str()).copied())
+            .collect();
+        for (conn, p) in peers {
+            if up_peers.contains(p) {
+                st.ike_up.insert(conn.to_owned());
+            }
+        }
         st
     }
 }
 
-/// `"NAME": <hex digit>…(=== or ...)…` → NAME.
-fn loaded_conn(line: &str) -> Option<&str> {
+/// `"NAME": <hex digit>…(=== or ...)…` → (NAME, the text after `": `).
+fn loaded_conn(line: &str) -> Option<(&str, &str)> {
     let rest = line.strip_prefix('"')?;
     let (name, after) = rest.split_once("\": ")?;
     let first = after.chars().next()?;
-    (first.is_ascii_hexdigit() && (after.contains("===") || after.contains("..."))).then_some(name)
+    (first.is_ascii_hexdigit() && (after.contains("===") || after.contains("...")))
+        .then_some((name, after))
+}
+
+/// The peer's address in a description: `…===LOCAL[id]...PEER[id]===…` (v4 and v5).
+fn peer(description: &str) -> Option<&str> {
+    let hosts = description.split("===").find(|s| s.contains("..."))?;
+    let (_, remote) = hosts.split_once("...")?;
+    remote
+        .split(['[', '<', '{', ';', ' ', ','])
+        .next()
+        .filter(|p| !p.is_empty())
 }
 
 /// `#N: "NAME"<rest>` → (NAME, rest).
@@ -119,6 +144,24 @@ mod tests {
                     .any(|l| l.contains("esp."))
             );
         }
+    }
+
+    #[test]
+    fn conns_to_a_peer_share_its_ike_sa() {
+        // pluto 4.10 in a netns here: two tunnels to one peer, one IKE SA.
+        let text = "000 \"gnv-in-1\": 192.0.2.1/32:UDP/6081===192.0.2.1...192.0.2.2===192.0.2.2/32:UDP/0-65535; unrouted; eroute owner: #0\n\
+                    000 \"gnv-out-1\": 192.0.2.1/32:UDP/0-65535===192.0.2.1...192.0.2.2===192.0.2.2/32:UDP/6081; unrouted; eroute owner: #0\n\
+                    000 \"tun-out-1\": 192.0.2.1/32:UDP/0-65535===192.0.2.1...192.0.2.2===192.0.2.2/32:UDP/4789; unrouted; eroute owner: #0\n\
+                    000 \"other-1\": 192.0.2.1/32:GRE===192.0.2.1...192.0.2.9===192.0.2.9/32:GRE; unrouted; eroute owner: #0\n\
+                    000 #2: \"tun-out-1\":500 STATE_V2_ESTABLISHED_IKE_SA (established IKE SA); REKEY in 28526s; newest; idle;\n";
+        let st = PlutoStatus::parse(text);
+        assert_eq!(st.ike_up, set(&["gnv-in-1", "gnv-out-1", "tun-out-1"]));
+        // v5 prints protocols without the colon.
+        let v5 = "\"a-1\": 192.0.2.1/32/UDP===192.0.2.1[@left]...2001:db8::2[@right]===2001:db8::2/128/UDP/4789; unrouted;";
+        assert_eq!(
+            loaded_conn(v5).and_then(|(_, d)| peer(d)),
+            Some("2001:db8::2")
+        );
     }
 
     #[test]
