@@ -4,7 +4,9 @@
 For every (mode, N) each program gets its own freshly started ovsdb-server loaded with the same
 N vxlan+PSK tunnels, and a fake root whose `usr/sbin/ipsec` is one counting stub that speaks
 both programs' vocabularies (ours uses `statusall`/`addconn`/`whack`, Python `status`/`auto`).
-The stub keeps state (loaded conns, SAs) so both programs' delete/down logic runs for real.
+The stub keeps state (loaded conns, SAs) so both programs' delete/down logic runs for real; in
+Libreswan mode it also keeps each conn's `connalias=` and resolves a whack name that is no conn
+to every conn with that alias, as pluto does (ours initiates a batch through one alias).
 
 A step is converged when ipsec.conf holds the expected conns and the stub, called at least once in
 the step, has seen no call for QUIET seconds; its time is the later of "file complete" and "last stub call", measured from
@@ -16,7 +18,7 @@ Static-key mode (`--ike-daemon=none`, ours only: Python has no such mode) runs t
 fresh network namespace and converges when `ip xfrm policy` shows the expected count; its floor
 is `ip -batch` installing the same policies and states.
 
-usage: compare.py [--ours BIN] [--modes stroke,libreswan,xfrm] [--sizes 1,100,1000]
+usage: compare.py [--ours BIN] [--python SCRIPT] [--modes stroke,libreswan,xfrm] [--sizes 1,100,1000]
 """
 
 import argparse
@@ -38,9 +40,15 @@ STEP_LIMIT = 900.0
 STUB = r"""#!/bin/bash
 R=$(cd "$(dirname "$0")/../.." && pwd); S=$R/stub; mkdir -p $S
 exec 9>>$S/lock; flock 9
-touch $S/loaded $S/sas $S/active
+touch $S/loaded $S/sas $S/active $S/aliases
 echo "$EPOCHREALTIME ipsec $*" >> $R/ipsec-calls.log
 drop() { grep -vxF "$1" $S/$2 > $S/$2.n; mv $S/$2.n $S/$2; }
+forget() { grep -vxF -f $S/gone $S/$1 > $S/$1.n; mv $S/$1.n $S/$1; }
+# Libreswan: like pluto, a whack name is a conn, else every loaded conn with that alias.
+resolve() {
+  if grep -qxF "$1" $S/loaded; then echo "$1"; return; fi
+  awk -v x="$1" 'FILENAME == ARGV[1] { l[$1] = 1; next } ($1 in l) { for (i = 2; i <= NF; i++) if ($i == x) { print $1; next } }' $S/loaded $S/aliases
+}
 case "$1" in
   --version) echo "Libreswan 4.10"; exit 0 ;;
   update|reload)   # strongSwan: load ipsec.conf; an SA per conn that has none (trap routed)
@@ -57,6 +65,7 @@ case "$1" in
       while read c; do
         echo "000 #$n: \"$c\":500 STATE_V2_ESTABLISHED_IKE_SA (established IKE SA); newest; idle;"
         echo "000 #$((n+1)): \"$c\":500 STATE_V2_ESTABLISHED_CHILD_SA (established Child SA); newest; eroute owner; IKE SA #$n; idle;"
+        echo "000 #$((n+1)): \"$c\" esp.248d1071@198.18.0.1 esp.4e68b7a9@198.17.0.1 Traffic: ESPin=0B ESPout=0B ESPmax=2^63B"
         n=$((n+2))
       done < $S/active
       exit 0
@@ -71,16 +80,21 @@ case "$1" in
     echo "Security Associations ($(wc -l < $S/sas) up, 0 connecting):"
     awk '{ printf "%12s[%s]: ESTABLISHED 1 second ago, 192.0.2.1...192.0.2.2\n%12s{%s}:  INSTALLED, TRANSPORT, reqid %s, ESP SPIs: c0dc3410_i cb107296_o\n", $1, $2, $1, $2, $2 }' $S/sas
     exit 0 ;;
-  addconn) shift; while [ $# -gt 0 ]; do case "$1" in --ctlsocket|--config) shift 2;; *) echo "$1" >> $S/loaded; shift;; esac; done
-    sort -u -o $S/loaded $S/loaded; exit 0 ;;
-  whack) # ours initiates -out-; the peer's initiation brings -in- up
+  addconn) # pluto keeps the connalias= each conn had in the config it was added from
+    conf=$(echo "$*" | grep -oP -- '--config \K\S+'); shift; : > $S/names
+    while [ $# -gt 0 ]; do case "$1" in --ctlsocket|--config) shift 2;; *) echo "$1" >> $S/names; shift;; esac; done
+    awk '/^conn / { c = $2 } /^[ \t]+connalias=/ { v = $0; sub(/^[ \t]+connalias="?/, "", v); sub(/"$/, "", v); print c, v }' $conf \
+      | awk 'FILENAME == ARGV[1] { n[$1] = 1; next } ($1 in n)' $S/names - >> $S/aliases
+    cat $S/names >> $S/loaded; sort -u -o $S/loaded $S/loaded; exit 0 ;;
+  whack) # ours initiates -out- (by name or alias); the peer's initiation brings -in- up
     c=$(echo "$*" | grep -oP -- '--name \K\S+')
-    case "$*" in *--initiate*) for x in "$c" "${c/-out-/-in-}"; do echo "$x" >> $S/active; done; sort -u -o $S/active $S/active ;; esac
+    case "$*" in *--initiate*) resolve "$c" | sed 'p; s/-out-/-in-/' >> $S/active; sort -u -o $S/active $S/active ;; esac
     exit 0 ;;
 esac
 case "$*" in
   *--start*) for f in loaded active; do echo "${@: -1}" >> $S/$f; sort -u -o $S/$f $S/$f; done ;;
-  *--delete*) drop "${@: -1}" active; drop "${@: -1}" loaded ;;
+  *--delete*) resolve "${@: -1}" > $S/gone; forget active; forget loaded
+    awk 'FILENAME == ARGV[1] { g[$1] = 1; next } !($1 in g)' $S/gone $S/aliases > $S/aliases.n; mv $S/aliases.n $S/aliases ;;
 esac
 exit 0
 """
@@ -348,12 +362,16 @@ def ratio(p, o):
 
 
 def main():
+    global PY_MONITOR
     ap = argparse.ArgumentParser()
     ap.add_argument("--ours", default=os.path.join(os.path.dirname(__file__),
                                                    "../../target/release/ovs-monitor-ipsec"))
+    ap.add_argument("--python", default=PY_MONITOR,
+                    help="the Python monitor (e.g. unpacked from openvswitch-ipsec's .deb)")
     ap.add_argument("--modes", default="stroke,libreswan")
     ap.add_argument("--sizes", default="1,100,1000")
     a = ap.parse_args()
+    PY_MONITOR = a.python
     for tool in [PY_MONITOR, "/usr/sbin/ovsdb-server", "/usr/bin/ovs-vsctl", "/usr/bin/certutil"]:
         if not os.path.exists(tool):
             sys.exit(f"missing {tool}: apt-get install openvswitch-ipsec python3-openvswitch "
