@@ -125,7 +125,7 @@ fn expected_secrets(case: &str) -> BTreeSet<String> {
 
 fn check(case: &str, d: &Desired) {
     let t = Templates::load(None, DEFAULTS).unwrap();
-    let r = render::render(&t, d).unwrap();
+    let r = render::render(&t, &render::Sections::default(), d).unwrap();
     assert_eq!(
         sections(&r.conf),
         expected_conf(case),

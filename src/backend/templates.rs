@@ -7,7 +7,9 @@
 //! Values reach templates only after the model's grammars accepted them, so a template never
 //! has to quote or escape anything (the PSK arrives already encoded).
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::{Mutex, PoisonError};
 
 use serde::Serialize;
 use tera::{Context, Tera};
@@ -82,6 +84,67 @@ impl Templates {
     }
 }
 
+/// Memoized per-tunnel sections of a config file (text, or any `T` cheap to clone), so that one changed tunnel costs one render,
+/// not N (rendering every section through tera dominated a one-tunnel change: 82 % of 44 ms at
+/// N = 1000).
+///
+/// A section is reused only while the input it was rendered from compares equal, so the cache
+/// can never serve stale text: the input must hold everything the section's rendering reads.
+/// Interior mutability keeps the callers' planning functions `&self`: memoizing a pure function
+/// does not change what they compute. (A `Mutex`, not a `RefCell`, because backends' futures
+/// must be `Send`; it is never contended.)
+pub struct SectionCache<I, T = String> {
+    entries: Mutex<HashMap<String, (I, T)>>,
+}
+
+impl<I, T> Default for SectionCache<I, T> {
+    fn default() -> Self {
+        Self {
+            entries: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+/// Not derived: the inputs may hold secrets. Shows only how many sections are kept.
+impl<I, T> std::fmt::Debug for SectionCache<I, T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let n = self.entries().len();
+        write!(f, "SectionCache({n} sections)")
+    }
+}
+
+impl<I: PartialEq, T: Clone> SectionCache<I, T> {
+    /// The text of every `(key, input)` in order: reused when `key` was rendered from an equal
+    /// input by the previous call, else produced by `render`. Keys absent from this call are
+    /// forgotten, so the cache holds one generation of sections.
+    pub fn render_all<E>(
+        &self,
+        items: impl IntoIterator<Item = (String, I)>,
+        mut render: impl FnMut(&I) -> Result<T, E>,
+    ) -> Result<Vec<T>, E> {
+        let mut old = std::mem::take(&mut *self.entries());
+        let mut next = HashMap::with_capacity(old.len());
+        let mut out = Vec::with_capacity(old.len());
+        for (key, input) in items {
+            let text = match old.remove(&key) {
+                Some((was, text)) if was == input => text,
+                _ => render(&input)?,
+            };
+            out.push(text.clone());
+            next.insert(key, (input, text));
+        }
+        *self.entries() = next;
+        Ok(out)
+    }
+}
+
+impl<I, T> SectionCache<I, T> {
+    /// A panic aborts the daemon, so a poisoned lock can only be seen by tests: take it.
+    fn entries(&self) -> std::sync::MutexGuard<'_, HashMap<String, (I, T)>> {
+        self.entries.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
 /// tera's errors keep the useful part in their source chain.
 fn chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
@@ -126,6 +189,39 @@ mod tests {
         );
         assert_eq!(t.render("b.conf", &Ctx { name: "x" }).unwrap(), "x\n");
         assert_eq!(t.overridden(), ["a.conf"]);
+    }
+
+    #[test]
+    fn sections_are_rendered_again_only_when_their_input_changes() {
+        let cache = SectionCache::default();
+        let mut calls = Vec::new();
+        let run = |items: Vec<(&str, u32)>, calls: &mut Vec<u32>| {
+            cache
+                .render_all(
+                    items.into_iter().map(|(k, i)| (k.to_owned(), i)),
+                    |i: &u32| -> Result<String, ()> {
+                        calls.push(*i);
+                        Ok(format!("<{i}>"))
+                    },
+                )
+                .unwrap()
+        };
+        assert_eq!(run(vec![("a", 1), ("b", 2)], &mut calls), ["<1>", "<2>"]);
+        assert_eq!(run(vec![("a", 1), ("b", 3)], &mut calls), ["<1>", "<3>"]);
+        // "a" was dropped by the call without it: it is rendered afresh when it returns.
+        assert_eq!(run(vec![("b", 3)], &mut calls), ["<3>"]);
+        assert_eq!(run(vec![("a", 1), ("b", 3)], &mut calls), ["<1>", "<3>"]);
+        assert_eq!(calls, [1, 2, 3, 1]);
+    }
+
+    #[test]
+    fn a_failed_render_keeps_nothing_stale() {
+        let cache = SectionCache::default();
+        let ok = |i: &u32| -> Result<String, u32> { Ok(i.to_string()) };
+        cache.render_all([("a".to_owned(), 1)], ok).unwrap();
+        let failed = cache.render_all([("a".to_owned(), 2)], |i: &u32| Err(*i));
+        assert_eq!(failed, Err(2));
+        assert_eq!(cache.render_all([("a".to_owned(), 2)], ok).unwrap(), ["2"]);
     }
 
     #[test]

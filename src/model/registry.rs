@@ -15,8 +15,9 @@
 //! - Invalid tunnels stay in the registry so `tunnels/show` and the OVSDB status can show
 //!   why; only [`Registry::desired`] leaves them out.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
+use std::hash::{BuildHasher, RandomState};
 use std::sync::Arc;
 
 use tracing::Level;
@@ -107,6 +108,10 @@ pub struct Registry {
     mark_error: Option<String>,
     /// Versions saved by the previous run, consumed by the first update.
     seed: SavedVersions,
+    /// Fingerprints of the rows last validated, by tunnel name (see [`Registry::fingerprint`]).
+    memo: HashMap<String, u64>,
+    /// Random keys, so that no OVSDB content can be crafted to collide with another.
+    hasher: RandomState,
 }
 
 impl Registry {
@@ -159,13 +164,47 @@ impl Registry {
             }
             keep
         });
+        self.memo.retain(|name, _| rows.contains_key(name.as_str()));
         for (name, row) in rows {
+            let fingerprint = self.fingerprint(row);
+            if fingerprint.is_some() && self.memo.get(name) == fingerprint.as_ref() {
+                self.refresh(name, row);
+                continue;
+            }
             let validity = validate::validate(row, self.global.pki.as_ref(), certs);
             self.update_tunnel(name, row, validity, &mut events);
+            match fingerprint {
+                Some(f) => self.memo.insert(name.to_owned(), f),
+                None => self.memo.remove(name),
+            };
         }
         // Saved versions of tunnels that are gone must not apply to a later namesake.
         self.seed.clear();
         events
+    }
+
+    /// What a row's validity is a function of, hashed: the row's configuration and the PKI
+    /// in force. `None` for a certificate-mode row, whose validity also depends on files that
+    /// can change under the same row: those are validated on every update. Skipping the
+    /// others makes one OVSDB change cost one validation, not one per tunnel.
+    fn fingerprint(&self, row: &InterfaceRow) -> Option<u64> {
+        let opts = &row.options;
+        if opts.contains_key("remote_cert") || opts.contains_key("remote_name") {
+            return None;
+        }
+        Some(
+            self.hasher
+                .hash_one((&row.name, &row.kind, opts, self.global.pki.as_deref())),
+        )
+    }
+
+    /// An unchanged row: only the columns that are not configuration may have moved.
+    fn refresh(&mut self, name: &str, row: &InterfaceRow) {
+        if let Some(tunnel) = self.tunnels.get_mut(name) {
+            tunnel.uuid.clone_from(&row.uuid);
+            tunnel.ofport = row.ofport;
+            tunnel.cfm_fault = row.cfm_fault;
+        }
     }
 
     fn update_global(
@@ -516,6 +555,26 @@ mod tests {
             ["Tunnel's 'bad' configuration changed in OVSDB to 3"]
         );
         assert_eq!(reg.desired().tunnels.len(), 2);
+    }
+
+    #[test]
+    fn an_unchanged_psk_row_is_still_judged_again_when_the_pki_changes() {
+        let mut reg = Registry::new();
+        let mut c = certs();
+        let psk = psk_row("psk", "k");
+        reg.update(Some(&ovs(&[])), [&psk], &mut c);
+        reg.update(Some(&ovs(PKI_A)), [&psk], &mut c);
+        assert_eq!(
+            tunnel(&reg, "psk").validity,
+            Validity::Invalid(PSK_WITH_PKI.into())
+        );
+        reg.update(Some(&ovs(&[])), [&psk], &mut c);
+        assert_eq!(reg.desired().tunnels["psk"].version, 3);
+        // Recreated under the same name with the same options: a new UUID, nothing else.
+        let mut again = psk_row("psk", "k");
+        again.uuid = "another-uuid".into();
+        assert!(reg.update(Some(&ovs(&[])), [&again], &mut c).is_empty());
+        assert_eq!(tunnel(&reg, "psk").uuid, "another-uuid");
     }
 
     #[test]

@@ -124,7 +124,8 @@ fn one_change(n: usize, reps: u32) -> Change {
     let mut certs = FsCertSource::new();
     registry.update(None, &rows::interfaces(&replica), &mut certs);
     let desired = registry.desired();
-    let rendered = render::render(&templates, &desired).unwrap();
+    let sections = render::Sections::default();
+    let rendered = render::render(&templates, &sections, &desired).unwrap();
     let mut observed = Observed {
         conf: Some(rendered.conf),
         ..Default::default()
@@ -140,7 +141,7 @@ fn one_change(n: usize, reps: u32) -> Change {
         let desired = registry.desired();
         phases[0].push(t.elapsed());
         let t = Instant::now();
-        let rendered = render::render(&templates, &desired).unwrap();
+        let rendered = render::render(&templates, &sections, &desired).unwrap();
         phases[1].push(t.elapsed());
         let t = Instant::now();
         let actions = plan::plan(&desired, &rendered, &observed);

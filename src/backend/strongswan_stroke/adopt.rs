@@ -100,7 +100,7 @@ pub fn with_versions(desired: &Desired, versions: &BTreeMap<String, u64>) -> Des
 
 #[cfg(test)]
 mod tests {
-    use super::super::render::render;
+    use super::super::render::{Sections, render};
     use super::super::testutil::{desired, psk_tunnel, templates};
     use super::*;
 
@@ -120,20 +120,20 @@ mod tests {
             psk_tunnel("vx1", "vxlan", "192.0.2.2", "k", 3),
             psk_tunnel("gre1", "gre", "192.0.2.3", "k", 2),
         ]);
-        let obs = disk(&render(&t, &before).unwrap());
+        let obs = disk(&render(&t, &Sections::default(), &before).unwrap());
         // After a restart the model numbers from 1; gre1 changed its PSK meanwhile.
         let after = desired(vec![
             psk_tunnel("vx1", "vxlan", "192.0.2.2", "k", 1),
             psk_tunnel("gre1", "gre", "192.0.2.3", "new", 1),
         ]);
-        let r = render(&t, &after).unwrap();
+        let r = render(&t, &Sections::default(), &after).unwrap();
         let v = versions(&after, &r, &obs);
         assert_eq!(v, BTreeMap::from([("vx1".to_string(), 3)]));
         // A stale file holding gre1-1 with other text: the new connection gets a fresh name.
         let stale = desired(vec![psk_tunnel("gre1", "gre", "192.0.2.9", "k", 1)]);
-        let obs = disk(&render(&t, &stale).unwrap());
+        let obs = disk(&render(&t, &Sections::default(), &stale).unwrap());
         let now = desired(vec![psk_tunnel("gre1", "gre", "192.0.2.3", "k", 1)]);
-        let r = render(&t, &now).unwrap();
+        let r = render(&t, &Sections::default(), &now).unwrap();
         assert_eq!(
             versions(&now, &r, &obs),
             BTreeMap::from([("gre1".to_string(), 2)])

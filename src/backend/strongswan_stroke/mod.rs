@@ -124,6 +124,8 @@ impl Paths {
 pub struct StrongSwanStroke {
     paths: Paths,
     templates: Templates,
+    /// Rendered `conn` sections of unchanged tunnels, reused by the next rendering.
+    sections: render::Sections,
     timeout: Duration,
     certs: FsCertSource,
     /// A `statusall` taken after our last action, used by the next observation.
@@ -152,6 +154,7 @@ impl StrongSwanStroke {
         Self {
             paths,
             templates,
+            sections: render::Sections::default(),
             timeout,
             certs: FsCertSource::new(),
             fresh: None,
@@ -268,13 +271,13 @@ impl StrongSwanStroke {
         desired: &Desired,
         obs: &Observed,
     ) -> Result<(Desired, Rendered), TemplateError> {
-        let r = render::render(&self.templates, desired)?;
+        let r = render::render(&self.templates, &self.sections, desired)?;
         let versions = adopt::versions(desired, &r, obs);
         if versions.is_empty() {
             return Ok((desired.clone(), r));
         }
         let d = adopt::with_versions(desired, &versions);
-        let r = render::render(&self.templates, &d)?;
+        let r = render::render(&self.templates, &self.sections, &d)?;
         Ok((d, r))
     }
 

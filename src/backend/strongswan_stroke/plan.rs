@@ -195,7 +195,7 @@ pub fn plan(desired: &Desired, r: &Rendered, obs: &Observed) -> Vec<Action> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::render::render;
+    use super::super::render::{Sections, render};
     use super::super::statusall::parse;
     use super::super::testutil::{desired, psk_tunnel, templates};
     use super::*;
@@ -241,16 +241,19 @@ Security Associations (2 up, 0 connecting):
     #[test]
     fn converged_plans_nothing_and_keeps_in_out_sas() {
         let d = two(1, 1);
-        let r = render(&templates(), &d).unwrap();
+        let r = render(&templates(), &Sections::default(), &d).unwrap();
         assert_eq!(plan(&d, &r, &converged(&r, UP)), vec![]);
     }
 
     #[test]
     fn version_bump_downs_only_the_outdated_children_of_a_shared_ike_sa() {
         let old = two(1, 1);
-        let obs = converged(&render(&templates(), &old).unwrap(), UP);
+        let obs = converged(
+            &render(&templates(), &Sections::default(), &old).unwrap(),
+            UP,
+        );
         let d = two(2, 1);
-        let r = render(&templates(), &d).unwrap();
+        let r = render(&templates(), &Sections::default(), &d).unwrap();
         assert_eq!(
             plan(&d, &r, &obs),
             vec![
@@ -272,9 +275,12 @@ Security Associations (2 up, 0 connecting):
     #[test]
     fn deleting_every_tunnel_downs_their_ike_sa_and_never_a_foreign_one() {
         let old = two(1, 1);
-        let obs = converged(&render(&templates(), &old).unwrap(), UP);
+        let obs = converged(
+            &render(&templates(), &Sections::default(), &old).unwrap(),
+            UP,
+        );
         let d = desired(vec![]);
-        let r = render(&templates(), &d).unwrap();
+        let r = render(&templates(), &Sections::default(), &d).unwrap();
         assert_eq!(
             plan(&d, &r, &obs),
             vec![
@@ -292,7 +298,7 @@ Security Associations (2 up, 0 connecting):
     #[test]
     fn a_connection_lost_by_charon_is_reloaded_once_things_settled() {
         let d = two(1, 1);
-        let r = render(&templates(), &d).unwrap();
+        let r = render(&templates(), &Sections::default(), &d).unwrap();
         let mut obs = converged(
             &r,
             &UP.replace("      gre1-1:   child", "      xxx:   child"),
@@ -308,7 +314,7 @@ Security Associations (2 up, 0 connecting):
     #[test]
     fn certificate_changed_in_place_reloads_credentials_without_down() {
         let d = two(1, 1);
-        let r = render(&templates(), &d).unwrap();
+        let r = render(&templates(), &Sections::default(), &d).unwrap();
         let mut obs = converged(&r, UP);
         obs.cert_changed.insert("/etc/c.pem".into());
         assert_eq!(
@@ -323,7 +329,7 @@ Security Associations (2 up, 0 connecting):
     #[test]
     fn secrets_with_a_wrong_mode_are_rewritten_and_reread() {
         let d = two(1, 1);
-        let r = render(&templates(), &d).unwrap();
+        let r = render(&templates(), &Sections::default(), &d).unwrap();
         let mut obs = converged(&r, UP);
         obs.secrets = obs.secrets.map(|(h, _)| (h, 0o644));
         assert_eq!(

@@ -16,15 +16,20 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use serde::Serialize;
 
 use crate::backend::secrets::psk_hex;
-use crate::backend::templates::{TemplateError, Templates};
-use crate::model::{Auth, Desired, DesiredTunnel, TunnelType};
+use crate::backend::templates::{SectionCache, TemplateError, Templates};
+use crate::model::{Auth, Desired, DesiredTunnel, Pki, TunnelType};
 
 pub const CONF_TEMPLATE: &str = "strongswan/ipsec.conf";
+/// One `conn` section of a tunnel, rendered on its own so it can be cached.
+pub const CONN_TEMPLATE: &str = "strongswan/conn.conf";
 pub const SECRETS_TEMPLATE: &str = "strongswan/ipsec.secrets";
+/// One tunnel's line of `ipsec.secrets`, rendered on its own so it can be cached.
+pub const SECRET_TEMPLATE: &str = "strongswan/secret.conf";
 pub const OVS_CONF_TEMPLATE: &str = "strongswan/ovs.conf";
 
 /// The compiled-in templates; an admin may override each one (see `backend::templates`).
@@ -34,8 +39,16 @@ pub const DEFAULTS: &[(&str, &str)] = &[
         include_str!("../../../templates/strongswan/ipsec.conf"),
     ),
     (
+        CONN_TEMPLATE,
+        include_str!("../../../templates/strongswan/conn.conf"),
+    ),
+    (
         SECRETS_TEMPLATE,
         include_str!("../../../templates/strongswan/ipsec.secrets"),
+    ),
+    (
+        SECRET_TEMPLATE,
+        include_str!("../../../templates/strongswan/secret.conf"),
     ),
     (
         OVS_CONF_TEMPLATE,
@@ -78,15 +91,46 @@ struct SecretLine {
 }
 
 #[derive(Serialize)]
-struct ConfCtx {
+struct ConfCtx<'a> {
     shunts: Vec<Shunt>,
     ca_cert: Option<String>,
-    conns: Vec<Conn>,
+    /// The tunnels' `conn` sections, already rendered through [`CONN_TEMPLATE`].
+    sections: Vec<&'a str>,
 }
 
 #[derive(Serialize)]
-struct SecretsCtx {
-    secrets: Vec<SecretLine>,
+struct ConnCtx<'a> {
+    c: &'a Conn,
+}
+
+/// What a tunnel's sections are rendered from: the tunnel and the PKI it falls back to.
+#[derive(PartialEq)]
+pub struct SectionInput {
+    tunnel: DesiredTunnel,
+    pki: Option<Pki>,
+}
+
+/// The tunnels' rendered text, kept between passes (see [`SectionCache`]).
+pub type Sections = SectionCache<SectionInput, Arc<TunnelText>>;
+
+#[derive(Serialize)]
+struct SecretsCtx<'a> {
+    /// Lines already rendered through [`SECRET_TEMPLATE`], one per distinct selector pair.
+    lines: Vec<&'a str>,
+}
+
+#[derive(Serialize)]
+struct SecretCtx {
+    s: SecretLine,
+}
+
+/// A tunnel's rendered text, kept between passes. Not `Debug`: `secret` holds its PSK.
+pub struct TunnelText {
+    /// Its `conn` sections.
+    conf: String,
+    /// Its secrets line, with the selectors two tunnels must not share with different
+    /// secrets.
+    secret: Option<(String, String)>,
 }
 
 /// What a desired state renders to. Deliberately not `Debug`: `secrets` holds PSKs.
@@ -120,9 +164,13 @@ fn protoports(t: &DesiredTunnel) -> Vec<(String, String)> {
     }
 }
 
-fn conns_of(t: &DesiredTunnel, desired: &Desired) -> Vec<Conn> {
+/// The PKI a tunnel's certificate auth uses: its own, else the global one.
+fn pki_of<'a>(t: &'a DesiredTunnel, desired: &'a Desired) -> Option<&'a Pki> {
+    t.conf.pki.as_deref().or(desired.global.pki.as_deref())
+}
+
+fn conns_of(t: &DesiredTunnel, pki: Option<&Pki>) -> Vec<Conn> {
     let c = &t.conf;
-    let pki = c.pki.as_ref().or(desired.global.pki.as_ref());
     let path = |p: &PathBuf| p.display().to_string();
     t.conn_names()
         .into_iter()
@@ -185,12 +233,15 @@ fn shunts(desired: &Desired) -> Vec<Shunt> {
 
 /// The secrets line of `t`: `(selectors, kind, value)`.
 fn secret_of(t: &DesiredTunnel, desired: &Desired) -> Option<(String, &'static str, String)> {
+    secret_for(t, pki_of(t, desired))
+}
+
+fn secret_for(t: &DesiredTunnel, pki: Option<&Pki>) -> Option<(String, &'static str, String)> {
     let selectors = format!("{} {}", left(t), t.conf.remote_ip);
     match &t.conf.auth {
         Auth::Psk(psk) => Some((selectors, "PSK", psk_hex(psk))),
         Auth::SelfSigned { .. } | Auth::CaSigned { .. } => {
-            let pki = t.conf.pki.as_ref().or(desired.global.pki.as_ref())?;
-            Some((selectors, "RSA", p_display(&pki.private_key)))
+            Some((selectors, "RSA", p_display(&pki?.private_key)))
         }
     }
 }
@@ -202,16 +253,33 @@ fn p_display(p: &std::path::Path) -> String {
 /// Tunnels that cannot be rendered next to the others, with the reason: a secrets line whose
 /// selectors another tunnel (earlier by name) already uses with a different secret.
 pub fn rejections(desired: &Desired) -> BTreeMap<String, String> {
-    let mut seen: BTreeMap<String, (&str, String)> = BTreeMap::new();
+    let secrets: Vec<_> = desired
+        .tunnels
+        .iter()
+        .map(|(name, t)| (name.as_str(), secret_of(t, desired)))
+        .collect();
+    conflicts(secrets.iter().map(|(name, s)| {
+        (
+            *name,
+            s.as_ref().map(|(sel, _, v)| (sel.as_str(), v.as_str())),
+        )
+    }))
+}
+
+/// [`rejections`] over `(tunnel, (selectors, secret))` in name order.
+fn conflicts<'a>(
+    secrets: impl Iterator<Item = (&'a str, Option<(&'a str, &'a str)>)>,
+) -> BTreeMap<String, String> {
+    let mut seen: BTreeMap<&str, (&str, &str)> = BTreeMap::new();
     let mut rejected = BTreeMap::new();
-    for (name, t) in &desired.tunnels {
-        let Some((sel, _, value)) = secret_of(t, desired) else {
+    for (name, secret) in secrets {
+        let Some((sel, value)) = secret else {
             continue;
         };
-        match seen.get(&sel) {
+        match seen.get(sel) {
             Some((first, v)) if *v != value => {
                 rejected.insert(
-                    name.clone(),
+                    name.to_owned(),
                     format!(
                         "tunnel '{first}' uses a different secret for the same endpoints \
                          ({sel}); strongSwan would pick one of them"
@@ -220,59 +288,89 @@ pub fn rejections(desired: &Desired) -> BTreeMap<String, String> {
             }
             Some(_) => {}
             None => {
-                seen.insert(sel, (name.as_str(), value));
+                seen.insert(sel, (name, value));
             }
         }
     }
     rejected
 }
 
-/// Renders the files for `desired`.
-pub fn render(templates: &Templates, desired: &Desired) -> Result<Rendered, TemplateError> {
-    let rejected = rejections(desired);
-    let accepted = || {
-        desired
-            .tunnels
-            .iter()
-            .filter(|(n, _)| !rejected.contains_key(*n))
-            .map(|(_, t)| t)
-    };
-    let shunts = shunts(desired);
-    let conns: Vec<Conn> = accepted().flat_map(|t| conns_of(t, desired)).collect();
-    let mut secrets: Vec<SecretLine> = Vec::new();
-    let mut written = BTreeSet::new();
-    for t in accepted() {
-        let Some((sel, kind, value)) = secret_of(t, desired) else {
-            continue;
-        };
-        if written.insert(sel) {
-            secrets.push(SecretLine {
+/// Renders one tunnel's `conn` sections and secrets line.
+fn tunnel_text(templates: &Templates, i: &SectionInput) -> Result<Arc<TunnelText>, TemplateError> {
+    let t = &i.tunnel;
+    let conf = conns_of(t, i.pki.as_ref())
+        .iter()
+        .map(|c| templates.render(CONN_TEMPLATE, &ConnCtx { c }))
+        .collect::<Result<String, _>>()?;
+    let secret = match secret_for(t, i.pki.as_ref()) {
+        Some((sel, kind, value)) => {
+            let s = SecretLine {
                 local: left(t),
                 remote: t.conf.remote_ip.to_string(),
                 kind,
                 value,
-            });
+            };
+            Some((sel, templates.render(SECRET_TEMPLATE, &SecretCtx { s })?))
+        }
+        None => None,
+    };
+    Ok(Arc::new(TunnelText { conf, secret }))
+}
+
+/// Renders the files for `desired`, reusing the text of unchanged tunnels from `sections`.
+pub fn render(
+    templates: &Templates,
+    sections: &Sections,
+    desired: &Desired,
+) -> Result<Rendered, TemplateError> {
+    let texts = sections.render_all(
+        desired.tunnels.iter().map(|(name, t)| {
+            let input = SectionInput {
+                tunnel: t.clone(),
+                pki: pki_of(t, desired).cloned(),
+            };
+            (name.clone(), input)
+        }),
+        |i| tunnel_text(templates, i),
+    )?;
+    let named = || desired.tunnels.iter().zip(&texts);
+    let rejected = conflicts(named().map(|((name, _), text)| {
+        let secret = text.secret.as_ref();
+        (
+            name.as_str(),
+            secret.map(|(sel, line)| (sel.as_str(), line.as_str())),
+        )
+    }));
+    let accepted = || named().filter(|((n, _), _)| !rejected.contains_key(*n));
+    let shunts = shunts(desired);
+    let mut names: BTreeSet<String> = shunts.iter().map(|s| s.name.clone()).collect();
+    let pki = desired.global.pki.as_ref();
+    let mut certs: BTreeSet<PathBuf> = pki.and_then(|p| p.ca_cert.clone()).into_iter().collect();
+    let mut written = BTreeSet::new();
+    let mut lines = Vec::new();
+    for ((_, t), text) in accepted() {
+        names.extend(t.conn_names());
+        if t.conf.auth.remote_name().is_some() {
+            certs.extend(pki_of(t, desired).map(|p| p.certificate.clone()));
+        }
+        if let Auth::SelfSigned { remote_cert, .. } = &t.conf.auth {
+            certs.insert(remote_cert.clone());
+        }
+        if let Some((sel, line)) = &text.secret
+            && written.insert(sel.as_str())
+        {
+            lines.push(line.as_str());
         }
     }
-    let pki = desired.global.pki.as_ref();
     let ca_cert = pki.and_then(|p| p.ca_cert.as_ref()).map(|p| p_display(p));
-    let mut certs: BTreeSet<PathBuf> = pki.and_then(|p| p.ca_cert.clone()).into_iter().collect();
-    for c in &conns {
-        certs.extend(c.leftcert.iter().chain(&c.rightcert).map(PathBuf::from));
-    }
-    let names = shunts
-        .iter()
-        .map(|s| s.name.clone())
-        .chain(conns.iter().map(|c| c.name.clone()))
-        .collect();
     let ctx = ConfCtx {
         shunts,
         ca_cert,
-        conns,
+        sections: accepted().map(|(_, text)| text.conf.as_str()).collect(),
     };
     Ok(Rendered {
         conf: templates.render(CONF_TEMPLATE, &ctx)?,
-        secrets: templates.render(SECRETS_TEMPLATE, &SecretsCtx { secrets })?,
+        secrets: templates.render(SECRETS_TEMPLATE, &SecretsCtx { lines })?,
         conns: names,
         certs,
         rejected,
@@ -281,7 +379,7 @@ pub fn render(templates: &Templates, desired: &Desired) -> Result<Rendered, Temp
 
 /// The files as they are before any tunnel exists (restart and cleanup).
 pub fn empty(templates: &Templates) -> Result<Rendered, TemplateError> {
-    render(templates, &Desired::default())
+    render(templates, &Sections::default(), &Desired::default())
 }
 
 /// The charon drop-in written before a restart.
@@ -311,7 +409,7 @@ mod tests {
             c.local_ip = Some("192.0.2.1".parse().unwrap());
             c.dst_port = Some(6090);
         });
-        let r = render(&templates(), &desired(vec![t])).unwrap();
+        let r = render(&templates(), &Sections::default(), &desired(vec![t])).unwrap();
         assert_eq!(
             section(&r.conf, "gnv-in-3"),
             [
@@ -335,7 +433,7 @@ mod tests {
     #[test]
     fn hostile_psk_cannot_leave_its_field() {
         let t = psk_tunnel("g", "gre", "192.0.2.9", "x\"\nconn evil\n#", 1);
-        let r = render(&templates(), &desired(vec![t])).unwrap();
+        let r = render(&templates(), &Sections::default(), &desired(vec![t])).unwrap();
         assert!(!r.secrets.contains("evil") && !r.conf.contains("evil"));
         assert_eq!(r.secrets.lines().count(), 3, "{}", r.secrets);
     }
@@ -345,7 +443,7 @@ mod tests {
         let a = psk_tunnel("a", "vxlan", "192.0.2.2", "one", 1);
         let b = psk_tunnel("b", "gre", "192.0.2.2", "two", 1);
         let c = psk_tunnel("c", "geneve", "192.0.2.2", "one", 1);
-        let r = render(&templates(), &desired(vec![a, b, c])).unwrap();
+        let r = render(&templates(), &Sections::default(), &desired(vec![a, b, c])).unwrap();
         assert_eq!(r.rejected.keys().collect::<Vec<_>>(), ["b"]);
         assert!(
             r.rejected["b"].contains("tunnel 'a'"),
@@ -364,7 +462,7 @@ mod tests {
         });
         let mut d = desired(vec![t]);
         d.global.skb_mark = Some(SkbMark { value: 0, mask: 1 });
-        let r = render(&templates(), &d).unwrap();
+        let r = render(&templates(), &Sections::default(), &d).unwrap();
         for (name, pp) in [
             ("prevent_unencrypted_gre", "gre"),
             ("prevent_unencrypted_geneve", "udp/6081"),
@@ -377,5 +475,34 @@ mod tests {
             );
             assert!(r.conns.contains(name));
         }
+    }
+
+    #[test]
+    fn sections_keep_the_python_layout_and_are_reused_until_their_tunnel_changes() {
+        let sections = Sections::default();
+        let a = psk_tunnel("a", "vxlan", "192.0.2.2", "one", 1);
+        let b = psk_tunnel("b", "gre", "192.0.2.3", "two", 1);
+        let r = render(&templates(), &sections, &desired(vec![a.clone(), b])).unwrap();
+        let tail = "conn a-in-1\n    left=%any\n    right=192.0.2.2\n    authby=psk\n    \
+                    leftprotoport=udp/4789\n    rightprotoport=udp\n\n\
+                    conn a-out-1\n    left=%any\n    right=192.0.2.2\n    authby=psk\n    \
+                    leftprotoport=udp\n    rightprotoport=udp/4789\n\n\
+                    conn b-1\n    left=%any\n    right=192.0.2.3\n    authby=psk\n    \
+                    leftprotoport=gre\n    rightprotoport=gre\n\n";
+        assert!(
+            r.conf
+                .ends_with(&format!("esp=aes256gcm16-modp2048\n\n{tail}")),
+            "{}",
+            r.conf
+        );
+        // b changes (new remote, new version): its section follows, a's is reused as is.
+        let b2 = psk_tunnel("b", "gre", "192.0.2.4", "two", 2);
+        let r2 = render(&templates(), &sections, &desired(vec![a, b2])).unwrap();
+        assert!(
+            r2.conf
+                .contains("conn b-2\n    left=%any\n    right=192.0.2.4\n")
+        );
+        assert!(!r2.conf.contains("b-1") && r2.conf.contains("conn a-out-1\n"));
+        assert_eq!(r2.conf.len(), r.conf.len());
     }
 }
