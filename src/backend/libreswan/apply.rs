@@ -17,7 +17,7 @@ use tokio::task::JoinSet;
 use tracing::{error, warn};
 
 use super::plan::{Action, Pending, wanted_certs};
-use super::render::START_PREFIX;
+use super::render::{self, START_PREFIX};
 use super::{Libreswan, LibreswanError};
 use crate::backend::ApplyReport;
 use crate::backend::command::{Cmd, CmdOutput, CommandError};
@@ -166,7 +166,7 @@ pub(super) fn failure(r: &Result<CmdOutput, CommandError>) -> Option<String> {
 impl Libreswan {
     /// Writes both files; rereads secrets when they changed. Returns the config text.
     pub(super) async fn write_files(&self, desired: &Desired) -> Result<String, LibreswanError> {
-        let (conf, secrets) = self.render(desired)?;
+        let render::Rendered { conf, secrets } = self.render(desired)?;
         write_if_changed(&self.paths.conf, conf.as_bytes(), CONFIG_MODE)?;
         if write_if_changed(&self.paths.secrets, secrets.as_bytes(), SECRET_MODE)? {
             // pluto keeps running with the old secrets if this fails; the conns that need

@@ -115,6 +115,8 @@ pub struct Libreswan {
     default_crypto: bool,
     timeout: Duration,
     templates: Templates,
+    /// Each tunnel's rendered text, reused while it is unchanged.
+    sections: render::Sections,
     cmds: Commands,
     layout: Layout,
     nss: Nss,
@@ -156,6 +158,7 @@ impl Libreswan {
             default_crypto: cli.use_default_crypto,
             timeout,
             templates,
+            sections: render::Sections::default(),
             paths,
             memory: Memory::default(),
             pending: HashMap::new(),
@@ -233,11 +236,14 @@ impl Libreswan {
         Ok(())
     }
 
-    fn render(&self, desired: &Desired) -> Result<(String, String), TemplateError> {
-        Ok((
-            render::ipsec_conf(&self.templates, &self.layout, desired, &self.memory.starts)?,
-            render::ipsec_secrets(&self.templates, desired)?,
-        ))
+    fn render(&self, desired: &Desired) -> Result<render::Rendered, TemplateError> {
+        render::render(
+            &self.templates,
+            &self.sections,
+            &self.layout,
+            desired,
+            &self.memory.starts,
+        )
     }
 
     fn announce(&self, desired: &Desired, live: &BTreeMap<String, LiveStatus>) {
@@ -330,7 +336,7 @@ impl Backend for Libreswan {
         let files = self
             .render(desired)
             .ok()
-            .map(|(conf, secrets)| (sha256(conf.as_bytes()), sha256(secrets.as_bytes())));
+            .map(|r| (sha256(r.conf.as_bytes()), sha256(r.secrets.as_bytes())));
         plan::plan(desired, observed, &self.memory, files)
     }
 

@@ -1,6 +1,9 @@
 //! Rendering of the two files the monitor owns, `--ipsec-conf` and `--ipsec-secrets`, from
 //! the desired state. The layout lives in `templates/libreswan/` (admins may override it);
-//! this module only decides the values.
+//! this module only decides the values. Each tunnel's conn sections (`conn.conf`) and secrets
+//! line (`secret.conf`) are rendered on their own and kept in a [`Sections`] cache until that
+//! tunnel, the layout or its conns' start aliases change, so one changed tunnel costs one
+//! render instead of N.
 //!
 //! Layout rules (reference §3.2): when we own the root config (no distinct
 //! `--root-ipsec-conf`), the file has `config setup` and a `conn %default` carrying the base
@@ -10,16 +13,21 @@
 //! can end its field.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use serde::Serialize;
 
 use super::version::Version;
 use crate::backend::secrets::psk_hex;
-use crate::backend::templates::{TemplateError, Templates};
+use crate::backend::templates::{SectionCache, TemplateError, Templates};
 use crate::model::{Auth, Desired, DesiredTunnel, Family, TunnelType};
 
 pub const CONF_TEMPLATE: &str = "ipsec.conf";
+/// One `conn` section, rendered on its own so it can be cached.
+pub const CONN_TEMPLATE: &str = "conn.conf";
 pub const SECRETS_TEMPLATE: &str = "ipsec.secrets";
+/// One tunnel's line of `ipsec.secrets`, rendered on its own so it can be cached.
+pub const SECRET_TEMPLATE: &str = "secret.conf";
 
 /// The compiled-in templates.
 pub const DEFAULTS: &[(&str, &str)] = &[
@@ -28,8 +36,16 @@ pub const DEFAULTS: &[(&str, &str)] = &[
         include_str!("../../../templates/libreswan/ipsec.conf"),
     ),
     (
+        CONN_TEMPLATE,
+        include_str!("../../../templates/libreswan/conn.conf"),
+    ),
+    (
         SECRETS_TEMPLATE,
         include_str!("../../../templates/libreswan/ipsec.secrets"),
+    ),
+    (
+        SECRET_TEMPLATE,
+        include_str!("../../../templates/libreswan/secret.conf"),
     ),
 ];
 
@@ -123,7 +139,41 @@ struct ConfCtx<'a> {
     crypto: Vec<&'static str>,
     shunts: Vec<ShuntCtx>,
     mark: String,
-    conns: Vec<ConnCtx<'a>>,
+    /// The tunnels' conn sections, already rendered through [`CONN_TEMPLATE`].
+    sections: Vec<&'a str>,
+}
+
+/// What [`CONN_TEMPLATE`] gets: one conn and the layout lines a conn may repeat.
+#[derive(Serialize)]
+struct ConnFileCtx<'a> {
+    own_root: bool,
+    base: Vec<&'static str>,
+    crypto: Vec<&'static str>,
+    c: ConnCtx<'a>,
+}
+
+/// What a tunnel's text is rendered from: the tunnel, the layout and the start alias of each
+/// of its conns.
+#[derive(PartialEq)]
+pub struct SectionInput {
+    tunnel: DesiredTunnel,
+    layout: Layout,
+    starts: Vec<Option<String>>,
+}
+
+/// A tunnel's rendered text, kept between passes. Not `Debug`: `secret` holds its PSK.
+pub struct TunnelText {
+    conf: String,
+    secret: Option<String>,
+}
+
+/// The tunnels' rendered text, kept between passes (see [`SectionCache`]).
+pub type Sections = SectionCache<SectionInput, Arc<TunnelText>>;
+
+/// Both files' text. Not `Debug`: `secrets` holds PSKs.
+pub struct Rendered {
+    pub conf: String,
+    pub secrets: String,
 }
 
 #[derive(Serialize)]
@@ -155,8 +205,9 @@ struct KeyValue<'a> {
 }
 
 #[derive(Serialize)]
-struct SecretsCtx {
-    psks: Vec<PskCtx>,
+struct SecretsCtx<'a> {
+    /// Lines already rendered through [`SECRET_TEMPLATE`].
+    lines: Vec<&'a str>,
 }
 
 #[derive(Serialize)]
@@ -213,13 +264,64 @@ fn conn_ctxs<'a>(t: &'a DesiredTunnel, starts: &BTreeMap<String, String>) -> Vec
         .collect()
 }
 
-/// The text of `--ipsec-conf` for `desired`; `starts` maps conns to their start alias.
-pub fn ipsec_conf(
+/// One tunnel's conn sections and secrets line.
+fn tunnel_text(templates: &Templates, i: &SectionInput) -> Result<Arc<TunnelText>, TemplateError> {
+    let t = &i.tunnel;
+    let starts: BTreeMap<String, String> = t
+        .conn_names()
+        .into_iter()
+        .zip(&i.starts)
+        .filter_map(|(c, s)| Some((c, s.clone()?)))
+        .collect();
+    let conf = conn_ctxs(t, &starts)
+        .into_iter()
+        .map(|c| {
+            let ctx = ConnFileCtx {
+                own_root: i.layout.own_root,
+                base: i.layout.base(),
+                crypto: i.layout.crypto(),
+                c,
+            };
+            templates.render(CONN_TEMPLATE, &ctx)
+        })
+        .collect::<Result<String, _>>()?;
+    let secret = match &t.conf.auth {
+        Auth::Psk(psk) => {
+            let ctx = PskCtx {
+                remote: t.conf.remote_ip.to_string(),
+                hex: psk_hex(psk),
+            };
+            Some(templates.render(SECRET_TEMPLATE, &ctx)?)
+        }
+        _ => None,
+    };
+    Ok(Arc::new(TunnelText { conf, secret }))
+}
+
+/// The text of `--ipsec-conf` and `--ipsec-secrets` for `desired`, reusing unchanged tunnels'
+/// text from `sections`; `starts` maps conns to their start alias.
+pub fn render(
     templates: &Templates,
+    sections: &Sections,
     layout: &Layout,
     desired: &Desired,
     starts: &BTreeMap<String, String>,
-) -> Result<String, TemplateError> {
+) -> Result<Rendered, TemplateError> {
+    let texts = sections.render_all(
+        desired.tunnels.iter().map(|(name, t)| {
+            let input = SectionInput {
+                starts: t
+                    .conn_names()
+                    .iter()
+                    .map(|c| starts.get(c).cloned())
+                    .collect(),
+                tunnel: t.clone(),
+                layout: layout.clone(),
+            };
+            (name.clone(), input)
+        }),
+        |i| tunnel_text(templates, i),
+    )?;
     let mark = desired.global.skb_mark;
     let ctx = ConfCtx {
         own_root: layout.own_root,
@@ -238,27 +340,11 @@ pub fn ipsec_conf(
             Vec::new()
         },
         mark: mark.map(|m| m.to_string()).unwrap_or_default(),
-        conns: desired
-            .tunnels
-            .values()
-            .flat_map(|t| conn_ctxs(t, starts))
-            .collect(),
+        sections: texts.iter().map(|t| t.conf.as_str()).collect(),
     };
-    templates.render(CONF_TEMPLATE, &ctx)
-}
-
-/// The text of `--ipsec-secrets` for `desired`: one line per PSK tunnel.
-pub fn ipsec_secrets(templates: &Templates, desired: &Desired) -> Result<String, TemplateError> {
-    let psks = desired
-        .tunnels
-        .values()
-        .filter_map(|t| match &t.conf.auth {
-            Auth::Psk(psk) => Some(PskCtx {
-                remote: t.conf.remote_ip.to_string(),
-                hex: psk_hex(psk),
-            }),
-            _ => None,
-        })
-        .collect();
-    templates.render(SECRETS_TEMPLATE, &SecretsCtx { psks })
+    let lines = texts.iter().filter_map(|t| t.secret.as_deref()).collect();
+    Ok(Rendered {
+        conf: templates.render(CONF_TEMPLATE, &ctx)?,
+        secrets: templates.render(SECRETS_TEMPLATE, &SecretsCtx { lines })?,
+    })
 }

@@ -145,9 +145,19 @@ fn sections(text: &str) -> BTreeMap<String, Vec<String>> {
     out
 }
 
+/// Both files for `desired`, rendered afresh.
+fn rendered(
+    layout: &Layout,
+    desired: &Desired,
+    starts: &BTreeMap<String, String>,
+) -> render::Rendered {
+    let sections = render::Sections::default();
+    render::render(&templates(), &sections, layout, desired, starts).unwrap()
+}
+
 /// `--ipsec-conf` for `desired`, no conn with a start alias.
 fn conf(layout: &Layout, desired: &Desired) -> String {
-    render::ipsec_conf(&templates(), layout, desired, &BTreeMap::new()).unwrap()
+    rendered(layout, desired, &BTreeMap::new()).conf
 }
 
 fn golden(name: &str) -> String {
@@ -246,7 +256,7 @@ fn secrets_are_the_python_monitor_lines_with_hex_psks() {
             None => l.to_owned(),
         })
         .collect();
-    let ours = render::ipsec_secrets(&templates(), &psk_desired()).unwrap();
+    let ours = rendered(&layout(4, true, false), &psk_desired(), &BTreeMap::new()).secrets;
     let mut a: Vec<&str> = ours.lines().collect();
     let mut b: Vec<&str> = want.iter().map(String::as_str).collect();
     a.sort_unstable();
@@ -254,7 +264,12 @@ fn secrets_are_the_python_monitor_lines_with_hex_psks() {
     assert_eq!(a, b);
     assert!(!ours.contains("swordfish"));
     assert_eq!(
-        render::ipsec_secrets(&templates(), &cert_desired(true)).unwrap(),
+        rendered(
+            &layout(4, true, false),
+            &cert_desired(true),
+            &BTreeMap::new()
+        )
+        .secrets,
         golden("v4-cert.secrets")
     );
 }
@@ -289,7 +304,7 @@ fn alias_lines_make_every_conn_ours_and_batches_startable() {
         ("vx1-out-1".to_owned(), token.clone()),
         ("gre1-1".to_owned(), token.clone()),
     ]);
-    let text = render::ipsec_conf(&templates(), &layout(5, true, false), &d, &starts).unwrap();
+    let text = rendered(&layout(5, true, false), &d, &starts).conf;
     let alias = |conn: &str| -> String {
         let mut lines = text.lines().skip_while(|l| *l != format!("conn {conn}"));
         lines.nth(1).unwrap().trim().to_owned()
@@ -325,6 +340,34 @@ fn alias_lines_make_every_conn_ours_and_batches_startable() {
         conns,
         ["gnv1-in-1", "gnv1-out-1", "gre1-1", "vx1-in-1", "vx1-out-1"]
     );
+}
+
+#[test]
+fn cached_sections_follow_every_input_they_were_rendered_from() {
+    let sections = render::Sections::default();
+    let cached = |l: &Layout, d: &Desired, st: &BTreeMap<String, String>| {
+        let r = render::render(&templates(), &sections, l, d, st).unwrap();
+        let fresh = rendered(l, d, st);
+        assert_eq!(r.conf, fresh.conf);
+        assert_eq!(r.secrets, fresh.secrets);
+        r.conf
+    };
+    let none = BTreeMap::new();
+    let mut d = psk_desired();
+    let first = cached(&layout(4, true, false), &d, &none);
+    // A changed tunnel, a new start alias, another layout: each shows at once.
+    let t = d.tunnels.get_mut("vx1").unwrap();
+    Arc::make_mut(&mut t.conf).remote_ip = "192.0.2.9".parse().unwrap();
+    assert!(cached(&layout(4, true, false), &d, &none).contains("right=192.0.2.9"));
+    let starts = BTreeMap::from([(
+        "vx1-out-1".to_owned(),
+        format!("{}2a", render::START_PREFIX),
+    )]);
+    assert!(cached(&layout(4, true, false), &d, &starts).contains(":start:2a vx1-out-1"));
+    assert!(!cached(&layout(4, false, true), &d, &starts).contains("conn %default"));
+    d.tunnels.remove("gre1");
+    assert!(!cached(&layout(4, true, false), &d, &none).contains("gre1"));
+    assert_ne!(first, cached(&layout(4, true, false), &d, &none));
 }
 
 // ---- the reconcile plan ----
