@@ -4,10 +4,12 @@
 //!
 //! - `observe`: `list-conns` + `list-sas` on one command connection, plus the SHA-256 of each
 //!   credential file we loaded (so a renewed certificate is noticed by content);
-//! - `plan` (pure, [`plan`]): credentials and connections to (re)load, outbound sides to
-//!   initiate, our stale connections and credentials to unload;
+//! - `plan` (pure, [`plan`]): credentials and connections to (re)load — one connection, so
+//!   one IKE_SA, per tunnel ([`conns`]) —, tunnels to initiate, our stale connections and
+//!   credentials to unload;
 //! - `apply`: every request of the plan pipelined on the same connection (a cold start of
-//!   1,000 tunnels is one stream of ~3,000 messages, one tunnel change is O(1) messages);
+//!   1,000 tunnels is one stream of ~4,000 messages, one tunnel change is O(1) messages); an
+//!   initiation is sent only by the end with the lower address ([`initiator`]);
 //! - `status` (pure, [`status`]): per-tunnel state from the SAs;
 //! - `events` ([`events`]): IKE/CHILD_SA up/down/rekey events and charon restarts.
 //!
@@ -19,6 +21,7 @@ pub mod conns;
 pub mod creds;
 pub mod custom;
 pub mod events;
+pub mod initiator;
 pub mod mode;
 pub mod observe;
 pub mod plan;
@@ -28,7 +31,7 @@ pub(crate) mod test_support;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -55,6 +58,14 @@ pub struct StrongSwanVici {
     loaded: Loaded,
     events: Option<mpsc::Receiver<BackendEvent>>,
     watcher: Option<JoinHandle<()>>,
+    /// Origin of [`Observed::clock`].
+    epoch: Instant,
+    /// Set when the command connection is opened again after it broke: charon may have
+    /// restarted, and then its peers still hold IKE_SAs it lost and will not start new ones,
+    /// so the next initiations are sent whichever end has the lower address.
+    reopened: bool,
+    /// Whether a command connection was ever opened.
+    connected_once: bool,
 }
 
 impl Drop for StrongSwanVici {
@@ -75,6 +86,9 @@ impl StrongSwanVici {
             loaded: Loaded::default(),
             events: None,
             watcher: None,
+            epoch: Instant::now(),
+            reopened: false,
+            connected_once: false,
         }
     }
 
@@ -88,6 +102,8 @@ impl StrongSwanVici {
         if self.conn.is_none() {
             let c = Connection::connect(&self.socket, self.timeout).await?;
             self.loaded = Loaded::default();
+            self.reopened = self.connected_once;
+            self.connected_once = true;
             self.conn = Some(c);
         }
         self.conn
@@ -146,6 +162,7 @@ enum Pending {
     },
     Initiate {
         conn: String,
+        child: String,
     },
     UnloadConn(String),
     UnloadCred(CredKey),
@@ -227,6 +244,7 @@ impl Backend for StrongSwanVici {
             sas: parse_sas(&sas),
             loaded: self.loaded.clone(),
             files,
+            clock: self.epoch.elapsed(),
         })
     }
 
@@ -287,14 +305,28 @@ impl Backend for StrongSwanVici {
                         tunnel: c.tunnel,
                     });
                 }
-                Action::Initiate { conn, .. } => {
-                    let body = Message::new()
-                        .kv("child", conn.as_str())
-                        .kv("ike", conn.as_str())
-                        .kv("timeout", "-1")
-                        .kv("init-limits", "no");
-                    requests.push(("initiate".to_owned(), body));
-                    pending.push(Pending::Initiate { conn });
+                Action::Initiate { conn, start } => {
+                    self.loaded
+                        .attempts
+                        .insert(conn.clone(), self.epoch.elapsed());
+                    if !self.reopened && !initiator::we_initiate(start.local, start.remote) {
+                        debug!("{conn}: left to the peer, whose address is lower");
+                        continue;
+                    }
+                    // Every child in the same IKE_SA: charon reuses the IKE_SA of the
+                    // connection for the second one even while it is still connecting.
+                    for child in start.children {
+                        let body = Message::new()
+                            .kv("child", child.as_str())
+                            .kv("ike", conn.as_str())
+                            .kv("timeout", "-1")
+                            .kv("init-limits", "no");
+                        requests.push(("initiate".to_owned(), body));
+                        pending.push(Pending::Initiate {
+                            conn: conn.clone(),
+                            child,
+                        });
+                    }
                 }
                 Action::UnloadConn(name) => {
                     requests.push((
@@ -322,6 +354,7 @@ impl Backend for StrongSwanVici {
             }
         }
         let answers = self.batch(requests).await.map_err(backend_error)?;
+        self.reopened = false;
         for (p, answer) in pending.into_iter().zip(answers) {
             report.applied += 1;
             match p {
@@ -354,10 +387,10 @@ impl Backend for StrongSwanVici {
                             .insert(who, format!("cannot load connection {name}: {e}"));
                     }
                 },
-                Pending::Initiate { conn } => {
+                Pending::Initiate { conn, child } => {
                     // The trap policy starts it on the first packet anyway; status shows it.
                     if let Err(e) = check("initiate", &answer) {
-                        debug!("initiate {conn}: {e}");
+                        debug!("initiate {child} of {conn}: {e}");
                     }
                 }
                 Pending::UnloadConn(name) => {
@@ -365,6 +398,7 @@ impl Backend for StrongSwanVici {
                         warn!("cannot unload connection {name}: {e}");
                     }
                     self.loaded.conns.remove(&name);
+                    self.loaded.attempts.remove(&name);
                 }
                 Pending::UnloadCred(key) => {
                     if let Err(e) = check("unload credential", &answer) {
