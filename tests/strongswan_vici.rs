@@ -13,78 +13,11 @@ mod common;
 use std::path::Path;
 use std::time::Duration;
 
-use common::monitor::{Monitor, iface_key, launch, wait_for};
+use common::monitor::{iface_key, wait_for};
 use common::netns::NetnsPair;
-use common::ovsdb_server::OvsdbServer;
-use common::vici::{Charon, make_pki, require_strongswan};
+use common::vici::{Node, make_pki, policies, require_strongswan};
 
 const T: Duration = Duration::from_secs(20);
-
-struct Node {
-    charon: Charon,
-    db: OvsdbServer,
-    mon: Monitor,
-}
-
-impl Node {
-    fn start(ns: &str, dir: &Path) -> Self {
-        let charon = Charon::start(ns, dir);
-        let db = OvsdbServer::start();
-        let socket = format!("--vici-socket={}", charon.socket().display());
-        let mon = launch(
-            &db,
-            &["ip", "netns", "exec", ns],
-            "monitor.log",
-            &[
-                "--ike-daemon=strongswan",
-                "--no-restart-ike-daemon",
-                "--strongswan-mode=vici",
-                &socket,
-            ],
-        );
-        Self { charon, db, mon }
-    }
-
-    fn add_tunnel(&self, kind: &str, opts: &[String]) {
-        let mut args: Vec<String> = [
-            "--may-exist",
-            "add-br",
-            "br-ipsec",
-            "--",
-            "add-port",
-            "br-ipsec",
-            "tun",
-            "--",
-            "set",
-            "interface",
-            "tun",
-        ]
-        .map(String::from)
-        .to_vec();
-        args.push(format!("type={kind}"));
-        args.extend(opts.iter().map(|o| format!("options:{o}")));
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        self.db.vsctl(&args);
-    }
-
-    fn ike_established(&self) -> bool {
-        self.charon
-            .swanctl_out(&["--list-sas", "--raw"])
-            .contains("state=ESTABLISHED")
-    }
-
-    /// The IKE_SAs charon lists (one `list-sa` event each).
-    fn ike_sa_count(&self) -> usize {
-        self.charon
-            .swanctl_out(&["--list-sas", "--raw"])
-            .matches("list-sa event")
-            .count()
-    }
-
-    fn conns(&self) -> String {
-        self.charon.swanctl_out(&["--list-conns", "--raw"])
-    }
-}
 
 #[test]
 fn psk_vxlan_on_a_custom_port_establishes_ike_and_survives_a_charon_crash() {
@@ -215,18 +148,6 @@ fn psk_vxlan_on_a_custom_port_establishes_ike_and_survives_a_charon_crash() {
         left.charon.log().contains("destroying duplicate IKE_SA")
     });
     assert_eq!((left.ike_sa_count(), right.ike_sa_count()), (1, 1));
-}
-
-/// `ip xfrm policy` of `ns`, one entry per policy (its selector and `dir` lines joined).
-fn policies(ns: &str) -> Vec<String> {
-    let mut out: Vec<String> = Vec::new();
-    for line in NetnsPair::xfrm_policies(ns).lines() {
-        match out.last_mut() {
-            Some(last) if line.starts_with(char::is_whitespace) => last.push_str(line),
-            _ => out.push(line.to_owned()),
-        }
-    }
-    out
 }
 
 #[test]
