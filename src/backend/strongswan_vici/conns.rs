@@ -19,6 +19,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 use super::custom::{self, Level};
+use super::observe::ObservedConn;
 use crate::backend::vici::Message;
 use crate::model::{Auth, Desired, DesiredTunnel, SkbMark, TunnelType};
 
@@ -40,6 +41,28 @@ pub struct DesiredConn {
     pub start: Option<Start>,
     /// `{ <name> { ... } }`, ready for `load-conn`.
     pub body: Message,
+}
+
+impl DesiredConn {
+    /// How `list-conns` shows this connection once loaded: its children and their modes.
+    pub fn listed(&self) -> ObservedConn {
+        let mode = if self.tunnel.is_some() {
+            "TRANSPORT"
+        } else {
+            "DROP"
+        };
+        let children = self
+            .body
+            .section_of(&self.name)
+            .and_then(|c| c.section_of("children"))
+            .map(|c| {
+                c.sections()
+                    .map(|(n, _)| (n.to_owned(), mode.to_owned()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        ObservedConn { children }
+    }
 }
 
 /// The children of a tunnel connection that one end initiates.
@@ -222,6 +245,14 @@ mod tests {
             .map(|(n, _)| n)
             .collect();
         assert_eq!(names, ["vx1-in-1", "vx1-out-1"]);
+        let listed = c.listed().children;
+        assert_eq!(
+            listed.iter().collect::<Vec<_>>(),
+            [
+                (&"vx1-in-1".to_owned(), &"TRANSPORT".to_owned()),
+                (&"vx1-out-1".to_owned(), &"TRANSPORT".to_owned())
+            ]
+        );
         let (inb, out) = (child(&c, "vx1-in-1"), child(&c, "vx1-out-1"));
         assert_eq!(inb.strs("local_ts"), ["dynamic[udp/4790]"]);
         assert_eq!(inb.strs("remote_ts"), ["dynamic[udp]"]);

@@ -16,6 +16,13 @@
 //! What we loaded is remembered per charon: the memory is dropped whenever the command
 //! connection has to be re-opened, which is exactly when charon may have restarted and lost
 //! everything.
+//!
+//! `list-conns` is the costly listing (charon answers 1,000 connections in about a second on
+//! a busy 2-core host), and between two listings only we change charon's connections. So the
+//! listing is kept and updated with our own loads and unloads, and made again only every
+//! [`RELIST_CONNS`] (the periodic pass) or on a new connection: a one-tunnel change costs
+//! `list-sas` and O(1) messages, and a connection someone unloaded by hand is still restored
+//! within one periodic pass.
 
 pub mod conns;
 pub mod creds;
@@ -38,13 +45,17 @@ use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
 use self::creds::{CredKey, CredSource, Sha, desired_creds, load_request, unload_request};
-use self::observe::{Loaded, Observed, parse_conns, parse_sas};
+use self::observe::{Loaded, Observed, ObservedConn, parse_conns, parse_sas};
 use self::plan::{Action, body_digest};
 use super::vici::{Connection, Message, ViciError, check};
 use super::{
     ApplyReport, Backend, BackendError, BackendEvent, BackendKind, LiveStatus, StartOptions,
 };
 use crate::model::{Auth, Desired};
+
+/// How old the kept `list-conns` may get before a pass lists again (below the 15 s periodic
+/// pass, so every periodic pass lists).
+pub const RELIST_CONNS: Duration = Duration::from_secs(10);
 
 /// charon's default VICI socket (below `--root-prefix`).
 pub const DEFAULT_SOCKET: &str = "/var/run/charon.vici";
@@ -66,6 +77,9 @@ pub struct StrongSwanVici {
     reopened: bool,
     /// Whether a command connection was ever opened.
     connected_once: bool,
+    /// charon's connections: the last `list-conns` and when it was made, updated since with
+    /// our own loads and unloads.
+    listed: Option<(BTreeMap<String, ObservedConn>, Instant)>,
 }
 
 impl Drop for StrongSwanVici {
@@ -89,6 +103,7 @@ impl StrongSwanVici {
             epoch: Instant::now(),
             reopened: false,
             connected_once: false,
+            listed: None,
         }
     }
 
@@ -104,6 +119,7 @@ impl StrongSwanVici {
             self.loaded = Loaded::default();
             self.reopened = self.connected_once;
             self.connected_once = true;
+            self.listed = None;
             self.conn = Some(c);
         }
         self.conn
@@ -159,6 +175,8 @@ enum Pending {
         name: String,
         digest: Sha,
         tunnel: Option<String>,
+        /// As `list-conns` would show it once loaded.
+        listed: ObservedConn,
     },
     Initiate {
         conn: String,
@@ -227,10 +245,17 @@ impl Backend for StrongSwanVici {
             .listing("list-sas", "list-sa")
             .await
             .map_err(backend_error)?;
-        let conns = self
-            .listing("list-conns", "list-conn")
-            .await
-            .map_err(backend_error)?;
+        let fresh = self
+            .listed
+            .as_ref()
+            .is_some_and(|(_, at)| at.elapsed() < RELIST_CONNS);
+        if !fresh {
+            let conns = self
+                .listing("list-conns", "list-conn")
+                .await
+                .map_err(backend_error)?;
+            self.listed = Some((parse_conns(&conns), Instant::now()));
+        }
         let mut files = BTreeMap::new();
         for path in self.loaded.creds.keys().filter_map(CredKey::path) {
             let digest = tokio::fs::read(path)
@@ -240,7 +265,11 @@ impl Backend for StrongSwanVici {
             files.insert(path.to_owned(), digest);
         }
         Ok(Observed {
-            conns: parse_conns(&conns),
+            conns: self
+                .listed
+                .as_ref()
+                .map(|(c, _)| c.clone())
+                .unwrap_or_default(),
             sas: parse_sas(&sas),
             loaded: self.loaded.clone(),
             files,
@@ -298,11 +327,13 @@ impl Backend for StrongSwanVici {
                 }
                 Action::LoadConn(c) => {
                     let digest = body_digest(&c.body);
+                    let listed = c.listed();
                     requests.push(("load-conn".to_owned(), c.body));
                     pending.push(Pending::Conn {
                         name: c.name,
                         digest,
                         tunnel: c.tunnel,
+                        listed,
                     });
                 }
                 Action::Initiate { conn, start } => {
@@ -375,8 +406,12 @@ impl Backend for StrongSwanVici {
                     name,
                     digest,
                     tunnel,
+                    listed,
                 } => match check("load-conn", &answer) {
                     Ok(()) => {
+                        if let Some((conns, _)) = &mut self.listed {
+                            conns.insert(name.clone(), listed);
+                        }
                         self.loaded.conns.insert(name, digest);
                     }
                     Err(e) => {
@@ -396,6 +431,9 @@ impl Backend for StrongSwanVici {
                 Pending::UnloadConn(name) => {
                     if let Err(e) = check("unload-conn", &answer) {
                         warn!("cannot unload connection {name}: {e}");
+                    }
+                    if let Some((conns, _)) = &mut self.listed {
+                        conns.remove(&name);
                     }
                     self.loaded.conns.remove(&name);
                     self.loaded.attempts.remove(&name);

@@ -186,20 +186,7 @@ mod tests {
                     o.loaded.creds.insert(k.clone(), digest);
                 }
                 Action::LoadConn(c) => {
-                    let mode = if c.tunnel.is_some() {
-                        "TRANSPORT"
-                    } else {
-                        "DROP"
-                    };
-                    let children = c
-                        .body
-                        .section_of(&c.name)
-                        .and_then(|b| b.section_of("children"))
-                        .unwrap()
-                        .sections()
-                        .map(|(n, _)| (n.to_owned(), mode.to_owned()))
-                        .collect();
-                    o.conns.insert(c.name.clone(), ObservedConn { children });
+                    o.conns.insert(c.name.clone(), c.listed());
                     o.loaded.conns.insert(c.name.clone(), body_digest(&c.body));
                 }
                 Action::Initiate { conn, .. } => {
