@@ -1,69 +1,23 @@
 //! strongSwan VICI mode against REAL charons: two network namespaces, a charon in each, an
-//! ovsdb-server and our monitor per node, tunnels created with the real ovs-vsctl.
+//! ovsdb-server and our monitor per node (the monitor runs in the node's namespace, as it does
+//! beside charon on a real host: that is where it looks up its own address), tunnels created
+//! with the real ovs-vsctl.
 //!
 //! This kernel has XFRM but no esp4: the IKE_SA establishes and the trap policies install,
-//! the CHILD_SA cannot. The tests assert exactly that, plus the monitor's status in OVSDB and
-//! `tunnels/show`, and its recovery from a charon crash.
+//! the CHILD_SA cannot. The tests assert exactly that — one IKE_SA per tunnel on each node,
+//! both children configured, trap policies on the tunnel's real ports — plus the monitor's
+//! status in OVSDB and `tunnels/show`, and its recovery from a charon crash.
 
 mod common;
 
 use std::path::Path;
 use std::time::Duration;
 
-use common::monitor::{Monitor, iface_key, wait_for};
+use common::monitor::{iface_key, wait_for};
 use common::netns::NetnsPair;
-use common::ovsdb_server::OvsdbServer;
-use common::vici::{Charon, make_pki, require_strongswan};
+use common::vici::{Node, make_pki, policies, require_strongswan};
 
 const T: Duration = Duration::from_secs(20);
-
-struct Node {
-    charon: Charon,
-    db: OvsdbServer,
-    mon: Monitor,
-}
-
-impl Node {
-    fn start(ns: &str, dir: &Path) -> Self {
-        let charon = Charon::start(ns, dir);
-        let db = OvsdbServer::start();
-        let socket = format!("--vici-socket={}", charon.socket().display());
-        let mon = Monitor::start_real(&db, &["--strongswan-mode=vici", &socket]);
-        Self { charon, db, mon }
-    }
-
-    fn add_tunnel(&self, kind: &str, opts: &[String]) {
-        let mut args: Vec<String> = [
-            "--may-exist",
-            "add-br",
-            "br-ipsec",
-            "--",
-            "add-port",
-            "br-ipsec",
-            "tun",
-            "--",
-            "set",
-            "interface",
-            "tun",
-        ]
-        .map(String::from)
-        .to_vec();
-        args.push(format!("type={kind}"));
-        args.extend(opts.iter().map(|o| format!("options:{o}")));
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        self.db.vsctl(&args);
-    }
-
-    fn ike_established(&self) -> bool {
-        self.charon
-            .swanctl_out(&["--list-sas", "--raw"])
-            .contains("state=ESTABLISHED")
-    }
-
-    fn conns(&self) -> String {
-        self.charon.swanctl_out(&["--list-conns", "--raw"])
-    }
-}
 
 #[test]
 fn psk_vxlan_on_a_custom_port_establishes_ike_and_survives_a_charon_crash() {
@@ -85,18 +39,62 @@ fn psk_vxlan_on_a_custom_port_establishes_ike_and_survives_a_charon_crash() {
     wait_for("IKE_SA established on both sides", T, || {
         left.ike_established() && right.ike_established()
     });
-    // Trap policies with the tunnel's real port, both directions of each connection.
-    // Policies with the tunnel's real port: to the peer's port and to ours.
-    let pol = NetnsPair::xfrm_policies(&net.left);
-    let has = |src: &str, dst: &str| {
-        pol.lines()
-            .any(|l| l.starts_with(src) && l.contains(dst) && l.contains("proto udp dport 4790"))
-    };
-    assert!(has("src ", "dst 192.0.2.2/32"), "{pol}");
-    assert!(has("src 192.0.2.2/32", "dst "), "{pol}");
+    // Both children were attempted (and failed to install: no esp4) inside that IKE_SA.
+    wait_for("both children attempted", T, || {
+        let log = left.charon.log() + &right.charon.log();
+        log.contains("tun-in-1") && log.contains("tun-out-1")
+    });
+    // ONE IKE_SA per tunnel on each node, started by the end with the lower address only.
+    assert_eq!((left.ike_sa_count(), right.ike_sa_count()), (1, 1));
+    assert!(left.charon.log().contains("initiating IKE_SA tun-1"));
+    assert!(!right.charon.log().contains("initiating IKE_SA"));
+    // One connection carrying both children: in on our port, out to the peer's port from
+    // any source port.
+    for node in [&left, &right] {
+        let conns = node.conns();
+        assert_eq!(conns.matches("list-conn event").count(), 1, "{conns}");
+        assert!(conns.contains("{tun-1 {"), "{conns}");
+        assert!(
+            conns.contains("tun-in-1 {mode=TRANSPORT")
+                && conns.contains("local-ts=[dynamic[udp/4790]] remote-ts=[dynamic[udp]]"),
+            "{conns}"
+        );
+        assert!(
+            conns.contains("tun-out-1 {mode=TRANSPORT")
+                && conns.contains("local-ts=[dynamic[udp]] remote-ts=[dynamic[udp/4790]]"),
+            "{conns}"
+        );
+    }
+    // Trap policies with the tunnel's real port in both directions; the outbound one does not
+    // pin a source port (geneve/vxlan pick a random one per flow).
+    let pol = policies(&net.left);
+    let find = |dir: &str, sel: &str| pol.iter().any(|p| p.contains(sel) && p.contains(dir));
+    let to_peer = "src 192.0.2.1/32 dst 192.0.2.2/32 proto udp dport 4790 ";
+    assert!(find("dir out", to_peer), "{pol:?}");
     assert!(
-        !pol.contains("4789"),
-        "default port used instead of dst_port: {pol}"
+        find(
+            "dir in",
+            "src 192.0.2.2/32 dst 192.0.2.1/32 proto udp sport 4790 "
+        ),
+        "{pol:?}"
+    );
+    assert!(
+        find(
+            "dir out",
+            "src 192.0.2.1/32 dst 192.0.2.2/32 proto udp sport 4790 "
+        ),
+        "{pol:?}"
+    );
+    assert!(
+        find(
+            "dir in",
+            "src 192.0.2.2/32 dst 192.0.2.1/32 proto udp dport 4790 "
+        ),
+        "{pol:?}"
+    );
+    assert!(
+        !pol.iter().any(|p| p.contains("4789")),
+        "default port used instead of dst_port: {pol:?}"
     );
     // The PSK went to charon's memory only.
     assert!(!left.conns().contains("swordfish"));
@@ -112,9 +110,17 @@ fn psk_vxlan_on_a_custom_port_establishes_ike_and_survives_a_charon_crash() {
         !left.mon.log().contains("swordfish"),
         "PSK in the monitor log"
     );
+    // The monitor learns it from charon's ike-updown event.
+    wait_for("tunnels/show lists the IKE_SA", T, || {
+        left.mon
+            .appctl_ok(&["tunnels/show"])
+            .contains("tun-1: ESTABLISHED")
+    });
     let show = left.mon.appctl_ok(&["tunnels/show"]);
-    assert!(show.contains("tun-out-1: ESTABLISHED"), "{show}");
-    assert!(show.contains("Connections loaded in charon"), "{show}");
+    assert!(
+        show.contains("tun-1: children tun-in-1, tun-out-1"),
+        "{show}"
+    );
     // No ESP here: the CHILD_SA fails, so the tunnel is down, without error.
     wait_for("left ipsec-state=down", T, || {
         iface_key(&left.db, "tun", "ipsec-state").as_deref() == Some("down")
@@ -126,17 +132,22 @@ fn psk_vxlan_on_a_custom_port_establishes_ike_and_survives_a_charon_crash() {
         iface_key(&right.db, "tun", "ipsec-error").is_some_and(|e| e.contains("VICI"))
     });
     assert!(iface_key(&right.db, "tun", "ipsec-state").as_deref() == Some("down"));
-    // charon is back: everything is reloaded and IKE comes up again.
+    // charon is back: everything is reloaded and IKE comes up again, started by the restarted
+    // end even though its address is higher (the peer still holds the old IKE_SA and would
+    // never start one); INITIAL_CONTACT makes the peer drop the stale one.
     right.charon.restart();
     right.mon.wait_log("charon is back");
-    wait_for("right connections reloaded", T, || {
-        let c = right.conns();
-        c.contains("tun-in-1") && c.contains("tun-out-1")
+    wait_for("right connection reloaded", T, || {
+        right.conns().contains("{tun-1 {")
     });
     wait_for("right error cleared", T, || {
         iface_key(&right.db, "tun", "ipsec-error").is_none()
     });
     wait_for("IKE_SA re-established", T, || right.ike_established());
+    wait_for("the stale IKE_SA gone on the left", T, || {
+        left.charon.log().contains("destroying duplicate IKE_SA")
+    });
+    assert_eq!((left.ike_sa_count(), right.ike_sa_count()), (1, 1));
 }
 
 #[test]
@@ -173,9 +184,13 @@ fn ca_signed_geneve_establishes_ike_with_certificates_loaded_over_vici() {
             ],
         );
     }
-    wait_for("IKE_SA established with certificates", T, || {
+    // left (the lower address) loaded first: its first IKE_SA was refused by a right that had
+    // no connection yet, and it is started again on a later pass (RETRY_INITIATE, then the
+    // next periodic pass: up to 15 s).
+    wait_for("IKE_SA established with certificates", 2 * T, || {
         left.ike_established() && right.ike_established()
     });
+    assert_eq!((left.ike_sa_count(), right.ike_sa_count()), (1, 1));
     let sas = left.charon.swanctl_out(&["--list-sas", "--raw"]);
     assert!(sas.contains("remote-id=right"), "{sas}");
     let pol = NetnsPair::xfrm_policies(&net.right);

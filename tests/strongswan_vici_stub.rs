@@ -1,7 +1,10 @@
 //! strongSwan VICI mode against a recording fake VICI socket: the exact message sequence of a
 //! cold start, an added, a modified and a deleted tunnel, a monitor restart (nothing current is
-//! unloaded), and the batch figures for 1,000 tunnels. The real binary, a real ovsdb-server and
-//! the real ovs-vsctl drive it.
+//! unloaded), the end that does not initiate, and the batch figures for 1,000 tunnels. The
+//! real binary, a real ovsdb-server and the real ovs-vsctl drive it.
+//!
+//! Every tunnel sets `local_ip` (192.0.2.1, lower than every remote) unless the test is about
+//! the other end: which end initiates depends on the addresses, not on this host's routes.
 
 mod common;
 
@@ -18,6 +21,9 @@ fn start_monitor(db: &OvsdbServer, fake: &FakeCharon) -> Monitor {
     Monitor::start_real(db, &["--strongswan-mode=vici", &socket])
 }
 
+/// The address our end uses: lower than every remote of these tests, so we initiate.
+const LOCAL: &str = "options:local_ip=192.0.2.1";
+
 /// Adds `n` vxlan PSK tunnels `t<i>` in one transaction.
 fn add_tunnels(db: &OvsdbServer, range: std::ops::Range<usize>) {
     let mut args: Vec<String> = vec!["--may-exist".into(), "add-br".into(), "br-ipsec".into()];
@@ -33,6 +39,7 @@ fn add_tunnels(db: &OvsdbServer, range: std::ops::Range<usize>) {
             format!("t{i}"),
             "type=vxlan".into(),
             format!("options:remote_ip=198.18.{}.{}", i / 250, i % 250 + 1),
+            LOCAL.into(),
             "options:psk=swordfish".into(),
         ]);
     }
@@ -68,10 +75,12 @@ fn cold_start_add_modify_delete_and_monitor_restart_send_minimal_messages() {
         "g1",
         "type=gre",
         "options:remote_ip=192.0.2.3",
+        LOCAL,
         "options:psk=gresecret",
     ]);
     let mut mon = start_monitor(&db, &fake);
     wait_for("g1-1 loaded", T, || fake.conns().contains("g1-1"));
+    wait_for("g1-1 initiated", T, || fake.count("initiate") == 1);
     assert_eq!(
         changes(&fake, 0),
         [
@@ -82,18 +91,23 @@ fn cold_start_add_modify_delete_and_monitor_restart_send_minimal_messages() {
         ]
     );
 
-    // +1 tunnel: its PSK, two connections, the outbound side started. Nothing else.
+    // +1 tunnel: its PSK, ONE connection (one IKE_SA) and both of its children started.
     let n = fake.calls().len();
     add_tunnels(&db, 0..1);
-    wait_for("t0 loaded", T, || fake.conns().contains("t0-out-1"));
+    wait_for("t0 started", T, || changes(&fake, n).len() == 4);
     assert_eq!(
         changes(&fake, n),
         [
             "load-shared ovs-psk-t0",
-            "load-conn t0-in-1",
-            "load-conn t0-out-1",
+            "load-conn t0-1",
+            "initiate t0-in-1",
             "initiate t0-out-1"
         ]
+    );
+    assert_eq!(
+        fake.children("t0-1"),
+        ["t0-in-1", "t0-out-1"],
+        "both directions in one connection"
     );
 
     // Modify: the new version is loaded before the old one goes.
@@ -110,26 +124,44 @@ fn cold_start_add_modify_delete_and_monitor_restart_send_minimal_messages() {
         ]
     );
 
-    // Delete: exactly its connections and its PSK.
+    // Delete: exactly its connection and its PSK.
     let n = fake.calls().len();
     db.vsctl(&["del-port", "t0"]);
-    wait_for("t0 unloaded", T, || !fake.conns().contains("t0-in-1"));
+    wait_for("t0 unloaded", T, || !fake.conns().contains("t0-1"));
     wait_for("t0 PSK unloaded", T, || {
         changes(&fake, n).contains(&"unload-shared ovs-psk-t0".to_string())
     });
     assert_eq!(
         changes(&fake, n),
-        [
-            "unload-conn t0-in-1",
-            "unload-conn t0-out-1",
-            "unload-shared ovs-psk-t0"
-        ]
+        ["unload-conn t0-1", "unload-shared ovs-psk-t0"]
+    );
+
+    // The end with the higher address loads its side and leaves the initiation to the peer.
+    let n = fake.calls().len();
+    db.vsctl(&[
+        "add-port",
+        "br-ipsec",
+        "hi",
+        "--",
+        "set",
+        "interface",
+        "hi",
+        "type=geneve",
+        "options:remote_ip=192.0.2.1",
+        "options:local_ip=192.0.2.200",
+        "options:psk=swordfish",
+    ]);
+    wait_for("hi loaded", T, || fake.conns().contains("hi-1"));
+    mon.wait_log("hi-1: left to the peer");
+    assert_eq!(
+        changes(&fake, n),
+        ["load-shared ovs-psk-hi", "load-conn hi-1"]
     );
 
     // A restarted monitor reloads in place and unloads nothing current: t5 (version 1) and
     // g1 (version 2: the versions are saved across restarts) keep their connection names.
     add_tunnels(&db, 5..6);
-    wait_for("t5 loaded", T, || fake.conns().contains("t5-out-1"));
+    wait_for("t5 loaded", T, || fake.conns().contains("t5-1"));
     drop(mon);
     let n = fake.calls().len();
     mon = start_monitor(&db, &fake);
@@ -148,7 +180,7 @@ fn cold_start_add_modify_delete_and_monitor_restart_send_minimal_messages() {
         "{after:?}"
     );
     assert!(fake.conns().contains("g1-2"), "{:?}", fake.conns());
-    assert!(fake.conns().contains("t5-in-1") && fake.conns().contains("t5-out-1"));
+    assert!(fake.conns().contains("t5-1"), "{:?}", fake.conns());
 }
 
 #[test]
@@ -159,9 +191,11 @@ fn thousand_tunnels_cold_start_is_one_message_stream_and_plus_one_is_constant() 
     add_tunnels(&db, 0..1000);
     let start = Instant::now();
     let mon = start_monitor(&db, &fake);
-    wait_for("2000 connections loaded", Duration::from_secs(120), || {
-        fake.conns().len() == 2000
-    });
+    wait_for(
+        "1000 connections loaded and started",
+        Duration::from_secs(120),
+        || fake.conns().len() == 1000 && fake.count("initiate") == 2000,
+    );
     let cold = start.elapsed();
     let cold_msgs = changes(&fake, 0).len();
     // Let the cold start's status write (1,000 rows) finish before timing the +1.
@@ -171,13 +205,13 @@ fn thousand_tunnels_cold_start_is_one_message_stream_and_plus_one_is_constant() 
     let n = fake.calls().len();
     let t = Instant::now();
     add_tunnels(&db, 1000..1001);
-    wait_for("+1 loaded", T, || fake.conns().contains("t1000-out-1"));
+    wait_for("+1 started", T, || changes(&fake, n).len() == 4);
     let plus_one = t.elapsed();
     wait_for("+1 logged", T, || {
-        mon.log_count("initiate connection t1000-out-1") > 0
+        mon.log_count("initiate connection t1000-1") > 0
     });
     let monitor_side = log_time(&mon, "Tunnel t1000 appeared")
-        .zip(log_time(&mon, "initiate connection t1000-out-1"))
+        .zip(log_time(&mon, "initiate connection t1000-1"))
         .map(|(a, b)| Duration::from_secs_f64((b - a).max(0.0)));
     let plus_one_msgs = changes(&fake, n).len();
     let connections = fake.state.lock().unwrap().connections;
@@ -192,7 +226,7 @@ fn thousand_tunnels_cold_start_is_one_message_stream_and_plus_one_is_constant() 
          +1 tunnel {plus_one:?} after ovs-vsctl returned, {monitor_side:?} from OVSDB update to \
          the last message ({plus_one_msgs} messages); VmHWM {rss}"
     );
-    // 1000 PSKs, 2000 conns, 1000 initiates, plus the version probe.
+    // 1000 PSKs, 1000 conns, 2000 initiates (one per child), plus the version probe.
     assert_eq!(cold_msgs, 4001);
     assert_eq!(plus_one_msgs, 4);
     // One command connection and one event connection: no per-tunnel processes or sockets.

@@ -1,9 +1,9 @@
 //! A recording stand-in for charon's VICI socket, for call-sequence tests and benchmarks: it
-//! answers every command with success, keeps the set of loaded connections (so `list-conns`
-//! tells the truth), lists no SAs, and records every command in order. Real-daemon behaviour
+//! answers every command with success, keeps the loaded connections and their children (so
+//! `list-conns` tells the truth), lists no SAs, and records every command in order. Real-daemon behaviour
 //! is covered by `tests/strongswan_vici.rs`; this only counts and orders messages.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -15,7 +15,8 @@ use tokio::net::UnixListener;
 pub struct State {
     /// (command, first section or `name`/`id` value) in arrival order.
     pub calls: Vec<(String, String)>,
-    pub conns: BTreeSet<String>,
+    /// Loaded connection → its children, as `load-conn` sent them.
+    pub conns: BTreeMap<String, Vec<String>>,
     pub connections: usize,
 }
 
@@ -63,7 +64,18 @@ impl FakeCharon {
     }
 
     pub fn conns(&self) -> BTreeSet<String> {
-        self.state.lock().unwrap().conns.clone()
+        self.state.lock().unwrap().conns.keys().cloned().collect()
+    }
+
+    /// The children of loaded connection `conn`.
+    pub fn children(&self, conn: &str) -> Vec<String> {
+        self.state
+            .lock()
+            .unwrap()
+            .conns
+            .get(conn)
+            .cloned()
+            .unwrap_or_default()
     }
 }
 
@@ -89,29 +101,40 @@ async fn serve(mut s: tokio::net::UnixStream, st: Arc<Mutex<State>>) {
             }
             PacketType::CmdRequest => {
                 let subj = subject(&p.body);
-                let conns: Vec<String> = {
+                let conns: Vec<(String, Vec<String>)> = {
                     let mut g = st.lock().unwrap();
                     g.calls.push((p.name.clone(), subj.clone()));
                     match p.name.as_str() {
                         "load-conn" => {
-                            g.conns.insert(subj.clone());
+                            let children = p
+                                .body
+                                .section_of(&subj)
+                                .and_then(|c| c.section_of("children"))
+                                .map(|c| c.sections().map(|(n, _)| n.to_owned()).collect())
+                                .unwrap_or_default();
+                            g.conns.insert(subj.clone(), children);
                         }
                         "unload-conn" => {
                             g.conns.remove(&subj);
                         }
                         _ => {}
                     }
-                    g.conns.iter().cloned().collect()
+                    // Copied only for a listing: 4,000 loads must not copy 1,000 conns each.
+                    if p.name == "list-conns" {
+                        g.conns.clone().into_iter().collect()
+                    } else {
+                        Vec::new()
+                    }
                 };
                 match p.name.as_str() {
                     "list-conns" => {
-                        for c in conns {
-                            let child = Message::new().kv("mode", "TRANSPORT");
-                            let body = Message::new().section(
-                                &c,
-                                Message::new()
-                                    .section("children", Message::new().section(&c, child)),
-                            );
+                        for (c, children) in conns {
+                            let mut listed = Message::new();
+                            for child in children {
+                                listed.push_section(&child, Message::new().kv("mode", "TRANSPORT"));
+                            }
+                            let body = Message::new()
+                                .section(&c, Message::new().section("children", listed));
                             reply(PacketType::Event, "list-conn", body);
                         }
                         reply(PacketType::CmdResponse, "", Message::new());

@@ -10,7 +10,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
-use super::monitor::wait_for;
+use super::monitor::{Monitor, launch, wait_for};
+use super::netns::NetnsPair;
+use super::ovsdb_server::OvsdbServer;
 
 pub const CHARON: &str = "/usr/lib/ipsec/charon";
 pub const SWANCTL: &str = "/usr/sbin/swanctl";
@@ -198,6 +200,145 @@ pub fn make_pki(dir: &Path) {
                 "-CAcreateserial",
                 "-extfile",
                 &ext,
+                "-out",
+                &cert,
+            ],
+        );
+    }
+}
+
+/// One node of a two-charon test: its charon, its ovsdb-server and our monitor. The monitor
+/// runs in the node's network namespace, as it does beside charon on a real host: that is
+/// where it looks up its own address to decide which end initiates.
+pub struct Node {
+    pub charon: Charon,
+    pub db: OvsdbServer,
+    pub mon: Monitor,
+}
+
+impl Node {
+    pub fn start(ns: &str, dir: &Path) -> Self {
+        let charon = Charon::start(ns, dir);
+        let db = OvsdbServer::start();
+        let socket = format!("--vici-socket={}", charon.socket().display());
+        let mon = launch(
+            &db,
+            &["ip", "netns", "exec", ns],
+            "monitor.log",
+            &[
+                "--ike-daemon=strongswan",
+                "--no-restart-ike-daemon",
+                "--strongswan-mode=vici",
+                &socket,
+            ],
+        );
+        Self { charon, db, mon }
+    }
+
+    /// Creates (or updates) interface `name` of type `kind` with `options:<opts>`.
+    pub fn add_iface(&self, name: &str, kind: &str, opts: &[String]) {
+        let mut args: Vec<String> = [
+            "--may-exist",
+            "add-br",
+            "br-ipsec",
+            "--",
+            "--may-exist",
+            "add-port",
+            "br-ipsec",
+            name,
+            "--",
+            "set",
+            "interface",
+            name,
+        ]
+        .map(String::from)
+        .to_vec();
+        args.push(format!("type={kind}"));
+        args.extend(opts.iter().map(|o| format!("options:{o}")));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        self.db.vsctl(&args);
+    }
+
+    /// Interface `tun`.
+    pub fn add_tunnel(&self, kind: &str, opts: &[String]) {
+        self.add_iface("tun", kind, opts);
+    }
+
+    /// Sets `other_config:<kv>` of the Open_vSwitch row.
+    pub fn set_global(&self, kv: &[String]) {
+        let mut args = vec!["set".to_owned(), "Open_vSwitch".into(), ".".into()];
+        args.extend(kv.iter().map(|o| format!("other_config:{o}")));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        self.db.vsctl(&args);
+    }
+
+    pub fn sas(&self) -> String {
+        self.charon.swanctl_out(&["--list-sas", "--raw"])
+    }
+
+    pub fn ike_established(&self) -> bool {
+        self.sas().contains("state=ESTABLISHED")
+    }
+
+    /// The IKE_SAs charon lists (one `list-sa` event each).
+    pub fn ike_sa_count(&self) -> usize {
+        self.sas().matches("list-sa event").count()
+    }
+
+    /// charon's unique id of the IKE_SA of connection `conn`, if any.
+    pub fn ike_sa_id(&self, conn: &str) -> Option<String> {
+        let sas = self.sas();
+        let at = sas.find(&format!("{{{conn} {{uniqueid="))?;
+        let rest = &sas[at..];
+        let id = rest.split("uniqueid=").nth(1)?.split(' ').next()?;
+        Some(id.to_owned())
+    }
+
+    pub fn conns(&self) -> String {
+        self.charon.swanctl_out(&["--list-conns", "--raw"])
+    }
+}
+
+/// `ip xfrm policy` of `ns`, one entry per policy (its selector, `dir` and mark lines joined).
+pub fn policies(ns: &str) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for line in NetnsPair::xfrm_policies(ns).lines() {
+        match out.last_mut() {
+            Some(last) if line.starts_with(char::is_whitespace) => last.push_str(line),
+            _ => out.push(line.to_owned()),
+        }
+    }
+    out
+}
+
+/// A self-signed certificate and key for each of `left` and `right` (CN and SAN DNS = name).
+pub fn make_self_signed(dir: &Path) {
+    for host in ["left", "right"] {
+        let d = |f: &str| dir.join(f).display().to_string();
+        let (key, cert) = (
+            d(&format!("{host}-privkey.pem")),
+            d(&format!("{host}-cert.pem")),
+        );
+        let subj = format!("/CN={host}");
+        let san = format!("subjectAltName=DNS:{host}");
+        run(
+            "openssl",
+            &[
+                "req",
+                "-x509",
+                "-days",
+                "2",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:prime256v1",
+                "-nodes",
+                "-subj",
+                &subj,
+                "-addext",
+                &san,
+                "-keyout",
+                &key,
                 "-out",
                 &cert,
             ],

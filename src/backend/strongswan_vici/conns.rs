@@ -6,10 +6,20 @@
 //! its certificate name otherwise). No certificate or key travels in a connection: they are
 //! loaded as credentials (see `creds`), so a renewed certificate never forces a connection
 //! reload.
+//!
+//! One tunnel is ONE connection (`X-N`), so one IKE_SA, carrying its CHILD_SAs: `X-N` for gre;
+//! `X-in-N` (our tunnel port ↔ any port) and `X-out-N` (any port ↔ the peer's tunnel port) for
+//! geneve/vxlan. Two connections per tunnel (the Python monitor's shape) gave charon two peer
+//! configs with the same addresses and identities: the responder picked either, and narrowed
+//! the peer's `out` child into its own `in` config, pinning the source port that real
+//! geneve/vxlan traffic randomises; and both ends initiating sent INITIAL_CONTACT both ways,
+//! which makes each charon destroy the IKE_SA it had just started.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
 
-use super::custom;
+use super::custom::{self, Level};
+use super::observe::ObservedConn;
 use crate::backend::vici::Message;
 use crate::model::{Auth, Desired, DesiredTunnel, SkbMark, TunnelType};
 
@@ -20,17 +30,53 @@ pub const ESP_PROPOSAL: &str = "aes256gcm16-modp2048";
 /// Prefix of the drop shunts loaded when `ipsec_skb_mark` is set.
 pub const SHUNT_PREFIX: &str = "prevent_unencrypted_";
 
-/// One connection to load: its name, the `load-conn` body, and whether we initiate it.
+/// One connection to load: its name, the `load-conn` body, and what to start once loaded.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DesiredConn {
     pub name: String,
     /// The tunnel it belongs to; `None` for shunts.
     pub tunnel: Option<String>,
-    /// True for the outbound side (`-out-`, and GRE's single conn): we start it, the peer
-    /// starts the other, so the two ends never race on the same connection.
-    pub initiate: bool,
+    /// Tunnels only: the children to start, and the addresses that decide which end starts
+    /// them (see [`super::initiator`]).
+    pub start: Option<Start>,
     /// `{ <name> { ... } }`, ready for `load-conn`.
     pub body: Message,
+}
+
+impl DesiredConn {
+    /// How `list-conns` shows this connection once loaded: its children and their modes.
+    pub fn listed(&self) -> ObservedConn {
+        let mode = if self.tunnel.is_some() {
+            "TRANSPORT"
+        } else {
+            "DROP"
+        };
+        let children = self
+            .body
+            .section_of(&self.name)
+            .and_then(|c| c.section_of("children"))
+            .map(|c| {
+                c.sections()
+                    .map(|(n, _)| (n.to_owned(), mode.to_owned()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        ObservedConn { children }
+    }
+}
+
+/// The children of a tunnel connection that one end initiates.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Start {
+    pub children: Vec<String>,
+    /// `options:local_ip`; without it the kernel's source address for `remote` is used.
+    pub local: Option<IpAddr>,
+    pub remote: IpAddr,
+}
+
+/// The connection (and IKE_SA) name of a tunnel: `X-N`, whatever its type.
+pub fn ike_conn_name(t: &DesiredTunnel) -> String {
+    format!("{}-{}", t.conf.name, t.version)
 }
 
 /// Every connection of `desired`, and the tunnels that cannot be expressed (with the reason).
@@ -38,8 +84,8 @@ pub fn desired_conns(desired: &Desired) -> (Vec<DesiredConn>, BTreeMap<String, S
     let mut conns = Vec::new();
     let mut errors = BTreeMap::new();
     for (name, t) in &desired.tunnels {
-        match tunnel_conns(t) {
-            Ok(c) => conns.extend(c),
+        match tunnel_conn(t) {
+            Ok(c) => conns.push(c),
             Err(e) => {
                 errors.insert(name.clone(), e);
             }
@@ -51,56 +97,55 @@ pub fn desired_conns(desired: &Desired) -> (Vec<DesiredConn>, BTreeMap<String, S
     (conns, errors)
 }
 
-/// The connections of one tunnel (one for GRE, `-in-` and `-out-` for UDP tunnels).
-pub fn tunnel_conns(t: &DesiredTunnel) -> Result<Vec<DesiredConn>, String> {
+/// The connection of one tunnel, or why its `ipsec_*` options cannot be expressed.
+pub fn tunnel_conn(t: &DesiredTunnel) -> Result<DesiredConn, String> {
     let conf = &t.conf;
     let settings = custom::translate(&conf.custom)?;
-    let names = t.conn_names();
-    let udp = conf.udp_port();
-    Ok(names
-        .into_iter()
-        .enumerate()
-        .map(|(i, name)| {
-            // conn_names lists `-in-` first, then `-out-`.
-            let (local_ts, remote_ts, initiate) = match (conf.kind, udp, i) {
-                (TunnelType::Gre, _, _) | (_, None, _) => {
-                    ("dynamic[gre]".to_owned(), "dynamic[gre]".to_owned(), true)
-                }
-                (_, Some(p), 0) => (
-                    format!("dynamic[udp/{p}]"),
-                    "dynamic[udp]".to_owned(),
-                    false,
-                ),
-                (_, Some(p), _) => ("dynamic[udp]".to_owned(), format!("dynamic[udp/{p}]"), true),
-            };
-            let local_addr = conf
-                .local_ip
-                .map_or_else(|| "%any".to_owned(), |ip| ip.to_string());
-            let (local, remote) = auth_rounds(&conf.auth, conf.remote_ip.to_string(), t);
-            let child = Message::new()
-                .kv("mode", "transport")
-                .list("esp_proposals", [ESP_PROPOSAL])
-                .list("local_ts", [local_ts])
-                .list("remote_ts", [remote_ts])
-                .kv("start_action", "trap");
-            let mut conn = Message::new()
-                .kv("version", "2")
-                .list("local_addrs", [local_addr])
-                .list("remote_addrs", [conf.remote_ip.to_string()])
-                .list("proposals", [IKE_PROPOSAL])
-                .kv("keyingtries", "0")
-                .section("local", local)
-                .section("remote", remote)
-                .section("children", Message::new().section(&name, child));
-            custom::apply(&mut conn, &name, &settings);
-            DesiredConn {
-                body: Message::new().section(&name, conn),
-                name,
-                tunnel: Some(conf.name.clone()),
-                initiate,
+    let name = ike_conn_name(t);
+    let child_names = t.conn_names();
+    let mut children = Message::new();
+    for (i, child_name) in child_names.iter().enumerate() {
+        // conn_names lists `-in-` first, then `-out-`. The out side never pins a source port.
+        let (local_ts, remote_ts) = match (conf.kind, conf.udp_port(), i) {
+            (TunnelType::Gre, _, _) | (_, None, _) => {
+                ("dynamic[gre]".to_owned(), "dynamic[gre]".to_owned())
             }
-        })
-        .collect())
+            (_, Some(p), 0) => (format!("dynamic[udp/{p}]"), "dynamic[udp]".to_owned()),
+            (_, Some(p), _) => ("dynamic[udp]".to_owned(), format!("dynamic[udp/{p}]")),
+        };
+        let mut child = Message::new()
+            .kv("mode", "transport")
+            .list("esp_proposals", [ESP_PROPOSAL])
+            .list("local_ts", [local_ts])
+            .list("remote_ts", [remote_ts])
+            .kv("start_action", "trap");
+        custom::apply(&mut child, Level::Child, &settings);
+        children.push_section(child_name, child);
+    }
+    let local_addr = conf
+        .local_ip
+        .map_or_else(|| "%any".to_owned(), |ip| ip.to_string());
+    let (local, remote) = auth_rounds(&conf.auth, conf.remote_ip.to_string(), t);
+    let mut conn = Message::new()
+        .kv("version", "2")
+        .list("local_addrs", [local_addr])
+        .list("remote_addrs", [conf.remote_ip.to_string()])
+        .list("proposals", [IKE_PROPOSAL])
+        .kv("keyingtries", "0")
+        .section("local", local)
+        .section("remote", remote)
+        .section("children", children);
+    custom::apply(&mut conn, Level::Conn, &settings);
+    Ok(DesiredConn {
+        body: Message::new().section(&name, conn),
+        name,
+        tunnel: Some(conf.name.clone()),
+        start: Some(Start {
+            children: child_names,
+            local: conf.local_ip,
+            remote: conf.remote_ip,
+        }),
+    })
 }
 
 fn auth_rounds(auth: &Auth, remote_ip: String, t: &DesiredTunnel) -> (Message, Message) {
@@ -161,7 +206,7 @@ fn shunt_conns(desired: &Desired, mark: SkbMark) -> Vec<DesiredConn> {
                 body: Message::new().section(&name, conn),
                 name,
                 tunnel: None,
-                initiate: false,
+                start: None,
             }
         })
         .collect()
@@ -176,28 +221,49 @@ mod tests {
         c.body.section_of(&c.name).unwrap()
     }
 
-    fn child(c: &DesiredConn) -> &Message {
+    fn child<'a>(c: &'a DesiredConn, name: &str) -> &'a Message {
         conn(c)
             .section_of("children")
             .unwrap()
-            .section_of(&c.name)
+            .section_of(name)
             .unwrap()
     }
 
     #[test]
-    fn vxlan_psk_gives_in_and_out_with_the_real_port() {
+    fn vxlan_is_one_conn_with_an_in_and_an_out_child_on_the_real_port() {
         let mut t = psk_tunnel("vx1", TunnelType::Vxlan, "192.0.2.2", 1);
         std::sync::Arc::make_mut(&mut t.conf).dst_port = Some(4790);
-        let c = tunnel_conns(&t).unwrap();
-        assert_eq!(c.len(), 2);
-        assert_eq!((c[0].name.as_str(), c[0].initiate), ("vx1-in-1", false));
-        assert_eq!((c[1].name.as_str(), c[1].initiate), ("vx1-out-1", true));
-        assert_eq!(child(&c[0]).strs("local_ts"), ["dynamic[udp/4790]"]);
-        assert_eq!(child(&c[0]).strs("remote_ts"), ["dynamic[udp]"]);
-        assert_eq!(child(&c[1]).strs("remote_ts"), ["dynamic[udp/4790]"]);
-        assert_eq!(child(&c[1]).str("start_action"), Some("trap"));
-        assert_eq!(child(&c[1]).str("mode"), Some("transport"));
-        let ike = conn(&c[0]);
+        let c = tunnel_conn(&t).unwrap();
+        assert_eq!(c.name, "vx1-1");
+        let start = c.start.as_ref().unwrap();
+        assert_eq!(start.children, ["vx1-in-1", "vx1-out-1"]);
+        assert_eq!(start.remote, "192.0.2.2".parse::<IpAddr>().unwrap());
+        let names: Vec<_> = conn(&c)
+            .section_of("children")
+            .unwrap()
+            .sections()
+            .map(|(n, _)| n)
+            .collect();
+        assert_eq!(names, ["vx1-in-1", "vx1-out-1"]);
+        let listed = c.listed().children;
+        assert_eq!(
+            listed.iter().collect::<Vec<_>>(),
+            [
+                (&"vx1-in-1".to_owned(), &"TRANSPORT".to_owned()),
+                (&"vx1-out-1".to_owned(), &"TRANSPORT".to_owned())
+            ]
+        );
+        let (inb, out) = (child(&c, "vx1-in-1"), child(&c, "vx1-out-1"));
+        assert_eq!(inb.strs("local_ts"), ["dynamic[udp/4790]"]);
+        assert_eq!(inb.strs("remote_ts"), ["dynamic[udp]"]);
+        // Outbound: any source port (geneve/vxlan randomise it), the peer's tunnel port.
+        assert_eq!(out.strs("local_ts"), ["dynamic[udp]"]);
+        assert_eq!(out.strs("remote_ts"), ["dynamic[udp/4790]"]);
+        for ch in [inb, out] {
+            assert_eq!(ch.str("start_action"), Some("trap"));
+            assert_eq!(ch.str("mode"), Some("transport"));
+        }
+        let ike = conn(&c);
         assert_eq!(ike.strs("remote_addrs"), ["192.0.2.2"]);
         assert_eq!(ike.strs("local_addrs"), ["%any"]);
         assert_eq!(ike.strs("proposals"), [IKE_PROPOSAL]);
@@ -209,23 +275,24 @@ mod tests {
     }
 
     #[test]
-    fn gre_ipv6_with_local_ip_is_one_initiated_conn() {
+    fn gre_ipv6_with_local_ip_is_one_conn_with_one_child() {
         let mut t = psk_tunnel("g", TunnelType::Gre, "2001:db8::2", 3);
         std::sync::Arc::make_mut(&mut t.conf).local_ip = Some("2001:db8::1".parse().unwrap());
-        let c = tunnel_conns(&t).unwrap();
-        assert_eq!(c.len(), 1);
-        assert_eq!(c[0].name, "g-3");
-        assert!(c[0].initiate);
-        assert_eq!(conn(&c[0]).strs("local_addrs"), ["2001:db8::1"]);
-        assert_eq!(child(&c[0]).strs("local_ts"), ["dynamic[gre]"]);
+        let c = tunnel_conn(&t).unwrap();
+        assert_eq!(c.name, "g-3");
+        let start = c.start.as_ref().unwrap();
+        assert_eq!(start.children, ["g-3"]);
+        assert_eq!(start.local, Some("2001:db8::1".parse().unwrap()));
+        assert_eq!(conn(&c).strs("local_addrs"), ["2001:db8::1"]);
+        assert_eq!(child(&c, "g-3").strs("local_ts"), ["dynamic[gre]"]);
     }
 
     #[test]
     fn certificate_modes_pin_both_identities_and_carry_no_key_material() {
         for ca in [false, true] {
             let t = cert_tunnel("gnv", "192.0.2.2", "right", ca);
-            let c = tunnel_conns(&t).unwrap();
-            let ike = conn(&c[1]);
+            let c = tunnel_conn(&t).unwrap();
+            let ike = conn(&c);
             let local = ike.section_of("local").unwrap();
             let remote = ike.section_of("remote").unwrap();
             assert_eq!(
@@ -241,12 +308,16 @@ mod tests {
     }
 
     #[test]
-    fn custom_options_reach_the_conn_and_unmapped_ones_reject_the_tunnel() {
+    fn custom_options_reach_the_conn_and_every_child_and_unmapped_ones_reject_the_tunnel() {
         let mut t = psk_tunnel("vx1", TunnelType::Vxlan, "192.0.2.2", 1);
         let conf = std::sync::Arc::make_mut(&mut t.conf);
         conf.custom.insert("ikelifetime".into(), "3h".into());
-        let c = tunnel_conns(&t).unwrap();
-        assert_eq!(conn(&c[0]).str("rekey_time"), Some("3h"));
+        conf.custom.insert("esp".into(), "aes128gcm16".into());
+        let c = tunnel_conn(&t).unwrap();
+        assert_eq!(conn(&c).str("rekey_time"), Some("3h"));
+        for ch in ["vx1-in-1", "vx1-out-1"] {
+            assert_eq!(child(&c, ch).strs("esp_proposals"), ["aes128gcm16"]);
+        }
         std::sync::Arc::make_mut(&mut t.conf)
             .custom
             .insert("leftfirewall".into(), "yes".into());

@@ -106,20 +106,10 @@ fn convert(conv: Conv, value: &str) -> Option<Element> {
     }
 }
 
-/// Applies translated settings to a conn message and its child.
-pub fn apply(conn: &mut Message, child_name: &str, settings: &[(Level, &'static str, Element)]) {
-    for (level, key, element) in settings {
-        match level {
-            Level::Conn => conn.set(key, element.clone()),
-            Level::Child => {
-                if let Some(child) = conn
-                    .section_mut("children")
-                    .and_then(|c| c.section_mut(child_name))
-                {
-                    child.set(key, element.clone());
-                }
-            }
-        }
+/// Applies the translated settings of `level` to `target` (the conn, or one of its children).
+pub fn apply(target: &mut Message, level: Level, settings: &[(Level, &'static str, Element)]) {
+    for (_, key, element) in settings.iter().filter(|(l, ..)| *l == level) {
+        target.set(key, element.clone());
     }
 }
 
@@ -183,18 +173,13 @@ mod tests {
 
     #[test]
     fn settings_land_in_the_conn_or_its_child() {
-        let mut conn = Message::new().section(
-            "children",
-            Message::new().section("t-1", Message::new().kv("mode", "transport")),
-        );
         let s = translate(&opts(&[("esp", "aes128gcm16"), ("mobike", "no")])).unwrap();
-        apply(&mut conn, "t-1", &s);
+        let (mut conn, mut child) = (Message::new(), Message::new());
+        apply(&mut conn, Level::Conn, &s);
+        apply(&mut child, Level::Child, &s);
         assert_eq!(conn.str("mobike"), Some("no"));
-        let child = conn
-            .section_of("children")
-            .unwrap()
-            .section_of("t-1")
-            .unwrap();
+        assert!(conn.get("esp_proposals").is_none());
         assert_eq!(child.strs("esp_proposals"), ["aes128gcm16"]);
+        assert!(child.get("mobike").is_none());
     }
 }

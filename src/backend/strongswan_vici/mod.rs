@@ -4,21 +4,31 @@
 //!
 //! - `observe`: `list-conns` + `list-sas` on one command connection, plus the SHA-256 of each
 //!   credential file we loaded (so a renewed certificate is noticed by content);
-//! - `plan` (pure, [`plan`]): credentials and connections to (re)load, outbound sides to
-//!   initiate, our stale connections and credentials to unload;
+//! - `plan` (pure, [`plan`]): credentials and connections to (re)load — one connection, so
+//!   one IKE_SA, per tunnel ([`conns`]) —, tunnels to initiate, our stale connections and
+//!   credentials to unload;
 //! - `apply`: every request of the plan pipelined on the same connection (a cold start of
-//!   1,000 tunnels is one stream of ~3,000 messages, one tunnel change is O(1) messages);
+//!   1,000 tunnels is one stream of ~4,000 messages, one tunnel change is O(1) messages); an
+//!   initiation is sent only by the end with the lower address ([`initiator`]);
 //! - `status` (pure, [`status`]): per-tunnel state from the SAs;
 //! - `events` ([`events`]): IKE/CHILD_SA up/down/rekey events and charon restarts.
 //!
 //! What we loaded is remembered per charon: the memory is dropped whenever the command
 //! connection has to be re-opened, which is exactly when charon may have restarted and lost
 //! everything.
+//!
+//! `list-conns` is the costly listing (charon answers 1,000 connections in about a second on
+//! a busy 2-core host), and between two listings only we change charon's connections. So the
+//! listing is kept and updated with our own loads and unloads, and made again only every
+//! [`RELIST_CONNS`] (the periodic pass) or on a new connection: a one-tunnel change costs
+//! `list-sas` and O(1) messages, and a connection someone unloaded by hand is still restored
+//! within one periodic pass.
 
 pub mod conns;
 pub mod creds;
 pub mod custom;
 pub mod events;
+pub mod initiator;
 pub mod mode;
 pub mod observe;
 pub mod plan;
@@ -28,20 +38,24 @@ pub(crate) mod test_support;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
 use self::creds::{CredKey, CredSource, Sha, desired_creds, load_request, unload_request};
-use self::observe::{Loaded, Observed, parse_conns, parse_sas};
+use self::observe::{Loaded, Observed, ObservedConn, parse_conns, parse_sas};
 use self::plan::{Action, body_digest};
 use super::vici::{Connection, Message, ViciError, check};
 use super::{
     ApplyReport, Backend, BackendError, BackendEvent, BackendKind, LiveStatus, StartOptions,
 };
 use crate::model::{Auth, Desired};
+
+/// How old the kept `list-conns` may get before a pass lists again (below the 15 s periodic
+/// pass, so every periodic pass lists).
+pub const RELIST_CONNS: Duration = Duration::from_secs(10);
 
 /// charon's default VICI socket (below `--root-prefix`).
 pub const DEFAULT_SOCKET: &str = "/var/run/charon.vici";
@@ -55,6 +69,17 @@ pub struct StrongSwanVici {
     loaded: Loaded,
     events: Option<mpsc::Receiver<BackendEvent>>,
     watcher: Option<JoinHandle<()>>,
+    /// Origin of [`Observed::clock`].
+    epoch: Instant,
+    /// Set when the command connection is opened again after it broke: charon may have
+    /// restarted, and then its peers still hold IKE_SAs it lost and will not start new ones,
+    /// so the next initiations are sent whichever end has the lower address.
+    reopened: bool,
+    /// Whether a command connection was ever opened.
+    connected_once: bool,
+    /// charon's connections: the last `list-conns` and when it was made, updated since with
+    /// our own loads and unloads.
+    listed: Option<(BTreeMap<String, ObservedConn>, Instant)>,
 }
 
 impl Drop for StrongSwanVici {
@@ -75,6 +100,10 @@ impl StrongSwanVici {
             loaded: Loaded::default(),
             events: None,
             watcher: None,
+            epoch: Instant::now(),
+            reopened: false,
+            connected_once: false,
+            listed: None,
         }
     }
 
@@ -88,6 +117,9 @@ impl StrongSwanVici {
         if self.conn.is_none() {
             let c = Connection::connect(&self.socket, self.timeout).await?;
             self.loaded = Loaded::default();
+            self.reopened = self.connected_once;
+            self.connected_once = true;
+            self.listed = None;
             self.conn = Some(c);
         }
         self.conn
@@ -143,9 +175,12 @@ enum Pending {
         name: String,
         digest: Sha,
         tunnel: Option<String>,
+        /// As `list-conns` would show it once loaded.
+        listed: ObservedConn,
     },
     Initiate {
         conn: String,
+        child: String,
     },
     UnloadConn(String),
     UnloadCred(CredKey),
@@ -210,10 +245,17 @@ impl Backend for StrongSwanVici {
             .listing("list-sas", "list-sa")
             .await
             .map_err(backend_error)?;
-        let conns = self
-            .listing("list-conns", "list-conn")
-            .await
-            .map_err(backend_error)?;
+        let fresh = self
+            .listed
+            .as_ref()
+            .is_some_and(|(_, at)| at.elapsed() < RELIST_CONNS);
+        if !fresh {
+            let conns = self
+                .listing("list-conns", "list-conn")
+                .await
+                .map_err(backend_error)?;
+            self.listed = Some((parse_conns(&conns), Instant::now()));
+        }
         let mut files = BTreeMap::new();
         for path in self.loaded.creds.keys().filter_map(CredKey::path) {
             let digest = tokio::fs::read(path)
@@ -223,10 +265,15 @@ impl Backend for StrongSwanVici {
             files.insert(path.to_owned(), digest);
         }
         Ok(Observed {
-            conns: parse_conns(&conns),
+            conns: self
+                .listed
+                .as_ref()
+                .map(|(c, _)| c.clone())
+                .unwrap_or_default(),
             sas: parse_sas(&sas),
             loaded: self.loaded.clone(),
             files,
+            clock: self.epoch.elapsed(),
         })
     }
 
@@ -280,21 +327,37 @@ impl Backend for StrongSwanVici {
                 }
                 Action::LoadConn(c) => {
                     let digest = body_digest(&c.body);
+                    let listed = c.listed();
                     requests.push(("load-conn".to_owned(), c.body));
                     pending.push(Pending::Conn {
                         name: c.name,
                         digest,
                         tunnel: c.tunnel,
+                        listed,
                     });
                 }
-                Action::Initiate { conn, .. } => {
-                    let body = Message::new()
-                        .kv("child", conn.as_str())
-                        .kv("ike", conn.as_str())
-                        .kv("timeout", "-1")
-                        .kv("init-limits", "no");
-                    requests.push(("initiate".to_owned(), body));
-                    pending.push(Pending::Initiate { conn });
+                Action::Initiate { conn, start } => {
+                    self.loaded
+                        .attempts
+                        .insert(conn.clone(), self.epoch.elapsed());
+                    if !self.reopened && !initiator::we_initiate(start.local, start.remote) {
+                        debug!("{conn}: left to the peer, whose address is lower");
+                        continue;
+                    }
+                    // Every child in the same IKE_SA: charon reuses the IKE_SA of the
+                    // connection for the second one even while it is still connecting.
+                    for child in start.children {
+                        let body = Message::new()
+                            .kv("child", child.as_str())
+                            .kv("ike", conn.as_str())
+                            .kv("timeout", "-1")
+                            .kv("init-limits", "no");
+                        requests.push(("initiate".to_owned(), body));
+                        pending.push(Pending::Initiate {
+                            conn: conn.clone(),
+                            child,
+                        });
+                    }
                 }
                 Action::UnloadConn(name) => {
                     requests.push((
@@ -322,6 +385,7 @@ impl Backend for StrongSwanVici {
             }
         }
         let answers = self.batch(requests).await.map_err(backend_error)?;
+        self.reopened = false;
         for (p, answer) in pending.into_iter().zip(answers) {
             report.applied += 1;
             match p {
@@ -342,8 +406,12 @@ impl Backend for StrongSwanVici {
                     name,
                     digest,
                     tunnel,
+                    listed,
                 } => match check("load-conn", &answer) {
                     Ok(()) => {
+                        if let Some((conns, _)) = &mut self.listed {
+                            conns.insert(name.clone(), listed);
+                        }
                         self.loaded.conns.insert(name, digest);
                     }
                     Err(e) => {
@@ -354,17 +422,21 @@ impl Backend for StrongSwanVici {
                             .insert(who, format!("cannot load connection {name}: {e}"));
                     }
                 },
-                Pending::Initiate { conn } => {
+                Pending::Initiate { conn, child } => {
                     // The trap policy starts it on the first packet anyway; status shows it.
                     if let Err(e) = check("initiate", &answer) {
-                        debug!("initiate {conn}: {e}");
+                        debug!("initiate {child} of {conn}: {e}");
                     }
                 }
                 Pending::UnloadConn(name) => {
                     if let Err(e) = check("unload-conn", &answer) {
                         warn!("cannot unload connection {name}: {e}");
                     }
+                    if let Some((conns, _)) = &mut self.listed {
+                        conns.remove(&name);
+                    }
                     self.loaded.conns.remove(&name);
+                    self.loaded.attempts.remove(&name);
                 }
                 Pending::UnloadCred(key) => {
                     if let Err(e) = check("unload credential", &answer) {

@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use super::creds::{CredKey, Sha};
 use crate::backend::vici::Message;
@@ -44,6 +45,9 @@ pub struct Loaded {
     pub creds: BTreeMap<CredKey, Sha>,
     /// `load-key` answers: key file → charon's key id, for `unload-key`.
     pub key_ids: BTreeMap<PathBuf, String>,
+    /// Tunnel connection → [`Observed::clock`] of its last initiation (or decision to leave
+    /// it to the peer).
+    pub attempts: BTreeMap<String, Duration>,
 }
 
 /// The result of [`super::StrongSwanVici`]'s `observe`.
@@ -54,6 +58,8 @@ pub struct Observed {
     pub loaded: Loaded,
     /// Current digest of every credential file we loaded (`None`: unreadable now).
     pub files: BTreeMap<PathBuf, Option<Sha>>,
+    /// Monotonic time of the observation, since the backend was created.
+    pub clock: Duration,
 }
 
 /// Parses `list-conn` events.

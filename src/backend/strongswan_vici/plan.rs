@@ -5,11 +5,18 @@
 //! replaces its config without touching established SAs, so a monitor restart that reloads
 //! every connection once is harmless. A connection is unloaded only when it is ours (loaded
 //! by this monitor, or named and shaped like ours) and no longer wanted.
+//!
+//! A tunnel's children are initiated right after its connection is loaded, and again every
+//! [`RETRY_INITIATE`] while it has no IKE_SA at all: charon gives up on an IKE_SA the peer
+//! refused (typically because the peer had not loaded its side yet) and only retries the
+//! ones that time out. Whether this end really initiates is decided when the action is
+//! carried out (see [`super::initiator`]).
 
 use std::collections::BTreeSet;
 use std::fmt;
+use std::time::Duration;
 
-use super::conns::{DesiredConn, SHUNT_PREFIX, desired_conns};
+use super::conns::{DesiredConn, SHUNT_PREFIX, Start, desired_conns};
 use super::creds::{CredKey, CredSource, Sha, desired_creds};
 use super::observe::{Observed, ObservedConn};
 use crate::backend::vici::Message;
@@ -20,10 +27,11 @@ use crate::model::Desired;
 pub enum Action {
     LoadCred(CredKey),
     LoadConn(Box<DesiredConn>),
-    /// Start the outbound side of a tunnel now rather than on the first packet.
+    /// Start a tunnel's children now rather than on the first packet, if this end is the
+    /// one that initiates.
     Initiate {
         conn: String,
-        tunnel: Option<String>,
+        start: Start,
     },
     UnloadConn(String),
     UnloadCred(CredKey),
@@ -34,7 +42,12 @@ impl fmt::Display for Action {
         match self {
             Action::LoadCred(k) => write!(f, "load {}", cred_label(k)),
             Action::LoadConn(c) => write!(f, "load connection {}", c.name),
-            Action::Initiate { conn, .. } => write!(f, "initiate connection {conn}"),
+            Action::Initiate { conn, .. } => {
+                write!(
+                    f,
+                    "initiate connection {conn} unless the peer's address is lower"
+                )
+            }
             Action::UnloadConn(c) => write!(f, "unload connection {c}"),
             Action::UnloadCred(k) => write!(f, "unload {}", cred_label(k)),
         }
@@ -59,6 +72,9 @@ pub fn body_digest(body: &Message) -> Sha {
         Err(_) => [0xff; 32],
     }
 }
+
+/// How long a tunnel without any IKE_SA waits before its children are initiated again.
+pub const RETRY_INITIATE: Duration = Duration::from_secs(10);
 
 pub fn plan(desired: &Desired, observed: &Observed) -> Vec<Action> {
     let mut actions = Vec::new();
@@ -87,16 +103,22 @@ pub fn plan(desired: &Desired, observed: &Observed) -> Vec<Action> {
     for c in conns.iter() {
         let current = observed.conns.contains_key(&c.name)
             && observed.loaded.conns.get(&c.name) == Some(&body_digest(&c.body));
-        if current {
-            continue;
+        if !current {
+            actions.push(Action::LoadConn(Box::new(c.clone())));
         }
-        let has_sa = observed.sas.iter().any(|sa| sa.conn == c.name);
-        actions.push(Action::LoadConn(Box::new(c.clone())));
-        if c.initiate && !has_sa {
-            actions.push(Action::Initiate {
-                conn: c.name.clone(),
-                tunnel: c.tunnel.clone(),
-            });
+        if let Some(start) = &c.start {
+            let has_sa = observed.sas.iter().any(|sa| sa.conn == c.name);
+            let due = observed
+                .loaded
+                .attempts
+                .get(&c.name)
+                .is_none_or(|at| observed.clock >= *at + RETRY_INITIATE);
+            if !has_sa && due {
+                actions.push(Action::Initiate {
+                    conn: c.name.clone(),
+                    start: start.clone(),
+                });
+            }
         }
     }
     for (name, conn) in &observed.conns {
@@ -112,9 +134,10 @@ pub fn plan(desired: &Desired, observed: &Observed) -> Vec<Action> {
     actions
 }
 
-/// Ours: loaded by this monitor, or left by an earlier run — named like our tunnel
-/// connections (`X-N`, `X-in-N`, `X-out-N`) with one transport child of the same name, or a
-/// drop shunt with our prefix.
+/// Ours: loaded by this monitor, or left by an earlier run — a versioned name (`X-N`) whose
+/// children are all transport and named `X-N`, `X-in-N` or `X-out-N` (this also matches the
+/// one-child `X-in-N`/`X-out-N` connections of earlier releases), or a drop shunt with our
+/// prefix.
 pub fn is_ours(name: &str, conn: &ObservedConn, observed: &Observed) -> bool {
     if observed.loaded.conns.contains_key(name) {
         return true;
@@ -122,12 +145,22 @@ pub fn is_ours(name: &str, conn: &ObservedConn, observed: &Observed) -> bool {
     if let Some(rest) = name.strip_prefix(SHUNT_PREFIX) {
         return !rest.is_empty() && conn.children.values().all(|m| m == "DROP");
     }
-    let versioned = name.rsplit_once('-').is_some_and(|(head, v)| {
-        !head.is_empty() && !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit())
-    });
-    versioned
-        && conn.children.len() == 1
-        && conn.children.get(name).is_some_and(|m| m == "TRANSPORT")
+    let Some((head, v)) = name.rsplit_once('-') else {
+        return false;
+    };
+    if head.is_empty() || v.is_empty() || !v.bytes().all(|b| b.is_ascii_digit()) {
+        return false;
+    }
+    let shapes = [
+        name.to_owned(),
+        format!("{head}-in-{v}"),
+        format!("{head}-out-{v}"),
+    ];
+    !conn.children.is_empty()
+        && conn
+            .children
+            .iter()
+            .all(|(child, mode)| mode == "TRANSPORT" && shapes.contains(child))
 }
 
 #[cfg(test)]
@@ -138,7 +171,8 @@ mod tests {
     use crate::model::TunnelType;
     use std::collections::BTreeMap;
 
-    /// What charon and our memory look like after `actions` were applied successfully.
+    /// What charon and our memory look like after `actions` were applied successfully
+    /// (an initiate leaves a CONNECTING IKE_SA).
     fn converge(d: &Desired, mut o: Observed, actions: &[Action]) -> Observed {
         let (conns, _) = desired_conns(d);
         let creds = desired_creds(d);
@@ -152,25 +186,17 @@ mod tests {
                     o.loaded.creds.insert(k.clone(), digest);
                 }
                 Action::LoadConn(c) => {
-                    let child = c.name.clone();
-                    let mode = if c.tunnel.is_some() {
-                        "TRANSPORT"
-                    } else {
-                        "DROP"
-                    };
-                    o.conns.insert(
-                        c.name.clone(),
-                        ObservedConn {
-                            children: BTreeMap::from([(child, mode.to_string())]),
-                        },
-                    );
+                    o.conns.insert(c.name.clone(), c.listed());
                     o.loaded.conns.insert(c.name.clone(), body_digest(&c.body));
                 }
-                Action::Initiate { conn, .. } => o.sas.push(IkeSa {
-                    conn: conn.clone(),
-                    state: "CONNECTING".into(),
-                    ..Default::default()
-                }),
+                Action::Initiate { conn, .. } => {
+                    o.loaded.attempts.insert(conn.clone(), o.clock);
+                    o.sas.push(IkeSa {
+                        conn: conn.clone(),
+                        state: "CONNECTING".into(),
+                        ..Default::default()
+                    })
+                }
                 Action::UnloadConn(n) => {
                     o.conns.remove(n);
                     o.loaded.conns.remove(n);
@@ -188,8 +214,10 @@ mod tests {
         actions.iter().map(ToString::to_string).collect()
     }
 
+    const INIT: &str = "unless the peer's address is lower";
+
     #[test]
-    fn cold_start_loads_creds_then_conns_and_starts_the_outbound_side() {
+    fn cold_start_loads_creds_then_one_conn_and_starts_it() {
         let d = desired(
             vec![psk_tunnel("vx1", TunnelType::Vxlan, "192.0.2.2", 1)],
             None,
@@ -198,12 +226,17 @@ mod tests {
         assert_eq!(
             names(&a),
             [
-                "load pre-shared key of tunnel vx1",
-                "load connection vx1-in-1",
-                "load connection vx1-out-1",
-                "initiate connection vx1-out-1",
+                "load pre-shared key of tunnel vx1".to_owned(),
+                "load connection vx1-1".to_owned(),
+                format!("initiate connection vx1-1 {INIT}"),
             ]
         );
+        match &a[2] {
+            Action::Initiate { start, .. } => {
+                assert_eq!(start.children, ["vx1-in-1", "vx1-out-1"])
+            }
+            other => panic!("{other}"),
+        }
         let o = converge(&d, Observed::default(), &a);
         assert!(plan(&d, &o).is_empty(), "{:?}", names(&plan(&d, &o)));
     }
@@ -217,7 +250,29 @@ mod tests {
         let o = converge(&d, Observed::default(), &plan(&d, &Observed::default()));
         let t = psk_tunnel("new", TunnelType::Geneve, "192.0.2.9", 1);
         d.tunnels.insert("new".into(), t);
-        assert_eq!(plan(&d, &o).len(), 4);
+        assert_eq!(plan(&d, &o).len(), 3);
+    }
+
+    #[test]
+    fn a_tunnel_without_ike_sa_is_initiated_again_only_after_the_retry_delay() {
+        let d = desired(vec![psk_tunnel("g", TunnelType::Gre, "192.0.2.3", 1)], None);
+        let mut o = converge(&d, Observed::default(), &plan(&d, &Observed::default()));
+        // The peer refused (it had not loaded its side): charon dropped the IKE_SA.
+        o.sas.clear();
+        o.clock = RETRY_INITIATE / 2;
+        assert!(plan(&d, &o).is_empty());
+        o.clock = RETRY_INITIATE;
+        assert_eq!(
+            names(&plan(&d, &o)),
+            [format!("initiate connection g-1 {INIT}")]
+        );
+        // An IKE_SA in any state (the peer may have started it) means nothing to do.
+        o.sas.push(IkeSa {
+            conn: "g-1".into(),
+            state: "ESTABLISHED".into(),
+            ..Default::default()
+        });
+        assert!(plan(&d, &o).is_empty());
     }
 
     #[test]
@@ -229,10 +284,10 @@ mod tests {
         assert_eq!(
             names(&a),
             [
-                "load pre-shared key of tunnel g",
-                "load connection g-2",
-                "initiate connection g-2",
-                "unload connection g-1",
+                "load pre-shared key of tunnel g".to_owned(),
+                "load connection g-2".to_owned(),
+                format!("initiate connection g-2 {INIT}"),
+                "unload connection g-1".to_owned(),
             ]
         );
         let o = converge(&d2, o, &a);
@@ -250,11 +305,7 @@ mod tests {
             None,
         );
         let mut o = converge(&d, Observed::default(), &plan(&d, &Observed::default()));
-        o.sas.push(IkeSa {
-            conn: "vx1-out-1".into(),
-            state: "ESTABLISHED".into(),
-            ..Default::default()
-        });
+        o.sas[0].state = "ESTABLISHED".into();
         // A new monitor process: charon kept everything, our memory is empty.
         o.loaded = Default::default();
         let a = plan(&d, &o);
@@ -267,19 +318,41 @@ mod tests {
     }
 
     #[test]
-    fn foreign_connections_are_never_unloaded() {
+    fn foreign_connections_are_never_unloaded_and_ours_of_any_release_are() {
         let mut o = Observed::default();
-        let child = |n: &str, m: &str| ObservedConn {
-            children: BTreeMap::from([(n.to_string(), m.to_string())]),
+        let conn = |children: &[(&str, &str)]| ObservedConn {
+            children: children
+                .iter()
+                .map(|(n, m)| (n.to_string(), m.to_string()))
+                .collect::<BTreeMap<_, _>>(),
         };
         o.conns
-            .insert("site-to-site".into(), child("net", "TUNNEL"));
+            .insert("site-to-site".into(), conn(&[("net", "TUNNEL")]));
         o.conns
-            .insert("office-1".into(), child("office-1", "TUNNEL"));
+            .insert("office-1".into(), conn(&[("office-1", "TUNNEL")]));
+        o.conns.insert(
+            "lab-2".into(),
+            conn(&[("lab-2", "TRANSPORT"), ("x", "TRANSPORT")]),
+        );
+        o.conns.insert("empty-3".into(), conn(&[]));
+        // Earlier releases: one connection per direction.
         o.conns
-            .insert("old-in-4".into(), child("old-in-4", "TRANSPORT"));
+            .insert("old-in-4".into(), conn(&[("old-in-4", "TRANSPORT")]));
+        // This release.
+        o.conns.insert(
+            "vx-5".into(),
+            conn(&[("vx-in-5", "TRANSPORT"), ("vx-out-5", "TRANSPORT")]),
+        );
+        o.conns.insert("g-6".into(), conn(&[("g-6", "TRANSPORT")]));
         let a = plan(&Desired::default(), &o);
-        assert_eq!(names(&a), ["unload connection old-in-4"]);
+        assert_eq!(
+            names(&a),
+            [
+                "unload connection g-6",
+                "unload connection old-in-4",
+                "unload connection vx-5"
+            ]
+        );
     }
 
     #[test]

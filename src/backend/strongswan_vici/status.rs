@@ -1,13 +1,14 @@
 //! Live state of each tunnel from `list-conns` and `list-sas` (pure).
 //!
-//! A tunnel is `up` when every one of its connections has an INSTALLED CHILD_SA of that name
-//! (under whichever IKE_SA: the peer may have started the exchange), `negotiating` while an
-//! IKE_SA or CHILD_SA of it is being set up, `down` otherwise, and `error` when its
-//! `ipsec_*` options cannot be expressed in swanctl or a connection is not loaded.
+//! A tunnel is `up` when each of its children (`X-N` for gre, both `X-in-N` and `X-out-N` for
+//! geneve/vxlan: traffic needs both directions) has an INSTALLED CHILD_SA, `negotiating` while
+//! its IKE_SA or a CHILD_SA is being set up, `down` otherwise (an ESTABLISHED IKE_SA whose
+//! children could not be installed is down, and the details say so), and `error` when its
+//! `ipsec_*` options cannot be expressed in swanctl or its connection is not loaded.
 
 use std::collections::BTreeMap;
 
-use super::conns::desired_conns;
+use super::conns::{desired_conns, ike_conn_name};
 use super::observe::Observed;
 use crate::backend::{LiveState, LiveStatus};
 use crate::model::Desired;
@@ -26,14 +27,10 @@ pub fn status(desired: &Desired, observed: &Observed) -> BTreeMap<String, LiveSt
                 st.error = Some(reason.clone());
                 return (name.clone(), st);
             }
+            let conn = ike_conn_name(t);
             let conns = t.conn_names();
-            let ike: Vec<_> = observed
-                .sas
-                .iter()
-                .filter(|sa| conns.contains(&sa.conn))
-                .collect();
-            let children: Vec<_> = observed
-                .sas
+            let ike: Vec<_> = observed.sas.iter().filter(|sa| sa.conn == conn).collect();
+            let children: Vec<_> = ike
                 .iter()
                 .flat_map(|sa| &sa.children)
                 .filter(|c| conns.contains(&c.name))
@@ -43,26 +40,16 @@ pub fn status(desired: &Desired, observed: &Observed) -> BTreeMap<String, LiveSt
                     .iter()
                     .any(|ch| ch.name == c && ch.state == "INSTALLED")
             };
-            let missing: Vec<&String> = conns
-                .iter()
-                .filter(|c| !observed.conns.contains_key(*c))
-                .collect();
+            let loaded = observed.conns.get(&conn);
             let negotiating = ike
                 .iter()
                 .any(|sa| NEGOTIATING_IKE.contains(&sa.state.as_str()))
                 || children
                     .iter()
                     .any(|c| NEGOTIATING_CHILD.contains(&c.state.as_str()));
-            let mut st = if !missing.is_empty() {
+            let mut st = if loaded.is_none() {
                 let mut st = LiveStatus::new(LiveState::Error);
-                st.error = Some(format!(
-                    "connection {} is not loaded in charon",
-                    missing
-                        .iter()
-                        .map(|s| s.as_str())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ));
+                st.error = Some(format!("connection {conn} is not loaded in charon"));
                 st
             } else if conns.iter().all(|c| installed(c)) {
                 LiveStatus::new(LiveState::Up)
@@ -75,10 +62,13 @@ pub fn status(desired: &Desired, observed: &Observed) -> BTreeMap<String, LiveSt
             st.details = vec![
                 (
                     "Connections loaded in charon".into(),
-                    conns
-                        .iter()
-                        .filter(|c| observed.conns.contains_key(*c))
-                        .cloned()
+                    loaded
+                        .map(|c| {
+                            let children: Vec<&str> =
+                                c.children.keys().map(String::as_str).collect();
+                            format!("{conn}: children {}", children.join(", "))
+                        })
+                        .into_iter()
                         .collect(),
                 ),
                 (
@@ -116,11 +106,17 @@ mod tests {
     use crate::backend::strongswan_vici::test_support::{desired, psk_tunnel};
     use crate::model::TunnelType;
 
-    fn loaded(names: &[&str]) -> Observed {
+    fn loaded(conn: &str, children: &[&str]) -> Observed {
         let mut o = Observed::default();
-        for n in names {
-            o.conns.insert(n.to_string(), ObservedConn::default());
-        }
+        o.conns.insert(
+            conn.to_string(),
+            ObservedConn {
+                children: children
+                    .iter()
+                    .map(|c| (c.to_string(), "TRANSPORT".to_string()))
+                    .collect(),
+            },
+        );
         o
     }
 
@@ -139,29 +135,37 @@ mod tests {
             vec![psk_tunnel("vx", TunnelType::Vxlan, "192.0.2.2", 1)],
             None,
         );
-        let mut o = loaded(&["vx-in-1", "vx-out-1"]);
+        let mut o = loaded("vx-1", &["vx-in-1", "vx-out-1"]);
         assert_eq!(status(&d, &o)["vx"].state, LiveState::Down);
 
         o.sas.push(IkeSa {
-            conn: "vx-out-1".into(),
+            conn: "vx-1".into(),
             state: "CONNECTING".into(),
             ..Default::default()
         });
         assert_eq!(status(&d, &o)["vx"].state, LiveState::Negotiating);
 
-        // The peer started the in side: its child lives under the IKE_SA it chose.
+        // One direction installed is not enough: geneve/vxlan traffic needs both.
         o.sas[0].state = "ESTABLISHED".into();
         o.sas[0].children = vec![
             child("vx-out-1", "INSTALLED"),
-            child("vx-in-1", "INSTALLED"),
+            child("vx-in-1", "INSTALLING"),
         ];
+        assert_eq!(status(&d, &o)["vx"].state, LiveState::Negotiating);
+        o.sas[0].children[1].state = "INSTALLED".into();
         let st = &status(&d, &o)["vx"];
         assert_eq!(st.state, LiveState::Up);
         assert_eq!(st.active, ["vx-in-1", "vx-out-1"]);
-        assert_eq!(st.details[1].1, ["vx-out-1: ESTABLISHED ..."]);
+        assert_eq!(st.details[0].1, ["vx-1: children vx-in-1, vx-out-1"]);
+        assert_eq!(st.details[1].1, ["vx-1: ESTABLISHED ..."]);
         assert_eq!(st.details[2].1.len(), 2);
 
-        // IKE up but the CHILD_SA could not be installed: down, and the details say why.
+        // A CHILD_SA of that name under someone else's IKE_SA is not ours.
+        let mut other = o.clone();
+        other.sas[0].conn = "admin".into();
+        assert_eq!(status(&d, &other)["vx"].state, LiveState::Down);
+
+        // IKE up but the CHILD_SAs could not be installed: down, and the details say why.
         o.sas[0].children.clear();
         assert_eq!(status(&d, &o)["vx"].state, LiveState::Down);
     }
@@ -169,7 +173,7 @@ mod tests {
     #[test]
     fn unloaded_connection_is_an_error() {
         let d = desired(vec![psk_tunnel("g", TunnelType::Gre, "192.0.2.2", 2)], None);
-        let st = &status(&d, &loaded(&[]))["g"];
+        let st = &status(&d, &Observed::default())["g"];
         assert_eq!(st.state, LiveState::Error);
         assert_eq!(
             st.error.as_deref(),
