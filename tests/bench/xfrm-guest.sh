@@ -37,8 +37,10 @@ release=$("$repo/tests/e2e/prepare.sh") || die "guest preparation failed"
 out=$E2E_CACHE/xfrm-bench/$(date +%Y%m%d-%H%M%S)-$$
 mkdir -p "$out"
 timeout=${XFRM_BENCH_TIMEOUT:-5400}
+# The guest mounts its own /tmp: hand the binary over through the results share.
+cp "$bin" "$out/ovs-monitor-ipsec"
 cat > "$out/boot.sh" << EOF
-export E2E_REPO='$repo' E2E_BIN='$bin' E2E_SCENARIOS=xfrm-bench E2E_TIMEOUT='$timeout'
+export E2E_REPO='$repo' E2E_BIN=/e2e-out/ovs-monitor-ipsec E2E_SCENARIOS=xfrm-bench E2E_TIMEOUT='$timeout'
 export E2E_MODULES='$E2E_CACHE/kernel/lib/modules'
 scenario_xfrm_bench() {
     python3 '$here/compare.py' --ours "\$E2E_BIN" --modes xfrm --sizes '$sizes' | tee /e2e-out/table.md

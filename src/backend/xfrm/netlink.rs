@@ -92,9 +92,9 @@ impl Xfrm {
     /// Runs `ops` in batches; one result per op, in order.
     pub async fn run<'a>(
         &mut self,
-        ops: impl Iterator<Item = &'a Op<'a>>,
+        ops: impl Iterator<Item = &'a Op<'a>> + Send,
     ) -> Vec<Result<(), XfrmError>> {
-        self.socket.write(ops.map(message).collect()).await
+        self.socket.write(&mut ops.map(message)).await
     }
 }
 

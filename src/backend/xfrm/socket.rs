@@ -57,16 +57,20 @@ impl Socket {
     }
 
     /// Sends `msgs` (message, netlink flags) in batches; one result per message, in order.
-    pub async fn write(&mut self, msgs: Vec<(XfrmMessage, u16)>) -> Vec<Result<(), XfrmError>> {
-        let mut results = Vec::with_capacity(msgs.len());
+    /// Messages are built as their batch fills, so at most one batch of keys is in memory.
+    pub async fn write(
+        &mut self,
+        msgs: &mut (dyn Iterator<Item = (XfrmMessage, u16)> + Send),
+    ) -> Vec<Result<(), XfrmError>> {
+        let mut results = Vec::new();
         let mut batch = Vec::new();
         let mut bytes = 0;
-        let total = msgs.len();
-        for (i, (msg, flags)) in msgs.into_iter().enumerate() {
+        let mut msgs = msgs.peekable();
+        while let Some((msg, flags)) = msgs.next() {
             let m = self.message(msg, flags);
             bytes += m.buffer_len();
             batch.push(m);
-            if bytes >= BATCH_BYTES || i + 1 == total {
+            if bytes >= BATCH_BYTES || msgs.peek().is_none() {
                 results.extend(self.write_batch(std::mem::take(&mut batch)).await);
                 bytes = 0;
             }
