@@ -39,7 +39,9 @@ mkdir -p "$out"
 timeout=${XFRM_BENCH_TIMEOUT:-5400}
 # The guest mounts its own /tmp: hand the binary over through the results share.
 cp "$bin" "$out/ovs-monitor-ipsec"
-cat > "$out/boot.sh" << EOF
+# boot.sh runs under the initrd's POSIX sh; the scenario needs bash (export -f).
+echo "exec /bin/bash /e2e-out/boot.bash" > "$out/boot.sh"
+cat > "$out/boot.bash" << EOF
 export E2E_REPO='$repo' E2E_BIN=/e2e-out/ovs-monitor-ipsec E2E_SCENARIOS=xfrm-bench E2E_TIMEOUT='$timeout'
 export E2E_MODULES='$E2E_CACHE/kernel/lib/modules'
 scenario_xfrm_bench() {
