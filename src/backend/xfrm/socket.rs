@@ -5,7 +5,8 @@
 //! cost more than the kernel's work. Netlink accepts many messages in one datagram and the
 //! kernel's XFRM handler runs them in order inside our `sendmsg`, so a batch is:
 //!
-//! - up to [`BATCH_BYTES`] of messages in one `send`, only the last one asking for an ack;
+//! - up to [`BATCH_MAX`] messages or [`BATCH_BYTES`] in one `send`, only the last one asking
+//!   for an ack;
 //! - the kernel answers only what failed (an error carries the failed message's sequence
 //!   number) and then the last message's ack, which closes the batch.
 //!
@@ -22,9 +23,11 @@ use tracing::debug;
 
 use super::error::XfrmError;
 
-/// Bytes of messages per datagram: far below the socket's send buffer, and few enough
-/// messages (~100) that their error replies cannot overrun the receive buffer.
+/// Bytes of messages per datagram: far below the socket's send buffer.
 const BATCH_BYTES: usize = 32 * 1024;
+/// Messages per datagram: if all fail, their error replies (~1 KiB of receive buffer each)
+/// still fit the default 208 KiB receive buffer.
+const BATCH_MAX: usize = 128;
 /// Receive buffer per `recv`: the kernel fills dump datagrams up to 32 KiB.
 const RECV_BYTES: usize = 64 * 1024;
 /// `struct nlmsghdr`.
@@ -70,7 +73,7 @@ impl Socket {
             let m = self.message(msg, flags);
             bytes += m.buffer_len();
             batch.push(m);
-            if bytes >= BATCH_BYTES || msgs.peek().is_none() {
+            if bytes >= BATCH_BYTES || batch.len() >= BATCH_MAX || msgs.peek().is_none() {
                 results.extend(self.write_batch(std::mem::take(&mut batch)).await);
                 bytes = 0;
             }
