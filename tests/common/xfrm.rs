@@ -9,15 +9,17 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use super::monitor::{Monitor, launch};
 use super::ovsdb_server::OvsdbServer;
 
-/// Our tunnel endpoint inside every namespace.
+/// Our tunnel endpoints inside every namespace.
 pub const LOCAL4: &str = "192.0.2.1";
+pub const LOCAL6: &str = "2001:db8::1";
 
 pub struct Netns {
     pub name: String,
 }
 
 impl Netns {
-    /// A namespace with `lo` up holding [`LOCAL4`] (this kernel has no dummy devices).
+    /// A namespace with `lo` up holding [`LOCAL4`] and [`LOCAL6`] (this kernel has no dummy
+    /// devices).
     pub fn new() -> Self {
         static N: AtomicU32 = AtomicU32::new(0);
         let name = format!(
@@ -29,6 +31,7 @@ impl Netns {
         let ns = Netns { name };
         ns.ip(&["link", "set", "lo", "up"]);
         ns.ip(&["addr", "add", &format!("{LOCAL4}/32"), "dev", "lo"]);
+        ns.ip(&["addr", "add", &format!("{LOCAL6}/128"), "dev", "lo"]);
         ns
     }
 

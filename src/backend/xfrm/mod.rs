@@ -13,6 +13,8 @@ pub mod generation;
 pub mod netlink;
 pub mod nft;
 pub mod plan;
+pub mod retiring;
+pub mod socket;
 pub mod status;
 pub mod types;
 pub mod want;
@@ -28,6 +30,7 @@ use self::error::XfrmError;
 use self::generation::GenerationStore;
 use self::netlink::{Op, Xfrm};
 use self::plan::Action;
+use self::retiring::RetiringStore;
 use self::types::{Dir, Observed, SaId};
 use super::command::Cmd;
 use super::files::under_root;
@@ -40,13 +43,14 @@ use crate::model::Desired;
 
 /// The generation file, in the run directory (a tmpfs).
 const GENERATION_FILE: &str = "ovs-monitor-ipsec.generation";
+/// Grace-period deadlines of retiring SAs, beside it.
+const RETIRING_FILE: &str = "ovs-monitor-ipsec.retiring";
 
 pub struct XfrmBackend {
     xfrm: Option<Xfrm>,
     generation: GenerationStore,
-    /// Grace-period deadlines of SAs no longer wanted (forgotten on restart: a new monitor
-    /// grants a fresh grace period, never a shorter one).
-    retiring: BTreeMap<SaId, Instant>,
+    /// Grace-period deadlines of SAs no longer wanted; kept across restarts.
+    retiring: RetiringStore,
     grace: Duration,
     timeout: Duration,
     events_tx: mpsc::Sender<BackendEvent>,
@@ -55,16 +59,14 @@ pub struct XfrmBackend {
 
 impl XfrmBackend {
     pub fn new(cli: &Cli) -> Result<Self, BackendError> {
-        let path = under_root(
-            Path::new(&cli.root_prefix),
-            &paths::rundir().join(GENERATION_FILE),
-        );
-        let generation = GenerationStore::load_or_create(&path).map_err(io_error)?;
+        let run_file = |name| under_root(Path::new(&cli.root_prefix), &paths::rundir().join(name));
+        let generation =
+            GenerationStore::load_or_create(&run_file(GENERATION_FILE)).map_err(io_error)?;
         let (events_tx, events_rx) = mpsc::channel(4);
         Ok(Self {
             xfrm: None,
             generation,
-            retiring: BTreeMap::new(),
+            retiring: RetiringStore::load(&run_file(RETIRING_FILE)),
             grace: Duration::from_secs(cli.static_rekey_grace),
             timeout: Duration::from_secs(cli.command_timeout),
             events_tx,
@@ -72,8 +74,8 @@ impl XfrmBackend {
         })
     }
 
-    fn xfrm(&self) -> Result<&Xfrm, BackendError> {
-        self.xfrm.as_ref().ok_or_else(|| {
+    fn xfrm(&mut self) -> Result<&mut Xfrm, BackendError> {
+        self.xfrm.as_mut().ok_or_else(|| {
             BackendError::Unavailable("XFRM netlink".into(), "the backend is not started".into())
         })
     }
@@ -102,7 +104,7 @@ impl XfrmBackend {
     /// Runs one batch of writes; failures go to `errors` under the tunnel that needed them.
     /// Returns the indexes of the ops the kernel refused.
     async fn write(
-        &self,
+        &mut self,
         ops: Vec<(Option<&str>, String, Op<'_>)>,
         report: &mut ApplyReport,
     ) -> Result<Vec<usize>, BackendError> {
@@ -110,10 +112,7 @@ impl XfrmBackend {
         if ops.is_empty() {
             return Ok(refused);
         }
-        let results = self
-            .xfrm()?
-            .run(&ops.iter().map(|(_, _, op)| op_ref(op)).collect::<Vec<_>>())
-            .await;
+        let results = self.xfrm()?.run(ops.iter().map(|(_, _, op)| op)).await;
         for (i, ((tunnel, what, _), result)) in ops.iter().zip(results).enumerate() {
             if matches!(result, Err(XfrmError::Kernel { .. })) {
                 refused.push(i);
@@ -130,16 +129,6 @@ impl XfrmBackend {
             }
         }
         Ok(refused)
-    }
-}
-
-/// `Op` borrows; the batch owns the ops, so re-borrow each for the run.
-fn op_ref<'a>(op: &'a Op<'a>) -> Op<'a> {
-    match op {
-        Op::AddSa(sa) => Op::AddSa(sa),
-        Op::SetPolicy { id, spi } => Op::SetPolicy { id: *id, spi: *spi },
-        Op::DelPolicy(id) => Op::DelPolicy(*id),
-        Op::DelSa(id) => Op::DelSa(*id),
     }
 }
 
@@ -182,7 +171,7 @@ impl Backend for XfrmBackend {
     }
 
     async fn start(&mut self, _opts: &StartOptions) -> Result<(), BackendError> {
-        let x = Xfrm::open()
+        let x = Xfrm::open(self.timeout)
             .map_err(|e| BackendError::Unavailable("XFRM netlink".into(), e.to_string()))?;
         self.xfrm = Some(x);
         Ok(())
@@ -228,8 +217,14 @@ impl Backend for XfrmBackend {
             Ok(g) => obs.guards = g,
             Err(e) => obs.nft_error = Some(e),
         }
-        self.retiring.retain(|id, _| obs.sas.contains_key(id));
-        obs.retiring = self.retiring.clone();
+        let before = self.retiring.deadlines.len();
+        self.retiring.retain(|id| obs.sas.contains_key(id));
+        if self.retiring.deadlines.len() != before
+            && let Err(e) = self.retiring.save()
+        {
+            warn!("{e}");
+        }
+        obs.retiring = self.retiring.deadlines.clone();
         Ok(obs)
     }
 
@@ -247,6 +242,7 @@ impl Backend for XfrmBackend {
             (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
         let mut guard_script = String::new();
         let mut out_ids = Vec::new();
+        let mut retired = false;
         for a in &actions {
             match a {
                 Action::RenewGeneration { .. } => {
@@ -282,11 +278,15 @@ impl Backend for XfrmBackend {
                     del_pol.push((None, format!("remove {id} policy"), Op::DelPolicy(*id)))
                 }
                 Action::Retire(id) => {
-                    self.retiring.insert(*id, Instant::now() + self.grace);
+                    self.retiring.retire(*id, Instant::now() + self.grace);
+                    retired = true;
                     report.applied += 1;
                 }
                 Action::DelSa(id) => del_sa.push((None, format!("remove SA {id}"), Op::DelSa(*id))),
             }
+        }
+        if retired && let Err(e) = self.retiring.save() {
+            warn!("{e}");
         }
         // Written down (and synced) before the SAs exist: see generation.rs.
         if let Err(e) = self.generation.record(&out_ids) {
@@ -362,7 +362,9 @@ impl Backend for XfrmBackend {
                 warn!("{e}");
             }
         }
-        self.retiring.clear();
+        if let Err(e) = self.retiring.clear() {
+            warn!("{e}");
+        }
         // Our outbound SAs are gone: the next start must not reuse their keys.
         self.generation.forget().map_err(io_error)
     }

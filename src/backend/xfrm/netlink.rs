@@ -1,37 +1,26 @@
-//! Our thin layer over netlink-packet-xfrm + netlink-proto: build the few messages we send,
-//! read dumps into [`super::types`] values (dropping key bytes at once), and wrap errors so
-//! that nothing but the kernel's error code survives (its error replies echo our request,
-//! keys included).
-//!
-//! Requests are multiplexed on one socket: a batch is sent with many requests in flight, and
-//! each request's answer is matched to it by sequence number.
+//! Our thin layer over netlink-packet-xfrm: build the few messages we send, read dumps into
+//! [`super::types`] values (dropping key bytes at once), and keep nothing of an error but the
+//! kernel's error code. The batching socket underneath is [`super::socket`].
 
 use std::net::IpAddr;
 
-use futures_util::StreamExt;
-use futures_util::future::join_all;
-use netlink_packet_core::{
-    NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage,
-    NetlinkPayload,
-};
+use std::time::Duration;
+
+use super::error::XfrmError;
+use super::socket::Socket;
+use super::types::{Dir, Flow, PRIORITY, PolicyId, Proto, REQID, SaId, SaStats};
+use super::want::SaWant;
+use netlink_packet_core::{NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REQUEST};
 use netlink_packet_xfrm::{
     AF_INET, AF_INET6, Address, AlgAead, IPPROTO_ESP, Id, LifetimeConfig, ReplayEsn, Selector,
     UserPolicyId, UserPolicyInfo, UserSaId, UserSaInfo, UserTemplate, XFRM_INF,
     XFRM_MODE_TRANSPORT, XFRM_POLICY_ALLOW, XFRM_POLICY_IN, XFRM_POLICY_OUT, XFRM_STATE_ESN,
     XfrmAttrs, XfrmMessage, policy, state,
 };
-use netlink_proto::ConnectionHandle;
-use netlink_proto::sys::{SocketAddr, protocols::NETLINK_XFRM};
-
-use super::error::XfrmError;
-use super::types::{Dir, Flow, PRIORITY, PolicyId, Proto, REQID, SaId, SaStats};
-use super::want::SaWant;
 
 const AEAD: &[u8] = b"rfc4106(gcm(aes))";
 const ICV_BITS: u32 = 128;
 const REPLAY_WINDOW: u32 = 128;
-/// Requests in flight at once: enough to fill the socket, few enough not to overrun it.
-const IN_FLIGHT: usize = 256;
 const IPPROTO_UDP: u8 = 17;
 const IPPROTO_GRE: u8 = 47;
 
@@ -62,36 +51,22 @@ pub enum Op<'a> {
     DelSa(SaId),
 }
 
+/// Our XFRM requests over one [`Socket`].
 pub struct Xfrm {
-    handle: ConnectionHandle<XfrmMessage>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for Xfrm {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
+    socket: Socket,
 }
 
 impl Xfrm {
     /// Opens the socket; must run inside the tokio runtime.
-    pub fn open() -> Result<Self, XfrmError> {
-        let (conn, handle, _unsolicited) =
-            netlink_proto::new_connection::<XfrmMessage>(NETLINK_XFRM).map_err(|source| {
-                XfrmError::Io {
-                    what: "open the XFRM netlink socket".into(),
-                    source,
-                }
-            })?;
+    pub fn open(timeout: Duration) -> Result<Self, XfrmError> {
         Ok(Self {
-            handle,
-            task: tokio::spawn(conn),
+            socket: Socket::open(timeout)?,
         })
     }
 
-    pub async fn dump_policies(&self) -> Result<Vec<DumpedPolicy>, XfrmError> {
+    pub async fn dump_policies(&mut self) -> Result<Vec<DumpedPolicy>, XfrmError> {
         let msg = XfrmMessage::GetPolicy(policy::DelGetMessage::default());
-        let replies = self.request(msg, NLM_F_REQUEST | NLM_F_DUMP).await?;
+        let replies = self.socket.dump(msg, NLM_F_REQUEST | NLM_F_DUMP).await?;
         Ok(replies
             .into_iter()
             .filter_map(|m| match m {
@@ -101,9 +76,9 @@ impl Xfrm {
             .collect())
     }
 
-    pub async fn dump_sas(&self) -> Result<Vec<DumpedSa>, XfrmError> {
+    pub async fn dump_sas(&mut self) -> Result<Vec<DumpedSa>, XfrmError> {
         let msg = XfrmMessage::GetDumpSa(state::GetDumpMessage::default());
-        let replies = self.request(msg, NLM_F_REQUEST | NLM_F_DUMP).await?;
+        let replies = self.socket.dump(msg, NLM_F_REQUEST | NLM_F_DUMP).await?;
         // Each reply holds the SA's key: keep the few fields we need and drop the rest here.
         Ok(replies
             .into_iter()
@@ -114,50 +89,18 @@ impl Xfrm {
             .collect())
     }
 
-    /// Runs `ops` with many in flight; one result per op, in order.
-    pub async fn run(&self, ops: &[Op<'_>]) -> Vec<Result<(), XfrmError>> {
-        let mut out = Vec::with_capacity(ops.len());
-        for chunk in ops.chunks(IN_FLIGHT) {
-            let results = join_all(chunk.iter().map(|op| {
-                let (msg, flags) = message(op);
-                async move { self.request(msg, flags).await.map(|_| ()) }
-            }))
-            .await;
-            out.extend(results);
-        }
-        out
-    }
-
-    async fn request(&self, msg: XfrmMessage, flags: u16) -> Result<Vec<XfrmMessage>, XfrmError> {
-        let mut header = NetlinkHeader::default();
-        header.flags = flags;
-        let mut nl = NetlinkMessage::new(header, NetlinkPayload::InnerMessage(msg));
-        nl.finalize();
-        let mut replies = self
-            .handle
-            .request(nl, SocketAddr::new(0, 0))
-            .map_err(|e| XfrmError::Netlink(e.to_string()))?;
-        let mut out = Vec::new();
-        while let Some(reply) = replies.next().await {
-            match reply.payload {
-                NetlinkPayload::InnerMessage(m) => out.push(m),
-                // Only the code: `header` echoes our request, key bytes included.
-                NetlinkPayload::Error(e) => {
-                    if let Some(code) = e.code {
-                        return Err(XfrmError::Kernel {
-                            errno: code.get().saturating_abs(),
-                        });
-                    }
-                }
-                _ => {}
-            }
-        }
-        Ok(out)
+    /// Runs `ops` in batches; one result per op, in order.
+    pub async fn run<'a>(
+        &mut self,
+        ops: impl Iterator<Item = &'a Op<'a>> + Send,
+    ) -> Vec<Result<(), XfrmError>> {
+        self.socket.write(&mut ops.map(message)).await
     }
 }
 
+/// The request for `op` and its flags; the batch adds `NLM_F_ACK` where it wants one.
 fn message(op: &Op<'_>) -> (XfrmMessage, u16) {
-    let write = NLM_F_REQUEST | NLM_F_ACK;
+    let write = NLM_F_REQUEST;
     match op {
         Op::AddSa(sa) => (add_sa(sa), write | NLM_F_CREATE | NLM_F_EXCL),
         Op::SetPolicy { id, spi } => (set_policy(id, *spi), write),

@@ -5,7 +5,7 @@
 //! our drop is final. Peers are set elements, so the rule count stays constant and one tunnel
 //! change is one element add or delete. Scripts go to `nft -f -` on stdin.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write;
 use std::net::IpAddr;
 
@@ -47,19 +47,23 @@ fn element(g: &Guard) -> String {
     }
 }
 
-/// The `nft -f -` script for one guard action.
+/// The `nft -f -` script for one guard action: one `delete element` and one `add element`
+/// command per set (nft applies the whole script as one transaction).
 pub fn script(create: bool, add: &[Guard], del: &[Guard]) -> String {
     let mut s = String::new();
     if create {
         s.push_str(SKELETON);
     }
     for (verb, list) in [("delete", del), ("add", add)] {
+        let mut by_set: BTreeMap<&str, Vec<String>> = BTreeMap::new();
         for g in list {
+            by_set.entry(set_of(g)).or_default().push(element(g));
+        }
+        for (set, elements) in by_set {
             let _ = writeln!(
                 s,
-                "{verb} element inet {TABLE} {} {{ {} }}",
-                set_of(g),
-                element(g)
+                "{verb} element inet {TABLE} {set} {{ {} }}",
+                elements.join(", ")
             );
         }
     }
@@ -122,13 +126,19 @@ mod tests {
     fn scripts_name_the_right_set_and_element() {
         let s = script(
             false,
-            &[g("2001:db8::2", "2001:db8::1", Proto::Udp(6081))],
+            &[
+                g("2001:db8::2", "2001:db8::1", Proto::Udp(6081)),
+                g("192.0.2.3", "192.0.2.1", Proto::Udp(4789)),
+                g("2001:db8::3", "2001:db8::1", Proto::Udp(4789)),
+            ],
             &[g("192.0.2.2", "192.0.2.1", Proto::Gre)],
         );
         assert_eq!(
             s,
             "delete element inet ovs_ipsec gre4 { 192.0.2.2 . 192.0.2.1 }\n\
-             add element inet ovs_ipsec udp6 { 2001:db8::2 . 2001:db8::1 . 6081 }\n"
+             add element inet ovs_ipsec udp4 { 192.0.2.3 . 192.0.2.1 . 4789 }\n\
+             add element inet ovs_ipsec udp6 { 2001:db8::2 . 2001:db8::1 . 6081, \
+             2001:db8::3 . 2001:db8::1 . 4789 }\n"
         );
         assert!(script(true, &[], &[]).contains("priority raw"));
     }
