@@ -316,8 +316,8 @@ fn cold_start_add_modify_delete_and_monitor_restart() {
         [
             "ipsec restart",
             "ipsec statusall",
-            "ipsec update",
             "ipsec rereadsecrets",
+            "ipsec update",
             "ipsec statusall"
         ]
     );
@@ -363,8 +363,8 @@ fn cold_start_add_modify_delete_and_monitor_restart() {
         calls,
         [
             "ipsec statusall",
-            "ipsec update",
             "ipsec rereadsecrets",
+            "ipsec update",
             "ipsec statusall"
         ]
     );
@@ -437,8 +437,8 @@ fn thousand_tunnels_cold_start_and_one_more_are_o1_calls() {
         calls,
         [
             "ipsec statusall",
-            "ipsec update",
             "ipsec rereadsecrets",
+            "ipsec update",
             "ipsec statusall"
         ]
     );
@@ -455,8 +455,8 @@ fn thousand_tunnels_cold_start_and_one_more_are_o1_calls() {
         stub.take_calls(),
         [
             "ipsec statusall",
-            "ipsec update",
             "ipsec rereadsecrets",
+            "ipsec update",
             "ipsec statusall"
         ]
     );

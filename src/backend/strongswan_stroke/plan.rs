@@ -179,11 +179,14 @@ pub fn plan(desired: &Desired, r: &Rendered, obs: &Observed) -> Vec<Action> {
             obs.cert_changed.iter().cloned().collect(),
         ));
     } else {
-        if conf_differs {
-            actions.push(Action::Update);
-        }
+        // Secrets first: `update` routes the new connections at once, and a peer that
+        // negotiates before our key is loaded gets AUTHENTICATION_FAILED; the kernel's acquire
+        // for that policy then blocks a retry for 30 s (seen with two real charons).
         if secrets_differ {
             actions.push(Action::RereadSecrets);
+        }
+        if conf_differs {
+            actions.push(Action::Update);
         }
         if !conf_differs && !obs.settling && !missing.is_empty() {
             actions.push(Action::Reconcile(missing));
@@ -285,8 +288,8 @@ Security Associations (2 up, 0 connecting):
             plan(&d, &r, &obs),
             vec![
                 Action::WriteFiles,
-                Action::Update,
                 Action::RereadSecrets,
+                Action::Update,
                 Action::DownNb {
                     sa: "vx1-in-1[1]".into(),
                     version: Some(1)
