@@ -297,19 +297,25 @@ count_at_least() { [ "$(nft_count "$1" "$2")" -ge "$3" ]; }
 
 # Cleartext udp to the geneve port from the peer's underlay address, sent around the peer's
 # XFRM (raw socket): it reaches the left node (counted before the guard) and is dropped by the
-# monitor's guard (nothing counted after it); the tunnel still works.
+# monitor's guard (nothing counted after it); the tunnel still works. The same datagrams to an
+# unguarded port (6999) are counted after the guard: the counting itself works.
 scenario_static_cleartext_drop() {
     geneve_up static-cleartext-drop
     wait_converged
-    local sel="ip saddr 192.0.2.2 ip daddr 192.0.2.1 udp dport 6081 meta ipsec missing counter"
-    e2e_table left "chain arrived { type filter hook prerouting priority -400; $sel; }
-        chain delivered { type filter hook input priority 0; $sel; }"
-    ip netns exec right python3 ./cleartext.py 192.0.2.2 192.0.2.1 6081 5 ||
-        fail "cannot send the cleartext datagrams"
+    local sel="ip saddr 192.0.2.2 ip daddr 192.0.2.1 meta ipsec missing udp dport"
+    e2e_table left "chain arrived { type filter hook prerouting priority -400; $sel 6081 counter; }
+        chain delivered { type filter hook input priority 0; $sel 6081 counter; }
+        chain control { type filter hook input priority 0; $sel 6999 counter; }"
+    local port
+    for port in 6081 6999; do
+        ip netns exec right python3 ./cleartext.py 192.0.2.2 192.0.2.1 "$port" 5 ||
+            fail "cannot send the cleartext datagrams"
+    done
     wait_until 30 "the 5 cleartext datagrams to reach the left node" count_at_least left arrived 5
+    wait_until 30 "the 5 datagrams to the unguarded port to be delivered" count_at_least left control 5
     local passed
     passed=$(nft_count left delivered)
-    t "cleartext: $(nft_count left arrived) arrived, $passed passed the guard"
+    t "cleartext: $(nft_count left arrived) arrived, $passed passed the guard, $(nft_count left control) delivered to udp/6999"
     [ "$passed" -eq 0 ] || fail "$passed cleartext datagrams from the peer passed the guard"
     assert_esp_ping geneve 6081
     nx left nft delete table inet e2e
