@@ -55,7 +55,7 @@ run_id=$(date +%Y%m%d-%H%M%S)-$$
 out=$cache/results/$run_id
 mkdir -p "$out"
 ln -sfn "$run_id" "$cache/results/latest"
-timeout=${E2E_TIMEOUT:-420}
+timeout=${E2E_TIMEOUT:-600}
 # The guest runs a copy of the scripts: editing tests/e2e during a run changes nothing in it.
 mkdir -p "$out/scripts" && cp "$here"/*.sh "$here"/*.py "$out/scripts/"
 cat > "$out/boot.sh" <<EOF
