@@ -40,6 +40,9 @@ nx() {
     nsenter -t "$(cat "$b/anchor.pid")" -m -n -- env OVS_RUNDIR="$b" OVS_LOGDIR="$b" OVS_DBDIR="$b" "$@"
 }
 
+# vsctl SIDE ARGS...: ovs-vsctl on the node's database. Changes to tunnels and certificates
+# pass --no-wait: nothing here needs ovs-vswitchd to have applied them (the checks poll what
+# they need), and waiting for it costs seconds per call under TCG.
 vsctl() {
     local s=$1
     shift
@@ -190,12 +193,12 @@ expect_log() {
 # (psk: none; self: own certificate and key; ca: also the CA). The files were made by prepare.sh.
 pki_config() {
     local s=$1 auth=$2 d=$E2E_PKI/$2
-    vsctl "$s" remove Open_vSwitch . other_config certificate private_key ca_cert || fail "$s: clear pki"
+    vsctl "$s" --no-wait remove Open_vSwitch . other_config certificate private_key ca_cert || fail "$s: clear pki"
     case "$auth" in
         psk) ;;
-        self) vsctl "$s" set Open_vSwitch . other_config:certificate="$d/$s-cert.pem" \
+        self) vsctl "$s" --no-wait set Open_vSwitch . other_config:certificate="$d/$s-cert.pem" \
             other_config:private_key="$d/$s-privkey.pem" || fail "$s: set pki" ;;
-        ca) vsctl "$s" set Open_vSwitch . other_config:certificate="$d/$s-cert.pem" \
+        ca) vsctl "$s" --no-wait set Open_vSwitch . other_config:certificate="$d/$s-cert.pem" \
             other_config:private_key="$d/$s-privkey.pem" other_config:ca_cert="$d/cacert.pem" ||
             fail "$s: set pki" ;;
         *) fail "unknown auth $auth" ;;
@@ -214,7 +217,7 @@ tunnel_add() {
         ca) opts+=(options:remote_name="$peer") ;;
     esac
     for o in "$@"; do opts+=("options:$o"); done
-    vsctl "$s" add-port br-ipsec tun -- set interface tun type="$type" \
+    vsctl "$s" --no-wait add-port br-ipsec tun -- set interface tun type="$type" \
         options:remote_ip="$(underlay_ip "$peer")" "${opts[@]}" || fail "$s: add-port tun"
 }
 
@@ -284,15 +287,16 @@ spis() {
     ip -n "$1" xfrm state | awk '$1 == "src" { sd = $2 " " $4 } $1 == "proto" { print sd, $4 }' | sort
 }
 
-# no_xfrm SIDE: the node holds no XFRM state and no policy (charon's per-socket IKE bypass
-# policies, listed as "socket in/out", are not the tunnel's).
-no_xfrm() { [ -z "$(ip -n "$1" xfrm state)" ] && ! ip -n "$1" xfrm policy | grep -q '^[[:space:]]*dir '; }
+# no_xfrm SIDE: the node holds no XFRM state and no policy selecting tunnel traffic (udp or
+# gre). The IKE daemons' own policies stay: per-socket IKE bypasses, and pluto's IPv6
+# neighbour-discovery bypasses (ipv6-icmp types 135/136).
+no_xfrm() { [ -z "$(ip -n "$1" xfrm state)" ] && ! ip -n "$1" xfrm policy | grep -Eq '^src .* proto (udp|gre)'; }
 
 # tunnel_remove: deletes "tun" on both nodes and waits until each backend has removed every SA
-# and policy of it from the kernel (nothing else on these nodes holds any).
+# and policy of it from the kernel.
 tunnel_remove() {
     local s
-    for s in left right; do vsctl "$s" del-port br-ipsec tun || fail "$s: del-port tun"; done
+    for s in left right; do vsctl "$s" --no-wait del-port br-ipsec tun || fail "$s: del-port tun"; done
     for s in left right; do wait_until 120 "$s: the tunnel's SAs and policies to be removed" no_xfrm "$s"; done
     t "tunnel removed, no SA or policy left"
 }

@@ -160,7 +160,7 @@ tunnels_add() {
         for s in left right; do wait_until 60 "$s to publish external_ids:ipsec-generation" has_generation "$s"; done
         for s in left right; do
             gen=$(ext_id "$(peer_of "$s")" ipsec-generation)
-            vsctl "$s" set interface tun options:ipsec_peer_generation="$gen" || fail "$s: set peer generation"
+            vsctl "$s" --no-wait set interface tun options:ipsec_peer_generation="$gen" || fail "$s: set peer generation"
         done
     else
         for s in left right; do tunnel_add "$s" "$@"; done
@@ -269,12 +269,12 @@ scenario_static_rotation() {
     t "outbound SPIs before: left $old_l, right $old_r"
     ping_start left rotation
     ping_wait_more rotation 5
-    for s in left right; do vsctl "$s" set interface tun options:ipsec_psk_next="$PSK_NEXT" || fail "$s: set psk_next"; done
+    for s in left right; do vsctl "$s" --no-wait set interface tun options:ipsec_psk_next="$PSK_NEXT" || fail "$s: set psk_next"; done
     wait_until 120 "external_ids:ipsec-rotation=ready on both nodes" rotation_is ready
     t "rotation ready on both nodes"
     ping_wait_more rotation 5
     for s in left right; do
-        vsctl "$s" set interface tun options:psk="$PSK_NEXT" -- remove interface tun options ipsec_psk_next ||
+        vsctl "$s" --no-wait set interface tun options:psk="$PSK_NEXT" -- remove interface tun options ipsec_psk_next ||
             fail "$s: promote psk_next"
     done
     wait_until 120 "new outbound SPIs on both nodes" spis_moved "$old_l" "$old_r"
