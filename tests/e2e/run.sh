@@ -83,8 +83,8 @@ for s in "$@"; do
     grep -q "^$s	" "$out/results.tsv" 2> /dev/null || printf '%s\tFAIL\t-\tno result from the guest (qemu exit %s)\n' "$s" "$qemu_rc" >> "$out/results.tsv"
 done
 {
-    printf '%-22s %-6s %8s  %s\n' SCENARIO RESULT SECONDS DETAIL
-    while IFS=$'\t' read -r s r secs why; do printf '%-22s %-6s %8s  %s\n' "$s" "$r" "$secs" "$why"; done < "$out/results.tsv"
+    printf '%-28s %-6s %8s  %s\n' SCENARIO RESULT SECONDS DETAIL
+    while IFS=$'\t' read -r s r secs why; do printf '%-28s %-6s %8s  %s\n' "$s" "$r" "$secs" "$why"; done < "$out/results.tsv"
     echo "wall time ${wall}s (guest preparation ${t_prep}s), qemu exit $qemu_rc, binary $bin"
 } > "$out/table.txt"
 cat "$out/table.txt"
