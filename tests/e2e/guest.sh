@@ -1,10 +1,10 @@
 #!/bin/bash
 # PID 1 of the guest after switch_root. Mounts what a normal init would, loads the modules the
 # scenarios need, runs each scenario in its own bash under a timeout (so a hung scenario cannot
-# take the run with it), always tears its nodes down, appends one line to results.tsv, and
-# powers off. Everything it writes for the host goes to /e2e-out (the 9p results share).
+# take the run with it), tears the nodes down after a failure, appends one line to results.tsv,
+# and powers off. Everything it writes for the host goes to /e2e-out (the 9p results share).
 # The body is one function so that bash has parsed all of it before running any of it (bash
-# reads a script as it goes; the file lives on the host and may change during a run).
+# reads a script as it goes).
 main() {
     export PATH=/usr/sbin:/usr/bin:/sbin:/bin
     out=/e2e-out
@@ -20,13 +20,12 @@ main() {
 
     up() { cut -d' ' -f1 /proc/uptime; }
     echo "E2E-GUEST: userspace at $(up)s, kernel $(uname -r)"
-    for m in xfrm_user esp4 esp6 openvswitch geneve vxlan veth gcm aesni_intel seqiv echainiv \
-        nf_tables nft_xfrm; do
-        modprobe "$m" 2>> "$out/modprobe.log" || echo "E2E-GUEST: modprobe $m failed"
-    done
+    # One modprobe for all (each process start is slow under TCG); it reports each failure.
+    modprobe -a xfrm_user esp4 esp6 openvswitch geneve vxlan veth gcm aesni_intel seqiv echainiv \
+        nf_tables nft_xfrm 2>> "$out/modprobe.log" || echo "E2E-GUEST: modprobe failed: $(cat "$out/modprobe.log")"
     echo "E2E-GUEST: modules loaded at $(up)s"
 
-    cd "$E2E_REPO/tests/e2e" || { echo "E2E-GUEST: no $E2E_REPO"; poweroff -f; }
+    cd /e2e-out/scripts || { echo "E2E-GUEST: no scripts in /e2e-out"; poweroff -f; }
     for s in $E2E_SCENARIOS; do
         mkdir -p "$out/$s"
         start=$(up)
@@ -34,9 +33,10 @@ main() {
         timeout --kill-after=5 "$E2E_TIMEOUT" bash -c '. ./lib.sh && . ./scenarios.sh && e2e_run "$1"' _ "$s" \
             > "$out/$s/trace.txt" 2>&1
         rc=$?
-        # A scenario killed by the timeout could not keep its logs itself.
+        # A scenario killed by the timeout could not keep its logs itself. After a failure the
+        # next scenario starts from fresh nodes; after a success it may reuse them (lib.sh).
         [ $rc -eq 124 ] && E2E_OUT=$out/$s bash -c '. ./lib.sh && collect_logs left; collect_logs right'
-        bash -c '. ./lib.sh && teardown' >> "$out/$s/trace.txt" 2>&1
+        [ $rc -eq 0 ] || bash -c '. ./lib.sh && teardown' >> "$out/$s/trace.txt" 2>&1
         secs=$(awk -v a="$start" -v b="$(up)" 'BEGIN{printf "%.0f", b-a}')
         if [ $rc -eq 0 ]; then
             printf '%s\tPASS\t%s\t\n' "$s" "$secs" >> "$out/results.tsv"
@@ -47,6 +47,7 @@ main() {
         fi
         echo "E2E-GUEST: scenario $s rc=$rc in ${secs}s"
     done
+    bash -c '. ./lib.sh && teardown' > /dev/null 2>&1
     echo "E2E-GUEST: done at $(up)s"
     sync
     poweroff -f

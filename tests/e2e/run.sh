@@ -12,7 +12,8 @@
 # E2E_TIMEOUT (seconds per scenario, default 300), E2E_SMP / E2E_MEM (guest size).
 # Exit status: 0 when every scenario passed, 1 when one failed, 2 when the harness could not run.
 set -uo pipefail
-
+# The body is one function so that bash has parsed all of it before running any of it.
+main() {
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/../.." && pwd)
 cache=$repo/target/e2e
@@ -22,14 +23,13 @@ die() { echo "e2e: $*" >&2; exit 2; }
 [ "$(id -u)" = 0 ] || die "must run as root (netns, kernel modules in the guest, 9p shares)"
 
 missing=""
-for c in qemu-system-x86_64 busybox cpio depmod modprobe apt-get dpkg tcpdump ping nft \
-    ovsdb-server ovs-vswitchd ovs-vsctl ovs-appctl ipsec swanctl; do
+for c in qemu-system-x86_64 busybox cpio depmod modprobe apt-get dpkg tcpdump ping nft openssl \
+    python3 nsenter unshare ovsdb-server ovs-vswitchd ovs-vsctl ovs-appctl ipsec swanctl certutil pk12util; do
     command -v "$c" > /dev/null || missing="$missing $c"
 done
 [ -x /opt/lsw/ipsec ] || missing="$missing /opt/lsw/ipsec(tests/deps/libreswan.sh)"
 [ -z "$missing" ] || die "missing on the host:$missing
-  install: apt-get install -y --no-install-recommends qemu-system-x86 busybox-static cpio kmod tcpdump \\
-    iputils-ping nftables openvswitch-switch strongswan strongswan-swanctl libcharon-extra-plugins && tests/deps/libreswan.sh"
+  install them with tests/install-deps.sh (tests/deps/e2e.packages and the backends' lists)"
 
 . "$here/scenarios.sh"
 if [ $# -eq 0 ]; then set -- $E2E_ALL_SCENARIOS; fi
@@ -55,11 +55,13 @@ run_id=$(date +%Y%m%d-%H%M%S)-$$
 out=$cache/results/$run_id
 mkdir -p "$out"
 ln -sfn "$run_id" "$cache/results/latest"
-timeout=${E2E_TIMEOUT:-300}
+timeout=${E2E_TIMEOUT:-600}
+# The guest runs a copy of the scripts: editing tests/e2e during a run changes nothing in it.
+mkdir -p "$out/scripts" && cp "$here"/*.sh "$here"/*.py "$out/scripts/"
 cat > "$out/boot.sh" <<EOF
-export E2E_REPO='$repo' E2E_BIN='$bin' E2E_SCENARIOS='$*' E2E_TIMEOUT='$timeout'
-export E2E_MODULES='$cache/kernel/lib/modules'
-exec /bin/bash '$here/guest.sh'
+export E2E_BIN='$bin' E2E_SCENARIOS='$*' E2E_TIMEOUT='$timeout'
+export E2E_MODULES='$cache/kernel/lib/modules' E2E_PKI='$cache/pki'
+exec /bin/bash /e2e-out/scripts/guest.sh
 EOF
 
 echo "e2e: kernel $release, binary $bin, scenarios: $*, results: $out (prepared in ${t_prep}s)"
@@ -81,16 +83,31 @@ for s in "$@"; do
     grep -q "^$s	" "$out/results.tsv" 2> /dev/null || printf '%s\tFAIL\t-\tno result from the guest (qemu exit %s)\n' "$s" "$qemu_rc" >> "$out/results.tsv"
 done
 {
-    printf '%-22s %-6s %8s  %s\n' SCENARIO RESULT SECONDS DETAIL
-    while IFS=$'\t' read -r s r secs why; do printf '%-22s %-6s %8s  %s\n' "$s" "$r" "$secs" "$why"; done < "$out/results.tsv"
+    printf '%-28s %-6s %8s  %s\n' SCENARIO RESULT SECONDS DETAIL
+    while IFS=$'\t' read -r s r secs why; do printf '%-28s %-6s %8s  %s\n' "$s" "$r" "$secs" "$why"; done < "$out/results.tsv"
     echo "wall time ${wall}s (guest preparation ${t_prep}s), qemu exit $qemu_rc, binary $bin"
 } > "$out/table.txt"
 cat "$out/table.txt"
-if grep -q '	FAIL	' "$out/results.tsv"; then
-    echo "e2e: failures; logs under $out/<scenario>/ and $out/serial.log"
-    for s in "$@"; do
-        [ -f "$out/$s/failure.txt" ] && { echo "----- $s"; cat "$out/$s/failure.txt"; }
+# show_logs SCENARIO: what a CI log needs to debug a failure without the artifacts: the reason,
+# the scenario's steps, and per node its state and the tails of the monitor and IKE daemon logs.
+show_logs() {
+    local d=$out/$1 n f
+    echo "===== $1: $(cat "$d/failure.txt" 2> /dev/null || echo 'no failure.txt (see serial.log)')"
+    grep '^T+' "$d/trace.txt" 2> /dev/null
+    for n in left right; do
+        [ -d "$d/$n" ] || continue
+        echo "----- $1 $n: state (keys redacted)"
+        cat "$d/$n/state.txt"
+        for f in mon.log mon.stderr pluto.log charon.log; do
+            [ -s "$d/$n/$f" ] && { echo "----- $1 $n: last lines of $f"; tail -n 40 "$d/$n/$f"; }
+        done
     done
+}
+if grep -q '	FAIL	' "$out/results.tsv"; then
+    for s in "$@"; do grep -q "^$s	FAIL" "$out/results.tsv" && show_logs "$s"; done
+    echo "e2e: failures; all logs under $out/<scenario>/ and $out/serial.log"
     exit 1
 fi
 exit 0
+}
+main "$@"

@@ -1,40 +1,78 @@
 # The e2e scenarios (sourced by run.sh for their names, and in the guest with lib.sh to run them).
-# A scenario is a function scenario_<name with - as _> that builds both nodes, brings the tunnel
-# up and asserts; it ends the scenario through `fail` on the first broken expectation.
+# A scenario is a function scenario_<name with - as _>; its name starts with the backend ("kind")
+# whose nodes it needs: static (--ike-daemon=none), libreswan, stroke (strongSwan legacy) or vici.
+# It ends through `fail` on the first broken expectation, and on success leaves the nodes with
+# no tunnel for the next scenario of the same kind.
+#
+# Two families of scenarios:
+# - the matrix of OVS's system-ipsec.at, KIND-TYPE-FAMILY-AUTH (gre/geneve/vxlan × ipv4/ipv6 ×
+#   psk/self/ca): tunnel up, ESP both ways, ping 3/3, the log lines OVS greps, removal;
+# - behaviours under load: restarts under a running ping, the cleartext guard, key rotation,
+#   a non-default dst_port.
 
-E2E_ALL_SCENARIOS="static-geneve stroke-vxlan libreswan-geneve vici-geneve"
+PSK_NEXT=tunafish
+
+E2E_ALL_SCENARIOS=""
+E2E_KINDS="static libreswan stroke vici"
+
+# matrix KIND TYPES FAMILIES AUTHS: defines scenario_KIND_TYPE_FAMILY_AUTH for each combination.
+matrix() {
+    local k=$1 p f a
+    for p in $2; do for f in $3; do for a in $4; do
+        eval "scenario_${k}_${p}_${f}_${a}() { cell $k $p $f $a; }"
+        E2E_ALL_SCENARIOS="$E2E_ALL_SCENARIOS $k-$p-$f-$a"
+    done; done; done
+}
+
+# extra NAME: a hand-written scenario_NAME below, listed after the matrix of its kind.
+extra() { E2E_ALL_SCENARIOS="$E2E_ALL_SCENARIOS $1"; }
+
+# Static keys are PSK-only. OVS's kernel datapath carries GRE over IPv4 only (its gre port type
+# has no IPv6 underlay; that is ip6gre, which the monitor does not handle).
+matrix static "geneve vxlan gre" ipv4 psk
+matrix static "geneve vxlan" ipv6 psk
+extra static-rotation
+extra static-monitor-sigkill
+extra static-cleartext-drop
+extra static-dst-port
+matrix libreswan "geneve vxlan gre" ipv4 "psk self ca"
+matrix libreswan "geneve vxlan" ipv6 "psk self ca"
+extra libreswan-monitor-restart
+extra libreswan-ike-restart
+extra libreswan-dst-port
+matrix stroke "geneve vxlan gre" ipv4 "psk self ca"
+matrix stroke "geneve vxlan" ipv6 "psk self ca"
+extra stroke-monitor-restart
+extra stroke-ike-restart
+# VICI: kept in the matrix, out of CI until one IKE connection per tunnel lands.
+matrix vici "geneve vxlan gre" ipv4 psk
+matrix vici geneve ipv6 psk
+matrix vici geneve ipv4 "self ca"
 
 # e2e_run NAME: runs one scenario with its results directory.
 e2e_run() {
     export E2E_OUT=/e2e-out/$1
     mkdir -p "$E2E_OUT"
     t "scenario $1, monitor $E2E_BIN"
-    pair_up
     "scenario_${1//-/_}"
     t "PASS"
 }
 
-# Static keys (--ike-daemon=none): no IKE daemon; each node publishes its key generation in
-# external_ids:ipsec-generation and the CMS (here, this script) copies it into the peer's
-# options:ipsec_peer_generation; only then can each node derive the peer's outbound key.
-has_generation() { [ -n "$(ext_id "$1" ipsec-generation)" ]; }
+# kind_of NAME: the backend a scenario needs (the first word of its name).
+kind_of() { echo "${1%%-*}"; }
 
-node_static() {
-    node_up "$1"
-    monitor_up "$1" --ike-daemon=none
-    tunnel_add "$1" geneve local_ip="$(underlay_ip "$1")"
-    wait_until 60 "$1 to publish external_ids:ipsec-generation" has_generation "$1"
+default_port() {
+    case "$1" in geneve) echo 6081 ;; vxlan) echo 4789 ;; gre) echo 0 ;; esac
 }
 
-scenario_static_geneve() {
-    local s gen
-    on_both node_static
-    for s in left right; do
-        gen=$(ext_id "$(peer_of "$s")" ipsec-generation)
-        vsctl "$s" set interface tun options:ipsec_peer_generation="$gen" || fail "$s: set peer generation"
-    done
-    wait_converged 90
-    assert_esp_ping 6081
+# ---- nodes, one function per kind -------------------------------------------------------
+
+# Static keys (--ike-daemon=none): no IKE daemon. A removed tunnel's SAs stay for the rekey grace
+# (default 60 s, like a rotated-out inbound SA); 20 s keeps removal quick and still covers the
+# few seconds between the two nodes' promotions in static-rotation.
+node_static() {
+    node_up "$1"
+    monitor_up "$1" --ike-daemon=none --static-rekey-grace=20
 }
 
 # A charon drop-in that logs to the node's directory (flush_line: otherwise empty until exit).
@@ -50,13 +88,6 @@ node_stroke() {
     node_up "$1"
     charon_log_conf "$1"
     monitor_up "$1" --ike-daemon=strongswan --strongswan-mode=stroke
-    tunnel_add "$1" vxlan
-}
-
-scenario_stroke_vxlan() {
-    on_both node_stroke
-    wait_converged 120
-    assert_esp_ping 4789
 }
 
 # strongSwan over VICI: charon runs before the monitor (which never restarts it in this mode).
@@ -64,42 +95,253 @@ node_vici() {
     node_up "$1"
     charon_log_conf "$1"
     nx "$1" ipsec start > "$(bdir "$1")/starter.out" 2>&1 || fail "$1: ipsec start"
-    wait_until 30 "$1: charon's VICI socket" nx "$1" test -S /run/charon.vici
+    wait_until 60 "$1: charon's VICI socket" nx "$1" test -S /run/charon.vici
     monitor_up "$1" --ike-daemon=strongswan --strongswan-mode=vici
-    tunnel_add "$1" geneve
-}
-
-scenario_vici_geneve() {
-    on_both node_vici
-    wait_converged 120
-    assert_esp_ping 6081
 }
 
 # Libreswan 4.10 unpacked in /opt/lsw (it conflicts with strongSwan's packages): pluto runs with
 # the node's files below --root-prefix, as in OVS's system-ipsec.at.
+lsw_root() { echo "$(bdir "$1")/root"; }
+
+pluto_start() {
+    local s=$1 r
+    r=$(lsw_root "$s")
+    rm -f "$r/run/pluto/pluto.ctl" "$r/run/pluto/pluto.pid"
+    nx "$s" /opt/lsw/ipsec pluto --config "$r/etc/ipsec.conf" --ipsecdir "$r/etc" \
+        --nssdir "$r/etc/ipsec.d" --logfile "$(bdir "$s")/pluto.log" --secretsfile "$r/etc/ipsec.secrets" \
+        --rundir "$r/run/pluto" || fail "$s: pluto did not start"
+    wait_until 60 "$s: pluto's control socket" test -S "$r/run/pluto/pluto.ctl"
+}
+
 node_libreswan() {
-    local s=$1 b r
+    local s=$1 r
     node_up "$s"
-    b=$(bdir "$s")
-    r=$b/root
+    r=$(lsw_root "$s")
     mkdir -p "$r/etc/ipsec.d" "$r/usr/sbin" "$r/run/pluto"
     printf '#!/bin/sh\nexec /opt/lsw/ipsec "$@"\n' > "$r/usr/sbin/ipsec"
     chmod 755 "$r/usr/sbin/ipsec"
     : > "$r/etc/ipsec.conf"
     : > "$r/etc/ipsec.secrets"
     /opt/lsw/ipsec initnss --nssdir "$r/etc/ipsec.d" > /dev/null || fail "$s: initnss"
-    nx "$s" /opt/lsw/ipsec pluto --config "$r/etc/ipsec.conf" --ipsecdir "$r/etc" \
-        --nssdir "$r/etc/ipsec.d" --logfile "$b/pluto.log" --secretsfile "$r/etc/ipsec.secrets" \
-        --rundir "$r/run/pluto" || fail "$s: pluto did not start"
-    wait_until 30 "$s: pluto's control socket" test -S "$r/run/pluto/pluto.ctl"
+    pluto_start "$s"
     monitor_up "$s" --ike-daemon=libreswan --no-restart-ike-daemon --root-prefix="$r" \
         --ipsec-conf=/etc/ipsec.conf --ipsec-d=/etc/ipsec.d --ipsec-secrets=/etc/ipsec.secrets \
         --ipsec-ctl=/run/pluto/pluto.ctl
-    tunnel_add "$s" geneve
 }
 
-scenario_libreswan_geneve() {
-    on_both node_libreswan
-    wait_converged 120
-    assert_esp_ping 6081
+# ike_stop SIDE / ike_start SIDE: the node's IKE daemon, stopped cleanly and started as an
+# administrator (or systemd) would.
+ike_stop() {
+    case "$(cat "$E2E_WORK/kind")" in
+        libreswan) nx "$1" /opt/lsw/ipsec whack --shutdown --ctlsocket "$(lsw_root "$1")/run/pluto/pluto.ctl" ;;
+        *) nx "$1" ipsec stop ;;
+    esac > /dev/null 2>&1 || fail "$1: cannot stop the IKE daemon"
+    t "$1: IKE daemon stopped"
 }
+ike_start() {
+    case "$(cat "$E2E_WORK/kind")" in
+        libreswan) pluto_start "$1" ;;
+        *) nx "$1" ipsec start > /dev/null 2>&1 || fail "$1: ipsec start" ;;
+    esac
+    t "$1: IKE daemon started"
+}
+
+# ---- tunnels ------------------------------------------------------------------------------
+
+# tunnels_add TYPE AUTH [OPTION=VALUE...]: "tun" on both nodes. With static keys, local_ip is
+# required and the script plays the CMS: it copies each node's external_ids:ipsec-generation
+# into the peer's options:ipsec_peer_generation (only then can a node derive the peer's key).
+has_generation() { [ -n "$(ext_id "$1" ipsec-generation)" ]; }
+
+tunnels_add() {
+    local s gen
+    if [ "$(cat "$E2E_WORK/kind")" = static ]; then
+        for s in left right; do tunnel_add "$s" "$@" local_ip="$(underlay_ip "$s")"; done
+        for s in left right; do wait_until 60 "$s to publish external_ids:ipsec-generation" has_generation "$s"; done
+        for s in left right; do
+            gen=$(ext_id "$(peer_of "$s")" ipsec-generation)
+            vsctl "$s" --no-wait set interface tun options:ipsec_peer_generation="$gen" || fail "$s: set peer generation"
+        done
+    else
+        for s in left right; do tunnel_add "$s" "$@"; done
+    fi
+}
+
+# cell KIND TYPE FAMILY AUTH: one case of the system-ipsec.at matrix.
+cell() {
+    local kind=$1 type=$2 auth=$4 s ml mr
+    export E2E_FAMILY=$3
+    nodes_for "$kind"
+    for s in left right; do pki_config "$s" "$auth"; done
+    ml=$(log_mark left)
+    mr=$(log_mark right)
+    tunnels_add "$type" "$auth"
+    wait_converged
+    assert_esp_ping "$type" "$(default_port "$type")"
+    expect_log left "$ml" "tun appeared"
+    expect_log right "$mr" "tun appeared"
+    if [ "$kind" = libreswan ]; then
+        expect_log left "$ml" "Connections for all(1) configured tunnels are Up."
+        expect_log right "$mr" "Connections for all(1) configured tunnels are Up."
+    fi
+    # OVS prints these at exit for the record; so do we (they are not failures by themselves).
+    log_since left "$ml" | grep -E 'Timed out|outdated|defunct|went down' | sed 's/^/left log: /'
+    tunnel_remove
+    expect_log left "$ml" "tun disappeared"
+}
+
+# ---- behaviours ---------------------------------------------------------------------------
+
+# One geneve/IPv4/PSK tunnel, up and checked, for the scenarios below.
+geneve_up() {
+    export E2E_FAMILY=ipv4
+    nodes_for "$(kind_of "$1")"
+    local s
+    for s in left right; do pki_config "$s" psk; done
+    tunnels_add geneve psk "${@:2}"
+}
+
+# monitor_restart_under_ping NAME [RESTART_ARGS...]: SIGKILL of the left monitor and a restart
+# while a ping runs: no echo request lost, and both nodes keep exactly the SAs they had (the new
+# monitor adopts what it finds; OVS's system-ipsec.at asserts unchanged SAs the same way).
+monitor_restart_under_ping() {
+    local name=$1 before_l before_r m
+    shift
+    geneve_up "$name"
+    wait_converged
+    before_l=$(spis left)
+    before_r=$(spis right)
+    t "SAs before: left [$(echo $before_l)], right [$(echo $before_r)]"
+    ping_start left restart
+    ping_wait_more restart 5
+    m=$(log_mark left)
+    monitor_kill left
+    monitor_restart left "$@"
+    expect_log left "$m" "tun appeared"
+    wait_until 120 "ipsec-state=up on both nodes after the restart" both_up
+    ping_wait_more restart 10
+    ping_stop restart
+    [ "$(spis left)" = "$before_l" ] || fail "left SAs changed across the monitor restart: [$(echo $before_l)] -> [$(echo $(spis left))]"
+    [ "$(spis right)" = "$before_r" ] || fail "right SAs changed across the monitor restart: [$(echo $before_r)] -> [$(echo $(spis right))]"
+    assert_esp_ping geneve 6081
+    tunnel_remove
+}
+
+scenario_static_monitor_sigkill() { monitor_restart_under_ping static-monitor-sigkill; }
+scenario_libreswan_monitor_restart() { monitor_restart_under_ping libreswan-monitor-restart; }
+# In strongSwan legacy mode the monitor restarts starter/charon when it starts, which drops
+# every SA; an operator restarting only the monitor passes --no-restart-ike-daemon.
+scenario_stroke_monitor_restart() { monitor_restart_under_ping stroke-monitor-restart --no-restart-ike-daemon; }
+
+# ike_restart NAME: the left node's IKE daemon stops: its status must leave `up`; it starts
+# again: the tunnel comes back (the monitor reloads what the new daemon lacks) and is `up`.
+ike_restart() {
+    geneve_up "$1"
+    wait_converged
+    ike_stop left
+    wait_until 120 "left ipsec-state to leave up while its IKE daemon is down" state_is_not left up
+    t "left ipsec-state with the IKE daemon down: $(ext_id left ipsec-state)"
+    ike_start left
+    wait_converged
+    assert_esp_ping geneve 6081
+    tunnel_remove
+}
+
+scenario_libreswan_ike_restart() { ike_restart libreswan-ike-restart; }
+scenario_stroke_ike_restart() { ike_restart stroke-ike-restart; }
+
+# out_spi SIDE: the SPI in the template of the node's outbound policy (the SA it sends with).
+out_spi() {
+    ip -n "$1" xfrm policy | awk '$1 == "src" { p = 0 } /dir out/ { p = 1 }
+        p { for (i = 1; i < NF; i++) if ($i == "spi") print $(i + 1) }'
+}
+rotation_is() { [ "$(ext_id left ipsec-rotation)" = "$1" ] && [ "$(ext_id right ipsec-rotation)" = "$1" ]; }
+spis_moved() { [ "$(out_spi left)" != "$1" ] && [ "$(out_spi right)" != "$2" ] && both_up; }
+
+# Two-phase rotation driven as a CMS would (docs/static-keying.md) under a running ping: no
+# echo request lost, new outbound SPIs, and the ESP on the wire uses them.
+scenario_static_rotation() {
+    local s old_l old_r new_l
+    geneve_up static-rotation
+    wait_converged
+    old_l=$(out_spi left)
+    old_r=$(out_spi right)
+    t "outbound SPIs before: left $old_l, right $old_r"
+    ping_start left rotation
+    ping_wait_more rotation 5
+    for s in left right; do vsctl "$s" --no-wait set interface tun options:ipsec_psk_next="$PSK_NEXT" || fail "$s: set psk_next"; done
+    wait_until 120 "external_ids:ipsec-rotation=ready on both nodes" rotation_is ready
+    t "rotation ready on both nodes"
+    ping_wait_more rotation 5
+    for s in left right; do
+        vsctl "$s" --no-wait set interface tun options:psk="$PSK_NEXT" -- remove interface tun options ipsec_psk_next ||
+            fail "$s: promote psk_next"
+    done
+    wait_until 120 "new outbound SPIs on both nodes" spis_moved "$old_l" "$old_r"
+    wait_until 120 "external_ids:ipsec-rotation to be cleared" rotation_is ""
+    new_l=$(out_spi left)
+    t "outbound SPIs after: left $new_l, right $(out_spi right)"
+    ping_wait_more rotation 10
+    ping_stop rotation
+    assert_esp_ping geneve 6081
+    grep -q "$(underlay_ip left) > $(underlay_ip right): ESP(spi=$new_l," "$E2E_OUT/tcpdump-underlay.txt" ||
+        fail "the ESP from left does not use the new SPI $new_l"
+    tunnel_remove
+}
+
+# e2e_table SIDE RULES: a table "inet e2e" of counting chains on the node (not the monitor's).
+# nft_count SIDE CHAIN: the packets counted by the chain's (first) counter.
+e2e_table() { printf 'table inet e2e {\n%s\n}\n' "$2" | nx "$1" nft -f - || fail "$1: cannot add the e2e nft table"; }
+nft_count() { nx "$1" nft list chain inet e2e "$2" | sed -n 's/.*counter packets \([0-9]*\).*/\1/p' | head -n 1; }
+count_at_least() { [ "$(nft_count "$1" "$2")" -ge "$3" ]; }
+
+# Cleartext udp to the geneve port from the peer's underlay address, sent around the peer's
+# XFRM (raw socket): it reaches the left node (counted before the guard) and is dropped by the
+# monitor's guard (nothing counted after it); the tunnel still works. The same datagrams to an
+# unguarded port (6999) are counted after the guard: the counting itself works.
+scenario_static_cleartext_drop() {
+    geneve_up static-cleartext-drop
+    wait_converged
+    local sel="ip saddr 192.0.2.2 ip daddr 192.0.2.1 meta ipsec missing udp dport"
+    e2e_table left "chain arrived { type filter hook prerouting priority -400; $sel 6081 counter; }
+        chain delivered { type filter hook input priority 0; $sel 6081 counter; }
+        chain control { type filter hook input priority 0; $sel 6999 counter; }"
+    local port
+    for port in 6081 6999; do
+        ip netns exec right python3 ./cleartext.py 192.0.2.2 192.0.2.1 "$port" 5 ||
+            fail "cannot send the cleartext datagrams"
+    done
+    wait_until 30 "the 5 cleartext datagrams to reach the left node" count_at_least left arrived 5
+    wait_until 30 "the 5 datagrams to the unguarded port to be delivered" count_at_least left control 5
+    local passed
+    passed=$(nft_count left delivered)
+    t "cleartext: $(nft_count left arrived) arrived, $passed passed the guard, $(nft_count left control) delivered to udp/6999"
+    [ "$passed" -eq 0 ] || fail "$passed cleartext datagrams from the peer passed the guard"
+    assert_esp_ping geneve 6081
+    nx left nft delete table inet e2e
+    tunnel_remove
+}
+
+# dst_port NAME: geneve on port 6090 instead of 6081: the policies select 6090, ESP flows, no
+# udp/6090 in clear on the wire, and the left node receives udp/6090 only from inside ESP.
+dst_port() {
+    geneve_up "$1" dst_port=6090
+    wait_converged
+    e2e_table left "chain inner { type filter hook input priority 0;
+        udp dport 6090 meta ipsec exists counter; udp dport 6090 meta ipsec missing counter; }"
+    assert_esp_ping geneve 6090
+    local pol decrypted clear
+    pol=$(ip -n left xfrm policy)
+    echo "$pol" | grep -q 'dport 6090' || fail "no left policy selects udp/6090"
+    echo "$pol" | grep -q 'dport 6081' && fail "a left policy still selects udp/6081"
+    decrypted=$(nft_count left inner)
+    clear=$(nx left nft list chain inet e2e inner | sed -n 's/.*missing counter packets \([0-9]*\).*/\1/p')
+    t "udp/6090 on the left node: $decrypted from inside ESP, $clear in clear"
+    [ "$decrypted" -ge 3 ] || fail "only $decrypted udp/6090 packets came out of ESP"
+    [ "$clear" -eq 0 ] || fail "$clear udp/6090 packets arrived in clear"
+    nx left nft delete table inet e2e
+    tunnel_remove
+}
+
+scenario_static_dst_port() { dst_port static-dst-port; }
+scenario_libreswan_dst_port() { dst_port libreswan-dst-port; }
