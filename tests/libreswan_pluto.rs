@@ -13,7 +13,7 @@ use std::time::Duration;
 use common::libreswan::{LswMonitor, Pluto, REAL_IPSEC, REAL_IPSEC_V5, self_signed};
 use common::monitor::{iface_key, wait_for};
 use common::netns::NetnsPair;
-use common::ovsdb_server::OvsdbServer;
+use common::ovsdb_server::{OvsdbServer, tunnel_port_args};
 
 const T: Duration = Duration::from_secs(30);
 
@@ -95,29 +95,6 @@ impl Pair {
     }
 }
 
-/// `add-port br-ipsec <name>` of `kind` with `opts` (without the `options:` prefix).
-fn add_port(name: &str, kind: &str, opts: &[String]) -> Vec<String> {
-    let mut v: Vec<String> = [
-        "--may-exist",
-        "add-br",
-        "br-ipsec",
-        "--",
-        "add-port",
-        "br-ipsec",
-        name,
-        "--",
-        "set",
-        "interface",
-        name,
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    v.push(format!("type={kind}"));
-    v.extend(opts.iter().map(|o| format!("options:{o}")));
-    v
-}
-
 /// `set Open_vSwitch . other_config:…` for this side's certificate, key and optional CA.
 fn set_pki(dir: &Path, side: &str, cert: &str, key: &str, ca: Option<&str>) -> Vec<String> {
     let p = |f: &str| dir.join(f).display().to_string();
@@ -166,9 +143,9 @@ fn psk_tunnels(pair: Pair) {
     // Both tunnels in one transaction: the first pass starts both outbound conns at once.
     pair.vsctl(|_, peer| {
         let opts = [format!("remote_ip={peer}"), "psk=swordfish".to_owned()];
-        let mut v = add_port("tun", "vxlan", &opts);
+        let mut v = tunnel_port_args("tun", "vxlan", &opts);
         v.push("--".into());
-        v.extend(add_port("gnv", "geneve", &opts));
+        v.extend(tunnel_port_args("gnv", "geneve", &opts));
         v
     });
     pair.wait_ike(4);
@@ -218,7 +195,7 @@ fn self_signed_certificates(ipsec: &'static str, prefix: &str) {
         let mut v = set_pki(pki.path(), side, "cert.pem", "privkey.pem", None);
         v.push("--".into());
         let remote_cert = pki.path().join(format!("{other}-cert.pem"));
-        v.extend(add_port(
+        v.extend(tunnel_port_args(
             "tun",
             "geneve",
             &[
@@ -250,7 +227,7 @@ fn ca_signed_certificates(ipsec: &'static str, prefix: &str) {
         let other = if side == "left" { "right" } else { "left" };
         let mut v = set_pki(pki.path(), side, "cert.pem", "key.pem", Some("ca-cert.pem"));
         v.push("--".into());
-        v.extend(add_port(
+        v.extend(tunnel_port_args(
             "tun",
             "vxlan",
             &[format!("remote_ip={peer}"), format!("remote_name={other}")],

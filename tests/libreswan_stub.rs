@@ -12,26 +12,7 @@ use common::ovsdb_server::OvsdbServer;
 const T: Duration = Duration::from_secs(20);
 
 fn add_tunnel(db: &OvsdbServer, name: &str, kind: &str, opts: &[&str]) {
-    let mut args: Vec<String> = [
-        "--may-exist",
-        "add-br",
-        "br-ipsec",
-        "--",
-        "add-port",
-        "br-ipsec",
-        name,
-        "--",
-        "set",
-        "interface",
-        name,
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    args.push(format!("type={kind}"));
-    args.extend(opts.iter().map(|o| format!("options:{o}")));
-    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-    db.vsctl(&refs);
+    db.add_tunnel(name, kind, opts);
 }
 
 fn wait_state(db: &OvsdbServer, iface: &str, state: &str) {

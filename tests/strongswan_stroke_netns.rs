@@ -15,25 +15,7 @@ use common::strongswan_netns::{Node, make_pki};
 const T: Duration = Duration::from_secs(30);
 
 fn add_tunnel(node: &Node, name: &str, kind: &str, opts: &[String]) {
-    let mut args: Vec<String> = [
-        "--may-exist",
-        "add-br",
-        "br-ipsec",
-        "--",
-        "add-port",
-        "br-ipsec",
-        name,
-        "--",
-        "set",
-        "interface",
-        name,
-    ]
-    .map(String::from)
-    .to_vec();
-    args.push(format!("type={kind}"));
-    args.extend(opts.iter().map(|o| format!("options:{o}")));
-    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-    node.db.vsctl(&refs);
+    node.db.add_tunnel(name, kind, opts);
 }
 
 /// Sends traffic into the trap policy until the IKE_SA is up; on timeout the panic shows

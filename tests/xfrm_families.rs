@@ -17,24 +17,16 @@ const REMOTE4: &str = "192.0.2.3";
 const PEER_GEN: &str = "fedcba9876543210fedcba9876543210";
 
 fn add_tunnel(db: &OvsdbServer, name: &str, kind: &str, local: &str, remote: &str) {
-    db.vsctl(&[
-        "--may-exist",
-        "add-br",
-        "br-ipsec",
-        "--",
-        "add-port",
-        "br-ipsec",
+    db.add_tunnel(
         name,
-        "--",
-        "set",
-        "interface",
-        name,
-        &format!("type={kind}"),
-        &format!("options:remote_ip={remote}"),
-        &format!("options:local_ip={local}"),
-        &format!("options:psk=psk-{name}"),
-        &format!("options:ipsec_peer_generation={PEER_GEN}"),
-    ]);
+        kind,
+        &[
+            format!("remote_ip={remote}"),
+            format!("local_ip={local}"),
+            format!("psk=psk-{name}"),
+            format!("ipsec_peer_generation={PEER_GEN}"),
+        ],
+    );
 }
 
 /// `ip xfrm policy` records (one string each, whitespace collapsed) with our tag's reqid.

@@ -126,6 +126,14 @@ impl OvsdbServer {
         )
     }
 
+    /// Adds tunnel port `name` of type `kind` to `br-ipsec` (created if missing) with
+    /// `options:<opt>` for each `key=value` of `opts`.
+    pub fn add_tunnel(&self, name: &str, kind: &str, opts: &[impl AsRef<str>]) {
+        let args = tunnel_port_args(name, kind, opts);
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        self.vsctl(&refs);
+    }
+
     /// Kills the server with SIGKILL (no cleanup, the socket file stays) and reaps it.
     pub fn kill9(&mut self) {
         if let Some(mut child) = self.child.take() {
@@ -310,4 +318,27 @@ fn make_pki(dir: &Path) {
             &cert,
         ]);
     }
+}
+
+/// The `ovs-vsctl` arguments of [`OvsdbServer::add_tunnel`], for callers that run them
+/// elsewhere (in a network namespace, or joined with other commands by `--`).
+pub fn tunnel_port_args(name: &str, kind: &str, opts: &[impl AsRef<str>]) -> Vec<String> {
+    let mut args: Vec<String> = [
+        "--may-exist",
+        "add-br",
+        "br-ipsec",
+        "--",
+        "add-port",
+        "br-ipsec",
+        name,
+        "--",
+        "set",
+        "interface",
+        name,
+    ]
+    .map(String::from)
+    .to_vec();
+    args.push(format!("type={kind}"));
+    args.extend(opts.iter().map(|o| format!("options:{}", o.as_ref())));
+    args
 }
