@@ -37,8 +37,9 @@ release=$("$repo/tests/e2e/prepare.sh") || die "guest preparation failed"
 out=$E2E_CACHE/xfrm-bench/$(date +%Y%m%d-%H%M%S)-$$
 mkdir -p "$out"
 timeout=${XFRM_BENCH_TIMEOUT:-5400}
-# The guest mounts its own /tmp: hand the binary over through the results share.
+# The guest mounts its own /tmp: hand the binary and guest.sh's scripts over through the results share.
 cp "$bin" "$out/ovs-monitor-ipsec"
+mkdir -p "$out/scripts" && cp "$repo"/tests/e2e/*.sh "$repo"/tests/e2e/*.py "$out/scripts/"
 # boot.sh runs under the initrd's POSIX sh; the scenario needs bash (export -f).
 echo "exec /bin/bash /e2e-out/boot.bash" > "$out/boot.sh"
 cat > "$out/boot.bash" << EOF
@@ -48,7 +49,7 @@ scenario_xfrm_bench() {
     python3 '$here/compare.py' --ours "\$E2E_BIN" --modes xfrm --sizes '$sizes' | tee /e2e-out/table.md
 }
 export -f scenario_xfrm_bench
-exec /bin/bash '$repo/tests/e2e/guest.sh'
+exec /bin/bash /e2e-out/scripts/guest.sh
 EOF
 
 echo "xfrm-guest: kernel $release, binary $bin, sizes $sizes, results $out"
