@@ -66,7 +66,7 @@ impl Batches {
                 Action::Add { conn } => b.adds.push(conn),
                 Action::Start { conn } => b.starts.push(conn),
                 Action::BringUp { conn, .. } => b.bring_ups.push(conn),
-                Action::Reconcile { .. } => n -= 1,
+                Action::Reconcile { .. } | Action::Negotiating { .. } => n -= 1,
             }
         }
         (b, n)
