@@ -139,6 +139,16 @@ fn v5_ca_signed_certificates_establish_ike_from_an_nss_database_we_filled() {
     ca_signed_certificates(REAL_IPSEC_V5, "lsw5c");
 }
 
+#[test]
+fn v4_switch_from_self_signed_to_ca_on_the_same_nss_database_establishes_ike() {
+    self_signed_then_ca(REAL_IPSEC, "lsw4x");
+}
+
+#[test]
+fn v5_switch_from_self_signed_to_ca_on_the_same_nss_database_establishes_ike() {
+    self_signed_then_ca(REAL_IPSEC_V5, "lsw5x");
+}
+
 fn psk_tunnels(pair: Pair) {
     // Both tunnels in one transaction: the first pass starts both outbound conns at once.
     pair.vsctl(|_, peer| {
@@ -186,33 +196,16 @@ fn psk_tunnels(pair: Pair) {
 
 fn self_signed_certificates(ipsec: &'static str, prefix: &str) {
     let pki = tempfile::tempdir().unwrap();
-    for (side, _) in SIDES {
-        self_signed(pki.path(), side);
-    }
+    make_self_signed(pki.path());
     let pair = Pair::start(prefix, ipsec);
-    pair.vsctl(|side, peer| {
-        let other = if side == "left" { "right" } else { "left" };
-        let mut v = set_pki(pki.path(), side, "cert.pem", "privkey.pem", None);
-        v.push("--".into());
-        let remote_cert = pki.path().join(format!("{other}-cert.pem"));
-        v.extend(tunnel_port_args(
-            "tun",
-            "geneve",
-            &[
-                format!("remote_ip={peer}"),
-                format!("remote_cert={}", remote_cert.display()),
-            ],
-        ));
-        v
-    });
+    pair.vsctl(|side, peer| self_signed_tunnel(pki.path(), side, peer));
     pair.wait_ike(2);
     pair.wait_negotiating("tun");
     for (p, (side, _)) in pair.plutos.iter().zip(SIDES) {
-        let other = if side == "left" { "right" } else { "left" };
         let nicks = p.nss_nicknames();
         assert!(
             nicks.contains(&format!("ovs_certkey_{side}"))
-                && nicks.contains(&format!("ovs_cert_{other}")),
+                && nicks.contains(&format!("ovs_cert_{}", other(side))),
             "{nicks}"
         );
     }
@@ -223,17 +216,7 @@ fn ca_signed_certificates(ipsec: &'static str, prefix: &str) {
     let pki = tempfile::tempdir().unwrap();
     common::strongswan_netns::make_pki(pki.path());
     let pair = Pair::start(prefix, ipsec);
-    pair.vsctl(|side, peer| {
-        let other = if side == "left" { "right" } else { "left" };
-        let mut v = set_pki(pki.path(), side, "cert.pem", "key.pem", Some("ca-cert.pem"));
-        v.push("--".into());
-        v.extend(tunnel_port_args(
-            "tun",
-            "vxlan",
-            &[format!("remote_ip={peer}"), format!("remote_name={other}")],
-        ));
-        v
-    });
+    pair.vsctl(|side, peer| ca_signed_tunnel(pki.path(), side, peer));
     pair.wait_ike(2);
     pair.wait_negotiating("tun");
     for (p, (side, _)) in pair.plutos.iter().zip(SIDES) {
@@ -244,4 +227,91 @@ fn ca_signed_certificates(ipsec: &'static str, prefix: &str) {
         );
     }
     pair.wait_pluto_log("established IKE SA; authenticated peer");
+}
+
+/// The upgrade path of the QEMU tier's nodes: the same CNs first with self-signed
+/// certificates, then, on the same plutos and NSS databases, signed by a CA (the tunnel
+/// removed, the PKI switched, the tunnel added again, as an operator would). pluto keeps
+/// the root CAs it found in NSS in a cache (the self-signed certificates, CA:TRUE as
+/// openssl makes them); unless the monitor makes it drop that cache, the new CA is not
+/// among them and every authentication fails with SEC_ERROR_UNTRUSTED_ISSUER.
+fn self_signed_then_ca(ipsec: &'static str, prefix: &str) {
+    let self_pki = tempfile::tempdir().unwrap();
+    make_self_signed(self_pki.path());
+    let ca_pki = tempfile::tempdir().unwrap();
+    common::strongswan_netns::make_pki(ca_pki.path());
+    let pair = Pair::start(prefix, ipsec);
+    pair.vsctl(|side, peer| self_signed_tunnel(self_pki.path(), side, peer));
+    pair.wait_ike(2);
+    pair.wait_pluto_log("established IKE SA; authenticated peer");
+
+    pair.vsctl(|_, _| ["del-port", "tun"].map(String::from).to_vec());
+    for p in &pair.plutos {
+        wait_for("pluto to unload the tunnel", T, || {
+            p.status().contains("Total IPsec connections: loaded 0,")
+        });
+    }
+    let marks: Vec<usize> = pair.plutos.iter().map(|p| p.log().len()).collect();
+    pair.vsctl(|side, peer| {
+        let mut v: Vec<String> = ["remove", "Open_vSwitch", ".", "other_config"]
+            .map(String::from)
+            .to_vec();
+        v.extend(["certificate", "private_key", "ca_cert"].map(String::from));
+        v.push("--".into());
+        v.extend(ca_signed_tunnel(ca_pki.path(), side, peer));
+        v
+    });
+    for (p, mark) in pair.plutos.iter().zip(marks) {
+        wait_for("the CA-signed IKE SA", T, || {
+            p.log()
+                .get(mark..)
+                .is_some_and(|l| l.contains("established IKE SA; authenticated peer"))
+        });
+    }
+    pair.wait_negotiating("tun");
+}
+
+/// The other side's name.
+fn other(side: &str) -> &'static str {
+    if side == "left" { "right" } else { "left" }
+}
+
+/// Self-signed certificates for both sides (CN left and right) in `dir`.
+fn make_self_signed(dir: &Path) {
+    for (side, _) in SIDES {
+        self_signed(dir, side);
+    }
+}
+
+/// This side's self-signed certificate and key, and tunnel "tun" (geneve) authenticated by
+/// the peer's certificate (`remote_cert`).
+fn self_signed_tunnel(pki: &Path, side: &str, peer: &str) -> Vec<String> {
+    let mut v = set_pki(pki, side, "cert.pem", "privkey.pem", None);
+    v.push("--".into());
+    let remote_cert = pki.join(format!("{}-cert.pem", other(side)));
+    v.extend(tunnel_port_args(
+        "tun",
+        "geneve",
+        &[
+            format!("remote_ip={peer}"),
+            format!("remote_cert={}", remote_cert.display()),
+        ],
+    ));
+    v
+}
+
+/// This side's CA-signed certificate, key and the CA, and tunnel "tun" (vxlan) to the peer
+/// named by its CN (`remote_name`).
+fn ca_signed_tunnel(pki: &Path, side: &str, peer: &str) -> Vec<String> {
+    let mut v = set_pki(pki, side, "cert.pem", "key.pem", Some("ca-cert.pem"));
+    v.push("--".into());
+    v.extend(tunnel_port_args(
+        "tun",
+        "vxlan",
+        &[
+            format!("remote_ip={peer}"),
+            format!("remote_name={}", other(side)),
+        ],
+    ));
+    v
 }

@@ -66,7 +66,7 @@ impl Batches {
                 Action::Add { conn } => b.adds.push(conn),
                 Action::Start { conn } => b.starts.push(conn),
                 Action::BringUp { conn, .. } => b.bring_ups.push(conn),
-                Action::Reconcile { .. } => n -= 1,
+                Action::Reconcile { .. } | Action::Negotiating { .. } => n -= 1,
             }
         }
         (b, n)
@@ -276,6 +276,7 @@ impl Libreswan {
     }
 
     /// Removes and imports NSS nicknames; returns the tunnels whose certificates failed.
+    /// After any change, pluto drops what it cached from the database (below).
     async fn sync_certs(
         &mut self,
         b: &Batches,
@@ -283,9 +284,10 @@ impl Libreswan {
         report: &mut ApplyReport,
     ) -> BTreeSet<String> {
         let mut blocked = BTreeSet::new();
+        let mut changed = false;
         for nick in &b.remove_certs {
             match self.nss.delete(nick).await {
-                Ok(()) => {}
+                Ok(()) => changed = true,
                 // Already gone (deleted by hand) is what we wanted.
                 Err(e) => warn!("{e}"),
             }
@@ -293,7 +295,8 @@ impl Libreswan {
         }
         for (nick, source) in &b.import_certs {
             match self.nss.ensure(nick, source).await {
-                Ok(_) => {
+                Ok(imported) => {
+                    changed |= imported;
                     let hash = sha256_of(source.cert_path());
                     self.memory
                         .synced
@@ -307,6 +310,19 @@ impl Libreswan {
                             .insert(t.clone(), format!("cannot import {nick}: {e}"));
                         blocked.insert(t.clone());
                     }
+                }
+            }
+        }
+        if changed {
+            // pluto verifies peers against a cache of the root CAs it read from NSS, and
+            // every verification extends the cache's life: a CA imported after it was
+            // filled (self-signed mode first, or a re-issued CA) stays unknown to pluto,
+            // and every peer it signed fails with "issuer has been marked as not trusted"
+            // for as long as negotiations keep retrying.
+            for args in self.cmds.reload_certs() {
+                let what = format!("make pluto reread certificates ({})", args.join(" "));
+                if let Err(e) = self.ipsec(what, args).run_checked().await {
+                    warn!("{e}");
                 }
             }
         }

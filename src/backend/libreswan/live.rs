@@ -2,8 +2,9 @@
 //!
 //! - every conn has an ESP SA: `up`;
 //! - a conn is not loaded in pluto: `down`, with the conns as the reason;
-//! - all loaded, an IKE SA is established or a bring-up is pending: `negotiating` (with the
-//!   reason when the IKE SA is up but no IPsec SA followed, e.g. a kernel without ESP);
+//! - all loaded, pluto shows a negotiation in progress, an IKE SA is established or a
+//!   bring-up is pending: `negotiating`, with the reason: the states in progress, or an IKE
+//!   SA up but no IPsec SA after it (e.g. a kernel without ESP);
 //! - otherwise `down`: loaded, nothing negotiating.
 
 use std::collections::BTreeMap;
@@ -34,6 +35,10 @@ fn tunnel(t: &DesiredTunnel, observed: &Observed) -> LiveStatus {
     let not_active = missing(&st.active);
     let ike_up: Vec<&String> = conns.iter().filter(|c| st.ike_up.contains(*c)).collect();
     let pending = conns.iter().any(|c| observed.pending.contains_key(c));
+    let in_progress: Vec<String> = conns
+        .iter()
+        .filter_map(|c| st.negotiating.get(c).map(|s| format!("{c} ({s})")))
+        .collect();
 
     let (state, error) = if not_active.is_empty() {
         (LiveState::Up, None)
@@ -41,6 +46,11 @@ fn tunnel(t: &DesiredTunnel, observed: &Observed) -> LiveStatus {
         (
             LiveState::Down,
             Some(format!("not loaded in pluto: {}", not_loaded.join(", "))),
+        )
+    } else if !in_progress.is_empty() {
+        (
+            LiveState::Negotiating,
+            Some(format!("negotiating: {}", in_progress.join(", "))),
         )
     } else if !ike_up.is_empty() {
         (

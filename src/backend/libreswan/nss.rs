@@ -10,6 +10,12 @@
 //! left by a run that died during a certificate rotation is deleted until the nickname is
 //! gone (NSS allows several certificates under one nickname).
 //!
+//! pluto does not see every change of the database at once: it verifies peers against a
+//! cache of the root CAs it listed from NSS, kept as long as verifications keep happening.
+//! After a pass changed the database, `apply` makes pluto drop it
+//! (`version::Commands::reload_certs`); otherwise a CA imported after a self-signed phase, or
+//! a re-issued CA, fails every peer with SEC_ERROR_UNTRUSTED_ISSUER.
+//!
 //! The private key reaches `pk12util` through a PKCS#12 file made by `mkstemp` (mode 0600,
 //! unpredictable name) and removed as soon as the import ends, whatever its outcome.
 

@@ -4,9 +4,13 @@
 //! connection:
 //! - active (an ESP SA exists): nothing; its tracking timestamp is dropped at observe time;
 //! - loaded, not active, started more than 15 s ago: delete it ("defunct"); the next pass
-//!   loads it again;
+//!   loads it again. Not while pluto shows a negotiation of it in progress (a half-open IKE
+//!   SA retransmitting, a Child SA being negotiated): under load IKE_AUTH alone can take
+//!   longer than 15 s, and deleting the conn aborts it, so the next attempt met the same
+//!   fate, forever. That wait is bounded by [`NEGOTIATION_LIMIT`];
 //! - loaded, not active, added (inbound, waiting for the peer) more than 15 s ago: initiate
-//!   it ourselves ("Bringing up ipsec connection");
+//!   it ourselves ("Bringing up ipsec connection"), unless the peer's negotiation of it is
+//!   in progress (same wait and bound);
 //! - loaded, not active, untracked: it went down; initiate it;
 //! - not loaded: load it; the outbound side (and GRE's single conn) is also initiated, the
 //!   inbound side only added, so that the two peers do not start crossing negotiations;
@@ -27,6 +31,12 @@ use crate::model::{Auth, Desired, DesiredTunnel, SkbMark, TunnelType};
 /// A started or added connection gets this long to come up (the Python monitor's
 /// `RECONCILIATION_INTERVAL`).
 pub const GRACE: Duration = Duration::from_secs(15);
+
+/// How long after its start or add a connection that pluto still shows negotiating is left
+/// to pluto. Past it the conn is handled as if nothing were negotiating (deleted as defunct
+/// and reloaded, or initiated), so one that never establishes is still retried. Twice
+/// pluto's default `retransmit-timeout` (60 s): one whole attempt under load fits.
+pub const NEGOTIATION_LIMIT: Duration = Duration::from_secs(120);
 
 /// Why a connection is tracked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -89,6 +99,11 @@ pub enum Action {
         conn: String,
         why: DeleteWhy,
     },
+    /// Only a log line: a pending conn is past its grace but pluto is negotiating it.
+    Negotiating {
+        conn: String,
+        state: String,
+    },
     /// Only a log line: a port's active connections drifted from the desired ones.
     Reconcile {
         port: String,
@@ -134,6 +149,10 @@ impl fmt::Display for Action {
                 conn,
                 why: DeleteWhy::Defunct,
             } => write!(f, "Connection {conn} is defunct, removing"),
+            Self::Negotiating { conn, state } => write!(
+                f,
+                "Connection {conn} is still negotiating ({state}), leaving it to pluto"
+            ),
             Self::Reconcile {
                 port,
                 active,
@@ -315,17 +334,24 @@ fn plan_tunnel(t: &DesiredTunnel, observed: &Observed, memory: &Memory, out: &mu
             });
             continue;
         }
-        match pending {
-            Some((Pending::Started, age)) if *age >= GRACE => out.push(Action::Delete {
+        let negotiating = st.negotiating.get(&conn);
+        match (pending, negotiating) {
+            (Some((_, age)), Some(state)) if *age >= GRACE && *age < NEGOTIATION_LIMIT => {
+                out.push(Action::Negotiating {
+                    conn,
+                    state: state.clone(),
+                })
+            }
+            (Some((Pending::Started, age)), _) if *age >= GRACE => out.push(Action::Delete {
                 conn,
                 why: DeleteWhy::Defunct,
             }),
-            Some((Pending::Added, age)) if *age >= GRACE => out.push(Action::BringUp {
+            (Some((Pending::Added, age)), _) if *age >= GRACE => out.push(Action::BringUp {
                 conn,
                 went_down: false,
             }),
-            Some(_) => {}
-            None => out.push(Action::BringUp {
+            (Some(_), _) => {}
+            (None, _) => out.push(Action::BringUp {
                 conn,
                 went_down: true,
             }),

@@ -10,6 +10,12 @@
 //!   `STATE_V2_ESTABLISHED_IKE_SA`, v5 `ESTABLISHED_IKE_SA`) or IKEv1's `MAIN_R3`/`MAIN_I4`.
 //!   pluto negotiates one IKE SA per peer and lists it under the conn that created it, so
 //!   every conn to the same peer (the address after `...` in its description line) counts.
+//! - a connection is *negotiating* when a state of it is not established: `#N: "NAME":500
+//!   STATE …` with a state such as v4's `STATE_V2_PARENT_I1`/`_I2`/`_R1` or
+//!   `STATE_V2_IKE_AUTH_CHILD_I0`, v5's `IKE_SA_INIT_I`/`IKE_AUTH_I`/`IKE_SA_INIT_R`/
+//!   `NEW_CHILD_I1` (half-open IKE SAs, retransmitting or waiting for the peer, and Child
+//!   SAs being negotiated). Established states say `ESTABLISHED` (IKEv2) or are IKEv1's
+//!   final main/aggressive/quick mode states.
 //!
 //! Connection names never contain `"` (the model's interface-name grammar), so the quoted
 //! name can be cut out without a regex.
@@ -23,6 +29,8 @@ pub struct PlutoStatus {
     pub active: BTreeSet<String>,
     /// Connections with an established IKE SA.
     pub ike_up: BTreeSet<String>,
+    /// Connections with a negotiation in progress, with the state's name (the first seen).
+    pub negotiating: BTreeMap<String, String>,
     /// Raw lines of the active connections, for `tunnels/show` (prefix stripped).
     pub active_lines: BTreeMap<String, Vec<String>>,
 }
@@ -39,6 +47,11 @@ impl PlutoStatus {
             } else if let Some((name, rest)) = state_conn(line) {
                 if has_esp_spi(rest) {
                     st.active.insert(name.to_owned());
+                }
+                if let Some(state) = state_name(rest).filter(|s| !is_established(s)) {
+                    st.negotiating
+                        .entry(name.to_owned())
+                        .or_insert_with(|| state.to_owned());
                 }
                 if rest.contains("ESTABLISHED_IKE_SA")
                     || rest.contains("MAIN_R3")
@@ -99,6 +112,26 @@ fn state_conn(line: &str) -> Option<(&str, &str)> {
     rest.split_once('"')
 }
 
+/// The state in the rest of a state line: `:PORT STATE (…` → `STATE`. SPI lines have none.
+fn state_name(rest: &str) -> Option<&str> {
+    let (port, after) = rest.strip_prefix(':')?.split_once(' ')?;
+    let state = after.split_whitespace().next()?;
+    let well_formed = !port.is_empty()
+        && port.chars().all(|c| c.is_ascii_digit())
+        && state
+            .chars()
+            .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_');
+    well_formed.then_some(state)
+}
+
+/// IKEv2 states say so; IKEv1's established ones are the last of their exchange.
+fn is_established(state: &str) -> bool {
+    const V1_DONE: &[&str] = &[
+        "MAIN_R3", "MAIN_I4", "AGGR_R2", "AGGR_I2", "QUICK_R2", "QUICK_I2",
+    ];
+    state.contains("ESTABLISHED") || V1_DONE.iter().any(|d| state.ends_with(d))
+}
+
 /// `esp.<hex>@` or `esp:<hex>@` somewhere in `s`.
 fn has_esp_spi(s: &str) -> bool {
     s.match_indices("esp").any(|(i, _)| {
@@ -119,6 +152,30 @@ mod tests {
         include_str!("../../../tests/golden/libreswan/status-v4-ike-only.txt");
     const V4_UP: &str = include_str!("../../../tests/golden/libreswan/status-v4-up.txt");
     const V5_UP: &str = include_str!("../../../tests/golden/libreswan/status-v5-up.txt");
+    /// Real pluto 4.10 and 5.2 in two namespaces, the responder dropping IKE_AUTH requests:
+    /// the initiator retransmits IKE_AUTH, the responder waits for it.
+    const HALF_OPEN: [(&str, &str, &str); 4] = [
+        (
+            include_str!("../../../tests/golden/libreswan/status-v4-half-open-initiator.txt"),
+            "STATE_V2_PARENT_I2",
+            "v4 initiator",
+        ),
+        (
+            include_str!("../../../tests/golden/libreswan/status-v4-half-open-responder.txt"),
+            "STATE_V2_PARENT_R1",
+            "v4 responder",
+        ),
+        (
+            include_str!("../../../tests/golden/libreswan/status-v5-half-open-initiator.txt"),
+            "IKE_AUTH_I",
+            "v5 initiator",
+        ),
+        (
+            include_str!("../../../tests/golden/libreswan/status-v5-half-open-responder.txt"),
+            "IKE_SA_INIT_R",
+            "v5 responder",
+        ),
+    ];
 
     fn set(v: &[&str]) -> BTreeSet<String> {
         v.iter().map(|s| s.to_string()).collect()
@@ -162,6 +219,43 @@ mod tests {
             loaded_conn(v5).and_then(|(_, d)| peer(d)),
             Some("2001:db8::2")
         );
+    }
+
+    #[test]
+    fn half_open_ike_sas_are_negotiating_not_up() {
+        for (text, state, what) in HALF_OPEN {
+            let st = PlutoStatus::parse(text);
+            assert_eq!(st.loaded, set(&["tun-out-1"]), "{what}");
+            assert!(st.active.is_empty() && st.ike_up.is_empty(), "{what}");
+            assert_eq!(
+                st.negotiating.get("tun-out-1").map(String::as_str),
+                Some(state),
+                "{what}"
+            );
+        }
+        // The first IKE_SA_INIT, unanswered (no pluto on the peer yet).
+        for line in [
+            "000 #1: \"a-1\":500 STATE_V2_PARENT_I1 (sent IKE_SA_INIT request); RETRANSMIT in 0s; idle;",
+            "#1: \"a-1\":500 IKE_SA_INIT_I (sent IKE_SA_INIT request); RETRANSMIT in 0s; idle;",
+        ] {
+            assert!(
+                PlutoStatus::parse(line).negotiating.contains_key("a-1"),
+                "{line}"
+            );
+        }
+    }
+
+    #[test]
+    fn established_sas_are_not_negotiating() {
+        for text in [V4_IKE_ONLY, V4_UP, V5_UP] {
+            let st = PlutoStatus::parse(text);
+            // Only v6-1's unanswered IKE_SA_INIT in the "up" samples.
+            assert!(
+                st.negotiating.keys().all(|c| c == "v6-1"),
+                "{:?}",
+                st.negotiating
+            );
+        }
     }
 
     #[test]

@@ -487,6 +487,116 @@ fn pending_conns_wait_then_are_brought_up_or_found_defunct() {
     assert!(a[1].to_string().contains("defunct"));
 }
 
+/// Real status of pluto 4.10 and 5.2 with one half-open IKE SA of `tun-out-1` (see
+/// status.rs), as initiator (retransmitting IKE_AUTH) or responder (waiting for it).
+fn half_open(version: u32, side: &str) -> Observed {
+    let text = match (version, side) {
+        (4, "initiator") => {
+            include_str!("../../../tests/golden/libreswan/status-v4-half-open-initiator.txt")
+        }
+        (4, _) => include_str!("../../../tests/golden/libreswan/status-v4-half-open-responder.txt"),
+        (_, "initiator") => {
+            include_str!("../../../tests/golden/libreswan/status-v5-half-open-initiator.txt")
+        }
+        _ => include_str!("../../../tests/golden/libreswan/status-v5-half-open-responder.txt"),
+    };
+    Observed {
+        pluto: PlutoStatus::parse(text),
+        ..observed(&[], &[])
+    }
+}
+
+fn tun() -> Desired {
+    let t = tunnel(
+        "tun",
+        TunnelType::Geneve,
+        "192.0.2.2",
+        Auth::Psk(Secret::new("x")),
+        None,
+    );
+    Desired {
+        global: Global::default(),
+        tunnels: BTreeMap::from([("tun".into(), t)]),
+    }
+}
+
+/// The actions on `tun-out-1` when it has been pending `how` for `age`.
+fn out_actions(o: &mut Observed, how: Pending, age: Duration) -> Vec<Action> {
+    o.pending.insert(conn("tun-out-1"), (how, age));
+    plan::plan(&tun(), o, &Memory::default(), FILES)
+        .into_iter()
+        .filter(|a| a.to_string().contains("tun-out-1"))
+        .collect()
+}
+
+#[test]
+fn a_half_open_ike_sa_is_left_to_pluto_until_the_negotiation_limit() {
+    for (version, state) in [(4, "STATE_V2_PARENT_I2"), (5, "IKE_AUTH_I")] {
+        let mut o = half_open(version, "initiator");
+        let waiting = [Action::Negotiating {
+            conn: conn("tun-out-1"),
+            state: state.into(),
+        }];
+        for age in [16, 45, 119] {
+            let a = out_actions(&mut o, Pending::Started, Duration::from_secs(age));
+            assert_eq!(a, waiting, "v{version} at {age} s");
+        }
+        assert!(!waiting[0].to_string().contains("defunct"));
+        // Bounded: a negotiation that never ends is deleted and reloaded like any other.
+        let a = out_actions(&mut o, Pending::Started, plan::NEGOTIATION_LIMIT);
+        assert_eq!(
+            a,
+            [Action::Delete {
+                conn: conn("tun-out-1"),
+                why: DeleteWhy::Defunct
+            }],
+            "v{version}"
+        );
+        // Nothing negotiating (the attempt failed and pluto gave up): defunct at 15 s.
+        o.pluto.negotiating.clear();
+        let a = out_actions(&mut o, Pending::Started, Duration::from_secs(16));
+        assert!(
+            matches!(a[..], [Action::Delete { .. }]),
+            "v{version}: {a:?}"
+        );
+    }
+}
+
+#[test]
+fn a_responder_being_negotiated_by_the_peer_is_not_initiated_too() {
+    for (version, state) in [(4, "STATE_V2_PARENT_R1"), (5, "IKE_SA_INIT_R")] {
+        let mut o = half_open(version, "responder");
+        let a = out_actions(&mut o, Pending::Added, Duration::from_secs(16));
+        assert_eq!(
+            a,
+            [Action::Negotiating {
+                conn: conn("tun-out-1"),
+                state: state.into(),
+            }],
+            "v{version}"
+        );
+        let a = out_actions(&mut o, Pending::Added, plan::NEGOTIATION_LIMIT);
+        assert!(
+            matches!(a[..], [Action::BringUp { .. }]),
+            "v{version}: {a:?}"
+        );
+    }
+}
+
+#[test]
+fn a_tunnel_with_a_half_open_ike_sa_is_negotiating_with_the_state_as_reason() {
+    for (version, state) in [(4, "STATE_V2_PARENT_I2"), (5, "IKE_AUTH_I")] {
+        let mut o = half_open(version, "initiator");
+        o.pluto.loaded.insert(conn("tun-in-1"));
+        let live = super::live::status(&tun(), &o);
+        assert_eq!(live["tun"].state, crate::backend::LiveState::Negotiating);
+        assert_eq!(
+            live["tun"].error.as_deref(),
+            Some(format!("negotiating: tun-out-1 ({state})").as_str())
+        );
+    }
+}
+
 #[test]
 fn manual_deletion_needs_reconcile_and_is_restored() {
     let mut m = Memory::default();

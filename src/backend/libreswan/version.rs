@@ -104,6 +104,25 @@ impl Commands {
         self.control(&["--rereadsecrets"])
     }
 
+    /// What makes pluto forget what it read from the NSS database: `--rereadcerts` reloads
+    /// the certificates of loaded conns and, from v5 on, drops pluto's cache of root CAs
+    /// (libreswan #1038, fixed in 5.0). Before v5 only the cache's own timer drops it, and
+    /// whack's `trigger` runs that timer's handler now (a one-off call, not an impairment
+    /// that stays set).
+    pub fn reload_certs(&self) -> Vec<Vec<String>> {
+        let mut v = vec![self.control(&["--rereadcerts"])];
+        if self.version.major < 5 {
+            v.push(vec![
+                "whack".into(),
+                "--ctlsocket".into(),
+                self.ctl(),
+                "--impair".into(),
+                "trigger:FREE_ROOT_CERTS".into(),
+            ]);
+        }
+        v
+    }
+
     /// `ipsec status`, parsed by [`super::status`].
     pub fn status(&self) -> Vec<String> {
         vec!["status".into(), "--ctlsocket".into(), self.ctl()]
@@ -195,6 +214,24 @@ mod tests {
         assert_eq!(
             cmds(5).rereadsecrets().join(" "),
             "--ctlsocket /run/pluto/pluto.ctl --config /etc/ipsec.conf --rereadsecrets"
+        );
+        let reload = |m| {
+            cmds(m)
+                .reload_certs()
+                .iter()
+                .map(|c| c.join(" "))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            reload(4),
+            [
+                "auto --ctlsocket /run/pluto/pluto.ctl --config /etc/ipsec.conf --rereadcerts",
+                "whack --ctlsocket /run/pluto/pluto.ctl --impair trigger:FREE_ROOT_CERTS"
+            ]
+        );
+        assert_eq!(
+            reload(5),
+            ["--ctlsocket /run/pluto/pluto.ctl --config /etc/ipsec.conf --rereadcerts"]
         );
         assert_eq!(
             cmds(5).addconn(&["a".into(), "b".into()]).join(" "),
