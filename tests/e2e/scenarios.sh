@@ -44,10 +44,10 @@ matrix stroke "geneve vxlan gre" ipv4 "psk self ca"
 matrix stroke "geneve vxlan" ipv6 "psk self ca"
 extra stroke-monitor-restart
 extra stroke-ike-restart
-# VICI: kept in the matrix, out of CI until one IKE connection per tunnel lands.
-matrix vici "geneve vxlan gre" ipv4 psk
-matrix vici geneve ipv6 psk
-matrix vici geneve ipv4 "self ca"
+matrix vici "geneve vxlan gre" ipv4 "psk self ca"
+matrix vici "geneve vxlan" ipv6 "psk self ca"
+extra vici-monitor-restart
+extra vici-ike-restart
 
 # e2e_run NAME: runs one scenario with its results directory.
 e2e_run() {
@@ -232,6 +232,7 @@ scenario_libreswan_monitor_restart() { monitor_restart_under_ping libreswan-moni
 # In strongSwan legacy mode the monitor restarts starter/charon when it starts, which drops
 # every SA; an operator restarting only the monitor passes --no-restart-ike-daemon.
 scenario_stroke_monitor_restart() { monitor_restart_under_ping stroke-monitor-restart --no-restart-ike-daemon; }
+scenario_vici_monitor_restart() { monitor_restart_under_ping vici-monitor-restart --no-restart-ike-daemon; }
 
 # ike_restart NAME: the left node's IKE daemon stops: its status must leave `up`; it starts
 # again: the tunnel comes back (the monitor reloads what the new daemon lacks) and is `up`.
@@ -249,6 +250,7 @@ ike_restart() {
 
 scenario_libreswan_ike_restart() { ike_restart libreswan-ike-restart; }
 scenario_stroke_ike_restart() { ike_restart stroke-ike-restart; }
+scenario_vici_ike_restart() { ike_restart vici-ike-restart; }
 
 # out_spi SIDE: the SPI in the template of the node's outbound policy (the SA it sends with).
 out_spi() {
