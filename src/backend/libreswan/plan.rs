@@ -10,7 +10,8 @@
 //!   fate, forever. That wait is bounded by [`NEGOTIATION_LIMIT`];
 //! - loaded, not active, added (inbound, waiting for the peer) more than 15 s ago: initiate
 //!   it ourselves ("Bringing up ipsec connection"), unless the peer's negotiation of it is
-//!   in progress (same wait and bound);
+//!   in progress or the IKE SA with the peer is already up, so the peer's CREATE_CHILD_SA
+//!   is on its way (same wait and bound);
 //! - loaded, not active, untracked: it went down; initiate it;
 //! - not loaded: load it; the outbound side (and GRE's single conn) is also initiated, the
 //!   inbound side only added, so that the two peers do not start crossing negotiations;
@@ -37,6 +38,12 @@ pub const GRACE: Duration = Duration::from_secs(15);
 /// and reloaded, or initiated), so one that never establishes is still retried. Twice
 /// pluto's default `retransmit-timeout` (60 s): one whole attempt under load fits.
 pub const NEGOTIATION_LIMIT: Duration = Duration::from_secs(120);
+
+/// Why an inbound conn with no state of its own is left alone: pluto shares one IKE SA per
+/// peer, and once it is up the peer creates this Child SA over it. Initiating ours too makes
+/// two CREATE_CHILD_SA exchanges cross, which pluto 4.10 can abort on ("state already has
+/// outstanding crypto", then an assertion: seen in the QEMU tier under load).
+pub const PEER_CHILD_AWAITED: &str = "IKE SA up, Child SA awaited from the peer";
 
 /// Why a connection is tracked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -334,13 +341,13 @@ fn plan_tunnel(t: &DesiredTunnel, observed: &Observed, memory: &Memory, out: &mu
             });
             continue;
         }
-        let negotiating = st.negotiating.get(&conn);
+        let negotiating = st.negotiating.get(&conn).cloned().or_else(|| {
+            (is_responder(t, &conn) && st.ike_up.contains(&conn))
+                .then(|| PEER_CHILD_AWAITED.to_owned())
+        });
         match (pending, negotiating) {
             (Some((_, age)), Some(state)) if *age >= GRACE && *age < NEGOTIATION_LIMIT => {
-                out.push(Action::Negotiating {
-                    conn,
-                    state: state.clone(),
-                })
+                out.push(Action::Negotiating { conn, state })
             }
             (Some((Pending::Started, age)), _) if *age >= GRACE => out.push(Action::Delete {
                 conn,

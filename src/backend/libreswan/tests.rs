@@ -584,6 +584,39 @@ fn a_responder_being_negotiated_by_the_peer_is_not_initiated_too() {
 }
 
 #[test]
+fn an_inbound_conn_is_not_initiated_while_the_peers_ike_sa_is_up() {
+    // The IKE SA with the peer is established (tun-out-1 created it) and tun-in-1 has no
+    // state yet: the peer is about to create its Child SA over that IKE SA.
+    let mut o = observed(&["tun-in-1", "tun-out-1"], &["tun-out-1"]);
+    o.pluto.ike_up.extend([conn("tun-in-1"), conn("tun-out-1")]);
+    let in_actions = |o: &mut Observed, age: u64| -> Vec<Action> {
+        o.pending
+            .insert(conn("tun-in-1"), (Pending::Added, Duration::from_secs(age)));
+        plan::plan(&tun(), o, &Memory::default(), FILES)
+            .into_iter()
+            .filter(|a| a.to_string().contains("tun-in-1"))
+            .collect()
+    };
+    for age in [16, 119] {
+        assert_eq!(
+            in_actions(&mut o, age),
+            [Action::Negotiating {
+                conn: conn("tun-in-1"),
+                state: plan::PEER_CHILD_AWAITED.into(),
+            }],
+            "at {age} s"
+        );
+    }
+    // Bounded: a peer that never sends it gets ours.
+    let a = in_actions(&mut o, plan::NEGOTIATION_LIMIT.as_secs());
+    assert!(matches!(a[..], [Action::BringUp { .. }]), "{a:?}");
+    // Without an IKE SA with the peer, the Python monitor's rule: bring it up at 15 s.
+    o.pluto.ike_up.clear();
+    let a = in_actions(&mut o, 16);
+    assert!(matches!(a[..], [Action::BringUp { .. }]), "{a:?}");
+}
+
+#[test]
 fn a_tunnel_with_a_half_open_ike_sa_is_negotiating_with_the_state_as_reason() {
     for (version, state) in [(4, "STATE_V2_PARENT_I2"), (5, "IKE_AUTH_I")] {
         let mut o = half_open(version, "initiator");
