@@ -94,7 +94,7 @@ show_logs() {
     local d=$out/$1 n f
     echo "===== $1: $(cat "$d/failure.txt" 2> /dev/null || echo 'no failure.txt (see serial.log)')"
     grep '^T+' "$d/trace.txt" 2> /dev/null
-    for n in left right; do
+    for n in left right n3 n4; do
         [ -d "$d/$n" ] || continue
         echo "----- $1 $n: state (keys redacted)"
         cat "$d/$n/state.txt"
