@@ -337,7 +337,7 @@ assert_esp_ping() {
     rev=$(grep -c "IP6\? $r > $l: ESP" "$cap")
     # tcpdump ends its output with an empty line when killed.
     nclear=$(grep -v -e 'ESP' -e '^$' -c "$cap")
-    t "underlay: $fwd ESP left->right, $rev ESP right->left, $nclear in clear ($clear)"
+    t "underlay: $fwd ESP $a->$b, $rev ESP $b->$a, $nclear in clear ($clear)"
     case "$res" in *" 3 received"*) ;; *) fail "overlay ping not 3/3: $res" ;; esac
     [ "$fwd" -ge 3 ] && [ "$rev" -ge 3 ] || fail "ESP not seen both ways on the underlay ($fwd/$rev)"
     [ "$nclear" -eq 0 ] || fail "$nclear tunnel packets in clear on the underlay"

@@ -505,10 +505,14 @@ reconcile_interval() {
         vsctl left --no-wait add-port br-ipsec "tun-$i" -- set interface "tun-$i" type=geneve \
             options:remote_ip="$(underlay_ip "n10$i")" options:psk="$PSK" || fail "left: add-port tun-$i"
     done
-    for i in 1 2 3 4 5; do expect_log left "$m" "tun-$i appeared"; done
+    t "left: tun-1..5 added"
+    # Generous: a pass takes 10-30 s under TCG, and the monitor reads OVSDB between passes.
+    for i in 1 2 3 4 5; do wait_until 180 "left: the monitor to log \"tun-$i appeared\"" log_has left "$m" "tun-$i appeared"; done
+    t "left: tun-1..5 appeared"
     for i in 1 2 3 4 5; do vsctl left --no-wait del-port br-ipsec "tun-$i" || fail "left: del-port tun-$i"; done
-    for i in 1 2 3 4 5; do expect_log left "$m" "tun-$i disappeared"; done
-    t "tun-1..5 appeared and disappeared"
+    t "left: tun-1..5 deleted"
+    for i in 1 2 3 4 5; do wait_until 180 "left: the monitor to log \"tun-$i disappeared\"" log_has left "$m" "tun-$i disappeared"; done
+    t "left: tun-1..5 disappeared"
     wait_until 180 "left: the monitor to bring up one of tun's connections itself" has_bring_up "$m"
     log_since left "$m" | grep -E 'defunct|Bringing up' | sed 's/^/left log: /'
     bad=$(grace_violations left "$m")
