@@ -1,8 +1,9 @@
 # Guest-side building blocks of the e2e scenarios (sourced; bash). Modelled on OVS's
-# tests/system-ipsec.at: two nodes, "left" and "right", are network namespaces joined by a veth
-# pair (the underlay, with 192.0.2.1/.2 and fd01::1/::2); each has its own ovsdb-server,
-# ovs-vswitchd on the kernel datapath, a bridge br-ipsec carrying the overlay address
-# 198.51.100.1 or .2, the IKE daemon its backend needs, and our monitor.
+# tests/system-ipsec.at: nodes are network namespaces, "left" and "right" (plus n3, n4 in the
+# multi-node scenarios), each attached by a veth to one Linux bridge in the guest's own
+# namespace (the underlay, as OVS's br0): node N has 192.0.2.N and fd01::N (left is 1, right
+# 2). Each has its own ovsdb-server, ovs-vswitchd on the kernel datapath, a bridge br-ipsec
+# carrying the overlay address 198.51.100.N, the IKE daemon its backend needs, and our monitor.
 #
 # Each node also has a private mount namespace, held by an "anchor" process: its own /run (two
 # charons or plutos would otherwise share pid files and sockets) and an overlay on /etc, so the
@@ -22,14 +23,29 @@ E2E_FAMILY=${E2E_FAMILY:-ipv4}
 
 # The node's working directory (OVS_RUNDIR, logs, databases).
 bdir() { echo "$E2E_WORK/$1"; }
+# node_index NODE: left is 1, right 2, nN is N; the last byte of each of its addresses.
+node_index() {
+    case "$1" in left) echo 1 ;; right) echo 2 ;; *) echo "${1#n}" ;; esac
+}
 underlay_ip() {
-    case "$E2E_FAMILY/$1" in
-        ipv4/left) echo 192.0.2.1 ;; ipv4/right) echo 192.0.2.2 ;;
-        ipv6/left) echo fd01::1 ;; ipv6/right) echo fd01::2 ;;
+    case "$E2E_FAMILY" in
+        ipv4) echo "192.0.2.$(node_index "$1")" ;;
+        ipv6) echo "fd01::$(node_index "$1")" ;;
     esac
 }
-overlay_ip() { [ "$1" = left ] && echo 198.51.100.1 || echo 198.51.100.2; }
+overlay_ip() { echo "198.51.100.$(node_index "$1")"; }
 peer_of() { [ "$1" = left ] && echo right || echo left; }
+# ul_dev NODE: the node's underlay interface.
+ul_dev() {
+    case "$1" in left) echo vl ;; right) echo vr ;; *) echo "v$(node_index "$1")" ;; esac
+}
+# port_to NODE PEER: the name of NODE's tunnel port to PEER: "tun" between left and right (the
+# two-node scenarios), "tunJ" (J = the peer's index) otherwise.
+port_to() {
+    case "$1/$2" in left/right | right/left) echo tun ;; *) echo "tun$(node_index "$2")" ;; esac
+}
+# all_nodes: the nodes set up now (left and right when none is).
+all_nodes() { cat "$E2E_WORK/nodes" 2> /dev/null || echo left right; }
 t() { echo "T+$(cut -d' ' -f1 /proc/uptime)s $*"; }
 
 # nx SIDE CMD...: runs CMD in the node's network and mount namespaces with its OVS directories.
@@ -54,7 +70,7 @@ fail() {
     t "FAIL: $*"
     echo "$*" >> "$E2E_OUT/failure.txt"
     local s
-    for s in left right; do collect_logs "$s"; done
+    for s in $(all_nodes); do collect_logs "$s"; done
     exit 1
 }
 
@@ -83,24 +99,40 @@ on_both() {
     [ $ok -eq 0 ] || exit 1
 }
 
+# The underlay bridge, in the guest's own namespace (no multicast snooping: nothing answers
+# MLD queries there, and IPv6 neighbour discovery must reach every node).
+E2E_BRIDGE=e2e-ul
+
 pair_up() {
     rm -rf "$E2E_WORK" && mkdir -p "$E2E_WORK"
-    ip netns add left && ip netns add right || fail "cannot create the namespaces"
-    ip link add vl type veth peer name vr
-    ip link set vl netns left && ip link set vr netns right
-    ip -n left addr add 192.0.2.1/24 dev vl && ip -n right addr add 192.0.2.2/24 dev vr
-    ip -n left addr add fd01::1/64 dev vl nodad && ip -n right addr add fd01::2/64 dev vr nodad
-    ip -n left link set lo up && ip -n right link set lo up
-    ip -n left link set vl up && ip -n right link set vr up
-    # Libreswan's %defaultroute(6) needs a default route to identify the local address.
-    ip -n left route add default via 192.0.2.2 && ip -n right route add default via 192.0.2.1
-    ip -n left -6 route add default via fd01::2 && ip -n right -6 route add default via fd01::1
+    ip link add "$E2E_BRIDGE" type bridge mcast_snooping 0 && ip link set "$E2E_BRIDGE" up ||
+        fail "cannot create the underlay bridge"
+    link_node left
+    link_node right
 }
 
-# nodes_alive: both nodes' anchor and monitor are running.
+# link_node NODE: the node's namespace, attached to the underlay bridge, with its addresses.
+link_node() {
+    local s=$1 i d gw
+    i=$(node_index "$s")
+    d=$(ul_dev "$s")
+    ip netns add "$s" || fail "cannot create the namespace $s"
+    echo "$s" >> "$E2E_WORK/nodes"
+    ip link add "$d" type veth peer name "e2e-ul$i" && ip link set "$d" netns "$s" &&
+        ip link set "e2e-ul$i" master "$E2E_BRIDGE" up || fail "$s: cannot attach it to the underlay"
+    ip -n "$s" addr add "192.0.2.$i/24" dev "$d" && ip -n "$s" addr add "fd01::$i/64" dev "$d" nodad &&
+        ip -n "$s" link set lo up && ip -n "$s" link set "$d" up || fail "$s: cannot address the underlay"
+    # Libreswan's %defaultroute(6) needs a default route to identify the local address.
+    gw=1
+    [ "$i" = 1 ] && gw=2
+    ip -n "$s" route add default via "192.0.2.$gw" && ip -n "$s" -6 route add default via "fd01::$gw" ||
+        fail "$s: cannot add the default routes"
+}
+
+# nodes_alive: every node's anchor and monitor are running.
 nodes_alive() {
     local s b
-    for s in left right; do
+    for s in $(all_nodes); do
         b=$(bdir "$s")
         kill -0 "$(cat "$b/anchor.pid" 2> /dev/null)" 2> /dev/null || return 1
         kill -0 "$(cat "$b/mon.pid" 2> /dev/null)" 2> /dev/null || return 1
@@ -118,6 +150,20 @@ nodes_for() {
     pair_up
     echo "$1" > "$E2E_WORK/kind"
     on_both "node_$1"
+}
+
+# node_add NODE: one more node (n3, n4...) of the current kind, on the same underlay.
+node_add() {
+    link_node "$1"
+    "node_$(cat "$E2E_WORK/kind")" "$1"
+}
+
+# node_remove NODE: stops everything NODE started and removes it, so the nodes left are again
+# those the next scenario of the kind expects.
+node_remove() {
+    node_kill "$1"
+    sed -i "/^$1\$/d" "$E2E_WORK/nodes"
+    t "$1: node removed"
 }
 
 # node_up SIDE: the anchor (private /run and /etc), ovsdb-server, ovs-vswitchd and br-ipsec.
@@ -205,45 +251,60 @@ pki_config() {
     esac
 }
 
-# tunnel_add SIDE TYPE AUTH [OPTION=VALUE...]: the tunnel "tun" to the other node, authenticated
-# by the PSK, the peer's self-signed certificate (remote_cert) or the CA (remote_name = its CN).
+# tunnel_add SIDE TYPE AUTH [OPTION=VALUE...]: the tunnel "tun" to the other node of the pair.
 tunnel_add() {
-    local s=$1 type=$2 auth=$3 o opts=() peer
-    shift 3
-    peer=$(peer_of "$s")
+    local s=$1
+    shift
+    tunnel_to "$s" "$(peer_of "$s")" "$@"
+}
+
+# tunnel_to NODE PEER TYPE AUTH [OPTION=VALUE...]: NODE's tunnel to PEER (port_to), authenticated
+# by the PSK, the peer's self-signed certificate (remote_cert) or the CA (remote_name = its CN).
+tunnel_to() {
+    local s=$1 peer=$2 type=$3 auth=$4 o opts=() port
+    shift 4
+    port=$(port_to "$s" "$peer")
     case "$auth" in
         psk) opts+=(options:psk="$PSK") ;;
         self) opts+=(options:remote_cert="$E2E_PKI/self/$peer-cert.pem") ;;
         ca) opts+=(options:remote_name="$peer") ;;
     esac
     for o in "$@"; do opts+=("options:$o"); done
-    vsctl "$s" --no-wait add-port br-ipsec tun -- set interface tun type="$type" \
-        options:remote_ip="$(underlay_ip "$peer")" "${opts[@]}" || fail "$s: add-port tun"
+    vsctl "$s" --no-wait add-port br-ipsec "$port" -- set interface "$port" type="$type" \
+        options:remote_ip="$(underlay_ip "$peer")" "${opts[@]}" || fail "$s: add-port $port"
 }
 
-# ext_id SIDE KEY: the tunnel's external_ids:KEY, unquoted ("" when absent).
+# ext_id SIDE KEY [PORT]: the tunnel's external_ids:KEY, unquoted ("" when absent).
 ext_id() {
-    vsctl "$1" --if-exists get interface tun "external_ids:$2" 2> /dev/null | tr -d '"'
+    vsctl "$1" --if-exists get interface "${3:-tun}" "external_ids:$2" 2> /dev/null | tr -d '"'
 }
 
 state_is() { [ "$(ext_id "$1" ipsec-state)" = "$2" ]; }
 state_is_not() { ! state_is "$1" "$2"; }
 
 both_up() { state_is left up && state_is right up; }
+# pair_is_up A B: both ends of the tunnel between A and B report ipsec-state=up.
+pair_is_up() {
+    [ "$(ext_id "$1" ipsec-state "$(port_to "$1" "$2")")" = up ] &&
+        [ "$(ext_id "$2" ipsec-state "$(port_to "$2" "$1")")" = up ]
+}
 
 # Traffic triggers the IKE daemons' on-demand (trap) SAs, so every poll pings first, in both
 # directions (strongSwan legacy mode negotiates nothing until a packet hits a trap policy).
-overlay_ping_ok() { ip netns exec "$1" ping -c 1 -W 1 "$(overlay_ip "$(peer_of "$1")")"; }
+overlay_ping_ok() { ip netns exec "$1" ping -c 1 -W 1 "$(overlay_ip "${2:-$(peer_of "$1")}")"; }
+# converged [A B]: a ping each way between A and B (default left and right) and both ends up.
 converged() {
-    local ok=0
-    overlay_ping_ok left || ok=1
-    overlay_ping_ok right || ok=1
-    [ $ok -eq 0 ] && both_up
+    local a=${1:-left} b=${2:-right} ok=0
+    overlay_ping_ok "$a" "$b" || ok=1
+    overlay_ping_ok "$b" "$a" || ok=1
+    [ $ok -eq 0 ] && pair_is_up "$a" "$b"
 }
 
+# wait_converged [SECONDS [A B]]
 wait_converged() {
-    wait_until "${1:-300}" "ipsec-state=up on both nodes and a first overlay ping" converged
-    t "converged: left $(ext_id left ipsec-state), right $(ext_id right ipsec-state)"
+    local a=${2:-left} b=${3:-right}
+    wait_until "${1:-300}" "ipsec-state=up on $a and $b and a first overlay ping" converged "$a" "$b"
+    t "converged: $a and $b up"
 }
 
 # clear_filter TYPE PORT: tcpdump's filter for the tunnel's own packets in clear on the underlay.
@@ -254,32 +315,33 @@ clear_filter() {
     esac
 }
 
-# assert_esp_ping TYPE PORT: ping 3/3 over the overlay while tcpdump watches the underlay; the
-# tunnel's packets must appear as ESP in both directions and never in clear (udp to PORT, or GRE).
+# assert_esp_ping TYPE PORT [A B]: ping 3/3 from A to B (default left and right) over the overlay
+# while tcpdump watches A's underlay; the tunnel's packets must appear as ESP in both directions
+# and never in clear (udp to PORT, or GRE).
 assert_esp_ping() {
-    local cap=$E2E_OUT/tcpdump-underlay.txt clear
+    local a=${3:-left} b=${4:-right} cap=$E2E_OUT/tcpdump-underlay.txt clear
     clear=$(clear_filter "$1" "$2")
-    ip netns exec left tcpdump -nn -l -U -i vl "ip proto 50 or ip6 proto 50 or $clear" > "$cap" 2> "$cap.err" &
+    ip netns exec "$a" tcpdump -nn -l -U -i "$(ul_dev "$a")" "ip proto 50 or ip6 proto 50 or $clear" > "$cap" 2> "$cap.err" &
     local td=$!
     wait_until 30 "tcpdump to start" grep -q 'listening on' "$cap.err"
     local res
-    res=$(ip netns exec left ping -c 3 -i 0.3 -W 2 "$(overlay_ip right)" | grep 'packets transmitted')
+    res=$(ip netns exec "$a" ping -c 3 -i 0.3 -W 2 "$(overlay_ip "$b")" | grep 'packets transmitted')
     sleep 1
     kill "$td" 2> /dev/null
     wait "$td" 2> /dev/null
-    t "ping: $res"
+    t "ping $a -> $b: $res"
     local l r fwd rev nclear
-    l=$(underlay_ip left)
-    r=$(underlay_ip right)
+    l=$(underlay_ip "$a")
+    r=$(underlay_ip "$b")
     fwd=$(grep -c "IP6\? $l > $r: ESP" "$cap")
     rev=$(grep -c "IP6\? $r > $l: ESP" "$cap")
     # tcpdump ends its output with an empty line when killed.
     nclear=$(grep -v -e 'ESP' -e '^$' -c "$cap")
-    t "underlay: $fwd ESP left->right, $rev ESP right->left, $nclear in clear ($clear)"
+    t "underlay: $fwd ESP $a->$b, $rev ESP $b->$a, $nclear in clear ($clear)"
     case "$res" in *" 3 received"*) ;; *) fail "overlay ping not 3/3: $res" ;; esac
     [ "$fwd" -ge 3 ] && [ "$rev" -ge 3 ] || fail "ESP not seen both ways on the underlay ($fwd/$rev)"
     [ "$nclear" -eq 0 ] || fail "$nclear tunnel packets in clear on the underlay"
-    both_up || fail "ipsec-state not up after the ping: left $(ext_id left ipsec-state), right $(ext_id right ipsec-state)"
+    pair_is_up "$a" "$b" || fail "ipsec-state not up on $a and $b after the ping"
 }
 
 # spis SIDE: the node's XFRM SAs as sorted "src dst spi" lines (which SAs exist, not their keys).
@@ -358,17 +420,22 @@ collect_logs() {
     dmesg | tail -n 50 > "$E2E_OUT/dmesg.txt"
 }
 
-# teardown: stops everything both nodes started and removes the namespaces (safe to repeat).
+# node_kill NODE: stops everything the node started and removes its namespace.
+node_kill() {
+    local s=$1 b p
+    b=$(bdir "$s")
+    if [ -s "$b/anchor.pid" ]; then
+        nx "$s" ipsec stop > /dev/null 2>&1
+        for p in $(ip netns pids "$s" 2> /dev/null); do kill -9 "$p" 2> /dev/null; done
+        kill -9 "$(cat "$b/anchor.pid")" 2> /dev/null
+    fi
+    ip netns del "$s" 2> /dev/null
+}
+
+# teardown: stops every node and removes the namespaces and the underlay (safe to repeat).
 teardown() {
-    local s b p
-    for s in left right; do
-        b=$(bdir "$s")
-        if [ -s "$b/anchor.pid" ]; then
-            nx "$s" ipsec stop > /dev/null 2>&1
-            for p in $(ip netns pids "$s" 2> /dev/null); do kill -9 "$p" 2> /dev/null; done
-            kill -9 "$(cat "$b/anchor.pid")" 2> /dev/null
-        fi
-        ip netns del "$s" 2> /dev/null
-    done
+    local s
+    for s in $(all_nodes); do node_kill "$s"; done
+    ip link del "$E2E_BRIDGE" 2> /dev/null
     rm -rf "$E2E_WORK"
 }

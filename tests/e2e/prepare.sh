@@ -50,25 +50,32 @@ if [ ! -s "$cache/initrd.gz" ] || [ "$here/initrd-init.sh" -nt "$cache/initrd.gz
 fi
 # Certificates for the self-signed and CA-signed scenarios, made on the host (native speed;
 # RSA key generation under TCG takes seconds): pki/self/<node>-{cert,privkey}.pem (CN=<node>,
-# self-signed) and pki/ca/{cacert.pem,<node>-cert.pem,<node>-privkey.pem} (signed by one CA).
+# self-signed) and pki/ca/{cacert.pem,<node>-cert.pem,<node>-privkey.pem} (signed by one CA),
+# for the nodes left, right, n3 and n4; pki/ca2/ is a second CA with new certificates and keys
+# for the same names (the certificate update of libreswan-cert-update).
 # Test-only keys, valid for ten years; the cache keeps them until this script changes. Each
 # certificate has subjectAltName DNS:<CN>: Libreswan 4 matches the peer's ID (@<CN>, from
 # remote_name or the certificate) against the SAN only ("contains no subjectAltName extension
 # to match ID_FQDN"), as ovs-pki's certificates provide.
 if [ ! -s "$cache/pki/ca/right-cert.pem" ] || [ "$here/prepare.sh" -nt "$cache/pki" ]; then
     pki=$(mktemp -d "$cache/pki.XXXXXX")
-    mkdir -p "$pki/self" "$pki/ca"
+    mkdir -p "$pki/self"
     ossl() { openssl "$@" 2> /dev/null || { echo "prepare: openssl $1 failed" >&2; exit 1; }; }
-    ossl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj /CN=e2e-ca \
-        -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign \
-        -keyout "$pki/ca/ca-privkey.pem" -out "$pki/ca/cacert.pem"
-    for n in left right; do
+    for n in left right n3 n4; do
         ossl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj "/CN=$n" -addext "subjectAltName=DNS:$n" \
             -keyout "$pki/self/$n-privkey.pem" -out "$pki/self/$n-cert.pem"
-        ossl req -newkey rsa:2048 -nodes -subj "/CN=$n" -addext "subjectAltName=DNS:$n" \
-            -keyout "$pki/ca/$n-privkey.pem" -out "$pki/ca/$n.csr"
-        ossl x509 -req -days 3650 -in "$pki/ca/$n.csr" -copy_extensions copy -CA "$pki/ca/cacert.pem" \
-            -CAkey "$pki/ca/ca-privkey.pem" -set_serial "0x$(openssl rand -hex 8)" -out "$pki/ca/$n-cert.pem"
+    done
+    for ca in ca ca2; do
+        mkdir -p "$pki/$ca"
+        ossl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj "/CN=e2e-$ca" \
+            -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign \
+            -keyout "$pki/$ca/ca-privkey.pem" -out "$pki/$ca/cacert.pem"
+        for n in left right n3 n4; do
+            ossl req -newkey rsa:2048 -nodes -subj "/CN=$n" -addext "subjectAltName=DNS:$n" \
+                -keyout "$pki/$ca/$n-privkey.pem" -out "$pki/$ca/$n.csr"
+            ossl x509 -req -days 3650 -in "$pki/$ca/$n.csr" -copy_extensions copy -CA "$pki/$ca/cacert.pem" \
+                -CAkey "$pki/$ca/ca-privkey.pem" -set_serial "0x$(openssl rand -hex 8)" -out "$pki/$ca/$n-cert.pem"
+        done
     done
     rm -rf "$cache/pki" && mv "$pki" "$cache/pki"
 fi

@@ -9,7 +9,8 @@
 # holds table.txt, results.tsv, the serial console and, for each failed scenario, its logs.
 #
 # Environment: E2E_BIN (monitor binary; default the newer of target/release and target/debug),
-# E2E_TIMEOUT (seconds per scenario, default 300), E2E_SMP / E2E_MEM (guest size).
+# E2E_TIMEOUT (seconds per scenario, default 900: the multi-node ones need over 600 under
+# load), E2E_SMP / E2E_MEM (guest size).
 # Exit status: 0 when every scenario passed, 1 when one failed, 2 when the harness could not run.
 set -uo pipefail
 # The body is one function so that bash has parsed all of it before running any of it.
@@ -55,7 +56,7 @@ run_id=$(date +%Y%m%d-%H%M%S)-$$
 out=$cache/results/$run_id
 mkdir -p "$out"
 ln -sfn "$run_id" "$cache/results/latest"
-timeout=${E2E_TIMEOUT:-600}
+timeout=${E2E_TIMEOUT:-900}
 # The guest runs a copy of the scripts: editing tests/e2e during a run changes nothing in it.
 mkdir -p "$out/scripts" && cp "$here"/*.sh "$here"/*.py "$out/scripts/"
 cat > "$out/boot.sh" <<EOF
@@ -83,8 +84,8 @@ for s in "$@"; do
     grep -q "^$s	" "$out/results.tsv" 2> /dev/null || printf '%s\tFAIL\t-\tno result from the guest (qemu exit %s)\n' "$s" "$qemu_rc" >> "$out/results.tsv"
 done
 {
-    printf '%-28s %-6s %8s  %s\n' SCENARIO RESULT SECONDS DETAIL
-    while IFS=$'\t' read -r s r secs why; do printf '%-28s %-6s %8s  %s\n' "$s" "$r" "$secs" "$why"; done < "$out/results.tsv"
+    printf '%-48s %-6s %8s  %s\n' SCENARIO RESULT SECONDS DETAIL
+    while IFS=$'\t' read -r s r secs why; do printf '%-48s %-6s %8s  %s\n' "$s" "$r" "$secs" "$why"; done < "$out/results.tsv"
     echo "wall time ${wall}s (guest preparation ${t_prep}s), qemu exit $qemu_rc, binary $bin"
 } > "$out/table.txt"
 cat "$out/table.txt"
@@ -94,7 +95,7 @@ show_logs() {
     local d=$out/$1 n f
     echo "===== $1: $(cat "$d/failure.txt" 2> /dev/null || echo 'no failure.txt (see serial.log)')"
     grep '^T+' "$d/trace.txt" 2> /dev/null
-    for n in left right; do
+    for n in left right n3 n4; do
         [ -d "$d/$n" ] || continue
         echo "----- $1 $n: state (keys redacted)"
         cat "$d/$n/state.txt"
