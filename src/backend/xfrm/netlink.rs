@@ -66,27 +66,23 @@ impl Xfrm {
 
     pub async fn dump_policies(&mut self) -> Result<Vec<DumpedPolicy>, XfrmError> {
         let msg = XfrmMessage::GetPolicy(policy::DelGetMessage::default());
-        let replies = self.socket.dump(msg, NLM_F_REQUEST | NLM_F_DUMP).await?;
-        Ok(replies
-            .into_iter()
-            .filter_map(|m| match m {
+        self.socket
+            .dump(msg, NLM_F_REQUEST | NLM_F_DUMP, |m| match m {
                 XfrmMessage::AddPolicy(p) => Some(dumped_policy(&p.user_policy_info, &p.nlas)),
                 _ => None,
             })
-            .collect())
+            .await
     }
 
+    /// Each reply holds the SA's key: only the few fields we need are kept, as it arrives.
     pub async fn dump_sas(&mut self) -> Result<Vec<DumpedSa>, XfrmError> {
         let msg = XfrmMessage::GetDumpSa(state::GetDumpMessage::default());
-        let replies = self.socket.dump(msg, NLM_F_REQUEST | NLM_F_DUMP).await?;
-        // Each reply holds the SA's key: keep the few fields we need and drop the rest here.
-        Ok(replies
-            .into_iter()
-            .filter_map(|m| match m {
+        self.socket
+            .dump(msg, NLM_F_REQUEST | NLM_F_DUMP, |m| match m {
                 XfrmMessage::AddSa(s) => dumped_sa(&s.user_sa_info, &s.nlas),
                 _ => None,
             })
-            .collect())
+            .await
     }
 
     /// Runs `ops` in batches; one result per op, in order.
