@@ -31,7 +31,7 @@ use self::generation::GenerationStore;
 use self::netlink::{Op, Xfrm};
 use self::plan::Action;
 use self::retiring::RetiringStore;
-use self::types::{Dir, Observed, SaId};
+use self::types::{Dir, Observed, Refusal, SaId};
 use super::command::Cmd;
 use super::files::under_root;
 use super::{
@@ -45,12 +45,20 @@ use crate::model::Desired;
 const GENERATION_FILE: &str = "ovs-monitor-ipsec.generation";
 /// Grace-period deadlines of retiring SAs, beside it.
 const RETIRING_FILE: &str = "ovs-monitor-ipsec.retiring";
+/// A refused SA add is retried by the first pass this long after the refusal: in steady state
+/// the next periodic pass (every 15 s), never the passes OVSDB changes trigger in between. With
+/// no esp4 in the kernel every add is refused; retrying them all on every change made a
+/// one-tunnel change cost one netlink request per tunnel. A retry refused with the same error
+/// is not logged again.
+const RETRY_REFUSED_AFTER: Duration = Duration::from_secs(10);
 
 pub struct XfrmBackend {
     xfrm: Option<Xfrm>,
     generation: GenerationStore,
     /// Grace-period deadlines of SAs no longer wanted; kept across restarts.
     retiring: RetiringStore,
+    /// SAs the kernel refused to add, not retried before their deadline.
+    refused: BTreeMap<SaId, Refusal>,
     grace: Duration,
     timeout: Duration,
     events_tx: mpsc::Sender<BackendEvent>,
@@ -67,6 +75,7 @@ impl XfrmBackend {
             xfrm: None,
             generation,
             retiring: RetiringStore::load(&run_file(RETIRING_FILE)),
+            refused: BTreeMap::new(),
             grace: Duration::from_secs(cli.static_rekey_grace),
             timeout: Duration::from_secs(cli.command_timeout),
             events_tx,
@@ -85,9 +94,7 @@ impl XfrmBackend {
     }
 
     /// Our table as nft lists it: `Ok(None)` when it does not exist.
-    async fn observe_guards(
-        &self,
-    ) -> Result<Option<std::collections::BTreeSet<types::Guard>>, String> {
+    async fn observe_guards(&self) -> Result<Option<nft::Listing>, String> {
         let out = self
             .nft("list the nftables guard")
             .args(["-j", "list", "table", "inet", nft::TABLE])
@@ -102,20 +109,32 @@ impl XfrmBackend {
     }
 
     /// Runs one batch of writes; failures go to `errors` under the tunnel that needed them.
-    /// Returns the indexes of the ops the kernel refused.
+    /// `sa_ids[i]` is the SA that op `i` adds, if it adds one: a refused add is remembered
+    /// (see [`RETRY_REFUSED_AFTER`]) and returned; refused again with the same error, it is
+    /// not reported again (the status still shows it).
     async fn write(
         &mut self,
         ops: Vec<(Option<&str>, String, Op<'_>)>,
+        sa_ids: &[SaId],
         report: &mut ApplyReport,
-    ) -> Result<Vec<usize>, BackendError> {
+    ) -> Result<Vec<SaId>, BackendError> {
         let mut refused = Vec::new();
         if ops.is_empty() {
             return Ok(refused);
         }
         let results = self.xfrm()?.run(ops.iter().map(|(_, _, op)| op)).await;
+        let until = Instant::now() + RETRY_REFUSED_AFTER;
         for (i, ((tunnel, what, _), result)) in ops.iter().zip(results).enumerate() {
-            if matches!(result, Err(XfrmError::Kernel { .. })) {
-                refused.push(i);
+            if let (Err(XfrmError::Kernel { errno }), Some(id)) = (&result, sa_ids.get(i)) {
+                let refusal = Refusal {
+                    errno: *errno,
+                    until,
+                };
+                let before = self.refused.insert(*id, refusal);
+                refused.push(*id);
+                if before.is_some_and(|b| b.errno == *errno) {
+                    continue;
+                }
             }
             match (result, tunnel) {
                 (Ok(()), _) => report.applied += 1,
@@ -123,23 +142,12 @@ impl XfrmBackend {
                     report
                         .errors
                         .entry((*t).to_owned())
-                        .or_insert_with(|| format!("cannot {what}: {e}{}", hint(&e)));
+                        .or_insert_with(|| format!("cannot {what}: {e}{}", e.hint()));
                 }
                 (Err(e), None) => warn!("cannot {what}: {e}"),
             }
         }
         Ok(refused)
-    }
-}
-
-fn hint(e: &XfrmError) -> &'static str {
-    match e {
-        XfrmError::Kernel { errno }
-            if *errno == libc::ENOSYS || *errno == libc::EPROTONOSUPPORT =>
-        {
-            "; the kernel lacks ESP or AES-GCM support (esp4/esp6, gcm modules)"
-        }
-        _ => "",
     }
 }
 
@@ -214,7 +222,8 @@ impl Backend for XfrmBackend {
             }
         }
         match self.observe_guards().await {
-            Ok(g) => obs.guards = g,
+            Ok(Some(l)) => (obs.guards, obs.esp_seen) = (Some(l.guards), l.esp_seen),
+            Ok(None) => {}
             Err(e) => obs.nft_error = Some(e),
         }
         let before = self.retiring.deadlines.len();
@@ -225,6 +234,17 @@ impl Backend for XfrmBackend {
             warn!("{e}");
         }
         obs.retiring = self.retiring.deadlines.clone();
+        // A refusal stays known one more period after its retry is due, to tell a repeated
+        // refusal from a new one; one never retried (the SA is no longer wanted) is forgotten.
+        let now = Instant::now();
+        self.refused
+            .retain(|id, r| r.until + 2 * RETRY_REFUSED_AFTER > now && !obs.sas.contains_key(id));
+        obs.refused = self
+            .refused
+            .iter()
+            .filter(|(_, r)| r.until > now)
+            .map(|(id, r)| (*id, *r))
+            .collect();
         Ok(obs)
     }
 
@@ -241,7 +261,7 @@ impl Backend for XfrmBackend {
         let (mut sa_in, mut sa_out, mut set, mut del_pol, mut del_sa) =
             (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
         let mut guard_script = String::new();
-        let mut out_ids = Vec::new();
+        let (mut in_ids, mut out_ids) = (Vec::new(), Vec::new());
         let mut retired = false;
         for a in &actions {
             match a {
@@ -259,7 +279,10 @@ impl Backend for XfrmBackend {
                         Op::AddSa(sa),
                     );
                     match dir {
-                        Dir::In => sa_in.push(entry),
+                        Dir::In => {
+                            in_ids.push(sa.id);
+                            sa_in.push(entry);
+                        }
                         Dir::Out => {
                             out_ids.push(sa.id);
                             sa_out.push(entry);
@@ -297,17 +320,12 @@ impl Backend for XfrmBackend {
             }
             sa_out.clear();
         }
-        self.write(sa_in, &mut report).await?;
-        let refused: Vec<SaId> = self
-            .write(sa_out, &mut report)
-            .await?
-            .into_iter()
-            .filter_map(|i| out_ids.get(i).copied())
-            .collect();
+        self.write(sa_in, &in_ids, &mut report).await?;
+        let refused = self.write(sa_out, &out_ids, &mut report).await?;
         if let Err(e) = self.generation.unrecord(&refused) {
             warn!("{e}");
         }
-        self.write(set, &mut report).await?;
+        self.write(set, &[], &mut report).await?;
         if !guard_script.is_empty() {
             let run = self
                 .nft("update the nftables guard")
@@ -328,7 +346,7 @@ impl Backend for XfrmBackend {
             }
         }
         for batch in [del_pol, del_sa] {
-            self.write(batch, &mut report).await?;
+            self.write(batch, &[], &mut report).await?;
         }
         Ok(report)
     }
@@ -345,13 +363,13 @@ impl Backend for XfrmBackend {
             .keys()
             .map(|id| (None, format!("remove {id} policy"), Op::DelPolicy(*id)))
             .collect();
-        self.write(pols, &mut report).await?;
+        self.write(pols, &[], &mut report).await?;
         let sas = obs
             .sas
             .keys()
             .map(|id| (None, format!("remove SA {id}"), Op::DelSa(*id)))
             .collect();
-        self.write(sas, &mut report).await?;
+        self.write(sas, &[], &mut report).await?;
         if obs.guards.is_some() {
             let del = self
                 .nft("remove the nftables guard")

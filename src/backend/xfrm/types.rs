@@ -126,6 +126,8 @@ pub struct Observed {
     pub foreign_sas: BTreeSet<(IpAddr, u32)>,
     /// `None` when our nftables table does not exist.
     pub guards: Option<BTreeSet<Guard>>,
+    /// ESP received in the last seconds, as (sender, receiver, SPI), from the guard's sets.
+    pub esp_seen: BTreeSet<SaId>,
     /// Why nftables could not be read, if it could not.
     pub nft_error: Option<String>,
     /// Non-zero `/proc/net/xfrm_stat` counters.
@@ -135,7 +137,17 @@ pub struct Observed {
     pub used: BTreeSet<SaId>,
     /// Inbound SAs no longer wanted, with the end of their grace period.
     pub retiring: BTreeMap<SaId, Instant>,
+    /// SAs the kernel refused to add recently: not retried before `until`.
+    pub refused: BTreeMap<SaId, Refusal>,
     pub now: Option<Instant>,
+}
+
+/// The kernel refused to add an SA. Retrying at once would only repeat the refusal (a missing
+/// esp4 module refuses every SA), so the add waits for the next periodic pass.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Refusal {
+    pub errno: i32,
+    pub until: Instant,
 }
 
 /// Hex of a generation, as published in OVSDB.
