@@ -67,7 +67,7 @@ fn results_of_a_multi_datagram_batch_land_on_their_own_requests() {
     let ops: Vec<Op<'_>> = (0..N)
         .map(|i| match i {
             _ if i % 50 == 0 => Op::DelPolicy(policy(100_000 + i)),
-            _ if i % 97 == 0 => Op::AddSa(&sas[i as usize]),
+            _ if i % 97 == 0 => Op::AddSa(Dir::Out, &sas[i as usize]),
             _ => Op::SetPolicy {
                 id: policy(i),
                 spi: 0x2000 + i,

@@ -35,6 +35,9 @@ pub async fn run<B: Backend>(backend: &mut B, desired: &Desired) -> PassOutcome 
             ..Default::default()
         };
     }
+    // The actions carry what apply needs: free the observation (megabytes at 10,000 tunnels)
+    // before apply allocates its own.
+    drop(observed);
     let planned = actions.len();
     for a in &actions {
         debug!("{a}");

@@ -21,6 +21,7 @@ pub mod want;
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
@@ -58,7 +59,7 @@ pub struct XfrmBackend {
     /// Grace-period deadlines of SAs no longer wanted; kept across restarts.
     retiring: RetiringStore,
     /// SAs the kernel refused to add, not retried before their deadline.
-    refused: BTreeMap<SaId, Refusal>,
+    refused: Arc<BTreeMap<SaId, Refusal>>,
     grace: Duration,
     timeout: Duration,
     events_tx: mpsc::Sender<BackendEvent>,
@@ -75,7 +76,7 @@ impl XfrmBackend {
             xfrm: None,
             generation,
             retiring: RetiringStore::load(&run_file(RETIRING_FILE)),
-            refused: BTreeMap::new(),
+            refused: Arc::default(),
             grace: Duration::from_secs(cli.static_rekey_grace),
             timeout: Duration::from_secs(cli.command_timeout),
             events_tx,
@@ -114,7 +115,7 @@ impl XfrmBackend {
     /// not reported again (the status still shows it).
     async fn write(
         &mut self,
-        ops: Vec<(Option<&str>, String, Op<'_>)>,
+        ops: Vec<(Option<&str>, Op<'_>)>,
         sa_ids: &[SaId],
         report: &mut ApplyReport,
     ) -> Result<Vec<SaId>, BackendError> {
@@ -122,15 +123,15 @@ impl XfrmBackend {
         if ops.is_empty() {
             return Ok(refused);
         }
-        let results = self.xfrm()?.run(ops.iter().map(|(_, _, op)| op)).await;
+        let results = self.xfrm()?.run(ops.iter().map(|(_, op)| op)).await;
         let until = Instant::now() + RETRY_REFUSED_AFTER;
-        for (i, ((tunnel, what, _), result)) in ops.iter().zip(results).enumerate() {
+        for (i, ((tunnel, what), result)) in ops.iter().zip(results).enumerate() {
             if let (Err(XfrmError::Kernel { errno }), Some(id)) = (&result, sa_ids.get(i)) {
                 let refusal = Refusal {
                     errno: *errno,
                     until,
                 };
-                let before = self.refused.insert(*id, refusal);
+                let before = Arc::make_mut(&mut self.refused).insert(*id, refusal);
                 refused.push(*id);
                 if before.is_some_and(|b| b.errno == *errno) {
                     continue;
@@ -237,14 +238,13 @@ impl Backend for XfrmBackend {
         // A refusal stays known one more period after its retry is due, to tell a repeated
         // refusal from a new one; one never retried (the SA is no longer wanted) is forgotten.
         let now = Instant::now();
-        self.refused
-            .retain(|id, r| r.until + 2 * RETRY_REFUSED_AFTER > now && !obs.sas.contains_key(id));
-        obs.refused = self
-            .refused
-            .iter()
-            .filter(|(_, r)| r.until > now)
-            .map(|(id, r)| (*id, *r))
-            .collect();
+        let stale = |id: &SaId, r: &Refusal| {
+            r.until + 2 * RETRY_REFUSED_AFTER <= now || obs.sas.contains_key(id)
+        };
+        if self.refused.iter().any(|(id, r)| stale(id, r)) {
+            Arc::make_mut(&mut self.refused).retain(|id, r| !stale(id, r));
+        }
+        obs.refused = Arc::clone(&self.refused);
         Ok(obs)
     }
 
@@ -273,11 +273,7 @@ impl Backend for XfrmBackend {
                     return Ok(report);
                 }
                 Action::AddSa { tunnel, dir, sa } => {
-                    let entry = (
-                        Some(tunnel.as_str()),
-                        format!("add {dir} SA {}", sa.id),
-                        Op::AddSa(sa),
-                    );
+                    let entry = (Some(tunnel.as_str()), Op::AddSa(*dir, sa));
                     match dir {
                         Dir::In => {
                             in_ids.push(sa.id);
@@ -289,23 +285,19 @@ impl Backend for XfrmBackend {
                         }
                     }
                 }
-                Action::SetPolicy { tunnel, id, spi } => set.push((
-                    Some(tunnel.as_str()),
-                    format!("set {id} policy"),
-                    Op::SetPolicy { id: *id, spi: *spi },
-                )),
+                Action::SetPolicy { tunnel, id, spi } => {
+                    set.push((Some(tunnel.as_str()), Op::SetPolicy { id: *id, spi: *spi }))
+                }
                 Action::Guard { create, add, del } => {
                     guard_script.push_str(&nft::script(*create, add, del));
                 }
-                Action::DelPolicy(id) => {
-                    del_pol.push((None, format!("remove {id} policy"), Op::DelPolicy(*id)))
-                }
+                Action::DelPolicy(id) => del_pol.push((None, Op::DelPolicy(*id))),
                 Action::Retire(id) => {
                     self.retiring.retire(*id, Instant::now() + self.grace);
                     retired = true;
                     report.applied += 1;
                 }
-                Action::DelSa(id) => del_sa.push((None, format!("remove SA {id}"), Op::DelSa(*id))),
+                Action::DelSa(id) => del_sa.push((None, Op::DelSa(*id))),
             }
         }
         if retired && let Err(e) = self.retiring.save() {
@@ -313,7 +305,7 @@ impl Backend for XfrmBackend {
         }
         // Written down (and synced) before the SAs exist: see generation.rs.
         if let Err(e) = self.generation.record(&out_ids) {
-            for (t, _, _) in &sa_out {
+            for (t, _) in &sa_out {
                 if let Some(t) = t {
                     report.errors.insert((*t).to_owned(), e.to_string());
                 }
@@ -361,14 +353,10 @@ impl Backend for XfrmBackend {
         let pols = obs
             .policies
             .keys()
-            .map(|id| (None, format!("remove {id} policy"), Op::DelPolicy(*id)))
+            .map(|id| (None, Op::DelPolicy(*id)))
             .collect();
         self.write(pols, &[], &mut report).await?;
-        let sas = obs
-            .sas
-            .keys()
-            .map(|id| (None, format!("remove SA {id}"), Op::DelSa(*id)))
-            .collect();
+        let sas = obs.sas.keys().map(|id| (None, Op::DelSa(*id))).collect();
         self.write(sas, &[], &mut report).await?;
         if obs.guards.is_some() {
             let del = self

@@ -55,6 +55,7 @@ fn tunnel_status(w: &TunnelWant, obs: &Observed) -> LiveStatus {
     let unknown = unknown_peer_spis(w, obs);
     let refused = w
         .sas()
+        .filter(|(_, s)| !has_sa(&s.id))
         .find_map(|(d, s)| Some((d, s.id, obs.refused.get(&s.id)?.errno)));
     let mut st = if let Some((d, id, errno)) = refused {
         let e = XfrmError::Kernel { errno };

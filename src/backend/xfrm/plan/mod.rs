@@ -90,7 +90,7 @@ pub fn plan(wants: &Wants, obs: &Observed) -> Vec<Action> {
             for (d, sa) in w.sas().filter(|(d, _)| *d == dir) {
                 wanted_sas.insert(sa.id);
                 // A recent refusal is not retried before its deadline (see `Refusal`).
-                if !obs.sas.contains_key(&sa.id) && !obs.refused.contains_key(&sa.id) {
+                if !obs.sas.contains_key(&sa.id) && obs.refusal(&sa.id).is_none() {
                     actions.push(Action::AddSa {
                         tunnel: name.clone(),
                         dir: d,

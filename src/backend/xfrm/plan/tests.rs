@@ -335,7 +335,7 @@ fn refused_sas_wait_for_their_retry_so_one_new_tunnel_costs_only_its_own_actions
     for a in &first {
         match a {
             Action::AddSa { sa, .. } => {
-                obs.refused.insert(
+                Arc::make_mut(&mut obs.refused).insert(
                     sa.id,
                     Refusal {
                         errno: libc::ENOSYS,
@@ -369,6 +369,6 @@ fn refused_sas_wait_for_their_retry_so_one_new_tunnel_costs_only_its_own_actions
         ]
     );
     // The retry deadline passed (the backend forgets the refusals): every SA is tried again.
-    obs.refused.clear();
+    obs.refused = Arc::default();
     assert_eq!(plan(&resolve(&d, &obs), &obs).len(), 2 * 51 + 3);
 }
