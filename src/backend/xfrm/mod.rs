@@ -22,6 +22,7 @@ pub mod want;
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
@@ -46,20 +47,25 @@ use crate::model::Desired;
 const GENERATION_FILE: &str = "ovs-monitor-ipsec.generation";
 /// Grace-period deadlines of retiring SAs, beside it.
 const RETIRING_FILE: &str = "ovs-monitor-ipsec.retiring";
-/// A refused SA add is retried by the first pass this long after the refusal: in steady state
-/// the next periodic pass (every 15 s), never the passes OVSDB changes trigger in between. With
-/// no esp4 in the kernel every add is refused; retrying them all on every change made a
+/// Refused SA adds are retried by one pass this long after a refusal, which the backend
+/// triggers itself; passes in between (OVSDB changes, the periodic pass) do not ask again.
+/// With no esp4 in the kernel every add is refused: retrying them all on every change made a
 /// one-tunnel change cost one netlink request per tunnel. A retry refused with the same error
-/// is not logged again.
-const RETRY_REFUSED_AFTER: Duration = Duration::from_secs(10);
+/// is not logged again (the status still shows it).
+const RETRY_REFUSED_AFTER: Duration = Duration::from_secs(15);
 
 pub struct XfrmBackend {
     xfrm: Option<Xfrm>,
     generation: GenerationStore,
     /// Grace-period deadlines of SAs no longer wanted; kept across restarts.
     retiring: RetiringStore,
-    /// SAs the kernel refused to add, not retried before their deadline.
+    /// SAs the kernel refused to add since the last retry pass, not asked again until the next.
     refused: Arc<BTreeMap<SaId, Refusal>>,
+    /// The refusals before the last retry pass: a repeat is not reported again.
+    retried: Arc<BTreeMap<SaId, Refusal>>,
+    /// Set by the retry timer; the next observation starts a retry pass.
+    retry_due: Arc<AtomicBool>,
+    retry_timer: Option<tokio::task::JoinHandle<()>>,
     grace: Duration,
     timeout: Duration,
     events_tx: mpsc::Sender<BackendEvent>,
@@ -77,6 +83,9 @@ impl XfrmBackend {
             generation,
             retiring: RetiringStore::load(&run_file(RETIRING_FILE)),
             refused: Arc::default(),
+            retried: Arc::default(),
+            retry_due: Arc::default(),
+            retry_timer: None,
             grace: Duration::from_secs(cli.static_rekey_grace),
             timeout: Duration::from_secs(cli.command_timeout),
             events_tx,
@@ -124,16 +133,12 @@ impl XfrmBackend {
             return Ok(refused);
         }
         let results = self.xfrm()?.run(ops.iter().map(|(_, op)| op)).await;
-        let until = Instant::now() + RETRY_REFUSED_AFTER;
         for (i, ((tunnel, what), result)) in ops.iter().zip(results).enumerate() {
             if let (Err(XfrmError::Kernel { errno }), Some(id)) = (&result, sa_ids.get(i)) {
-                let refusal = Refusal {
-                    errno: *errno,
-                    until,
-                };
-                let before = Arc::make_mut(&mut self.refused).insert(*id, refusal);
+                let refusal = Refusal { errno: *errno };
+                Arc::make_mut(&mut self.refused).insert(*id, refusal);
                 refused.push(*id);
-                if before.is_some_and(|b| b.errno == *errno) {
+                if self.retried.get(id) == Some(&refusal) {
                     continue;
                 }
             }
@@ -148,7 +153,24 @@ impl XfrmBackend {
                 (Err(e), None) => warn!("cannot {what}: {e}"),
             }
         }
+        if !refused.is_empty() {
+            self.schedule_retry();
+        }
         Ok(refused)
+    }
+
+    /// Asks for a retry pass in [`RETRY_REFUSED_AFTER`], unless one is already scheduled.
+    fn schedule_retry(&mut self) {
+        if self.retry_timer.as_ref().is_some_and(|t| !t.is_finished()) {
+            return;
+        }
+        let (due, events) = (Arc::clone(&self.retry_due), self.events_tx.clone());
+        self.retry_timer = Some(tokio::spawn(async move {
+            tokio::time::sleep(RETRY_REFUSED_AFTER).await;
+            due.store(true, Ordering::Relaxed);
+            // A full channel already asks for a pass.
+            let _ = events.try_send(BackendEvent::StateChanged);
+        }));
     }
 }
 
@@ -235,14 +257,13 @@ impl Backend for XfrmBackend {
             warn!("{e}");
         }
         obs.retiring = self.retiring.deadlines.clone();
-        // A refusal stays known one more period after its retry is due, to tell a repeated
-        // refusal from a new one; one never retried (the SA is no longer wanted) is forgotten.
-        let now = Instant::now();
-        let stale = |id: &SaId, r: &Refusal| {
-            r.until + 2 * RETRY_REFUSED_AFTER <= now || obs.sas.contains_key(id)
-        };
-        if self.refused.iter().any(|(id, r)| stale(id, r)) {
-            Arc::make_mut(&mut self.refused).retain(|id, r| !stale(id, r));
+        // A retry pass asks the kernel again for every refused SA; the refusals before it
+        // are kept only to tell a repeat from a new error. SAs that exist are no longer refused.
+        if self.retry_due.swap(false, Ordering::Relaxed) {
+            self.retried = std::mem::take(&mut self.refused);
+        }
+        if self.refused.keys().any(|id| obs.sas.contains_key(id)) {
+            Arc::make_mut(&mut self.refused).retain(|id, _| !obs.sas.contains_key(id));
         }
         obs.refused = Arc::clone(&self.refused);
         Ok(obs)

@@ -61,7 +61,7 @@ fn tunnel_status(w: &TunnelWant, obs: &Observed) -> LiveStatus {
         let e = XfrmError::Kernel { errno };
         let mut st = LiveStatus::new(LiveState::Error);
         st.error = Some(format!(
-            "cannot add {d} SA {id}: {e}{}; retried by the next periodic pass",
+            "cannot add {d} SA {id}: {e}{}; retried every 15 s",
             e.hint()
         ));
         st

@@ -138,27 +138,18 @@ pub struct Observed {
     pub used: BTreeSet<SaId>,
     /// Inbound SAs no longer wanted, with the end of their grace period.
     pub retiring: BTreeMap<SaId, Instant>,
-    /// SAs the kernel refused to add: not retried before `until`. Shared with the backend,
-    /// which keeps it between passes (not copied: 20,000 entries at 10k tunnels without esp4).
+    /// SAs the kernel refused to add, with its error code; not asked again in this pass.
+    /// Shared with the backend, which keeps it between passes (not copied: 20,000 entries at
+    /// 10k tunnels without esp4).
     pub refused: Arc<BTreeMap<SaId, Refusal>>,
     pub now: Option<Instant>,
 }
 
 /// The kernel refused to add an SA. Retrying at once would only repeat the refusal (a missing
-/// esp4 module refuses every SA), so the add waits for the next periodic pass.
+/// esp4 module refuses every SA), so the add waits for the backend's next retry pass.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Refusal {
     pub errno: i32,
-    pub until: Instant,
-}
-
-impl Observed {
-    /// The kernel refused to add `id` and its retry is not due yet.
-    pub fn refusal(&self, id: &SaId) -> Option<&Refusal> {
-        self.refused
-            .get(id)
-            .filter(|r| self.now.is_none_or(|now| now < r.until))
-    }
 }
 
 /// Hex of a generation, as published in OVSDB.

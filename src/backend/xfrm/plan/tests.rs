@@ -339,7 +339,6 @@ fn refused_sas_wait_for_their_retry_so_one_new_tunnel_costs_only_its_own_actions
                     sa.id,
                     Refusal {
                         errno: libc::ENOSYS,
-                        until: now + Duration::from_secs(10),
                     },
                 );
             }
@@ -368,7 +367,7 @@ fn refused_sas_wait_for_their_retry_so_one_new_tunnel_costs_only_its_own_actions
             "guardfalse+1-0"
         ]
     );
-    // The retry deadline passed (the backend forgets the refusals): every SA is tried again.
+    // The backend's retry pass (it no longer shares the refusals): every SA is tried again.
     obs.refused = Arc::default();
     assert_eq!(plan(&resolve(&d, &obs), &obs).len(), 2 * 51 + 3);
 }
