@@ -58,12 +58,10 @@ fn tunnel_status(w: &TunnelWant, obs: &Observed) -> LiveStatus {
         .filter(|(_, s)| !has_sa(&s.id))
         .find_map(|(d, s)| Some((d, s.id, obs.refused.get(&s.id)?.errno)));
     let mut st = if let Some((d, id, errno)) = refused {
+        // Worded as the apply error of the pass that was refused, so OVSDB is not rewritten.
         let e = XfrmError::Kernel { errno };
         let mut st = LiveStatus::new(LiveState::Error);
-        st.error = Some(format!(
-            "cannot add {d} SA {id}: {e}{}; retried every 15 s",
-            e.hint()
-        ));
+        st.error = Some(format!("cannot add {d} SA {id}: {e}{}", e.hint()));
         st
     } else {
         match (&w.in_sa, missing.is_empty(), &obs.nft_error) {
