@@ -205,3 +205,24 @@ fn kernel_state_is_installed_adopted_kept_and_removed_and_keys_never_leak() {
         );
     }
 }
+
+/// The guard records the ESP that arrives, by (sender, receiver, SPI): the monitor's only way
+/// to see that a peer sends under a key this node does not hold (its reboot drew a new
+/// generation). This kernel has no esp4, but the input hook sees the packet all the same.
+#[test]
+fn the_guard_records_which_spi_a_peer_sends_with() {
+    let ns = Netns::new();
+    let db = OvsdbServer::start();
+    let _mon = ns.monitor(&db, "monitor.log", &[]);
+    add_tunnel(&db);
+    wait_for("the nftables guard", T, || {
+        ns.nft(&["list", "set", "inet", "ovs_ipsec", "esp4"]).0
+    });
+    ns.ip(&["addr", "add", &format!("{REMOTE}/32"), "dev", "lo"]);
+    ns.send_esp(REMOTE, LOCAL4, 0x1234);
+    let (ok, set) = ns.nft(&["list", "set", "inet", "ovs_ipsec", "esp4"]);
+    assert!(
+        ok && set.contains(&format!("{REMOTE} . {LOCAL4} . 4660")),
+        "{set}"
+    );
+}

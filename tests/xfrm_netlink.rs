@@ -4,9 +4,7 @@
 
 mod common;
 
-use std::fs::File;
 use std::net::IpAddr;
-use std::os::fd::AsRawFd;
 use std::time::Duration;
 
 use common::xfrm::{LOCAL4, Netns};
@@ -15,23 +13,6 @@ use ovs_monitor_ipsec::backend::xfrm::error::XfrmError;
 use ovs_monitor_ipsec::backend::xfrm::netlink::{Op, Xfrm};
 use ovs_monitor_ipsec::backend::xfrm::types::{Dir, Flow, PolicyId, Proto, SaId};
 use ovs_monitor_ipsec::backend::xfrm::want::SaWant;
-
-/// Runs `f` on a thread that has entered `ns` (setns changes only the calling thread).
-fn in_netns<T: Send>(ns: &Netns, f: impl FnOnce() -> T + Send) -> T {
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            let file = File::open(format!("/run/netns/{}", ns.name)).unwrap();
-            // SAFETY: a valid namespace fd; this thread only.
-            assert_eq!(
-                unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) },
-                0
-            );
-            f()
-        })
-        .join()
-        .unwrap()
-    })
-}
 
 fn flow(i: u32) -> Flow {
     Flow {
@@ -67,14 +48,14 @@ fn results_of_a_multi_datagram_batch_land_on_their_own_requests() {
     let ops: Vec<Op<'_>> = (0..N)
         .map(|i| match i {
             _ if i % 50 == 0 => Op::DelPolicy(policy(100_000 + i)),
-            _ if i % 97 == 0 => Op::AddSa(&sas[i as usize]),
+            _ if i % 97 == 0 => Op::AddSa(Dir::Out, &sas[i as usize]),
             _ => Op::SetPolicy {
                 id: policy(i),
                 spi: 0x2000 + i,
             },
         })
         .collect();
-    let (results, dumped) = in_netns(&ns, || {
+    let (results, dumped) = ns.run_inside(|| {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()

@@ -1,8 +1,11 @@
 //! One reconcile pass over a backend: observe → plan → apply → observe → status.
+//!
+//! Logging: one summary line at info per pass that changes something, each action at debug
+//! (a cold start of 10,000 tunnels is 40,000 actions), each failure at warn.
 
 use std::collections::BTreeMap;
 
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::backend::{Backend, LiveState, LiveStatus};
 use crate::model::Desired;
@@ -32,8 +35,12 @@ pub async fn run<B: Backend>(backend: &mut B, desired: &Desired) -> PassOutcome 
             ..Default::default()
         };
     }
+    // The actions carry what apply needs: free the observation (megabytes at 10,000 tunnels)
+    // before apply allocates its own.
+    drop(observed);
+    let planned = actions.len();
     for a in &actions {
-        info!("{a}");
+        debug!("{a}");
     }
     let report = match backend.apply(desired, actions).await {
         Ok(r) => r,
@@ -44,6 +51,12 @@ pub async fn run<B: Backend>(backend: &mut B, desired: &Desired) -> PassOutcome 
             );
         }
     };
+    info!(
+        "{}: {planned} actions planned, {} applied, {} tunnels failed",
+        backend.kind(),
+        report.applied,
+        report.errors.len()
+    );
     for (tunnel, err) in &report.errors {
         warn!("{tunnel}: {err}");
     }

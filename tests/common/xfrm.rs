@@ -2,6 +2,7 @@
 //! (unique name, removed on drop even after a panic) and the monitor started inside it with
 //! `--ike-daemon=none`.
 
+use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -53,6 +54,66 @@ impl Netns {
             out.status.success(),
             String::from_utf8_lossy(&out.stdout).into_owned(),
         )
+    }
+
+    /// Runs `f` on a thread that has entered the namespace (setns changes only the calling
+    /// thread).
+    pub fn run_inside<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                let file = std::fs::File::open(format!("/run/netns/{}", self.name)).unwrap();
+                // SAFETY: a valid namespace fd; this thread only.
+                let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+                assert_eq!(rc, 0, "setns into {}", self.name);
+                f()
+            })
+            .join()
+            .unwrap()
+        })
+    }
+
+    /// Sends one ESP packet (SPI `spi`, sequence number 1, no valid payload) from `src` to
+    /// `dst` inside the namespace, through a raw socket: what a peer sending under a key we
+    /// do not hold looks like on the wire.
+    pub fn send_esp(&self, src: &str, dst: &str, spi: u32) {
+        let (src, dst): (std::net::Ipv4Addr, std::net::Ipv4Addr) =
+            (src.parse().unwrap(), dst.parse().unwrap());
+        self.run_inside(|| {
+            let addr = |ip: std::net::Ipv4Addr| libc::sockaddr_in {
+                sin_family: libc::AF_INET as libc::sa_family_t,
+                sin_port: 0,
+                sin_addr: libc::in_addr {
+                    s_addr: u32::from(ip).to_be(),
+                },
+                sin_zero: [0; 8],
+            };
+            let mut packet = spi.to_be_bytes().to_vec();
+            packet.extend_from_slice(&1u32.to_be_bytes());
+            packet.extend_from_slice(&[0; 24]);
+            let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+            // SAFETY: plain socket calls on a descriptor we own, with valid buffers.
+            unsafe {
+                let fd = libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_ESP);
+                assert!(fd >= 0, "raw ESP socket");
+                let from = addr(src);
+                assert_eq!(
+                    libc::bind(fd, (&raw const from).cast(), len),
+                    0,
+                    "bind {src}"
+                );
+                let to = addr(dst);
+                let sent = libc::sendto(
+                    fd,
+                    packet.as_ptr().cast(),
+                    packet.len(),
+                    0,
+                    (&raw const to).cast(),
+                    len,
+                );
+                libc::close(fd);
+                assert_eq!(sent, packet.len() as isize, "send ESP to {dst}");
+            }
+        })
     }
 
     /// Starts `--ike-daemon=none` in the namespace, logging to `log_name` in the server dir.

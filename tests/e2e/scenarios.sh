@@ -39,6 +39,7 @@ extra static-rotation
 extra static-monitor-sigkill
 extra static-cleartext-drop
 extra static-dst-port
+extra static-node-reboot
 matrix libreswan "geneve vxlan gre" ipv4 "psk self ca"
 matrix libreswan "geneve vxlan" ipv6 "psk self ca"
 extra libreswan-monitor-restart
@@ -388,6 +389,90 @@ dst_port() {
 }
 
 scenario_static_dst_port() { dst_port static-dst-port; }
+
+# static_reboot SIDE: the node reboots, as far as the monitor can tell (docs/static-keying.md,
+# "Generation, restarts and reboots"). The monitor dies without cleanup (kill -9); the kernel
+# loses every SA, policy and nftables table (flushed here); the run directory, a tmpfs, loses the
+# monitor's generation and retiring files. The design reads no boot id: a missing generation
+# file is what a reboot looks like. The node's OVS keeps running: its database survives a real
+# reboot on disk, and the monitor reads nothing else.
+static_reboot() {
+    local s=$1 b
+    b=$(bdir "$s")
+    monitor_kill "$s"
+    ip -n "$s" xfrm state flush && ip -n "$s" xfrm policy flush || fail "$s: cannot flush XFRM"
+    nx "$s" nft delete table inet ovs_ipsec || fail "$s: cannot remove the nftables guard"
+    rm -f "$b/ovs-monitor-ipsec.generation" "$b/ovs-monitor-ipsec.retiring"
+    monitor_restart "$s"
+    t "$s: rebooted (monitor killed, XFRM and nftables flushed, run files removed, monitor started)"
+}
+
+# out_keys SIDE: "SPI KEY" of each SA the node sends with (keys stay in variables, never printed).
+out_keys() {
+    ip -n "$1" xfrm state | awk -v me="$(underlay_ip "$1")" '$1 == "src" { o = ($2 == me) }
+        o && $1 == "proto" { spi = $4 } o && $1 == "aead" { print spi, $3 }' | sort
+}
+generation_is_not() { local g; g=$(ext_id "$1" ipsec-generation); [ -n "$g" ] && [ "$g" != "$2" ]; }
+error_has() { ext_id "$1" ipsec-error | grep -qF -- "$2"; }
+# Only traffic shows the peer's key: each poll sends one (dropped) echo request from the left.
+unknown_spi_reported() { overlay_ping_ok left; error_has right "$1"; }
+
+# A reboot of the left node: it must send under a new generation (new SPIs, new keys, no
+# (key, SPI) pair of before), the right node drops what it cannot decrypt and says why until the
+# CMS relays the new generation, and nothing crosses the underlay in clear meanwhile.
+scenario_static_node_reboot() {
+    local gen_before keys_before spis_right keys_after reused new_spi cap td res fwd nclear
+    geneve_up static-node-reboot
+    wait_converged
+    gen_before=$(ext_id left ipsec-generation)
+    keys_before=$(out_keys left)
+    spis_right=$(spis right)
+    t "before: left generation $gen_before, left sends with SPI $(echo $keys_before | cut -d' ' -f1)"
+    [ -n "$keys_before" ] || fail "left has no outbound SA before the reboot"
+    static_reboot left
+    wait_until 120 "left to publish a new external_ids:ipsec-generation" generation_is_not left "$gen_before"
+    wait_until 120 "left ipsec-state=up after the reboot" state_is left up
+    keys_after=$(out_keys left)
+    new_spi=$(echo $keys_after | cut -d' ' -f1)
+    t "after: left generation $(ext_id left ipsec-generation), left sends with SPI $new_spi"
+    [ -n "$keys_after" ] || fail "left has no outbound SA after the reboot"
+    # Any SPI or key of before that is used again, counted without printing a key.
+    reused=$(printf '%s\n%s\n' "$keys_before" "$keys_after" | awk '{ s[$1]++; k[$2]++ }
+        END { n = 0; for (x in s) if (s[x] > 1) n++; for (x in k) if (k[x] > 1) n++; print n }')
+    [ "$reused" -eq 0 ] || fail "left reuses $reused outbound SPI(s) or key(s) of its previous generation"
+    [ "$(out_spi left)" = "$new_spi" ] || fail "left's out policy uses SPI $(out_spi left), not its new SA $new_spi"
+
+    # The right node has not learned the new generation: it keeps its SAs, drops left's ESP
+    # (no SA for that SPI), says why, and no tunnel packet goes in clear.
+    wait_until 120 "right to report the unknown SPI $new_spi" unknown_spi_reported "$new_spi"
+    t "right: $(ext_id right ipsec-state): $(ext_id right ipsec-error)"
+    state_is right down || fail "right is $(ext_id right ipsec-state) while left's key is unknown to it"
+    error_has right ipsec_peer_generation || fail "right's ipsec-error does not say what to relay"
+    [ "$(spis right)" = "$spis_right" ] || fail "right changed its SAs before learning the new generation"
+    cap=$E2E_OUT/tcpdump-unrelayed.txt
+    ip netns exec left tcpdump -nn -l -U -i vl "ip proto 50 or udp port 6081" > "$cap" 2> "$cap.err" &
+    td=$!
+    wait_until 30 "tcpdump to start" grep -q 'listening on' "$cap.err"
+    res=$(ip netns exec left ping -c 3 -i 0.3 -W 2 "$(overlay_ip right)" | grep 'packets transmitted')
+    sleep 1
+    kill "$td" 2> /dev/null
+    wait "$td" 2> /dev/null
+    fwd=$(grep -c "IP 192.0.2.1 > 192.0.2.2: ESP(spi=$new_spi," "$cap")
+    nclear=$(grep -v -e 'ESP' -e '^$' -c "$cap")
+    t "unrelayed: ping $res; underlay: $fwd ESP left->right with the new SPI, $nclear in clear"
+    case "$res" in *" 0 received"*) ;; *) fail "the overlay ping got through before the relay: $res" ;; esac
+    [ "$fwd" -ge 3 ] || fail "left's echo requests did not leave as ESP with SPI $new_spi ($fwd)"
+    [ "$nclear" -eq 0 ] || fail "$nclear tunnel packets in clear on the underlay before the relay"
+
+    # The CMS relays left's generation to right (docs/static-keying.md): the tunnel comes back.
+    vsctl right --no-wait set interface tun options:ipsec_peer_generation="$(ext_id left ipsec-generation)" ||
+        fail "right: relay the new generation"
+    wait_converged 120
+    assert_esp_ping geneve 6081
+    grep -q "192.0.2.1 > 192.0.2.2: ESP(spi=$new_spi," "$E2E_OUT/tcpdump-underlay.txt" ||
+        fail "the ESP from left does not use the new SPI $new_spi"
+    tunnel_remove
+}
 scenario_libreswan_dst_port() { dst_port libreswan-dst-port; }
 
 # ---- the other cases of OVS's system-ipsec.at (Libreswan) ----------------------------------

@@ -16,3 +16,17 @@ pub enum XfrmError {
         source: std::io::Error,
     },
 }
+
+impl XfrmError {
+    /// What to check when the kernel refuses an SA for lack of a module.
+    pub fn hint(&self) -> &'static str {
+        match self {
+            XfrmError::Kernel { errno }
+                if *errno == libc::ENOSYS || *errno == libc::EPROTONOSUPPORT =>
+            {
+                "; the kernel lacks ESP or AES-GCM support (esp4/esp6, gcm modules)"
+            }
+            _ => "",
+        }
+    }
+}

@@ -21,6 +21,8 @@ pub mod want;
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
@@ -31,7 +33,7 @@ use self::generation::GenerationStore;
 use self::netlink::{Op, Xfrm};
 use self::plan::Action;
 use self::retiring::RetiringStore;
-use self::types::{Dir, Observed, SaId};
+use self::types::{Dir, Observed, Refusal, SaId};
 use super::command::Cmd;
 use super::files::under_root;
 use super::{
@@ -45,12 +47,25 @@ use crate::model::Desired;
 const GENERATION_FILE: &str = "ovs-monitor-ipsec.generation";
 /// Grace-period deadlines of retiring SAs, beside it.
 const RETIRING_FILE: &str = "ovs-monitor-ipsec.retiring";
+/// Refused SA adds are retried by one pass this long after a refusal, which the backend
+/// triggers itself; passes in between (OVSDB changes, the periodic pass) do not ask again.
+/// With no esp4 in the kernel every add is refused: retrying them all on every change made a
+/// one-tunnel change cost one netlink request per tunnel. A retry refused with the same error
+/// is not logged again (the status still shows it).
+const RETRY_REFUSED_AFTER: Duration = Duration::from_secs(15);
 
 pub struct XfrmBackend {
     xfrm: Option<Xfrm>,
     generation: GenerationStore,
     /// Grace-period deadlines of SAs no longer wanted; kept across restarts.
     retiring: RetiringStore,
+    /// SAs the kernel refused to add since the last retry pass, not asked again until the next.
+    refused: Arc<BTreeMap<SaId, Refusal>>,
+    /// The refusals before the last retry pass: a repeat is not reported again.
+    retried: Arc<BTreeMap<SaId, Refusal>>,
+    /// Set by the retry timer; the next observation starts a retry pass.
+    retry_due: Arc<AtomicBool>,
+    retry_timer: Option<tokio::task::JoinHandle<()>>,
     grace: Duration,
     timeout: Duration,
     events_tx: mpsc::Sender<BackendEvent>,
@@ -67,6 +82,10 @@ impl XfrmBackend {
             xfrm: None,
             generation,
             retiring: RetiringStore::load(&run_file(RETIRING_FILE)),
+            refused: Arc::default(),
+            retried: Arc::default(),
+            retry_due: Arc::default(),
+            retry_timer: None,
             grace: Duration::from_secs(cli.static_rekey_grace),
             timeout: Duration::from_secs(cli.command_timeout),
             events_tx,
@@ -85,9 +104,7 @@ impl XfrmBackend {
     }
 
     /// Our table as nft lists it: `Ok(None)` when it does not exist.
-    async fn observe_guards(
-        &self,
-    ) -> Result<Option<std::collections::BTreeSet<types::Guard>>, String> {
+    async fn observe_guards(&self) -> Result<Option<nft::Listing>, String> {
         let out = self
             .nft("list the nftables guard")
             .args(["-j", "list", "table", "inet", nft::TABLE])
@@ -102,20 +119,28 @@ impl XfrmBackend {
     }
 
     /// Runs one batch of writes; failures go to `errors` under the tunnel that needed them.
-    /// Returns the indexes of the ops the kernel refused.
+    /// `sa_ids[i]` is the SA that op `i` adds, if it adds one: a refused add is remembered
+    /// (see [`RETRY_REFUSED_AFTER`]) and returned; refused again with the same error, it is
+    /// not reported again (the status still shows it).
     async fn write(
         &mut self,
-        ops: Vec<(Option<&str>, String, Op<'_>)>,
+        ops: Vec<(Option<&str>, Op<'_>)>,
+        sa_ids: &[SaId],
         report: &mut ApplyReport,
-    ) -> Result<Vec<usize>, BackendError> {
+    ) -> Result<Vec<SaId>, BackendError> {
         let mut refused = Vec::new();
         if ops.is_empty() {
             return Ok(refused);
         }
-        let results = self.xfrm()?.run(ops.iter().map(|(_, _, op)| op)).await;
-        for (i, ((tunnel, what, _), result)) in ops.iter().zip(results).enumerate() {
-            if matches!(result, Err(XfrmError::Kernel { .. })) {
-                refused.push(i);
+        let results = self.xfrm()?.run(ops.iter().map(|(_, op)| op)).await;
+        for (i, ((tunnel, what), result)) in ops.iter().zip(results).enumerate() {
+            if let (Err(XfrmError::Kernel { errno }), Some(id)) = (&result, sa_ids.get(i)) {
+                let refusal = Refusal { errno: *errno };
+                Arc::make_mut(&mut self.refused).insert(*id, refusal);
+                refused.push(*id);
+                if self.retried.get(id) == Some(&refusal) {
+                    continue;
+                }
             }
             match (result, tunnel) {
                 (Ok(()), _) => report.applied += 1,
@@ -123,23 +148,29 @@ impl XfrmBackend {
                     report
                         .errors
                         .entry((*t).to_owned())
-                        .or_insert_with(|| format!("cannot {what}: {e}{}", hint(&e)));
+                        .or_insert_with(|| format!("cannot {what}: {e}{}", e.hint()));
                 }
                 (Err(e), None) => warn!("cannot {what}: {e}"),
             }
         }
+        if !refused.is_empty() {
+            self.schedule_retry();
+        }
         Ok(refused)
     }
-}
 
-fn hint(e: &XfrmError) -> &'static str {
-    match e {
-        XfrmError::Kernel { errno }
-            if *errno == libc::ENOSYS || *errno == libc::EPROTONOSUPPORT =>
-        {
-            "; the kernel lacks ESP or AES-GCM support (esp4/esp6, gcm modules)"
+    /// Asks for a retry pass in [`RETRY_REFUSED_AFTER`], unless one is already scheduled.
+    fn schedule_retry(&mut self) {
+        if self.retry_timer.as_ref().is_some_and(|t| !t.is_finished()) {
+            return;
         }
-        _ => "",
+        let (due, events) = (Arc::clone(&self.retry_due), self.events_tx.clone());
+        self.retry_timer = Some(tokio::spawn(async move {
+            tokio::time::sleep(RETRY_REFUSED_AFTER).await;
+            due.store(true, Ordering::Relaxed);
+            // A full channel already asks for a pass.
+            let _ = events.try_send(BackendEvent::StateChanged);
+        }));
     }
 }
 
@@ -214,7 +245,8 @@ impl Backend for XfrmBackend {
             }
         }
         match self.observe_guards().await {
-            Ok(g) => obs.guards = g,
+            Ok(Some(l)) => (obs.guards, obs.esp_seen) = (Some(l.guards), l.esp_seen),
+            Ok(None) => {}
             Err(e) => obs.nft_error = Some(e),
         }
         let before = self.retiring.deadlines.len();
@@ -225,6 +257,15 @@ impl Backend for XfrmBackend {
             warn!("{e}");
         }
         obs.retiring = self.retiring.deadlines.clone();
+        // A retry pass asks the kernel again for every refused SA; the refusals before it
+        // are kept only to tell a repeat from a new error. SAs that exist are no longer refused.
+        if self.retry_due.swap(false, Ordering::Relaxed) {
+            self.retried = std::mem::take(&mut self.refused);
+        }
+        if self.refused.keys().any(|id| obs.sas.contains_key(id)) {
+            Arc::make_mut(&mut self.refused).retain(|id, _| !obs.sas.contains_key(id));
+        }
+        obs.refused = Arc::clone(&self.refused);
         Ok(obs)
     }
 
@@ -241,7 +282,7 @@ impl Backend for XfrmBackend {
         let (mut sa_in, mut sa_out, mut set, mut del_pol, mut del_sa) =
             (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
         let mut guard_script = String::new();
-        let mut out_ids = Vec::new();
+        let (mut in_ids, mut out_ids) = (Vec::new(), Vec::new());
         let mut retired = false;
         for a in &actions {
             match a {
@@ -253,36 +294,31 @@ impl Backend for XfrmBackend {
                     return Ok(report);
                 }
                 Action::AddSa { tunnel, dir, sa } => {
-                    let entry = (
-                        Some(tunnel.as_str()),
-                        format!("add {dir} SA {}", sa.id),
-                        Op::AddSa(sa),
-                    );
+                    let entry = (Some(tunnel.as_str()), Op::AddSa(*dir, sa));
                     match dir {
-                        Dir::In => sa_in.push(entry),
+                        Dir::In => {
+                            in_ids.push(sa.id);
+                            sa_in.push(entry);
+                        }
                         Dir::Out => {
                             out_ids.push(sa.id);
                             sa_out.push(entry);
                         }
                     }
                 }
-                Action::SetPolicy { tunnel, id, spi } => set.push((
-                    Some(tunnel.as_str()),
-                    format!("set {id} policy"),
-                    Op::SetPolicy { id: *id, spi: *spi },
-                )),
+                Action::SetPolicy { tunnel, id, spi } => {
+                    set.push((Some(tunnel.as_str()), Op::SetPolicy { id: *id, spi: *spi }))
+                }
                 Action::Guard { create, add, del } => {
                     guard_script.push_str(&nft::script(*create, add, del));
                 }
-                Action::DelPolicy(id) => {
-                    del_pol.push((None, format!("remove {id} policy"), Op::DelPolicy(*id)))
-                }
+                Action::DelPolicy(id) => del_pol.push((None, Op::DelPolicy(*id))),
                 Action::Retire(id) => {
                     self.retiring.retire(*id, Instant::now() + self.grace);
                     retired = true;
                     report.applied += 1;
                 }
-                Action::DelSa(id) => del_sa.push((None, format!("remove SA {id}"), Op::DelSa(*id))),
+                Action::DelSa(id) => del_sa.push((None, Op::DelSa(*id))),
             }
         }
         if retired && let Err(e) = self.retiring.save() {
@@ -290,24 +326,19 @@ impl Backend for XfrmBackend {
         }
         // Written down (and synced) before the SAs exist: see generation.rs.
         if let Err(e) = self.generation.record(&out_ids) {
-            for (t, _, _) in &sa_out {
+            for (t, _) in &sa_out {
                 if let Some(t) = t {
                     report.errors.insert((*t).to_owned(), e.to_string());
                 }
             }
             sa_out.clear();
         }
-        self.write(sa_in, &mut report).await?;
-        let refused: Vec<SaId> = self
-            .write(sa_out, &mut report)
-            .await?
-            .into_iter()
-            .filter_map(|i| out_ids.get(i).copied())
-            .collect();
+        self.write(sa_in, &in_ids, &mut report).await?;
+        let refused = self.write(sa_out, &out_ids, &mut report).await?;
         if let Err(e) = self.generation.unrecord(&refused) {
             warn!("{e}");
         }
-        self.write(set, &mut report).await?;
+        self.write(set, &[], &mut report).await?;
         if !guard_script.is_empty() {
             let run = self
                 .nft("update the nftables guard")
@@ -328,7 +359,7 @@ impl Backend for XfrmBackend {
             }
         }
         for batch in [del_pol, del_sa] {
-            self.write(batch, &mut report).await?;
+            self.write(batch, &[], &mut report).await?;
         }
         Ok(report)
     }
@@ -343,15 +374,11 @@ impl Backend for XfrmBackend {
         let pols = obs
             .policies
             .keys()
-            .map(|id| (None, format!("remove {id} policy"), Op::DelPolicy(*id)))
+            .map(|id| (None, Op::DelPolicy(*id)))
             .collect();
-        self.write(pols, &mut report).await?;
-        let sas = obs
-            .sas
-            .keys()
-            .map(|id| (None, format!("remove SA {id}"), Op::DelSa(*id)))
-            .collect();
-        self.write(sas, &mut report).await?;
+        self.write(pols, &[], &mut report).await?;
+        let sas = obs.sas.keys().map(|id| (None, Op::DelSa(*id))).collect();
+        self.write(sas, &[], &mut report).await?;
         if obs.guards.is_some() {
             let del = self
                 .nft("remove the nftables guard")

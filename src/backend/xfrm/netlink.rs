@@ -2,8 +2,8 @@
 //! [`super::types`] values (dropping key bytes at once), and keep nothing of an error but the
 //! kernel's error code. The batching socket underneath is [`super::socket`].
 
+use std::fmt;
 use std::net::IpAddr;
-
 use std::time::Duration;
 
 use super::error::XfrmError;
@@ -42,13 +42,25 @@ pub struct DumpedSa {
     pub stats: SaStats,
 }
 
-/// One write to the kernel.
+/// One write to the kernel. Its `Display` (what failed, in an error) is only formatted when
+/// it fails: a cold start of 10,000 tunnels is 40,000 writes.
 #[derive(Debug)]
 pub enum Op<'a> {
-    AddSa(&'a SaWant),
+    AddSa(Dir, &'a SaWant),
     SetPolicy { id: PolicyId, spi: u32 },
     DelPolicy(PolicyId),
     DelSa(SaId),
+}
+
+impl fmt::Display for Op<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Op::AddSa(dir, sa) => write!(f, "add {dir} SA {}", sa.id),
+            Op::SetPolicy { id, .. } => write!(f, "set {id} policy"),
+            Op::DelPolicy(id) => write!(f, "remove {id} policy"),
+            Op::DelSa(id) => write!(f, "remove SA {id}"),
+        }
+    }
 }
 
 /// Our XFRM requests over one [`Socket`].
@@ -66,27 +78,23 @@ impl Xfrm {
 
     pub async fn dump_policies(&mut self) -> Result<Vec<DumpedPolicy>, XfrmError> {
         let msg = XfrmMessage::GetPolicy(policy::DelGetMessage::default());
-        let replies = self.socket.dump(msg, NLM_F_REQUEST | NLM_F_DUMP).await?;
-        Ok(replies
-            .into_iter()
-            .filter_map(|m| match m {
+        self.socket
+            .dump(msg, NLM_F_REQUEST | NLM_F_DUMP, |m| match m {
                 XfrmMessage::AddPolicy(p) => Some(dumped_policy(&p.user_policy_info, &p.nlas)),
                 _ => None,
             })
-            .collect())
+            .await
     }
 
+    /// Each reply holds the SA's key: only the few fields we need are kept, as it arrives.
     pub async fn dump_sas(&mut self) -> Result<Vec<DumpedSa>, XfrmError> {
         let msg = XfrmMessage::GetDumpSa(state::GetDumpMessage::default());
-        let replies = self.socket.dump(msg, NLM_F_REQUEST | NLM_F_DUMP).await?;
-        // Each reply holds the SA's key: keep the few fields we need and drop the rest here.
-        Ok(replies
-            .into_iter()
-            .filter_map(|m| match m {
+        self.socket
+            .dump(msg, NLM_F_REQUEST | NLM_F_DUMP, |m| match m {
                 XfrmMessage::AddSa(s) => dumped_sa(&s.user_sa_info, &s.nlas),
                 _ => None,
             })
-            .collect())
+            .await
     }
 
     /// Runs `ops` in batches; one result per op, in order.
@@ -102,7 +110,7 @@ impl Xfrm {
 fn message(op: &Op<'_>) -> (XfrmMessage, u16) {
     let write = NLM_F_REQUEST;
     match op {
-        Op::AddSa(sa) => (add_sa(sa), write | NLM_F_CREATE | NLM_F_EXCL),
+        Op::AddSa(_, sa) => (add_sa(sa), write | NLM_F_CREATE | NLM_F_EXCL),
         Op::SetPolicy { id, spi } => (set_policy(id, *spi), write),
         Op::DelPolicy(id) => (
             XfrmMessage::DeletePolicy(policy::DelGetMessage {
@@ -383,7 +391,7 @@ mod tests {
         );
         let d = dumped_sa(&m.user_sa_info, &m.nlas).unwrap();
         assert_eq!((d.id, d.ours), (sa.id, true));
-        assert!(!format!("{:?}", Op::AddSa(&sa)).contains("90, 90"));
+        assert!(!format!("{:?}", Op::AddSa(Dir::In, &sa)).contains("90, 90"));
     }
 
     #[test]

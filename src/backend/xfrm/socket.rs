@@ -81,12 +81,14 @@ impl Socket {
         results
     }
 
-    /// Runs one dump request; returns every message of the answer.
-    pub async fn dump(
+    /// Runs one dump request; `keep` turns each message of the answer into what the caller
+    /// needs as it arrives, so a dump of 20,000 policies never holds 20,000 parsed messages.
+    pub async fn dump<T>(
         &mut self,
         msg: XfrmMessage,
         flags: u16,
-    ) -> Result<Vec<XfrmMessage>, XfrmError> {
+        mut keep: impl FnMut(XfrmMessage) -> Option<T> + Send,
+    ) -> Result<Vec<T>, XfrmError> {
         let m = self.message(msg, flags);
         let seq = m.header.sequence_number;
         self.send(&[m]).await?;
@@ -98,7 +100,7 @@ impl Socket {
                     continue;
                 }
                 match reply.payload {
-                    NetlinkPayload::InnerMessage(m) => out.push(m),
+                    NetlinkPayload::InnerMessage(m) => out.extend(keep(m)),
                     NetlinkPayload::Done(_) => done = true,
                     NetlinkPayload::Error(e) => match e.code {
                         Some(code) => return Err(kernel(code.get())),

@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 
+use super::error::XfrmError;
 use super::types::{Guard, Observed, SaId, generation_hex};
 use super::want::{TunnelWant, WAITING_FOR_PEER, Wants};
 use crate::backend::{LiveState, LiveStatus};
@@ -51,15 +52,32 @@ fn tunnel_status(w: &TunnelWant, obs: &Observed) -> LiveStatus {
     if !guarded {
         missing.push("nftables guard");
     }
-    let mut st = match (&w.in_sa, missing.is_empty(), &obs.nft_error) {
-        (None, _, _) => down(WAITING_FOR_PEER.to_owned()),
-        (Some(_), true, _) => LiveStatus::new(LiveState::Up),
-        (Some(_), false, Some(e)) if !guarded => {
-            let mut st = LiveStatus::new(LiveState::Error);
-            st.error = Some(format!("nftables guard: {e}"));
-            st
+    let unknown = unknown_peer_spis(w, obs);
+    let refused = w
+        .sas()
+        .filter(|(_, s)| !has_sa(&s.id))
+        .find_map(|(d, s)| Some((d, s.id, obs.refused.get(&s.id)?.errno)));
+    let mut st = if let Some((d, id, errno)) = refused {
+        // Worded as the apply error of the pass that was refused, so OVSDB is not rewritten.
+        let e = XfrmError::Kernel { errno };
+        let mut st = LiveStatus::new(LiveState::Error);
+        st.error = Some(format!("cannot add {d} SA {id}: {e}{}", e.hint()));
+        st
+    } else {
+        match (&w.in_sa, missing.is_empty(), &obs.nft_error) {
+            (None, _, _) => down(WAITING_FOR_PEER.to_owned()),
+            (Some(_), true, _) if !unknown.is_empty() => down(format!(
+                "the peer sends ESP with SPI {} for which no key is installed here: its key generation changed (a reboot?) or its PSK differs; relay its external_ids:ipsec-generation into options:ipsec_peer_generation. Its packets are dropped until then",
+                unknown.join(", ")
+            )),
+            (Some(_), true, _) => LiveStatus::new(LiveState::Up),
+            (Some(_), false, Some(e)) if !guarded => {
+                let mut st = LiveStatus::new(LiveState::Error);
+                st.error = Some(format!("nftables guard: {e}"));
+                st
+            }
+            (Some(_), false, _) => down(format!("not installed: {}", missing.join(", "))),
         }
-        (Some(_), false, _) => down(format!("not installed: {}", missing.join(", "))),
     };
     st.keys
         .insert(keys::GENERATION, generation_hex(&obs.generation));
@@ -77,6 +95,17 @@ fn tunnel_status(w: &TunnelWant, obs: &Observed) -> LiveStatus {
         .collect();
     st.details = details(w, obs, guarded);
     st
+}
+
+/// SPIs that recently arrived from the peer and that no SA here (ours or foreign) knows: the
+/// peer sends with a key we cannot derive, and the kernel drops those packets.
+fn unknown_peer_spis(w: &TunnelWant, obs: &Observed) -> Vec<String> {
+    obs.esp_seen
+        .iter()
+        .filter(|s| s.src == w.out_flow.dst && s.dst == w.out_flow.src)
+        .filter(|s| !obs.sas.contains_key(s) && !obs.foreign_sas.contains(&(s.dst, s.spi)))
+        .map(|s| format!("0x{:08x}", s.spi))
+        .collect()
 }
 
 fn down(reason: String) -> LiveStatus {

@@ -89,7 +89,8 @@ pub fn plan(wants: &Wants, obs: &Observed) -> Vec<Action> {
         for (name, w) in ok() {
             for (d, sa) in w.sas().filter(|(d, _)| *d == dir) {
                 wanted_sas.insert(sa.id);
-                if !obs.sas.contains_key(&sa.id) {
+                // A refused add waits for the backend's retry pass (see `Refusal`).
+                if !obs.sas.contains_key(&sa.id) && !obs.refused.contains_key(&sa.id) {
                     actions.push(Action::AddSa {
                         tunnel: name.clone(),
                         dir: d,

@@ -289,3 +289,85 @@ fn conflicts_fail_the_tunnel_and_touch_nothing_foreign() {
     );
     assert!(!format!("{actions:?}").contains("\"a\""));
 }
+
+#[test]
+fn a_peer_sending_with_an_unknown_spi_puts_the_tunnel_down_with_the_reason() {
+    use crate::backend::LiveState;
+    use crate::backend::xfrm::status::status;
+    let d = desired(vec![conf("t1", "192.0.2.2", "a", None)]);
+    let mut obs = empty();
+    converge(&d, &mut obs);
+    let in_sa = resolve(&d, &obs)["t1"].as_ref().unwrap().in_sa.clone();
+    let seen = |spi| SaId {
+        src: "192.0.2.2".parse().unwrap(),
+        dst: "192.0.2.1".parse().unwrap(),
+        spi,
+    };
+    // The peer's current key, and an unknown SPI from some other host: still up.
+    obs.esp_seen.insert(in_sa.unwrap().id);
+    obs.esp_seen.insert(SaId {
+        src: "192.0.2.9".parse().unwrap(),
+        ..seen(0x999)
+    });
+    assert_eq!(status(&resolve(&d, &obs), &obs)["t1"].state, LiveState::Up);
+    // The peer rebooted and sends under a generation we have not been told.
+    obs.esp_seen.insert(seen(0x1234));
+    let st = &status(&resolve(&d, &obs), &obs)["t1"];
+    assert_eq!(st.state, LiveState::Down);
+    let why = st.error.as_deref().unwrap();
+    assert!(why.contains("SPI 0x00001234") && why.contains("options:ipsec_peer_generation"));
+    // Nothing to do about it in the kernel: the planner stays converged.
+    assert!(converge(&d, &mut obs).is_empty());
+}
+
+#[test]
+fn refused_sas_wait_for_their_retry_so_one_new_tunnel_costs_only_its_own_actions() {
+    use crate::backend::xfrm::types::Refusal;
+    let mut confs: Vec<TunnelConf> = (10..60)
+        .map(|i| conf(&format!("t{i}"), &format!("192.0.2.{i}"), "a", None))
+        .collect();
+    let d = desired(confs.clone());
+    let mut obs = empty();
+    let now = Instant::now();
+    obs.now = Some(now);
+    let first = plan(&resolve(&d, &obs), &obs);
+    // The kernel (no esp4) refuses every SA: everything else is installed.
+    for a in &first {
+        match a {
+            Action::AddSa { sa, .. } => {
+                Arc::make_mut(&mut obs.refused).insert(
+                    sa.id,
+                    Refusal {
+                        errno: libc::ENOSYS,
+                    },
+                );
+            }
+            _ => simulate(&mut obs, std::slice::from_ref(a)),
+        }
+    }
+    assert!(plan(&resolve(&d, &obs), &obs).is_empty());
+    let st = crate::backend::xfrm::status::status(&resolve(&d, &obs), &obs);
+    let t10 = &st["t10"];
+    assert_eq!(t10.state, crate::backend::LiveState::Error);
+    let why = t10.error.as_deref().unwrap();
+    assert!(
+        why.contains("cannot add in SA") && why.contains("esp4"),
+        "{why}"
+    );
+    // One more tunnel: its own two SAs, two policies and one guard element, nothing else.
+    confs.push(conf("t99", "192.0.2.99", "a", None));
+    let d = desired(confs);
+    assert_eq!(
+        kinds(&plan(&resolve(&d, &obs), &obs)),
+        [
+            "add-sa-in",
+            "add-sa-out",
+            "policy-out",
+            "policy-in",
+            "guardfalse+1-0"
+        ]
+    );
+    // The backend's retry pass (it no longer shares the refusals): every SA is tried again.
+    obs.refused = Arc::default();
+    assert_eq!(plan(&resolve(&d, &obs), &obs).len(), 2 * 51 + 3);
+}
