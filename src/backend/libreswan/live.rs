@@ -47,18 +47,20 @@ fn tunnel(t: &DesiredTunnel, observed: &Observed) -> LiveStatus {
             LiveState::Down,
             Some(format!("not loaded in pluto: {}", not_loaded.join(", "))),
         )
+    } else if !ike_up.is_empty() {
+        // pluto 5 keeps retrying a Child SA the kernel refused (NEW_CHILD_I1): say both.
+        let mut why = format!(
+            "IKE SA established but no IPsec SA for {}",
+            not_active.join(", ")
+        );
+        if !in_progress.is_empty() {
+            why.push_str(&format!("; negotiating: {}", in_progress.join(", ")));
+        }
+        (LiveState::Negotiating, Some(why))
     } else if !in_progress.is_empty() {
         (
             LiveState::Negotiating,
             Some(format!("negotiating: {}", in_progress.join(", "))),
-        )
-    } else if !ike_up.is_empty() {
-        (
-            LiveState::Negotiating,
-            Some(format!(
-                "IKE SA established but no IPsec SA for {}",
-                not_active.join(", ")
-            )),
         )
     } else if pending {
         (LiveState::Negotiating, None)

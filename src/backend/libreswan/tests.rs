@@ -617,6 +617,25 @@ fn an_inbound_conn_is_not_initiated_while_the_peers_ike_sa_is_up() {
 }
 
 #[test]
+fn an_ike_sa_with_a_child_sa_still_retried_says_both() {
+    // pluto 5 on a kernel without ESP: IKE SA up, the refused Child SA retried (NEW_CHILD_I1).
+    let mut o = observed(&["tun-in-1", "tun-out-1"], &[]);
+    o.pluto.ike_up.extend([conn("tun-in-1"), conn("tun-out-1")]);
+    o.pluto
+        .negotiating
+        .insert(conn("tun-out-1"), "NEW_CHILD_I1".into());
+    let live = super::live::status(&tun(), &o);
+    assert_eq!(live["tun"].state, crate::backend::LiveState::Negotiating);
+    assert_eq!(
+        live["tun"].error.as_deref(),
+        Some(
+            "IKE SA established but no IPsec SA for tun-in-1, tun-out-1; \
+             negotiating: tun-out-1 (NEW_CHILD_I1)"
+        )
+    );
+}
+
+#[test]
 fn a_tunnel_with_a_half_open_ike_sa_is_negotiating_with_the_state_as_reason() {
     for (version, state) in [(4, "STATE_V2_PARENT_I2"), (5, "IKE_AUTH_I")] {
         let mut o = half_open(version, "initiator");
