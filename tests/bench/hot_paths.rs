@@ -233,7 +233,7 @@ fn vici_change(n: usize, reps: u32) -> [Duration; 4] {
         let actions = vplan::plan_with(&memo, desired, &observed);
         phases[1].push(t.elapsed());
         assert!(
-            !events.is_empty() && actions.len() == 3,
+            !events.is_empty() && !actions.is_empty(),
             "the change is seen"
         );
         converge(&mut observed, desired, &actions);
