@@ -1,7 +1,7 @@
 //! The main loop: reacts to OVSDB changes, control commands, backend events, signals and the
 //! periodic timer. It owns the registry, the last pass outcome and the backend.
 
-use std::collections::BTreeMap;
+use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
@@ -10,6 +10,7 @@ use tracing::{Level, debug, error, info, warn};
 
 use super::monitor_keys::MonitorKeys;
 use super::pass::{self, PassOutcome};
+use super::status_scope::StatusScope;
 use crate::backend::files;
 use crate::backend::{Backend, BackendEvent, StartOptions};
 use crate::control::show;
@@ -19,7 +20,8 @@ use crate::daemon::{SignalEvent, Signals};
 use crate::logging::LogHandle;
 use crate::model::cert::FsCertSource;
 use crate::model::registry::{ModelEvent, Registry};
-use crate::model::{Desired, Tunnel, rows, versions};
+use crate::model::rows::{self, Rows};
+use crate::model::versions;
 use crate::ovsdb::client::{Client, DbEvent};
 use crate::status;
 
@@ -54,7 +56,12 @@ pub struct EventLoop<B: Backend> {
     log: LogHandle,
     registry: Registry,
     certs: FsCertSource,
-    desired: Desired,
+    /// The typed rows, refreshed from the replica's changes (see [`Rows`]).
+    rows: Rows,
+    /// Names of the rows changed since the model last looked; `None`: every row.
+    model_dirty: Option<BTreeSet<String>>,
+    /// [`Registry::generation`] at the last model rebuild.
+    generation: u64,
     outcome: PassOutcome,
     monitor_keys: MonitorKeys,
     /// True once the model has been built from a synced replica. Before that the desired
@@ -62,8 +69,8 @@ pub struct EventLoop<B: Backend> {
     model_ready: bool,
     /// True once the first pass after the initial OVSDB sync has been applied.
     ready: bool,
-    /// Interface rows the replica showed at the last status pass (see `status::forget`).
-    seen_rows: std::collections::BTreeSet<String>,
+    /// Which rows the next status pass must look at.
+    status_scope: StatusScope,
     /// Where tunnel versions are saved across restarts (see `model::versions`).
     versions_file: std::path::PathBuf,
     /// When a failed status write should be retried.
@@ -108,12 +115,14 @@ impl<B: Backend> EventLoop<B> {
             log,
             registry,
             certs: FsCertSource::new(),
-            desired: Desired::default(),
+            rows: Rows::default(),
+            model_dirty: None,
+            generation: 0,
             outcome: PassOutcome::default(),
             monitor_keys,
             model_ready: false,
             ready: false,
-            seen_rows: Default::default(),
+            status_scope: StatusScope::default(),
             versions_file,
             status_retry: None,
             tick,
@@ -185,7 +194,9 @@ impl<B: Backend> EventLoop<B> {
             work.status = true;
         }
         if work.pass && self.model_ready {
-            self.outcome = pass::run(&mut self.backend, &self.desired).await;
+            let outcome = pass::run(&mut self.backend, self.registry.desired()).await;
+            self.status_scope.outcome_changed(&self.outcome, &outcome);
+            self.outcome = outcome;
             if self.outcome.backend_error.is_none() {
                 self.monitor_keys.reconciled(self.outcome.applied > 0);
             }
@@ -194,7 +205,10 @@ impl<B: Backend> EventLoop<B> {
                 self.ready = true;
                 self.mark_detached();
                 crate::daemon::notify::ready();
-                info!("first pass applied: {} tunnels", self.desired.tunnels.len());
+                info!(
+                    "first pass applied: {} tunnels",
+                    self.registry.desired().tunnels.len()
+                );
             }
         }
         if work.status {
@@ -209,25 +223,42 @@ impl<B: Backend> EventLoop<B> {
         }
     }
 
-    /// Re-evaluates the model from the replica; true when the desired state changed.
-    fn rebuild_model(&mut self) -> bool {
-        let (ovs, ifaces) = self
+    /// Brings the typed rows in line with the replica, and notes what changed for the model.
+    fn sync_rows(&mut self) {
+        let kept = &mut self.rows;
+        let touched = self
             .client
-            .with_replica(|r| (rows::open_vswitch(r), rows::interfaces(r)));
-        let events = self.registry.update(ovs.as_ref(), &ifaces, &mut self.certs);
+            .with_changes(|r, changes| kept.refresh(r, &changes));
+        match (&touched, &mut self.model_dirty) {
+            (None, dirty) => *dirty = None,
+            (Some(t), Some(dirty)) => dirty.extend(t.names.iter().cloned()),
+            (Some(_), None) => {}
+        }
+        self.status_scope.rows_changed(touched.as_ref());
+    }
+
+    /// Re-evaluates the model from the rows that changed; true when the desired state changed.
+    fn rebuild_model(&mut self) -> bool {
+        self.sync_rows();
+        let dirty = self.model_dirty.replace(BTreeSet::new());
+        let events = self.registry.update_changed(
+            self.rows.open_vswitch(),
+            &self.rows,
+            dirty.as_ref(),
+            &mut self.certs,
+        );
         self.model_ready = true;
+        self.status_scope.tunnels_changed(dirty.as_ref());
         for ev in &events {
             log_event(ev);
+            self.status_scope
+                .tunnels_changed(Some([ev.tunnel()].into_iter().flatten()));
         }
         if !events.is_empty() {
             self.save_versions();
         }
-        let desired = self.registry.desired();
-        if desired == self.desired {
-            return false;
-        }
-        self.desired = desired;
-        true
+        let generation = self.registry.generation();
+        std::mem::replace(&mut self.generation, generation) != generation
     }
 
     fn save_versions(&self) {
@@ -241,49 +272,40 @@ impl<B: Backend> EventLoop<B> {
 
     async fn write_status(&mut self) {
         self.status_retry = None;
-        let tunnels: BTreeMap<String, Tunnel> = self
-            .registry
-            .tunnels()
-            .map(|t| (t.name.clone(), t.clone()))
-            .collect();
+        self.sync_rows();
         let error = self
             .registry
             .global_error()
             .map(str::to_owned)
             .or_else(|| self.outcome.backend_error.clone());
         let monitor = self.monitor_keys.keys(error);
-        let (mut ops, present) = self.client.with_replica(|r| {
-            let ifaces = rows::interfaces(r);
-            let ovs = rows::open_vswitch(r);
-            let ops = status::plan(&status::StatusInput {
-                interfaces: &ifaces,
-                open_vswitch: ovs.as_ref(),
-                tunnels: &tunnels,
-                live: &self.outcome.live,
-                apply_errors: &self.outcome.apply_errors,
-                monitor,
-            });
-            let present: std::collections::BTreeSet<String> =
-                ifaces.into_iter().map(|i| i.uuid).collect();
-            (ops, present)
+        let candidates = self.status_scope.candidates(&self.rows);
+        let mut ops = status::plan(&status::StatusInput {
+            interfaces: candidates.into_iter(),
+            open_vswitch: self.rows.open_vswitch(),
+            tunnels: self.registry.tunnel_map(),
+            live: &self.outcome.live,
+            apply_errors: &self.outcome.apply_errors,
+            monitor,
         });
         ops.extend(
-            self.seen_rows
-                .difference(&present)
-                .map(|uuid| status::forget(uuid)),
+            self.status_scope
+                .vanished(&self.rows)
+                .into_iter()
+                .map(status::forget),
         );
         if !self.client.is_connected() {
             return;
         }
         if ops.is_empty() {
-            self.seen_rows = present;
+            self.status_scope.written(&self.rows);
             return;
         }
         let n = ops.len();
         match self.client.transact(ops).await {
             Ok(_) => {
                 debug!("status: updated {n} rows");
-                self.seen_rows = present;
+                self.status_scope.written(&self.rows);
             }
             Err(e) => {
                 warn!("cannot write tunnel status to OVSDB: {e}");

@@ -9,6 +9,7 @@ mod event_loop;
 mod monitor_keys;
 mod pass;
 mod setup;
+mod status_scope;
 
 pub use setup::main_entry;
 

@@ -42,6 +42,9 @@ pub async fn run<B: Backend>(backend: &mut B, desired: &Desired) -> PassOutcome 
     for a in &actions {
         debug!("{a}");
     }
+    // A backend may share parts of its observation with its own state (VICI): dropped
+    // before `apply` changes that state, they are not copied.
+    drop(observed);
     let report = match backend.apply(desired, actions).await {
         Ok(r) => r,
         Err(e) => {

@@ -15,7 +15,7 @@
 //! - Invalid tunnels stay in the registry so `tunnels/show` and the OVSDB status can show
 //!   why; only [`Registry::desired`] leaves them out.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 use std::hash::{BuildHasher, RandomState};
 use std::sync::Arc;
@@ -24,7 +24,7 @@ use tracing::Level;
 
 use super::cert::CertSource;
 use super::grammar::{self, shown_name};
-use super::rows::{InterfaceRow, OpenVSwitchRow};
+use super::rows::{InterfaceRow, OpenVSwitchRow, Rows};
 use super::types::{Desired, DesiredTunnel, Global, Tunnel, Validity};
 use super::validate;
 use super::versions::{self, SavedVersion, SavedVersions};
@@ -61,6 +61,17 @@ pub enum ModelEvent {
 }
 
 impl ModelEvent {
+    /// The tunnel the event is about; `None` for global settings.
+    pub fn tunnel(&self) -> Option<&String> {
+        match self {
+            Self::Appeared { name }
+            | Self::Changed { name, .. }
+            | Self::Disappeared { name }
+            | Self::Invalid { name, .. } => Some(name),
+            Self::GlobalPkiInvalid { .. } | Self::SkbMarkInvalid { .. } => None,
+        }
+    }
+
     pub fn level(&self) -> Level {
         match self {
             Self::Appeared { .. } | Self::Changed { .. } | Self::Disappeared { .. } => Level::INFO,
@@ -110,6 +121,15 @@ pub struct Registry {
     seed: SavedVersions,
     /// Fingerprints of the rows last validated, by tunnel name (see [`Registry::fingerprint`]).
     memo: HashMap<String, u64>,
+    /// Tunnels whose rows have no fingerprint: validated on every update.
+    unmemoized: BTreeSet<String>,
+    /// What [`Registry::desired`] returns, kept in step with `tunnels` and `global`.
+    desired: Desired,
+    /// Grows whenever `desired` changes.
+    generation: u64,
+    /// Each tunnel's version and digest, kept as tunnels change: a digest costs a SHA-256,
+    /// and the file is saved after every change.
+    saved: SavedVersions,
     /// Random keys, so that no OVSDB content can be crafted to collide with another.
     hasher: RandomState,
 }
@@ -126,17 +146,8 @@ impl Registry {
     }
 
     /// What to save so that a restarted monitor keeps the versions.
-    pub fn saved_versions(&self) -> SavedVersions {
-        self.tunnels
-            .values()
-            .map(|t| {
-                let saved = SavedVersion {
-                    version: t.version,
-                    digest: versions::digest(&t.validity),
-                };
-                (t.name.clone(), saved)
-            })
-            .collect()
+    pub fn saved_versions(&self) -> &SavedVersions {
+        &self.saved
     }
 
     /// Re-evaluates every row against the current OVSDB contents. `ovs` is `None` before
@@ -151,6 +162,44 @@ impl Registry {
         if let Some(ovs) = ovs {
             self.update_global(&ovs.other_config, certs, &mut events);
         }
+        self.evaluate_all(interfaces, certs, &mut events);
+        events
+    }
+
+    /// [`Registry::update`] after a change that touched only the rows whose names (before or
+    /// after) are in `names` (`None`: any row may have changed), reading rows from `rows`.
+    /// Tunnels of other names keep their state without a look at their rows, so a one-row
+    /// change costs one validation and no pass over the other rows; certificate-mode tunnels
+    /// are validated again every time (see [`Registry::fingerprint`]), and a new PKI or the
+    /// first update (saved versions) evaluates everything. Same events, same state as
+    /// [`Registry::update`] with every row.
+    pub fn update_changed(
+        &mut self,
+        ovs: Option<&OpenVSwitchRow>,
+        rows: &Rows,
+        names: Option<&BTreeSet<String>>,
+        certs: &mut dyn CertSource,
+    ) -> Vec<ModelEvent> {
+        let mut events = Vec::new();
+        let pki = self.global.pki.clone();
+        if let Some(ovs) = ovs {
+            self.update_global(&ovs.other_config, certs, &mut events);
+        }
+        match names {
+            Some(names) if self.seed.is_empty() && self.global.pki == pki => {
+                self.evaluate_names(names, rows, certs, &mut events);
+            }
+            _ => self.evaluate_all(rows.interfaces(), certs, &mut events),
+        }
+        events
+    }
+
+    fn evaluate_all<'a>(
+        &mut self,
+        interfaces: impl IntoIterator<Item = &'a InterfaceRow>,
+        certs: &mut dyn CertSource,
+        events: &mut Vec<ModelEvent>,
+    ) {
         // By name, so events come in a stable order whatever the replica's order.
         let rows: BTreeMap<&str, &InterfaceRow> = interfaces
             .into_iter()
@@ -165,22 +214,106 @@ impl Registry {
             keep
         });
         self.memo.retain(|name, _| rows.contains_key(name.as_str()));
+        self.saved
+            .retain(|name, _| rows.contains_key(name.as_str()));
+        self.unmemoized
+            .retain(|name| rows.contains_key(name.as_str()));
         for (name, row) in rows {
-            let fingerprint = self.fingerprint(row);
-            if fingerprint.is_some() && self.memo.get(name) == fingerprint.as_ref() {
-                self.refresh(name, row);
-                continue;
-            }
-            let validity = validate::validate(row, self.global.pki.as_ref(), certs);
-            self.update_tunnel(name, row, validity, &mut events);
-            match fingerprint {
-                Some(f) => self.memo.insert(name.to_owned(), f),
-                None => self.memo.remove(name),
-            };
+            self.evaluate(name, row, certs, events);
         }
         // Saved versions of tunnels that are gone must not apply to a later namesake.
         self.seed.clear();
-        events
+        let tunnels: BTreeMap<String, DesiredTunnel> = self
+            .tunnels
+            .values()
+            .filter_map(|t| Some((t.name.clone(), desired_tunnel(t)?)))
+            .collect();
+        if tunnels != self.desired.tunnels {
+            self.desired.tunnels = tunnels;
+            self.generation += 1;
+        }
+        self.sync_global();
+    }
+
+    /// The tunnels called `names`, and every certificate-mode one; in the order and with the
+    /// events of [`Registry::evaluate_all`].
+    fn evaluate_names(
+        &mut self,
+        names: &BTreeSet<String>,
+        rows: &Rows,
+        certs: &mut dyn CertSource,
+        events: &mut Vec<ModelEvent>,
+    ) {
+        let todo: BTreeSet<String> = names.union(&self.unmemoized).cloned().collect();
+        // A name's row is the last of its IPsec rows by UUID, as in `evaluate_all`.
+        let winners: Vec<(&str, Option<&InterfaceRow>)> = todo
+            .iter()
+            .map(|name| {
+                let row = rows
+                    .named(name)
+                    .filter(|r| validate::is_ipsec_tunnel(r))
+                    .last();
+                (name.as_str(), row)
+            })
+            .collect();
+        for (name, _) in winners.iter().filter(|(_, row)| row.is_none()) {
+            if self.tunnels.remove(*name).is_some() {
+                events.push(ModelEvent::Disappeared {
+                    name: (*name).to_owned(),
+                });
+            }
+            self.memo.remove(*name);
+            self.unmemoized.remove(*name);
+            self.saved.remove(*name);
+        }
+        for (name, row) in winners {
+            if let Some(row) = row {
+                self.evaluate(name, row, certs, events);
+            }
+            let now = self.tunnels.get(name).and_then(desired_tunnel);
+            if self.desired.tunnels.get(name) != now.as_ref() {
+                self.generation += 1;
+                match now {
+                    Some(t) => self.desired.tunnels.insert(name.to_owned(), t),
+                    None => self.desired.tunnels.remove(name),
+                };
+            }
+        }
+        self.sync_global();
+    }
+
+    /// One IPsec row: validated again unless its fingerprint shows it unchanged.
+    fn evaluate(
+        &mut self,
+        name: &str,
+        row: &InterfaceRow,
+        certs: &mut dyn CertSource,
+        events: &mut Vec<ModelEvent>,
+    ) {
+        let fingerprint = self.fingerprint(row);
+        if fingerprint.is_some() && self.memo.get(name) == fingerprint.as_ref() {
+            self.refresh(name, row);
+            return;
+        }
+        let validity = validate::validate(row, self.global.pki.as_ref(), certs);
+        self.update_tunnel(name, row, validity, events);
+        match fingerprint {
+            Some(f) => {
+                self.memo.insert(name.to_owned(), f);
+                self.unmemoized.remove(name);
+            }
+            None => {
+                self.memo.remove(name);
+                self.unmemoized.insert(name.to_owned());
+            }
+        }
+    }
+
+    fn sync_global(&mut self) {
+        if self.desired.global != self.global {
+            self.desired.global = self.global.clone();
+            self.generation += 1;
+        }
     }
 
     /// What a row's validity is a function of, hashed: the row's configuration and the PKI
@@ -308,6 +441,13 @@ impl Registry {
                 true
             }
         };
+        if changed && let Some(t) = self.tunnels.get(name) {
+            let saved = SavedVersion {
+                version: t.version,
+                digest: versions::digest(&t.validity),
+            };
+            self.saved.insert(name.to_owned(), saved);
+        }
         if let Some(Validity::Invalid(reason)) = self.tunnels.get(name).map(|t| &t.validity)
             && changed
         {
@@ -322,6 +462,11 @@ impl Registry {
         self.tunnels.values()
     }
 
+    /// Every known tunnel, by name.
+    pub fn tunnel_map(&self) -> &BTreeMap<String, Tunnel> {
+        &self.tunnels
+    }
+
     pub fn global(&self) -> &Global {
         &self.global
     }
@@ -331,27 +476,23 @@ impl Registry {
         self.global_error.as_deref()
     }
 
-    /// The valid tunnels with their versions, and the global settings in force.
-    pub fn desired(&self) -> Desired {
-        Desired {
-            global: self.global.clone(),
-            tunnels: self
-                .tunnels
-                .values()
-                .filter_map(|t| {
-                    t.conf().map(|conf| {
-                        (
-                            t.name.clone(),
-                            DesiredTunnel {
-                                version: t.version,
-                                conf: Arc::clone(conf),
-                            },
-                        )
-                    })
-                })
-                .collect(),
-        }
+    /// The valid tunnels with their versions, and the global settings in force. Kept up to
+    /// date by every update, so reading it costs nothing.
+    pub fn desired(&self) -> &Desired {
+        &self.desired
     }
+
+    /// Changes whenever [`Registry::desired`] does: a cheap "has anything changed?".
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+}
+
+fn desired_tunnel(t: &Tunnel) -> Option<DesiredTunnel> {
+    t.conf().map(|conf| DesiredTunnel {
+        version: t.version,
+        conf: Arc::clone(conf),
+    })
 }
 
 /// Stores `new` in `slot`; returns an event when it is an error different from the last
@@ -654,7 +795,7 @@ mod tests {
         let mut c = certs();
         let cert = ca_row("cert");
         reg.update(Some(&ovs(PKI_A)), [&cert], &mut c);
-        let before = reg.desired();
+        let before = reg.desired().clone();
         let mut broken = PKI_A.to_vec();
         broken.retain(|(k, _)| *k != "private_key");
         broken.push(("ipsec_skb_mark", "2/3"));
@@ -926,7 +1067,74 @@ mod tests {
         ]
     }
 
+    /// Row variants for the incremental test: valid and invalid PSK rows, certificate rows,
+    /// a non-IPsec row, and a deleted row (`None`).
+    fn variant() -> impl Strategy<Value = Option<(&'static str, Vec<(&'static str, &'static str)>)>>
+    {
+        prop::sample::select(vec![
+            None,
+            Some(("geneve", vec![("remote_ip", "192.0.2.2"), ("psk", "k1")])),
+            Some(("geneve", vec![("remote_ip", "192.0.2.2"), ("psk", "k2")])),
+            Some(("gre", vec![("remote_ip", "192.0.2.9"), ("psk", "k1")])),
+            Some(("gre", vec![("psk", "k1")])),
+            Some((
+                "vxlan",
+                vec![("remote_ip", "10.0.0.1"), ("remote_cert", "/peer.pem")],
+            )),
+            Some((
+                "gre",
+                vec![("remote_ip", "192.0.2.3"), ("remote_name", "host2")],
+            )),
+            Some(("geneve", vec![("remote_ip", "192.0.2.2")])),
+        ])
+    }
+
     proptest! {
+        /// Updating only the rows a change touched gives the same events and the same state as
+        /// evaluating every row, whatever the sequence of inserts, renames (names collide on
+        /// purpose), deletes and PKI changes.
+        #[test]
+        fn incremental_updates_match_full_ones(
+            steps in prop::collection::vec(
+                (0..4usize, prop::sample::select(vec!["a", "b", "c"]), variant(), 0..4usize),
+                1..16,
+            ),
+        ) {
+            use crate::model::rows::{self, Rows};
+            use crate::ovsdb::Replica;
+            use serde_json::json;
+            let mut replica = Replica::new(Default::default());
+            let (mut kept, mut inc, mut full) = (Rows::default(), Registry::new(), Registry::new());
+            let mut c = certs();
+            for (i, name, row, pki) in steps {
+                let (before, was) = (inc.generation(), inc.desired().clone());
+                let uuid = format!("u{i}");
+                let mut update = json!({"Interface": {uuid.as_str(): {}}});
+                if let Some((kind, opts)) = row {
+                    update["Interface"][uuid.as_str()] = json!({"new": {
+                        "name": name, "type": kind, "options": ["map", opts]}});
+                }
+                let globals: [&[(&str, &str)]; 4] =
+                    [&[], PKI_A, PKI_B, &[("ipsec_skb_mark", "1/1")]];
+                let other = globals[pki];
+                update["Open_vSwitch"] = json!({"o": {"new": {"other_config": ["map", other]}}});
+                replica.apply_update(&update).unwrap();
+                let touched = { let c = replica.take_changes(); kept.refresh(&replica, &c) };
+                let ovs = rows::open_vswitch(&replica);
+                let a = inc.update_changed(
+                    kept.open_vswitch(), &kept, touched.as_ref().map(|t| &t.names), &mut c);
+                let b = full.update(ovs.as_ref(), &rows::interfaces(&replica), &mut c);
+                prop_assert_eq!(a, b);
+                prop_assert_eq!(inc.tunnels().collect::<Vec<_>>(), full.tunnels().collect::<Vec<_>>());
+                prop_assert_eq!(inc.desired(), full.desired());
+                prop_assert_eq!(inc.saved_versions(), full.saved_versions());
+                let fresh: SavedVersions = full.tunnels().map(|t| (t.name.clone(), SavedVersion {
+                    version: t.version, digest: versions::digest(&t.validity) })).collect();
+                prop_assert_eq!(full.saved_versions(), &fresh);
+                prop_assert_eq!(inc.generation() == before, inc.desired() == &was);
+            }
+        }
+
         /// Arbitrary rows never panic the model, and a valid tunnel never holds a field that
         /// breaks its grammar.
         #[test]
@@ -953,7 +1161,7 @@ mod tests {
             for line in texts(&events) {
                 prop_assert!(!line.contains(['\n', '\r', '\0']), "{line:?}");
             }
-            for (name, t) in reg.desired().tunnels {
+            for (name, t) in &reg.desired().tunnels {
                 let conf = &t.conf;
                 prop_assert!(grammar::interface_name(&name).is_ok());
                 prop_assert!(grammar::ip_address("r", &conf.remote_ip.to_string()).is_ok());

@@ -19,7 +19,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::error::OvsdbError;
 use super::monitor::{self, MONITOR_ID, MonitorMethod, MonitorReply};
 use super::remote::Remote;
-use super::replica::Replica;
+use super::replica::{Changes, Replica};
 use super::schema::{MonitoredTable, Schema};
 use super::session::{Reply, Session};
 use super::transact;
@@ -129,6 +129,19 @@ impl Client {
             .replica
             .lock()
             .unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// Read access to the replica with the rows changed since the previous call (see
+    /// [`Replica::take_changes`]). For the one reader that keeps derived state in step (the
+    /// daemon's model): a second such reader would take the first one's changes.
+    pub fn with_changes<R>(&self, f: impl FnOnce(&Replica, Changes) -> R) -> R {
+        let mut replica = self
+            .shared
+            .replica
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let changes = replica.take_changes();
+        f(&replica, changes)
     }
 
     pub fn is_connected(&self) -> bool {

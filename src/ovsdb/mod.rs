@@ -19,5 +19,5 @@ pub use client::{Client, ClientConfig, DbEvent, TableSpec};
 pub use error::OvsdbError;
 pub use monitor::{MonitorMethod, any_of};
 pub use remote::Remote;
-pub use replica::{Replica, Row};
+pub use replica::{Changes, Replica, Row};
 pub use transport::TlsFiles;

@@ -1,5 +1,9 @@
 //! The local copy of the monitored rows, kept current by `update`, `update2` and `update3`
 //! notifications.
+//!
+//! The replica also records which rows each update touched ([`Replica::take_changes`]), so
+//! that its reader can refresh what it derives from one changed row instead of from all N:
+//! a one-tunnel change must not cost a pass over 10,000 rows.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -52,6 +56,45 @@ pub struct Replica {
     tables: BTreeMap<String, BTreeMap<String, Row>>,
     /// Columns whose `update2` diff replaces the value (scalars, `min == max == 1`).
     scalars: BTreeSet<(String, String)>,
+    changes: Changes,
+}
+
+/// What changed in a replica since the last [`Replica::take_changes`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum Changes {
+    /// Anything may have changed (a new replica, a resync): read every row again.
+    All,
+    /// UUIDs of the rows inserted, modified or deleted, by table.
+    Rows(BTreeMap<String, BTreeSet<String>>),
+}
+
+impl Default for Changes {
+    fn default() -> Self {
+        Changes::All
+    }
+}
+
+impl Changes {
+    /// The UUIDs of `table` that changed; `None` when every row must be read again.
+    pub fn of(&self, table: &str) -> Option<impl Iterator<Item = &str>> {
+        match self {
+            Changes::All => None,
+            Changes::Rows(t) => Some(t.get(table).into_iter().flatten().map(String::as_str)),
+        }
+    }
+
+    /// Folds `later` into `self`.
+    pub fn merge(&mut self, later: Changes) {
+        match (&mut *self, later) {
+            (Changes::All, _) => {}
+            (_, Changes::All) => *self = Changes::All,
+            (Changes::Rows(mine), Changes::Rows(theirs)) => {
+                for (table, uuids) in theirs {
+                    mine.entry(table).or_default().extend(uuids);
+                }
+            }
+        }
+    }
 }
 
 impl Replica {
@@ -61,7 +104,13 @@ impl Replica {
         Self {
             tables: BTreeMap::new(),
             scalars,
+            changes: Changes::All,
         }
+    }
+
+    /// The rows changed since the previous call (everything, for a new replica).
+    pub fn take_changes(&mut self) -> Changes {
+        std::mem::replace(&mut self.changes, Changes::Rows(BTreeMap::new()))
     }
 
     pub fn table(&self, name: &str) -> impl Iterator<Item = (&str, &Row)> {
@@ -81,6 +130,7 @@ impl Replica {
 
     pub fn clear(&mut self) {
         self.tables.clear();
+        self.changes = Changes::All;
     }
 
     /// Applies `<table-updates>` of a plain `monitor` (RFC 7047 §4.1.6): `new` is the whole
@@ -141,6 +191,12 @@ impl Replica {
 
     fn apply_ops(&mut self, ops: Vec<(&str, &str, RowOp)>) {
         for (table, uuid, op) in ops {
+            if let Changes::Rows(changed) = &mut self.changes {
+                changed
+                    .entry(table.to_owned())
+                    .or_default()
+                    .insert(uuid.to_owned());
+            }
             let t = self.tables.entry(table.to_owned()).or_default();
             match op {
                 RowOp::Put(row) => {
@@ -219,6 +275,30 @@ mod tests {
         r.apply_update2(&json!({"Interface": {"u1": {"delete": null}}}))
             .unwrap();
         assert_eq!(r.len("Interface"), 0);
+    }
+
+    #[test]
+    fn changes_name_the_rows_each_update_touched() {
+        let mut r = Replica::new(scalars());
+        r.apply_update2(&json!({"Interface": {"u1": {"initial": {"name": "t1"}},
+            "u2": {"initial": {"name": "t2"}}}}))
+            .unwrap();
+        assert_eq!(
+            r.take_changes(),
+            Changes::All,
+            "a new replica is read whole"
+        );
+        assert_eq!(r.take_changes(), Changes::Rows(BTreeMap::new()));
+        r.apply_update2(&json!({"Interface": {"u2": {"modify": {"name": "t3"}}}}))
+            .unwrap();
+        r.apply_update2(&json!({"Interface": {"u1": {"delete": null}}}))
+            .unwrap();
+        let mut changes = r.take_changes();
+        let uuids: Vec<&str> = changes.of("Interface").unwrap().collect();
+        assert_eq!(uuids, ["u1", "u2"]);
+        assert_eq!(changes.of("Open_vSwitch").unwrap().count(), 0);
+        changes.merge(Changes::All);
+        assert!(changes.of("Interface").is_none());
     }
 
     #[test]

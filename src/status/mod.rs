@@ -103,9 +103,9 @@ pub fn row_mutation(
     }))
 }
 
-/// Inputs of one status pass.
-pub struct StatusInput<'a> {
-    pub interfaces: &'a [InterfaceRow],
+/// Inputs of one status pass. `I` iterates over the Interface rows (any order).
+pub struct StatusInput<'a, I> {
+    pub interfaces: I,
     pub open_vswitch: Option<&'a OpenVSwitchRow>,
     /// Known tunnels by name (valid and invalid).
     pub tunnels: &'a BTreeMap<String, Tunnel>,
@@ -116,9 +116,12 @@ pub struct StatusInput<'a> {
 }
 
 /// The operations of one status transaction; empty when OVSDB already shows everything.
-pub fn plan(input: &StatusInput<'_>) -> Vec<Value> {
+pub fn plan<'a, I>(input: &StatusInput<'a, I>) -> Vec<Value>
+where
+    I: Iterator<Item = &'a InterfaceRow> + Clone,
+{
     let mut ops = Vec::new();
-    for row in input.interfaces {
+    for row in input.interfaces.clone() {
         let wanted = match input.tunnels.get(&row.name) {
             Some(t) if t.uuid == row.uuid => tunnel_keys(
                 t,

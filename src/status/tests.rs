@@ -43,9 +43,9 @@ fn input<'a>(
     tunnels: &'a BTreeMap<String, Tunnel>,
     live: &'a BTreeMap<String, LiveStatus>,
     errors: &'a BTreeMap<String, String>,
-) -> StatusInput<'a> {
+) -> StatusInput<'a, std::slice::Iter<'a, InterfaceRow>> {
     StatusInput {
-        interfaces,
+        interfaces: interfaces.iter(),
         open_vswitch: None,
         tunnels,
         live,

@@ -3,9 +3,12 @@
 //!
 //! - `parse`: an `update2` notification of N Interface rows, from JSON text to the replica
 //!   (what a cold start or a reconnect costs).
-//! - `one change`: at N tunnels, one row modified: apply the one-row update, rebuild the typed
-//!   rows, re-evaluate the registry, compute the desired set, render strongSwan's ipsec.conf and
+//! - `one change`: at N tunnels, one row modified: apply the one-row update, refresh the typed
+//!   rows it touched, re-evaluate the registry for them, render strongSwan's ipsec.conf and
 //!   plan against the previous file (the work the daemon does for one `ovs-vsctl set`).
+//! - `VICI one change`: the same change as the VICI backend handles it with every tunnel up:
+//!   model, plan (memoised `load-conn` bodies), the backend's status from `list-sas`, and the
+//!   OVSDB status diff.
 //!
 //! `cargo bench --bench hot_paths` runs N ∈ {1000, 10000}; under `cargo test` it runs N = 100
 //! once so it cannot rot.
@@ -43,6 +46,20 @@ fn main() {
             ms(c.model),
             ms(c.render),
             ms(c.plan)
+        );
+    }
+    println!();
+    println!("| N | VICI one change: total | model | plan | backend status | OVSDB status |");
+    println!("|---:|---:|---:|---:|---:|---:|");
+    for &n in sizes {
+        let [model, plan, live, status] = vici_change(n, reps);
+        println!(
+            "| {n} | {:.2} ms | {:.2} ms | {:.2} ms | {:.2} ms | {:.2} ms |",
+            ms(model + plan + live + status),
+            ms(model),
+            ms(plan),
+            ms(live),
+            ms(status)
         );
     }
 }
@@ -120,9 +137,14 @@ fn one_change(n: usize, reps: u32) -> Change {
     let mut replica = Replica::new(scalars());
     replica.apply_update2(&v).unwrap();
     let templates = Templates::load(None, render::DEFAULTS).unwrap();
+    let mut kept = rows::Rows::default();
     let mut registry = Registry::new();
     let mut certs = FsCertSource::new();
-    registry.update(None, &rows::interfaces(&replica), &mut certs);
+    let touched = {
+        let c = replica.take_changes();
+        kept.refresh(&replica, &c)
+    };
+    registry.update_changed(None, &kept, touched.as_ref().map(|t| &t.names), &mut certs);
     let desired = registry.desired();
     let sections = render::Sections::default();
     let rendered = render::render(&templates, &sections, &desired).unwrap();
@@ -137,7 +159,12 @@ fn one_change(n: usize, reps: u32) -> Change {
             "options": ["map", [["remote_ip", ip]]] } } } });
         let t = Instant::now();
         replica.apply_update2(&update).unwrap();
-        let events = registry.update(None, &rows::interfaces(&replica), &mut certs);
+        let touched = {
+            let c = replica.take_changes();
+            kept.refresh(&replica, &c)
+        };
+        let names = touched.as_ref().map(|t| &t.names);
+        let events = registry.update_changed(None, &kept, names, &mut certs);
         let desired = registry.desired();
         phases[0].push(t.elapsed());
         let t = Instant::now();
@@ -160,5 +187,129 @@ fn one_change(n: usize, reps: u32) -> Change {
         model,
         render,
         plan,
+    }
+}
+
+/// The VICI daemon's pure work for one modified row at `n` tunnels, all of them up (one
+/// ESTABLISHED IKE_SA with its CHILD_SAs each), done as the daemon does it (kept rows,
+/// incremental registry, memoised connections): model, plan, backend status, OVSDB status.
+fn vici_change(n: usize, reps: u32) -> [Duration; 4] {
+    use ovs_monitor_ipsec::backend::strongswan_vici::conns::ConnMemo;
+    use ovs_monitor_ipsec::backend::strongswan_vici::{observe, plan as vplan, status as vstatus};
+    use ovs_monitor_ipsec::status;
+    use std::collections::BTreeMap;
+    let v: Value = serde_json::from_str(&initial(n)).unwrap();
+    let mut replica = Replica::new(scalars());
+    replica.apply_update2(&v).unwrap();
+    let mut kept = rows::Rows::default();
+    let mut registry = Registry::new();
+    let mut certs = FsCertSource::new();
+    let touched = {
+        let c = replica.take_changes();
+        kept.refresh(&replica, &c)
+    };
+    registry.update_changed(None, &kept, touched.as_ref().map(|t| &t.names), &mut certs);
+    let memo = ConnMemo::default();
+    let mut observed = observe::Observed::default();
+    let desired = registry.desired();
+    let actions = vplan::plan_with(&memo, desired, &observed);
+    converge(&mut observed, desired, &actions);
+    let mut phases: [Vec<Duration>; 4] = Default::default();
+    for round in 0..reps {
+        let ip = format!("203.0.113.{}", round % 200 + 1);
+        let update = json!({ "Interface": { uuid(0): { "modify": {
+            "options": ["map", [["remote_ip", ip]]] } } } });
+        let t = Instant::now();
+        replica.apply_update2(&update).unwrap();
+        let touched = {
+            let c = replica.take_changes();
+            kept.refresh(&replica, &c)
+        };
+        let names = touched.as_ref().map(|t| &t.names);
+        let events = registry.update_changed(None, &kept, names, &mut certs);
+        let desired = registry.desired();
+        phases[0].push(t.elapsed());
+        let t = Instant::now();
+        let actions = vplan::plan_with(&memo, desired, &observed);
+        phases[1].push(t.elapsed());
+        assert!(
+            !events.is_empty() && !actions.is_empty(),
+            "the change is seen"
+        );
+        converge(&mut observed, desired, &actions);
+        let t = Instant::now();
+        let live = vstatus::status_with(&memo, desired, &observed);
+        phases[2].push(t.elapsed());
+        let t = Instant::now();
+        let ops = status::plan(&status::StatusInput {
+            interfaces: kept.interfaces(),
+            open_vswitch: None,
+            tunnels: registry.tunnel_map(),
+            live: &live,
+            apply_errors: &BTreeMap::new(),
+            monitor: Default::default(),
+        });
+        phases[3].push(t.elapsed());
+        black_box(ops);
+    }
+    phases.map(|mut v| {
+        v.sort();
+        v[v.len() / 2]
+    })
+}
+
+/// What charon and the backend's memory hold once `actions` succeeded, with every tunnel's
+/// IKE_SA and CHILD_SAs up.
+fn converge(
+    o: &mut ovs_monitor_ipsec::backend::strongswan_vici::observe::Observed,
+    desired: &ovs_monitor_ipsec::model::Desired,
+    actions: &[ovs_monitor_ipsec::backend::strongswan_vici::plan::Action],
+) {
+    use ovs_monitor_ipsec::backend::strongswan_vici::creds::{CredSource, desired_creds};
+    use ovs_monitor_ipsec::backend::strongswan_vici::observe::{ChildSa, IkeSa};
+    use ovs_monitor_ipsec::backend::strongswan_vici::plan::{Action, body_digest};
+    use std::sync::Arc;
+    let creds = desired_creds(desired);
+    for a in actions {
+        match a {
+            Action::LoadCred(k) => {
+                if let Some(CredSource::Psk { digest, .. }) = creds.get(k) {
+                    Arc::make_mut(&mut o.loaded)
+                        .creds
+                        .insert(k.clone(), *digest);
+                }
+            }
+            Action::LoadConn(c) => {
+                Arc::make_mut(&mut o.conns).insert(c.name.clone(), c.listed());
+                Arc::make_mut(&mut o.loaded)
+                    .conns
+                    .insert(c.name.clone(), body_digest(&c.body));
+                o.sas.push(IkeSa {
+                    conn: c.name.clone(),
+                    state: "ESTABLISHED".into(),
+                    children: c
+                        .listed()
+                        .children
+                        .into_keys()
+                        .map(|name| ChildSa {
+                            name,
+                            state: "INSTALLED".into(),
+                            mode: "TRANSPORT".into(),
+                            ..Default::default()
+                        })
+                        .collect(),
+                    ..Default::default()
+                });
+            }
+            Action::Initiate { .. } => {}
+            Action::UnloadConn(name) => {
+                Arc::make_mut(&mut o.conns).remove(name);
+                Arc::make_mut(&mut o.loaded).conns.remove(name);
+                o.sas.retain(|sa| &sa.conn != name);
+            }
+            Action::UnloadCred(k) => {
+                Arc::make_mut(&mut o.loaded).creds.remove(k);
+            }
+        }
     }
 }

@@ -17,9 +17,13 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
+use std::sync::Arc;
 
+use super::creds::Sha;
 use super::custom::{self, Level};
 use super::observe::ObservedConn;
+use super::plan::body_digest;
+use crate::backend::templates::SectionCache;
 use crate::backend::vici::Message;
 use crate::model::{Auth, Desired, DesiredTunnel, SkbMark, TunnelType};
 
@@ -81,20 +85,58 @@ pub fn ike_conn_name(t: &DesiredTunnel) -> String {
 
 /// Every connection of `desired`, and the tunnels that cannot be expressed (with the reason).
 pub fn desired_conns(desired: &Desired) -> (Vec<DesiredConn>, BTreeMap<String, String>) {
-    let mut conns = Vec::new();
-    let mut errors = BTreeMap::new();
-    for (name, t) in &desired.tunnels {
-        match tunnel_conn(t) {
-            Ok(c) => conns.push(c),
-            Err(e) => {
-                errors.insert(name.clone(), e);
+    let (conns, errors) = ConnMemo::default().conns(desired);
+    let conns = conns.iter().map(|c| c.conn.clone()).collect();
+    (conns, errors)
+}
+
+/// A connection to load with the digest of its body (what `plan` compares with what charon
+/// was sent).
+#[derive(Debug, PartialEq)]
+pub struct Digested {
+    pub conn: DesiredConn,
+    pub digest: Sha,
+}
+
+impl Digested {
+    fn new(conn: DesiredConn) -> Arc<Self> {
+        Arc::new(Self {
+            digest: body_digest(&conn.body),
+            conn,
+        })
+    }
+}
+
+/// Each tunnel's connection and digest, kept between passes and built again only for tunnels
+/// that changed: building, encoding and hashing 1,000 `load-conn` bodies on every pass made
+/// a one-tunnel change cost O(N) (see [`SectionCache`]).
+#[derive(Debug, Default)]
+pub struct ConnMemo {
+    tunnels: SectionCache<DesiredTunnel, Result<Arc<Digested>, String>>,
+}
+
+impl ConnMemo {
+    /// [`desired_conns`], with each connection's digest.
+    pub fn conns(&self, desired: &Desired) -> (Vec<Arc<Digested>>, BTreeMap<String, String>) {
+        let Ok(built) = self.tunnels.render_all(
+            desired.tunnels.iter().map(|(n, t)| (n.clone(), t.clone())),
+            |t| Ok::<_, std::convert::Infallible>(tunnel_conn(t).map(Digested::new)),
+        );
+        let mut conns = Vec::with_capacity(desired.tunnels.len());
+        let mut errors = BTreeMap::new();
+        for (name, c) in desired.tunnels.keys().zip(built) {
+            match c {
+                Ok(c) => conns.push(c),
+                Err(e) => {
+                    errors.insert(name.clone(), e);
+                }
             }
         }
+        if let Some(mark) = desired.global.skb_mark {
+            conns.extend(shunt_conns(desired, mark).into_iter().map(Digested::new));
+        }
+        (conns, errors)
     }
-    if let Some(mark) = desired.global.skb_mark {
-        conns.extend(shunt_conns(desired, mark));
-    }
-    (conns, errors)
 }
 
 /// The connection of one tunnel, or why its `ipsec_*` options cannot be expressed.

@@ -38,12 +38,14 @@ pub(crate) mod test_support;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
+use self::conns::ConnMemo;
 use self::creds::{CredKey, CredSource, Sha, desired_creds, load_request, unload_request};
 use self::observe::{Loaded, Observed, ObservedConn, parse_conns, parse_sas};
 use self::plan::{Action, body_digest};
@@ -66,7 +68,9 @@ pub struct StrongSwanVici {
     socket: PathBuf,
     timeout: Duration,
     conn: Option<Connection>,
-    loaded: Loaded,
+    /// Shared with the last observation (no copy per pass); copied on write only while one
+    /// is alive.
+    loaded: Arc<Loaded>,
     events: Option<mpsc::Receiver<BackendEvent>>,
     watcher: Option<JoinHandle<()>>,
     /// Origin of [`Observed::clock`].
@@ -79,7 +83,9 @@ pub struct StrongSwanVici {
     connected_once: bool,
     /// charon's connections: the last `list-conns` and when it was made, updated since with
     /// our own loads and unloads.
-    listed: Option<(BTreeMap<String, ObservedConn>, Instant)>,
+    listed: Option<(Arc<BTreeMap<String, ObservedConn>>, Instant)>,
+    /// Each tunnel's `load-conn` body and digest, built again only when the tunnel changes.
+    memo: ConnMemo,
 }
 
 impl Drop for StrongSwanVici {
@@ -97,13 +103,14 @@ impl StrongSwanVici {
             socket,
             timeout,
             conn: None,
-            loaded: Loaded::default(),
+            loaded: Arc::default(),
             events: None,
             watcher: None,
             epoch: Instant::now(),
             reopened: false,
             connected_once: false,
             listed: None,
+            memo: ConnMemo::default(),
         }
     }
 
@@ -116,7 +123,7 @@ impl StrongSwanVici {
     async fn connection(&mut self) -> Result<&mut Connection, ViciError> {
         if self.conn.is_none() {
             let c = Connection::connect(&self.socket, self.timeout).await?;
-            self.loaded = Loaded::default();
+            self.loaded = Arc::default();
             self.reopened = self.connected_once;
             self.connected_once = true;
             self.listed = None;
@@ -254,7 +261,7 @@ impl Backend for StrongSwanVici {
                 .listing("list-conns", "list-conn")
                 .await
                 .map_err(backend_error)?;
-            self.listed = Some((parse_conns(&conns), Instant::now()));
+            self.listed = Some((Arc::new(parse_conns(&conns)), Instant::now()));
         }
         let mut files = BTreeMap::new();
         for path in self.loaded.creds.keys().filter_map(CredKey::path) {
@@ -268,17 +275,17 @@ impl Backend for StrongSwanVici {
             conns: self
                 .listed
                 .as_ref()
-                .map(|(c, _)| c.clone())
+                .map(|(c, _)| Arc::clone(c))
                 .unwrap_or_default(),
             sas: parse_sas(&sas),
-            loaded: self.loaded.clone(),
+            loaded: Arc::clone(&self.loaded),
             files,
             clock: self.epoch.elapsed(),
         })
     }
 
     fn plan(&self, desired: &Desired, observed: &Observed) -> Vec<Action> {
-        plan::plan(desired, observed)
+        plan::plan_with(&self.memo, desired, observed)
     }
 
     async fn apply(
@@ -337,7 +344,7 @@ impl Backend for StrongSwanVici {
                     });
                 }
                 Action::Initiate { conn, start } => {
-                    self.loaded
+                    Arc::make_mut(&mut self.loaded)
                         .attempts
                         .insert(conn.clone(), self.epoch.elapsed());
                     if !self.reopened && !initiator::we_initiate(start.local, start.remote) {
@@ -378,7 +385,7 @@ impl Backend for StrongSwanVici {
                         }
                         None => {
                             // charon cannot unload it; forget it so it is loaded again if needed.
-                            self.loaded.creds.remove(&key);
+                            Arc::make_mut(&mut self.loaded).creds.remove(&key);
                         }
                     }
                 }
@@ -392,9 +399,11 @@ impl Backend for StrongSwanVici {
                 Pending::Cred(key, digest) => match check("load credential", &answer) {
                     Ok(()) => {
                         if let (CredKey::Key(path), Some(id)) = (&key, answer.str("id")) {
-                            self.loaded.key_ids.insert(path.clone(), id.to_owned());
+                            Arc::make_mut(&mut self.loaded)
+                                .key_ids
+                                .insert(path.clone(), id.to_owned());
                         }
-                        self.loaded.creds.insert(key, digest);
+                        Arc::make_mut(&mut self.loaded).creds.insert(key, digest);
                     }
                     Err(e) => {
                         for t in users(desired, &key) {
@@ -410,9 +419,9 @@ impl Backend for StrongSwanVici {
                 } => match check("load-conn", &answer) {
                     Ok(()) => {
                         if let Some((conns, _)) = &mut self.listed {
-                            conns.insert(name.clone(), listed);
+                            Arc::make_mut(conns).insert(name.clone(), listed);
                         }
-                        self.loaded.conns.insert(name, digest);
+                        Arc::make_mut(&mut self.loaded).conns.insert(name, digest);
                     }
                     Err(e) => {
                         let who = tunnel.unwrap_or_else(|| name.clone());
@@ -433,19 +442,19 @@ impl Backend for StrongSwanVici {
                         warn!("cannot unload connection {name}: {e}");
                     }
                     if let Some((conns, _)) = &mut self.listed {
-                        conns.remove(&name);
+                        Arc::make_mut(conns).remove(&name);
                     }
-                    self.loaded.conns.remove(&name);
-                    self.loaded.attempts.remove(&name);
+                    Arc::make_mut(&mut self.loaded).conns.remove(&name);
+                    Arc::make_mut(&mut self.loaded).attempts.remove(&name);
                 }
                 Pending::UnloadCred(key) => {
                     if let Err(e) = check("unload credential", &answer) {
                         warn!("{e}");
                     }
                     if let Some(p) = key.path() {
-                        self.loaded.key_ids.remove(p);
+                        Arc::make_mut(&mut self.loaded).key_ids.remove(p);
                     }
-                    self.loaded.creds.remove(&key);
+                    Arc::make_mut(&mut self.loaded).creds.remove(&key);
                 }
             }
         }
@@ -453,7 +462,7 @@ impl Backend for StrongSwanVici {
     }
 
     fn status(&self, desired: &Desired, observed: &Observed) -> BTreeMap<String, LiveStatus> {
-        status::status(desired, observed)
+        status::status_with(&self.memo, desired, observed)
     }
 
     async fn cleanup(&mut self) -> Result<(), BackendError> {

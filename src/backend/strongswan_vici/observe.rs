@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use super::creds::{CredKey, Sha};
@@ -50,12 +51,13 @@ pub struct Loaded {
     pub attempts: BTreeMap<String, Duration>,
 }
 
-/// The result of [`super::StrongSwanVici`]'s `observe`.
+/// The result of [`super::StrongSwanVici`]'s `observe`. The connections and our memory are
+/// shared with the backend rather than copied on every observation (they hold every tunnel).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Observed {
-    pub conns: BTreeMap<String, ObservedConn>,
+    pub conns: Arc<BTreeMap<String, ObservedConn>>,
     pub sas: Vec<IkeSa>,
-    pub loaded: Loaded,
+    pub loaded: Arc<Loaded>,
     /// Current digest of every credential file we loaded (`None`: unreadable now).
     pub files: BTreeMap<PathBuf, Option<Sha>>,
     /// Monotonic time of the observation, since the backend was created.

@@ -12,11 +12,11 @@
 //! ones that time out. Whether this end really initiates is decided when the action is
 //! carried out (see [`super::initiator`]).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashSet};
 use std::fmt;
 use std::time::Duration;
 
-use super::conns::{DesiredConn, SHUNT_PREFIX, Start, desired_conns};
+use super::conns::{ConnMemo, DesiredConn, SHUNT_PREFIX, Start};
 use super::creds::{CredKey, CredSource, Sha, desired_creds};
 use super::observe::{Observed, ObservedConn};
 use crate::backend::vici::Message;
@@ -77,6 +77,11 @@ pub fn body_digest(body: &Message) -> Sha {
 pub const RETRY_INITIATE: Duration = Duration::from_secs(10);
 
 pub fn plan(desired: &Desired, observed: &Observed) -> Vec<Action> {
+    plan_with(&ConnMemo::default(), desired, observed)
+}
+
+/// [`plan`], with the connections of unchanged tunnels taken from `memo`.
+pub fn plan_with(memo: &ConnMemo, desired: &Desired, observed: &Observed) -> Vec<Action> {
     let mut actions = Vec::new();
     let creds = desired_creds(desired);
     for (key, source) in &creds {
@@ -98,16 +103,18 @@ pub fn plan(desired: &Desired, observed: &Observed) -> Vec<Action> {
         }
     }
 
-    let (conns, _rejected) = desired_conns(desired);
-    let wanted: BTreeSet<&str> = conns.iter().map(|c| c.name.as_str()).collect();
-    for c in conns.iter() {
+    let (conns, _rejected) = memo.conns(desired);
+    let wanted: BTreeSet<&str> = conns.iter().map(|c| c.conn.name.as_str()).collect();
+    let with_sa: HashSet<&str> = observed.sas.iter().map(|sa| sa.conn.as_str()).collect();
+    for d in conns.iter() {
+        let c = &d.conn;
         let current = observed.conns.contains_key(&c.name)
-            && observed.loaded.conns.get(&c.name) == Some(&body_digest(&c.body));
+            && observed.loaded.conns.get(&c.name) == Some(&d.digest);
         if !current {
             actions.push(Action::LoadConn(Box::new(c.clone())));
         }
         if let Some(start) = &c.start {
-            let has_sa = observed.sas.iter().any(|sa| sa.conn == c.name);
+            let has_sa = with_sa.contains(c.name.as_str());
             let due = observed
                 .loaded
                 .attempts
@@ -121,7 +128,7 @@ pub fn plan(desired: &Desired, observed: &Observed) -> Vec<Action> {
             }
         }
     }
-    for (name, conn) in &observed.conns {
+    for (name, conn) in observed.conns.iter() {
         if !wanted.contains(name.as_str()) && is_ours(name, conn, observed) {
             actions.push(Action::UnloadConn(name.clone()));
         }
@@ -166,10 +173,12 @@ pub fn is_ours(name: &str, conn: &ObservedConn, observed: &Observed) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backend::strongswan_vici::conns::desired_conns;
     use crate::backend::strongswan_vici::observe::IkeSa;
     use crate::backend::strongswan_vici::test_support::{cert_tunnel, desired, psk_tunnel};
     use crate::model::TunnelType;
     use std::collections::BTreeMap;
+    use std::sync::Arc;
 
     /// What charon and our memory look like after `actions` were applied successfully
     /// (an initiate leaves a CONNECTING IKE_SA).
@@ -183,14 +192,18 @@ mod tests {
                         CredSource::Psk { digest, .. } => *digest,
                         CredSource::File => o.files[k.path().unwrap()].unwrap(),
                     };
-                    o.loaded.creds.insert(k.clone(), digest);
+                    Arc::make_mut(&mut o.loaded).creds.insert(k.clone(), digest);
                 }
                 Action::LoadConn(c) => {
-                    o.conns.insert(c.name.clone(), c.listed());
-                    o.loaded.conns.insert(c.name.clone(), body_digest(&c.body));
+                    Arc::make_mut(&mut o.conns).insert(c.name.clone(), c.listed());
+                    Arc::make_mut(&mut o.loaded)
+                        .conns
+                        .insert(c.name.clone(), body_digest(&c.body));
                 }
                 Action::Initiate { conn, .. } => {
-                    o.loaded.attempts.insert(conn.clone(), o.clock);
+                    Arc::make_mut(&mut o.loaded)
+                        .attempts
+                        .insert(conn.clone(), o.clock);
                     o.sas.push(IkeSa {
                         conn: conn.clone(),
                         state: "CONNECTING".into(),
@@ -198,11 +211,11 @@ mod tests {
                     })
                 }
                 Action::UnloadConn(n) => {
-                    o.conns.remove(n);
-                    o.loaded.conns.remove(n);
+                    Arc::make_mut(&mut o.conns).remove(n);
+                    Arc::make_mut(&mut o.loaded).conns.remove(n);
                 }
                 Action::UnloadCred(k) => {
-                    o.loaded.creds.remove(k);
+                    Arc::make_mut(&mut o.loaded).creds.remove(k);
                 }
             }
         }
@@ -326,24 +339,21 @@ mod tests {
                 .map(|(n, m)| (n.to_string(), m.to_string()))
                 .collect::<BTreeMap<_, _>>(),
         };
-        o.conns
-            .insert("site-to-site".into(), conn(&[("net", "TUNNEL")]));
-        o.conns
-            .insert("office-1".into(), conn(&[("office-1", "TUNNEL")]));
-        o.conns.insert(
+        Arc::make_mut(&mut o.conns).insert("site-to-site".into(), conn(&[("net", "TUNNEL")]));
+        Arc::make_mut(&mut o.conns).insert("office-1".into(), conn(&[("office-1", "TUNNEL")]));
+        Arc::make_mut(&mut o.conns).insert(
             "lab-2".into(),
             conn(&[("lab-2", "TRANSPORT"), ("x", "TRANSPORT")]),
         );
-        o.conns.insert("empty-3".into(), conn(&[]));
+        Arc::make_mut(&mut o.conns).insert("empty-3".into(), conn(&[]));
         // Earlier releases: one connection per direction.
-        o.conns
-            .insert("old-in-4".into(), conn(&[("old-in-4", "TRANSPORT")]));
+        Arc::make_mut(&mut o.conns).insert("old-in-4".into(), conn(&[("old-in-4", "TRANSPORT")]));
         // This release.
-        o.conns.insert(
+        Arc::make_mut(&mut o.conns).insert(
             "vx-5".into(),
             conn(&[("vx-in-5", "TRANSPORT"), ("vx-out-5", "TRANSPORT")]),
         );
-        o.conns.insert("g-6".into(), conn(&[("g-6", "TRANSPORT")]));
+        Arc::make_mut(&mut o.conns).insert("g-6".into(), conn(&[("g-6", "TRANSPORT")]));
         let a = plan(&Desired::default(), &o);
         assert_eq!(
             names(&a),
@@ -388,7 +398,7 @@ mod tests {
     fn psk_change_reloads_the_secret() {
         let d = desired(vec![psk_tunnel("g", TunnelType::Gre, "192.0.2.3", 1)], None);
         let mut o = converge(&d, Observed::default(), &plan(&d, &Observed::default()));
-        o.loaded.creds.insert(
+        Arc::make_mut(&mut o.loaded).creds.insert(
             CredKey::Shared("g".into()),
             crate::backend::files::sha256(b"old secret"),
         );

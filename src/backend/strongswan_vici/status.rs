@@ -6,10 +6,10 @@
 //! children could not be installed is down, and the details say so), and `error` when its
 //! `ipsec_*` options cannot be expressed in swanctl or its connection is not loaded.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
-use super::conns::{desired_conns, ike_conn_name};
-use super::observe::Observed;
+use super::conns::{ConnMemo, ike_conn_name};
+use super::observe::{IkeSa, Observed};
 use crate::backend::{LiveState, LiveStatus};
 use crate::model::Desired;
 
@@ -17,7 +17,20 @@ const NEGOTIATING_IKE: &[&str] = &["CREATED", "CONNECTING", "PASSIVE", "REKEYING
 const NEGOTIATING_CHILD: &[&str] = &["CREATED", "INSTALLING", "REKEYING", "UPDATING"];
 
 pub fn status(desired: &Desired, observed: &Observed) -> BTreeMap<String, LiveStatus> {
-    let (_, rejected) = desired_conns(desired);
+    status_with(&ConnMemo::default(), desired, observed)
+}
+
+/// [`status`], with the connections of unchanged tunnels taken from `memo`.
+pub fn status_with(
+    memo: &ConnMemo,
+    desired: &Desired,
+    observed: &Observed,
+) -> BTreeMap<String, LiveStatus> {
+    let (_, rejected) = memo.conns(desired);
+    let mut by_conn: HashMap<&str, Vec<&IkeSa>> = HashMap::new();
+    for sa in &observed.sas {
+        by_conn.entry(sa.conn.as_str()).or_default().push(sa);
+    }
     desired
         .tunnels
         .iter()
@@ -29,7 +42,7 @@ pub fn status(desired: &Desired, observed: &Observed) -> BTreeMap<String, LiveSt
             }
             let conn = ike_conn_name(t);
             let conns = t.conn_names();
-            let ike: Vec<_> = observed.sas.iter().filter(|sa| sa.conn == conn).collect();
+            let ike: &[&IkeSa] = by_conn.get(conn.as_str()).map_or(&[], Vec::as_slice);
             let children: Vec<_> = ike
                 .iter()
                 .flat_map(|sa| &sa.children)
@@ -102,13 +115,14 @@ pub fn status(desired: &Desired, observed: &Observed) -> BTreeMap<String, LiveSt
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backend::strongswan_vici::observe::{ChildSa, IkeSa, ObservedConn};
+    use crate::backend::strongswan_vici::observe::{ChildSa, ObservedConn};
     use crate::backend::strongswan_vici::test_support::{desired, psk_tunnel};
     use crate::model::TunnelType;
+    use std::sync::Arc;
 
     fn loaded(conn: &str, children: &[&str]) -> Observed {
         let mut o = Observed::default();
-        o.conns.insert(
+        Arc::make_mut(&mut o.conns).insert(
             conn.to_string(),
             ObservedConn {
                 children: children
