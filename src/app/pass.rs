@@ -36,15 +36,13 @@ pub async fn run<B: Backend>(backend: &mut B, desired: &Desired) -> PassOutcome 
         };
     }
     // The actions carry what apply needs: free the observation (megabytes at 10,000 tunnels)
-    // before apply allocates its own.
+    // before apply allocates its own. A backend may also share parts of its observation with
+    // its own state (VICI): dropped before `apply` changes that state, they are not copied.
     drop(observed);
     let planned = actions.len();
     for a in &actions {
         debug!("{a}");
     }
-    // A backend may share parts of its observation with its own state (VICI): dropped
-    // before `apply` changes that state, they are not copied.
-    drop(observed);
     let report = match backend.apply(desired, actions).await {
         Ok(r) => r,
         Err(e) => {

@@ -615,7 +615,7 @@ mod tests {
         first.update(None, &[psk_row("a", "k1"), psk_row("b", "k1")], &mut certs);
         first.update(None, &[psk_row("a", "k2"), psk_row("b", "k1")], &mut certs);
         assert_eq!(tunnel(&first, "a").version, 2);
-        let saved = versions::parse(&versions::render(&first.saved_versions())).unwrap();
+        let saved = versions::parse(&versions::render(first.saved_versions())).unwrap();
 
         // Restart: "a" unchanged keeps 2; "b" changed while down goes 1 -> 2.
         let mut second = Registry::new();
@@ -1163,7 +1163,7 @@ mod tests {
             }
             for (name, t) in &reg.desired().tunnels {
                 let conf = &t.conf;
-                prop_assert!(grammar::interface_name(&name).is_ok());
+                prop_assert!(grammar::interface_name(name).is_ok());
                 prop_assert!(grammar::ip_address("r", &conf.remote_ip.to_string()).is_ok());
                 if let Some(l) = conf.local_ip {
                     prop_assert!(grammar::ip_address("l", &l.to_string()).is_ok());

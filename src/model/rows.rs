@@ -151,6 +151,23 @@ pub fn open_vswitch(replica: &Replica) -> Option<OpenVSwitchRow> {
 }
 
 #[cfg(test)]
+impl InterfaceRow {
+    /// A row for tests: `name`, `type` and `options`; the UUID is derived from the name.
+    pub fn for_test(name: &str, kind: &str, opts: &[(&str, &str)]) -> Self {
+        InterfaceRow {
+            uuid: format!("uuid-{name}"),
+            name: name.to_owned(),
+            kind: kind.to_owned(),
+            options: opts
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+            ..Default::default()
+        }
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
@@ -195,22 +212,5 @@ mod tests {
         assert_eq!(rows.named("b2").count(), 1);
         assert_eq!(rows.named("a").count() + rows.named("b").count(), 0);
         assert!(rows.open_vswitch().is_some(), "an untouched table is kept");
-    }
-}
-
-#[cfg(test)]
-impl InterfaceRow {
-    /// A row for tests: `name`, `type` and `options`; the UUID is derived from the name.
-    pub fn for_test(name: &str, kind: &str, opts: &[(&str, &str)]) -> Self {
-        InterfaceRow {
-            uuid: format!("uuid-{name}"),
-            name: name.to_owned(),
-            kind: kind.to_owned(),
-            options: opts
-                .iter()
-                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-                .collect(),
-            ..Default::default()
-        }
     }
 }

@@ -60,18 +60,13 @@ pub struct Replica {
 }
 
 /// What changed in a replica since the last [`Replica::take_changes`].
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub enum Changes {
     /// Anything may have changed (a new replica, a resync): read every row again.
+    #[default]
     All,
     /// UUIDs of the rows inserted, modified or deleted, by table.
     Rows(BTreeMap<String, BTreeSet<String>>),
-}
-
-impl Default for Changes {
-    fn default() -> Self {
-        Changes::All
-    }
 }
 
 impl Changes {

@@ -147,7 +147,7 @@ fn one_change(n: usize, reps: u32) -> Change {
     registry.update_changed(None, &kept, touched.as_ref().map(|t| &t.names), &mut certs);
     let desired = registry.desired();
     let sections = render::Sections::default();
-    let rendered = render::render(&templates, &sections, &desired).unwrap();
+    let rendered = render::render(&templates, &sections, desired).unwrap();
     let mut observed = Observed {
         conf: Some(rendered.conf),
         ..Default::default()
@@ -168,10 +168,10 @@ fn one_change(n: usize, reps: u32) -> Change {
         let desired = registry.desired();
         phases[0].push(t.elapsed());
         let t = Instant::now();
-        let rendered = render::render(&templates, &sections, &desired).unwrap();
+        let rendered = render::render(&templates, &sections, desired).unwrap();
         phases[1].push(t.elapsed());
         let t = Instant::now();
-        let actions = plan::plan(&desired, &rendered, &observed);
+        let actions = plan::plan(desired, &rendered, &observed);
         phases[2].push(t.elapsed());
         assert!(
             !events.is_empty() && !actions.is_empty(),
