@@ -143,13 +143,7 @@ mod tests {
         let mut r = replica(&[("u1", "a"), ("u2", "b"), ("u3", "c"), ("u4", "a")]);
         let mut rows = Rows::default();
         let mut scope = StatusScope::default();
-        scope.rows_changed(
-            {
-                let c = r.take_changes();
-                rows.refresh(&r, &c)
-            }
-            .as_ref(),
-        );
+        scope.rows_changed(rows.catch_up(&mut r).as_ref());
         assert_eq!(
             uuids(scope.candidates(&rows)).len(),
             4,
@@ -160,13 +154,7 @@ mod tests {
 
         r.apply_update2(&json!({"Interface": {"u2": {"modify": {"name": "b2"}}}}))
             .unwrap();
-        scope.rows_changed(
-            {
-                let c = r.take_changes();
-                rows.refresh(&r, &c)
-            }
-            .as_ref(),
-        );
+        scope.rows_changed(rows.catch_up(&mut r).as_ref());
         scope.tunnels_changed(Some(&BTreeSet::from(["a".to_owned()])));
         // Both rows called "a" (one may lose the name to the other), and the changed row.
         assert_eq!(uuids(scope.candidates(&rows)), ["u1", "u2", "u4"]);
@@ -188,25 +176,13 @@ mod tests {
         let mut r = replica(&[("u1", "a"), ("u2", "b")]);
         let mut rows = Rows::default();
         let mut scope = StatusScope::default();
-        scope.rows_changed(
-            {
-                let c = r.take_changes();
-                rows.refresh(&r, &c)
-            }
-            .as_ref(),
-        );
+        scope.rows_changed(rows.catch_up(&mut r).as_ref());
         assert!(scope.vanished(&rows).is_empty());
         scope.written(&rows);
         r.apply_update2(&json!({"Interface": {"u1": {"delete": null},
             "u9": {"insert": {"name": "z"}}}}))
             .unwrap();
-        scope.rows_changed(
-            {
-                let c = r.take_changes();
-                rows.refresh(&r, &c)
-            }
-            .as_ref(),
-        );
+        scope.rows_changed(rows.catch_up(&mut r).as_ref());
         assert_eq!(scope.vanished(&rows), ["u1"]);
         // A failed write keeps it; a completed one forgets it.
         assert_eq!(scope.vanished(&rows), ["u1"]);
@@ -214,13 +190,7 @@ mod tests {
         assert!(scope.vanished(&rows).is_empty());
         // After a resync (everything changed), rows gone meanwhile are found too.
         r.clear();
-        scope.rows_changed(
-            {
-                let c = r.take_changes();
-                rows.refresh(&r, &c)
-            }
-            .as_ref(),
-        );
+        scope.rows_changed(rows.catch_up(&mut r).as_ref());
         assert_eq!(scope.vanished(&rows), ["u2", "u9"]);
     }
 }

@@ -1119,7 +1119,7 @@ mod tests {
                 let other = globals[pki];
                 update["Open_vSwitch"] = json!({"o": {"new": {"other_config": ["map", other]}}});
                 replica.apply_update(&update).unwrap();
-                let touched = { let c = replica.take_changes(); kept.refresh(&replica, &c) };
+                let touched = kept.catch_up(&mut replica);
                 let ovs = rows::open_vswitch(&replica);
                 let a = inc.update_changed(
                     kept.open_vswitch(), &kept, touched.as_ref().map(|t| &t.names), &mut c);

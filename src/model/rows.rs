@@ -68,6 +68,13 @@ pub struct Touched {
 }
 
 impl Rows {
+    /// [`Rows::refresh`] with the changes taken from `replica` itself: for tests and
+    /// benchmarks that own their replica (the daemon reads it through the client's lock).
+    pub fn catch_up(&mut self, replica: &mut Replica) -> Option<Touched> {
+        let changes = replica.take_changes();
+        self.refresh(replica, &changes)
+    }
+
     /// Brings the rows in line with `replica`, given what changed since the last call.
     /// Returns the Interface rows that changed, or `None` when all were read again.
     pub fn refresh(&mut self, replica: &Replica, changes: &Changes) -> Option<Touched> {
