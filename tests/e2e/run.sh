@@ -59,8 +59,11 @@ ln -sfn "$run_id" "$cache/results/latest"
 timeout=${E2E_TIMEOUT:-900}
 # The guest runs a copy of the scripts: editing tests/e2e during a run changes nothing in it.
 mkdir -p "$out/scripts" && cp "$here"/*.sh "$here"/*.py "$out/scripts/"
+# And of the binary: a build during the run (cargo replaces target/*/ovs-monitor-ipsec) must
+# not change the monitor that nodes started later run.
+cp "$bin" "$out/ovs-monitor-ipsec" || die "cannot copy $bin"
 cat > "$out/boot.sh" <<EOF
-export E2E_BIN='$bin' E2E_SCENARIOS='$*' E2E_TIMEOUT='$timeout'
+export E2E_BIN=/e2e-out/ovs-monitor-ipsec E2E_SCENARIOS='$*' E2E_TIMEOUT='$timeout'
 export E2E_MODULES='$cache/kernel/lib/modules' E2E_PKI='$cache/pki'
 exec /bin/bash /e2e-out/scripts/guest.sh
 EOF
