@@ -148,6 +148,14 @@ fn psk_vxlan_on_a_custom_port_establishes_ike_and_survives_a_charon_crash() {
         left.charon.log().contains("destroying duplicate IKE_SA")
     });
     assert_eq!((left.ike_sa_count(), right.ike_sa_count()), (1, 1));
+
+    // The tunnel is deleted: its connection AND its IKE_SA go (unload-conn alone leaves an
+    // established IKE_SA and its CHILD_SAs, with their kernel state, in place).
+    left.db.vsctl(&["del-port", "br-ipsec", "tun"]);
+    wait_for("left's IKE_SA closed after the tunnel's removal", T, || {
+        left.ike_sa_count() == 0
+    });
+    assert!(!left.conns().contains("{tun-1 {"), "{}", left.conns());
 }
 
 #[test]

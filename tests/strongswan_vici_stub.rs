@@ -120,6 +120,7 @@ fn cold_start_add_modify_delete_and_monitor_restart_send_minimal_messages() {
             "load-shared ovs-psk-g1",
             "load-conn g1-2",
             "initiate g1-2",
+            "terminate g1-1",
             "unload-conn g1-1"
         ]
     );
@@ -133,7 +134,11 @@ fn cold_start_add_modify_delete_and_monitor_restart_send_minimal_messages() {
     });
     assert_eq!(
         changes(&fake, n),
-        ["unload-conn t0-1", "unload-shared ovs-psk-t0"]
+        [
+            "terminate t0-1",
+            "unload-conn t0-1",
+            "unload-shared ovs-psk-t0"
+        ]
     );
 
     // The end with the higher address loads its side and leaves the initiation to the peer.

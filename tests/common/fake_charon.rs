@@ -83,6 +83,7 @@ fn subject(body: &Message) -> String {
     body.str("name")
         .or_else(|| body.str("id"))
         .or_else(|| body.str("child"))
+        .or_else(|| body.str("ike"))
         .map(str::to_owned)
         .or_else(|| body.sections().next().map(|(n, _)| n.to_owned()))
         .unwrap_or_default()

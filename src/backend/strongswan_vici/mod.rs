@@ -189,8 +189,18 @@ enum Pending {
         conn: String,
         child: String,
     },
+    Terminate(String),
     UnloadConn(String),
     UnloadCred(CredKey),
+}
+
+/// `terminate` for every IKE_SA of connection `name`: forced (charon sends the DELETE and
+/// destroys the SA without waiting for the answer) and without blocking (`timeout -1`).
+fn terminate_request(name: &str) -> Message {
+    Message::new()
+        .kv("ike", name)
+        .kv("force", "yes")
+        .kv("timeout", "-1")
 }
 
 /// The tunnels that use a credential, for per-tunnel error reports.
@@ -367,6 +377,11 @@ impl Backend for StrongSwanVici {
                     }
                 }
                 Action::UnloadConn(name) => {
+                    // unload-conn removes the config and its trap policies but leaves its
+                    // established IKE_SA and CHILD_SAs (and their kernel SAs and policies)
+                    // in place: close them first, without waiting for the peer.
+                    requests.push(("terminate".to_owned(), terminate_request(&name)));
+                    pending.push(Pending::Terminate(name.clone()));
                     requests.push((
                         "unload-conn".to_owned(),
                         Message::new().kv("name", name.as_str()),
@@ -394,7 +409,10 @@ impl Backend for StrongSwanVici {
         let answers = self.batch(requests).await.map_err(backend_error)?;
         self.reopened = false;
         for (p, answer) in pending.into_iter().zip(answers) {
-            report.applied += 1;
+            // A terminate is part of its unload, not an action of its own.
+            if !matches!(p, Pending::Terminate(_)) {
+                report.applied += 1;
+            }
             match p {
                 Pending::Cred(key, digest) => match check("load credential", &answer) {
                     Ok(()) => {
@@ -435,6 +453,12 @@ impl Backend for StrongSwanVici {
                     // The trap policy starts it on the first packet anyway; status shows it.
                     if let Err(e) = check("initiate", &answer) {
                         debug!("initiate {child} of {conn}: {e}");
+                    }
+                }
+                Pending::Terminate(name) => {
+                    // "no matching SAs to terminate found" when none was up: nothing to do.
+                    if let Err(e) = check("terminate", &answer) {
+                        debug!("terminate {name}: {e}");
                     }
                 }
                 Pending::UnloadConn(name) => {
