@@ -18,25 +18,17 @@ const PSK: &str = "swordfish-static";
 const PEER_GEN: &str = "0123456789abcdef0123456789abcdef";
 
 fn add_tunnel(db: &OvsdbServer) {
-    db.vsctl(&[
-        "--may-exist",
-        "add-br",
-        "br-ipsec",
-        "--",
-        "add-port",
-        "br-ipsec",
+    db.add_tunnel(
         "gnv0",
-        "--",
-        "set",
-        "interface",
-        "gnv0",
-        "type=geneve",
-        &format!("options:remote_ip={REMOTE}"),
-        &format!("options:local_ip={LOCAL4}"),
-        "options:dst_port=6090",
-        &format!("options:psk={PSK}"),
-        &format!("options:ipsec_peer_generation={PEER_GEN}"),
-    ]);
+        "geneve",
+        &[
+            format!("remote_ip={REMOTE}"),
+            format!("local_ip={LOCAL4}"),
+            "dst_port=6090".to_owned(),
+            format!("psk={PSK}"),
+            format!("ipsec_peer_generation={PEER_GEN}"),
+        ],
+    );
 }
 
 /// `ip xfrm policy` lines of our tunnel's selectors, with the volatile parts left out.
