@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::monitor::{Monitor, iface_key, wait_for};
-use common::ovsdb_server::OvsdbServer;
+use common::ovsdb_server::{OvsdbServer, tunnel_port_args};
 use common::strongswan_stroke::{StubRoot, mode, start_monitor};
 use ovs_monitor_ipsec::backend::strongswan_stroke::render::{self, DEFAULTS};
 use ovs_monitor_ipsec::backend::templates::Templates;
@@ -239,24 +239,13 @@ fn golden_empty_config_and_charon_drop_in() {
 
 /// `ovs-vsctl` arguments adding `(name, type, remote_ip, psk)` ports in one transaction.
 fn add_ports(db: &OvsdbServer, ports: &[(&str, &str, &str, &str)]) {
-    let mut args: Vec<String> = vec!["--may-exist".into(), "add-br".into(), "br-ipsec".into()];
+    let mut args: Vec<String> = Vec::new();
     for (name, kind, remote, key) in ports {
-        args.extend(
-            [
-                "--",
-                "add-port",
-                "br-ipsec",
-                name,
-                "--",
-                "set",
-                "interface",
-                name,
-            ]
-            .map(String::from),
-        );
-        args.push(format!("type={kind}"));
-        args.push(format!("options:remote_ip={remote}"));
-        args.push(format!("options:psk={key}"));
+        if !args.is_empty() {
+            args.push("--".into());
+        }
+        let opts = [format!("remote_ip={remote}"), format!("psk={key}")];
+        args.extend(tunnel_port_args(name, kind, &opts));
     }
     let refs: Vec<&str> = args.iter().map(String::as_str).collect();
     db.vsctl(&refs);

@@ -323,21 +323,22 @@ fn make_pki(dir: &Path) {
 /// The `ovs-vsctl` arguments of [`OvsdbServer::add_tunnel`], for callers that run them
 /// elsewhere (in a network namespace, or joined with other commands by `--`).
 pub fn tunnel_port_args(name: &str, kind: &str, opts: &[impl AsRef<str>]) -> Vec<String> {
-    let mut args: Vec<String> = [
-        "--may-exist",
-        "add-br",
-        "br-ipsec",
-        "--",
-        "add-port",
-        "br-ipsec",
-        name,
-        "--",
-        "set",
-        "interface",
-        name,
-    ]
-    .map(String::from)
-    .to_vec();
+    port_args(name, kind, opts, false)
+}
+
+/// As [`tunnel_port_args`], but an existing port is kept and only its interface is updated.
+pub fn tunnel_port_upsert_args(name: &str, kind: &str, opts: &[impl AsRef<str>]) -> Vec<String> {
+    port_args(name, kind, opts, true)
+}
+
+fn port_args(name: &str, kind: &str, opts: &[impl AsRef<str>], may_exist: bool) -> Vec<String> {
+    let mut args: Vec<String> = ["--may-exist", "add-br", "br-ipsec", "--"]
+        .map(String::from)
+        .to_vec();
+    if may_exist {
+        args.push("--may-exist".into());
+    }
+    args.extend(["add-port", "br-ipsec", name, "--", "set", "interface", name].map(String::from));
     args.push(format!("type={kind}"));
     args.extend(opts.iter().map(|o| format!("options:{}", o.as_ref())));
     args

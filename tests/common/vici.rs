@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use super::monitor::{Monitor, launch, wait_for};
 use super::netns::NetnsPair;
-use super::ovsdb_server::OvsdbServer;
+use super::ovsdb_server::{OvsdbServer, tunnel_port_upsert_args};
 
 pub const CHARON: &str = "/usr/lib/ipsec/charon";
 pub const SWANCTL: &str = "/usr/sbin/swanctl";
@@ -237,24 +237,7 @@ impl Node {
 
     /// Creates (or updates) interface `name` of type `kind` with `options:<opts>`.
     pub fn add_iface(&self, name: &str, kind: &str, opts: &[String]) {
-        let mut args: Vec<String> = [
-            "--may-exist",
-            "add-br",
-            "br-ipsec",
-            "--",
-            "--may-exist",
-            "add-port",
-            "br-ipsec",
-            name,
-            "--",
-            "set",
-            "interface",
-            name,
-        ]
-        .map(String::from)
-        .to_vec();
-        args.push(format!("type={kind}"));
-        args.extend(opts.iter().map(|o| format!("options:{o}")));
+        let args = tunnel_port_upsert_args(name, kind, opts);
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         self.db.vsctl(&args);
     }
