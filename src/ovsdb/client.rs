@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use serde::Serialize;
 use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
 
@@ -91,12 +92,14 @@ pub struct Client {
 struct Shared {
     replica: Mutex<Replica>,
     connected: AtomicBool,
+    database: String,
 }
 
 type TxnResult = Result<Vec<Value>, OvsdbError>;
 
 struct TxnRequest {
-    ops: Vec<Value>,
+    /// The serialised params (see [`transact::params`]).
+    params: Vec<u8>,
     reply: oneshot::Sender<TxnResult>,
 }
 
@@ -107,6 +110,7 @@ impl Client {
         let shared = Arc::new(Shared {
             replica: Mutex::new(Replica::default()),
             connected: AtomicBool::new(false),
+            database: config.database.clone(),
         });
         let (requests, requests_rx) = mpsc::unbounded_channel();
         let (events, events_rx) = mpsc::unbounded_channel();
@@ -148,15 +152,18 @@ impl Client {
         self.shared.connected.load(Ordering::SeqCst)
     }
 
-    /// Sends `["<database>", ops...]`. Fails if not connected, on disconnect while pending,
-    /// on a JSON-RPC error, or when any operation result carries an "error".
-    pub async fn transact(&self, ops: Vec<Value>) -> TxnResult {
+    /// Sends `["<database>", ops...]`, serialised here straight from `ops`. Fails if not
+    /// connected, on disconnect while pending, on a JSON-RPC error, or when any operation
+    /// result carries an "error".
+    pub async fn transact<T: Serialize>(&self, ops: Vec<T>) -> TxnResult {
         if !self.is_connected() {
             return Err(OvsdbError::NotConnected);
         }
+        let params = transact::params(&self.shared.database, &ops)?;
+        drop(ops);
         let (reply, rx) = oneshot::channel();
         self.requests
-            .send(TxnRequest { ops, reply })
+            .send(TxnRequest { params, reply })
             .map_err(|_| OvsdbError::NotConnected)?;
         rx.await.unwrap_or(Err(OvsdbError::NotConnected))
     }
@@ -384,12 +391,10 @@ impl Task {
                 r = session.read_more() => r?,
                 () = quiet => session.on_silence().await?,
                 req = self.requests.recv() => {
-                    let Some(TxnRequest { ops, reply }) = req else {
+                    let Some(TxnRequest { params, reply }) = req else {
                         return Ok(());
                     };
-                    let id = session
-                        .request("transact", transact::params(&self.config.database, ops))
-                        .await?;
+                    let id = session.request_raw("transact", &params).await?;
                     pending.insert(id, reply);
                 }
             }

@@ -124,17 +124,6 @@ impl Datum {
         }
     }
 
-    /// A string map as `["map", ...]`, for transactions.
-    pub fn string_map<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> Value {
-        let pairs: Vec<Value> = pairs.into_iter().map(|(k, v)| json!([k, v])).collect();
-        json!(["map", pairs])
-    }
-
-    /// A set of strings as `["set", ...]`, for transactions.
-    pub fn string_set<'a>(items: impl IntoIterator<Item = &'a str>) -> Value {
-        json!(["set", items.into_iter().collect::<Vec<_>>()])
-    }
-
     /// The single string of a scalar string column.
     pub fn as_str(&self) -> Option<&str> {
         match self {

@@ -47,6 +47,9 @@ pub enum OvsdbError {
     Update(String),
     #[error("transaction failed: {0}")]
     Transaction(String),
+    /// Serialising our own request failed (no value from the server is involved).
+    #[error("cannot encode the request: {0}")]
+    Encode(#[from] serde_json::Error),
 }
 
 impl OvsdbError {
