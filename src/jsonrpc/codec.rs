@@ -48,6 +48,16 @@ impl Framer {
 
     /// Returns the next complete value, `Ok(None)` when more bytes are needed.
     pub fn next_value(&mut self) -> Result<Option<Value>, FrameError> {
+        match self.next_frame()? {
+            Some(frame) => Ok(Some(serde_json::from_slice(&frame)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Returns the next complete value's bytes, undecoded, `Ok(None)` when more bytes are
+    /// needed. The bytes are handed over, not copied, and the buffer keeps only what follows
+    /// them: a multi-megabyte message leaves no buffer of its size behind.
+    pub fn next_frame(&mut self) -> Result<Option<Vec<u8>>, FrameError> {
         if self.scanned == 0 {
             let skip = self
                 .buf
@@ -93,13 +103,13 @@ impl Framer {
             }
             return Ok(None);
         };
-        let value = serde_json::from_slice(&self.buf[..end]);
-        self.buf.drain(..end);
+        let rest = self.buf.split_off(end);
+        let frame = std::mem::replace(&mut self.buf, rest);
         self.scanned = 0;
         self.depth = 0;
         self.in_string = false;
         self.escaped = false;
-        Ok(Some(value?))
+        Ok(Some(frame))
     }
 }
 

@@ -13,18 +13,21 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use serde::Serialize;
 use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
 
 use super::error::OvsdbError;
-use super::monitor::{self, MONITOR_ID, MonitorMethod, MonitorReply};
+use super::monitor::{
+    MONITOR_ID, MonitorMethod, MonitorReply, SinceResult, Update3Params, UpdateParams,
+};
 use super::remote::Remote;
 use super::replica::{Changes, Replica};
 use super::schema::{MonitoredTable, Schema};
-use super::session::{Reply, Session};
+use super::session::{Incoming, Session, decode_params, decode_result};
 use super::transact;
 use super::transport::{self, TlsFiles};
-use crate::jsonrpc::Message;
+use super::updates::{RowUpdate, RowUpdate2, TableUpdates, Updates};
 
 /// What to monitor in one table.
 #[derive(Debug, Clone, PartialEq)]
@@ -91,12 +94,14 @@ pub struct Client {
 struct Shared {
     replica: Mutex<Replica>,
     connected: AtomicBool,
+    database: String,
 }
 
 type TxnResult = Result<Vec<Value>, OvsdbError>;
 
 struct TxnRequest {
-    ops: Vec<Value>,
+    /// The serialised params (see [`transact::params`]).
+    params: Vec<u8>,
     reply: oneshot::Sender<TxnResult>,
 }
 
@@ -107,6 +112,7 @@ impl Client {
         let shared = Arc::new(Shared {
             replica: Mutex::new(Replica::default()),
             connected: AtomicBool::new(false),
+            database: config.database.clone(),
         });
         let (requests, requests_rx) = mpsc::unbounded_channel();
         let (events, events_rx) = mpsc::unbounded_channel();
@@ -148,15 +154,18 @@ impl Client {
         self.shared.connected.load(Ordering::SeqCst)
     }
 
-    /// Sends `["<database>", ops...]`. Fails if not connected, on disconnect while pending,
-    /// on a JSON-RPC error, or when any operation result carries an "error".
-    pub async fn transact(&self, ops: Vec<Value>) -> TxnResult {
+    /// Sends `["<database>", ops...]`, serialised here straight from `ops`. Fails if not
+    /// connected, on disconnect while pending, on a JSON-RPC error, or when any operation
+    /// result carries an "error".
+    pub async fn transact<T: Serialize>(&self, ops: Vec<T>) -> TxnResult {
         if !self.is_connected() {
             return Err(OvsdbError::NotConnected);
         }
+        let params = transact::params(&self.shared.database, &ops)?;
+        drop(ops);
         let (reply, rx) = oneshot::channel();
         self.requests
-            .send(TxnRequest { ops, reply })
+            .send(TxnRequest { params, reply })
             .map_err(|_| OvsdbError::NotConnected)?;
         rx.await.unwrap_or(Err(OvsdbError::NotConnected))
     }
@@ -285,7 +294,7 @@ impl Task {
     /// After bad data from the server, our replica may not match any transaction id: ask for
     /// everything next time instead of a difference.
     fn forget_txn_after(&mut self, e: &OvsdbError) {
-        if matches!(e, OvsdbError::Update(_) | OvsdbError::Protocol { .. }) {
+        if matches!(e, OvsdbError::Protocol { .. }) {
             self.last_txn_id = None;
         }
     }
@@ -304,13 +313,16 @@ impl Task {
         tracing::info!("{remote}: connected");
         let mut session = Session::new(stream, probe);
         let db = self.config.database.clone();
-        let schema = match session.call("get_schema", vec![Value::String(db)]).await? {
-            Reply::Ok(v) => Schema::from_json(&v)?,
-            Reply::Err(e) => return Err(rpc_error("get_schema", &e)),
+        let schema = match session
+            .call::<Value>("get_schema", vec![Value::String(db)])
+            .await?
+        {
+            Ok(v) => Schema::from_json(&v)?,
+            Err(e) => return Err(rpc_error("get_schema", &e)),
         };
         let tables = schema.restrict(&self.config.tables);
         let (method, reply) = self.monitor(&mut session, &tables).await?;
-        self.resync(method, reply, &schema)?;
+        self.resync(reply, &schema);
         self.shared.connected.store(true, Ordering::SeqCst);
         self.emit(DbEvent::Connected {
             remote: remote.to_string(),
@@ -329,14 +341,34 @@ impl Task {
         let mut method = MonitorMethod::MonitorCondSince;
         loop {
             let params = method.params(&self.config.database, tables, self.last_txn_id.as_deref());
-            match session.call(method.as_str(), params).await? {
-                Reply::Ok(result) => return Ok((method, MonitorReply::parse(method, result)?)),
-                Reply::Err(e) => match method.fallback(&e) {
+            let name = method.as_str();
+            // Each flavour's result is decoded straight into its typed rows.
+            let reply = match method {
+                MonitorMethod::MonitorCondSince => session
+                    .call::<SinceResult>(name, params)
+                    .await?
+                    .map(|(found, txn, updates)| MonitorReply {
+                        found,
+                        last_txn_id: Some(txn),
+                        updates: Updates::Diffs(updates),
+                    }),
+                MonitorMethod::MonitorCond => session
+                    .call::<TableUpdates<RowUpdate2>>(name, params)
+                    .await?
+                    .map(|updates| unconditional(Updates::Diffs(updates))),
+                MonitorMethod::Monitor => session
+                    .call::<TableUpdates<RowUpdate>>(name, params)
+                    .await?
+                    .map(|updates| unconditional(Updates::Rows(updates))),
+            };
+            match reply {
+                Ok(reply) => return Ok((method, reply)),
+                Err(e) => match method.fallback(&e) {
                     Some(next) => {
                         tracing::debug!("server does not know {method}; trying {next}");
                         method = next;
                     }
-                    None => return Err(rpc_error(method.as_str(), &e)),
+                    None => return Err(rpc_error(name, &e)),
                 },
             }
         }
@@ -344,24 +376,15 @@ impl Task {
 
     /// Brings the replica in line with a monitor reply: the diff on top of what we kept when
     /// the server found our transaction id, otherwise a new replica swapped in whole.
-    fn resync(
-        &mut self,
-        method: MonitorMethod,
-        reply: MonitorReply,
-        schema: &Schema,
-    ) -> Result<(), OvsdbError> {
+    fn resync(&mut self, reply: MonitorReply, schema: &Schema) {
         if reply.found {
-            self.lock().apply_update2(&reply.updates)?;
+            self.lock().apply(reply.updates);
         } else {
             let mut fresh = Replica::new(schema.scalars());
-            match method {
-                MonitorMethod::Monitor => fresh.apply_update(&reply.updates)?,
-                _ => fresh.apply_update2(&reply.updates)?,
-            }
+            fresh.apply(reply.updates);
             *self.lock() = fresh;
         }
         self.last_txn_id = reply.last_txn_id;
-        Ok(())
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Replica> {
@@ -384,12 +407,10 @@ impl Task {
                 r = session.read_more() => r?,
                 () = quiet => session.on_silence().await?,
                 req = self.requests.recv() => {
-                    let Some(TxnRequest { ops, reply }) = req else {
+                    let Some(TxnRequest { params, reply }) = req else {
                         return Ok(());
                     };
-                    let id = session
-                        .request("transact", transact::params(&self.config.database, ops))
-                        .await?;
+                    let id = session.request_raw("transact", &params).await?;
                     pending.insert(id, reply);
                 }
             }
@@ -398,48 +419,63 @@ impl Task {
 
     fn dispatch(
         &mut self,
-        msg: Message,
+        msg: Incoming,
         pending: &mut HashMap<u64, oneshot::Sender<TxnResult>>,
     ) -> Result<(), OvsdbError> {
         match msg {
-            Message::Notify { method, params } => self.notification(&method, &params),
-            Message::Reply { result, id } => {
+            Incoming::Update { method, frame } => self.notification(&method, &frame),
+            Incoming::Reply { id, error, frame } => {
                 if let Some(tx) = id.as_u64().and_then(|id| pending.remove(&id)) {
-                    let _ = tx.send(transact::check_result(result));
+                    let result = match error {
+                        Some(e) => Err(rpc_error("transact", &e)),
+                        None => decode_result(&frame).and_then(transact::check_result),
+                    };
+                    let _ = tx.send(result);
                 }
                 Ok(())
             }
-            Message::Error { error, id } => {
-                if let Some(tx) = id.as_u64().and_then(|id| pending.remove(&id)) {
-                    let _ = tx.send(Err(rpc_error("transact", &error)));
-                }
+            Incoming::Notify { method } => {
+                tracing::debug!("ignoring unknown notification {method:?}");
                 Ok(())
             }
-            // Requests were answered by the session.
-            Message::Request { .. } => Ok(()),
         }
     }
 
-    fn notification(&mut self, method: &str, params: &[Value]) -> Result<(), OvsdbError> {
-        if params.first().and_then(Value::as_str) != Some(MONITOR_ID) {
+    /// Applies an update notification, decoded from its bytes straight into typed rows.
+    fn notification(&mut self, method: &str, frame: &[u8]) -> Result<(), OvsdbError> {
+        let (monitor, txn, updates) = match method {
+            "update3" => {
+                let (id, txn, u): Update3Params = decode_params("update3", frame)?;
+                (id, Some(txn), Updates::Diffs(u))
+            }
+            "update2" => {
+                let (id, u): UpdateParams<RowUpdate2> = decode_params("update2", frame)?;
+                (id, None, Updates::Diffs(u))
+            }
+            _ => {
+                let (id, u): UpdateParams<RowUpdate> = decode_params("update", frame)?;
+                (id, None, Updates::Rows(u))
+            }
+        };
+        if monitor.as_str() != Some(MONITOR_ID) {
             tracing::debug!("ignoring {method:?} notification not for our monitor");
             return Ok(());
         }
-        match method {
-            "update3" => {
-                let (txn, updates) = monitor::parse_update3(params)?;
-                self.lock().apply_update2(updates)?;
-                self.last_txn_id = Some(txn.to_owned());
-            }
-            "update2" => self.lock().apply_update2(monitor::parse_update(params)?)?,
-            "update" => self.lock().apply_update(monitor::parse_update(params)?)?,
-            _ => {
-                tracing::debug!("ignoring unknown notification {method:?}");
-                return Ok(());
-            }
+        self.lock().apply(updates);
+        if let Some(txn) = txn {
+            self.last_txn_id = Some(txn);
         }
         self.emit(DbEvent::Changed);
         Ok(())
+    }
+}
+
+/// A reply of a method without transaction ids: a whole new replica.
+fn unconditional(updates: Updates) -> MonitorReply {
+    MonitorReply {
+        found: false,
+        last_txn_id: None,
+        updates,
     }
 }
 

@@ -5,17 +5,10 @@
 //! views for the few shapes the monitor reads.
 
 use std::collections::BTreeMap;
+use std::fmt;
 
+use serde::de::{self, Deserialize, Deserializer, IgnoredAny, SeqAccess, Visitor};
 use serde_json::{Value, json};
-use thiserror::Error;
-
-#[derive(Debug, Error, PartialEq)]
-pub enum DatumError {
-    #[error("not an OVSDB atom: {0}")]
-    Atom(String),
-    #[error("not an OVSDB datum: {0}")]
-    Datum(String),
-}
 
 /// One OVSDB atom.
 #[derive(Debug, Clone, PartialEq, PartialOrd)]
@@ -29,26 +22,6 @@ pub enum Atom {
 }
 
 impl Atom {
-    pub fn from_json(v: &Value) -> Result<Self, DatumError> {
-        match v {
-            Value::String(s) => Ok(Atom::String(s.clone())),
-            Value::Bool(b) => Ok(Atom::Boolean(*b)),
-            Value::Number(n) => match n.as_i64() {
-                Some(i) => Ok(Atom::Integer(i)),
-                None => n
-                    .as_f64()
-                    .map(Atom::Real)
-                    .ok_or_else(|| DatumError::Atom(v.to_string())),
-            },
-            Value::Array(a) => match (a.first().and_then(Value::as_str), a.get(1), a.len()) {
-                (Some("uuid"), Some(Value::String(u)), 2) => Ok(Atom::Uuid(u.clone())),
-                (Some("named-uuid"), Some(Value::String(u)), 2) => Ok(Atom::NamedUuid(u.clone())),
-                _ => Err(DatumError::Atom(v.to_string())),
-            },
-            _ => Err(DatumError::Atom(v.to_string())),
-        }
-    }
-
     pub fn to_json(&self) -> Value {
         match self {
             Atom::String(s) => json!(s),
@@ -82,30 +55,9 @@ impl Default for Datum {
 }
 
 impl Datum {
-    pub fn from_json(v: &Value) -> Result<Self, DatumError> {
-        if let Value::Array(a) = v {
-            match (a.first().and_then(Value::as_str), a.get(1), a.len()) {
-                (Some("set"), Some(Value::Array(items)), 2) => {
-                    return items
-                        .iter()
-                        .map(Atom::from_json)
-                        .collect::<Result<_, _>>()
-                        .map(Datum::Set);
-                }
-                (Some("map"), Some(Value::Array(pairs)), 2) => {
-                    return pairs
-                        .iter()
-                        .map(|p| match p.as_array().map(Vec::as_slice) {
-                            Some([k, v]) => Ok((Atom::from_json(k)?, Atom::from_json(v)?)),
-                            _ => Err(DatumError::Datum(p.to_string())),
-                        })
-                        .collect::<Result<_, _>>()
-                        .map(Datum::Map);
-                }
-                _ => {}
-            }
-        }
-        Atom::from_json(v).map(|a| Datum::Set(vec![a]))
+    /// Decodes a `Value` (the daemon decodes straight from the wire, see `ovsdb::updates`).
+    pub fn from_json(v: &Value) -> Result<Self, serde_json::Error> {
+        Datum::deserialize(v)
     }
 
     pub fn to_json(&self) -> Value {
@@ -122,17 +74,6 @@ impl Datum {
                     .collect::<Vec<_>>()
             ]),
         }
-    }
-
-    /// A string map as `["map", ...]`, for transactions.
-    pub fn string_map<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> Value {
-        let pairs: Vec<Value> = pairs.into_iter().map(|(k, v)| json!([k, v])).collect();
-        json!(["map", pairs])
-    }
-
-    /// A set of strings as `["set", ...]`, for transactions.
-    pub fn string_set<'a>(items: impl IntoIterator<Item = &'a str>) -> Value {
-        json!(["set", items.into_iter().collect::<Vec<_>>()])
     }
 
     /// The single string of a scalar string column.
@@ -222,12 +163,143 @@ impl Datum {
     }
 }
 
+// Decoding straight from the wire (see `ovsdb::updates`): the same encodings as above, read
+// by serde without an intermediate `Value`. Errors name shapes, never the values: a column
+// may hold a pre-shared key.
+
+impl<'de> Deserialize<'de> for Atom {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(AtomVisitor)
+    }
+}
+
+impl<'de> Deserialize<'de> for Datum {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(DatumVisitor)
+    }
+}
+
+struct AtomVisitor;
+
+impl<'de> Visitor<'de> for AtomVisitor {
+    type Value = Atom;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("an OVSDB atom")
+    }
+
+    fn visit_str<E: de::Error>(self, s: &str) -> Result<Atom, E> {
+        Ok(Atom::String(s.to_owned()))
+    }
+
+    fn visit_string<E: de::Error>(self, s: String) -> Result<Atom, E> {
+        Ok(Atom::String(s))
+    }
+
+    fn visit_bool<E: de::Error>(self, b: bool) -> Result<Atom, E> {
+        Ok(Atom::Boolean(b))
+    }
+
+    fn visit_i64<E: de::Error>(self, i: i64) -> Result<Atom, E> {
+        Ok(Atom::Integer(i))
+    }
+
+    fn visit_u64<E: de::Error>(self, u: u64) -> Result<Atom, E> {
+        // Beyond i64, as serde_json's `Value::as_i64` would say: a real.
+        Ok(i64::try_from(u).map_or(Atom::Real(u as f64), Atom::Integer))
+    }
+
+    fn visit_f64<E: de::Error>(self, r: f64) -> Result<Atom, E> {
+        Ok(Atom::Real(r))
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Atom, A::Error> {
+        let tag: String = next(&mut seq)?;
+        tagged_atom(&tag, seq)
+    }
+}
+
+/// `["uuid", u]` or `["named-uuid", u]`, after its tag.
+fn tagged_atom<'de, A: SeqAccess<'de>>(tag: &str, mut seq: A) -> Result<Atom, A::Error> {
+    let make = match tag {
+        "uuid" => Atom::Uuid,
+        "named-uuid" => Atom::NamedUuid,
+        _ => return Err(de::Error::custom("not an OVSDB atom")),
+    };
+    let id: String = next(&mut seq)?;
+    end(seq)?;
+    Ok(make(id))
+}
+
+fn next<'de, T: Deserialize<'de>, A: SeqAccess<'de>>(seq: &mut A) -> Result<T, A::Error> {
+    seq.next_element()?
+        .ok_or_else(|| de::Error::custom("OVSDB value array too short"))
+}
+
+fn end<'de, A: SeqAccess<'de>>(mut seq: A) -> Result<(), A::Error> {
+    match seq.next_element::<IgnoredAny>()? {
+        None => Ok(()),
+        Some(_) => Err(de::Error::custom("OVSDB value array too long")),
+    }
+}
+
+struct DatumVisitor;
+
+impl DatumVisitor {
+    fn one(a: Atom) -> Datum {
+        Datum::Set(vec![a])
+    }
+}
+
+impl<'de> Visitor<'de> for DatumVisitor {
+    type Value = Datum;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("an OVSDB datum")
+    }
+
+    fn visit_str<E: de::Error>(self, s: &str) -> Result<Datum, E> {
+        AtomVisitor.visit_str(s).map(Self::one)
+    }
+
+    fn visit_string<E: de::Error>(self, s: String) -> Result<Datum, E> {
+        AtomVisitor.visit_string(s).map(Self::one)
+    }
+
+    fn visit_bool<E: de::Error>(self, b: bool) -> Result<Datum, E> {
+        AtomVisitor.visit_bool(b).map(Self::one)
+    }
+
+    fn visit_i64<E: de::Error>(self, i: i64) -> Result<Datum, E> {
+        AtomVisitor.visit_i64(i).map(Self::one)
+    }
+
+    fn visit_u64<E: de::Error>(self, u: u64) -> Result<Datum, E> {
+        AtomVisitor.visit_u64(u).map(Self::one)
+    }
+
+    fn visit_f64<E: de::Error>(self, r: f64) -> Result<Datum, E> {
+        AtomVisitor.visit_f64(r).map(Self::one)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Datum, A::Error> {
+        let tag: String = next(&mut seq)?;
+        let datum = match tag.as_str() {
+            "set" => Datum::Set(next(&mut seq)?),
+            "map" => Datum::Map(next(&mut seq)?),
+            _ => return tagged_atom(&tag, seq).map(Self::one),
+        };
+        end(seq)?;
+        Ok(datum)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn d(v: Value) -> Datum {
-        Datum::from_json(&v).unwrap()
+        Datum::deserialize(&v).unwrap()
     }
 
     #[test]
@@ -247,8 +319,11 @@ mod tests {
             d(json!(["uuid", "abc"])),
             Datum::Set(vec![Atom::Uuid("abc".into())])
         );
-        assert!(Datum::from_json(&json!({"a": 1})).is_err());
-        assert!(Datum::from_json(&json!(["map", [["a"]]])).is_err());
+        assert!(Datum::deserialize(&json!({"a": 1})).is_err());
+        assert!(Datum::deserialize(&json!(["map", [["a"]]])).is_err());
+        assert!(Datum::deserialize(&json!(["set", [1], 2])).is_err());
+        assert!(Datum::deserialize(&json!(["uuid"])).is_err());
+        assert!(Datum::deserialize(&json!(["psk", "s3cret"])).is_err());
     }
 
     #[test]

@@ -9,7 +9,6 @@ use std::time::Duration;
 
 use thiserror::Error;
 
-use super::replica::UpdateError;
 use crate::jsonrpc::MessageError;
 use crate::jsonrpc::codec::FrameError;
 
@@ -40,13 +39,14 @@ pub enum OvsdbError {
     ConnectTimeout(Duration),
     #[error("server replied with an error to {method}: {error}")]
     Rpc { method: String, error: String },
+    /// `detail` names a shape or a position, never a value: rows carry pre-shared keys.
     #[error("malformed {what} from the server: {detail}")]
     Protocol { what: &'static str, detail: String },
-    /// Only the shape of the fault is kept: the offending value may be a pre-shared key.
-    #[error("malformed update: {0}")]
-    Update(String),
     #[error("transaction failed: {0}")]
     Transaction(String),
+    /// Serialising our own request failed (no value from the server is involved).
+    #[error("cannot encode the request: {0}")]
+    Encode(#[from] serde_json::Error),
 }
 
 impl OvsdbError {
@@ -55,35 +55,5 @@ impl OvsdbError {
             what,
             detail: detail.to_string(),
         }
-    }
-}
-
-impl From<UpdateError> for OvsdbError {
-    fn from(e: UpdateError) -> Self {
-        OvsdbError::Update(match e {
-            UpdateError::Row { table, uuid, .. } => format!("row {uuid} of table {table}"),
-            UpdateError::NotObject => "table-updates is not an object".into(),
-            UpdateError::Datum(_) => "bad value".into(),
-        })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::ovsdb::datum::DatumError;
-
-    #[test]
-    fn update_errors_never_carry_values() {
-        let e = OvsdbError::from(UpdateError::Row {
-            table: "Interface".into(),
-            uuid: "u1".into(),
-            detail: "not an OVSDB atom: [\"psk\",\"s3cret\",1]".into(),
-        });
-        let text = e.to_string();
-        assert!(text.contains("Interface") && text.contains("u1"), "{text}");
-        assert!(!text.contains("s3cret"), "{text}");
-        let e = OvsdbError::from(UpdateError::Datum(DatumError::Atom("s3cret".into())));
-        assert!(!e.to_string().contains("s3cret"));
     }
 }

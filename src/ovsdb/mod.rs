@@ -14,6 +14,7 @@ pub mod schema;
 mod session;
 pub mod transact;
 pub mod transport;
+pub mod updates;
 
 pub use client::{Client, ClientConfig, DbEvent, TableSpec};
 pub use error::OvsdbError;

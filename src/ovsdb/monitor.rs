@@ -14,8 +14,8 @@ use std::fmt;
 
 use serde_json::{Map, Value, json};
 
-use super::error::OvsdbError;
 use super::schema::MonitoredTable;
+use super::updates::{RowUpdate2, TableUpdates, Updates};
 
 /// The `<json-value>` that tags our monitor; notifications carrying another one are not ours.
 pub const MONITOR_ID: &str = "ovs-monitor-ipsec";
@@ -104,74 +104,29 @@ impl fmt::Display for MonitorMethod {
     }
 }
 
-// Protocol errors describe shapes, never contents: rows may carry pre-shared keys.
-const SINCE_SHAPE: &str = "expected [found, last-txn-id, updates]";
-
 /// A successful monitor reply, decoded.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug)]
 pub struct MonitorReply {
     /// `monitor_cond_since` only: the server sent just the changes after our transaction id,
     /// to be applied on top of the replica we kept.
     pub found: bool,
     pub last_txn_id: Option<String>,
     /// `<table-updates>` or `<table-updates2>`, by method.
-    pub updates: Value,
+    pub updates: Updates,
 }
 
-impl MonitorReply {
-    pub fn parse(method: MonitorMethod, result: Value) -> Result<Self, OvsdbError> {
-        if method != MonitorMethod::MonitorCondSince {
-            return Ok(MonitorReply {
-                found: false,
-                last_txn_id: None,
-                updates: result,
-            });
-        }
-        match result {
-            Value::Array(a) => match <[Value; 3]>::try_from(a) {
-                Ok([Value::Bool(found), Value::String(txn), updates]) => Ok(MonitorReply {
-                    found,
-                    last_txn_id: Some(txn),
-                    updates,
-                }),
-                _ => Err(OvsdbError::protocol(
-                    "monitor_cond_since reply",
-                    SINCE_SHAPE,
-                )),
-            },
-            _ => Err(OvsdbError::protocol(
-                "monitor_cond_since reply",
-                SINCE_SHAPE,
-            )),
-        }
-    }
-}
+/// `monitor_cond_since`'s result, `[found, last-txn-id, table-updates2]`.
+pub type SinceResult = (bool, String, TableUpdates<RowUpdate2>);
+
+/// An `update3` notification's params, `[monitor-id, last-txn-id, table-updates2]`.
+pub type Update3Params = (Value, String, TableUpdates<RowUpdate2>);
+
+/// An `update`/`update2` notification's params, `[monitor-id, table-updates(2)]`.
+pub type UpdateParams<R> = (Value, TableUpdates<R>);
 
 /// Clauses selecting rows whose `column` equals any of `values` (OR-ed by the server).
 pub fn any_of(column: &str, values: &[&str]) -> Vec<Value> {
     values.iter().map(|v| json!([column, "==", v])).collect()
-}
-
-/// Splits an `update3` notification's params into (last transaction id, table-updates2).
-pub fn parse_update3(params: &[Value]) -> Result<(&str, &Value), OvsdbError> {
-    match params {
-        [_, Value::String(txn), updates] => Ok((txn, updates)),
-        _ => Err(OvsdbError::protocol(
-            "update3",
-            "expected [monitor-id, txn-id, updates]",
-        )),
-    }
-}
-
-/// The table-updates of an `update`/`update2` notification: `[monitor id, updates]`.
-pub fn parse_update(params: &[Value]) -> Result<&Value, OvsdbError> {
-    match params {
-        [_, updates] => Ok(updates),
-        _ => Err(OvsdbError::protocol(
-            "update",
-            "expected [monitor-id, updates]",
-        )),
-    }
 }
 
 #[cfg(test)]
@@ -259,35 +214,5 @@ mod tests {
             MonitorMethod::MonitorCondSince.fallback(&json!({"error": "syntax error"})),
             None
         );
-    }
-
-    #[test]
-    fn parses_monitor_cond_since_reply() {
-        let r = MonitorReply::parse(
-            MonitorMethod::MonitorCondSince,
-            json!([true, "abc", {"Interface": {}}]),
-        )
-        .unwrap();
-        assert!(r.found);
-        assert_eq!(r.last_txn_id.as_deref(), Some("abc"));
-        assert_eq!(r.updates, json!({"Interface": {}}));
-        for bad in [
-            json!({}),
-            json!([true, "x"]),
-            json!(["yes", "x", {}]),
-            json!([true, 1, {}]),
-        ] {
-            assert!(MonitorReply::parse(MonitorMethod::MonitorCondSince, bad).is_err());
-        }
-        let plain = MonitorReply::parse(MonitorMethod::Monitor, json!({"T": {}})).unwrap();
-        assert!(!plain.found && plain.last_txn_id.is_none());
-    }
-
-    #[test]
-    fn parses_update3_params() {
-        let params = [json!(MONITOR_ID), json!("t-9"), json!({"T": {}})];
-        assert_eq!(parse_update3(&params).unwrap(), ("t-9", &json!({"T": {}})));
-        assert!(parse_update3(&params[..2]).is_err());
-        assert!(parse_update3(&[json!(MONITOR_ID), json!(5), json!({})]).is_err());
     }
 }

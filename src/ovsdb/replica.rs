@@ -1,35 +1,67 @@
 //! The local copy of the monitored rows, kept current by `update`, `update2` and `update3`
 //! notifications.
 //!
+//! Updates arrive decoded into typed rows ([`super::updates`]), so applying them cannot fail;
+//! the `Value` forms ([`Replica::apply_update`], [`Replica::apply_update2`]) decode first.
+//!
 //! The replica also records which rows each update touched ([`Replica::take_changes`]), so
 //! that its reader can refresh what it derives from one changed row instead of from all N:
 //! a one-tunnel change must not cost a pass over 10,000 rows.
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use std::fmt;
+
+use serde::Deserialize;
+use serde::de::{MapAccess, Visitor};
 use serde_json::Value;
 use thiserror::Error;
 
-use super::datum::{Datum, DatumError};
+use super::datum::Datum;
+use super::updates::{RowUpdate, RowUpdate2, TableUpdates, Updates};
 
+/// Only the fact, never the offending value: it may be a pre-shared key.
 #[derive(Debug, Error, PartialEq)]
 pub enum UpdateError {
-    #[error("table-updates is not an object")]
-    NotObject,
-    #[error("row update for {table} {uuid} is malformed: {detail}")]
-    Row {
-        table: String,
-        uuid: String,
-        detail: String,
-    },
-    #[error(transparent)]
-    Datum(#[from] DatumError),
+    #[error("malformed table-updates")]
+    Malformed,
 }
 
-/// One row: column name → value. Columns not monitored are absent.
+/// One row: column name → value, sorted by name. Columns not monitored are absent.
+///
+/// A sorted `Vec` rather than a `BTreeMap`: a row has half a dozen columns, and a map's node
+/// (~600 bytes) would cost more than the values at 10,000 rows.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Row {
-    pub columns: BTreeMap<String, Datum>,
+    columns: Vec<(String, Datum)>,
+}
+
+impl<'de> Deserialize<'de> for Row {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_map(RowVisitor)
+    }
+}
+
+struct RowVisitor;
+
+impl<'de> Visitor<'de> for RowVisitor {
+    type Value = Row;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("an OVSDB row")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Row, A::Error> {
+        let mut row = Row::default();
+        while let Some((column, value)) = map.next_entry::<String, Datum>()? {
+            // A repeated member: the last one wins, as in a JSON object decoded to a map.
+            if let Some(slot) = row.entry(column) {
+                *slot = value;
+            }
+        }
+        row.columns.shrink_to_fit();
+        Ok(row)
+    }
 }
 
 static EMPTY: Datum = Datum::Set(Vec::new());
@@ -37,16 +69,23 @@ static EMPTY: Datum = Datum::Set(Vec::new());
 impl Row {
     /// The column's value; an absent column reads as the empty set.
     pub fn get(&self, column: &str) -> &Datum {
-        self.columns.get(column).unwrap_or(&EMPTY)
+        self.columns
+            .binary_search_by(|(c, _)| c.as_str().cmp(column))
+            .ok()
+            .and_then(|i| self.columns.get(i))
+            .map_or(&EMPTY, |(_, d)| d)
     }
 
-    fn from_json(v: &Value) -> Result<Self, UpdateError> {
-        let obj = v.as_object().ok_or(UpdateError::NotObject)?;
-        let columns = obj
-            .iter()
-            .map(|(k, v)| Ok((k.clone(), Datum::from_json(v)?)))
-            .collect::<Result<_, UpdateError>>()?;
-        Ok(Row { columns })
+    /// The column's value, inserted empty if absent (always `Some`).
+    fn entry(&mut self, column: String) -> Option<&mut Datum> {
+        let i = match self.columns.binary_search_by(|(c, _)| c.cmp(&column)) {
+            Ok(i) => i,
+            Err(i) => {
+                self.columns.insert(i, (column, Datum::default()));
+                i
+            }
+        };
+        self.columns.get_mut(i).map(|(_, d)| d)
     }
 }
 
@@ -128,83 +167,66 @@ impl Replica {
         self.changes = Changes::All;
     }
 
-    /// Applies `<table-updates>` of a plain `monitor` (RFC 7047 §4.1.6): `new` is the whole
-    /// row, a missing `new` deletes it. All or nothing: on error the replica is unchanged.
+    /// Applies decoded updates of any monitor flavour. With `monitor` (RFC 7047 §4.1.6) a
+    /// row's `new` is the whole row and a missing `new` deletes it; with `monitor_cond(_since)`
+    /// a `modify` is a diff (see [`Datum::apply_diff`]).
+    pub fn apply(&mut self, updates: Updates) {
+        match updates {
+            Updates::Rows(tables) => self.apply_ops(tables, |u: RowUpdate| match u.new {
+                Some(row) => RowOp::Put(row),
+                None => RowOp::Delete,
+            }),
+            Updates::Diffs(tables) => self.apply_ops(tables, |u| match u {
+                RowUpdate2::Initial(row) | RowUpdate2::Insert(row) => RowOp::Put(row),
+                RowUpdate2::Modify(diff) => RowOp::Modify(diff),
+                RowUpdate2::Delete(_) => RowOp::Delete,
+            }),
+        }
+    }
+
+    /// Applies `<table-updates>` given as a `Value`. All or nothing: on error the replica is
+    /// unchanged.
     pub fn apply_update(&mut self, updates: &Value) -> Result<(), UpdateError> {
-        let ops = iter_updates(updates)?
-            .into_iter()
-            .map(|(table, uuid, ru)| {
-                let op = match ru.get("new") {
-                    Some(new) => {
-                        RowOp::Put(Row::from_json(new).map_err(|e| row_err(table, uuid, e))?)
-                    }
-                    None => RowOp::Delete,
-                };
-                Ok((table, uuid, op))
-            })
-            .collect::<Result<Vec<_>, UpdateError>>()?;
-        self.apply_ops(ops);
+        let tables =
+            TableUpdates::<RowUpdate>::deserialize(updates).map_err(|_| UpdateError::Malformed)?;
+        self.apply(Updates::Rows(tables));
         Ok(())
     }
 
-    /// Applies `<table-updates2>` of `monitor_cond` / `monitor_cond_since`. All or nothing:
-    /// every row update is decoded before any is applied, so a malformed one leaves the
-    /// replica unchanged.
+    /// Applies `<table-updates2>` given as a `Value`. All or nothing: every row update is
+    /// decoded before any is applied, so a malformed one leaves the replica unchanged.
     pub fn apply_update2(&mut self, updates: &Value) -> Result<(), UpdateError> {
-        let ops = iter_updates(updates)?
-            .into_iter()
-            .map(|(table, uuid, ru)| {
-                let (op, body) = ru
-                    .as_object()
-                    .and_then(|o| if o.len() == 1 { o.iter().next() } else { None })
-                    .ok_or_else(|| {
-                        row_err(
-                            table,
-                            uuid,
-                            "expected exactly one of initial/insert/modify/delete",
-                        )
-                    })?;
-                let row = || Row::from_json(body).map_err(|e| row_err(table, uuid, e));
-                let op = match op.as_str() {
-                    "initial" | "insert" => RowOp::Put(row()?),
-                    "delete" => RowOp::Delete,
-                    "modify" => RowOp::Modify(row()?),
-                    other => {
-                        return Err(row_err(
-                            table,
-                            uuid,
-                            format!("unknown row operation {other:?}"),
-                        ));
-                    }
-                };
-                Ok((table, uuid, op))
-            })
-            .collect::<Result<Vec<_>, UpdateError>>()?;
-        self.apply_ops(ops);
+        let tables =
+            TableUpdates::<RowUpdate2>::deserialize(updates).map_err(|_| UpdateError::Malformed)?;
+        self.apply(Updates::Diffs(tables));
         Ok(())
     }
 
-    fn apply_ops(&mut self, ops: Vec<(&str, &str, RowOp)>) {
-        for (table, uuid, op) in ops {
+    fn apply_ops<R>(&mut self, tables: TableUpdates<R>, op: impl Fn(R) -> RowOp) {
+        for (table, rows) in tables {
             if let Changes::Rows(changed) = &mut self.changes {
                 changed
-                    .entry(table.to_owned())
+                    .entry(table.clone())
                     .or_default()
-                    .insert(uuid.to_owned());
+                    .extend(rows.keys().cloned());
             }
-            let t = self.tables.entry(table.to_owned()).or_default();
-            match op {
-                RowOp::Put(row) => {
-                    t.insert(uuid.to_owned(), row);
-                }
-                RowOp::Delete => {
-                    t.remove(uuid);
-                }
-                RowOp::Modify(diff) => {
-                    let row = t.entry(uuid.to_owned()).or_default();
-                    for (col, d) in diff.columns {
-                        let scalar = self.scalars.contains(&(table.to_owned(), col.clone()));
-                        row.columns.entry(col).or_default().apply_diff(d, scalar);
+            let t = self.tables.entry(table.clone()).or_default();
+            for (uuid, update) in rows {
+                match op(update) {
+                    RowOp::Put(row) => {
+                        t.insert(uuid, row);
+                    }
+                    RowOp::Delete => {
+                        t.remove(&uuid);
+                    }
+                    RowOp::Modify(diff) => {
+                        let row = t.entry(uuid).or_default();
+                        for (col, d) in diff.columns {
+                            let scalar = self.scalars.contains(&(table.clone(), col.clone()));
+                            if let Some(cur) = row.entry(col) {
+                                cur.apply_diff(d, scalar);
+                            }
+                        }
                     }
                 }
             }
@@ -217,28 +239,6 @@ enum RowOp {
     Put(Row),
     Delete,
     Modify(Row),
-}
-
-fn row_err(table: &str, uuid: &str, detail: impl ToString) -> UpdateError {
-    UpdateError::Row {
-        table: table.to_owned(),
-        uuid: uuid.to_owned(),
-        detail: detail.to_string(),
-    }
-}
-
-type RowUpdate<'a> = (&'a str, &'a str, &'a Value);
-
-fn iter_updates(updates: &Value) -> Result<Vec<RowUpdate<'_>>, UpdateError> {
-    let tables = updates.as_object().ok_or(UpdateError::NotObject)?;
-    let mut out = Vec::new();
-    for (table, rows) in tables {
-        let rows = rows.as_object().ok_or(UpdateError::NotObject)?;
-        for (uuid, ru) in rows {
-            out.push((table.as_str(), uuid.as_str(), ru));
-        }
-    }
-    Ok(out)
 }
 
 #[cfg(test)]

@@ -5,12 +5,19 @@
 //! and the bytes go straight into the [`Framer`]), while everything that writes runs to
 //! completion in the task's own code, never inside a `select!` branch that may be dropped.
 //!
+//! Replies and monitor updates are handed over undecoded ([`Incoming`]): the caller decodes
+//! their payload straight into its own types, so the initial monitor reply of 10,000 rows
+//! never exists as a `serde_json::Value` tree beside its text and the replica built from it.
+//! The small rest (echo, unknown requests) is decoded as a [`Message`].
+//!
 //! Liveness follows OVS's inactivity probe: after `probe` of silence we send an `echo`; if
 //! another `probe` passes with nothing received, the connection is declared dead. Any bytes
 //! from the server count as life. A zero `probe` disables this.
 
 use std::time::Duration;
 
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::Instant;
@@ -18,7 +25,7 @@ use tokio::time::Instant;
 use super::error::OvsdbError;
 use super::transport::Stream;
 use crate::jsonrpc::Message;
-use crate::jsonrpc::codec::Framer;
+use crate::jsonrpc::codec::{FrameError, Framer};
 
 const READ_CHUNK: usize = 64 * 1024;
 
@@ -32,10 +39,72 @@ pub struct Session {
     probe_sent: bool,
 }
 
-/// A reply to one of our requests.
-pub enum Reply {
-    Ok(Value),
-    Err(Value),
+/// What [`Session::take_message`] hands over. Replies and monitor updates keep their bytes:
+/// their payload can be megabytes of rows, which the caller decodes straight into its own
+/// types ([`decode_result`], [`decode_params`]) instead of a `Value` tree.
+pub enum Incoming {
+    /// An `update`, `update2` or `update3` notification.
+    Update { method: String, frame: Vec<u8> },
+    /// A reply to request `id`: a JSON-RPC error, or a result still in `frame`.
+    Reply {
+        id: Value,
+        error: Option<Value>,
+        frame: Vec<u8>,
+    },
+    /// Any other notification.
+    Notify { method: String },
+}
+
+/// The members of a message that say what it is; `params` and `result` are skipped over
+/// without being built.
+#[derive(Deserialize)]
+struct Head {
+    #[serde(default)]
+    method: Option<String>,
+    #[serde(default)]
+    id: Value,
+    #[serde(default)]
+    error: Value,
+}
+
+#[derive(Deserialize)]
+struct ResultOf<T> {
+    result: T,
+}
+
+#[derive(Deserialize)]
+struct ParamsOf<T> {
+    params: T,
+}
+
+/// The `result` of a reply's `frame`, decoded as `T`.
+pub fn decode_result<T: DeserializeOwned>(frame: &[u8]) -> Result<T, OvsdbError> {
+    serde_json::from_slice::<ResultOf<T>>(frame)
+        .map(|r| r.result)
+        .map_err(|e| shape_error("reply", &e))
+}
+
+/// The `params` of a notification's `frame`, decoded as `T`.
+pub fn decode_params<T: DeserializeOwned>(
+    what: &'static str,
+    frame: &[u8],
+) -> Result<T, OvsdbError> {
+    serde_json::from_slice::<ParamsOf<T>>(frame)
+        .map(|r| r.params)
+        .map_err(|e| shape_error(what, &e))
+}
+
+/// A decoding error by position only: serde's text may quote the value, which may be a key.
+fn shape_error(what: &'static str, e: &serde_json::Error) -> OvsdbError {
+    OvsdbError::protocol(
+        what,
+        format!(
+            "{:?} error at line {} column {}",
+            e.classify(),
+            e.line(),
+            e.column()
+        ),
+    )
 }
 
 impl Session {
@@ -59,36 +128,78 @@ impl Session {
 
     /// Sends a request and returns its id.
     pub async fn request(&mut self, method: &str, params: Vec<Value>) -> Result<u64, OvsdbError> {
+        self.request_raw(method, &serde_json::to_vec(&params)?)
+            .await
+    }
+
+    /// Sends a request whose params are already serialised (a JSON array), and returns its
+    /// id. A large transaction is written as is, without a second copy as a `Value`.
+    pub async fn request_raw(&mut self, method: &str, params: &[u8]) -> Result<u64, OvsdbError> {
         let id = self.next_id;
         self.next_id += 1;
-        self.send(&Message::request(method, params, json!(id)))
-            .await?;
+        let head = format!("{{\"id\":{id},\"method\":{},\"params\":", json!(method));
+        // Three writes rather than one copy of a multi-megabyte `params`.
+        self.stream.write_all(head.as_bytes()).await?;
+        self.stream.write_all(params).await?;
+        self.stream.write_all(b"}").await?;
+        self.stream.flush().await?;
         Ok(id)
     }
 
     /// The next complete message already buffered, with `echo` requests answered here.
-    pub async fn take_message(&mut self) -> Result<Option<Message>, OvsdbError> {
-        while let Some(value) = self.framer.next_value()? {
-            match Message::from_value(value)? {
-                Message::Request { method, params, id } if method == "echo" => {
-                    self.send(&Message::Reply {
-                        result: Value::Array(params),
-                        id,
-                    })
-                    .await?;
-                }
-                Message::Request { method, id, .. } => {
-                    tracing::debug!("ignoring request {method:?} from the server");
-                    self.send(&Message::Error {
-                        error: json!("unknown method"),
-                        id,
-                    })
-                    .await?;
+    pub async fn take_message(&mut self) -> Result<Option<Incoming>, OvsdbError> {
+        while let Some(frame) = self.framer.next_frame()? {
+            let head: Head =
+                serde_json::from_slice(&frame).map_err(|e| shape_error("message", &e))?;
+            match head.method {
+                Some(method)
+                    if head.id.is_null()
+                        && matches!(method.as_str(), "update" | "update2" | "update3") =>
+                {
+                    return Ok(Some(Incoming::Update { method, frame }));
                 }
                 // The reply to our own probe: its arrival already counted as activity.
-                Message::Reply { id, .. } if id.as_str() == Some("echo") => {}
-                other => return Ok(Some(other)),
+                None if head.id.as_str() == Some("echo") => {}
+                None => {
+                    let error = (!head.error.is_null()).then_some(head.error);
+                    return Ok(Some(Incoming::Reply {
+                        id: head.id,
+                        error,
+                        frame,
+                    }));
+                }
+                Some(_) => {
+                    let value: Value = serde_json::from_slice(&frame).map_err(FrameError::from)?;
+                    if let Some(method) = self.answer(Message::from_value(value)?).await? {
+                        return Ok(Some(Incoming::Notify { method }));
+                    }
+                }
             }
+        }
+        Ok(None)
+    }
+
+    /// Answers a request from the server (`echo`, or "unknown method"); returns the method of
+    /// a notification.
+    async fn answer(&mut self, msg: Message) -> Result<Option<String>, OvsdbError> {
+        match msg {
+            Message::Request { method, params, id } if method == "echo" => {
+                self.send(&Message::Reply {
+                    result: Value::Array(params),
+                    id,
+                })
+                .await?;
+            }
+            Message::Request { method, id, .. } => {
+                tracing::debug!("ignoring request {method:?} from the server");
+                self.send(&Message::Error {
+                    error: json!("unknown method"),
+                    id,
+                })
+                .await?;
+            }
+            Message::Notify { method, .. } => return Ok(Some(method)),
+            Message::Reply { .. } | Message::Error { .. } => {}
         }
         Ok(None)
     }
@@ -129,19 +240,23 @@ impl Session {
             .await
     }
 
-    /// Sends a request and waits for its reply, answering echoes meanwhile. Used before the
-    /// monitor is set up, when no other traffic is expected; anything else is logged and
-    /// dropped.
-    pub async fn call(&mut self, method: &str, params: Vec<Value>) -> Result<Reply, OvsdbError> {
+    /// Sends a request and waits for its reply, answering echoes meanwhile: the result
+    /// decoded as `T`, or the JSON-RPC error. Used before the monitor is set up, when no other
+    /// traffic is expected; anything else is logged and dropped.
+    pub async fn call<T: DeserializeOwned>(
+        &mut self,
+        method: &str,
+        params: Vec<Value>,
+    ) -> Result<Result<T, Value>, OvsdbError> {
         let want = self.request(method, params).await?;
         loop {
             while let Some(msg) = self.take_message().await? {
                 match msg {
-                    Message::Reply { result, id } if id.as_u64() == Some(want) => {
-                        return Ok(Reply::Ok(result));
-                    }
-                    Message::Error { error, id } if id.as_u64() == Some(want) => {
-                        return Ok(Reply::Err(error));
+                    Incoming::Reply { id, error, frame } if id.as_u64() == Some(want) => {
+                        return match error {
+                            Some(e) => Ok(Err(e)),
+                            None => decode_result(&frame).map(Ok),
+                        };
                     }
                     // Never log the content: rows may carry pre-shared keys.
                     _ => {
@@ -155,5 +270,38 @@ impl Session {
                 () = quiet => self.on_silence().await?,
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::monitor::Update3Params;
+    use super::*;
+
+    #[test]
+    fn decoding_errors_name_the_position_never_the_value() {
+        let frame =
+            br#"{"id":null,"method":"update3","params":["m","t",{"Interface":{"u1":"s3cret"}}]}"#;
+        let e = decode_params::<Update3Params>("update3", frame).unwrap_err();
+        let text = e.to_string();
+        assert!(
+            text.contains("update3") && text.contains("column"),
+            "{text}"
+        );
+        assert!(!text.contains("s3cret"), "{text}");
+    }
+
+    #[test]
+    fn results_and_params_decode_from_the_bytes() {
+        let frame = br#"{"error":null,"id":3,"result":[true,"t-1",{"Interface":{"u1":{"modify":{"name":"a"}}}}]}"#;
+        let (found, txn, updates): super::super::monitor::SinceResult =
+            decode_result(frame).unwrap();
+        assert!(found);
+        assert_eq!(txn, "t-1");
+        assert_eq!(updates["Interface"].len(), 1);
+        assert!(
+            decode_result::<super::super::monitor::SinceResult>(br#"{"id":3,"result":[true,"x"]}"#)
+                .is_err()
+        );
     }
 }

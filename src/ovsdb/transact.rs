@@ -1,16 +1,37 @@
 //! `transact` (RFC 7047 §4.1.3): request params and the check of its result.
 //!
+//! The params are serialised from the caller's operations straight into bytes: a status write
+//! of 10,000 rows never becomes a `serde_json::Value` tree (see `status::Mutation`).
+//!
 //! A transaction the server rejects still comes back as a successful JSON-RPC reply; the
 //! failure sits in the per-operation results (an object with "error" and maybe "details"),
 //! possibly in an extra trailing element for a commit-time failure such as a constraint
 //! violation. Callers must not have to dig for it, so any such error becomes an `Err`.
 
-use serde_json::{Value, json};
+use serde::ser::{Serialize, SerializeSeq, Serializer};
+use serde_json::Value;
 
 use super::error::OvsdbError;
 
-pub fn params(db: &str, ops: Vec<Value>) -> Vec<Value> {
-    std::iter::once(json!(db)).chain(ops).collect()
+/// The request params `["<db>", op...]`, serialised.
+pub fn params<T: Serialize>(db: &str, ops: &[T]) -> Result<Vec<u8>, OvsdbError> {
+    Ok(serde_json::to_vec(&Params { db, ops })?)
+}
+
+struct Params<'a, T> {
+    db: &'a str,
+    ops: &'a [T],
+}
+
+impl<T: Serialize> Serialize for Params<'_, T> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut seq = s.serialize_seq(Some(self.ops.len() + 1))?;
+        seq.serialize_element(self.db)?;
+        for op in self.ops {
+            seq.serialize_element(op)?;
+        }
+        seq.end()
+    }
 }
 
 /// The per-operation results, or the first error among them.
@@ -35,19 +56,16 @@ pub fn check_result(result: Value) -> Result<Vec<Value>, OvsdbError> {
 
 #[cfg(test)]
 mod tests {
+    use serde_json::json;
+
     use super::*;
 
     #[test]
     fn params_put_the_database_first() {
+        let bytes = params("Open_vSwitch", &[json!({"op": "comment", "comment": "x"})]).unwrap();
         assert_eq!(
-            params(
-                "Open_vSwitch",
-                vec![json!({"op": "comment", "comment": "x"})]
-            ),
-            vec![
-                json!("Open_vSwitch"),
-                json!({"op": "comment", "comment": "x"})
-            ]
+            serde_json::from_slice::<Value>(&bytes).unwrap(),
+            json!(["Open_vSwitch", {"op": "comment", "comment": "x"}])
         );
     }
 

@@ -7,19 +7,19 @@
 //! the column, so it is not disturbed). All changes of one pass go in one transaction.
 //!
 //! Everything here is pure: [`plan`] turns the desired key values and the replica's current
-//! rows into transaction operations.
+//! rows into transaction operations, compact [`Mutation`]s serialised straight into the request.
 
 pub mod keys;
+mod mutation;
 pub mod time;
 
 use std::collections::BTreeMap;
 
-use serde_json::{Value, json};
-
 use crate::backend::{LiveState, LiveStatus};
 use crate::model::rows::{InterfaceRow, OpenVSwitchRow};
 use crate::model::{Tunnel, Validity};
-use crate::ovsdb::datum::Datum;
+
+pub use mutation::Mutation;
 
 /// Our keys on one row: `Some(value)` to set, `None` to make sure the key is absent.
 pub type Keys = BTreeMap<&'static str, Option<String>>;
@@ -65,22 +65,22 @@ pub fn cleared(names: &[&'static str]) -> Keys {
 /// row already matches. A changed value is deleted then inserted, because a map `insert`
 /// never overwrites an existing key (RFC 7047 §5.1).
 pub fn row_mutation(
-    table: &str,
+    table: &'static str,
     uuid: &str,
     current: &BTreeMap<String, String>,
     wanted: &Keys,
-) -> Option<Value> {
-    let mut delete: Vec<&str> = Vec::new();
-    let mut insert: Vec<(&str, &str)> = Vec::new();
-    for (key, want) in wanted {
-        let have = current.get(*key);
+) -> Option<Mutation> {
+    let mut delete = Vec::new();
+    let mut insert = Vec::new();
+    for (&key, want) in wanted {
+        let have = current.get(key);
         match (have, want) {
             (Some(h), Some(w)) if h == w => {}
             (Some(_), Some(w)) => {
                 delete.push(key);
-                insert.push((key, w));
+                insert.push((key, w.clone()));
             }
-            (None, Some(w)) => insert.push((key, w)),
+            (None, Some(w)) => insert.push((key, w.clone())),
             (Some(_), None) => delete.push(key),
             (None, None) => {}
         }
@@ -88,19 +88,12 @@ pub fn row_mutation(
     if delete.is_empty() && insert.is_empty() {
         return None;
     }
-    let mut mutations = Vec::new();
-    if !delete.is_empty() {
-        mutations.push(json!(["external_ids", "delete", Datum::string_set(delete)]));
-    }
-    if !insert.is_empty() {
-        mutations.push(json!(["external_ids", "insert", Datum::string_map(insert)]));
-    }
-    Some(json!({
-        "op": "mutate",
-        "table": table,
-        "where": [["_uuid", "==", ["uuid", uuid]]],
-        "mutations": mutations,
-    }))
+    Some(Mutation {
+        table,
+        uuid: uuid.to_owned(),
+        delete,
+        insert,
+    })
 }
 
 /// Inputs of one status pass. `I` iterates over the Interface rows (any order).
@@ -116,7 +109,7 @@ pub struct StatusInput<'a, I> {
 }
 
 /// The operations of one status transaction; empty when OVSDB already shows everything.
-pub fn plan<'a, I>(input: &StatusInput<'a, I>) -> Vec<Value>
+pub fn plan<'a, I>(input: &StatusInput<'a, I>) -> Vec<Mutation>
 where
     I: Iterator<Item = &'a InterfaceRow> + Clone,
 {
@@ -153,18 +146,21 @@ where
 /// whose `type` changed to a non-tunnel type leaves the server-side filter and so vanishes
 /// from our view while it still carries our keys. A deleted row makes this a no-op (the
 /// `where` matches nothing), which is cheaper than telling the two cases apart.
-pub fn forget(uuid: &str) -> Value {
-    json!({
-        "op": "mutate",
-        "table": "Interface",
-        "where": [["_uuid", "==", ["uuid", uuid]]],
-        "mutations": [["external_ids", "delete", Datum::string_set(keys::INTERFACE.iter().copied())]],
-    })
+pub fn forget(uuid: &str) -> Mutation {
+    Mutation {
+        table: "Interface",
+        uuid: uuid.to_owned(),
+        delete: keys::INTERFACE.to_vec(),
+        insert: Vec::new(),
+    }
 }
 
 /// The operations of `exit` with cleanup: remove every key we own, everywhere.
-pub fn cleanup(interfaces: &[InterfaceRow], open_vswitch: Option<&OpenVSwitchRow>) -> Vec<Value> {
-    let mut ops: Vec<Value> = interfaces
+pub fn cleanup(
+    interfaces: &[InterfaceRow],
+    open_vswitch: Option<&OpenVSwitchRow>,
+) -> Vec<Mutation> {
+    let mut ops: Vec<Mutation> = interfaces
         .iter()
         .filter_map(|r| {
             row_mutation(

@@ -25,7 +25,7 @@ Static-key mode (`--ike-daemon=none`, ours only: Python has no such mode) runs t
 fresh network namespace and converges when `ip xfrm policy` shows the expected count; its floor
 is `ip -batch` installing the same policies and states.
 
-usage: compare.py [--ours BIN] [--python SCRIPT] [--modes stroke,libreswan,xfrm,vici] [--sizes 1,100,1000]
+usage: compare.py [--ours BIN] [--python SCRIPT] [--ours-only] [--modes stroke,libreswan,xfrm,vici] [--sizes 1,100,1000]
 """
 
 import argparse
@@ -554,11 +554,25 @@ def bench_vici(n, ours):
 
 
 def fmt_s(x):
+    if x is None:
+        return "–"
     return f"{x * 1000:.0f} ms" if x < 10 else f"{x:.1f} s"
 
 
+def fmt_mb(x):
+    return "–" if x is None else f"{x:.1f} MB"
+
+
+def fmt_cpu(x):
+    return "–" if x is None else f"{x:.2f} s"
+
+
 def ratio(p, o):
-    return f"{p / o:.1f}×" if o > 0 else "–"
+    return f"{p / o:.1f}×" if p is not None and o > 0 else "–"
+
+
+# The Python column of a run with --ours-only.
+SKIPPED = {**{k: (None, "–") for k in ("cold", "add", "modify", "del")}, "rss": None, "cpu": None}
 
 
 def main():
@@ -570,10 +584,12 @@ def main():
                     help="the Python monitor (e.g. unpacked from openvswitch-ipsec's .deb)")
     ap.add_argument("--modes", default="stroke,libreswan")
     ap.add_argument("--sizes", default="1,100,1000")
+    ap.add_argument("--ours-only", action="store_true",
+                    help="skip the Python monitor (its column shows –)")
     a = ap.parse_args()
     PY_MONITOR = a.python
     # xfrm mode has no Python peer: it needs only OVS's tools (and `ip`, `nft`).
-    peer = [PY_MONITOR, "/usr/bin/certutil"] if a.modes != "xfrm" else []
+    peer = [PY_MONITOR, "/usr/bin/certutil"] if a.modes != "xfrm" and not a.ours_only else []
     for tool in [*peer, "/usr/sbin/ovsdb-server", "/usr/bin/ovs-vsctl"]:
         if not os.path.exists(tool):
             sys.exit(f"missing {tool}: apt-get install openvswitch-ipsec python3-openvswitch "
@@ -597,7 +613,7 @@ def main():
                 sys.stdout.flush()
                 continue
             if mode == "vici":
-                p = bench_stub("python", "strongswan", n, a.ours)
+                p = SKIPPED if a.ours_only else bench_stub("python", "strongswan", n, a.ours)
                 o = bench_vici(n, a.ours)
                 for k, label in [("cold", "cold start"), ("add", "+1 tunnel"),
                                  ("modify", "modify 1"), ("del", "-1 tunnel")]:
@@ -607,21 +623,22 @@ def main():
                 print(f"| vici (Python: stroke) | {n} | +1 monitor-side (OVSDB update → status "
                       f"written) / its CPU | – | {o['add'][2] * 1000:.1f} ms / "
                       f"{o['add-cpu'] * 1000:.1f} ms | – | |")
-                print(f"| vici (Python: stroke) | {n} | peak RSS | {p['rss']:.1f} MB | "
-                      f"{o['rss']:.1f} MB | {ratio(p['rss'], o['rss'])} | |")
-                print(f"| vici (Python: stroke) | {n} | CPU (whole run) | {p['cpu']:.2f} s | "
-                      f"{o['cpu']:.2f} s | {ratio(p['cpu'], o['cpu'])} | |")
+                print(f"| vici (Python: stroke) | {n} | peak RSS | {fmt_mb(p['rss'])} | "
+                      f"{fmt_mb(o['rss'])} | {ratio(p['rss'], o['rss'])} | |")
+                print(f"| vici (Python: stroke) | {n} | CPU (whole run) | {fmt_cpu(p['cpu'])} | "
+                      f"{fmt_cpu(o['cpu'])} | {ratio(p['cpu'], o['cpu'])} | |")
                 sys.stdout.flush()
                 continue
-            p = bench_stub("python", "strongswan" if mode == "stroke" else mode, n, a.ours)
+            p = (SKIPPED if a.ours_only else
+                 bench_stub("python", "strongswan" if mode == "stroke" else mode, n, a.ours))
             o = bench_stub("ours", mode, n, a.ours)
             for k, label in [("cold", "cold start"), ("add", "+1 tunnel"), ("modify", "modify 1"),
                              ("del", "-1 tunnel")]:
                 print(f"| {mode} | {n} | {label} | {fmt_s(p[k][0])} | {fmt_s(o[k][0])} | "
                       f"{ratio(p[k][0], o[k][0])} | {p[k][1]} / {o[k][1]} |")
-            print(f"| {mode} | {n} | peak RSS | {p['rss']:.1f} MB | {o['rss']:.1f} MB | "
+            print(f"| {mode} | {n} | peak RSS | {fmt_mb(p['rss'])} | {fmt_mb(o['rss'])} | "
                   f"{ratio(p['rss'], o['rss'])} | |")
-            print(f"| {mode} | {n} | CPU (whole run) | {p['cpu']:.2f} s | {o['cpu']:.2f} s | "
+            print(f"| {mode} | {n} | CPU (whole run) | {fmt_cpu(p['cpu'])} | {fmt_cpu(o['cpu'])} | "
                   f"{ratio(p['cpu'], o['cpu'])} | |")
             sys.stdout.flush()
 
