@@ -26,11 +26,13 @@ main() {
     echo "E2E-GUEST: modules loaded at $(up)s"
 
     cd /e2e-out/scripts || { echo "E2E-GUEST: no scripts in /e2e-out"; poweroff -f; }
+    . ./scenarios.sh
     for s in $E2E_SCENARIOS; do
         mkdir -p "$out/$s"
         start=$(up)
+        limit=$(scenario_limit "$s")
         echo "E2E-GUEST: scenario $s at ${start}s"
-        timeout --kill-after=5 "$E2E_TIMEOUT" bash -c '. ./lib.sh && . ./scenarios.sh && e2e_run "$1"' _ "$s" \
+        timeout --kill-after=5 "$limit" bash -c '. ./lib.sh && . ./scenarios.sh && e2e_run "$1"' _ "$s" \
             > "$out/$s/trace.txt" 2>&1
         rc=$?
         # A scenario killed by the timeout could not keep its logs itself. After a failure the
@@ -42,7 +44,7 @@ main() {
             printf '%s\tPASS\t%s\t\n' "$s" "$secs" >> "$out/results.tsv"
         else
             why=$(tail -n 1 "$out/$s/failure.txt" 2> /dev/null)
-            [ $rc -eq 124 ] && why="timed out after ${E2E_TIMEOUT}s; $why"
+            [ $rc -eq 124 ] && why="timed out after ${limit}s; $why"
             printf '%s\tFAIL\t%s\t%s\n' "$s" "$secs" "${why:-exit $rc}" >> "$out/results.tsv"
         fi
         echo "E2E-GUEST: scenario $s rc=$rc in ${secs}s"

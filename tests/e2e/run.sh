@@ -10,7 +10,7 @@
 #
 # Environment: E2E_BIN (monitor binary; default the newer of target/release and target/debug),
 # E2E_TIMEOUT (seconds per scenario, default 900: the multi-node ones need over 600 under
-# load), E2E_SMP / E2E_MEM (guest size).
+# load; the mesh gets twice that, see scenario_limit), E2E_SMP / E2E_MEM (guest size).
 # Exit status: 0 when every scenario passed, 1 when one failed, 2 when the harness could not run.
 set -uo pipefail
 # The body is one function so that bash has parsed all of it before running any of it.
@@ -56,21 +56,22 @@ run_id=$(date +%Y%m%d-%H%M%S)-$$
 out=$cache/results/$run_id
 mkdir -p "$out"
 ln -sfn "$run_id" "$cache/results/latest"
-timeout=${E2E_TIMEOUT:-900}
+export E2E_TIMEOUT=${E2E_TIMEOUT:-900}
 # The guest runs a copy of the scripts: editing tests/e2e during a run changes nothing in it.
 mkdir -p "$out/scripts" && cp "$here"/*.sh "$here"/*.py "$out/scripts/"
 # And of the binary: a build during the run (cargo replaces target/*/ovs-monitor-ipsec) must
 # not change the monitor that nodes started later run.
 cp "$bin" "$out/ovs-monitor-ipsec" || die "cannot copy $bin"
 cat > "$out/boot.sh" <<EOF
-export E2E_BIN=/e2e-out/ovs-monitor-ipsec E2E_SCENARIOS='$*' E2E_TIMEOUT='$timeout'
+export E2E_BIN=/e2e-out/ovs-monitor-ipsec E2E_SCENARIOS='$*' E2E_TIMEOUT='$E2E_TIMEOUT'
 export E2E_MODULES='$cache/kernel/lib/modules' E2E_PKI='$cache/pki'
 exec /bin/bash /e2e-out/scripts/guest.sh
 EOF
 
 echo "e2e: kernel $release, binary $bin, scenarios: $*, results: $out (prepared in ${t_prep}s)"
 # The guest powers itself off; the outer timeout only guards against a hung guest.
-boot_limit=$((120 + timeout * $#))
+boot_limit=120
+for s in "$@"; do boot_limit=$((boot_limit + $(scenario_limit "$s"))); done
 timeout --kill-after=10 "$boot_limit" qemu-system-x86_64 -accel tcg -cpu max \
     -smp "${E2E_SMP:-2}" -m "${E2E_MEM:-2048}" -nographic -no-reboot -nodefaults -serial stdio \
     -kernel "$cache/kernel/boot/vmlinuz-$release" -initrd "$cache/initrd.gz" \

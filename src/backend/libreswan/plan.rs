@@ -4,7 +4,10 @@
 //! connection:
 //! - active (an ESP SA exists): nothing; its tracking timestamp is dropped at observe time;
 //! - loaded, not active, started more than 15 s ago: delete it ("defunct"); the next pass
-//!   loads it again. Not while pluto shows a negotiation of it in progress (a half-open IKE
+//!   loads it again. If the IKE SA with the peer is up and the tunnel's other conn is
+//!   established over it, initiate it over that IKE SA instead: deleting the conn pluto
+//!   lists the IKE SA under deletes the IKE SA and every Child SA over it (found by the
+//!   QEMU tier). Not while pluto shows a negotiation of it in progress (a half-open IKE
 //!   SA retransmitting, a Child SA being negotiated): under load IKE_AUTH alone can take
 //!   longer than 15 s, and deleting the conn aborts it, so the next attempt met the same
 //!   fate, forever. That wait is bounded by [`NEGOTIATION_LIMIT`];
@@ -328,6 +331,7 @@ fn plan_tunnel(t: &DesiredTunnel, observed: &Observed, memory: &Memory, out: &mu
             desired: conns.clone(),
         });
     }
+    let carrying = conns.iter().any(|c| st.active.contains(c));
     for conn in conns {
         if st.active.contains(&conn) {
             continue;
@@ -348,6 +352,18 @@ fn plan_tunnel(t: &DesiredTunnel, observed: &Observed, memory: &Memory, out: &mu
         match (pending, negotiating) {
             (Some((_, age)), Some(state)) if *age >= GRACE && *age < NEGOTIATION_LIMIT => {
                 out.push(Action::Negotiating { conn, state })
+            }
+            // Not defunct while the tunnel's other direction is established over the IKE SA
+            // with the peer: pluto lists that IKE SA under one conn, and deleting the conn
+            // deletes it and every Child SA over it. This happens when both ends initiate at
+            // once: the peer's IKE SA supersedes ours and pluto drops our queued Child SA.
+            (Some((Pending::Started, age)), _)
+                if *age >= GRACE && carrying && st.ike_up.contains(&conn) =>
+            {
+                out.push(Action::BringUp {
+                    conn,
+                    went_down: false,
+                })
             }
             (Some((Pending::Started, age)), _) if *age >= GRACE => out.push(Action::Delete {
                 conn,

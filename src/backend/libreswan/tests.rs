@@ -617,6 +617,35 @@ fn an_inbound_conn_is_not_initiated_while_the_peers_ike_sa_is_up() {
 }
 
 #[test]
+fn a_started_conn_over_an_established_ike_sa_is_initiated_not_deleted() {
+    // Seen in the QEMU tier: both ends initiated at once, the peer's IKE SA superseded ours
+    // and pluto dropped the Child SA queued for tun-out-1. tun-in-1 is established over the
+    // IKE SA pluto lists under tun-out-1, so deleting tun-out-1 as defunct would delete that
+    // IKE SA and tun-in-1's Child SA with it.
+    let mut o = observed(&["tun-in-1", "tun-out-1"], &["tun-in-1"]);
+    o.pluto.ike_up.extend([conn("tun-in-1"), conn("tun-out-1")]);
+    let a = out_actions(&mut o, Pending::Started, Duration::from_secs(21));
+    assert_eq!(
+        a,
+        [Action::BringUp {
+            conn: conn("tun-out-1"),
+            went_down: false,
+        }]
+    );
+    assert_eq!(a[0].to_string(), "Bringing up ipsec connection tun-out-1");
+    // With nothing established over the IKE SA, or no IKE SA, the Python monitor's rule
+    // stands: deleted, and loaded again by the next pass.
+    let defunct = |a: &[Action]| a.iter().any(|a| a.to_string().contains("defunct"));
+    o.pluto.active.clear();
+    let a = out_actions(&mut o, Pending::Started, Duration::from_secs(21));
+    assert!(defunct(&a), "{a:?}");
+    o.pluto.active.insert(conn("tun-in-1"));
+    o.pluto.ike_up.clear();
+    let a = out_actions(&mut o, Pending::Started, Duration::from_secs(21));
+    assert!(defunct(&a), "{a:?}");
+}
+
+#[test]
 fn an_ike_sa_with_a_child_sa_still_retried_says_both() {
     // pluto 5 on a kernel without ESP: IKE SA up, the refused Child SA retried (NEW_CHILD_I1).
     let mut o = observed(&["tun-in-1", "tun-out-1"], &[]);
