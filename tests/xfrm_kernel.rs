@@ -56,15 +56,16 @@ fn derived(local_gen: &str) -> Vec<(String, u32)> {
         dst: REMOTE.parse().unwrap(),
         proto: Proto::Udp(6090),
     };
-    let inb = out.reversed();
-    [(out, hex16(local_gen)), (inb, hex16(PEER_GEN))]
+    let (local, peer) = (hex16(local_gen), hex16(PEER_GEN));
+    [(out, &local, &peer), (out.reversed(), &peer, &local)]
         .iter()
-        .map(|(flow, g)| {
+        .map(|(flow, sender, receiver)| {
             let d = derive(
                 PSK.as_bytes(),
                 Context {
                     flow,
-                    generation: g,
+                    sender,
+                    receiver,
                 },
             );
             (d.key.0.iter().map(|b| format!("{b:02x}")).collect(), d.spi)

@@ -325,16 +325,18 @@ impl Backend for XfrmBackend {
             warn!("{e}");
         }
         // Written down (and synced) before the SAs exist: see generation.rs.
-        if let Err(e) = self.generation.record(&out_ids) {
-            for (t, _) in &sa_out {
+        let all_ids: Vec<SaId> = in_ids.iter().chain(&out_ids).copied().collect();
+        if let Err(e) = self.generation.record(&all_ids) {
+            for (t, _) in sa_in.iter().chain(&sa_out) {
                 if let Some(t) = t {
                     report.errors.insert((*t).to_owned(), e.to_string());
                 }
             }
+            sa_in.clear();
             sa_out.clear();
         }
-        self.write(sa_in, &in_ids, &mut report).await?;
-        let refused = self.write(sa_out, &out_ids, &mut report).await?;
+        let mut refused = self.write(sa_in, &in_ids, &mut report).await?;
+        refused.extend(self.write(sa_out, &out_ids, &mut report).await?);
         if let Err(e) = self.generation.unrecord(&refused) {
             warn!("{e}");
         }
@@ -392,7 +394,7 @@ impl Backend for XfrmBackend {
         if let Err(e) = self.retiring.clear() {
             warn!("{e}");
         }
-        // Our outbound SAs are gone: the next start must not reuse their keys.
+        // Our SAs are gone: the next start must not re-create them under the same keys.
         self.generation.forget().map_err(io_error)
     }
 
