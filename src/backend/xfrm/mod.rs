@@ -12,6 +12,7 @@ pub mod error;
 pub mod generation;
 pub mod netlink;
 pub mod nft;
+pub mod observe;
 pub mod plan;
 pub mod retiring;
 pub mod socket;
@@ -26,11 +27,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
-use tracing::warn;
+use tracing::{debug, warn};
 
 use self::error::XfrmError;
 use self::generation::GenerationStore;
 use self::netlink::{Op, Xfrm};
+use self::observe::{Seen, Targets};
 use self::plan::Action;
 use self::retiring::RetiringStore;
 use self::types::{Dir, Observed, Refusal, SaId};
@@ -70,6 +72,13 @@ pub struct XfrmBackend {
     timeout: Duration,
     events_tx: mpsc::Sender<BackendEvent>,
     events_rx: Option<mpsc::Receiver<BackendEvent>>,
+    /// The kernel objects of the last observation, patched by targeted ones (`observe.rs`);
+    /// `None` forces a full observation.
+    cache: Option<Observed>,
+    /// The tunnels' configurations at the last observation.
+    seen: Seen,
+    /// What the last apply wrote: the next observation reads it back.
+    verify: Targets,
 }
 
 impl XfrmBackend {
@@ -90,6 +99,9 @@ impl XfrmBackend {
             timeout: Duration::from_secs(cli.command_timeout),
             events_tx,
             events_rx: Some(events_rx),
+            cache: None,
+            seen: Seen::default(),
+            verify: Targets::default(),
         })
     }
 
@@ -116,6 +128,88 @@ impl XfrmBackend {
             _ if out.stderr.contains("No such file or directory") => Ok(None),
             _ => Err(format!("nft failed: {}", out.stderr.trim())),
         }
+    }
+
+    /// A full observation of the kernel: every SA and policy, and our nftables table.
+    async fn dump(&mut self) -> Result<Observed, BackendError> {
+        let xfrm = self.xfrm()?;
+        let dump_err = |what: &str, e: XfrmError| BackendError::Io {
+            what: format!("dump XFRM {what}"),
+            detail: e.to_string(),
+        };
+        let policies = xfrm
+            .dump_policies()
+            .await
+            .map_err(|e| dump_err("policies", e))?;
+        let sas = xfrm.dump_sas().await.map_err(|e| dump_err("SAs", e))?;
+        let mut obs = Observed {
+            xfrm_stat: xfrm_stat(),
+            ..Default::default()
+        };
+        for p in policies {
+            match (p.id, p.ours) {
+                (Some(id), true) => {
+                    obs.policies.insert(id, p.spi);
+                }
+                (Some(id), false) => {
+                    obs.foreign_policies.insert(id);
+                }
+                (None, _) => {}
+            }
+        }
+        for s in sas {
+            if s.ours {
+                obs.sas.insert(s.id, s.stats);
+            } else {
+                obs.foreign_sas.insert((s.id.dst, s.id.spi));
+            }
+        }
+        match self.observe_guards().await {
+            Ok(Some(l)) => (obs.guards, obs.esp_seen) = (Some(l.guards), l.esp_seen),
+            Ok(None) => {}
+            Err(e) => obs.nft_error = Some(e),
+        }
+        Ok(obs)
+    }
+
+    /// Adds what the backend keeps itself (generation, grace periods, refusals) to an
+    /// observation of the kernel.
+    fn finish(&mut self, mut obs: Observed) -> Observed {
+        obs.generation = self.generation.current;
+        obs.used = self.generation.used.clone();
+        obs.now = Some(Instant::now());
+        let before = self.retiring.deadlines.len();
+        self.retiring.retain(|id| obs.sas.contains_key(id));
+        if self.retiring.deadlines.len() != before
+            && let Err(e) = self.retiring.save()
+        {
+            warn!("{e}");
+        }
+        obs.retiring = self.retiring.deadlines.clone();
+        // A retry pass asks the kernel again for every refused SA; the refusals before it
+        // are kept only to tell a repeat from a new error. SAs that exist are no longer refused.
+        if self.retry_due.swap(false, Ordering::Relaxed) {
+            self.retried = std::mem::take(&mut self.refused);
+        }
+        if self.refused.keys().any(|id| obs.sas.contains_key(id)) {
+            Arc::make_mut(&mut self.refused).retain(|id, _| !obs.sas.contains_key(id));
+        }
+        obs.refused = Arc::clone(&self.refused);
+        obs
+    }
+
+    /// A targeted observation (`observe.rs`): reads back only `targets`, one GET each.
+    async fn read_back(&mut self, obs: &mut Observed, targets: &Targets) -> Result<(), XfrmError> {
+        let Some(xfrm) = self.xfrm.as_mut() else {
+            return Err(XfrmError::Netlink("the backend is not started".into()));
+        };
+        for id in &targets.sas {
+            observe::patch_sa(obs, id, xfrm.get_sa(id).await?);
+        }
+        for id in &targets.policies {
+            observe::patch_policy(obs, id, xfrm.get_policy(id).await?);
+        }
+        Ok(())
     }
 
     /// Runs one batch of writes; failures go to `errors` under the tunnel that needed them.
@@ -157,6 +251,23 @@ impl XfrmBackend {
             self.schedule_retry();
         }
         Ok(refused)
+    }
+
+    /// Brings the cached guard set to what the `Guard` actions `nft` accepted made it (a
+    /// targeted observation does not list the table).
+    fn guards_applied(&mut self, actions: &[Action]) {
+        let Some(cache) = self.cache.as_mut() else {
+            return;
+        };
+        for a in actions {
+            if let Action::Guard { add, del, .. } = a {
+                let g = cache.guards.get_or_insert_with(Default::default);
+                g.extend(add.iter().copied());
+                del.iter().for_each(|d| {
+                    g.remove(d);
+                });
+            }
+        }
     }
 
     /// Asks for a retry pass in [`RETRY_REFUSED_AFTER`], unless one is already scheduled.
@@ -209,64 +320,38 @@ impl Backend for XfrmBackend {
     }
 
     async fn observe(&mut self) -> Result<Observed, BackendError> {
-        let xfrm = self.xfrm()?;
-        let dump_err = |what: &str, e: XfrmError| BackendError::Io {
-            what: format!("dump XFRM {what}"),
-            detail: e.to_string(),
+        let kernel = self.dump().await?;
+        debug!(
+            "full XFRM observation: {} SAs and {} policies of ours",
+            kernel.sas.len(),
+            kernel.policies.len()
+        );
+        self.cache = Some(kernel.clone());
+        Ok(self.finish(kernel))
+    }
+
+    async fn observe_for(&mut self, desired: &Desired) -> Result<Observed, BackendError> {
+        let changed = self.seen.changed(desired);
+        self.seen.remember(desired);
+        let mut targets = std::mem::take(&mut self.verify);
+        targets.extend(Targets::of_confs(&changed, &self.generation.current));
+        let retry = self.retry_due.load(Ordering::Relaxed);
+        let mut kernel = match self.cache.take() {
+            Some(k) if !targets.is_empty() && !retry => k,
+            _ => return self.observe().await,
         };
-        let policies = xfrm
-            .dump_policies()
-            .await
-            .map_err(|e| dump_err("policies", e))?;
-        let sas = xfrm.dump_sas().await.map_err(|e| dump_err("SAs", e))?;
-        let mut obs = Observed {
-            generation: self.generation.current,
-            used: self.generation.used.clone(),
-            now: Some(Instant::now()),
-            xfrm_stat: xfrm_stat(),
-            ..Default::default()
-        };
-        for p in policies {
-            match (p.id, p.ours) {
-                (Some(id), true) => {
-                    obs.policies.insert(id, p.spi);
-                }
-                (Some(id), false) => {
-                    obs.foreign_policies.insert(id);
-                }
-                (None, _) => {}
-            }
+        if let Err(e) = self.read_back(&mut kernel, &targets).await {
+            warn!("cannot read back the changed tunnels' XFRM state ({e}): dumping everything");
+            return self.observe().await;
         }
-        for s in sas {
-            if s.ours {
-                obs.sas.insert(s.id, s.stats);
-            } else {
-                obs.foreign_sas.insert((s.id.dst, s.id.spi));
-            }
-        }
-        match self.observe_guards().await {
-            Ok(Some(l)) => (obs.guards, obs.esp_seen) = (Some(l.guards), l.esp_seen),
-            Ok(None) => {}
-            Err(e) => obs.nft_error = Some(e),
-        }
-        let before = self.retiring.deadlines.len();
-        self.retiring.retain(|id| obs.sas.contains_key(id));
-        if self.retiring.deadlines.len() != before
-            && let Err(e) = self.retiring.save()
-        {
-            warn!("{e}");
-        }
-        obs.retiring = self.retiring.deadlines.clone();
-        // A retry pass asks the kernel again for every refused SA; the refusals before it
-        // are kept only to tell a repeat from a new error. SAs that exist are no longer refused.
-        if self.retry_due.swap(false, Ordering::Relaxed) {
-            self.retried = std::mem::take(&mut self.refused);
-        }
-        if self.refused.keys().any(|id| obs.sas.contains_key(id)) {
-            Arc::make_mut(&mut self.refused).retain(|id, _| !obs.sas.contains_key(id));
-        }
-        obs.refused = Arc::clone(&self.refused);
-        Ok(obs)
+        debug!(
+            "targeted XFRM observation: read back {} SAs and {} policies",
+            targets.sas.len(),
+            targets.policies.len()
+        );
+        kernel.xfrm_stat = xfrm_stat();
+        self.cache = Some(kernel.clone());
+        Ok(self.finish(kernel))
     }
 
     fn plan(&self, desired: &Desired, observed: &Observed) -> Vec<Action> {
@@ -284,6 +369,8 @@ impl Backend for XfrmBackend {
         let mut guard_script = String::new();
         let (mut in_ids, mut out_ids) = (Vec::new(), Vec::new());
         let mut retired = false;
+        // The next observation reads back what this pass writes, even where a write failed.
+        self.verify.extend(Targets::touched_by(&actions));
         for a in &actions {
             match a {
                 Action::RenewGeneration { .. } => {
@@ -349,8 +436,13 @@ impl Backend for XfrmBackend {
                 .run_checked()
                 .await;
             match run {
-                Ok(_) => report.applied += 1,
+                Ok(_) => {
+                    report.applied += 1;
+                    self.guards_applied(&actions);
+                }
                 Err(e) => {
+                    // What nft holds now is unknown: the next observation lists it.
+                    self.cache = None;
                     for name in desired.tunnels.keys() {
                         report
                             .errors

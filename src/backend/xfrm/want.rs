@@ -88,7 +88,7 @@ pub fn resolve(desired: &Desired, obs: &Observed) -> Wants {
         .collect()
 }
 
-fn tunnel_want(conf: &TunnelConf, generation: &[u8; 16]) -> Result<TunnelWant, String> {
+pub fn tunnel_want(conf: &TunnelConf, generation: &[u8; 16]) -> Result<TunnelWant, String> {
     let Auth::Psk(psk) = &conf.auth else {
         return Err("static keys (--ike-daemon=none) need options:psk".into());
     };

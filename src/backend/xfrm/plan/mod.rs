@@ -161,4 +161,4 @@ pub fn plan(wants: &Wants, obs: &Observed) -> Vec<Action> {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -12,7 +12,7 @@ use crate::model::{
 
 const PEER_GEN: [u8; 16] = [9; 16];
 
-fn conf(name: &str, remote: &str, psk: &str, next: Option<&str>) -> TunnelConf {
+pub(crate) fn conf(name: &str, remote: &str, psk: &str, next: Option<&str>) -> TunnelConf {
     TunnelConf {
         name: name.into(),
         kind: TunnelType::Geneve,
