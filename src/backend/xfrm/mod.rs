@@ -56,6 +56,18 @@ const RETIRING_FILE: &str = "ovs-monitor-ipsec.retiring";
 /// is not logged again (the status still shows it).
 const RETRY_REFUSED_AFTER: Duration = Duration::from_secs(15);
 
+/// A pass that no change drove observes everything at most this often (the daemon's periodic
+/// pass runs every 15 s)...
+const FULL_EVERY: Duration = Duration::from_secs(15);
+/// ...and at most once per this many times its own duration: under TCG at 10,000 tunnels a full
+/// observation took longer than the period, so the monitor did nothing but full passes and a
+/// change waited for the one in progress.
+const FULL_COST_FACTOR: u32 = 4;
+
+/// Above this many objects to read back (a cold start, a new generation), one dump is cheaper
+/// than a GET each.
+const GET_MAX: usize = 256;
+
 pub struct XfrmBackend {
     xfrm: Option<Xfrm>,
     generation: GenerationStore,
@@ -79,6 +91,8 @@ pub struct XfrmBackend {
     seen: Seen,
     /// What the last apply wrote: the next observation reads it back.
     verify: Targets,
+    /// When the last full observation started, and how long it took.
+    last_full: Option<(Instant, Duration)>,
 }
 
 impl XfrmBackend {
@@ -102,6 +116,7 @@ impl XfrmBackend {
             cache: None,
             seen: Seen::default(),
             verify: Targets::default(),
+            last_full: None,
         })
     }
 
@@ -320,7 +335,9 @@ impl Backend for XfrmBackend {
     }
 
     async fn observe(&mut self) -> Result<Observed, BackendError> {
+        let started = Instant::now();
         let kernel = self.dump().await?;
+        self.last_full = Some((started, started.elapsed()));
         debug!(
             "full XFRM observation: {} SAs and {} policies of ours",
             kernel.sas.len(),
@@ -335,9 +352,13 @@ impl Backend for XfrmBackend {
         self.seen.remember(desired);
         let mut targets = std::mem::take(&mut self.verify);
         targets.extend(Targets::of_confs(&changed, &self.generation.current));
-        let retry = self.retry_due.load(Ordering::Relaxed);
+        let full_due = self.retry_due.load(Ordering::Relaxed)
+            || targets.count() > GET_MAX
+            || self
+                .last_full
+                .is_none_or(|(at, took)| at.elapsed() >= FULL_EVERY.max(took * FULL_COST_FACTOR));
         let mut kernel = match self.cache.take() {
-            Some(k) if !targets.is_empty() && !retry => k,
+            Some(k) if !full_due => k,
             _ => return self.observe().await,
         };
         if let Err(e) = self.read_back(&mut kernel, &targets).await {

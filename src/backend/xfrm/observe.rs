@@ -9,9 +9,11 @@
 //! under that identity, ours or foreign, and it is classified exactly as a dumped object is, so
 //! the adopt, collision and foreign rules are the same in both kinds of pass.
 //!
-//! Full observations still happen at start-up, on every pass that no configuration change
-//! drove (the periodic reconcile pass, backend events, the retry pass) and after a failed GET:
-//! they are what notices changes made by hand or by other programs. The nftables guard is not
+//! Full observations happen at start-up, on the retry pass, after a failed GET, when there is
+//! more to read back than a dump costs (a cold start, a new generation), and otherwise at most
+//! every 15 s and at most once per four times their own duration: they are what notices
+//! changes made by hand or by other programs. A pass in between that no change drove (the
+//! periodic pass, a backend event) plans on the kept observation. The nftables guard is not
 //! listed in a targeted pass: the backend updates its copy from the scripts `nft` accepted.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -103,8 +105,8 @@ impl Targets {
         self.policies.extend(other.policies);
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.sas.is_empty() && self.policies.is_empty()
+    pub fn count(&self) -> usize {
+        self.sas.len() + self.policies.len()
     }
 }
 
