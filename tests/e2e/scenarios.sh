@@ -190,6 +190,27 @@ ike_start() {
 # into the peer's options:ipsec_peer_generation (only then can a node derive the peer's key).
 has_generation() { [ -n "$(ext_id "$1" ipsec-generation)" ]; }
 
+# static_relay: the CMS's relay, repeated while a node publishes a new generation. A node that
+# already created these very SAs (the same tunnel removed and added again with the same PSK)
+# draws a new generation instead of re-creating them with a fresh replay window
+# (docs/static-keying.md), and a CMS relays that as it relays a reboot's.
+peer_gen_is() { [ "$(vsctl "$1" --if-exists get interface tun options:ipsec_peer_generation 2> /dev/null | tr -d '"')" = "$2" ]; }
+relay_current() { peer_gen_is left "$(ext_id right ipsec-generation)" && peer_gen_is right "$(ext_id left ipsec-generation)"; }
+relay_settled() { ! relay_current || both_up; }
+static_relay() {
+    local s gen i
+    for i in 1 2 3 4; do
+        for s in left right; do
+            gen=$(ext_id "$(peer_of "$s")" ipsec-generation)
+            vsctl "$s" --no-wait set interface tun options:ipsec_peer_generation="$gen" || fail "$s: set peer generation"
+        done
+        wait_until 120 "both nodes up or a new generation to relay" relay_settled
+        relay_current && return 0
+        t "a node drew a new generation: relaying it"
+    done
+    fail "the nodes' generations keep changing"
+}
+
 tunnels_add() {
     local s gen
     if [ "$(cat "$E2E_WORK/kind")" != static ] && [ "${E2E_LOCAL_IP:-}" = yes ]; then
@@ -197,10 +218,7 @@ tunnels_add() {
     elif [ "$(cat "$E2E_WORK/kind")" = static ]; then
         for s in left right; do tunnel_add "$s" "$@" local_ip="$(underlay_ip "$s")"; done
         for s in left right; do wait_until 60 "$s to publish external_ids:ipsec-generation" has_generation "$s"; done
-        for s in left right; do
-            gen=$(ext_id "$(peer_of "$s")" ipsec-generation)
-            vsctl "$s" --no-wait set interface tun options:ipsec_peer_generation="$gen" || fail "$s: set peer generation"
-        done
+        static_relay
     else
         for s in left right; do tunnel_add "$s" "$@"; done
     fi
