@@ -56,15 +56,16 @@ fn derived(local_gen: &str) -> Vec<(String, u32)> {
         dst: REMOTE.parse().unwrap(),
         proto: Proto::Udp(6090),
     };
-    let inb = out.reversed();
-    [(out, hex16(local_gen)), (inb, hex16(PEER_GEN))]
+    let (local, peer) = (hex16(local_gen), hex16(PEER_GEN));
+    [(out, &local, &peer), (out.reversed(), &peer, &local)]
         .iter()
-        .map(|(flow, g)| {
+        .map(|(flow, sender, receiver)| {
             let d = derive(
                 PSK.as_bytes(),
                 Context {
                     flow,
-                    generation: g,
+                    sender,
+                    receiver,
                 },
             );
             (d.key.0.iter().map(|b| format!("{b:02x}")).collect(), d.spi)
@@ -217,4 +218,69 @@ fn the_guard_records_which_spi_a_peer_sends_with() {
         ok && set.contains(&format!("{REMOTE} . {LOCAL4} . 4660")),
         "{set}"
     );
+}
+
+/// A tunnel added to a running monitor is read back with a few GETs, not a dump of every
+/// tunnel's state, and a foreign policy that a GET finds on its selector is foreign all the
+/// same: the tunnel is in error and the policy is untouched.
+#[test]
+fn a_change_reads_back_only_its_tunnel_and_a_foreign_policy_found_by_get_stays_foreign() {
+    let ns = Netns::new();
+    let db = OvsdbServer::start();
+    let mon = ns.monitor(&db, "monitor.log", &[]);
+    add_tunnel(&db);
+    wait_for("gnv0 ipsec-state=error (no esp4)", T, || {
+        iface_key(&db, "gnv0", "ipsec-state").as_deref() == Some("error")
+    });
+    // Placed by hand after the monitor's start-up dump, on the selector of a tunnel to come.
+    let foreign = "192.0.2.7";
+    ns.ip(&[
+        "xfrm",
+        "policy",
+        "add",
+        "src",
+        LOCAL4,
+        "dst",
+        foreign,
+        "proto",
+        "udp",
+        "dport",
+        "6081",
+        "dir",
+        "out",
+        "tmpl",
+        "proto",
+        "esp",
+        "mode",
+        "transport",
+    ]);
+    db.add_tunnel(
+        "gnv1",
+        "geneve",
+        &[
+            format!("remote_ip={foreign}"),
+            format!("local_ip={LOCAL4}"),
+            format!("psk={PSK}"),
+            format!("ipsec_peer_generation={PEER_GEN}"),
+        ],
+    );
+    wait_for("gnv1 in error", T, || {
+        iface_key(&db, "gnv1", "ipsec-error").is_some_and(|e| e.contains("not created by"))
+    });
+    assert!(
+        mon.log()
+            .contains("targeted XFRM observation: read back 2 SAs and 2 policies"),
+        "{}",
+        mon.log()
+    );
+    assert_eq!(mon.log_count("cannot read back"), 0, "{}", mon.log());
+    let pols = ns.ip(&["xfrm", "policy"]);
+    let theirs: Vec<&str> = pols.split("src ").filter(|p| p.contains(foreign)).collect();
+    assert_eq!(theirs.len(), 1, "{pols}");
+    assert!(
+        theirs[0].contains("dir out") && !theirs[0].contains("priority 20310"),
+        "{pols}"
+    );
+    // gnv0 is untouched by gnv1's trouble.
+    assert!(our_policies(&ns).contains("dir in"));
 }

@@ -24,7 +24,7 @@ pub struct PassOutcome {
 /// Runs one pass. Never fails: a backend error becomes `backend_error` and every tunnel is
 /// reported `down` with that reason, so the problem shows in OVSDB.
 pub async fn run<B: Backend>(backend: &mut B, desired: &Desired) -> PassOutcome {
-    let observed = match backend.observe().await {
+    let observed = match backend.observe_for(desired).await {
         Ok(o) => o,
         Err(e) => return failed(desired, format!("cannot observe {}: {e}", backend.kind())),
     };
@@ -62,7 +62,7 @@ pub async fn run<B: Backend>(backend: &mut B, desired: &Desired) -> PassOutcome 
         warn!("{tunnel}: {err}");
     }
     // Status must describe the state after the actions, not before.
-    let live = match backend.observe().await {
+    let live = match backend.observe_for(desired).await {
         Ok(o) => backend.status(desired, &o),
         Err(e) => return failed(desired, format!("cannot observe {}: {e}", backend.kind())),
     };

@@ -182,6 +182,16 @@ pub trait Backend: Send + 'static {
     /// Reads the current state of the IKE daemon or the kernel.
     fn observe(&mut self) -> impl Future<Output = Result<Self::Observed, BackendError>> + Send;
 
+    /// Reads the state a pass for `desired` needs. A backend that can read only what changed
+    /// since its last observation overrides this (XFRM); the default reads everything.
+    fn observe_for(
+        &mut self,
+        desired: &Desired,
+    ) -> impl Future<Output = Result<Self::Observed, BackendError>> + Send {
+        let _ = desired;
+        self.observe()
+    }
+
     /// Pure: the actions that make `observed` match `desired`. Empty when converged.
     fn plan(&self, desired: &Desired, observed: &Self::Observed) -> Vec<Self::Action>;
 

@@ -201,6 +201,27 @@ ike_start() {
 # into the peer's options:ipsec_peer_generation (only then can a node derive the peer's key).
 has_generation() { [ -n "$(ext_id "$1" ipsec-generation)" ]; }
 
+# static_relay: the CMS's relay, repeated while a node publishes a new generation. A node that
+# already created these very SAs (the same tunnel removed and added again with the same PSK)
+# draws a new generation instead of re-creating them with a fresh replay window
+# (docs/static-keying.md), and a CMS relays that as it relays a reboot's.
+peer_gen_is() { [ "$(vsctl "$1" --if-exists get interface tun options:ipsec_peer_generation 2> /dev/null | tr -d '"')" = "$2" ]; }
+relay_current() { peer_gen_is left "$(ext_id right ipsec-generation)" && peer_gen_is right "$(ext_id left ipsec-generation)"; }
+relay_settled() { ! relay_current || both_up; }
+static_relay() {
+    local s gen i
+    for i in 1 2 3 4; do
+        for s in left right; do
+            gen=$(ext_id "$(peer_of "$s")" ipsec-generation)
+            vsctl "$s" --no-wait set interface tun options:ipsec_peer_generation="$gen" || fail "$s: set peer generation"
+        done
+        wait_until 120 "both nodes up or a new generation to relay" relay_settled
+        relay_current && return 0
+        t "a node drew a new generation: relaying it"
+    done
+    fail "the nodes' generations keep changing"
+}
+
 tunnels_add() {
     local s gen
     if [ "$(cat "$E2E_WORK/kind")" != static ] && [ "${E2E_LOCAL_IP:-}" = yes ]; then
@@ -208,10 +229,7 @@ tunnels_add() {
     elif [ "$(cat "$E2E_WORK/kind")" = static ]; then
         for s in left right; do tunnel_add "$s" "$@" local_ip="$(underlay_ip "$s")"; done
         for s in left right; do wait_until 60 "$s to publish external_ids:ipsec-generation" has_generation "$s"; done
-        for s in left right; do
-            gen=$(ext_id "$(peer_of "$s")" ipsec-generation)
-            vsctl "$s" --no-wait set interface tun options:ipsec_peer_generation="$gen" || fail "$s: set peer generation"
-        done
+        static_relay
     else
         for s in left right; do tunnel_add "$s" "$@"; done
     fi
@@ -418,48 +436,67 @@ static_reboot() {
     t "$s: rebooted (monitor killed, XFRM and nftables flushed, run files removed, monitor started)"
 }
 
-# out_keys SIDE: "SPI KEY" of each SA the node sends with (keys stay in variables, never printed).
-out_keys() {
-    ip -n "$1" xfrm state | awk -v me="$(underlay_ip "$1")" '$1 == "src" { o = ($2 == me) }
+# sa_keys SIDE DIR: "SPI KEY" of each SA the node sends with (out) or receives with (in); keys
+# stay in variables, never printed.
+sa_keys() {
+    ip -n "$1" xfrm state | awk -v me="$(underlay_ip "$1")" -v dir="$2" '$1 == "src" { o = (($2 == me) == (dir == "out")) }
         o && $1 == "proto" { spi = $4 } o && $1 == "aead" { print spi, $3 }' | sort
 }
+# reused A B: how many SPIs or keys the two "SPI KEY" lists share (counted, never printed).
+reused() {
+    printf '%s\n%s\n' "$1" "$2" | awk 'NF { s[$1]++; k[$2]++ }
+        END { n = 0; for (x in s) if (s[x] > 1) n++; for (x in k) if (k[x] > 1) n++; print n }'
+}
 generation_is_not() { local g; g=$(ext_id "$1" ipsec-generation); [ -n "$g" ] && [ "$g" != "$2" ]; }
+has_sas() { [ -n "$(sa_keys "$1" in)" ] && [ -n "$(sa_keys "$1" out)" ]; }
 error_has() { ext_id "$1" ipsec-error | grep -qF -- "$2"; }
-# Only traffic shows the peer's key: each poll sends one (dropped) echo request from the left.
-unknown_spi_reported() { overlay_ping_ok left; error_has right "$1"; }
+# Only traffic shows the peer's key: each poll sends one (dropped) echo request from SIDE.
+unknown_spi_reported() {
+    local from=left to=right
+    [ "$1" = left ] && from=right to=left
+    overlay_ping_ok "$from"
+    error_has "$1" "$2"
+}
 
-# A reboot of the left node: it must send under a new generation (new SPIs, new keys, no
-# (key, SPI) pair of before), the right node drops what it cannot decrypt and says why until the
-# CMS relays the new generation, and nothing crosses the underlay in clear meanwhile.
+# A reboot of the left node. Every key binds both ends' generations (docs/static-keying.md), so
+# the left node's new generation changes the keys of both directions: it sends and receives with
+# SPIs and keys it never used (no nonce reuse; nothing recorded before can be replayed into its
+# fresh replay windows). Each node drops what it cannot decrypt and says why until the CMS relays
+# the new generation to the right node, and nothing crosses the underlay in clear meanwhile; then
+# both directions use the new keys.
 scenario_static_node_reboot() {
-    local gen_before keys_before spis_right keys_after reused new_spi cap td res fwd nclear
+    local gen_before out_before in_before spis_right right_spi keys_after new_spi right_new cap td res fwd nclear n
     geneve_up static-node-reboot
     wait_converged
     gen_before=$(ext_id left ipsec-generation)
-    keys_before=$(out_keys left)
+    out_before=$(sa_keys left out)
+    in_before=$(sa_keys left in)
     spis_right=$(spis right)
-    t "before: left generation $gen_before, left sends with SPI $(echo $keys_before | cut -d' ' -f1)"
-    [ -n "$keys_before" ] || fail "left has no outbound SA before the reboot"
+    right_spi=$(out_spi right)
+    t "before: left generation $gen_before, left sends with SPI $(echo $out_before | cut -d' ' -f1), right with $right_spi"
+    [ -n "$out_before" ] && [ -n "$in_before" ] || fail "left has no inbound or outbound SA before the reboot"
     static_reboot left
     wait_until 120 "left to publish a new external_ids:ipsec-generation" generation_is_not left "$gen_before"
-    wait_until 120 "left ipsec-state=up after the reboot" state_is left up
-    keys_after=$(out_keys left)
+    wait_until 120 "left to install its SAs under the new generation" has_sas left
+    keys_after=$(sa_keys left out)
     new_spi=$(echo $keys_after | cut -d' ' -f1)
     t "after: left generation $(ext_id left ipsec-generation), left sends with SPI $new_spi"
-    [ -n "$keys_after" ] || fail "left has no outbound SA after the reboot"
-    # Any SPI or key of before that is used again, counted without printing a key.
-    reused=$(printf '%s\n%s\n' "$keys_before" "$keys_after" | awk '{ s[$1]++; k[$2]++ }
-        END { n = 0; for (x in s) if (s[x] > 1) n++; for (x in k) if (k[x] > 1) n++; print n }')
-    [ "$reused" -eq 0 ] || fail "left reuses $reused outbound SPI(s) or key(s) of its previous generation"
+    n=$(reused "$out_before" "$keys_after")
+    [ "$n" -eq 0 ] || fail "left reuses $n outbound SPI(s) or key(s) of its previous generation"
+    n=$(reused "$in_before" "$(sa_keys left in)")
+    [ "$n" -eq 0 ] || fail "left re-created $n inbound SA(s) with a key of before: replay would be accepted"
     [ "$(out_spi left)" = "$new_spi" ] || fail "left's out policy uses SPI $(out_spi left), not its new SA $new_spi"
 
     # The right node has not learned the new generation: it keeps its SAs, drops left's ESP
-    # (no SA for that SPI), says why, and no tunnel packet goes in clear.
-    wait_until 120 "right to report the unknown SPI $new_spi" unknown_spi_reported "$new_spi"
+    # (no SA for that SPI), says why, and no tunnel packet goes in clear. The left node drops
+    # the right node's ESP (old keys) and says why too.
+    wait_until 120 "right to report the unknown SPI $new_spi" unknown_spi_reported right "$new_spi"
     t "right: $(ext_id right ipsec-state): $(ext_id right ipsec-error)"
     state_is right down || fail "right is $(ext_id right ipsec-state) while left's key is unknown to it"
     error_has right ipsec_peer_generation || fail "right's ipsec-error does not say what to relay"
     [ "$(spis right)" = "$spis_right" ] || fail "right changed its SAs before learning the new generation"
+    wait_until 120 "left to report the right node's SPI $right_spi as unknown" unknown_spi_reported left "$right_spi"
+    t "left: $(ext_id left ipsec-state): $(ext_id left ipsec-error)"
     cap=$E2E_OUT/tcpdump-unrelayed.txt
     ip netns exec left tcpdump -nn -l -U -i vl "ip proto 50 or udp port 6081" > "$cap" 2> "$cap.err" &
     td=$!
@@ -475,13 +512,19 @@ scenario_static_node_reboot() {
     [ "$fwd" -ge 3 ] || fail "left's echo requests did not leave as ESP with SPI $new_spi ($fwd)"
     [ "$nclear" -eq 0 ] || fail "$nclear tunnel packets in clear on the underlay before the relay"
 
-    # The CMS relays left's generation to right (docs/static-keying.md): the tunnel comes back.
+    # The CMS relays left's generation to right (docs/static-keying.md): the tunnel comes back,
+    # and the right node sends with a new key too.
     vsctl right --no-wait set interface tun options:ipsec_peer_generation="$(ext_id left ipsec-generation)" ||
         fail "right: relay the new generation"
     wait_converged 120
+    right_new=$(out_spi right)
+    t "relayed: right sends with SPI $right_new (was $right_spi)"
+    [ "$right_new" != "$right_spi" ] || fail "right still sends with SPI $right_spi after learning the new generation"
     assert_esp_ping geneve 6081
     grep -q "192.0.2.1 > 192.0.2.2: ESP(spi=$new_spi," "$E2E_OUT/tcpdump-underlay.txt" ||
         fail "the ESP from left does not use the new SPI $new_spi"
+    grep -q "192.0.2.2 > 192.0.2.1: ESP(spi=$right_new," "$E2E_OUT/tcpdump-underlay.txt" ||
+        fail "the ESP from right does not use its new SPI $right_new"
     tunnel_remove
 }
 scenario_libreswan_dst_port() { dst_port libreswan-dst-port; }

@@ -2,7 +2,9 @@
 //!
 //! Both ends compute the same values from the same OVSDB data, so nothing secret is ever sent.
 //! The context binds the direction (sender and receiver addresses), the tunnel type and port,
-//! and the sender's generation: no two directions, tunnels or boots share a key.
+//! and both ends' generations: no two directions, tunnels or boots share a key, and an SA that
+//! either end re-creates under a new generation (a reboot, `exit` with cleanup, a flush) has a
+//! new key, so ESP recorded before cannot be replayed into its fresh anti-replay window.
 
 use std::fmt;
 use std::net::IpAddr;
@@ -13,7 +15,7 @@ use sha2::Sha256;
 use super::types::{Flow, Proto};
 
 /// HKDF salt and the version of this scheme; changing it changes every key.
-const SALT: &[u8] = b"ovs-monitor-ipsec xfrm v1";
+const SALT: &[u8] = b"ovs-monitor-ipsec xfrm v2";
 /// AES-128 key plus the 4-byte GCM salt of rfc4106.
 pub const KEY_LEN: usize = 20;
 /// SPIs 1-255 are reserved by RFC 4303; 0 means "none".
@@ -35,7 +37,9 @@ pub struct Context<'a> {
     /// Sender → receiver, with the tunnel protocol and port.
     pub flow: &'a Flow,
     /// The sender's generation.
-    pub generation: &'a [u8; 16],
+    pub sender: &'a [u8; 16],
+    /// The receiver's generation.
+    pub receiver: &'a [u8; 16],
 }
 
 /// The key and SPI of one direction.
@@ -49,7 +53,7 @@ pub struct Derived {
 pub fn derive(psk: &[u8], ctx: Context<'_>) -> Derived {
     let hk = Hkdf::<Sha256>::new(Some(SALT), psk);
     let info = |label: &[u8]| {
-        let mut v = Vec::with_capacity(3 + 1 + 16 + 16 + 1 + 2 + 16);
+        let mut v = Vec::with_capacity(3 + CONTEXT_LEN);
         v.extend_from_slice(label);
         v.extend_from_slice(&context_bytes(ctx));
         v
@@ -68,9 +72,12 @@ pub fn derive(psk: &[u8], ctx: Context<'_>) -> Derived {
     }
 }
 
-/// family(1) | src(16) | dst(16) | type(1) | port(2, BE) | generation(16).
+/// family(1) | src(16) | dst(16) | type(1) | port(2, BE) | sender generation(16)
+/// | receiver generation(16).
+const CONTEXT_LEN: usize = 1 + 16 + 16 + 1 + 2 + 16 + 16;
+
 fn context_bytes(ctx: Context<'_>) -> Vec<u8> {
-    let mut v = Vec::with_capacity(52);
+    let mut v = Vec::with_capacity(CONTEXT_LEN);
     v.push(match ctx.flow.src {
         IpAddr::V4(_) => 4,
         IpAddr::V6(_) => 6,
@@ -83,7 +90,8 @@ fn context_bytes(ctx: Context<'_>) -> Vec<u8> {
     };
     v.push(kind);
     v.extend_from_slice(&port.to_be_bytes());
-    v.extend_from_slice(ctx.generation);
+    v.extend_from_slice(ctx.sender);
+    v.extend_from_slice(ctx.receiver);
     v
 }
 
@@ -143,11 +151,12 @@ mod tests {
             b"swordfish",
             Context {
                 flow: &f,
-                generation: &[7u8; 16],
+                sender: &[7u8; 16],
+                receiver: &[8u8; 16],
             },
         );
-        assert_eq!(hex(&d.key.0), "86525a9b9a06ad7c209985fe1064952d56f157da");
-        assert_eq!(d.spi, 0xbdee_6f42);
+        assert_eq!(hex(&d.key.0), "53fdf9dee5072813bf3ce15c6ec52a99207e91a3");
+        assert_eq!(d.spi, 0xeea2_83aa);
     }
 
     #[test]
@@ -158,7 +167,8 @@ mod tests {
             b"psk",
             Context {
                 flow: &base,
-                generation: &g,
+                sender: &g,
+                receiver: &g,
             },
         );
         let variants = [
@@ -173,27 +183,34 @@ mod tests {
                 b"psk",
                 Context {
                     flow: v,
-                    generation: &g,
+                    sender: &g,
+                    receiver: &g,
                 },
             );
             assert_ne!(d.key, d0.key, "{v:?}");
             assert_ne!(d.spi, d0.spi, "{v:?}");
         }
-        let other_gen = derive(
-            b"psk",
-            Context {
-                flow: &base,
-                generation: &[2u8; 16],
-            },
-        );
+        // A new generation on either end (a reboot, a re-created SA) changes the key.
+        for (sender, receiver) in [(&[2u8; 16], &g), (&g, &[2u8; 16])] {
+            let d = derive(
+                b"psk",
+                Context {
+                    flow: &base,
+                    sender,
+                    receiver,
+                },
+            );
+            assert_ne!(d.key, d0.key);
+            assert_ne!(d.spi, d0.spi);
+        }
         let other_psk = derive(
             b"psk2",
             Context {
                 flow: &base,
-                generation: &g,
+                sender: &g,
+                receiver: &g,
             },
         );
-        assert_ne!(other_gen.key, d0.key);
         assert_ne!(other_psk.key, d0.key);
     }
 
@@ -207,7 +224,8 @@ mod tests {
             b"psk",
             Context {
                 flow: &f,
-                generation: &[0; 16],
+                sender: &[0; 16],
+                receiver: &[0; 16],
             },
         );
         assert!(!format!("{d:?}").contains(&hex(&d.key.0)));

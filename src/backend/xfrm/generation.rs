@@ -1,10 +1,15 @@
-//! The node's key generation and the outbound SAs it has used, kept in a file of the run
-//! directory (a tmpfs: a reboot forgets it, which is what makes a reboot draw a new one).
+//! The node's key generation and the SAs created under it, kept in a file of the run directory
+//! (a tmpfs: a reboot forgets it, which is what makes a reboot draw a new one).
+//!
+//! Every key binds both ends' generations, so an SA listed here that has gone from the kernel
+//! cannot be re-created with the same key: outbound, its sequence numbers would restart (nonce
+//! reuse); inbound, its anti-replay window would (replay). The planner draws a new generation
+//! instead, which changes every key of this node.
 //!
 //! Format, one record per line: `generation <32 hex>` first, then `used <src> <dst> <spi hex>`
-//! for every outbound SA created under it, and `unused ...` for an add the kernel refused.
-//! Records are appended and synced before the SA is added, so a crash can only over-report
-//! use (which costs a new generation, never a reuse).
+//! for every SA (either direction) created under it, and `unused ...` for an add the kernel
+//! refused. Records are appended and synced before the SA is added, so a crash can only
+//! over-report use (which costs a new generation, never a reuse).
 
 use std::collections::BTreeSet;
 use std::io::Write;
@@ -43,7 +48,7 @@ impl GenerationStore {
         }
     }
 
-    /// Draws a new random generation and forgets the used SAs of the old one.
+    /// Draws a new random generation and forgets the SAs of the old one.
     pub fn renew(&mut self) -> Result<(), XfrmError> {
         self.current = random16()?;
         self.used.clear();
@@ -61,7 +66,7 @@ impl GenerationStore {
         Ok(())
     }
 
-    /// Records outbound SAs about to be created; synced before returning.
+    /// Records SAs about to be created; synced before returning.
     pub fn record(&mut self, ids: &[SaId]) -> Result<(), XfrmError> {
         let new: Vec<SaId> = ids
             .iter()

@@ -12,6 +12,7 @@ pub mod error;
 pub mod generation;
 pub mod netlink;
 pub mod nft;
+pub mod observe;
 pub mod plan;
 pub mod retiring;
 pub mod socket;
@@ -26,11 +27,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
-use tracing::warn;
+use tracing::{debug, warn};
 
 use self::error::XfrmError;
 use self::generation::GenerationStore;
 use self::netlink::{Op, Xfrm};
+use self::observe::{Seen, Targets};
 use self::plan::Action;
 use self::retiring::RetiringStore;
 use self::types::{Dir, Observed, Refusal, SaId};
@@ -54,6 +56,18 @@ const RETIRING_FILE: &str = "ovs-monitor-ipsec.retiring";
 /// is not logged again (the status still shows it).
 const RETRY_REFUSED_AFTER: Duration = Duration::from_secs(15);
 
+/// A pass that no change drove observes everything at most this often (the daemon's periodic
+/// pass runs every 15 s)...
+const FULL_EVERY: Duration = Duration::from_secs(15);
+/// ...and at most once per this many times its own duration: under TCG at 10,000 tunnels a full
+/// observation took longer than the period, so the monitor did nothing but full passes and a
+/// change waited for the one in progress.
+const FULL_COST_FACTOR: u32 = 4;
+
+/// Above this many objects to read back (a cold start, a new generation), one dump is cheaper
+/// than a GET each.
+const GET_MAX: usize = 256;
+
 pub struct XfrmBackend {
     xfrm: Option<Xfrm>,
     generation: GenerationStore,
@@ -70,6 +84,15 @@ pub struct XfrmBackend {
     timeout: Duration,
     events_tx: mpsc::Sender<BackendEvent>,
     events_rx: Option<mpsc::Receiver<BackendEvent>>,
+    /// The kernel objects of the last observation, patched by targeted ones (`observe.rs`);
+    /// `None` forces a full observation.
+    cache: Option<Observed>,
+    /// The tunnels' configurations at the last observation.
+    seen: Seen,
+    /// What the last apply wrote: the next observation reads it back.
+    verify: Targets,
+    /// When the last full observation started, and how long it took.
+    last_full: Option<(Instant, Duration)>,
 }
 
 impl XfrmBackend {
@@ -90,6 +113,10 @@ impl XfrmBackend {
             timeout: Duration::from_secs(cli.command_timeout),
             events_tx,
             events_rx: Some(events_rx),
+            cache: None,
+            seen: Seen::default(),
+            verify: Targets::default(),
+            last_full: None,
         })
     }
 
@@ -116,6 +143,88 @@ impl XfrmBackend {
             _ if out.stderr.contains("No such file or directory") => Ok(None),
             _ => Err(format!("nft failed: {}", out.stderr.trim())),
         }
+    }
+
+    /// A full observation of the kernel: every SA and policy, and our nftables table.
+    async fn dump(&mut self) -> Result<Observed, BackendError> {
+        let xfrm = self.xfrm()?;
+        let dump_err = |what: &str, e: XfrmError| BackendError::Io {
+            what: format!("dump XFRM {what}"),
+            detail: e.to_string(),
+        };
+        let policies = xfrm
+            .dump_policies()
+            .await
+            .map_err(|e| dump_err("policies", e))?;
+        let sas = xfrm.dump_sas().await.map_err(|e| dump_err("SAs", e))?;
+        let mut obs = Observed {
+            xfrm_stat: xfrm_stat(),
+            ..Default::default()
+        };
+        for p in policies {
+            match (p.id, p.ours) {
+                (Some(id), true) => {
+                    obs.policies.insert(id, p.spi);
+                }
+                (Some(id), false) => {
+                    obs.foreign_policies.insert(id);
+                }
+                (None, _) => {}
+            }
+        }
+        for s in sas {
+            if s.ours {
+                obs.sas.insert(s.id, s.stats);
+            } else {
+                obs.foreign_sas.insert((s.id.dst, s.id.spi));
+            }
+        }
+        match self.observe_guards().await {
+            Ok(Some(l)) => (obs.guards, obs.esp_seen) = (Some(l.guards), l.esp_seen),
+            Ok(None) => {}
+            Err(e) => obs.nft_error = Some(e),
+        }
+        Ok(obs)
+    }
+
+    /// Adds what the backend keeps itself (generation, grace periods, refusals) to an
+    /// observation of the kernel.
+    fn finish(&mut self, mut obs: Observed) -> Observed {
+        obs.generation = self.generation.current;
+        obs.used = self.generation.used.clone();
+        obs.now = Some(Instant::now());
+        let before = self.retiring.deadlines.len();
+        self.retiring.retain(|id| obs.sas.contains_key(id));
+        if self.retiring.deadlines.len() != before
+            && let Err(e) = self.retiring.save()
+        {
+            warn!("{e}");
+        }
+        obs.retiring = self.retiring.deadlines.clone();
+        // A retry pass asks the kernel again for every refused SA; the refusals before it
+        // are kept only to tell a repeat from a new error. SAs that exist are no longer refused.
+        if self.retry_due.swap(false, Ordering::Relaxed) {
+            self.retried = std::mem::take(&mut self.refused);
+        }
+        if self.refused.keys().any(|id| obs.sas.contains_key(id)) {
+            Arc::make_mut(&mut self.refused).retain(|id, _| !obs.sas.contains_key(id));
+        }
+        obs.refused = Arc::clone(&self.refused);
+        obs
+    }
+
+    /// A targeted observation (`observe.rs`): reads back only `targets`, one GET each.
+    async fn read_back(&mut self, obs: &mut Observed, targets: &Targets) -> Result<(), XfrmError> {
+        let Some(xfrm) = self.xfrm.as_mut() else {
+            return Err(XfrmError::Netlink("the backend is not started".into()));
+        };
+        for id in &targets.sas {
+            observe::patch_sa(obs, id, xfrm.get_sa(id).await?);
+        }
+        for id in &targets.policies {
+            observe::patch_policy(obs, id, xfrm.get_policy(id).await?);
+        }
+        Ok(())
     }
 
     /// Runs one batch of writes; failures go to `errors` under the tunnel that needed them.
@@ -157,6 +266,23 @@ impl XfrmBackend {
             self.schedule_retry();
         }
         Ok(refused)
+    }
+
+    /// Brings the cached guard set to what the `Guard` actions `nft` accepted made it (a
+    /// targeted observation does not list the table).
+    fn guards_applied(&mut self, actions: &[Action]) {
+        let Some(cache) = self.cache.as_mut() else {
+            return;
+        };
+        for a in actions {
+            if let Action::Guard { add, del, .. } = a {
+                let g = cache.guards.get_or_insert_with(Default::default);
+                g.extend(add.iter().copied());
+                del.iter().for_each(|d| {
+                    g.remove(d);
+                });
+            }
+        }
     }
 
     /// Asks for a retry pass in [`RETRY_REFUSED_AFTER`], unless one is already scheduled.
@@ -209,64 +335,44 @@ impl Backend for XfrmBackend {
     }
 
     async fn observe(&mut self) -> Result<Observed, BackendError> {
-        let xfrm = self.xfrm()?;
-        let dump_err = |what: &str, e: XfrmError| BackendError::Io {
-            what: format!("dump XFRM {what}"),
-            detail: e.to_string(),
+        let started = Instant::now();
+        let kernel = self.dump().await?;
+        self.last_full = Some((started, started.elapsed()));
+        debug!(
+            "full XFRM observation: {} SAs and {} policies of ours",
+            kernel.sas.len(),
+            kernel.policies.len()
+        );
+        self.cache = Some(kernel.clone());
+        Ok(self.finish(kernel))
+    }
+
+    async fn observe_for(&mut self, desired: &Desired) -> Result<Observed, BackendError> {
+        let changed = self.seen.changed(desired);
+        self.seen.remember(desired);
+        let mut targets = std::mem::take(&mut self.verify);
+        targets.extend(Targets::of_confs(&changed, &self.generation.current));
+        let full_due = self.retry_due.load(Ordering::Relaxed)
+            || targets.count() > GET_MAX
+            || self
+                .last_full
+                .is_none_or(|(at, took)| at.elapsed() >= FULL_EVERY.max(took * FULL_COST_FACTOR));
+        let mut kernel = match self.cache.take() {
+            Some(k) if !full_due => k,
+            _ => return self.observe().await,
         };
-        let policies = xfrm
-            .dump_policies()
-            .await
-            .map_err(|e| dump_err("policies", e))?;
-        let sas = xfrm.dump_sas().await.map_err(|e| dump_err("SAs", e))?;
-        let mut obs = Observed {
-            generation: self.generation.current,
-            used: self.generation.used.clone(),
-            now: Some(Instant::now()),
-            xfrm_stat: xfrm_stat(),
-            ..Default::default()
-        };
-        for p in policies {
-            match (p.id, p.ours) {
-                (Some(id), true) => {
-                    obs.policies.insert(id, p.spi);
-                }
-                (Some(id), false) => {
-                    obs.foreign_policies.insert(id);
-                }
-                (None, _) => {}
-            }
+        if let Err(e) = self.read_back(&mut kernel, &targets).await {
+            warn!("cannot read back the changed tunnels' XFRM state ({e}): dumping everything");
+            return self.observe().await;
         }
-        for s in sas {
-            if s.ours {
-                obs.sas.insert(s.id, s.stats);
-            } else {
-                obs.foreign_sas.insert((s.id.dst, s.id.spi));
-            }
-        }
-        match self.observe_guards().await {
-            Ok(Some(l)) => (obs.guards, obs.esp_seen) = (Some(l.guards), l.esp_seen),
-            Ok(None) => {}
-            Err(e) => obs.nft_error = Some(e),
-        }
-        let before = self.retiring.deadlines.len();
-        self.retiring.retain(|id| obs.sas.contains_key(id));
-        if self.retiring.deadlines.len() != before
-            && let Err(e) = self.retiring.save()
-        {
-            warn!("{e}");
-        }
-        obs.retiring = self.retiring.deadlines.clone();
-        // A retry pass asks the kernel again for every refused SA; the refusals before it
-        // are kept only to tell a repeat from a new error. SAs that exist are no longer refused.
-        if self.retry_due.swap(false, Ordering::Relaxed) {
-            self.retried = std::mem::take(&mut self.refused);
-        }
-        if self.refused.keys().any(|id| obs.sas.contains_key(id)) {
-            Arc::make_mut(&mut self.refused).retain(|id, _| !obs.sas.contains_key(id));
-        }
-        obs.refused = Arc::clone(&self.refused);
-        Ok(obs)
+        debug!(
+            "targeted XFRM observation: read back {} SAs and {} policies",
+            targets.sas.len(),
+            targets.policies.len()
+        );
+        kernel.xfrm_stat = xfrm_stat();
+        self.cache = Some(kernel.clone());
+        Ok(self.finish(kernel))
     }
 
     fn plan(&self, desired: &Desired, observed: &Observed) -> Vec<Action> {
@@ -284,6 +390,8 @@ impl Backend for XfrmBackend {
         let mut guard_script = String::new();
         let (mut in_ids, mut out_ids) = (Vec::new(), Vec::new());
         let mut retired = false;
+        // The next observation reads back what this pass writes, even where a write failed.
+        self.verify.extend(Targets::touched_by(&actions));
         for a in &actions {
             match a {
                 Action::RenewGeneration { .. } => {
@@ -325,16 +433,18 @@ impl Backend for XfrmBackend {
             warn!("{e}");
         }
         // Written down (and synced) before the SAs exist: see generation.rs.
-        if let Err(e) = self.generation.record(&out_ids) {
-            for (t, _) in &sa_out {
+        let all_ids: Vec<SaId> = in_ids.iter().chain(&out_ids).copied().collect();
+        if let Err(e) = self.generation.record(&all_ids) {
+            for (t, _) in sa_in.iter().chain(&sa_out) {
                 if let Some(t) = t {
                     report.errors.insert((*t).to_owned(), e.to_string());
                 }
             }
+            sa_in.clear();
             sa_out.clear();
         }
-        self.write(sa_in, &in_ids, &mut report).await?;
-        let refused = self.write(sa_out, &out_ids, &mut report).await?;
+        let mut refused = self.write(sa_in, &in_ids, &mut report).await?;
+        refused.extend(self.write(sa_out, &out_ids, &mut report).await?);
         if let Err(e) = self.generation.unrecord(&refused) {
             warn!("{e}");
         }
@@ -347,8 +457,13 @@ impl Backend for XfrmBackend {
                 .run_checked()
                 .await;
             match run {
-                Ok(_) => report.applied += 1,
+                Ok(_) => {
+                    report.applied += 1;
+                    self.guards_applied(&actions);
+                }
                 Err(e) => {
+                    // What nft holds now is unknown: the next observation lists it.
+                    self.cache = None;
                     for name in desired.tunnels.keys() {
                         report
                             .errors
@@ -392,7 +507,7 @@ impl Backend for XfrmBackend {
         if let Err(e) = self.retiring.clear() {
             warn!("{e}");
         }
-        // Our outbound SAs are gone: the next start must not reuse their keys.
+        // Our SAs are gone: the next start must not re-create them under the same keys.
         self.generation.forget().map_err(io_error)
     }
 

@@ -97,6 +97,24 @@ impl Xfrm {
             .await
     }
 
+    /// The object the kernel holds under our SA's identity (dst, SPI, ESP), ours or not.
+    pub async fn get_sa(&mut self, id: &SaId) -> Result<Option<DumpedSa>, XfrmError> {
+        let msg = XfrmMessage::GetSa(sa_id(id));
+        Ok(match self.socket.get(msg).await? {
+            Some(XfrmMessage::AddSa(s)) => dumped_sa(&s.user_sa_info, &s.nlas),
+            _ => None,
+        })
+    }
+
+    /// The policy the kernel holds on this selector and direction, ours or not.
+    pub async fn get_policy(&mut self, id: &PolicyId) -> Result<Option<DumpedPolicy>, XfrmError> {
+        let msg = XfrmMessage::GetPolicy(policy_id(id));
+        Ok(match self.socket.get(msg).await? {
+            Some(XfrmMessage::AddPolicy(p)) => Some(dumped_policy(&p.user_policy_info, &p.nlas)),
+            _ => None,
+        })
+    }
+
     /// Runs `ops` in batches; one result per op, in order.
     pub async fn run<'a>(
         &mut self,
@@ -112,29 +130,33 @@ fn message(op: &Op<'_>) -> (XfrmMessage, u16) {
     match op {
         Op::AddSa(_, sa) => (add_sa(sa), write | NLM_F_CREATE | NLM_F_EXCL),
         Op::SetPolicy { id, spi } => (set_policy(id, *spi), write),
-        Op::DelPolicy(id) => (
-            XfrmMessage::DeletePolicy(policy::DelGetMessage {
-                user_policy_id: UserPolicyId {
-                    selector: selector(&id.flow),
-                    index: 0,
-                    direction: direction(id.dir),
-                },
-                nlas: Vec::new(),
-            }),
-            write,
-        ),
-        Op::DelSa(id) => (
-            XfrmMessage::DeleteSa(state::DelGetMessage {
-                user_sa_id: UserSaId {
-                    daddr: Address::from_ip(&id.dst),
-                    spi: id.spi,
-                    family: family(&id.dst),
-                    proto: IPPROTO_ESP,
-                },
-                nlas: vec![XfrmAttrs::SrcAddr(Address::from_ip(&id.src))],
-            }),
-            write,
-        ),
+        Op::DelPolicy(id) => (XfrmMessage::DeletePolicy(policy_id(id)), write),
+        Op::DelSa(id) => (XfrmMessage::DeleteSa(sa_id(id)), write),
+    }
+}
+
+/// How a delete or get names a policy: selector and direction.
+fn policy_id(id: &PolicyId) -> policy::DelGetMessage {
+    policy::DelGetMessage {
+        user_policy_id: UserPolicyId {
+            selector: selector(&id.flow),
+            index: 0,
+            direction: direction(id.dir),
+        },
+        nlas: Vec::new(),
+    }
+}
+
+/// How a delete or get names an SA: (dst, SPI, ESP), with its source.
+fn sa_id(id: &SaId) -> state::DelGetMessage {
+    state::DelGetMessage {
+        user_sa_id: UserSaId {
+            daddr: Address::from_ip(&id.dst),
+            spi: id.spi,
+            family: family(&id.dst),
+            proto: IPPROTO_ESP,
+        },
+        nlas: vec![XfrmAttrs::SrcAddr(Address::from_ip(&id.src))],
     }
 }
 

@@ -16,7 +16,9 @@
 
 use std::time::Duration;
 
-use netlink_packet_core::{NLM_F_ACK, NetlinkHeader, NetlinkMessage, NetlinkPayload};
+use netlink_packet_core::{
+    NLM_F_ACK, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage, NetlinkPayload,
+};
 use netlink_packet_xfrm::XfrmMessage;
 use netlink_sys::{AsyncSocket, AsyncSocketExt, TokioSocket, protocols::NETLINK_XFRM};
 use tracing::debug;
@@ -111,6 +113,42 @@ impl Socket {
             }
         }
         Ok(out)
+    }
+
+    /// One request that the kernel answers with one message (`XFRM_MSG_GETSA`,
+    /// `XFRM_MSG_GETPOLICY`): `Ok(None)` when it has no such object (ENOENT for a policy,
+    /// ESRCH for an SA).
+    pub async fn get(&mut self, msg: XfrmMessage) -> Result<Option<XfrmMessage>, XfrmError> {
+        let m = self.message(msg, NLM_F_REQUEST);
+        let seq = m.header.sequence_number;
+        self.send(&[m]).await?;
+        let answer = tokio::time::timeout(self.timeout, async {
+            loop {
+                for reply in self.recv().await? {
+                    if reply.header.sequence_number != seq {
+                        continue;
+                    }
+                    match reply.payload {
+                        NetlinkPayload::InnerMessage(m) => return Ok(Some(m)),
+                        NetlinkPayload::Error(e) => {
+                            match e.code.map(|c| c.get().saturating_abs()) {
+                                Some(libc::ENOENT | libc::ESRCH) => return Ok(None),
+                                Some(code) => return Err(kernel(code)),
+                                None => return Ok(None),
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+            }
+        })
+        .await;
+        answer.unwrap_or_else(|_| {
+            Err(XfrmError::Netlink(format!(
+                "no answer from the kernel within {:?}",
+                self.timeout
+            )))
+        })
     }
 
     fn message(&mut self, msg: XfrmMessage, flags: u16) -> NetlinkMessage<XfrmMessage> {

@@ -37,10 +37,10 @@ fn tunnel_status(w: &TunnelWant, obs: &Observed) -> LiveStatus {
     };
     let guarded = obs.guards.as_ref().is_some_and(|g| g.contains(&guard));
     let mut missing = Vec::new();
-    if !has_sa(&w.out_sa.id) {
+    if w.out_sa.as_ref().is_some_and(|s| !has_sa(&s.id)) {
         missing.push("outbound SA");
     }
-    if obs.policies.get(&w.out_policy()) != Some(&w.out_sa.id.spi) {
+    if obs.policies.get(&w.out_policy()) != Some(&w.out_spi()) {
         missing.push("out policy");
     }
     if !obs.policies.contains_key(&w.in_policy()) {
@@ -67,7 +67,7 @@ fn tunnel_status(w: &TunnelWant, obs: &Observed) -> LiveStatus {
         match (&w.in_sa, missing.is_empty(), &obs.nft_error) {
             (None, _, _) => down(WAITING_FOR_PEER.to_owned()),
             (Some(_), true, _) if !unknown.is_empty() => down(format!(
-                "the peer sends ESP with SPI {} for which no key is installed here: its key generation changed (a reboot?) or its PSK differs; relay its external_ids:ipsec-generation into options:ipsec_peer_generation. Its packets are dropped until then",
+                "the peer sends ESP with SPI {} for which no key is installed here: the two ends disagree on a key generation (one of them rebooted or re-created its SAs?) or on the PSK; relay each end's external_ids:ipsec-generation into the other's options:ipsec_peer_generation. Its packets are dropped until then",
                 unknown.join(", ")
             )),
             (Some(_), true, _) => LiveStatus::new(LiveState::Up),
@@ -135,8 +135,8 @@ fn details(w: &TunnelWant, obs: &Observed, guarded: bool) -> Vec<(String, Vec<St
         format!(
             "{} (spi 0x{:08x}): {}",
             w.out_policy(),
-            w.out_sa.id.spi,
-            present(obs.policies.get(&w.out_policy()) == Some(&w.out_sa.id.spi))
+            w.out_spi(),
+            present(obs.policies.get(&w.out_policy()) == Some(&w.out_spi()))
         ),
         format!(
             "{} (level required): {}",

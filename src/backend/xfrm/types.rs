@@ -133,7 +133,7 @@ pub struct Observed {
     pub nft_error: Option<String>,
     /// Non-zero `/proc/net/xfrm_stat` counters.
     pub xfrm_stat: Vec<(String, u64)>,
-    /// Our generation, hex, and the outbound SAs it has already used.
+    /// Our generation and the SAs created under it.
     pub generation: [u8; 16],
     pub used: BTreeSet<SaId>,
     /// Inbound SAs no longer wanted, with the end of their grace period.

@@ -24,8 +24,9 @@ pub struct SaWant {
 pub struct TunnelWant {
     /// Local → remote.
     pub out_flow: Flow,
-    pub out_sa: SaWant,
-    /// Inbound SA of the current PSK; `None` until the peer's generation is known.
+    /// Keys bind both ends' generations: both SAs are `None` until the peer's is known.
+    pub out_sa: Option<SaWant>,
+    /// Inbound SA of the current PSK.
     pub in_sa: Option<SaWant>,
     /// Inbound SA of `ipsec_psk_next` (rotation phase 1).
     pub in_next: Option<SaWant>,
@@ -52,13 +53,19 @@ impl TunnelWant {
         }
     }
 
+    /// The SPI the out-policy's template names: the outbound SA's, or 0 (any SA of ours for
+    /// this pair; there is none until the peer's generation is known, so the kernel drops).
+    pub fn out_spi(&self) -> u32 {
+        self.out_sa.as_ref().map_or(0, |s| s.id.spi)
+    }
+
     /// Inbound SAs first: they must exist before anything depends on them.
     pub fn sas(&self) -> impl Iterator<Item = (Dir, &SaWant)> {
         self.in_sa
             .iter()
             .chain(&self.in_next)
             .map(|s| (Dir::In, s))
-            .chain(std::iter::once((Dir::Out, &self.out_sa)))
+            .chain(self.out_sa.iter().map(|s| (Dir::Out, s)))
     }
 }
 
@@ -81,7 +88,7 @@ pub fn resolve(desired: &Desired, obs: &Observed) -> Wants {
         .collect()
 }
 
-fn tunnel_want(conf: &TunnelConf, generation: &[u8; 16]) -> Result<TunnelWant, String> {
+pub fn tunnel_want(conf: &TunnelConf, generation: &[u8; 16]) -> Result<TunnelWant, String> {
     let Auth::Psk(psk) = &conf.auth else {
         return Err("static keys (--ike-daemon=none) need options:psk".into());
     };
@@ -99,22 +106,23 @@ fn tunnel_want(conf: &TunnelConf, generation: &[u8; 16]) -> Result<TunnelWant, S
     };
     let in_flow = out_flow.reversed();
     let peer = conf.static_keying.peer_generation;
-    let inbound = |s: &Secret| peer.map(|g| sa_want(s, in_flow, &g));
+    let inbound = |s: &Secret| peer.map(|g| sa_want(s, in_flow, &g, generation));
     Ok(TunnelWant {
         out_flow,
-        out_sa: sa_want(psk, out_flow, generation),
+        out_sa: peer.map(|g| sa_want(psk, out_flow, generation, &g)),
         in_sa: inbound(psk),
         in_next: conf.static_keying.psk_next.as_ref().and_then(inbound),
         rotating: conf.static_keying.psk_next.is_some(),
     })
 }
 
-fn sa_want(psk: &Secret, flow: Flow, sender_generation: &[u8; 16]) -> SaWant {
+fn sa_want(psk: &Secret, flow: Flow, sender: &[u8; 16], receiver: &[u8; 16]) -> SaWant {
     let d = derive(
         psk.expose().as_bytes(),
         Context {
             flow: &flow,
-            generation: sender_generation,
+            sender,
+            receiver,
         },
     );
     SaWant {

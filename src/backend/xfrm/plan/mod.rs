@@ -13,8 +13,9 @@ use super::want::{SaWant, Wants};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
-    /// An outbound SA this generation already used is gone: its sequence numbers would restart
-    /// under the same key. Draw a new generation and plan again.
+    /// An SA this generation already created is gone: re-created with the same key, an
+    /// outbound one would restart its sequence numbers (nonce reuse) and an inbound one its
+    /// replay window (replay). Draw a new generation (every key changes) and plan again.
     RenewGeneration {
         tunnel: String,
         sa: SaId,
@@ -47,7 +48,7 @@ impl fmt::Display for Action {
         match self {
             Action::RenewGeneration { tunnel, sa } => write!(
                 f,
-                "{tunnel}: outbound SA {sa} was removed behind our back; drawing a new key generation"
+                "{tunnel}: SA {sa} was removed behind our back; drawing a new key generation"
             ),
             Action::AddSa { tunnel, dir, sa } => write!(f, "{tunnel}: add {dir} SA {}", sa.id),
             Action::SetPolicy { tunnel, id, spi } => {
@@ -74,12 +75,16 @@ pub fn plan(wants: &Wants, obs: &Observed) -> Vec<Action> {
             .iter()
             .filter_map(|(n, w)| Some((n, w.as_ref().ok()?)))
     };
+    // Re-creating an SA this generation already created would restart its sequence numbers
+    // (outbound: nonce reuse) or its replay window (inbound: replay) under the same key.
     for (name, w) in ok() {
-        let id = w.out_sa.id;
-        if !obs.sas.contains_key(&id) && obs.used.contains(&id) {
+        if let Some((_, sa)) = w
+            .sas()
+            .find(|(_, sa)| !obs.sas.contains_key(&sa.id) && obs.used.contains(&sa.id))
+        {
             return vec![Action::RenewGeneration {
                 tunnel: name.clone(),
-                sa: id,
+                sa: sa.id,
             }];
         }
     }
@@ -102,7 +107,7 @@ pub fn plan(wants: &Wants, obs: &Observed) -> Vec<Action> {
     }
     let mut wanted_policies = BTreeMap::new();
     for (name, w) in ok() {
-        for (id, spi) in [(w.out_policy(), w.out_sa.id.spi), (w.in_policy(), 0)] {
+        for (id, spi) in [(w.out_policy(), w.out_spi()), (w.in_policy(), 0)] {
             wanted_policies.insert(id, spi);
             if obs.policies.get(&id) != Some(&spi) {
                 actions.push(Action::SetPolicy {
@@ -156,4 +161,4 @@ pub fn plan(wants: &Wants, obs: &Observed) -> Vec<Action> {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -4,6 +4,7 @@ use std::time::{Duration, Instant};
 
 use super::*;
 use crate::backend::xfrm::types::{Flow, Proto, SaStats};
+use crate::backend::xfrm::want::SaWant;
 use crate::backend::xfrm::want::resolve;
 use crate::model::{
     Auth, Desired, DesiredTunnel, Family, Secret, StaticKeying, TunnelConf, TunnelType,
@@ -11,7 +12,7 @@ use crate::model::{
 
 const PEER_GEN: [u8; 16] = [9; 16];
 
-fn conf(name: &str, remote: &str, psk: &str, next: Option<&str>) -> TunnelConf {
+pub(crate) fn conf(name: &str, remote: &str, psk: &str, next: Option<&str>) -> TunnelConf {
     TunnelConf {
         name: name.into(),
         kind: TunnelType::Geneve,
@@ -57,11 +58,9 @@ fn simulate(obs: &mut Observed, actions: &[Action]) {
     for a in actions {
         match a {
             Action::RenewGeneration { .. } => obs.generation[0] ^= 0xff,
-            Action::AddSa { sa, dir, .. } => {
+            Action::AddSa { sa, .. } => {
                 obs.sas.insert(sa.id, SaStats::default());
-                if *dir == Dir::Out {
-                    obs.used.insert(sa.id);
-                }
+                obs.used.insert(sa.id);
             }
             Action::SetPolicy { id, spi, .. } => {
                 obs.policies.insert(*id, *spi);
@@ -250,14 +249,64 @@ fn a_lost_outbound_sa_forces_a_new_generation_instead_of_reusing_its_key() {
 }
 
 #[test]
-fn without_the_peer_generation_only_outbound_and_the_drop_policy_are_installed() {
+fn a_lost_inbound_sa_forces_a_new_generation_instead_of_a_fresh_replay_window() {
+    let d = desired(vec![conf("t1", "192.0.2.2", "a", None)]);
+    let mut obs = empty();
+    converge(&d, &mut obs);
+    let before = resolve(&d, &obs)["t1"].clone().unwrap();
+    let in_id = before.in_sa.as_ref().unwrap().id;
+    obs.sas.remove(&in_id); // `ip xfrm state delete` of the inbound SA only
+    assert_eq!(kinds(&converge(&d, &mut obs)), ["renew"]);
+    let after = resolve(&d, &obs)["t1"].clone().unwrap();
+    assert_ne!(after.in_sa.as_ref().unwrap().key, before.in_sa.unwrap().key);
+    assert_ne!(
+        after.out_sa.as_ref().unwrap().key,
+        before.out_sa.unwrap().key
+    );
+    assert_eq!(
+        kinds(&converge(&d, &mut obs)),
+        ["add-sa-in", "add-sa-out", "policy-out", "retire"]
+    );
+}
+
+/// Node A's view and node B's view of the same tunnel agree on every key, and a new
+/// generation on either end (its reboot) changes the keys of both directions.
+#[test]
+fn both_ends_derive_the_same_keys_and_a_reboot_on_either_end_changes_both_directions() {
+    const A_GEN: [u8; 16] = [1; 16];
+    let view = |local: &str, remote: &str, own: [u8; 16], peer: [u8; 16]| {
+        let mut c = conf("t", remote, "a", None);
+        c.local_ip = Some(local.parse().unwrap());
+        c.static_keying.peer_generation = Some(peer);
+        let obs = Observed {
+            generation: own,
+            ..Default::default()
+        };
+        resolve(&desired(vec![c]), &obs)["t"].clone().unwrap()
+    };
+    let key = |s: &Option<SaWant>| s.clone().map(|s| (s.id, s.key)).unwrap();
+    let a = view("192.0.2.1", "192.0.2.2", A_GEN, PEER_GEN);
+    let b = view("192.0.2.2", "192.0.2.1", PEER_GEN, A_GEN);
+    assert_eq!(key(&a.out_sa), key(&b.in_sa));
+    assert_eq!(key(&a.in_sa), key(&b.out_sa));
+    for (own, peer) in [([3; 16], PEER_GEN), (A_GEN, [3; 16])] {
+        let again = view("192.0.2.1", "192.0.2.2", own, peer);
+        assert_ne!(key(&again.out_sa).1, key(&a.out_sa).1);
+        assert_ne!(key(&again.in_sa).1, key(&a.in_sa).1);
+    }
+}
+
+#[test]
+fn without_the_peer_generation_only_the_policies_are_installed_and_outbound_drops() {
     let mut c = conf("t1", "192.0.2.2", "a", None);
     c.static_keying.peer_generation = None;
     let mut obs = empty();
+    let actions = converge(&desired(vec![c]), &mut obs);
     assert_eq!(
-        kinds(&converge(&desired(vec![c]), &mut obs)),
-        ["add-sa-out", "policy-out", "policy-in", "guardtrue+1-0"]
+        kinds(&actions),
+        ["policy-out", "policy-in", "guardtrue+1-0"]
     );
+    assert!(matches!(actions[0], Action::SetPolicy { spi: 0, .. }));
 }
 
 #[test]
@@ -271,7 +320,8 @@ fn conflicts_fail_the_tunnel_and_touch_nothing_foreign() {
     let wants = resolve(&d, &obs);
     assert!(wants["t2"].as_ref().unwrap_err().contains("another tunnel"));
     let t3 = wants["t3"].as_ref().unwrap();
-    obs.foreign_sas.insert((t3.out_sa.id.dst, t3.out_sa.id.spi));
+    let t3_out = t3.out_sa.as_ref().unwrap().id;
+    obs.foreign_sas.insert((t3_out.dst, t3_out.spi));
     let p = PolicyId {
         dir: Dir::Out,
         flow: wants["t1"].as_ref().unwrap().out_flow,
