@@ -12,7 +12,7 @@ use super::monitor_keys::MonitorKeys;
 use super::pass::{self, PassOutcome};
 use super::status_scope::StatusScope;
 use crate::backend::files;
-use crate::backend::{Backend, BackendEvent, StartOptions};
+use crate::backend::{Backend, BackendEvent, Scope, StartOptions};
 use crate::control::show;
 use crate::control::{AppCommand, ControlRequest};
 use crate::daemon::Daemon;
@@ -41,6 +41,8 @@ struct Work {
     model: bool,
     /// Run a backend pass.
     pass: bool,
+    /// The pass must look at every tunnel, not only those OVSDB changes touched.
+    full: bool,
     /// Recompute and write status.
     status: bool,
 }
@@ -62,6 +64,9 @@ pub struct EventLoop<B: Backend> {
     model_dirty: Option<BTreeSet<String>>,
     /// [`Registry::generation`] at the last model rebuild.
     generation: u64,
+    /// Tunnels OVSDB changes touched since the last pass, which the next change-driven pass
+    /// looks at (see [`Scope`]); `None`: every tunnel.
+    pass_scope: Option<BTreeSet<String>>,
     outcome: PassOutcome,
     monitor_keys: MonitorKeys,
     /// True once the model has been built from a synced replica. Before that the desired
@@ -76,6 +81,16 @@ pub struct EventLoop<B: Backend> {
     /// When a failed status write should be retried.
     status_retry: Option<Instant>,
     tick: Interval,
+}
+
+impl Work {
+    /// A pass over every tunnel: the periodic one, and after a backend event.
+    const FULL_PASS: Work = Work {
+        model: false,
+        pass: true,
+        full: true,
+        status: false,
+    };
 }
 
 impl<B: Backend> EventLoop<B> {
@@ -118,6 +133,7 @@ impl<B: Backend> EventLoop<B> {
             rows: Rows::default(),
             model_dirty: None,
             generation: 0,
+            pass_scope: None,
             outcome: PassOutcome::default(),
             monitor_keys,
             model_ready: false,
@@ -148,13 +164,13 @@ impl<B: Backend> EventLoop<B> {
                     None => Work::default(),
                 },
                 Some(ev) = recv_opt(&mut self.backend_events) => match ev {
-                    BackendEvent::StateChanged => Work { pass: true, ..Work::default() },
+                    BackendEvent::StateChanged => Work::FULL_PASS,
                     BackendEvent::DaemonRestarted => {
                         info!("{} restarted: reloading every tunnel", self.backend.kind());
-                        Work { pass: true, ..Work::default() }
+                        Work::FULL_PASS
                     }
                 },
-                _ = self.tick.tick() => Work { pass: true, ..Work::default() },
+                _ = self.tick.tick() => Work::FULL_PASS,
                 _ = sleep_until_opt(retry_at) => Work { status: true, ..Work::default() },
                 Some(sig) = self.signals.recv() => match sig {
                     SignalEvent::Shutdown(sig) => {
@@ -198,9 +214,14 @@ impl<B: Backend> EventLoop<B> {
             work.status = true;
         }
         if work.pass && self.model_ready {
-            let outcome = pass::run(&mut self.backend, self.registry.desired()).await;
-            self.status_scope.outcome_changed(&self.outcome, &outcome);
-            self.outcome = outcome;
+            // After a failed pass every tunnel carries its error: look at all of them again.
+            let full = work.full || !self.ready || self.outcome.backend_error.is_some();
+            let scope = match self.pass_scope.replace(BTreeSet::new()) {
+                Some(names) if !full => Scope::Tunnels(names),
+                _ => Scope::All,
+            };
+            let outcome = pass::run(&mut self.backend, self.registry.desired(), scope).await;
+            self.merge(outcome);
             if self.outcome.backend_error.is_none() {
                 self.monitor_keys.reconciled(self.outcome.applied > 0);
             }
@@ -218,6 +239,55 @@ impl<B: Backend> EventLoop<B> {
         if work.status {
             self.write_status().await;
         }
+    }
+
+    /// Takes in a pass's outcome; notes for the status pass the tunnels whose live state or
+    /// apply error changed. A scoped outcome replaces the live state of its tunnels only.
+    fn merge(&mut self, new: PassOutcome) {
+        let PassOutcome {
+            mut live,
+            covered,
+            apply_errors,
+            backend_error,
+            applied,
+        } = new;
+        let names = match covered {
+            Scope::All => {
+                let new = PassOutcome {
+                    live,
+                    covered: Scope::All,
+                    apply_errors,
+                    backend_error,
+                    applied,
+                };
+                self.status_scope.outcome_changed(&self.outcome, &new);
+                self.outcome = new;
+                return;
+            }
+            Scope::Tunnels(names) => names,
+        };
+        let old = &mut self.outcome;
+        let mut changed = BTreeSet::new();
+        for name in names {
+            let now = live.remove(&name);
+            if old.live.get(&name) != now.as_ref() {
+                match now {
+                    Some(st) => old.live.insert(name.clone(), st),
+                    None => old.live.remove(&name),
+                };
+                changed.insert(name);
+            }
+        }
+        // Apply errors are those of the last pass (a handful): replaced whole, as before.
+        for name in old.apply_errors.keys().chain(apply_errors.keys()) {
+            if old.apply_errors.get(name) != apply_errors.get(name) {
+                changed.insert(name.clone());
+            }
+        }
+        old.apply_errors = apply_errors;
+        old.backend_error = backend_error;
+        old.applied = applied;
+        self.status_scope.tunnels_changed(Some(&changed));
     }
 
     /// Lets a `--detach` parent exit.
@@ -245,6 +315,7 @@ impl<B: Backend> EventLoop<B> {
     fn rebuild_model(&mut self) -> bool {
         self.sync_rows();
         let dirty = self.model_dirty.replace(BTreeSet::new());
+        let global = self.registry.desired().global.clone();
         let events = self.registry.update_changed(
             self.rows.open_vswitch(),
             &self.rows,
@@ -253,10 +324,22 @@ impl<B: Backend> EventLoop<B> {
         );
         self.model_ready = true;
         self.status_scope.tunnels_changed(dirty.as_ref());
+        match (&dirty, &mut self.pass_scope) {
+            (Some(names), Some(scope)) => scope.extend(names.iter().cloned()),
+            (None, scope) => *scope = None,
+            (Some(_), None) => {}
+        }
+        // Global settings (PKI, skb mark) are every tunnel's business.
+        if self.registry.desired().global != global {
+            self.pass_scope = None;
+        }
         for ev in &events {
             log_event(ev);
             self.status_scope
                 .tunnels_changed(Some([ev.tunnel()].into_iter().flatten()));
+            if let (Some(t), Some(scope)) = (ev.tunnel(), &mut self.pass_scope) {
+                scope.insert(t.clone());
+            }
         }
         if !events.is_empty() {
             self.save_versions();
@@ -338,8 +421,8 @@ impl<B: Backend> EventLoop<B> {
             AppCommand::Refresh => {
                 self.perform(Work {
                     model: true,
-                    pass: true,
                     status: true,
+                    ..Work::FULL_PASS
                 })
                 .await;
                 (Ok(String::new()), None)

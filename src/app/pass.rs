@@ -1,5 +1,10 @@
 //! One reconcile pass over a backend: observe → plan → apply → observe → status.
 //!
+//! A pass covers a [`Scope`]: every tunnel, or only those an OVSDB change touched. The
+//! outcome's `live` then holds the scope's tunnels only (plus those whose apply failed), and
+//! the event loop merges it into what it knew of the others, so a one-tunnel change does not
+//! compute, compare and write the status of every tunnel.
+//!
 //! Logging: one summary line at info per pass that changes something, each action at debug
 //! (a cold start of 10,000 tunnels is 40,000 actions), each failure at warn.
 
@@ -7,13 +12,17 @@ use std::collections::BTreeMap;
 
 use tracing::{debug, info, warn};
 
-use crate::backend::{Backend, LiveState, LiveStatus};
+use crate::backend::{Backend, LiveState, LiveStatus, Scope};
 use crate::model::Desired;
 
 /// What a pass learned, for OVSDB status and `tunnels/show`.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct PassOutcome {
+    /// The live state of the desired tunnels `covered`.
     pub live: BTreeMap<String, LiveStatus>,
+    /// Which tunnels `live` describes: a desired tunnel in it that is absent from `live`
+    /// has no live state.
+    pub covered: Scope,
     pub apply_errors: BTreeMap<String, String>,
     /// Set when the backend could not be observed or applied at all.
     pub backend_error: Option<String>,
@@ -21,17 +30,31 @@ pub struct PassOutcome {
     pub applied: usize,
 }
 
-/// Runs one pass. Never fails: a backend error becomes `backend_error` and every tunnel is
-/// reported `down` with that reason, so the problem shows in OVSDB.
-pub async fn run<B: Backend>(backend: &mut B, desired: &Desired) -> PassOutcome {
-    let observed = match backend.observe_for(desired).await {
+impl Default for PassOutcome {
+    fn default() -> Self {
+        Self {
+            live: BTreeMap::new(),
+            covered: Scope::All,
+            apply_errors: BTreeMap::new(),
+            backend_error: None,
+            applied: 0,
+        }
+    }
+}
+
+/// Runs one pass over `scope`. Never fails: a backend error becomes `backend_error` and
+/// every tunnel (whatever the scope) is reported `down` with that reason, so the problem
+/// shows in OVSDB.
+pub async fn run<B: Backend>(backend: &mut B, desired: &Desired, scope: Scope) -> PassOutcome {
+    let observed = match backend.observe_in(desired, &scope).await {
         Ok(o) => o,
         Err(e) => return failed(desired, format!("cannot observe {}: {e}", backend.kind())),
     };
-    let actions = backend.plan(desired, &observed);
+    let actions = backend.plan_in(desired, &observed, &scope);
     if actions.is_empty() {
         return PassOutcome {
-            live: backend.status(desired, &observed),
+            live: backend.status_in(desired, &observed, &scope),
+            covered: scope,
             ..Default::default()
         };
     }
@@ -61,13 +84,22 @@ pub async fn run<B: Backend>(backend: &mut B, desired: &Desired) -> PassOutcome 
     for (tunnel, err) in &report.errors {
         warn!("{tunnel}: {err}");
     }
-    // Status must describe the state after the actions, not before.
-    let live = match backend.observe_for(desired).await {
-        Ok(o) => backend.status(desired, &o),
+    // Status must describe the state after the actions, not before; a tunnel whose action
+    // failed is looked at too, in scope or not.
+    let covered = match scope {
+        Scope::All => Scope::All,
+        Scope::Tunnels(mut names) => {
+            names.extend(report.errors.keys().cloned());
+            Scope::Tunnels(names)
+        }
+    };
+    let live = match backend.observe_in(desired, &covered).await {
+        Ok(o) => backend.status_in(desired, &o, &covered),
         Err(e) => return failed(desired, format!("cannot observe {}: {e}", backend.kind())),
     };
     PassOutcome {
         live,
+        covered,
         apply_errors: report.errors,
         backend_error: None,
         applied: report.applied,
@@ -102,6 +134,6 @@ mod tests {
     async fn second_pass_on_unchanged_desired_applies_nothing() {
         let mut b = DryRun::new(BackendKind::StrongSwan);
         let desired = Desired::default();
-        assert_eq!(run(&mut b, &desired).await.applied, 0);
+        assert_eq!(run(&mut b, &desired, Scope::All).await.applied, 0);
     }
 }

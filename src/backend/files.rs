@@ -3,7 +3,7 @@
 //! (0600 for secrets, set at creation so there is no window where the file is readable), and
 //! only when the content or mode changes, so an unchanged pass touches nothing on disk.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, OpenOptions};
 use std::io::{ErrorKind, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -59,10 +59,13 @@ pub fn write_if_changed(path: &Path, content: &[u8], mode: u32) -> Result<bool, 
         // The umask may have cleared bits of `mode`; set it exactly.
         f.set_permissions(fs::Permissions::from_mode(mode))?;
         f.write_all(content)?;
+        // The content is on disk before the name points at it, so after a crash the path
+        // holds the old file or the whole new one, never an empty or partial one. The
+        // directory is not synced: that would only make the rename itself durable, and a
+        // lost rename leaves the old file, which the next start compares and writes again
+        // (every file here is derived from OVSDB). One fsync per write, not two.
         f.sync_all()?;
-        fs::rename(&tmp, path)?;
-        // Make the rename itself durable.
-        File::open(dir)?.sync_all()
+        fs::rename(&tmp, path)
     })();
     if result.is_err() {
         let _ = fs::remove_file(&tmp);

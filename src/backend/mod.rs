@@ -22,7 +22,7 @@ pub mod templates;
 pub mod vici;
 pub mod xfrm;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::future::Future;
 
@@ -157,6 +157,27 @@ pub enum BackendEvent {
     DaemonRestarted,
 }
 
+/// Which tunnels a pass must look at. A pass caused by an OVSDB change looks only at the
+/// tunnels that change touched, so that it costs what it changed, not the number of tunnels;
+/// the periodic pass, backend events, `refresh` and the first pass look at everything (and
+/// so repair drift and pick up state changes of the other tunnels within one period).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Scope {
+    All,
+    /// These tunnel names (desired or not: a removed tunnel is cleaned up through its name).
+    Tunnels(BTreeSet<String>),
+}
+
+impl Scope {
+    /// Whether tunnel `name` is in the scope.
+    pub fn covers(&self, name: &str) -> bool {
+        match self {
+            Scope::All => true,
+            Scope::Tunnels(names) => names.contains(name),
+        }
+    }
+}
+
 /// Options common to every backend, from the command line.
 #[derive(Debug, Clone, Default)]
 pub struct StartOptions {
@@ -182,16 +203,6 @@ pub trait Backend: Send + 'static {
     /// Reads the current state of the IKE daemon or the kernel.
     fn observe(&mut self) -> impl Future<Output = Result<Self::Observed, BackendError>> + Send;
 
-    /// Reads the state a pass for `desired` needs. A backend that can read only what changed
-    /// since its last observation overrides this (XFRM); the default reads everything.
-    fn observe_for(
-        &mut self,
-        desired: &Desired,
-    ) -> impl Future<Output = Result<Self::Observed, BackendError>> + Send {
-        let _ = desired;
-        self.observe()
-    }
-
     /// Pure: the actions that make `observed` match `desired`. Empty when converged.
     fn plan(&self, desired: &Desired, observed: &Self::Observed) -> Vec<Self::Action>;
 
@@ -205,6 +216,45 @@ pub trait Backend: Send + 'static {
 
     /// Pure: the live state of every desired tunnel, by name.
     fn status(&self, desired: &Desired, observed: &Self::Observed) -> BTreeMap<String, LiveStatus>;
+
+    /// [`Backend::observe`] for a pass over `scope` only. A backend may observe less (only
+    /// those tunnels' state); [`Backend::plan_in`] and [`Backend::status_in`] then get the
+    /// same scope. The default observes everything.
+    fn observe_in(
+        &mut self,
+        desired: &Desired,
+        scope: &Scope,
+    ) -> impl Future<Output = Result<Self::Observed, BackendError>> + Send {
+        let _ = (desired, scope);
+        self.observe()
+    }
+
+    /// [`Backend::plan`] for a pass over `scope`: it must plan at least what `scope`'s
+    /// tunnels need, and may plan for the others too (the default plans everything).
+    fn plan_in(
+        &self,
+        desired: &Desired,
+        observed: &Self::Observed,
+        scope: &Scope,
+    ) -> Vec<Self::Action> {
+        let _ = scope;
+        self.plan(desired, observed)
+    }
+
+    /// [`Backend::status`] of the desired tunnels in `scope` only. The default computes
+    /// every tunnel's and keeps the scope's.
+    fn status_in(
+        &self,
+        desired: &Desired,
+        observed: &Self::Observed,
+        scope: &Scope,
+    ) -> BTreeMap<String, LiveStatus> {
+        let mut live = self.status(desired, observed);
+        if let Scope::Tunnels(names) = scope {
+            live.retain(|name, _| names.contains(name));
+        }
+        live
+    }
 
     /// `exit` with cleanup: remove everything this monitor created.
     fn cleanup(&mut self) -> impl Future<Output = Result<(), BackendError>> + Send;

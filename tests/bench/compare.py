@@ -45,6 +45,7 @@ import time
 PY_MONITOR = "/usr/share/openvswitch/scripts/ovs-monitor-ipsec"
 SCHEMA = "/usr/share/openvswitch/vswitch.ovsschema"
 QUIET = 3.0
+CPU_SETTLE = 1.0
 STEP_LIMIT = 900.0
 
 # One stub for both programs. Times come from bash's clock (no fork per call).
@@ -229,12 +230,18 @@ def command(prog, mode, ours, db, root, top):
     return argv, env
 
 
-def converge(root, t0, want, start_calls):
-    """Waits until ipsec.conf matches `want` and the stub is quiet; returns (seconds, calls)."""
+def converge(root, t0, want, start_calls, pid=None, cpu0=0):
+    """Waits until ipsec.conf matches `want` and the stub is quiet; returns (seconds, calls,
+    monitor CPU). The CPU (of `pid`, when given, from `cpu0`) is taken CPU_SETTLE after the
+    step's last stub call: late enough for the status write that follows it, early enough that the periodic
+    pass seldom falls inside (when it does, its `statusall` shows as one more call)."""
     t_files = None
     last_n, last_change = len(root.calls()), time.time()
+    cpu_at = []  # (time, CPU ns) samples
     while True:
         now = time.time()
+        if pid:
+            cpu_at.append((now, cpu_ns(pid)))
         if now - t0 > STEP_LIMIT:
             sys.exit(f"step did not converge in {STEP_LIMIT} s")
         if t_files is None and want(root.conns()):
@@ -248,7 +255,8 @@ def converge(root, t0, want, start_calls):
         time.sleep(0.002)
     calls = root.calls()[start_calls:]
     t_last = float(calls[-1][0]) if calls else t0
-    return max(t_files, t_last) - t0, len(calls)
+    cpu = next((c for t, c in cpu_at if t >= t_last + CPU_SETTLE), cpu0) - cpu0
+    return max(t_files, t_last) - t0, len(calls), cpu / 1e9
 
 
 def proc_stats(pid):
@@ -268,14 +276,17 @@ def bench_stub(prog, mode, n, ours):
     r = {}
     t0 = time.time()
     mon = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # Ours is the process itself; the Python monitor's CPU per step is not reported.
+    pid = mon.pid if prog == "ours" else None
     try:
         r["cold"] = converge(root, t0, lambda c: len(c) >= 2 * n, 0)
         base = len(root.calls())
 
         def step(key, want, *vsctl):
             nonlocal base
+            cpu0 = cpu_ns(pid) if pid else 0
             db.vsctl(*vsctl)
-            r[key] = converge(root, time.time(), want, base)
+            r[key] = converge(root, time.time(), want, base, pid, cpu0)
             base = len(root.calls())
 
         step("add", lambda c: len(c) >= 2 * n + 2, "add-port", "br0", "vxnew", "--", "set",
@@ -444,7 +455,7 @@ def log_events(path):
     return out
 
 
-VICI_ACTION = re.compile(r"\|main\|INFO\|(load |unload |initiate )")
+VICI_ACTION = re.compile(r"\|main\|(?:INFO|DBG)\|(load |unload |initiate )")
 
 
 def vici_step(log, t0, since, done):
@@ -525,6 +536,9 @@ def bench_vici(n, ours):
         mon_pid = monitor_pid(mon.pid)
         listed = run("swanctl", "--list-conns", "--raw", "--uri", f"unix://{sock}")
         assert listed.count("list-conn event") == n, "every connection is in charon"
+        # Let the cold start's tail (the echo of its N-row status write) pass before +1.
+        time.sleep(QUIET)
+        seen = len(log_events(log))
 
         def step(key, done, *vsctl):
             nonlocal seen
@@ -558,24 +572,25 @@ def bench_vici(n, ours):
 
 def fmt_s(x):
     if x is None:
-        return "–"
+        return "not measured"
     return f"{x * 1000:.0f} ms" if x < 10 else f"{x:.1f} s"
-
-
-def fmt_mb(x):
-    return "–" if x is None else f"{x:.1f} MB"
-
-
-def fmt_cpu(x):
-    return "–" if x is None else f"{x:.2f} s"
 
 
 def ratio(p, o):
     return f"{p / o:.1f}×" if p is not None and o > 0 else "–"
 
 
-# The Python column of a run with --ours-only.
-SKIPPED = {**{k: (None, "–") for k in ("cold", "add", "modify", "del")}, "rss": None, "cpu": None}
+def mb(p, key="rss"):
+    return f"{p[key]:.1f} MB" if p else "–"
+
+
+def secs(p, key="cpu"):
+    return f"{p[key]:.2f} s" if p else "–"
+
+
+def cpu_ms(step):
+    """Our monitor's CPU for a step (stub modes: third field; VICI: its own key)."""
+    return f"{step[2] * 1000:.1f} ms" if len(step) > 2 else "–"
 
 
 def main():
@@ -588,7 +603,7 @@ def main():
     ap.add_argument("--modes", default="stroke,libreswan")
     ap.add_argument("--sizes", default="1,100,1000")
     ap.add_argument("--ours-only", action="store_true",
-                    help="skip the Python monitor (its column shows –)")
+                    help="skip the Python monitor (its column shows –): for profiling ours")
     ap.add_argument("--no-floor", action="store_true",
                     help="xfrm: skip the ip -batch floor (its cold ratio is then not measured)")
     a = ap.parse_args()
@@ -602,8 +617,12 @@ def main():
     if not os.access(a.ours, os.X_OK):
         sys.exit(f"missing {a.ours}: cargo build --release")
     sizes = [int(s) for s in a.sizes.split(",")]
-    print("| mode | N | step | Python | ours | ratio | calls Python / ours |")
-    print("|---|---:|---|---:|---:|---:|---:|")
+    python = (lambda mode, n: None) if a.ours_only else \
+        (lambda mode, n: bench_stub("python", mode, n, a.ours))
+    steps = [("cold", "cold start"), ("add", "+1 tunnel"), ("modify", "modify 1"),
+             ("del", "-1 tunnel")]
+    print("| mode | N | step | Python | ours | ratio | calls Python / ours | our CPU |")
+    print("|---|---:|---|---:|---:|---:|---:|---:|")
     for mode in a.modes.split(","):
         for n in sizes:
             if mode == "xfrm":
@@ -611,40 +630,45 @@ def main():
                 (pols, sas), floor_sas = o["cold"][1], o["floor_counts"][1]
                 print(f"| xfrm | {n} | cold start (floor: ip -batch) | {fmt_s(o['floor'])} | "
                       f"{fmt_s(o['cold'][0])} | {ratio(o['floor'], o['cold'][0])} | "
-                      f"{pols} policies, {sas} SAs (floor {floor_sas}) |")
-                for k, label in [("add", "+1 tunnel"), ("modify", "modify 1"), ("del", "-1 tunnel")]:
-                    print(f"| xfrm | {n} | {label} | – | {fmt_s(o[k][0])} | – | |")
-                print(f"| xfrm | {n} | peak RSS / CPU | – | {o['rss']:.1f} MB / {o['cpu']:.2f} s | – | |")
+                      f"{pols} policies, {sas} SAs (floor {floor_sas}) | |")
+                for k, label in steps[1:]:
+                    print(f"| xfrm | {n} | {label} | – | {fmt_s(o[k][0])} | – | | |")
+                print(f"| xfrm | {n} | peak RSS / CPU | – | {o['rss']:.1f} MB / {o['cpu']:.2f} s "
+                      "| – | | |")
                 sys.stdout.flush()
                 continue
             if mode == "vici":
-                p = SKIPPED if a.ours_only else bench_stub("python", "strongswan", n, a.ours)
+                p = python("strongswan", n)
                 o = bench_vici(n, a.ours)
-                for k, label in [("cold", "cold start"), ("add", "+1 tunnel"),
-                                 ("modify", "modify 1"), ("del", "-1 tunnel")]:
-                    print(f"| vici (Python: stroke) | {n} | {label} | {fmt_s(p[k][0])} | "
-                          f"{fmt_s(o[k][0])} | {ratio(p[k][0], o[k][0])} | "
-                          f"{p[k][1]} calls / {o[k][1]} VICI msgs |")
+                for k, label in steps:
+                    py = p[k] if p else ("–", "–")
+                    cpu = f"{o[k + '-cpu'] * 1000:.1f} ms" if k + "-cpu" in o else "–"
+                    print(f"| vici (Python: stroke) | {n} | {label} | "
+                          f"{fmt_s(py[0]) if p else '–'} | {fmt_s(o[k][0])} | "
+                          f"{ratio(p and py[0], o[k][0])} | {py[1]} calls / {o[k][1]} VICI msgs "
+                          f"| {cpu} |")
                 print(f"| vici (Python: stroke) | {n} | +1 monitor-side (OVSDB update → status "
-                      f"written) / its CPU | – | {o['add'][2] * 1000:.1f} ms / "
-                      f"{o['add-cpu'] * 1000:.1f} ms | – | |")
-                print(f"| vici (Python: stroke) | {n} | peak RSS | {fmt_mb(p['rss'])} | "
-                      f"{fmt_mb(o['rss'])} | {ratio(p['rss'], o['rss'])} | |")
-                print(f"| vici (Python: stroke) | {n} | CPU (whole run) | {fmt_cpu(p['cpu'])} | "
-                      f"{fmt_cpu(o['cpu'])} | {ratio(p['cpu'], o['cpu'])} | |")
+                      f"written) | – | {o['add'][2] * 1000:.1f} ms | – | | |")
+                print(f"| vici (Python: stroke) | {n} | peak RSS | "
+                      f"{mb(p)} | "
+                      f"{o['rss']:.1f} MB | {ratio(p and p['rss'], o['rss'])} | | |")
+                print(f"| vici (Python: stroke) | {n} | CPU (whole run) | "
+                      f"{secs(p)} | "
+                      f"{o['cpu']:.2f} s | {ratio(p and p['cpu'], o['cpu'])} | | |")
                 sys.stdout.flush()
                 continue
-            p = (SKIPPED if a.ours_only else
-                 bench_stub("python", "strongswan" if mode == "stroke" else mode, n, a.ours))
+            p = python("strongswan" if mode == "stroke" else mode, n)
             o = bench_stub("ours", mode, n, a.ours)
-            for k, label in [("cold", "cold start"), ("add", "+1 tunnel"), ("modify", "modify 1"),
-                             ("del", "-1 tunnel")]:
-                print(f"| {mode} | {n} | {label} | {fmt_s(p[k][0])} | {fmt_s(o[k][0])} | "
-                      f"{ratio(p[k][0], o[k][0])} | {p[k][1]} / {o[k][1]} |")
-            print(f"| {mode} | {n} | peak RSS | {fmt_mb(p['rss'])} | {fmt_mb(o['rss'])} | "
-                  f"{ratio(p['rss'], o['rss'])} | |")
-            print(f"| {mode} | {n} | CPU (whole run) | {fmt_cpu(p['cpu'])} | {fmt_cpu(o['cpu'])} | "
-                  f"{ratio(p['cpu'], o['cpu'])} | |")
+            for k, label in steps:
+                py_t = fmt_s(p[k][0]) if p else "–"
+                py_calls = p[k][1] if p else "–"
+                print(f"| {mode} | {n} | {label} | {py_t} | {fmt_s(o[k][0])} | "
+                      f"{ratio(p and p[k][0], o[k][0])} | {py_calls} / {o[k][1]} | "
+                      f"{cpu_ms(o[k]) if k != 'cold' else '–'} |")
+            print(f"| {mode} | {n} | peak RSS | {mb(p)} | "
+                  f"{o['rss']:.1f} MB | {ratio(p and p['rss'], o['rss'])} | | |")
+            print(f"| {mode} | {n} | CPU (whole run) | {secs(p)} | "
+                  f"{o['cpu']:.2f} s | {ratio(p and p['cpu'], o['cpu'])} | | |")
             sys.stdout.flush()
 
 

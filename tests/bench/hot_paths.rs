@@ -6,9 +6,9 @@
 //! - `one change`: at N tunnels, one row modified: apply the one-row update, refresh the typed
 //!   rows it touched, re-evaluate the registry for them, render strongSwan's ipsec.conf and
 //!   plan against the previous file (the work the daemon does for one `ovs-vsctl set`).
-//! - `VICI one change`: the same change as the VICI backend handles it with every tunnel up:
-//!   model, plan (memoised `load-conn` bodies), the backend's status from `list-sas`, and the
-//!   OVSDB status diff.
+//! - `VICI one change`: the same change as the VICI backend handles it with every tunnel up,
+//!   in a pass scoped to the changed tunnel as the daemon runs it: model, plan (memoised
+//!   `load-conn` bodies), the backend's status, and the OVSDB status diff of the changed row.
 //!
 //! `cargo bench --bench hot_paths` runs N ∈ {1000, 10000}; under `cargo test` it runs N = 100
 //! once so it cannot rot.
@@ -213,12 +213,15 @@ fn one_change(n: usize, reps: u32) -> Change {
 
 /// The VICI daemon's pure work for one modified row at `n` tunnels, all of them up (one
 /// ESTABLISHED IKE_SA with its CHILD_SAs each), done as the daemon does it (kept rows,
-/// incremental registry, memoised connections): model, plan, backend status, OVSDB status.
+/// incremental registry, memoised connections, a pass scoped to the changed tunnel): model,
+/// plan, backend status, OVSDB status.
 fn vici_change(n: usize, reps: u32) -> [Duration; 4] {
+    use ovs_monitor_ipsec::backend::Scope;
     use ovs_monitor_ipsec::backend::strongswan_vici::conns::ConnMemo;
     use ovs_monitor_ipsec::backend::strongswan_vici::{observe, plan as vplan, status as vstatus};
     use ovs_monitor_ipsec::status;
     use std::collections::BTreeMap;
+    let scope = Scope::Tunnels(BTreeSet::from(["vx0".to_owned()]));
     let mut model = Model::loaded(n);
     let memo = ConnMemo::default();
     let mut observed = observe::Observed::default();
@@ -232,16 +235,16 @@ fn vici_change(n: usize, reps: u32) -> [Duration; 4] {
         let desired = model.registry.desired();
         phases[0].push(t.elapsed());
         let t = Instant::now();
-        let actions = vplan::plan_with(&memo, desired, &observed);
+        let actions = vplan::plan_in(&memo, desired, &observed, &scope);
         phases[1].push(t.elapsed());
         assert!(events > 0 && !actions.is_empty(), "the change is seen");
         converge(&mut observed, desired, &actions);
         let t = Instant::now();
-        let live = vstatus::status_with(&memo, desired, &observed);
+        let live = vstatus::status_in(&memo, desired, &observed, &scope);
         phases[2].push(t.elapsed());
         let t = Instant::now();
         let ops = status::plan(&status::StatusInput {
-            interfaces: model.kept.interfaces(),
+            interfaces: model.kept.named("vx0").collect::<Vec<_>>().into_iter(),
             open_vswitch: None,
             tunnels: model.registry.tunnel_map(),
             live: &live,

@@ -10,15 +10,28 @@
 use std::collections::BTreeMap;
 
 use super::plan::Observed;
-use crate::backend::{LiveState, LiveStatus};
+use crate::backend::{LiveState, LiveStatus, Scope};
 use crate::model::{Desired, DesiredTunnel};
 
 pub fn status(desired: &Desired, observed: &Observed) -> BTreeMap<String, LiveStatus> {
-    desired
-        .tunnels
-        .iter()
-        .map(|(name, t)| (name.clone(), tunnel(t, observed)))
-        .collect()
+    status_in(desired, observed, &Scope::All)
+}
+
+/// [`status`] of the desired tunnels in `scope` only.
+pub fn status_in(
+    desired: &Desired,
+    observed: &Observed,
+    scope: &Scope,
+) -> BTreeMap<String, LiveStatus> {
+    let state = |(name, t): (&String, &DesiredTunnel)| (name.clone(), tunnel(t, observed));
+    match scope {
+        Scope::All => desired.tunnels.iter().map(state).collect(),
+        Scope::Tunnels(names) => names
+            .iter()
+            .filter_map(|n| desired.tunnels.get_key_value(n))
+            .map(state)
+            .collect(),
+    }
 }
 
 fn tunnel(t: &DesiredTunnel, observed: &Observed) -> LiveStatus {

@@ -21,7 +21,7 @@ pub mod version;
 #[cfg(test)]
 mod tests;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -37,7 +37,7 @@ use self::version::{Commands, Version};
 use super::command::{Cmd, CommandError};
 use super::files::{FileError, sha256, sha256_of, under_root};
 use super::templates::{TemplateError, Templates};
-use super::{ApplyReport, Backend, BackendError, BackendKind, LiveStatus, StartOptions};
+use super::{ApplyReport, Backend, BackendError, BackendKind, LiveStatus, Scope, StartOptions};
 use crate::cli::Cli;
 use crate::model::Desired;
 
@@ -126,6 +126,8 @@ pub struct Libreswan {
     nss_wanted: bool,
     /// The tunnel count for which "Connections for all(N) … are Up." was logged.
     announced: Mutex<Option<usize>>,
+    /// The desired tunnels that are up, kept across passes over a few tunnels.
+    up: Mutex<BTreeSet<String>>,
     /// The last start alias handed out, as a number (see `apply`).
     last_token: u128,
     /// Maximum concurrent `whack` calls.
@@ -164,6 +166,7 @@ impl Libreswan {
             pending: HashMap::new(),
             nss_wanted: false,
             announced: Mutex::new(None),
+            up: Mutex::new(BTreeSet::new()),
             last_token: 0,
             concurrency: 16,
         })
@@ -246,12 +249,27 @@ impl Libreswan {
         )
     }
 
-    fn announce(&self, desired: &Desired, live: &BTreeMap<String, LiveStatus>) {
-        let all_up = !live.is_empty()
-            && live
-                .values()
-                .all(|l| l.state == crate::backend::LiveState::Up);
+    /// Logs once that every tunnel is up. `live` is the state of the tunnels in `scope`; the
+    /// others keep the state the previous passes saw.
+    fn announce(&self, desired: &Desired, live: &BTreeMap<String, LiveStatus>, scope: &Scope) {
+        let Ok(mut up) = self.up.lock() else {
+            return;
+        };
+        match scope {
+            Scope::All => up.clear(),
+            Scope::Tunnels(names) => {
+                for name in names {
+                    up.remove(name);
+                }
+            }
+        }
+        up.extend(
+            live.iter()
+                .filter(|(_, l)| l.state == crate::backend::LiveState::Up)
+                .map(|(name, _)| name.clone()),
+        );
         let n = desired.tunnels.len();
+        let all_up = n > 0 && up.len() == n;
         if let Ok(mut announced) = self.announced.lock() {
             if !all_up {
                 *announced = None;
@@ -349,8 +367,17 @@ impl Backend for Libreswan {
     }
 
     fn status(&self, desired: &Desired, observed: &Observed) -> BTreeMap<String, LiveStatus> {
-        let live = live::status(desired, observed);
-        self.announce(desired, &live);
+        self.status_in(desired, observed, &Scope::All)
+    }
+
+    fn status_in(
+        &self,
+        desired: &Desired,
+        observed: &Observed,
+        scope: &Scope,
+    ) -> BTreeMap<String, LiveStatus> {
+        let live = live::status_in(desired, observed, scope);
+        self.announce(desired, &live, scope);
         live
     }
 

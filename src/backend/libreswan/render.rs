@@ -19,7 +19,7 @@ use serde::Serialize;
 
 use super::version::Version;
 use crate::backend::secrets::psk_hex;
-use crate::backend::templates::{SectionCache, TemplateError, Templates};
+use crate::backend::templates::{SectionCache, TemplateError, Templates, assemble};
 use crate::model::{Auth, Desired, DesiredTunnel, Family, TunnelType};
 
 pub const CONF_TEMPLATE: &str = "ipsec.conf";
@@ -323,7 +323,7 @@ pub fn render(
         |i| tunnel_text(templates, i),
     )?;
     let mark = desired.global.skb_mark;
-    let ctx = ConfCtx {
+    let conf_ctx = |sections| ConfCtx {
         own_root: layout.own_root,
         base: layout.base(),
         crypto: layout.crypto(),
@@ -340,11 +340,16 @@ pub fn render(
             Vec::new()
         },
         mark: mark.map(|m| m.to_string()).unwrap_or_default(),
-        sections: texts.iter().map(|t| t.conf.as_str()).collect(),
+        sections,
     };
-    let lines = texts.iter().filter_map(|t| t.secret.as_deref()).collect();
+    let sections: Vec<&str> = texts.iter().map(|t| t.conf.as_str()).collect();
+    let lines: Vec<&str> = texts.iter().filter_map(|t| t.secret.as_deref()).collect();
     Ok(Rendered {
-        conf: templates.render(CONF_TEMPLATE, &ctx)?,
-        secrets: templates.render(SECRETS_TEMPLATE, &SecretsCtx { lines })?,
+        conf: assemble(&sections, |sections| {
+            templates.render(CONF_TEMPLATE, &conf_ctx(sections))
+        })?,
+        secrets: assemble(&lines, |lines| {
+            templates.render(SECRETS_TEMPLATE, &SecretsCtx { lines })
+        })?,
     })
 }

@@ -28,6 +28,11 @@ fn bodies<'a>(sections: &'a BTreeMap<String, String>, conns: &[String]) -> Optio
 
 /// Tunnels whose connections must be rendered with another version than the desired one.
 pub fn versions(desired: &Desired, r: &Rendered, obs: &Observed) -> BTreeMap<String, u64> {
+    // Our file as we would write it now: every tunnel is on disk at its own version. The
+    // common case (every pass after the one that wrote it) without parsing either file.
+    if obs.conf.as_deref() == Some(r.conf.as_str()) {
+        return BTreeMap::new();
+    }
     let ours = conffile::sections(&r.conf);
     let our_secrets = conffile::secret_lines(&r.secrets);
     // On-disk versions by tunnel, for the tunnels we want.

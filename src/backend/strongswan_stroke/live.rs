@@ -8,7 +8,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::statusall::{IkeSa, Status};
-use crate::backend::{LiveState, LiveStatus};
+use crate::backend::{LiveState, LiveStatus, Scope};
 use crate::model::{Desired, DesiredTunnel};
 
 const IKE_HEADING: &str = "IKE SAs:";
@@ -133,10 +133,26 @@ pub fn status(
     st: &Status,
     rejected: &BTreeMap<String, String>,
 ) -> BTreeMap<String, LiveStatus> {
+    status_in(desired, st, rejected, &Scope::All)
+}
+
+/// [`status`] of the desired tunnels in `scope` only.
+pub fn status_in(
+    desired: &Desired,
+    st: &Status,
+    rejected: &BTreeMap<String, String>,
+    scope: &Scope,
+) -> BTreeMap<String, LiveStatus> {
     let ix = Index::new(st);
-    desired
-        .tunnels
-        .iter()
+    let tunnels: Box<dyn Iterator<Item = (&String, &DesiredTunnel)>> = match scope {
+        Scope::All => Box::new(desired.tunnels.iter()),
+        Scope::Tunnels(names) => Box::new(
+            names
+                .iter()
+                .filter_map(|n| desired.tunnels.get_key_value(n)),
+        ),
+    };
+    tunnels
         .map(|(name, t)| {
             let ls = match rejected.get(name) {
                 Some(reason) => {

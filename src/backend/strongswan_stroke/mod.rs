@@ -43,7 +43,7 @@ use self::statusall::Status;
 use super::command::{Cmd, CommandError};
 use super::files::{CONFIG_MODE, FileError, SECRET_MODE, under_root, write_if_changed};
 use super::templates::{TemplateError, Templates};
-use super::{ApplyReport, Backend, BackendError, BackendKind, LiveStatus, StartOptions};
+use super::{ApplyReport, Backend, BackendError, BackendKind, LiveStatus, Scope, StartOptions};
 use crate::cli::Cli;
 use crate::model::Desired;
 use crate::model::cert::FsCertSource;
@@ -409,10 +409,24 @@ impl Backend for StrongSwanStroke {
     }
 
     fn status(&self, desired: &Desired, observed: &Observed) -> BTreeMap<String, LiveStatus> {
-        let d = self
-            .effective(desired, observed)
-            .map_or_else(|_| desired.clone(), |(d, _)| d);
-        live::status(&d, &observed.status, &render::rejections(&d))
+        self.status_in(desired, observed, &Scope::All)
+    }
+
+    fn status_in(
+        &self,
+        desired: &Desired,
+        observed: &Observed,
+        scope: &Scope,
+    ) -> BTreeMap<String, LiveStatus> {
+        match self.effective(desired, observed) {
+            Ok((d, r)) => live::status_in(&d, &observed.status, &r.rejected, scope),
+            Err(_) => live::status_in(
+                desired,
+                &observed.status,
+                &render::rejections(desired),
+                scope,
+            ),
+        }
     }
 
     /// Empties our files, lets starter drop every connection, and brings down our SAs.

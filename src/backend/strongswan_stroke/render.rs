@@ -21,7 +21,7 @@ use std::sync::Arc;
 use serde::Serialize;
 
 use crate::backend::secrets::psk_hex;
-use crate::backend::templates::{SectionCache, TemplateError, Templates};
+use crate::backend::templates::{SectionCache, TemplateError, Templates, assemble};
 use crate::model::{Auth, Desired, DesiredTunnel, Pki, TunnelType};
 
 pub const CONF_TEMPLATE: &str = "strongswan/ipsec.conf";
@@ -59,7 +59,7 @@ pub const DEFAULTS: &[(&str, &str)] = &[
 /// Prefix of the drop shunts rendered for `ipsec_skb_mark`.
 pub const SHUNT_PREFIX: &str = "prevent_unencrypted_";
 
-#[derive(Serialize)]
+#[derive(Clone, Serialize)]
 struct Shunt {
     name: String,
     protoport: String,
@@ -363,14 +363,20 @@ pub fn render(
         }
     }
     let ca_cert = pki.and_then(|p| p.ca_cert.as_ref()).map(|p| p_display(p));
-    let ctx = ConfCtx {
-        shunts,
-        ca_cert,
-        sections: accepted().map(|(_, text)| text.conf.as_str()).collect(),
-    };
+    let sections: Vec<&str> = accepted().map(|(_, text)| text.conf.as_str()).collect();
+    let conf = assemble(&sections, |sections| {
+        let ctx = ConfCtx {
+            shunts: shunts.clone(),
+            ca_cert: ca_cert.clone(),
+            sections,
+        };
+        templates.render(CONF_TEMPLATE, &ctx)
+    })?;
     Ok(Rendered {
-        conf: templates.render(CONF_TEMPLATE, &ctx)?,
-        secrets: templates.render(SECRETS_TEMPLATE, &SecretsCtx { lines })?,
+        conf,
+        secrets: assemble(&lines, |lines| {
+            templates.render(SECRETS_TEMPLATE, &SecretsCtx { lines })
+        })?,
         conns: names,
         certs,
         rejected,

@@ -137,6 +137,20 @@ impl ConnMemo {
         }
         (conns, errors)
     }
+
+    /// The connection of one tunnel (as [`ConnMemo::conns`] gives it), or why it cannot be
+    /// expressed; the other tunnels' entries are left alone.
+    pub fn conn(&self, name: &str, t: &DesiredTunnel) -> Result<Arc<Digested>, String> {
+        let Ok(built) = self.tunnels.render_one(name, t.clone(), |t| {
+            Ok::<_, std::convert::Infallible>(tunnel_conn(t).map(Digested::new))
+        });
+        built
+    }
+
+    /// Forgets a tunnel that is no longer desired.
+    pub fn forget(&self, name: &str) {
+        self.tunnels.forget(name);
+    }
 }
 
 /// The connection of one tunnel, or why its `ipsec_*` options cannot be expressed.

@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use sha2::{Digest, Sha256};
 
 use crate::backend::vici::{Message, Value};
-use crate::model::{Auth, Desired};
+use crate::model::{Auth, Desired, DesiredTunnel};
 
 /// Name of the authority that holds `other_config:ca_cert`.
 pub const CA_AUTHORITY: &str = "ovs-ca";
@@ -66,21 +66,26 @@ pub enum CredSource {
     File,
 }
 
+/// A tunnel's PSK credential (its key is `CredKey::Shared(<tunnel>)`); `None` without PSK.
+pub fn psk_source(t: &DesiredTunnel) -> Option<CredSource> {
+    let Auth::Psk(psk) = &t.conf.auth else {
+        return None;
+    };
+    let owner = t.conf.remote_ip.to_string();
+    Some(CredSource::Psk {
+        digest: psk_digest(psk.expose(), &owner),
+        owner,
+    })
+}
+
 /// Every credential `desired` needs.
 pub fn desired_creds(desired: &Desired) -> BTreeMap<CredKey, CredSource> {
     let mut out = BTreeMap::new();
     for (name, t) in &desired.tunnels {
         let conf = &t.conf;
         match &conf.auth {
-            Auth::Psk(psk) => {
-                let owner = conf.remote_ip.to_string();
-                out.insert(
-                    CredKey::Shared(name.clone()),
-                    CredSource::Psk {
-                        digest: psk_digest(psk.expose(), &owner),
-                        owner,
-                    },
-                );
+            Auth::Psk(_) => {
+                out.extend(psk_source(t).map(|s| (CredKey::Shared(name.clone()), s)));
             }
             Auth::SelfSigned { remote_cert, .. } => {
                 out.insert(CredKey::Cert(remote_cert.clone()), CredSource::File);

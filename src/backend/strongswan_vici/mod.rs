@@ -46,12 +46,13 @@ use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
 use self::conns::ConnMemo;
-use self::creds::{CredKey, CredSource, Sha, desired_creds, load_request, unload_request};
+use self::conns::ike_conn_name;
+use self::creds::{CredKey, CredSource, Sha, load_request, psk_source, unload_request};
 use self::observe::{Loaded, Observed, ObservedConn, parse_conns, parse_sas};
 use self::plan::{Action, body_digest};
 use super::vici::{Connection, Message, ViciError, check};
 use super::{
-    ApplyReport, Backend, BackendError, BackendEvent, BackendKind, LiveStatus, StartOptions,
+    ApplyReport, Backend, BackendError, BackendEvent, BackendKind, LiveStatus, Scope, StartOptions,
 };
 use crate::model::{Auth, Desired};
 
@@ -134,10 +135,18 @@ impl StrongSwanVici {
             .ok_or_else(|| ViciError::Protocol("no connection".into()))
     }
 
-    /// A listing, retried once on a fresh connection if the old one broke.
-    async fn listing(&mut self, cmd: &str, event: &str) -> Result<Vec<Message>, ViciError> {
+    /// A listing, retried once on a fresh connection if the old one broke; `filter` adds
+    /// its key/values (e.g. `ike`) to the request.
+    async fn listing(
+        &mut self,
+        cmd: &str,
+        event: &str,
+        filter: &[(&str, &str)],
+    ) -> Result<Vec<Message>, ViciError> {
         for attempt in 0..2 {
-            let body = Message::new().kv("noblock", "yes");
+            let body = filter
+                .iter()
+                .fold(Message::new().kv("noblock", "yes"), |m, &(k, v)| m.kv(k, v));
             match self.connection().await?.stream(cmd, event, body).await {
                 Ok(items) => return Ok(items),
                 Err(e @ (ViciError::Io(_) | ViciError::Closed)) if attempt == 0 => {
@@ -258,17 +267,48 @@ impl Backend for StrongSwanVici {
     }
 
     async fn observe(&mut self) -> Result<Observed, BackendError> {
-        let sas = self
-            .listing("list-sas", "list-sa")
-            .await
-            .map_err(backend_error)?;
+        self.observe_in(&Desired::default(), &Scope::All).await
+    }
+
+    /// A pass over a few PSK tunnels (see [`plan::scoped`]) lists only their IKE_SAs and
+    /// keeps the connection list as our own loads and unloads left it; the periodic pass
+    /// lists everything.
+    async fn observe_in(
+        &mut self,
+        desired: &Desired,
+        scope: &Scope,
+    ) -> Result<Observed, BackendError> {
+        let narrow = plan::scoped(desired, &self.loaded, scope).map(|names| {
+            names
+                .iter()
+                .filter_map(|n| desired.tunnels.get(n))
+                .map(ike_conn_name)
+                .collect::<Vec<_>>()
+        });
+        let mut sas = Vec::new();
+        match &narrow {
+            Some(conns) => {
+                for conn in conns {
+                    let listed = self
+                        .listing("list-sas", "list-sa", &[("ike", conn.as_str())])
+                        .await;
+                    sas.extend(listed.map_err(backend_error)?);
+                }
+            }
+            None => {
+                sas = self
+                    .listing("list-sas", "list-sa", &[])
+                    .await
+                    .map_err(backend_error)?;
+            }
+        }
         let fresh = self
             .listed
             .as_ref()
-            .is_some_and(|(_, at)| at.elapsed() < RELIST_CONNS);
+            .is_some_and(|(_, at)| narrow.is_some() || at.elapsed() < RELIST_CONNS);
         if !fresh {
             let conns = self
-                .listing("list-conns", "list-conn")
+                .listing("list-conns", "list-conn", &[])
                 .await
                 .map_err(backend_error)?;
             self.listed = Some((Arc::new(parse_conns(&conns)), Instant::now()));
@@ -298,19 +338,28 @@ impl Backend for StrongSwanVici {
         plan::plan_with(&self.memo, desired, observed)
     }
 
+    fn plan_in(&self, desired: &Desired, observed: &Observed, scope: &Scope) -> Vec<Action> {
+        plan::plan_in(&self.memo, desired, observed, scope)
+    }
+
     async fn apply(
         &mut self,
         desired: &Desired,
         actions: Vec<Action>,
     ) -> Result<ApplyReport, BackendError> {
         let mut report = ApplyReport::default();
-        let creds = desired_creds(desired);
+        // A PSK's source, looked up for the credentials loaded only.
+        let psk = |key: &CredKey| match key {
+            CredKey::Shared(t) => desired.tunnels.get(t).and_then(psk_source),
+            _ => None,
+        };
         let mut requests = Vec::new();
         let mut pending = Vec::new();
         for action in actions {
             match action {
                 Action::LoadCred(key) => {
-                    let (secret, owner) = match (&key, creds.get(&key)) {
+                    let source = psk(&key);
+                    let (secret, owner) = match (&key, &source) {
                         (CredKey::Shared(t), Some(CredSource::Psk { owner, .. })) => {
                             let psk = desired.tunnels.get(t).and_then(|t| match &t.conf.auth {
                                 Auth::Psk(p) => Some(p.expose().as_bytes().to_vec()),
@@ -334,8 +383,8 @@ impl Backend for StrongSwanVici {
                         },
                     };
                     let Some(secret) = secret else { continue };
-                    let digest = match (&key, creds.get(&key)) {
-                        (_, Some(CredSource::Psk { digest, .. })) => *digest,
+                    let digest = match &source {
+                        Some(CredSource::Psk { digest, .. }) => *digest,
                         _ => crate::backend::files::sha256(&secret),
                     };
                     let (cmd, body) = load_request(&key, &secret, owner.as_deref());
@@ -487,6 +536,15 @@ impl Backend for StrongSwanVici {
 
     fn status(&self, desired: &Desired, observed: &Observed) -> BTreeMap<String, LiveStatus> {
         status::status_with(&self.memo, desired, observed)
+    }
+
+    fn status_in(
+        &self,
+        desired: &Desired,
+        observed: &Observed,
+        scope: &Scope,
+    ) -> BTreeMap<String, LiveStatus> {
+        status::status_in(&self.memo, desired, observed, scope)
     }
 
     async fn cleanup(&mut self) -> Result<(), BackendError> {

@@ -12,15 +12,17 @@
 //! ones that time out. Whether this end really initiates is decided when the action is
 //! carried out (see [`super::initiator`]).
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::fmt;
+use std::ops::Bound;
 use std::time::Duration;
 
-use super::conns::{ConnMemo, DesiredConn, SHUNT_PREFIX, Start};
-use super::creds::{CredKey, CredSource, Sha, desired_creds};
-use super::observe::{Observed, ObservedConn};
+use super::conns::{ConnMemo, DesiredConn, Digested, SHUNT_PREFIX, Start};
+use super::creds::{CredKey, CredSource, Sha, desired_creds, psk_source};
+use super::observe::{Loaded, Observed, ObservedConn};
+use crate::backend::Scope;
 use crate::backend::vici::Message;
-use crate::model::Desired;
+use crate::model::{Auth, Desired};
 
 /// One step of a plan.
 #[derive(Debug, Clone, PartialEq)]
@@ -107,26 +109,7 @@ pub fn plan_with(memo: &ConnMemo, desired: &Desired, observed: &Observed) -> Vec
     let wanted: BTreeSet<&str> = conns.iter().map(|c| c.conn.name.as_str()).collect();
     let with_sa: HashSet<&str> = observed.sas.iter().map(|sa| sa.conn.as_str()).collect();
     for d in conns.iter() {
-        let c = &d.conn;
-        let current = observed.conns.contains_key(&c.name)
-            && observed.loaded.conns.get(&c.name) == Some(&d.digest);
-        if !current {
-            actions.push(Action::LoadConn(Box::new(c.clone())));
-        }
-        if let Some(start) = &c.start {
-            let has_sa = with_sa.contains(c.name.as_str());
-            let due = observed
-                .loaded
-                .attempts
-                .get(&c.name)
-                .is_none_or(|at| observed.clock >= *at + RETRY_INITIATE);
-            if !has_sa && due {
-                actions.push(Action::Initiate {
-                    conn: c.name.clone(),
-                    start: start.clone(),
-                });
-            }
-        }
+        conn_actions(d, observed, |c| with_sa.contains(c), &mut actions);
     }
     for (name, conn) in observed.conns.iter() {
         if !wanted.contains(name.as_str()) && is_ours(name, conn, observed) {
@@ -139,6 +122,131 @@ pub fn plan_with(memo: &ConnMemo, desired: &Desired, observed: &Observed) -> Vec
         }
     }
     actions
+}
+
+/// Loads `d` unless charon has exactly it, and initiates it when it has no IKE_SA and its
+/// last attempt is [`RETRY_INITIATE`] old.
+fn conn_actions(
+    d: &Digested,
+    observed: &Observed,
+    has_sa: impl Fn(&str) -> bool,
+    actions: &mut Vec<Action>,
+) {
+    let c = &d.conn;
+    let current = observed.conns.contains_key(&c.name)
+        && observed.loaded.conns.get(&c.name) == Some(&d.digest);
+    if !current {
+        actions.push(Action::LoadConn(Box::new(c.clone())));
+    }
+    if let Some(start) = &c.start {
+        let due = observed
+            .loaded
+            .attempts
+            .get(&c.name)
+            .is_none_or(|at| observed.clock >= *at + RETRY_INITIATE);
+        if !has_sa(&c.name) && due {
+            actions.push(Action::Initiate {
+                conn: c.name.clone(),
+                start: start.clone(),
+            });
+        }
+    }
+}
+
+/// [`plan_with`] for a pass over `scope`. A pass over a few PSK tunnels plans from those
+/// tunnels alone: their PSKs, their connection, and their connections that are no longer
+/// wanted (found by name in the listing), in the order [`plan_with`] would give them.
+/// Certificates (shared by tunnels) and drop shunts (which follow every tunnel's port) make
+/// it plan everything, as does [`Scope::All`].
+pub fn plan_in(
+    memo: &ConnMemo,
+    desired: &Desired,
+    observed: &Observed,
+    scope: &Scope,
+) -> Vec<Action> {
+    let Some(names) = scoped(desired, &observed.loaded, scope) else {
+        return plan_with(memo, desired, observed);
+    };
+    let (mut creds, mut conns, mut unload_conns, mut unload_creds) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for name in names {
+        let key = CredKey::Shared(name.clone());
+        let mut wanted = None;
+        match desired.tunnels.get(name) {
+            Some(t) => {
+                if let Some(CredSource::Psk { digest, .. }) = psk_source(t)
+                    && observed.loaded.creds.get(&key) != Some(&digest)
+                {
+                    creds.push(Action::LoadCred(key));
+                }
+                // A tunnel that cannot be expressed has no connection; status says why.
+                if let Ok(d) = memo.conn(name, t) {
+                    let has_sa = |c: &str| observed.sas.iter().any(|sa| sa.conn == c);
+                    conn_actions(&d, observed, has_sa, &mut conns);
+                    wanted = Some(d.conn.name.clone());
+                }
+            }
+            None => {
+                memo.forget(name);
+                if observed.loaded.creds.contains_key(&key) {
+                    unload_creds.push(Action::UnloadCred(key));
+                }
+            }
+        }
+        for (conn, listed) in tunnel_conns(&observed.conns, name) {
+            if wanted.as_deref() != Some(conn) && is_ours(conn, listed, observed) {
+                unload_conns.push(Action::UnloadConn(conn.to_owned()));
+            }
+        }
+    }
+    creds.append(&mut conns);
+    creds.append(&mut unload_conns);
+    creds.append(&mut unload_creds);
+    creds
+}
+
+/// Above this many tunnels a pass plans (and lists SAs for) everything: one listing costs
+/// less than a `list-sas` round trip per tunnel.
+pub const SCOPED_MAX: usize = 16;
+
+/// The tunnel names of a pass that can be planned on their own (see [`plan_in`]), given
+/// what we `loaded` into charon.
+pub fn scoped<'a>(
+    desired: &Desired,
+    loaded: &Loaded,
+    scope: &'a Scope,
+) -> Option<&'a BTreeSet<String>> {
+    let Scope::Tunnels(names) = scope else {
+        return None;
+    };
+    // CredKey orders PSKs first: only PSKs are loaded when the last key is one.
+    let only_psks = loaded
+        .creds
+        .keys()
+        .next_back()
+        .is_none_or(|k| matches!(k, CredKey::Shared(_)));
+    let psk_tunnels = names
+        .iter()
+        .filter_map(|n| desired.tunnels.get(n))
+        .all(|t| matches!(t.conf.auth, Auth::Psk(_)) && t.conf.pki.is_none());
+    let small = names.len() <= SCOPED_MAX;
+    (small && desired.global.skb_mark.is_none() && only_psks && psk_tunnels).then_some(names)
+}
+
+/// Listed connections named like one of tunnel `tunnel`'s versions (`<tunnel>-<N>`).
+fn tunnel_conns<'a>(
+    listed: &'a BTreeMap<String, ObservedConn>,
+    tunnel: &str,
+) -> impl Iterator<Item = (&'a str, &'a ObservedConn)> {
+    let prefix = format!("{tunnel}-");
+    listed
+        .range::<str, _>((Bound::Included(prefix.as_str()), Bound::Unbounded))
+        .map(|(name, conn)| (name.as_str(), conn))
+        .take_while(move |(name, _)| name.starts_with(&prefix))
+        .filter(move |(name, _)| {
+            name.get(tunnel.len() + 1..)
+                .is_some_and(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
+        })
 }
 
 /// Ours: loaded by this monitor, or left by an earlier run — a versioned name (`X-N`) whose

@@ -10,8 +10,8 @@ use std::collections::{BTreeMap, HashMap};
 
 use super::conns::{ConnMemo, ike_conn_name};
 use super::observe::{IkeSa, Observed};
-use crate::backend::{LiveState, LiveStatus};
-use crate::model::Desired;
+use crate::backend::{LiveState, LiveStatus, Scope};
+use crate::model::{Desired, DesiredTunnel};
 
 const NEGOTIATING_IKE: &[&str] = &["CREATED", "CONNECTING", "PASSIVE", "REKEYING"];
 const NEGOTIATING_CHILD: &[&str] = &["CREATED", "INSTALLING", "REKEYING", "UPDATING"];
@@ -35,81 +35,125 @@ pub fn status_with(
         .tunnels
         .iter()
         .map(|(name, t)| {
-            if let Some(reason) = rejected.get(name) {
-                let mut st = LiveStatus::new(LiveState::Error);
-                st.error = Some(reason.clone());
-                return (name.clone(), st);
-            }
-            let conn = ike_conn_name(t);
-            let conns = t.conn_names();
-            let ike: &[&IkeSa] = by_conn.get(conn.as_str()).map_or(&[], Vec::as_slice);
-            let children: Vec<_> = ike
-                .iter()
-                .flat_map(|sa| &sa.children)
-                .filter(|c| conns.contains(&c.name))
-                .collect();
-            let installed = |c: &str| {
-                children
-                    .iter()
-                    .any(|ch| ch.name == c && ch.state == "INSTALLED")
+            let st = match rejected.get(name) {
+                Some(reason) => rejected_status(reason),
+                None => {
+                    let conn = ike_conn_name(t);
+                    let ike = by_conn.get(conn.as_str()).map_or(&[][..], Vec::as_slice);
+                    tunnel_status(t, conn, ike, observed)
+                }
             };
-            let loaded = observed.conns.get(&conn);
-            let negotiating = ike
-                .iter()
-                .any(|sa| NEGOTIATING_IKE.contains(&sa.state.as_str()))
-                || children
-                    .iter()
-                    .any(|c| NEGOTIATING_CHILD.contains(&c.state.as_str()));
-            let mut st = if loaded.is_none() {
-                let mut st = LiveStatus::new(LiveState::Error);
-                st.error = Some(format!("connection {conn} is not loaded in charon"));
-                st
-            } else if conns.iter().all(|c| installed(c)) {
-                LiveStatus::new(LiveState::Up)
-            } else if negotiating {
-                LiveStatus::new(LiveState::Negotiating)
-            } else {
-                LiveStatus::new(LiveState::Down)
-            };
-            st.active = conns.iter().filter(|c| installed(c)).cloned().collect();
-            st.details = vec![
-                (
-                    "Connections loaded in charon".into(),
-                    loaded
-                        .map(|c| {
-                            let children: Vec<&str> =
-                                c.children.keys().map(String::as_str).collect();
-                            format!("{conn}: children {}", children.join(", "))
-                        })
-                        .into_iter()
-                        .collect(),
-                ),
-                (
-                    "IKE SAs".into(),
-                    ike.iter()
-                        .map(|sa| format!("{}: {} {}...{}", sa.conn, sa.state, sa.local, sa.remote))
-                        .collect(),
-                ),
-                (
-                    "Child SAs".into(),
-                    children
-                        .iter()
-                        .map(|c| {
-                            format!(
-                                "{}: {} {} {} === {}",
-                                c.name,
-                                c.state,
-                                c.mode,
-                                c.local_ts.join(","),
-                                c.remote_ts.join(",")
-                            )
-                        })
-                        .collect(),
-                ),
-            ];
             (name.clone(), st)
         })
         .collect()
+}
+
+/// [`status_with`] for the desired tunnels in `scope` only.
+pub fn status_in(
+    memo: &ConnMemo,
+    desired: &Desired,
+    observed: &Observed,
+    scope: &Scope,
+) -> BTreeMap<String, LiveStatus> {
+    let Scope::Tunnels(names) = scope else {
+        return status_with(memo, desired, observed);
+    };
+    names
+        .iter()
+        .filter_map(|name| desired.tunnels.get_key_value(name))
+        .map(|(name, t)| {
+            let st = match memo.conn(name, t) {
+                Err(reason) => rejected_status(&reason),
+                Ok(_) => {
+                    let conn = ike_conn_name(t);
+                    let ike: Vec<&IkeSa> =
+                        observed.sas.iter().filter(|sa| sa.conn == conn).collect();
+                    tunnel_status(t, conn, &ike, observed)
+                }
+            };
+            (name.clone(), st)
+        })
+        .collect()
+}
+
+fn rejected_status(reason: &str) -> LiveStatus {
+    let mut st = LiveStatus::new(LiveState::Error);
+    st.error = Some(reason.to_owned());
+    st
+}
+
+/// One tunnel's state, from its connection `conn` and that connection's IKE_SAs.
+fn tunnel_status(
+    t: &DesiredTunnel,
+    conn: String,
+    ike: &[&IkeSa],
+    observed: &Observed,
+) -> LiveStatus {
+    let conns = t.conn_names();
+    let children: Vec<_> = ike
+        .iter()
+        .flat_map(|sa| &sa.children)
+        .filter(|c| conns.contains(&c.name))
+        .collect();
+    let installed = |c: &str| {
+        children
+            .iter()
+            .any(|ch| ch.name == c && ch.state == "INSTALLED")
+    };
+    let loaded = observed.conns.get(&conn);
+    let negotiating = ike
+        .iter()
+        .any(|sa| NEGOTIATING_IKE.contains(&sa.state.as_str()))
+        || children
+            .iter()
+            .any(|c| NEGOTIATING_CHILD.contains(&c.state.as_str()));
+    let mut st = if loaded.is_none() {
+        let mut st = LiveStatus::new(LiveState::Error);
+        st.error = Some(format!("connection {conn} is not loaded in charon"));
+        st
+    } else if conns.iter().all(|c| installed(c)) {
+        LiveStatus::new(LiveState::Up)
+    } else if negotiating {
+        LiveStatus::new(LiveState::Negotiating)
+    } else {
+        LiveStatus::new(LiveState::Down)
+    };
+    st.active = conns.iter().filter(|c| installed(c)).cloned().collect();
+    st.details = vec![
+        (
+            "Connections loaded in charon".into(),
+            loaded
+                .map(|c| {
+                    let children: Vec<&str> = c.children.keys().map(String::as_str).collect();
+                    format!("{conn}: children {}", children.join(", "))
+                })
+                .into_iter()
+                .collect(),
+        ),
+        (
+            "IKE SAs".into(),
+            ike.iter()
+                .map(|sa| format!("{}: {} {}...{}", sa.conn, sa.state, sa.local, sa.remote))
+                .collect(),
+        ),
+        (
+            "Child SAs".into(),
+            children
+                .iter()
+                .map(|c| {
+                    format!(
+                        "{}: {} {} {} === {}",
+                        c.name,
+                        c.state,
+                        c.mode,
+                        c.local_ts.join(","),
+                        c.remote_ts.join(",")
+                    )
+                })
+                .collect(),
+        ),
+    ];
+    st
 }
 
 #[cfg(test)]

@@ -39,7 +39,7 @@ use self::types::{Dir, Observed, Refusal, SaId};
 use super::command::Cmd;
 use super::files::under_root;
 use super::{
-    ApplyReport, Backend, BackendError, BackendEvent, BackendKind, LiveStatus, StartOptions,
+    ApplyReport, Backend, BackendError, BackendEvent, BackendKind, LiveStatus, Scope, StartOptions,
 };
 use crate::cli::Cli;
 use crate::daemon::paths;
@@ -347,7 +347,14 @@ impl Backend for XfrmBackend {
         Ok(self.finish(kernel))
     }
 
-    async fn observe_for(&mut self, desired: &Desired) -> Result<Observed, BackendError> {
+    /// Reads back only what changed since the last observation (tunnels whose configuration
+    /// changed, objects the last pass wrote), whatever `scope` says: the kernel view is cached
+    /// and the full dump's timing is this backend's own (below).
+    async fn observe_in(
+        &mut self,
+        desired: &Desired,
+        _scope: &Scope,
+    ) -> Result<Observed, BackendError> {
         let changed = self.seen.changed(desired);
         self.seen.remember(desired);
         let mut targets = std::mem::take(&mut self.verify);
