@@ -1,68 +1,86 @@
-//! The node's key generation and the SAs created under it, kept in a file of the run directory
-//! (a tmpfs: a reboot forgets it, which is what makes a reboot draw a new one).
+//! The node's key generations and the SAs created under them, kept in a file of the run
+//! directory (a tmpfs: a reboot forgets it, which is what makes a reboot draw a new one).
 //!
 //! Every key binds both ends' generations, so an SA listed here that has gone from the kernel
 //! cannot be re-created with the same key: outbound, its sequence numbers would restart (nonce
 //! reuse); inbound, its anti-replay window would (replay). The planner draws a new generation
-//! instead, which changes every key of this node.
+//! for that tunnel instead. The node's generation is the default of every tunnel; a tunnel that
+//! had to draw its own keeps it, by its identity in key derivation (its out-flow: addresses,
+//! protocol, port), so removing and re-adding one tunnel re-keys that tunnel only and the peers
+//! of the others need no relay.
 //!
-//! Format, one record per line: `generation <32 hex>` first, then `used <src> <dst> <spi hex>`
-//! for every SA (either direction) created under it, and `unused ...` for an add the kernel
-//! refused. Records are appended and synced before the SA is added, so a crash can only
-//! over-report use (which costs a new generation, never a reuse).
+//! Format, one record per line: `generation <32 hex>` (the node's) first, then
+//! `used <src> <dst> <spi hex>` for every SA (either direction) created under any of them,
+//! `unused ...` for an add the kernel refused, and `tunnel <local> <remote> <gre|udp/port>
+//! <32 hex>` for a tunnel's own generation (a later record for the same tunnel replaces an
+//! earlier one). Records are appended and synced before they are relied on (before the SA is
+//! added, before a key is derived from a new generation), so a crash can only over-report use
+//! (which costs a new generation, never a reuse).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use super::error::XfrmError;
-use super::types::{SaId, generation_hex};
+use super::types::{Flow, Generations, Proto, SaId, generation_hex};
 use crate::backend::files::{SECRET_MODE, remove, write_if_changed};
 use crate::model::grammar;
 
 #[derive(Debug)]
 pub struct GenerationStore {
     path: PathBuf,
-    pub current: [u8; 16],
+    pub generations: Generations,
     pub used: BTreeSet<SaId>,
 }
 
 impl GenerationStore {
-    /// Reads the file, or starts a new generation when it is missing or unreadable.
+    /// Reads the file, or starts a new node generation (and no tunnel's own) when it is
+    /// missing or unreadable.
     pub fn load_or_create(path: &Path) -> Result<Self, XfrmError> {
-        match std::fs::read_to_string(path).ok().and_then(|s| parse(&s)) {
-            Some((current, used)) => Ok(Self {
+        if let Some((generations, used)) =
+            std::fs::read_to_string(path).ok().and_then(|s| parse(&s))
+        {
+            return Ok(Self {
                 path: path.to_owned(),
-                current,
+                generations,
                 used,
-            }),
-            None => {
-                let mut s = Self {
-                    path: path.to_owned(),
-                    current: [0; 16],
-                    used: BTreeSet::new(),
-                };
-                s.renew()?;
-                Ok(s)
-            }
+            });
         }
-    }
-
-    /// Draws a new random generation and forgets the SAs of the old one.
-    pub fn renew(&mut self) -> Result<(), XfrmError> {
-        self.current = random16()?;
-        self.used.clear();
-        if let Some(dir) = self.path.parent() {
+        let node = random16()?;
+        if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)
                 .map_err(|source| io("create the run directory", source))?;
         }
-        let text = format!("generation {}\n", generation_hex(&self.current));
-        write_if_changed(&self.path, text.as_bytes(), SECRET_MODE).map_err(|e| {
+        let text = format!("generation {}\n", generation_hex(&node));
+        write_if_changed(path, text.as_bytes(), SECRET_MODE).map_err(|e| {
             io(
                 "write the generation file",
                 std::io::Error::other(e.to_string()),
             )
         })?;
+        Ok(Self {
+            path: path.to_owned(),
+            generations: Generations {
+                node,
+                tunnels: BTreeMap::new(),
+            },
+            used: BTreeSet::new(),
+        })
+    }
+
+    /// Draws a new generation for each of these tunnels (by out-flow); synced before
+    /// returning. Other tunnels keep theirs. The SAs of the old ones stay recorded.
+    pub fn renew_tunnels(&mut self, flows: &[Flow]) -> Result<(), XfrmError> {
+        let drawn = flows
+            .iter()
+            .map(|f| Ok((*f, random16()?)))
+            .collect::<Result<Vec<_>, XfrmError>>()?;
+        let text: String = drawn
+            .iter()
+            .map(|(f, g)| format!("tunnel {} {}\n", flow_text(f), generation_hex(g)))
+            .collect();
+        self.append(&text)?;
+        self.generations.tunnels.extend(drawn);
         Ok(())
     }
 
@@ -73,7 +91,7 @@ impl GenerationStore {
             .filter(|i| !self.used.contains(i))
             .copied()
             .collect();
-        self.append("used", &new)?;
+        self.append(&sa_records("used", &new))?;
         self.used.extend(new);
         Ok(())
     }
@@ -81,25 +99,21 @@ impl GenerationStore {
     /// Takes back records of SAs the kernel refused to create (an error reply to an
     /// exclusive add means nothing was created, so nothing was sent with the key).
     pub fn unrecord(&mut self, ids: &[SaId]) -> Result<(), XfrmError> {
-        self.append("unused", ids)?;
+        self.append(&sa_records("unused", ids))?;
         ids.iter().for_each(|i| {
             self.used.remove(i);
         });
         Ok(())
     }
 
-    fn append(&self, verb: &str, ids: &[SaId]) -> Result<(), XfrmError> {
-        if ids.is_empty() {
+    fn append(&self, text: &str) -> Result<(), XfrmError> {
+        if text.is_empty() {
             return Ok(());
         }
         let mut f = std::fs::OpenOptions::new()
             .append(true)
             .open(&self.path)
             .map_err(|source| io("open the generation file", source))?;
-        let text: String = ids
-            .iter()
-            .map(|i| format!("{verb} {} {} {:08x}\n", i.src, i.dst, i.spi))
-            .collect();
         f.write_all(text.as_bytes())
             .and_then(|()| f.sync_data())
             .map_err(|source| io("update the generation file", source))
@@ -123,26 +137,59 @@ fn io(what: &str, source: std::io::Error) -> XfrmError {
     }
 }
 
-fn parse(text: &str) -> Option<([u8; 16], BTreeSet<SaId>)> {
+fn sa_records(verb: &str, ids: &[SaId]) -> String {
+    ids.iter()
+        .map(|i| format!("{verb} {} {} {:08x}\n", i.src, i.dst, i.spi))
+        .collect()
+}
+
+/// A tunnel's identity as recorded: `<local> <remote> gre` or `<local> <remote> udp/<port>`.
+fn flow_text(f: &Flow) -> String {
+    match f.proto {
+        Proto::Gre => format!("{} {} gre", f.src, f.dst),
+        Proto::Udp(port) => format!("{} {} udp/{port}", f.src, f.dst),
+    }
+}
+
+fn parse(text: &str) -> Option<(Generations, BTreeSet<SaId>)> {
     let mut lines = text.lines();
-    let generation =
+    let node =
         grammar::generation("generation", lines.next()?.strip_prefix("generation ")?).ok()?;
+    let mut generations = Generations {
+        node,
+        tunnels: BTreeMap::new(),
+    };
     let mut used = BTreeSet::new();
     for l in lines {
         let mut f = l.split(' ');
         let verb = f.next()?;
-        let id = SaId {
-            src: f.next()?.parse().ok()?,
-            dst: f.next()?.parse().ok()?,
-            spi: u32::from_str_radix(f.next()?, 16).ok()?,
-        };
+        let (src, dst) = (f.next()?.parse().ok()?, f.next()?.parse().ok()?);
+        let third = f.next()?;
         match verb {
-            "used" => used.insert(id),
-            "unused" => used.remove(&id),
+            "tunnel" => {
+                let proto = match third {
+                    "gre" => Proto::Gre,
+                    udp => Proto::Udp(udp.strip_prefix("udp/")?.parse().ok()?),
+                };
+                let g = grammar::generation("tunnel", f.next()?).ok()?;
+                generations.tunnels.insert(Flow { src, dst, proto }, g);
+            }
+            "used" | "unused" => {
+                let id = SaId {
+                    src,
+                    dst,
+                    spi: u32::from_str_radix(third, 16).ok()?,
+                };
+                if verb == "used" {
+                    used.insert(id);
+                } else {
+                    used.remove(&id);
+                }
+            }
             _ => return None,
-        };
+        }
     }
-    Some((generation, used))
+    Some((generations, used))
 }
 
 fn random16() -> Result<[u8; 16], XfrmError> {
@@ -163,8 +210,16 @@ fn random16() -> Result<[u8; 16], XfrmError> {
 mod tests {
     use super::*;
 
+    fn flow(remote: &str, proto: Proto) -> Flow {
+        Flow {
+            src: "192.0.2.1".parse().unwrap(),
+            dst: remote.parse().unwrap(),
+            proto,
+        }
+    }
+
     #[test]
-    fn generation_survives_reload_with_its_used_sas_and_renews_on_request() {
+    fn generations_survive_reload_with_their_used_sas_and_a_lost_file_renews_all() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("run/gen");
         let mut g = GenerationStore::load_or_create(&path).unwrap();
@@ -176,23 +231,32 @@ mod tests {
         let refused = SaId { spi: 0xdef, ..id };
         g.record(&[id, id, refused]).unwrap();
         g.unrecord(&[refused]).unwrap();
+        let (gre, udp) = (
+            flow("192.0.2.2", Proto::Gre),
+            flow("2001:db8::2", Proto::Udp(6090)),
+        );
+        g.renew_tunnels(&[gre, udp]).unwrap();
+        let first_gre = *g.generations.of(&gre);
+        g.renew_tunnels(&[gre]).unwrap();
+        assert_ne!(
+            *g.generations.of(&gre),
+            first_gre,
+            "a later record replaces"
+        );
+        assert_ne!(*g.generations.of(&gre), g.generations.node);
         let again = GenerationStore::load_or_create(&path).unwrap();
         assert!(!again.used.contains(&refused));
-        assert_eq!((again.current, again.used.len()), (g.current, 1));
-        let mut again = again;
-        again.renew().unwrap();
-        assert_ne!(again.current, g.current);
-        assert!(
-            GenerationStore::load_or_create(&path)
-                .unwrap()
-                .used
-                .is_empty()
+        assert_eq!(again.used.len(), 1);
+        assert_eq!(
+            again.generations, g.generations,
+            "node and tunnels' own reload"
         );
+        // exit with cleanup (or a reboot: the tmpfs file is gone): everything is new.
         again.forget().unwrap();
-        assert_ne!(
-            GenerationStore::load_or_create(&path).unwrap().current,
-            again.current
-        );
+        let fresh = GenerationStore::load_or_create(&path).unwrap();
+        assert_ne!(fresh.generations.node, g.generations.node);
+        assert!(fresh.generations.tunnels.is_empty() && fresh.used.is_empty());
+        assert_eq!(fresh.generations.of(&gre), &fresh.generations.node);
     }
 
     #[test]
@@ -201,6 +265,6 @@ mod tests {
         let path = dir.path().join("gen");
         std::fs::write(&path, "generation zz\n").unwrap();
         let g = GenerationStore::load_or_create(&path).unwrap();
-        assert_ne!(g.current, [0; 16]);
+        assert_ne!(g.generations.node, [0; 16]);
     }
 }

@@ -190,7 +190,7 @@ impl XfrmBackend {
     /// Adds what the backend keeps itself (generation, grace periods, refusals) to an
     /// observation of the kernel.
     fn finish(&mut self, mut obs: Observed) -> Observed {
-        obs.generation = self.generation.current;
+        obs.generations = self.generation.generations.clone();
         obs.used = self.generation.used.clone();
         obs.now = Some(Instant::now());
         let before = self.retiring.deadlines.len();
@@ -358,7 +358,7 @@ impl Backend for XfrmBackend {
         let changed = self.seen.changed(desired);
         self.seen.remember(desired);
         let mut targets = std::mem::take(&mut self.verify);
-        targets.extend(Targets::of_confs(&changed, &self.generation.current));
+        targets.extend(Targets::of_confs(&changed, &self.generation.generations));
         let full_due = self.retry_due.load(Ordering::Relaxed)
             || targets.count() > GET_MAX
             || self
@@ -399,15 +399,24 @@ impl Backend for XfrmBackend {
         let mut retired = false;
         // The next observation reads back what this pass writes, even where a write failed.
         self.verify.extend(Targets::touched_by(&actions));
+        // The planner renews generations alone in a pass: renew them all, then plan again with
+        // the new keys (a full channel already asks for a pass).
+        let renew: Vec<_> = actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::RenewGeneration { flow, .. } => Some(*flow),
+                _ => None,
+            })
+            .collect();
+        if !renew.is_empty() {
+            self.generation.renew_tunnels(&renew).map_err(io_error)?;
+            let _ = self.events_tx.try_send(BackendEvent::StateChanged);
+            report.applied += renew.len();
+            return Ok(report);
+        }
         for a in &actions {
             match a {
-                Action::RenewGeneration { .. } => {
-                    self.generation.renew().map_err(io_error)?;
-                    // Plan again with the new generation; a full channel already asks for it.
-                    let _ = self.events_tx.try_send(BackendEvent::StateChanged);
-                    report.applied += 1;
-                    return Ok(report);
-                }
+                Action::RenewGeneration { .. } => {}
                 Action::AddSa { tunnel, dir, sa } => {
                     let entry = (Some(tunnel.as_str()), Op::AddSa(*dir, sa));
                     match dir {

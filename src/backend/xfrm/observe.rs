@@ -21,7 +21,7 @@ use std::sync::Arc;
 
 use super::netlink::{DumpedPolicy, DumpedSa};
 use super::plan::Action;
-use super::types::{Observed, PolicyId, SaId};
+use super::types::{Generations, Observed, PolicyId, SaId};
 use super::want::tunnel_want;
 use crate::model::{Desired, TunnelConf};
 
@@ -70,10 +70,13 @@ pub struct Targets {
 }
 
 impl Targets {
-    /// Every SA and policy these configurations want under `generation`.
-    pub fn of_confs(confs: &[Arc<TunnelConf>], generation: &[u8; 16]) -> Self {
+    /// Every SA and policy these configurations want under `generations`.
+    pub fn of_confs(confs: &[Arc<TunnelConf>], generations: &Generations) -> Self {
         let mut t = Self::default();
-        for w in confs.iter().filter_map(|c| tunnel_want(c, generation).ok()) {
+        for w in confs
+            .iter()
+            .filter_map(|c| tunnel_want(c, generations).ok())
+        {
             t.sas.extend(w.sas().map(|(_, s)| s.id));
             t.policies.extend([w.out_policy(), w.in_policy()]);
         }
@@ -188,7 +191,7 @@ mod tests {
         all.extend([("b", Arc::clone(&b2)), ("c", Arc::clone(&c))]);
         let changed = seen.changed(&desired(&all));
         assert_eq!(changed.len(), 4);
-        let t = Targets::of_confs(&changed, &[1; 16]);
+        let t = Targets::of_confs(&changed, &Generations::default());
         // Each tunnel: in and out SA, in and out policy (b's old and new are equal here).
         assert_eq!((t.sas.len(), t.policies.len()), (6, 6));
     }

@@ -80,7 +80,7 @@ fn tunnel_status(w: &TunnelWant, obs: &Observed) -> LiveStatus {
         }
     };
     st.keys
-        .insert(keys::GENERATION, generation_hex(&obs.generation));
+        .insert(keys::GENERATION, generation_hex(&w.generation));
     if w.rotating {
         let ready = w.in_next.as_ref().is_some_and(|s| has_sa(&s.id));
         st.keys.insert(

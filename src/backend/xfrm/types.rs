@@ -133,8 +133,8 @@ pub struct Observed {
     pub nft_error: Option<String>,
     /// Non-zero `/proc/net/xfrm_stat` counters.
     pub xfrm_stat: Vec<(String, u64)>,
-    /// Our generation and the SAs created under it.
-    pub generation: [u8; 16],
+    /// Our generations (the node's and the tunnels' own) and the SAs created under them.
+    pub generations: Generations,
     pub used: BTreeSet<SaId>,
     /// Inbound SAs no longer wanted, with the end of their grace period.
     pub retiring: BTreeMap<SaId, Instant>,
@@ -150,6 +150,22 @@ pub struct Observed {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Refusal {
     pub errno: i32,
+}
+
+/// This node's key generations: the node's, drawn at boot, and the tunnels that had to draw
+/// their own (an SA of theirs was re-created: a tunnel removed and added back, an SA deleted by
+/// hand), by the out-flow that identifies the tunnel in key derivation.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Generations {
+    pub node: [u8; 16],
+    pub tunnels: BTreeMap<Flow, [u8; 16]>,
+}
+
+impl Generations {
+    /// The generation the tunnel with this out-flow keys with (and publishes).
+    pub fn of(&self, out_flow: &Flow) -> &[u8; 16] {
+        self.tunnels.get(out_flow).unwrap_or(&self.node)
+    }
 }
 
 /// Hex of a generation, as published in OVSDB.

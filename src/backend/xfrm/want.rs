@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 use super::derive::{Context, Key, derive};
-use super::types::{Dir, Flow, Observed, PolicyId, Proto, SaId};
+use super::types::{Dir, Flow, Generations, Observed, PolicyId, Proto, SaId};
 use crate::model::{Auth, Desired, Secret, TunnelConf, TunnelType};
 
 /// Why a tunnel is down while it waits for its peer's generation.
@@ -22,6 +22,8 @@ pub struct SaWant {
 /// Everything one tunnel needs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TunnelWant {
+    /// This tunnel's own generation (usually the node's), published in its OVSDB row.
+    pub generation: [u8; 16],
     /// Local → remote.
     pub out_flow: Flow,
     /// Keys bind both ends' generations: both SAs are `None` until the peer's is known.
@@ -72,7 +74,7 @@ impl TunnelWant {
 /// Each desired tunnel, by name: what it needs, or the reason it cannot be programmed.
 pub type Wants = BTreeMap<String, Result<TunnelWant, String>>;
 
-/// Resolves every desired tunnel against our generation and what the kernel holds. Tunnels
+/// Resolves every desired tunnel against our generations and what the kernel holds. Tunnels
 /// are taken in name order, so when two claim the same traffic or SPI the later one fails.
 pub fn resolve(desired: &Desired, obs: &Observed) -> Wants {
     let mut flows: BTreeSet<PolicyId> = BTreeSet::new();
@@ -81,14 +83,14 @@ pub fn resolve(desired: &Desired, obs: &Observed) -> Wants {
         .tunnels
         .iter()
         .map(|(name, t)| {
-            let want = tunnel_want(&t.conf, &obs.generation)
+            let want = tunnel_want(&t.conf, &obs.generations)
                 .and_then(|w| check_conflicts(w, obs, &mut flows, &mut spis));
             (name.clone(), want)
         })
         .collect()
 }
 
-pub fn tunnel_want(conf: &TunnelConf, generation: &[u8; 16]) -> Result<TunnelWant, String> {
+pub fn tunnel_want(conf: &TunnelConf, generations: &Generations) -> Result<TunnelWant, String> {
     let Auth::Psk(psk) = &conf.auth else {
         return Err("static keys (--ike-daemon=none) need options:psk".into());
     };
@@ -105,9 +107,11 @@ pub fn tunnel_want(conf: &TunnelConf, generation: &[u8; 16]) -> Result<TunnelWan
         proto,
     };
     let in_flow = out_flow.reversed();
+    let generation = generations.of(&out_flow);
     let peer = conf.static_keying.peer_generation;
     let inbound = |s: &Secret| peer.map(|g| sa_want(s, in_flow, &g, generation));
     Ok(TunnelWant {
+        generation: *generation,
         out_flow,
         out_sa: peer.map(|g| sa_want(psk, out_flow, generation, &g)),
         in_sa: inbound(psk),

@@ -8,16 +8,19 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
-use super::types::{Dir, Guard, Observed, PolicyId, SaId};
+use super::types::{Dir, Flow, Guard, Observed, PolicyId, SaId};
 use super::want::{SaWant, Wants};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
-    /// An SA this generation already created is gone: re-created with the same key, an
-    /// outbound one would restart its sequence numbers (nonce reuse) and an inbound one its
-    /// replay window (replay). Draw a new generation (every key changes) and plan again.
+    /// An SA the tunnel's generation already created is gone: re-created with the same key,
+    /// an outbound one would restart its sequence numbers (nonce reuse) and an inbound one its
+    /// replay window (replay). Draw a new generation for this tunnel only (its keys change,
+    /// no other tunnel's do) and plan again.
     RenewGeneration {
         tunnel: String,
+        /// The tunnel's identity in key derivation (its out-flow).
+        flow: Flow,
         sa: SaId,
     },
     AddSa {
@@ -46,9 +49,9 @@ pub enum Action {
 impl fmt::Display for Action {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Action::RenewGeneration { tunnel, sa } => write!(
+            Action::RenewGeneration { tunnel, sa, .. } => write!(
                 f,
-                "{tunnel}: SA {sa} was removed behind our back; drawing a new key generation"
+                "{tunnel}: SA {sa} was created before and is gone; drawing a new key generation for this tunnel"
             ),
             Action::AddSa { tunnel, dir, sa } => write!(f, "{tunnel}: add {dir} SA {}", sa.id),
             Action::SetPolicy { tunnel, id, spi } => {
@@ -75,18 +78,24 @@ pub fn plan(wants: &Wants, obs: &Observed) -> Vec<Action> {
             .iter()
             .filter_map(|(n, w)| Some((n, w.as_ref().ok()?)))
     };
-    // Re-creating an SA this generation already created would restart its sequence numbers
-    // (outbound: nonce reuse) or its replay window (inbound: replay) under the same key.
-    for (name, w) in ok() {
-        if let Some((_, sa)) = w
-            .sas()
-            .find(|(_, sa)| !obs.sas.contains_key(&sa.id) && obs.used.contains(&sa.id))
-        {
-            return vec![Action::RenewGeneration {
+    // Re-creating an SA a generation already created would restart its sequence numbers
+    // (outbound: nonce reuse) or its replay window (inbound: replay) under the same key. Every
+    // tunnel affected draws its own generation (a flush affects all of them at once), and
+    // nothing else happens in this pass: the next plans with the new keys.
+    let renew: Vec<Action> = ok()
+        .filter_map(|(name, w)| {
+            let (_, sa) = w
+                .sas()
+                .find(|(_, sa)| !obs.sas.contains_key(&sa.id) && obs.used.contains(&sa.id))?;
+            Some(Action::RenewGeneration {
                 tunnel: name.clone(),
+                flow: w.out_flow,
                 sa: sa.id,
-            }];
-        }
+            })
+        })
+        .collect();
+    if !renew.is_empty() {
+        return renew;
     }
     let mut actions = Vec::new();
     let mut wanted_sas = BTreeSet::new();

@@ -3,7 +3,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::*;
-use crate::backend::xfrm::types::{Flow, Proto, SaStats};
+use crate::backend::xfrm::generation::GenerationStore;
+use crate::backend::xfrm::types::{Flow, Generations, Proto, SaStats};
 use crate::backend::xfrm::want::SaWant;
 use crate::backend::xfrm::want::resolve;
 use crate::model::{
@@ -48,7 +49,10 @@ fn desired(confs: Vec<TunnelConf>) -> Desired {
 
 fn empty() -> Observed {
     Observed {
-        generation: [1; 16],
+        generations: Generations {
+            node: [1; 16],
+            ..Default::default()
+        },
         ..Default::default()
     }
 }
@@ -57,7 +61,11 @@ fn empty() -> Observed {
 fn simulate(obs: &mut Observed, actions: &[Action]) {
     for a in actions {
         match a {
-            Action::RenewGeneration { .. } => obs.generation[0] ^= 0xff,
+            Action::RenewGeneration { flow, .. } => {
+                let mut g = *obs.generations.of(flow);
+                g[0] = g[0].wrapping_add(1);
+                obs.generations.tunnels.insert(*flow, g);
+            }
             Action::AddSa { sa, .. } => {
                 obs.sas.insert(sa.id, SaStats::default());
                 obs.used.insert(sa.id);
@@ -279,7 +287,10 @@ fn both_ends_derive_the_same_keys_and_a_reboot_on_either_end_changes_both_direct
         c.local_ip = Some(local.parse().unwrap());
         c.static_keying.peer_generation = Some(peer);
         let obs = Observed {
-            generation: own,
+            generations: Generations {
+                node: own,
+                ..Default::default()
+            },
             ..Default::default()
         };
         resolve(&desired(vec![c]), &obs)["t"].clone().unwrap()
@@ -420,4 +431,125 @@ fn refused_sas_wait_for_their_retry_so_one_new_tunnel_costs_only_its_own_actions
     // The backend's retry pass (it no longer shares the refusals): every SA is tried again.
     obs.refused = Arc::default();
     assert_eq!(plan(&resolve(&d, &obs), &obs).len(), 2 * 51 + 3);
+}
+
+/// Removing a tunnel and adding it back unchanged, after its SAs are gone, must not re-create
+/// them under their old keys; it must not disturb the other tunnels either: only the re-added
+/// tunnel draws a generation, and the generation file brings it back after a restart.
+#[test]
+fn re_adding_one_tunnel_renews_only_its_generation_and_survives_a_restart() {
+    use crate::backend::LiveState;
+    use crate::backend::xfrm::status::status;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gen");
+    let mut store = GenerationStore::load_or_create(&path).unwrap();
+    let (t1, t2) = (
+        conf("t1", "192.0.2.2", "a", None),
+        conf("t2", "192.0.2.3", "b", None),
+    );
+    let both = desired(vec![t1.clone(), t2.clone()]);
+    let mut obs = Observed {
+        generations: store.generations.clone(),
+        ..Default::default()
+    };
+    converge(&both, &mut obs);
+    let before = resolve(&both, &obs);
+    let t2_sas = |obs: &Observed| {
+        let w = resolve(&both, obs)["t2"].clone().unwrap();
+        let sas: Vec<_> = w.sas().map(|(_, s)| (s.id, s.key.clone())).collect();
+        assert!(sas.iter().all(|(id, _)| obs.sas.contains_key(id)));
+        sas
+    };
+    let t2_before = t2_sas(&obs);
+    // t1 removed; its SAs go after the grace period; t1 added back unchanged.
+    let only_t2 = desired(vec![t2.clone()]);
+    converge(&only_t2, &mut obs);
+    obs.now = obs.now.map(|n| n + Duration::from_secs(11));
+    assert_eq!(kinds(&converge(&only_t2, &mut obs)), ["del-sa", "del-sa"]);
+    let renew = plan(&resolve(&both, &obs), &obs);
+    let [Action::RenewGeneration { tunnel, flow, .. }] = renew.as_slice() else {
+        panic!("{renew:?}")
+    };
+    assert_eq!(tunnel, "t1");
+    store.renew_tunnels(&[*flow]).unwrap();
+    obs.generations = store.generations.clone();
+    let again = converge(&both, &mut obs);
+    assert_eq!(
+        kinds(&again),
+        [
+            "add-sa-in",
+            "add-sa-out",
+            "policy-out",
+            "policy-in",
+            "guardfalse+1-0"
+        ]
+    );
+    assert!(
+        again.iter().all(|a| !format!("{a}").contains("t2")),
+        "{again:?}"
+    );
+    assert_eq!(t2_sas(&obs), t2_before, "t2 keeps its keys and SPIs");
+    let wants = resolve(&both, &obs);
+    let (w1, w1_old) = (
+        wants["t1"].as_ref().unwrap(),
+        before["t1"].as_ref().unwrap(),
+    );
+    assert_ne!(w1.generation, obs.generations.node);
+    assert_ne!(
+        w1.in_sa.as_ref().unwrap().id,
+        w1_old.in_sa.as_ref().unwrap().id
+    );
+    assert_ne!(
+        w1.out_sa.as_ref().unwrap().key,
+        w1_old.out_sa.as_ref().unwrap().key
+    );
+    // Published generations: t1 its own, t2 still the node's; t1 waits for the relay.
+    obs.esp_seen.insert(w1_old.in_sa.as_ref().unwrap().id);
+    let st = status(&wants, &obs);
+    let hex = |g: &[u8; 16]| crate::backend::xfrm::types::generation_hex(g);
+    assert_eq!(
+        st["t1"].keys[crate::status::keys::GENERATION],
+        hex(&w1.generation)
+    );
+    assert_eq!(
+        st["t2"].keys[crate::status::keys::GENERATION],
+        hex(&obs.generations.node)
+    );
+    assert_eq!(st["t2"].state, LiveState::Up);
+    assert_eq!(st["t1"].state, LiveState::Down);
+    assert!(
+        st["t1"]
+            .error
+            .as_deref()
+            .unwrap()
+            .contains("ipsec_peer_generation")
+    );
+    // A monitor restart: the file gives back both generations; nothing to do.
+    obs.generations = GenerationStore::load_or_create(&path).unwrap().generations;
+    obs.retiring.clear();
+    assert!(converge(&both, &mut obs).is_empty());
+}
+
+#[test]
+fn a_flush_of_everything_makes_every_tunnel_draw_its_own_generation_in_one_pass() {
+    let d = desired(vec![
+        conf("t1", "192.0.2.2", "a", None),
+        conf("t2", "192.0.2.3", "b", None),
+    ]);
+    let mut obs = empty();
+    converge(&d, &mut obs);
+    obs.sas.clear();
+    assert_eq!(kinds(&converge(&d, &mut obs)), ["renew", "renew"]);
+    assert_eq!(obs.generations.tunnels.len(), 2);
+    assert_eq!(
+        kinds(&converge(&d, &mut obs)),
+        [
+            "add-sa-in",
+            "add-sa-in",
+            "add-sa-out",
+            "add-sa-out",
+            "policy-out",
+            "policy-out"
+        ]
+    );
 }
