@@ -284,3 +284,95 @@ fn a_change_reads_back_only_its_tunnel_and_a_foreign_policy_found_by_get_stays_f
     // gnv0 is untouched by gnv1's trouble.
     assert!(our_policies(&ns).contains("dir in"));
 }
+
+/// Files named `name` under `dir`, at any depth.
+fn find_file(dir: &std::path::Path, name: &str) -> Option<std::path::PathBuf> {
+    std::fs::read_dir(dir).ok()?.flatten().find_map(|e| {
+        let p = e.path();
+        if p.is_dir() {
+            find_file(&p, name)
+        } else {
+            (e.file_name() == name).then_some(p)
+        }
+    })
+}
+
+/// A tunnel that drew its own generation (recorded in the generation file, as after it was
+/// removed and added back) keys and publishes with it after a monitor restart, while the other
+/// tunnel keeps the node's generation and its kernel state is not touched.
+#[test]
+fn a_tunnel_s_own_generation_is_reloaded_published_and_confined_to_it() {
+    let ns = Netns::new();
+    let db = OvsdbServer::start();
+    let mon = ns.monitor(&db, "monitor1.log", &[]);
+    add_tunnel(&db);
+    db.add_tunnel(
+        "gnv1",
+        "geneve",
+        &[
+            "remote_ip=192.0.2.3".to_owned(),
+            format!("local_ip={LOCAL4}"),
+            format!("psk={PSK}"),
+            format!("ipsec_peer_generation={PEER_GEN}"),
+        ],
+    );
+    let published = |name| iface_key(&db, name, "ipsec-generation");
+    wait_for("both tunnels publish a generation", T, || {
+        published("gnv0").is_some() && published("gnv1").is_some()
+    });
+    let node = published("gnv1").unwrap_or_default();
+    assert_eq!(published("gnv0").as_deref(), Some(node.as_str()));
+    let gnv1_policies = |ns: &Netns| {
+        ns.ip(&["xfrm", "policy"])
+            .split("src ")
+            .filter(|p| p.contains("192.0.2.3"))
+            .map(str::to_owned)
+            .collect::<Vec<_>>()
+    };
+    let gnv1_before = gnv1_policies(&ns);
+    assert_eq!(gnv1_before.len(), 2, "{gnv1_before:?}");
+    drop(mon);
+
+    let file = find_file(db.dir(), "ovs-monitor-ipsec.generation").expect("generation file");
+    let own = "00112233445566778899aabbccddeeff";
+    let mut text = std::fs::read_to_string(&file).unwrap();
+    text.push_str(&format!("tunnel {LOCAL4} {REMOTE} udp/6090 {own}\n"));
+    std::fs::write(&file, text).unwrap();
+
+    let mon = ns.monitor(&db, "monitor2.log", &[]);
+    wait_for("gnv0 to publish its own generation", T, || {
+        published("gnv0").as_deref() == Some(own)
+    });
+    assert_eq!(published("gnv1").as_deref(), Some(node.as_str()));
+    // gnv0's out-policy names the SPI of its new key; gnv1's policies are left as they were.
+    let out_spi = derived(own)[0].1;
+    mon.wait_log(&format!("gnv0: set out {LOCAL4} -> {REMOTE}"));
+    assert!(
+        mon.log().contains(&format!("spi 0x{out_spi:08x}")),
+        "{}",
+        mon.log()
+    );
+    assert_eq!(mon.log_count("gnv1: set"), 0, "{}", mon.log());
+    assert_eq!(gnv1_policies(&ns), gnv1_before);
+    let node_file = std::fs::read_to_string(&file).unwrap();
+    assert!(
+        node_file.starts_with(&format!("generation {node}")),
+        "{node_file}"
+    );
+    assert!(
+        node_file.contains(own),
+        "compacting keeps the record: {node_file}"
+    );
+    drop(mon);
+
+    // Restarted again: both generations come back from the (compacted) file and the monitor
+    // adopts every policy as it is; nothing is set again.
+    let gnv0_policies = our_policies(&ns);
+    let mon = ns.monitor(&db, "monitor3.log", &[]);
+    mon.wait_log("gnv0: cannot add");
+    assert_eq!(published("gnv0").as_deref(), Some(own));
+    assert_eq!(published("gnv1").as_deref(), Some(node.as_str()));
+    assert_eq!(mon.log_count(": set "), 0, "{}", mon.log());
+    assert_eq!(our_policies(&ns), gnv0_policies);
+    assert_eq!(gnv1_policies(&ns), gnv1_before);
+}

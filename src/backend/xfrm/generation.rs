@@ -15,7 +15,15 @@
 //! <32 hex>` for a tunnel's own generation (a later record for the same tunnel replaces an
 //! earlier one). Records are appended and synced before they are relied on (before the SA is
 //! added, before a key is derived from a new generation), so a crash can only over-report use
-//! (which costs a new generation, never a reuse).
+//! (which costs a new generation, never a reuse), or leave a torn last line: that record was
+//! never relied on, so loading ignores it. Any other unreadable line makes the whole file
+//! unreadable, which draws a new node generation and forgets every tunnel's own: all keys new.
+//!
+//! Loading compacts the file: it is rewritten (atomically, mode 0600) as the state it
+//! describes, one `used` record per SA still counted and the latest generation of each tunnel;
+//! `unused` records, superseded `tunnel` records and a torn line go. What stays grows by one line
+//! per SA created in this boot: an SPI alone does not say which generation it was derived under
+//! (that needs the PSK), so the records of generations no longer in use cannot be told apart.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
@@ -35,36 +43,34 @@ pub struct GenerationStore {
 
 impl GenerationStore {
     /// Reads the file, or starts a new node generation (and no tunnel's own) when it is
-    /// missing or unreadable.
+    /// missing or unreadable; either way the file is (re)written as what was loaded.
     pub fn load_or_create(path: &Path) -> Result<Self, XfrmError> {
-        if let Some((generations, used)) =
-            std::fs::read_to_string(path).ok().and_then(|s| parse(&s))
-        {
-            return Ok(Self {
-                path: path.to_owned(),
-                generations,
-                used,
-            });
-        }
-        let node = random16()?;
+        let (generations, used) = match std::fs::read_to_string(path).ok().and_then(|s| parse(&s)) {
+            Some(loaded) => loaded,
+            None => (
+                Generations {
+                    node: random16()?,
+                    tunnels: BTreeMap::new(),
+                },
+                BTreeSet::new(),
+            ),
+        };
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)
                 .map_err(|source| io("create the run directory", source))?;
         }
-        let text = format!("generation {}\n", generation_hex(&node));
-        write_if_changed(path, text.as_bytes(), SECRET_MODE).map_err(|e| {
-            io(
-                "write the generation file",
-                std::io::Error::other(e.to_string()),
-            )
-        })?;
+        write_if_changed(path, render(&generations, &used).as_bytes(), SECRET_MODE).map_err(
+            |e| {
+                io(
+                    "write the generation file",
+                    std::io::Error::other(e.to_string()),
+                )
+            },
+        )?;
         Ok(Self {
             path: path.to_owned(),
-            generations: Generations {
-                node,
-                tunnels: BTreeMap::new(),
-            },
-            used: BTreeSet::new(),
+            generations,
+            used,
         })
     }
 
@@ -75,10 +81,7 @@ impl GenerationStore {
             .iter()
             .map(|f| Ok((*f, random16()?)))
             .collect::<Result<Vec<_>, XfrmError>>()?;
-        let text: String = drawn
-            .iter()
-            .map(|(f, g)| format!("tunnel {} {}\n", flow_text(f), generation_hex(g)))
-            .collect();
+        let text: String = drawn.iter().map(|(f, g)| tunnel_record(f, g)).collect();
         self.append(&text)?;
         self.generations.tunnels.extend(drawn);
         Ok(())
@@ -137,22 +140,34 @@ fn io(what: &str, source: std::io::Error) -> XfrmError {
     }
 }
 
-fn sa_records(verb: &str, ids: &[SaId]) -> String {
-    ids.iter()
+fn sa_records<'a>(verb: &str, ids: impl IntoIterator<Item = &'a SaId>) -> String {
+    ids.into_iter()
         .map(|i| format!("{verb} {} {} {:08x}\n", i.src, i.dst, i.spi))
         .collect()
 }
 
-/// A tunnel's identity as recorded: `<local> <remote> gre` or `<local> <remote> udp/<port>`.
-fn flow_text(f: &Flow) -> String {
-    match f.proto {
-        Proto::Gre => format!("{} {} gre", f.src, f.dst),
-        Proto::Udp(port) => format!("{} {} udp/{port}", f.src, f.dst),
-    }
+/// A tunnel's own generation, the tunnel named by its out-flow: `<local> <remote> gre` or
+/// `<local> <remote> udp/<port>`.
+fn tunnel_record(f: &Flow, g: &[u8; 16]) -> String {
+    let proto = match f.proto {
+        Proto::Gre => "gre".to_owned(),
+        Proto::Udp(port) => format!("udp/{port}"),
+    };
+    format!("tunnel {} {} {proto} {}\n", f.src, f.dst, generation_hex(g))
+}
+
+/// The file's text for this state (see the module comment).
+fn render(generations: &Generations, used: &BTreeSet<SaId>) -> String {
+    let mut text = format!("generation {}\n", generation_hex(&generations.node));
+    text.extend(generations.tunnels.iter().map(|(f, g)| tunnel_record(f, g)));
+    text.push_str(&sa_records("used", used));
+    text
 }
 
 fn parse(text: &str) -> Option<(Generations, BTreeSet<SaId>)> {
-    let mut lines = text.lines();
+    // Only complete lines: a torn last one was never relied on (module comment).
+    let complete = text.rsplit_once('\n').map_or("", |(lines, _)| lines);
+    let mut lines = complete.lines();
     let node =
         grammar::generation("generation", lines.next()?.strip_prefix("generation ")?).ok()?;
     let mut generations = Generations {
@@ -251,6 +266,19 @@ mod tests {
             again.generations, g.generations,
             "node and tunnels' own reload"
         );
+        // Loading compacted the file: no `unused` record, one record per tunnel, mode 0600.
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(text.lines().count(), 1 + 2 + 1, "{text}");
+        assert!(!text.contains("unused") && !text.contains(&generation_hex(&first_gre)));
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        // A torn last record (a crash inside an append) was never relied on: it is ignored,
+        // and nothing else is lost.
+        std::fs::write(&path, format!("{text}used 192.0.2.1 192.0")).unwrap();
+        let torn = GenerationStore::load_or_create(&path).unwrap();
+        assert_eq!((&torn.generations, &torn.used), (&g.generations, &g.used));
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), text);
         // exit with cleanup (or a reboot: the tmpfs file is gone): everything is new.
         again.forget().unwrap();
         let fresh = GenerationStore::load_or_create(&path).unwrap();

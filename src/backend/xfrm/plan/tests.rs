@@ -528,6 +528,21 @@ fn re_adding_one_tunnel_renews_only_its_generation_and_survives_a_restart() {
     obs.generations = GenerationStore::load_or_create(&path).unwrap().generations;
     obs.retiring.clear();
     assert!(converge(&both, &mut obs).is_empty());
+    // A reboot: the kernel state and the file (a tmpfs) are gone; a new node generation and no
+    // tunnel's own, so both tunnels key with SAs this node never created, and nothing is renewed.
+    std::fs::remove_file(&path).unwrap();
+    let rebooted = GenerationStore::load_or_create(&path).unwrap();
+    assert!(rebooted.generations.tunnels.is_empty() && rebooted.used.is_empty());
+    let mut after = Observed {
+        generations: rebooted.generations,
+        ..Default::default()
+    };
+    assert!(!kinds(&converge(&both, &mut after)).contains(&"renew".to_owned()));
+    assert_eq!(after.sas.len(), 4);
+    assert!(
+        after.sas.keys().all(|id| !obs.used.contains(id)),
+        "{after:?}"
+    );
 }
 
 #[test]
