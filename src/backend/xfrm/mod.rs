@@ -27,7 +27,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use self::error::XfrmError;
 use self::generation::GenerationStore;
@@ -410,6 +410,11 @@ impl Backend for XfrmBackend {
             .collect();
         if !renew.is_empty() {
             self.generation.renew_tunnels(&renew).map_err(io_error)?;
+            // The CMS has to relay these: worth more than the debug line of every action.
+            actions
+                .iter()
+                .filter(|a| matches!(a, Action::RenewGeneration { .. }))
+                .for_each(|a| info!("{a}; its peer needs the new external_ids:ipsec-generation"));
             let _ = self.events_tx.try_send(BackendEvent::StateChanged);
             report.applied += renew.len();
             return Ok(report);
