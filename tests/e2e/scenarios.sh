@@ -40,6 +40,7 @@ extra static-monitor-sigkill
 extra static-cleartext-drop
 extra static-dst-port
 extra static-node-reboot
+extra static-readd
 matrix libreswan "geneve vxlan gre" ipv4 "psk self ca"
 matrix libreswan "geneve vxlan" ipv6 "psk self ca"
 extra libreswan-monitor-restart
@@ -199,24 +200,33 @@ ike_start() {
 # tunnels_add TYPE AUTH [OPTION=VALUE...]: "tun" on both nodes. With static keys, local_ip is
 # required and the script plays the CMS: it copies each node's external_ids:ipsec-generation
 # into the peer's options:ipsec_peer_generation (only then can a node derive the peer's key).
-has_generation() { [ -n "$(ext_id "$1" ipsec-generation)" ]; }
+has_generation() { [ -n "$(ext_id "$1" ipsec-generation "${2:-tun}")" ]; }
 
-# static_relay: the CMS's relay, repeated while a node publishes a new generation. A node that
-# already created these very SAs (the same tunnel removed and added again with the same PSK)
-# draws a new generation instead of re-creating them with a fresh replay window
-# (docs/static-keying.md), and a CMS relays that as it relays a reboot's.
-peer_gen_is() { [ "$(vsctl "$1" --if-exists get interface tun options:ipsec_peer_generation 2> /dev/null | tr -d '"')" = "$2" ]; }
-relay_current() { peer_gen_is left "$(ext_id right ipsec-generation)" && peer_gen_is right "$(ext_id left ipsec-generation)"; }
-relay_settled() { ! relay_current || both_up; }
+# static_relay [A B]: the CMS's relay between A and B (default left and right), repeated while a
+# node publishes a new generation. A node that already created these very SAs (the same tunnel
+# removed and added again with the same PSK) draws a new generation for that tunnel instead of
+# re-creating them with a fresh replay window (docs/static-keying.md), and a CMS relays that as
+# it relays a reboot's.
+# peer_gen_is A B: A's tunnel to B holds the generation B's tunnel to A publishes.
+peer_gen_is() {
+    [ "$(vsctl "$1" --if-exists get interface "$(port_to "$1" "$2")" options:ipsec_peer_generation 2> /dev/null | tr -d '"')" = \
+        "$(ext_id "$2" ipsec-generation "$(port_to "$2" "$1")")" ]
+}
+relay_current() { peer_gen_is "$1" "$2" && peer_gen_is "$2" "$1"; }
+relay_settled() { ! relay_current "$1" "$2" || pair_is_up "$1" "$2"; }
+# relay_to A B: copies B's published generation into A's options:ipsec_peer_generation.
+relay_to() {
+    vsctl "$1" --no-wait set interface "$(port_to "$1" "$2")" \
+        options:ipsec_peer_generation="$(ext_id "$2" ipsec-generation "$(port_to "$2" "$1")")" ||
+        fail "$1: set the peer generation of $2"
+}
 static_relay() {
-    local s gen i
+    local a=${1:-left} b=${2:-right} i
     for i in 1 2 3 4; do
-        for s in left right; do
-            gen=$(ext_id "$(peer_of "$s")" ipsec-generation)
-            vsctl "$s" --no-wait set interface tun options:ipsec_peer_generation="$gen" || fail "$s: set peer generation"
-        done
-        wait_until 120 "both nodes up or a new generation to relay" relay_settled
-        relay_current && return 0
+        relay_to "$a" "$b"
+        relay_to "$b" "$a"
+        wait_until 120 "$a and $b up or a new generation to relay" relay_settled "$a" "$b"
+        relay_current "$a" "$b" && return 0
         t "a node drew a new generation: relaying it"
     done
     fail "the nodes' generations keep changing"
@@ -525,6 +535,85 @@ scenario_static_node_reboot() {
         fail "the ESP from left does not use the new SPI $new_spi"
     grep -q "192.0.2.2 > 192.0.2.1: ESP(spi=$right_new," "$E2E_OUT/tcpdump-underlay.txt" ||
         fail "the ESP from right does not use its new SPI $right_new"
+    tunnel_remove
+}
+# static_to_n3: left's tunnel to n3 (tun3) and n3's to left (tun1), geneve with the PSK; the
+# extra options (a peer generation) go to left's.
+static_to_n3() {
+    tunnel_to left n3 geneve psk local_ip="$(underlay_ip left)" "$@"
+}
+# pair_spis A B: the node A's SAs between A and B (src dst spi lines).
+pair_spis() { spis "$1" | awk -v a="$(underlay_ip "$1")" -v b="$(underlay_ip "$2")" '($1 == a && $2 == b) || ($1 == b && $2 == a)'; }
+gen_of() { ext_id "$1" ipsec-generation "$(port_to "$1" "$2")"; }
+tun3_gen_is_not() { local g; g=$(gen_of left n3); [ -n "$g" ] && [ "$g" != "$1" ]; }
+no_sa_to_n3() { [ -z "$(pair_spis left n3)" ] && ! ip -n left xfrm policy | grep -q "$(underlay_ip n3)"; }
+# unknown_spi_from SIDE PEER: PEER pings SIDE once (dropped), then SIDE's tunnel to PEER is down
+# and names the relay.
+unknown_spi_from() {
+    overlay_ping_ok "$2" "$1"
+    [ "$(ext_id "$1" ipsec-state "$(port_to "$1" "$2")")" = down ] &&
+        ext_id "$1" ipsec-error "$(port_to "$1" "$2")" | grep -qF ipsec_peer_generation
+}
+
+# One tunnel of two removed and added back unchanged (issue #5). Its SAs were created before, so
+# re-creating them would restart their sequence numbers and replay windows under the same keys:
+# the left node draws a new generation for that tunnel only (docs/static-keying.md). The left
+# node's tunnel to the right node keeps its generation, SAs and SPIs (none added or removed on
+# either node) and a ping over it runs throughout without a loss; the tunnel to n3 publishes
+# its new generation, both of its ends are down naming the relay until the script relays it to
+# n3, then it is up with ESP both ways.
+scenario_static_readd() {
+    local gen_lr gen3 gen_n3 left_lr right_all m
+    geneve_up static-readd
+    wait_converged
+    node_add n3
+    pki_config n3 psk
+    static_to_n3
+    tunnel_to n3 left geneve psk local_ip="$(underlay_ip n3)"
+    wait_until 60 "left to publish a generation on tun3" has_generation left tun3
+    wait_until 60 "n3 to publish a generation on tun1" has_generation n3 tun1
+    static_relay left n3
+    wait_converged 300 left n3
+    assert_esp_ping geneve 6081 left n3
+    gen_lr=$(gen_of left right)
+    gen3=$(gen_of left n3)
+    gen_n3=$(gen_of n3 left)
+    left_lr=$(pair_spis left right)
+    right_all=$(spis right)
+    t "left generations: to right $gen_lr, to n3 $gen3; left<->right SAs [$(echo $left_lr)]"
+    [ -n "$left_lr" ] || fail "left has no SA with right"
+
+    ping_start left readd
+    ping_wait_more readd 5
+    m=$(log_mark left)
+    vsctl left --no-wait del-port br-ipsec tun3 || fail "left: del-port tun3"
+    wait_until 120 "left: the SAs and policies of tun3 to be removed" no_sa_to_n3
+    t "left: tun3 removed"
+    static_to_n3 ipsec_peer_generation="$gen_n3"
+    wait_until 120 "left: tun3 to publish a new generation" tun3_gen_is_not "$gen3"
+    t "left: tun3 added back, generation $(gen_of left n3) (was $gen3)"
+    [ "$(gen_of left right)" = "$gen_lr" ] || fail "left's tunnel to right changed its generation to $(gen_of left right)"
+
+    # n3 has not learned tun3's new generation: each end drops the other's ESP and says why.
+    wait_until 120 "n3 to report left's unknown SPI and name the relay" unknown_spi_from n3 left
+    t "n3: $(ext_id n3 ipsec-state tun1): $(ext_id n3 ipsec-error tun1)"
+    wait_until 120 "left's tun3 to report n3's unknown SPI and name the relay" unknown_spi_from left n3
+    t "left tun3: $(ext_id left ipsec-state tun3): $(ext_id left ipsec-error tun3)"
+    relay_to n3 left
+    wait_converged 120 left n3
+    assert_esp_ping geneve 6081 left n3
+
+    ping_wait_more readd 5
+    ping_stop readd
+    [ "$(pair_spis left right)" = "$left_lr" ] || fail "left's SAs with right changed: [$(echo $left_lr)] -> [$(echo $(pair_spis left right))]"
+    [ "$(spis right)" = "$right_all" ] || fail "right's SAs changed: [$(echo $right_all)] -> [$(echo $(spis right))]"
+    [ "$(gen_of left right)" = "$gen_lr" ] || fail "left's tunnel to right changed its generation"
+    [ "$(gen_of n3 left)" = "$gen_n3" ] || fail "n3 changed its generation"
+    log_since left "$m" | grep -F 'drawing a new key generation' | sed 's/^/left log: /'
+    log_since left "$m" | grep -qF '|tun: ' && fail "left acted on tun: $(log_since left "$m" | grep -F '|tun: ' | head -n 3)"
+    assert_esp_ping geneve 6081
+    vsctl left --no-wait del-port br-ipsec tun3 || fail "left: del-port tun3"
+    node_remove n3
     tunnel_remove
 }
 scenario_libreswan_dst_port() { dst_port libreswan-dst-port; }
