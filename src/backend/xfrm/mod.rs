@@ -396,7 +396,7 @@ impl Backend for XfrmBackend {
             (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
         let mut guard_script = String::new();
         let (mut in_ids, mut out_ids) = (Vec::new(), Vec::new());
-        let mut retired = false;
+        let mut retiring_changed = false;
         // The next observation reads back what this pass writes, even where a write failed.
         self.verify.extend(Targets::touched_by(&actions));
         // The planner renews generations alone in a pass: renew them all, then plan again with
@@ -444,13 +444,18 @@ impl Backend for XfrmBackend {
                 Action::DelPolicy(id) => del_pol.push((None, Op::DelPolicy(*id))),
                 Action::Retire(id) => {
                     self.retiring.retire(*id, Instant::now() + self.grace);
-                    retired = true;
+                    retiring_changed = true;
+                    report.applied += 1;
+                }
+                Action::Keep(id) => {
+                    self.retiring.deadlines.remove(id);
+                    retiring_changed = true;
                     report.applied += 1;
                 }
                 Action::DelSa(id) => del_sa.push((None, Op::DelSa(*id))),
             }
         }
-        if retired && let Err(e) = self.retiring.save() {
+        if retiring_changed && let Err(e) = self.retiring.save() {
             warn!("{e}");
         }
         // Written down (and synced) before the SAs exist: see generation.rs.

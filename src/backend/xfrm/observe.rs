@@ -97,7 +97,10 @@ impl Targets {
                 Action::SetPolicy { id, .. } | Action::DelPolicy(id) => {
                     t.policies.insert(*id);
                 }
-                Action::RenewGeneration { .. } | Action::Guard { .. } | Action::Retire(_) => {}
+                Action::RenewGeneration { .. }
+                | Action::Guard { .. }
+                | Action::Retire(_)
+                | Action::Keep(_) => {}
             }
         }
         t

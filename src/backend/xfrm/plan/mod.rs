@@ -43,6 +43,10 @@ pub enum Action {
     DelPolicy(PolicyId),
     /// Start the grace period of an SA that is no longer wanted.
     Retire(SaId),
+    /// An SA in its grace period is wanted again (its tunnel was added back before the grace
+    /// ended, or a rotation went back to the old PSK): adopted as it is, its deadline dropped,
+    /// so a later removal grants a full grace period again.
+    Keep(SaId),
     DelSa(SaId),
 }
 
@@ -66,6 +70,7 @@ impl fmt::Display for Action {
             ),
             Action::DelPolicy(id) => write!(f, "remove stale {id} policy"),
             Action::Retire(sa) => write!(f, "retire SA {sa} (removed after the grace period)"),
+            Action::Keep(sa) => write!(f, "keep SA {sa}: wanted again in its grace period"),
             Action::DelSa(sa) => write!(f, "remove SA {sa}"),
         }
     }
@@ -103,6 +108,9 @@ pub fn plan(wants: &Wants, obs: &Observed) -> Vec<Action> {
         for (name, w) in ok() {
             for (d, sa) in w.sas().filter(|(d, _)| *d == dir) {
                 wanted_sas.insert(sa.id);
+                if obs.retiring.contains_key(&sa.id) && obs.sas.contains_key(&sa.id) {
+                    actions.push(Action::Keep(sa.id));
+                }
                 // A refused add waits for the backend's retry pass (see `Refusal`).
                 if !obs.sas.contains_key(&sa.id) && !obs.refused.contains_key(&sa.id) {
                     actions.push(Action::AddSa {

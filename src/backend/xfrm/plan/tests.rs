@@ -91,6 +91,9 @@ fn simulate(obs: &mut Observed, actions: &[Action]) {
                 obs.sas.remove(id);
                 obs.retiring.remove(id);
             }
+            Action::Keep(id) => {
+                obs.retiring.remove(id);
+            }
         }
     }
 }
@@ -114,6 +117,7 @@ fn kinds(actions: &[Action]) -> Vec<String> {
             }
             Action::DelPolicy(id) => format!("del-policy-{}", id.dir),
             Action::Retire(_) => "retire".into(),
+            Action::Keep(_) => "keep".into(),
             Action::DelSa(_) => "del-sa".into(),
         })
         .collect()
@@ -567,4 +571,27 @@ fn a_flush_of_everything_makes_every_tunnel_draw_its_own_generation_in_one_pass(
             "policy-out"
         ]
     );
+}
+
+/// A tunnel added back unchanged before its SAs' grace period ended finds them still in the
+/// kernel, with their sequence numbers and replay windows: they are adopted (no new generation,
+/// no relay), and a later removal grants a full grace period again.
+#[test]
+fn re_adding_a_tunnel_within_the_grace_period_adopts_its_sas_without_a_new_generation() {
+    let d = desired(vec![conf("t1", "192.0.2.2", "a", None)]);
+    let none = desired(vec![]);
+    let mut obs = empty();
+    converge(&d, &mut obs);
+    let sas = obs.sas.clone();
+    assert_eq!(kinds(&converge(&none, &mut obs))[3..], ["retire", "retire"]);
+    obs.now = obs.now.map(|n| n + Duration::from_secs(5));
+    assert_eq!(
+        kinds(&converge(&d, &mut obs)),
+        ["keep", "keep", "policy-out", "policy-in", "guardfalse+1-0"]
+    );
+    assert!(obs.retiring.is_empty() && obs.generations.tunnels.is_empty());
+    obs.now = obs.now.map(|n| n + Duration::from_secs(20));
+    assert!(converge(&d, &mut obs).is_empty(), "nothing expires");
+    assert_eq!(obs.sas, sas);
+    assert_eq!(kinds(&converge(&none, &mut obs))[3..], ["retire", "retire"]);
 }
