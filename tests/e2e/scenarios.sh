@@ -537,8 +537,7 @@ scenario_static_node_reboot() {
         fail "the ESP from right does not use its new SPI $right_new"
     tunnel_remove
 }
-# static_to_n3: left's tunnel to n3 (tun3) and n3's to left (tun1), geneve with the PSK; the
-# extra options (a peer generation) go to left's.
+# static_to_n3 [OPTION=VALUE...]: left's tunnel to n3 (tun3), geneve with the PSK and local_ip.
 static_to_n3() {
     tunnel_to left n3 geneve psk local_ip="$(underlay_ip left)" "$@"
 }
