@@ -316,6 +316,7 @@ impl<B: Backend> EventLoop<B> {
         self.sync_rows();
         let dirty = self.model_dirty.replace(BTreeSet::new());
         let global = self.registry.desired().global.clone();
+        let scope_before = self.pass_scope.clone();
         let events = self.registry.update_changed(
             self.rows.open_vswitch(),
             &self.rows,
@@ -345,7 +346,14 @@ impl<B: Backend> EventLoop<B> {
             self.save_versions();
         }
         let generation = self.registry.generation();
-        std::mem::replace(&mut self.generation, generation) != generation
+        let changed = std::mem::replace(&mut self.generation, generation) != generation;
+        if !changed {
+            // Rows changed but no tunnel's desired state did (e.g. the echo of our own status
+            // write of every row): the backend has nothing to do for them, and keeping their
+            // names would turn the next change-driven pass into one over every tunnel.
+            self.pass_scope = scope_before;
+        }
+        changed
     }
 
     fn save_versions(&self) {

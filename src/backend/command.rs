@@ -5,10 +5,12 @@
 //! stderr line must not count as a failure. Command lines never carry secrets by design: PSKs
 //! go to files or sockets, never to argv. stdin may carry secrets, so it is never logged.
 
+use std::io::{Read, Seek, SeekFrom};
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
+use nix::sys::memfd::{MFdFlags, memfd_create};
 use thiserror::Error;
 use tokio::io::AsyncWriteExt;
 use tracing::{debug, warn};
@@ -39,6 +41,8 @@ pub struct Cmd {
     timeout: Duration,
     stdin: Option<Vec<u8>>,
     ignore_stderr: Vec<String>,
+    /// Collect stdout in memory (see [`Cmd::collect_stdout`]) instead of a pipe.
+    collected: bool,
 }
 
 /// What a command printed and how it ended.
@@ -60,6 +64,7 @@ impl Cmd {
             timeout,
             stdin: None,
             ignore_stderr: Vec::new(),
+            collected: false,
         }
     }
 
@@ -85,6 +90,14 @@ impl Cmd {
         self
     }
 
+    /// The child's stdout goes to an anonymous in-memory file, read once the child exited.
+    /// For long outputs written a line at a time (pluto's status, relayed by `whack`): read
+    /// through a pipe, each line woke the daemon once, which cost more CPU than parsing them.
+    pub fn collect_stdout(mut self) -> Self {
+        self.collected = true;
+        self
+    }
+
     /// The command line as it is logged.
     pub fn cmdline(&self) -> String {
         std::iter::once(self.program.display().to_string())
@@ -97,6 +110,21 @@ impl Cmd {
     /// see [`Cmd::run_checked`] for "must succeed".
     pub async fn run(&self) -> Result<CmdOutput, CommandError> {
         debug!("Running {}", self.cmdline());
+        let spawn_error = |source| CommandError::Spawn {
+            cmdline: self.cmdline(),
+            source,
+        };
+        let memfile = match self.collected {
+            true => Some(std::fs::File::from(
+                memfd_create("command-stdout", MFdFlags::MFD_CLOEXEC)
+                    .map_err(|e| spawn_error(e.into()))?,
+            )),
+            false => None,
+        };
+        let stdout = match &memfile {
+            Some(f) => Stdio::from(f.try_clone().map_err(spawn_error)?),
+            None => Stdio::piped(),
+        };
         let mut child = tokio::process::Command::new(&self.program)
             .args(&self.args)
             .stdin(if self.stdin.is_some() {
@@ -104,19 +132,16 @@ impl Cmd {
             } else {
                 Stdio::null()
             })
-            .stdout(Stdio::piped())
+            .stdout(stdout)
             .stderr(Stdio::piped())
             .kill_on_drop(true)
             .spawn()
-            .map_err(|source| CommandError::Spawn {
-                cmdline: self.cmdline(),
-                source,
-            })?;
+            .map_err(spawn_error)?;
         if let (Some(bytes), Some(mut pipe)) = (&self.stdin, child.stdin.take()) {
             // A child that exits without reading its stdin is not our error; its exit code says.
             let _ = pipe.write_all(bytes).await;
         }
-        let out = match tokio::time::timeout(self.timeout, child.wait_with_output()).await {
+        let mut out = match tokio::time::timeout(self.timeout, child.wait_with_output()).await {
             Ok(Ok(out)) => out,
             Ok(Err(source)) => {
                 return Err(CommandError::Spawn {
@@ -133,6 +158,12 @@ impl Cmd {
                 return Err(e);
             }
         };
+        if let Some(mut f) = memfile {
+            // Memory, not a disk: reading it does not block.
+            f.seek(SeekFrom::Start(0))
+                .and_then(|_| f.read_to_end(&mut out.stdout))
+                .map_err(spawn_error)?;
+        }
         let stderr = String::from_utf8_lossy(&out.stderr)
             .lines()
             .filter(|l| !self.ignore_stderr.iter().any(|p| l.contains(p.as_str())))
@@ -184,6 +215,15 @@ mod tests {
             (out.code, out.stdout.as_str(), out.stderr.as_str()),
             (3, "out\n", "err")
         );
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn collected_stdout_is_the_same_output() {
+        let script = "for i in 1 2 3; do echo line $i; done; echo err >&2; exit 2";
+        let piped = sh(script).run().await.unwrap();
+        let collected = sh(script).collect_stdout().run().await.unwrap();
+        assert_eq!(collected, piped);
+        assert_eq!(collected.stdout, "line 1\nline 2\nline 3\n");
     }
 
     #[tokio::test(flavor = "current_thread")]

@@ -498,7 +498,7 @@ def monitor_pid(wrapper_pid):
 def bench_vici(n, ours):
     """Ours in VICI mode against a real charon in its own netns and mount namespace."""
     if not os.path.exists(CHARON):
-        sys.exit(f"missing {CHARON}: apt-get install charon-systemd strongswan-swanctl")
+        sys.exit(f"missing {CHARON}: apt-get install strongswan-charon strongswan-swanctl (compare.sh does)")
     top = tempfile.mkdtemp(prefix=f"bench-vici-{n}-")
     ns = os.path.basename(top)
     db = Db(top, n, [f"options:local_ip={VICI_LOCAL}"])
@@ -612,7 +612,7 @@ def main():
     peer = [PY_MONITOR, "/usr/bin/certutil"] if a.modes != "xfrm" and not a.ours_only else []
     for tool in [*peer, "/usr/sbin/ovsdb-server", "/usr/bin/ovs-vsctl"]:
         if not os.path.exists(tool):
-            sys.exit(f"missing {tool}: apt-get install openvswitch-ipsec python3-openvswitch "
+            sys.exit(f"missing {tool}: compare.sh installs it; or apt-get install openvswitch-ipsec python3-openvswitch "
                      "libnss3-tools")
     if not os.access(a.ours, os.X_OK):
         sys.exit(f"missing {a.ours}: cargo build --release")

@@ -17,6 +17,7 @@ use std::collections::BTreeSet;
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
+use ovs_monitor_ipsec::backend::Scope;
 use ovs_monitor_ipsec::backend::strongswan_stroke::plan::{self, Observed};
 use ovs_monitor_ipsec::backend::strongswan_stroke::render;
 use ovs_monitor_ipsec::backend::templates::Templates;
@@ -195,7 +196,7 @@ fn one_change(n: usize, reps: u32) -> Change {
         let rendered = render::render(&templates, &sections, desired).unwrap();
         phases[1].push(t.elapsed());
         let t = Instant::now();
-        let actions = plan::plan(desired, &rendered, &observed);
+        let actions = plan::plan(desired, &rendered, &observed, &Scope::All);
         phases[2].push(t.elapsed());
         assert!(events > 0 && !actions.is_empty(), "the change is seen");
         observed.conf = Some(rendered.conf);

@@ -301,8 +301,18 @@ impl Backend for Libreswan {
     }
 
     async fn observe(&mut self) -> Result<Observed, BackendError> {
+        self.observe_in(&Desired::default(), &Scope::All).await
+    }
+
+    /// A pass over `scope` parses only its tunnels' part of pluto's status.
+    async fn observe_in(
+        &mut self,
+        _desired: &Desired,
+        scope: &Scope,
+    ) -> Result<Observed, BackendError> {
         let out = self
             .ipsec("read the IPsec status", self.cmds.status())
+            .collect_stdout()
             .run()
             .await
             .map_err(LibreswanError::from)?;
@@ -317,7 +327,9 @@ impl Backend for Libreswan {
                     .into(),
             ));
         }
-        let pluto = PlutoStatus::parse(&out.stdout);
+        let pluto = PlutoStatus::parse_in(&out.stdout, |c| {
+            crate::backend::strongswan_stroke::plan::covers(scope, c)
+        });
         self.pending.retain(|c, _| !pluto.active.contains(c));
         let nss = if self.nss_wanted {
             match self.nss.list().await {
@@ -351,11 +363,15 @@ impl Backend for Libreswan {
     }
 
     fn plan(&self, desired: &Desired, observed: &Observed) -> Vec<Action> {
+        self.plan_in(desired, observed, &Scope::All)
+    }
+
+    fn plan_in(&self, desired: &Desired, observed: &Observed, scope: &Scope) -> Vec<Action> {
         let files = self
             .render(desired)
             .ok()
             .map(|r| (sha256(r.conf.as_bytes()), sha256(r.secrets.as_bytes())));
-        plan::plan(desired, observed, &self.memory, files)
+        plan::plan_in(desired, observed, &self.memory, files, scope)
     }
 
     async fn apply(

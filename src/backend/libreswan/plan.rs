@@ -22,6 +22,10 @@
 //!
 //! "Ours" means named in the config file we found at start-up or loaded by this process:
 //! an admin's own conns in the root config are never touched.
+//!
+//! A pass over a few tunnels ([`Scope::Tunnels`]) sees only their part of pluto's status
+//! (`PlutoStatus::parse_in`) and plans only their conns; shunts are left to full passes (a
+//! change of the skb mark makes one).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -30,6 +34,8 @@ use std::time::Duration;
 use super::nss::{self, CertSource};
 use super::render::SHUNT_PREFIX;
 use super::status::PlutoStatus;
+use crate::backend::Scope;
+use crate::backend::strongswan_stroke::plan::covers;
 use crate::model::{Auth, Desired, DesiredTunnel, SkbMark, TunnelType};
 
 /// A started or added connection gets this long to come up (the Python monitor's
@@ -241,6 +247,17 @@ pub fn plan(
     memory: &Memory,
     files: Option<([u8; 32], [u8; 32])>,
 ) -> Vec<Action> {
+    plan_in(desired, observed, memory, files, &Scope::All)
+}
+
+/// [`plan`] for the tunnels of `scope`, from an observation that may hold only theirs.
+pub fn plan_in(
+    desired: &Desired,
+    observed: &Observed,
+    memory: &Memory,
+    files: Option<([u8; 32], [u8; 32])>,
+    scope: &Scope,
+) -> Vec<Action> {
     let mut actions = Vec::new();
     let files_differ = files.is_none_or(|(conf, secrets)| {
         observed.conf_hash != Some(conf) || observed.secrets_hash != Some(secrets)
@@ -251,22 +268,26 @@ pub fn plan(
     plan_certs(desired, observed, memory, &mut actions);
 
     let st = &observed.pluto;
-    let wanted: BTreeSet<String> = desired
-        .tunnels
-        .values()
-        .flat_map(|t| t.conn_names())
-        .collect();
+    let in_scope = || {
+        desired
+            .tunnels
+            .iter()
+            .filter(|(name, _)| scope.covers(name))
+            .map(|(_, t)| t)
+    };
+    let wanted: BTreeSet<String> = in_scope().flat_map(|t| t.conn_names()).collect();
     for conn in st.loaded.union(&st.active) {
-        if !wanted.contains(conn) && memory.owned.contains(conn) {
+        if covers(scope, conn) && !wanted.contains(conn) && memory.owned.contains(conn) {
             actions.push(Action::Delete {
                 conn: conn.clone(),
                 why: DeleteWhy::Outdated,
             });
         }
     }
-    plan_shunts(desired, observed, memory, &mut actions);
-
-    for t in desired.tunnels.values() {
+    if *scope == Scope::All {
+        plan_shunts(desired, observed, memory, &mut actions);
+    }
+    for t in in_scope() {
         plan_tunnel(t, observed, memory, &mut actions);
     }
     actions

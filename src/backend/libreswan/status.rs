@@ -19,6 +19,9 @@
 //!
 //! Connection names never contain `"` (the model's interface-name grammar), so the quoted
 //! name can be cut out without a regex.
+//!
+//! A pass over a few tunnels parses only their conns and those to the same peers (whose IKE
+//! SA they share): the other lines are scanned as borrowed slices and dropped uncopied.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -37,34 +40,63 @@ pub struct PlutoStatus {
 
 impl PlutoStatus {
     pub fn parse(text: &str) -> Self {
-        let mut st = Self::default();
-        let mut peers: BTreeMap<&str, &str> = BTreeMap::new();
+        Self::parse_in(text, |_| true)
+    }
+
+    /// [`PlutoStatus::parse`] of the conns `keep` accepts and of every conn to the same peer
+    /// as one of them.
+    pub fn parse_in(text: &str, keep: impl Fn(&str) -> bool) -> Self {
+        let mut descriptions = Vec::new();
+        let mut states = Vec::new();
         for raw in text.lines() {
             let line = raw.strip_prefix("000 ").unwrap_or(raw).trim_end();
             if let Some((name, after)) = loaded_conn(line) {
-                st.loaded.insert(name.to_owned());
-                peers.extend(peer(after).map(|p| (name, p)));
+                descriptions.push((name, peer(after)));
             } else if let Some((name, rest)) = state_conn(line) {
-                if has_esp_spi(rest) {
-                    st.active.insert(name.to_owned());
-                }
-                if let Some(state) = state_name(rest).filter(|s| !is_established(s)) {
-                    st.negotiating
-                        .entry(name.to_owned())
-                        .or_insert_with(|| state.to_owned());
-                }
-                if rest.contains("ESTABLISHED_IKE_SA")
-                    || rest.contains("MAIN_R3")
-                    || rest.contains("MAIN_I4")
-                {
-                    st.ike_up.insert(name.to_owned());
-                }
-                if rest.contains("ESTABLISHED_CHILD_SA") || has_esp_spi(rest) {
-                    st.active_lines
-                        .entry(name.to_owned())
-                        .or_default()
-                        .push(line.trim_start().to_owned());
-                }
+                states.push((name, rest, line));
+            }
+        }
+        let kept_peers: BTreeSet<&str> = descriptions
+            .iter()
+            .filter(|(name, _)| keep(name))
+            .filter_map(|(_, p)| *p)
+            .collect();
+        let kept: BTreeSet<&str> = descriptions
+            .iter()
+            .filter(|(name, p)| keep(name) || p.is_some_and(|p| kept_peers.contains(p)))
+            .map(|(name, _)| *name)
+            .collect();
+        let mut st = Self::default();
+        let mut peers: BTreeMap<&str, &str> = BTreeMap::new();
+        for (name, p) in descriptions {
+            if kept.contains(name) {
+                st.loaded.insert(name.to_owned());
+                peers.extend(p.map(|p| (name, p)));
+            }
+        }
+        for (name, rest, line) in states {
+            if !kept.contains(name) && !keep(name) {
+                continue;
+            }
+            if has_esp_spi(rest) {
+                st.active.insert(name.to_owned());
+            }
+            if let Some(state) = state_name(rest).filter(|s| !is_established(s)) {
+                st.negotiating
+                    .entry(name.to_owned())
+                    .or_insert_with(|| state.to_owned());
+            }
+            if rest.contains("ESTABLISHED_IKE_SA")
+                || rest.contains("MAIN_R3")
+                || rest.contains("MAIN_I4")
+            {
+                st.ike_up.insert(name.to_owned());
+            }
+            if rest.contains("ESTABLISHED_CHILD_SA") || has_esp_spi(rest) {
+                st.active_lines
+                    .entry(name.to_owned())
+                    .or_default()
+                    .push(line.trim_start().to_owned());
             }
         }
         // Lines of a conn whose ESP SA did not show are not "active" lines.
@@ -254,6 +286,27 @@ mod tests {
                 st.negotiating.keys().all(|c| c == "v6-1"),
                 "{:?}",
                 st.negotiating
+            );
+        }
+    }
+
+    #[test]
+    fn a_filtered_parse_keeps_the_conns_to_the_same_peer() {
+        let text = "000 \"gnv-in-1\": 192.0.2.1/32:UDP/6081===192.0.2.1...192.0.2.2===192.0.2.2/32:UDP/0-65535; unrouted; eroute owner: #0\n\
+                    000 \"tun-out-1\": 192.0.2.1/32:UDP/0-65535===192.0.2.1...192.0.2.2===192.0.2.2/32:UDP/4789; unrouted; eroute owner: #0\n\
+                    000 \"other-1\": 192.0.2.1/32:GRE===192.0.2.1...192.0.2.9===192.0.2.9/32:GRE; unrouted; eroute owner: #0\n\
+                    000 #2: \"tun-out-1\":500 STATE_V2_ESTABLISHED_IKE_SA (established IKE SA); REKEY in 28526s; newest; idle;\n";
+        // gnv-in-1 shares the IKE SA that pluto lists under tun-out-1.
+        let st = PlutoStatus::parse_in(text, |c| c == "gnv-in-1");
+        assert_eq!(st.loaded, set(&["gnv-in-1", "tun-out-1"]));
+        assert_eq!(st.ike_up, set(&["gnv-in-1", "tun-out-1"]));
+        let st = PlutoStatus::parse_in(text, |c| c == "other-1");
+        assert_eq!(st.loaded, set(&["other-1"]));
+        assert!(st.ike_up.is_empty());
+        for text in [V4_IKE_ONLY, V4_UP, V5_UP] {
+            assert_eq!(
+                PlutoStatus::parse_in(text, |_| true),
+                PlutoStatus::parse(text)
             );
         }
     }

@@ -769,3 +769,39 @@ fn shunts_follow_the_mark() {
     assert_eq!(a.len(), 3);
     assert!(a.iter().all(|a| matches!(a, Action::LoadShunt { .. })));
 }
+
+#[test]
+fn a_pass_over_one_tunnel_plans_its_conns_only() {
+    // vx1 is new; gre1 and gnv1 are not in this pass's part of pluto's status (and the skb
+    // mark's shunts are not either): nothing is planned for them.
+    let mut d = psk_desired();
+    d.global.skb_mark = Some(SkbMark { value: 0, mask: 1 });
+    let scope = crate::backend::Scope::Tunnels(["vx1".to_string()].into());
+    let memory = Memory {
+        owned: ["vx1-in-9".to_string(), "gre1-1".to_string()].into(),
+        shunt_mark: d.global.skb_mark,
+        ..Memory::default()
+    };
+    let o = observed(&["vx1-in-9"], &[]);
+    assert_eq!(
+        plan::plan_in(&d, &o, &memory, FILES, &scope),
+        [
+            Action::Delete {
+                conn: conn("vx1-in-9"),
+                why: DeleteWhy::Outdated
+            },
+            Action::Add {
+                conn: conn("vx1-in-1")
+            },
+            Action::Start {
+                conn: conn("vx1-out-1")
+            },
+        ]
+    );
+    // The full pass over the same view loads everything that is missing.
+    let full = plan::plan(&d, &o, &memory, FILES);
+    assert!(full.contains(&Action::Start {
+        conn: conn("gre1-1")
+    }));
+    assert!(full.iter().any(|a| matches!(a, Action::LoadShunt { .. })));
+}

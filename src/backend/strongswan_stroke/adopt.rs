@@ -10,12 +10,16 @@
 //! - otherwise, if the desired names are taken by different text (a stale file from an
 //!   earlier run), use one more than the highest version on disk, so that new connections
 //!   never share a name with old SAs.
+//!
+//! A pass over a few tunnels decides for those only; the caller keeps what earlier passes
+//! decided for the others (their rows did not change, so neither did the answer).
 
 use std::collections::BTreeMap;
 
 use super::conffile;
 use super::plan::Observed;
 use super::render::Rendered;
+use crate::backend::Scope;
 use crate::model::{Desired, DesiredTunnel};
 
 /// The section bodies of `conns` in `sections`, or `None` if one is missing.
@@ -26,15 +30,30 @@ fn bodies<'a>(sections: &'a BTreeMap<String, String>, conns: &[String]) -> Optio
         .collect()
 }
 
-/// Tunnels whose connections must be rendered with another version than the desired one.
-pub fn versions(desired: &Desired, r: &Rendered, obs: &Observed) -> BTreeMap<String, u64> {
+/// Tunnels of `scope` whose connections must be rendered with another version than the
+/// desired one.
+pub fn versions(
+    desired: &Desired,
+    r: &Rendered,
+    obs: &Observed,
+    scope: &Scope,
+) -> BTreeMap<String, u64> {
     // Our file as we would write it now: every tunnel is on disk at its own version. The
     // common case (every pass after the one that wrote it) without parsing either file.
     if obs.conf.as_deref() == Some(r.conf.as_str()) {
         return BTreeMap::new();
     }
-    let ours = conffile::sections(&r.conf);
-    let our_secrets = conffile::secret_lines(&r.secrets);
+    let ours = conffile::sections_in(&r.conf, |c| super::plan::covers(scope, c));
+    let in_scope = || {
+        desired
+            .tunnels
+            .iter()
+            .filter(|(name, _)| scope.covers(name))
+    };
+    let selectors: std::collections::BTreeSet<String> = in_scope()
+        .filter_map(|(_, t)| secret_line_of(t, &ours))
+        .collect();
+    let our_secrets = conffile::secret_lines_in(&r.secrets, |sel| selectors.contains(sel));
     // On-disk versions by tunnel, for the tunnels we want.
     let mut on_disk: BTreeMap<&str, Vec<u64>> = BTreeMap::new();
     for name in obs.conf_sections.keys() {
@@ -50,7 +69,7 @@ pub fn versions(desired: &Desired, r: &Rendered, obs: &Observed) -> BTreeMap<Str
         }
     }
     let mut out = BTreeMap::new();
-    for (name, t) in &desired.tunnels {
+    for (name, t) in in_scope() {
         let Some(disk) = on_disk.get(name.as_str()) else {
             continue;
         };
@@ -132,7 +151,7 @@ mod tests {
             psk_tunnel("gre1", "gre", "192.0.2.3", "new", 1),
         ]);
         let r = render(&t, &Sections::default(), &after).unwrap();
-        let v = versions(&after, &r, &obs);
+        let v = versions(&after, &r, &obs, &Scope::All);
         assert_eq!(v, BTreeMap::from([("vx1".to_string(), 3)]));
         // A stale file holding gre1-1 with other text: the new connection gets a fresh name.
         let stale = desired(vec![psk_tunnel("gre1", "gre", "192.0.2.9", "k", 1)]);
@@ -140,11 +159,11 @@ mod tests {
         let now = desired(vec![psk_tunnel("gre1", "gre", "192.0.2.3", "k", 1)]);
         let r = render(&t, &Sections::default(), &now).unwrap();
         assert_eq!(
-            versions(&now, &r, &obs),
+            versions(&now, &r, &obs, &Scope::All),
             BTreeMap::from([("gre1".to_string(), 2)])
         );
         // Converged: nothing to change.
         let obs = disk(&r);
-        assert!(versions(&now, &r, &obs).is_empty());
+        assert!(versions(&now, &r, &obs, &Scope::All).is_empty());
     }
 }

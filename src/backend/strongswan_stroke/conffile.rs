@@ -51,6 +51,11 @@ pub fn join(body: &str, stamps: &Stamps) -> String {
 /// The connections a file defines (`conn %default` excluded): name → the lines of its
 /// section after the `conn` line, up to the blank line that ends it.
 pub fn sections(body: &str) -> BTreeMap<String, String> {
+    sections_in(body, |_| true)
+}
+
+/// [`sections`] of the connections `keep` accepts; the others are skipped without a copy.
+pub fn sections_in(body: &str, keep: impl Fn(&str) -> bool) -> BTreeMap<String, String> {
     let mut out = BTreeMap::new();
     let mut current: Option<(&str, Vec<&str>)> = None;
     // A section is its `conn` line and the indented lines that follow it.
@@ -69,7 +74,7 @@ pub fn sections(body: &str) -> BTreeMap<String, String> {
         current = line
             .strip_prefix("conn ")
             .map(str::trim)
-            .filter(|n| !n.is_empty())
+            .filter(|n| !n.is_empty() && keep(n))
             .map(|n| (n, Vec::new()));
     }
     out
@@ -78,10 +83,15 @@ pub fn sections(body: &str) -> BTreeMap<String, String> {
 /// SHA-256 of each line of a secrets file by its selectors (the text before ` : `), so that
 /// lines can be compared without keeping any secret in memory.
 pub fn secret_lines(text: &str) -> BTreeMap<String, [u8; 32]> {
+    secret_lines_in(text, |_| true)
+}
+
+/// [`secret_lines`] of the selectors `keep` accepts.
+pub fn secret_lines_in(text: &str, keep: impl Fn(&str) -> bool) -> BTreeMap<String, [u8; 32]> {
     text.lines()
         .filter_map(|l| {
             let (sel, _) = l.split_once(" : ")?;
-            Some((sel.to_owned(), crate::backend::files::sha256(l.as_bytes())))
+            keep(sel).then(|| (sel.to_owned(), crate::backend::files::sha256(l.as_bytes())))
         })
         .collect()
 }
@@ -118,5 +128,17 @@ mod tests {
         assert_eq!(body, "conn %default\nconn a-1\n");
         assert_eq!(back, stamps);
         assert_eq!(sections(&body).keys().collect::<Vec<_>>(), ["a-1"]);
+        let two = "conn a-1\n    left=x\n\nconn b-1\n    left=y\n";
+        assert_eq!(
+            sections_in(two, |c| c == "b-1"),
+            BTreeMap::from([("b-1".to_owned(), "    left=y".to_owned())])
+        );
+        let secrets = "x y : PSK 0x01\nx z : PSK 0x02\n";
+        assert_eq!(
+            secret_lines_in(secrets, |s| s == "x z")
+                .keys()
+                .collect::<Vec<_>>(),
+            ["x z"]
+        );
     }
 }

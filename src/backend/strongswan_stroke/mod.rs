@@ -12,6 +12,16 @@
 //!   connections, so the status written to OVSDB describes the new state;
 //! - **status** (pure, [`live`]).
 //!
+//! A pass caused by an OVSDB change covers only the tunnels it touched ([`Scope::Tunnels`]):
+//! charon's output is scanned but only those tunnels' entries are parsed
+//! ([`statusall::parse_in`]), only their sections of our file are split out, the plan
+//! reloads and brings down only their connections, and the files are rendered and adopted
+//! once per pass (plan keeps its result for apply and status), with the versions adopted
+//! for the other tunnels kept from earlier passes. `ipsec statusall <name>` is not used:
+//! it filters on the peer configuration's name, and charon merges the connections of
+//! several tunnels to one peer into one peer configuration, so a connection's own name may
+//! list nothing. The periodic pass and the first one cover everything.
+//!
 //! The number of external commands of a pass does not depend on the number of tunnels: a cold
 //! start of 1,000 tunnels is one `update`, one `rereadsecrets` and two `statusall`, where the
 //! Python monitor ran one `down-nb` per connection on every change.
@@ -24,6 +34,8 @@ pub mod conffile;
 pub mod live;
 pub mod plan;
 pub mod render;
+#[cfg(test)]
+mod scope_tests;
 pub mod statusall;
 #[cfg(test)]
 mod testutil;
@@ -32,6 +44,7 @@ use std::collections::BTreeMap;
 use std::io::ErrorKind;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use thiserror::Error;
@@ -119,8 +132,17 @@ impl Paths {
     }
 }
 
+/// What a plan rendered, kept for the apply and the status of the same pass.
+struct Planned {
+    /// The desired state it was computed from.
+    input: Desired,
+    scope: Scope,
+    /// `input` with adopted versions, and its rendering.
+    desired: Desired,
+    rendered: Rendered,
+}
+
 /// The legacy strongSwan backend.
-#[derive(Debug)]
 pub struct StrongSwanStroke {
     paths: Paths,
     templates: Templates,
@@ -128,10 +150,24 @@ pub struct StrongSwanStroke {
     sections: render::Sections,
     timeout: Duration,
     certs: FsCertSource,
-    /// A `statusall` taken after our last action, used by the next observation.
-    fresh: Option<Status>,
+    /// A `statusall` taken after our last action, and the scope it was parsed for, used by
+    /// the next observation.
+    fresh: Option<(Scope, Status)>,
     /// When we last ran `update` or `reload`.
     last_reload: Option<Instant>,
+    /// The versions adopted from our file (see [`adopt`]), by tunnel.
+    adopted: Mutex<BTreeMap<String, u64>>,
+    /// The last plan's rendering.
+    planned: Mutex<Option<Planned>>,
+}
+
+/// Not derived: the rendering holds PSKs.
+impl std::fmt::Debug for StrongSwanStroke {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StrongSwanStroke")
+            .field("paths", &self.paths)
+            .finish_non_exhaustive()
+    }
 }
 
 impl StrongSwanStroke {
@@ -159,6 +195,8 @@ impl StrongSwanStroke {
             certs: FsCertSource::new(),
             fresh: None,
             last_reload: None,
+            adopted: Mutex::new(BTreeMap::new()),
+            planned: Mutex::new(None),
         }
     }
 
@@ -173,31 +211,36 @@ impl StrongSwanStroke {
         )
     }
 
-    async fn statusall(&self) -> Result<Status, StrokeError> {
+    async fn statusall(&self, scope: &Scope) -> Result<Status, StrokeError> {
         let out = self
             .ipsec(["statusall"], "query the IPsec status")
+            .collect_stdout()
             .run()
             .await?;
         if out.code != 0 {
             return Err(StrokeError::NotRunning(out.code));
         }
-        Ok(statusall::parse(&out.stdout))
+        Ok(statusall::parse_in(&out.stdout, |c| plan::covers(scope, c)))
     }
 
-    /// Polls `statusall` until charon has loaded `conns` (or the time is up).
+    /// Polls `statusall` until charon has loaded the `conns` of `scope` (or the time is up).
     async fn settle(
         &self,
         conns: &std::collections::BTreeSet<String>,
         limit: Duration,
+        scope: &Scope,
     ) -> Result<Status, StrokeError> {
         let start = Instant::now();
         let mut delay = Duration::from_millis(20);
         loop {
-            let st = self.statusall().await;
+            let st = self.statusall(scope).await;
             let done = match &st {
                 Ok(s) => {
                     let loaded = s.loaded();
-                    conns.iter().all(|c| loaded.contains(c.as_str()))
+                    conns
+                        .iter()
+                        .filter(|c| plan::covers(scope, c))
+                        .all(|c| loaded.contains(c.as_str()))
                 }
                 Err(_) => false,
             };
@@ -209,7 +252,9 @@ impl StrongSwanStroke {
         }
     }
 
-    fn observe_files(&mut self) -> Result<Observed, StrokeError> {
+    /// Our files as they are on disk; only the sections and secrets lines of `scope`'s
+    /// tunnels are split out.
+    fn observe_files(&mut self, desired: &Desired, scope: &Scope) -> Result<Observed, StrokeError> {
         let text = match std::fs::read_to_string(&self.paths.conf) {
             Ok(t) => Some(t),
             Err(e) if e.kind() == ErrorKind::NotFound => None,
@@ -232,13 +277,27 @@ impl StrongSwanStroke {
                 let mode = std::fs::metadata(&self.paths.secrets)
                     .map(|m| m.permissions().mode() & 0o7777)
                     .unwrap_or(0);
-                let lines = conffile::secret_lines(&String::from_utf8_lossy(&bytes));
+                let text = String::from_utf8_lossy(&bytes);
+                let lines = match scope {
+                    Scope::All => conffile::secret_lines(&text),
+                    Scope::Tunnels(names) => {
+                        let sels: std::collections::BTreeSet<String> = names
+                            .iter()
+                            .filter_map(|n| desired.tunnels.get(n))
+                            .map(render::selectors)
+                            .collect();
+                        conffile::secret_lines_in(&text, |s| sels.contains(s))
+                    }
+                };
                 (Some((crate::backend::files::sha256(&bytes), mode)), lines)
             }
             Err(_) => (None, BTreeMap::new()),
         };
         Ok(Observed {
-            conf_sections: conf.as_deref().map(conffile::sections).unwrap_or_default(),
+            conf_sections: conf
+                .as_deref()
+                .map(|c| conffile::sections_in(c, |n| plan::covers(scope, n)))
+                .unwrap_or_default(),
             conf,
             secrets,
             secret_lines,
@@ -265,20 +324,41 @@ impl StrongSwanStroke {
         Ok(())
     }
 
-    /// `desired` with adopted versions (see [`adopt`]) and its rendering.
+    /// `desired` with adopted versions (see [`adopt`]) and its rendering. A pass over
+    /// `scope` decides the versions of its tunnels and keeps those adopted before for the
+    /// others.
     fn effective(
         &self,
         desired: &Desired,
         obs: &Observed,
+        scope: &Scope,
     ) -> Result<(Desired, Rendered), TemplateError> {
-        let r = render::render(&self.templates, &self.sections, desired)?;
-        let versions = adopt::versions(desired, &r, obs);
+        let mut adopted = self.adopted.lock().unwrap_or_else(PoisonError::into_inner);
+        let kept: BTreeMap<String, u64> = match scope {
+            Scope::All => BTreeMap::new(),
+            Scope::Tunnels(_) => adopted
+                .iter()
+                .filter(|(name, _)| !scope.covers(name) && desired.tunnels.contains_key(*name))
+                .map(|(name, v)| (name.clone(), *v))
+                .collect(),
+        };
+        let base = adopt::with_versions(desired, &kept);
+        let r = render::render(&self.templates, &self.sections, &base)?;
+        let versions = adopt::versions(&base, &r, obs, scope);
         if versions.is_empty() {
-            return Ok((desired.clone(), r));
+            *adopted = kept;
+            return Ok((base, r));
         }
-        let d = adopt::with_versions(desired, &versions);
+        let d = adopt::with_versions(&base, &versions);
         let r = render::render(&self.templates, &self.sections, &d)?;
+        *adopted = kept.into_iter().chain(versions).collect();
         Ok((d, r))
+    }
+
+    /// The rendering the last plan made for `desired`, if it was for that state.
+    fn take_planned(&self, desired: &Desired) -> Option<Planned> {
+        let mut planned = self.planned.lock().unwrap_or_else(PoisonError::into_inner);
+        planned.take().filter(|p| p.input == *desired)
     }
 
     async fn run_actions(
@@ -286,9 +366,21 @@ impl StrongSwanStroke {
         desired: &Desired,
         actions: Vec<Action>,
     ) -> Result<ApplyReport, StrokeError> {
-        // The files have not changed since plan read them: the same versions result.
-        let obs = self.observe_files()?;
-        let (_, r) = self.effective(desired, &obs)?;
+        // The files have not changed since plan read them: its rendering is still right.
+        let planned = match self.take_planned(desired) {
+            Some(p) => p,
+            None => {
+                let obs = self.observe_files(desired, &Scope::All)?;
+                let (d, rendered) = self.effective(desired, &obs, &Scope::All)?;
+                Planned {
+                    input: desired.clone(),
+                    scope: Scope::All,
+                    desired: d,
+                    rendered,
+                }
+            }
+        };
+        let r = &planned.rendered;
         let mut report = ApplyReport {
             errors: r.rejected.clone(),
             applied: 0,
@@ -296,7 +388,7 @@ impl StrongSwanStroke {
         let mut reloaded = false;
         for action in actions {
             match &action {
-                Action::WriteFiles => self.write_files(&r)?,
+                Action::WriteFiles => self.write_files(r)?,
                 Action::Update => {
                     self.ipsec(["update"], "update the IPsec configuration")
                         .run_checked()
@@ -334,8 +426,12 @@ impl StrongSwanStroke {
         }
         if reloaded {
             self.last_reload = Some(Instant::now());
-            self.fresh = Some(self.settle(&r.conns, SETTLE_TIMEOUT).await?);
+            let scope = planned.scope.clone();
+            let st = self.settle(&r.conns, SETTLE_TIMEOUT, &scope).await?;
+            self.fresh = Some((scope, st));
         }
+        // For the status of this pass.
+        *self.planned.lock().unwrap_or_else(PoisonError::into_inner) = Some(planned);
         Ok(report)
     }
 
@@ -362,7 +458,10 @@ impl StrongSwanStroke {
             .ignore_stderr("starter is not running")
             .run_checked()
             .await?;
-        self.fresh = Some(self.settle(&Default::default(), START_TIMEOUT).await?);
+        let st = self
+            .settle(&Default::default(), START_TIMEOUT, &Scope::All)
+            .await?;
+        self.fresh = Some((Scope::All, st));
         Ok(())
     }
 }
@@ -383,21 +482,44 @@ impl Backend for StrongSwanStroke {
     }
 
     async fn observe(&mut self) -> Result<Observed, BackendError> {
+        self.observe_in(&Desired::default(), &Scope::All).await
+    }
+
+    async fn observe_in(
+        &mut self,
+        desired: &Desired,
+        scope: &Scope,
+    ) -> Result<Observed, BackendError> {
+        // A status taken after our last action serves a pass it covers.
         let status = match self.fresh.take() {
-            Some(s) => s,
-            None => self.statusall().await?,
+            Some((fresh, s)) if fresh == Scope::All || fresh == *scope => s,
+            _ => self.statusall(scope).await?,
         };
-        let mut obs = self.observe_files()?;
+        let mut obs = self.observe_files(desired, scope)?;
         obs.status = status;
         Ok(obs)
     }
 
     fn plan(&self, desired: &Desired, observed: &Observed) -> Vec<Action> {
-        match self.effective(desired, observed) {
-            Ok((d, r)) => plan::plan(&d, &r, observed),
+        self.plan_in(desired, observed, &Scope::All)
+    }
+
+    fn plan_in(&self, desired: &Desired, observed: &Observed, scope: &Scope) -> Vec<Action> {
+        let (actions, planned) = match self.effective(desired, observed, scope) {
+            Ok((d, r)) => (
+                plan::plan(&d, &r, observed, scope),
+                Some(Planned {
+                    input: desired.clone(),
+                    scope: scope.clone(),
+                    desired: d,
+                    rendered: r,
+                }),
+            ),
             // apply renders again and reports the template error for the whole pass.
-            Err(_) => vec![Action::WriteFiles],
-        }
+            Err(_) => (vec![Action::WriteFiles], None),
+        };
+        *self.planned.lock().unwrap_or_else(PoisonError::into_inner) = planned;
+        actions
     }
 
     async fn apply(
@@ -418,7 +540,12 @@ impl Backend for StrongSwanStroke {
         observed: &Observed,
         scope: &Scope,
     ) -> BTreeMap<String, LiveStatus> {
-        match self.effective(desired, observed) {
+        let planned = self.planned.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(p) = planned.as_ref().filter(|p| p.input == *desired) {
+            return live::status_in(&p.desired, &observed.status, &p.rendered.rejected, scope);
+        }
+        drop(planned);
+        match self.effective(desired, observed, scope) {
             Ok((d, r)) => live::status_in(&d, &observed.status, &r.rejected, scope),
             Err(_) => live::status_in(
                 desired,

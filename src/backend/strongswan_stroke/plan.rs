@@ -14,6 +14,9 @@
 //!   other, current tunnels: it is brought down only when none of its CHILD_SAs and none of
 //!   the connections of its peer configuration are still wanted; otherwise only its outdated
 //!   CHILD_SAs are.
+//! - A pass over a few tunnels ([`Scope::Tunnels`]) sees only their part of charon's status
+//!   and of our file (see `statusall::parse_in`), so it reloads and brings down only
+//!   connections of those tunnels; drift elsewhere is the periodic full pass's.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -21,6 +24,7 @@ use std::path::PathBuf;
 
 use super::render::Rendered;
 use super::statusall::Status;
+use crate::backend::Scope;
 use crate::backend::files::sha256;
 use crate::model::Desired;
 
@@ -109,6 +113,25 @@ pub fn tunnel_candidates(conn: &str) -> Vec<&str> {
     c
 }
 
+/// Whether connection `conn` belongs to a tunnel of `scope` (a removed tunnel's name is in a
+/// scope too). Shunts belong to none: a change of the skb mark makes the pass a full one.
+pub fn covers(scope: &Scope, conn: &str) -> bool {
+    let Scope::Tunnels(names) = scope else {
+        return true;
+    };
+    // `tunnel_candidates` without its Vec: this runs for every line of charon's output.
+    let Some((base, v)) = conn.rsplit_once('-') else {
+        return false;
+    };
+    !v.is_empty()
+        && v.bytes().all(|b| b.is_ascii_digit())
+        && (names.contains(base)
+            || ["-in", "-out"]
+                .iter()
+                .filter_map(|s| base.strip_suffix(s))
+                .any(|t| names.contains(t)))
+}
+
 /// True when `conn` is a connection this monitor created.
 fn ours(conn: &str, desired: &Desired, obs: &Observed, loaded: &BTreeSet<&str>) -> bool {
     obs.conf_sections.contains_key(conn)
@@ -120,10 +143,12 @@ fn ours(conn: &str, desired: &Desired, obs: &Observed, loaded: &BTreeSet<&str>) 
         || (!loaded.contains(conn) && !tunnel_candidates(conn).is_empty())
 }
 
-/// The SAs to bring down, as `down-nb` actions.
-pub fn outdated(desired: &Desired, r: &Rendered, obs: &Observed) -> Vec<Action> {
+/// The SAs of `scope` to bring down, as `down-nb` actions.
+pub fn outdated(desired: &Desired, r: &Rendered, obs: &Observed, scope: &Scope) -> Vec<Action> {
     let loaded = obs.status.loaded();
-    let is_outdated = |name: &str| !r.conns.contains(name) && ours(name, desired, obs, &loaded);
+    let is_outdated = |name: &str| {
+        covers(scope, name) && !r.conns.contains(name) && ours(name, desired, obs, &loaded)
+    };
     let mut actions = Vec::new();
     for ike in &obs.status.sas {
         let group_wanted = obs
@@ -155,8 +180,9 @@ pub fn outdated(desired: &Desired, r: &Rendered, obs: &Observed) -> Vec<Action> 
 }
 
 /// The actions that make charon and the files match `r`, rendered from `desired` (with the
-/// versions of `super::adopt` applied).
-pub fn plan(desired: &Desired, r: &Rendered, obs: &Observed) -> Vec<Action> {
+/// versions of `super::adopt` applied), for the tunnels of `scope`: `obs` may hold only
+/// their part of charon's status.
+pub fn plan(desired: &Desired, r: &Rendered, obs: &Observed, scope: &Scope) -> Vec<Action> {
     let conf_differs = obs.conf.as_deref() != Some(r.conf.as_str());
     let secrets_differ = obs.secrets
         != Some((
@@ -171,7 +197,7 @@ pub fn plan(desired: &Desired, r: &Rendered, obs: &Observed) -> Vec<Action> {
     let missing: Vec<String> = r
         .conns
         .iter()
-        .filter(|c| !loaded.contains(c.as_str()))
+        .filter(|c| covers(scope, c) && !loaded.contains(c.as_str()))
         .cloned()
         .collect();
     if !obs.cert_changed.is_empty() {
@@ -192,7 +218,7 @@ pub fn plan(desired: &Desired, r: &Rendered, obs: &Observed) -> Vec<Action> {
             actions.push(Action::Reconcile(missing));
         }
     }
-    actions.extend(outdated(desired, r, obs));
+    actions.extend(outdated(desired, r, obs, scope));
     actions
 }
 
@@ -245,7 +271,7 @@ Security Associations (2 up, 0 connecting):
     fn converged_plans_nothing_and_keeps_in_out_sas() {
         let d = two(1, 1);
         let r = render(&templates(), &Sections::default(), &d).unwrap();
-        assert_eq!(plan(&d, &r, &converged(&r, UP)), vec![]);
+        assert_eq!(plan(&d, &r, &converged(&r, UP), &Scope::All), vec![]);
     }
 
     #[test]
@@ -258,7 +284,7 @@ Security Associations (2 up, 0 connecting):
         let d = two(2, 1);
         let r = render(&templates(), &Sections::default(), &d).unwrap();
         assert_eq!(
-            plan(&d, &r, &obs),
+            plan(&d, &r, &obs, &Scope::All),
             vec![
                 Action::WriteFiles,
                 Action::Update,
@@ -285,7 +311,7 @@ Security Associations (2 up, 0 connecting):
         let d = desired(vec![]);
         let r = render(&templates(), &Sections::default(), &d).unwrap();
         assert_eq!(
-            plan(&d, &r, &obs),
+            plan(&d, &r, &obs, &Scope::All),
             vec![
                 Action::WriteFiles,
                 Action::RereadSecrets,
@@ -299,6 +325,50 @@ Security Associations (2 up, 0 connecting):
     }
 
     #[test]
+    fn a_pass_over_one_tunnel_plans_from_its_part_of_the_status_only() {
+        let scope = Scope::Tunnels(["vx1".to_string()].into());
+        let part = |r: &Rendered, status: &str| Observed {
+            conf_sections: super::super::conffile::sections_in(&r.conf, |c| covers(&scope, c)),
+            status: super::super::statusall::parse_in(status, |c| covers(&scope, c)),
+            ..converged(r, status)
+        };
+        // gre1-1 has a peer configuration of its own here: the partial status does not list
+        // it, which must not read as "lost by charon".
+        let apart = UP.replace(
+            "      gre1-1:   child",
+            "      gre1-1:  %any...192.0.2.3  IKEv2\n      gre1-1:   child",
+        );
+        let d = two(1, 1);
+        let r = render(&templates(), &Sections::default(), &d).unwrap();
+        let obs = part(&r, &apart);
+        assert!(!obs.status.loaded().contains("gre1-1"));
+        assert_eq!(plan(&d, &r, &obs, &scope), vec![]);
+        // vx1 changes: the same actions as a full pass; the IKE_SA that also carries gre1-1
+        // (in the original sample) is kept whole in the partial status, so it stays up.
+        let obs = part(&r, UP);
+        let d2 = two(2, 1);
+        let r2 = render(&templates(), &Sections::default(), &d2).unwrap();
+        let full = converged(&r, UP);
+        assert_eq!(
+            plan(&d2, &r2, &obs, &scope),
+            plan(&d2, &r2, &full, &Scope::All)
+        );
+        assert!(covers(&scope, "vx1-in-3") && covers(&scope, "vx1-2"));
+        assert!(!covers(&scope, "vx1") && !covers(&scope, "vx12-in-1"));
+        // A removed tunnel is in the scope through its name.
+        let gone = desired(vec![psk_tunnel("gre1", "gre", "192.0.2.2", "k", 1)]);
+        let r3 = render(&templates(), &Sections::default(), &gone).unwrap();
+        let downs = plan(&gone, &r3, &obs, &scope);
+        assert!(
+            downs.contains(&Action::DownNb {
+                sa: "vx1-in-1{2}".into(),
+                version: Some(1)
+            }),
+            "{downs:?}"
+        );
+    }
+
+    #[test]
     fn a_connection_lost_by_charon_is_reloaded_once_things_settled() {
         let d = two(1, 1);
         let r = render(&templates(), &Sections::default(), &d).unwrap();
@@ -307,11 +377,11 @@ Security Associations (2 up, 0 connecting):
             &UP.replace("      gre1-1:   child", "      xxx:   child"),
         );
         assert_eq!(
-            plan(&d, &r, &obs),
+            plan(&d, &r, &obs, &Scope::All),
             vec![Action::Reconcile(vec!["gre1-1".into()])]
         );
         obs.settling = true;
-        assert_eq!(plan(&d, &r, &obs), vec![]);
+        assert_eq!(plan(&d, &r, &obs, &Scope::All), vec![]);
     }
 
     #[test]
@@ -321,7 +391,7 @@ Security Associations (2 up, 0 connecting):
         let mut obs = converged(&r, UP);
         obs.cert_changed.insert("/etc/c.pem".into());
         assert_eq!(
-            plan(&d, &r, &obs),
+            plan(&d, &r, &obs, &Scope::All),
             vec![
                 Action::WriteFiles,
                 Action::ReloadCredentials(vec!["/etc/c.pem".into()])
@@ -336,7 +406,7 @@ Security Associations (2 up, 0 connecting):
         let mut obs = converged(&r, UP);
         obs.secrets = obs.secrets.map(|(h, _)| (h, 0o644));
         assert_eq!(
-            plan(&d, &r, &obs),
+            plan(&d, &r, &obs, &Scope::All),
             vec![Action::WriteFiles, Action::RereadSecrets]
         );
     }

@@ -236,8 +236,13 @@ fn secret_of(t: &DesiredTunnel, desired: &Desired) -> Option<(String, &'static s
     secret_for(t, pki_of(t, desired))
 }
 
+/// The selectors of `t`'s secrets line (`left right`).
+pub fn selectors(t: &DesiredTunnel) -> String {
+    format!("{} {}", left(t), t.conf.remote_ip)
+}
+
 fn secret_for(t: &DesiredTunnel, pki: Option<&Pki>) -> Option<(String, &'static str, String)> {
-    let selectors = format!("{} {}", left(t), t.conf.remote_ip);
+    let selectors = selectors(t);
     match &t.conf.auth {
         Auth::Psk(psk) => Some((selectors, "PSK", psk_hex(psk))),
         Auth::SelfSigned { .. } | Auth::CaSigned { .. } => {

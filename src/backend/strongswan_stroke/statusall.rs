@@ -118,9 +118,29 @@ fn first_word(text: &str) -> String {
 
 /// Parses `ipsec statusall` (or `ipsec status`) output.
 pub fn parse(out: &str) -> Status {
-    let mut st = Status::default();
+    parse_in(out, |_| true)
+}
+
+/// An IKE_SA as it is read, borrowing from the output.
+struct RawIke<'a> {
+    name: &'a str,
+    id: u32,
+    text: &'a str,
+    children: Vec<(&'a str, u32, &'a str)>,
+}
+
+/// [`parse`], keeping only what concerns the connections `keep` accepts: a peer configuration
+/// is kept with all its children when one of them (or the peer itself) is accepted, an IKE_SA
+/// with all its CHILD_SAs when it, one of them or its kept peer configuration is (an IKE_SA is
+/// named after the peer configuration, not after each connection merged into it), so that whatever is decided about a kept
+/// entry (e.g. "every CHILD_SA of this IKE_SA is outdated") sees the whole group. Lines are
+/// read as borrowed slices and only kept groups are copied: a pass over a few tunnels pays a
+/// scan of charon's output, not a copy of every line.
+pub fn parse_in(out: &str, keep: impl Fn(&str) -> bool) -> Status {
+    let mut peers: Vec<(&str, Vec<&str>)> = Vec::new();
+    let mut routed: Vec<&str> = Vec::new();
+    let mut sas: Vec<RawIke<'_>> = Vec::new();
     let mut section = Section::Other;
-    let mut peer: Option<String> = None;
     for line in out.lines() {
         if !line.starts_with(' ') && !line.is_empty() {
             let new = if line.starts_with("Connections:") {
@@ -146,45 +166,78 @@ pub fn parse(out: &str) -> Status {
         match (section, token) {
             (Section::Connections, Token::Plain(name)) => {
                 if text.starts_with("child:") {
-                    if let Some(p) = &peer {
-                        st.peers.entry(p.clone()).or_default().push(name.to_owned());
+                    if let Some((_, kids)) = peers.last_mut() {
+                        kids.push(name);
                     }
-                } else if peer.as_deref() != Some(name) {
-                    peer = Some(name.to_owned());
-                    st.peers.entry(name.to_owned()).or_default();
+                } else if peers.last().is_none_or(|(p, _)| *p != name) {
+                    peers.push((name, Vec::new()));
                 }
             }
             (Section::Shunted, Token::Plain(name)) | (Section::Routed, Token::Child(name, _)) => {
-                st.routed.insert(name.to_owned());
+                routed.push(name);
             }
             (Section::Sas, Token::Ike(name, id)) => {
-                let known = st.sas.last().is_some_and(|s| s.name == name && s.id == id);
+                let known = sas.last().is_some_and(|s| s.name == name && s.id == id);
                 if !known {
-                    st.sas.push(IkeSa {
-                        name: name.to_owned(),
+                    sas.push(RawIke {
+                        name,
                         id,
-                        state: first_word(text),
-                        line: text.to_owned(),
+                        text,
                         children: Vec::new(),
                     });
                 }
             }
             (Section::Sas, Token::Child(name, id)) => {
-                if let Some(ike) = st.sas.last_mut() {
-                    let known = ike.children.iter().any(|c| c.name == name && c.id == id);
+                if let Some(ike) = sas.last_mut() {
+                    let known = ike.children.iter().any(|(n, i, _)| *n == name && *i == id);
                     if !known {
-                        ike.children.push(ChildSa {
-                            name: name.to_owned(),
-                            id,
-                            state: first_word(text),
-                            line: text.to_owned(),
-                        });
+                        ike.children.push((name, id, text));
                     }
                 }
             }
             _ => {}
         }
     }
+    let mut st = Status::default();
+    let mut kept_peers = BTreeSet::new();
+    for (peer, kids) in peers {
+        if keep(peer) || kids.iter().any(|k| keep(k)) {
+            kept_peers.insert(peer);
+            st.peers
+                .entry(peer.to_owned())
+                .or_default()
+                .extend(kids.iter().map(|k| (*k).to_owned()));
+        }
+    }
+    st.routed = routed
+        .into_iter()
+        .filter(|n| keep(n))
+        .map(str::to_owned)
+        .collect();
+    st.sas = sas
+        .into_iter()
+        .filter(|ike| {
+            keep(ike.name)
+                || kept_peers.contains(ike.name)
+                || ike.children.iter().any(|(n, _, _)| keep(n))
+        })
+        .map(|ike| IkeSa {
+            name: ike.name.to_owned(),
+            id: ike.id,
+            state: first_word(ike.text),
+            line: ike.text.to_owned(),
+            children: ike
+                .children
+                .into_iter()
+                .map(|(name, id, text)| ChildSa {
+                    name: name.to_owned(),
+                    id,
+                    state: first_word(text),
+                    line: text.to_owned(),
+                })
+                .collect(),
+        })
+        .collect();
     st
 }
 
@@ -258,6 +311,30 @@ Security Associations (1 up, 0 connecting):
         );
         assert_eq!(st.sas[1].state, "CONNECTING");
         assert!(st.sas[1].children.is_empty());
+    }
+
+    #[test]
+    fn a_filtered_parse_keeps_whole_groups_of_the_accepted_connections() {
+        // gre9-1 was merged into tun-in-1's peer configuration; its CHILD_SA is not up.
+        let st = parse_in(SAMPLE, |c| c == "gre9-1");
+        assert_eq!(
+            st.peers,
+            parse(SAMPLE)
+                .peers
+                .into_iter()
+                .filter(|(p, _)| p == "tun-in-1")
+                .collect()
+        );
+        assert_eq!(st.routed.iter().collect::<Vec<_>>(), ["gre9-1"]);
+        // The IKE_SA of its peer configuration is what says it is being negotiated.
+        assert_eq!(st.sas, parse(SAMPLE).sas[..1]);
+        // tun-out-1's CHILD_SA brings its whole IKE_SA, with tun-in-1's CHILD_SA.
+        let st = parse_in(SAMPLE, |c| c == "tun-out-1");
+        assert_eq!(st.sas, parse(SAMPLE).sas[..1]);
+        let st = parse_in(SAMPLE, |c| c == "old-in-1");
+        assert_eq!(st.sas, parse(SAMPLE).sas[1..]);
+        assert!(st.peers.is_empty() && st.routed.is_empty());
+        assert_eq!(parse_in(SAMPLE, |_| true), parse(SAMPLE));
     }
 
     #[test]

@@ -1,0 +1,114 @@
+//! A pass over a few tunnels against a stub `ipsec` whose `statusall` lists what our file
+//! defines: it plans only for those tunnels, and keeps the versions a full pass adopted for
+//! the others (renaming them would replace their connections and bring their SAs down).
+
+use std::collections::BTreeSet;
+use std::os::unix::fs::PermissionsExt;
+use std::time::Duration;
+
+use super::plan::Action;
+use super::render::{self, Sections};
+use super::testutil::{desired, psk_tunnel, templates};
+use super::{Paths, StrongSwanStroke};
+use crate::backend::files::{CONFIG_MODE, SECRET_MODE, write_if_changed};
+use crate::backend::{Backend, Scope};
+use crate::model::Desired;
+
+/// A root whose `ipsec` logs its calls and lists the connections of `etc/ipsec.conf`, except
+/// those named in `etc/lost` (connections charon lost).
+fn root() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for d in ["etc", "usr/sbin"] {
+        std::fs::create_dir_all(dir.path().join(d)).unwrap();
+    }
+    let stub = dir.path().join("usr/sbin/ipsec");
+    let r = dir.path().display();
+    std::fs::write(
+        &stub,
+        format!(
+            "#!/bin/sh\necho \"$*\" >> {r}/calls\ntouch {r}/etc/lost\n\
+             [ \"$1\" = statusall ] || exit 0\necho Connections:\n\
+             grep -o '^conn [^%][^ ]*' {r}/etc/ipsec.conf | cut -d' ' -f2 | grep -vxF -f {r}/etc/lost \
+             | while read c; do printf '%12s:  %%any...192.0.2.2  IKEv2\\n%12s:   child:  dynamic === dynamic TRANSPORT\\n' $c $c; done\n\
+             echo 'Security Associations (0 up, 0 connecting):'\n"
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&stub, std::fs::Permissions::from_mode(0o755)).unwrap();
+    dir
+}
+
+/// Writes the files a monitor that wanted `d` left behind.
+fn disk(root: &std::path::Path, d: &Desired) {
+    let r = render::render(&templates(), &Sections::default(), d).unwrap();
+    let p = Paths::new(root);
+    write_if_changed(&p.conf, r.conf.as_bytes(), CONFIG_MODE).unwrap();
+    write_if_changed(&p.secrets, r.secrets.as_bytes(), SECRET_MODE).unwrap();
+}
+
+fn scope(names: &[&str]) -> Scope {
+    Scope::Tunnels(names.iter().map(|n| n.to_string()).collect())
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_scoped_pass_keeps_adopted_versions_and_leaves_other_drift_to_the_full_pass() {
+    let dir = root();
+    // A previous run left b at version 3; this run's model numbers it 1.
+    disk(
+        dir.path(),
+        &desired(vec![
+            psk_tunnel("a", "vxlan", "192.0.2.2", "k", 1),
+            psk_tunnel("b", "gre", "192.0.2.3", "k", 3),
+        ]),
+    );
+    let mut be =
+        StrongSwanStroke::with(Paths::new(dir.path()), templates(), Duration::from_secs(10));
+    let now = desired(vec![
+        psk_tunnel("a", "vxlan", "192.0.2.2", "k", 1),
+        psk_tunnel("b", "gre", "192.0.2.3", "k", 1),
+    ]);
+    let all = be.observe_in(&now, &Scope::All).await.unwrap();
+    assert_eq!(be.plan_in(&now, &all, &Scope::All), vec![], "b-3 adopted");
+
+    // a changes: a pass over a alone renders b at its adopted version.
+    let changed = desired(vec![
+        psk_tunnel("a", "vxlan", "192.0.2.9", "k", 2),
+        psk_tunnel("b", "gre", "192.0.2.3", "k", 1),
+    ]);
+    let obs = be.observe_in(&changed, &scope(&["a"])).await.unwrap();
+    let loaded: BTreeSet<&str> = obs.status.loaded();
+    assert_eq!(
+        loaded,
+        BTreeSet::from(["a-in-1", "a-out-1"]),
+        "a's part only"
+    );
+    let actions = be.plan_in(&changed, &obs, &scope(&["a"]));
+    assert_eq!(
+        actions,
+        vec![Action::WriteFiles, Action::RereadSecrets, Action::Update]
+    );
+    be.apply(&changed, actions).await.unwrap();
+    let conf = std::fs::read_to_string(dir.path().join("etc/ipsec.conf")).unwrap();
+    assert!(
+        conf.contains("conn b-3\n") && !conf.contains("conn b-1"),
+        "{conf}"
+    );
+    assert!(
+        conf.contains("conn a-in-2\n") && !conf.contains("conn a-in-1"),
+        "{conf}"
+    );
+    let status = be.status_in(&changed, &obs, &scope(&["a"]));
+    assert_eq!(status.keys().collect::<Vec<_>>(), ["a"]);
+
+    // charon loses b-3: a pass over a does not see it, the full pass reloads (once our own
+    // update has had its time to settle).
+    be.last_reload = None;
+    std::fs::write(dir.path().join("etc/lost"), "b-3\n").unwrap();
+    let obs = be.observe_in(&changed, &scope(&["a"])).await.unwrap();
+    assert_eq!(be.plan_in(&changed, &obs, &scope(&["a"])), vec![]);
+    let obs = be.observe_in(&changed, &Scope::All).await.unwrap();
+    assert_eq!(
+        be.plan_in(&changed, &obs, &Scope::All),
+        vec![Action::Reconcile(vec!["b-3".into()])]
+    );
+}
