@@ -528,12 +528,16 @@ def bench_vici(n, ours):
             "-vfile:dbg", "--ike-daemon=strongswan", "--strongswan-mode=vici",
             f"--vici-socket={sock}"]
         log = os.path.join(top, "mon.log")
+        charon_cpu0 = cpu_ns(charon.pid)  # `ip netns exec`, `unshare` and `sh -c exec` exec in place
         t0 = time.time()
         mon = subprocess.Popen(["ip", "netns", "exec", ns, *argv], env=env,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         loaded = lambda k: (lambda ls: sum("load connection" in l for l in ls) >= k)
         r["cold"], seen = vici_step(log, t0, 0, loaded(n))
         mon_pid = monitor_pid(mon.pid)
+        # Which side a cold start is bound by: our CPU (the whole process so far) and charon's.
+        r["cold-cpu"] = cpu_ns(mon_pid) / 1e9
+        r["cold-charon-cpu"] = (cpu_ns(charon.pid) - charon_cpu0) / 1e9
         listed = run("swanctl", "--list-conns", "--raw", "--uri", f"unix://{sock}")
         assert listed.count("list-conn event") == n, "every connection is in charon"
         # Let the cold start's tail (the echo of its N-row status write) pass before +1.
@@ -643,6 +647,8 @@ def main():
                 for k, label in steps:
                     py = p[k] if p else ("–", "–")
                     cpu = f"{o[k + '-cpu'] * 1000:.1f} ms" if k + "-cpu" in o else "–"
+                    if k == "cold":
+                        cpu += f" (charon {o['cold-charon-cpu'] * 1000:.0f} ms)"
                     print(f"| vici (Python: stroke) | {n} | {label} | "
                           f"{fmt_s(py[0]) if p else '–'} | {fmt_s(o[k][0])} | "
                           f"{ratio(p and py[0], o[k][0])} | {py[1]} calls / {o[k][1]} VICI msgs "
