@@ -8,8 +8,8 @@
 //! Order matters: certificate imports first (a conn referring to a missing nickname fails to
 //! load), then files (addconn reads the config, pluto the secrets), then deletions, then
 //! certificate removals (never under a loaded conn) and pluto's certificate reload, then
-//! loads, then initiations. A failure is reported against its tunnel (→ `ipsec-state=error`) and the
-//! half-loaded conn is deleted, as the Python monitor does.
+//! loads, then initiations. A failure is reported against its tunnel (→ `ipsec-state=error`)
+//! and the half-loaded conn is deleted, as the Python monitor does.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
