@@ -149,6 +149,26 @@ fn v5_switch_from_self_signed_to_ca_on_the_same_nss_database_establishes_ike() {
     self_signed_then_ca(REAL_IPSEC_V5, "lsw5x");
 }
 
+#[test]
+fn v4_peer_certificate_removed_and_added_back_loads_again() {
+    peer_certificate_back(REAL_IPSEC, "lsw4b");
+}
+
+#[test]
+fn v5_peer_certificate_removed_and_added_back_loads_again() {
+    peer_certificate_back(REAL_IPSEC_V5, "lsw5b");
+}
+
+#[test]
+fn v4_peer_certificate_deleted_by_hand_fails_with_a_reason() {
+    peer_certificate_deleted_by_hand(REAL_IPSEC, "lsw4h", "see pluto's log");
+}
+
+#[test]
+fn v5_peer_certificate_deleted_by_hand_fails_with_a_reason() {
+    peer_certificate_deleted_by_hand(REAL_IPSEC_V5, "lsw5h", "pubkey could not be loaded");
+}
+
 fn psk_tunnels(pair: Pair) {
     // Both tunnels in one transaction: the first pass starts both outbound conns at once.
     pair.vsctl(|_, peer| {
@@ -269,6 +289,78 @@ fn self_signed_then_ca(ipsec: &'static str, prefix: &str) {
         });
     }
     pair.wait_negotiating("tun");
+}
+
+/// `del-port` then the same port again while pluto runs (an operator recreating a tunnel):
+/// the peer's self-signed certificate leaves pluto's conns and comes back with the same
+/// DER. The conns must load again and the IKE SA establish (found by the QEMU tier:
+/// "NSS: could not extract CKAID from RSA certificate 'ovs_cert_right'" on every addconn).
+fn peer_certificate_back(ipsec: &'static str, prefix: &str) {
+    let pki = tempfile::tempdir().unwrap();
+    make_self_signed(pki.path());
+    let pair = Pair::start(prefix, ipsec);
+    pair.vsctl(|side, peer| self_signed_tunnel(pki.path(), side, peer));
+    pair.wait_ike(2);
+    pair.wait_pluto_log("established IKE SA; authenticated peer");
+
+    pair.vsctl(|_, _| ["del-port", "tun"].map(String::from).to_vec());
+    for p in &pair.plutos {
+        wait_for("pluto to unload the tunnel", T, || {
+            p.status().contains("Total IPsec connections: loaded 0,")
+        });
+    }
+    let marks: Vec<usize> = pair.plutos.iter().map(|p| p.log().len()).collect();
+    pair.vsctl(|side, peer| self_signed_tunnel(pki.path(), side, peer));
+    for ((p, m), mark) in pair.plutos.iter().zip(&pair.monitors).zip(marks) {
+        let back = || {
+            p.log()
+                .get(mark..)
+                .is_some_and(|l| l.contains("established IKE SA; authenticated peer"))
+        };
+        let start = std::time::Instant::now();
+        while !back() && start.elapsed() < T {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert!(
+            back(),
+            "no IKE SA after the certificate came back; pluto:\n{}\nmonitor:\n{}",
+            p.log().get(mark..).unwrap_or_default(),
+            m.log()
+        );
+    }
+    pair.wait_negotiating("tun");
+}
+
+/// What the monitor cannot prevent: an admin deletes the peer's certificate the monitor
+/// kept (`certutil -D`) while pluto runs, then the tunnel comes back. pluto's stale copy
+/// makes the conns fail to load; the monitor must report why, in pluto's words where pluto
+/// prints them (5.x; 4.10's addconn prints nothing).
+fn peer_certificate_deleted_by_hand(ipsec: &'static str, prefix: &str, why: &str) {
+    let pki = tempfile::tempdir().unwrap();
+    make_self_signed(pki.path());
+    let pair = Pair::start(prefix, ipsec);
+    pair.vsctl(|side, peer| self_signed_tunnel(pki.path(), side, peer));
+    pair.wait_ike(2);
+    pair.wait_pluto_log("established IKE SA; authenticated peer");
+    pair.vsctl(|_, _| ["del-port", "tun"].map(String::from).to_vec());
+    for ((p, m), (side, _)) in pair.plutos.iter().zip(&pair.monitors).zip(SIDES) {
+        let nick = format!("ovs_cert_{}", other(side));
+        m.wait_log(&format!("Keeping unused certificate {nick}"), T);
+        assert!(p.nss_nicknames().contains(&nick));
+        let db = format!("sql:{}", p.root.join("etc/ipsec.d").display());
+        let out = std::process::Command::new("certutil")
+            .args(["-D", "-d", &db, "-n", &nick])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+    }
+    pair.vsctl(|side, peer| self_signed_tunnel(pki.path(), side, peer));
+    for db in &pair.dbs {
+        wait_for("ipsec-error with pluto's reason", T, || {
+            iface_key(db, "tun", "ipsec-error")
+                .is_some_and(|e| e.contains("cannot load connection tun-") && e.contains(why))
+        });
+    }
 }
 
 /// The other side's name.

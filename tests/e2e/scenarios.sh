@@ -844,7 +844,9 @@ scenario_libreswan_cert_update() {
     t "SA serials after: left [$(lsw_serials left)], right [$(lsw_serials right)]"
     [ "$(lsw_serials left)" = "$sl" ] || fail "left's SAs changed: [$sl] -> [$(lsw_serials left)]"
     [ "$(lsw_serials right)" = "$sr" ] || fail "right's SAs changed: [$sr] -> [$(lsw_serials right)]"
-    nicks=$(nx left certutil -L -d "sql:$(lsw_conf left ipsec.d)" | awk '$1 ~ /^ovs_cert/ { print $1 }' | sort | tr '\n' ' ')
+    # Peer certificates of earlier self-signed cells on these nodes stay while pluto runs
+    # (docs/libreswan.md): only the CA and our own certificate are checked.
+    nicks=$(nx left certutil -L -d "sql:$(lsw_conf left ipsec.d)" | awk '$1 ~ /^ovs_cert(_cacert|key_)/ { print $1 }' | sort | tr '\n' ' ')
     t "left NSS: $nicks"
     [ "$nicks" = "ovs_cert_cacert ovs_certkey_left " ] || fail "left's NSS database holds [$nicks]"
     nss_matches ovs_cert_cacert "$d/cacert.pem" || fail "ovs_cert_cacert is not the new CA"

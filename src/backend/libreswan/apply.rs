@@ -5,10 +5,11 @@
 //! (bringing up a conn that is already loaded, deleting one, a retry after a batch failed)
 //! runs one `whack` per conn, through a pool of concurrent children.
 //!
-//! Order matters: certificates first (a conn referring to a missing nickname fails to load),
-//! then files (addconn reads the config, pluto the secrets), then deletions, then loads, then
-//! initiations. A failure is reported against its tunnel (→ `ipsec-state=error`) and the
-//! half-loaded conn is deleted, as the Python monitor does.
+//! Order matters: certificate imports first (a conn referring to a missing nickname fails to
+//! load), then files (addconn reads the config, pluto the secrets), then deletions, then
+//! certificate removals (never under a loaded conn) and pluto's certificate reload, then
+//! loads, then initiations. A failure is reported against its tunnel (→ `ipsec-state=error`)
+//! and the half-loaded conn is deleted, as the Python monitor does.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -41,6 +42,7 @@ const REFUSALS: &[&str] = &["cannot", "ailed"];
 struct Batches {
     write_files: bool,
     remove_certs: Vec<String>,
+    keep_certs: Vec<String>,
     import_certs: Vec<(String, super::nss::CertSource)>,
     deletes: Vec<String>,
     delete_shunts: Vec<String>,
@@ -59,6 +61,7 @@ impl Batches {
             match a {
                 Action::WriteFiles => b.write_files = true,
                 Action::RemoveCert { nick } => b.remove_certs.push(nick),
+                Action::KeepCert { nick } => b.keep_certs.push(nick),
                 Action::ImportCert { nick, source } => b.import_certs.push((nick, source)),
                 Action::Delete { conn, .. } => b.deletes.push(conn),
                 Action::DeleteShunt { conn } => b.delete_shunts.push(conn),
@@ -154,13 +157,51 @@ fn refused(stdout: &str) -> BTreeSet<&str> {
 pub(super) fn failure(r: &Result<CmdOutput, CommandError>) -> Option<String> {
     match r {
         Ok(o) if o.code == 0 && o.stderr.trim().is_empty() => None,
-        Ok(o) => Some(format!(
-            "exit code {}: {}",
-            o.code,
-            o.stderr.trim().lines().next().unwrap_or("")
-        )),
+        Ok(o) => Some(match reason(o) {
+            Some(why) => format!("exit code {}: {why}", o.code),
+            // pluto 4's addconn prints nothing when pluto refuses a conn.
+            None => format!("exit code {} (no reason printed; see pluto's log)", o.code),
+        }),
         Err(e) => Some(e.to_string()),
     }
+}
+
+/// Lines of a failure's explanation kept in a message, and characters per line.
+const REASON_LINES: usize = 3;
+const REASON_CHARS: usize = 200;
+
+/// Why a command failed, in its own words: its stderr, else pluto's reply on stdout (v5's
+/// addconn prints `"X": failed to add connection: …` there; v4's `auto` prints numbered
+/// lines, of which `000` ones are comments). The last lines are kept (the verdict comes
+/// last), each cut short and with control characters replaced: the text ends up in the log
+/// and in `ipsec-error`. whack never prints a PSK or a key.
+fn reason(o: &CmdOutput) -> Option<String> {
+    let stderr: Vec<&str> = o
+        .stderr
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    let lines = if stderr.is_empty() {
+        o.stdout
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.starts_with("000 "))
+            .collect()
+    } else {
+        stderr
+    };
+    let kept: Vec<String> = lines
+        .iter()
+        .skip(lines.len().saturating_sub(REASON_LINES))
+        .map(|l| {
+            l.chars()
+                .take(REASON_CHARS)
+                .map(|c| if c.is_control() { '?' } else { c })
+                .collect()
+        })
+        .collect();
+    (!kept.is_empty()).then(|| kept.join(" / "))
 }
 
 impl Libreswan {
@@ -213,8 +254,7 @@ impl Libreswan {
             applied,
             ..ApplyReport::default()
         };
-        let blocked = self.sync_certs(&b, &owners, &mut report).await;
-        self.nss_wanted = !wanted_certs(desired).is_empty() || !self.memory.synced.is_empty();
+        let (blocked, imported) = self.import_certs(&b, &owners, &mut report).await;
         let skip = |c: &String| blocked.contains(&owners.tunnel(c));
         let starts: Vec<String> = b.starts.iter().filter(|c| !skip(c)).cloned().collect();
         let alias = self.assign_start_alias(&starts, &owners);
@@ -234,6 +274,16 @@ impl Libreswan {
             }
         }
         self.delete_conns(&b.delete_shunts).await;
+        // Only now that no conn of ours refers to them (see `remove_certs`).
+        let removed = self.remove_certs(&b.remove_certs).await;
+        for nick in &b.keep_certs {
+            self.memory.synced.remove(nick);
+            self.memory.kept.insert(nick.clone());
+        }
+        self.nss_wanted = !wanted_certs(desired).is_empty() || !self.memory.synced.is_empty();
+        if imported || removed {
+            self.reload_certs().await;
+        }
         if !b.load_shunts.is_empty() {
             self.load_shunts(&b.load_shunts, desired).await;
         }
@@ -275,28 +325,21 @@ impl Libreswan {
         Ok(report)
     }
 
-    /// Removes and imports NSS nicknames; returns the tunnels whose certificates failed.
-    /// After any change, pluto drops what it cached from the database (below).
-    async fn sync_certs(
+    /// Imports NSS nicknames; returns the tunnels whose certificates failed and whether the
+    /// database changed.
+    async fn import_certs(
         &mut self,
         b: &Batches,
         owners: &Owners,
         report: &mut ApplyReport,
-    ) -> BTreeSet<String> {
+    ) -> (BTreeSet<String>, bool) {
         let mut blocked = BTreeSet::new();
         let mut changed = false;
-        for nick in &b.remove_certs {
-            match self.nss.delete(nick).await {
-                Ok(()) => changed = true,
-                // Already gone (deleted by hand) is what we wanted.
-                Err(e) => warn!("{e}"),
-            }
-            self.memory.synced.remove(nick);
-        }
         for (nick, source) in &b.import_certs {
             match self.nss.ensure(nick, source).await {
                 Ok(imported) => {
                     changed |= imported;
+                    self.memory.kept.remove(nick);
                     let hash = sha256_of(source.cert_path());
                     self.memory
                         .synced
@@ -313,20 +356,38 @@ impl Libreswan {
                 }
             }
         }
-        if changed {
-            // pluto verifies peers against a cache of the root CAs it read from NSS, and
-            // every verification extends the cache's life: a CA imported after it was
-            // filled (self-signed mode first, or a re-issued CA) stays unknown to pluto,
-            // and every peer it signed fails with "issuer has been marked as not trusted"
-            // for as long as negotiations keep retrying.
-            for args in self.cmds.reload_certs() {
-                let what = format!("make pluto reread certificates ({})", args.join(" "));
-                if let Err(e) = self.ipsec(what, args).run_checked().await {
-                    warn!("{e}");
-                }
+        (blocked, changed)
+    }
+
+    /// Deletes NSS nicknames no tunnel wants; returns whether the database changed. Runs
+    /// after the conns that used them are deleted: `--rereadcerts` reloads the certificates
+    /// of loaded conns and fails on one deleted under them ("NSS: could not extract CKAID").
+    async fn remove_certs(&mut self, nicks: &[String]) -> bool {
+        let mut changed = false;
+        for nick in nicks {
+            match self.nss.delete(nick).await {
+                Ok(()) => changed = true,
+                // Already gone (deleted by hand) is what we wanted.
+                Err(e) => warn!("{e}"),
+            }
+            self.memory.synced.remove(nick);
+        }
+        changed
+    }
+
+    /// Makes pluto drop what it cached from the NSS database.
+    async fn reload_certs(&self) {
+        // pluto verifies peers against a cache of the root CAs it read from NSS, and every
+        // verification extends the cache's life: a CA imported after it was filled
+        // (self-signed mode first, or a re-issued CA) stays unknown to pluto, and every peer
+        // it signed fails with "issuer has been marked as not trusted" for as long as
+        // negotiations keep retrying; a removed CA would stay trusted.
+        for args in self.cmds.reload_certs() {
+            let what = format!("make pluto reread certificates ({})", args.join(" "));
+            if let Err(e) = self.ipsec(what, args).run_checked().await {
+                warn!("{e}");
             }
         }
-        blocked
     }
 
     async fn delete_conns(&mut self, conns: &[String]) {
@@ -487,7 +548,54 @@ impl Libreswan {
 
 #[cfg(test)]
 mod tests {
-    use super::refused;
+    use super::{failure, refused};
+    use crate::backend::command::CmdOutput;
+
+    fn out(code: i32, stdout: &str, stderr: &str) -> CmdOutput {
+        CmdOutput {
+            code,
+            stdout: stdout.into(),
+            stderr: stderr.into(),
+        }
+    }
+
+    #[test]
+    fn failures_carry_plutos_reason_from_stdout() {
+        // pluto 5.2's addconn here, the peer certificate's NSS object gone (exit code 56).
+        let v5 = "\"tun-in-1\": failed to add connection: right certificate 'ovs_cert_right' not found in the NSS database\n";
+        assert_eq!(
+            failure(&Ok(out(56, v5, ""))).unwrap(),
+            "exit code 56: \"tun-in-1\": failed to add connection: right certificate 'ovs_cert_right' not found in the NSS database"
+        );
+        // pluto 4.10's `auto --rereadcerts` after the certificate was deleted under a conn:
+        // comments (000) dropped, the last three lines kept.
+        let v4 = "000 \"tun-out-1\": reloaded leftcert='ovs_certkey_left'\n\
+                  002 \"tun-out-1\": NSS: could not extract CKAID from RSA certificate 'ovs_cert_right'\n\
+                  027 \"tun-out-1\": reloading rightcert='ovs_cert_right' failed: right certificate 'ovs_cert_right' pubkey could not be loaded\n\
+                  000 \"tun-in-1\": reloaded leftcert='ovs_certkey_left'\n\
+                  002 \"tun-in-1\": NSS: could not extract CKAID from RSA certificate 'ovs_cert_right'\n\
+                  027 \"tun-in-1\": reloading rightcert='ovs_cert_right' failed: right certificate 'ovs_cert_right' pubkey could not be loaded\n";
+        let f = failure(&Ok(out(27, v4, ""))).unwrap();
+        assert!(f.starts_with("exit code 27: 027 \"tun-out-1\""), "{f}");
+        assert!(
+            f.ends_with("'ovs_cert_right' pubkey could not be loaded"),
+            "{f}"
+        );
+        assert!(!f.contains("reloaded leftcert"), "{f}");
+        // pluto 4.10's addconn prints nothing when pluto refuses the conn.
+        assert_eq!(
+            failure(&Ok(out(36, "", ""))).unwrap(),
+            "exit code 36 (no reason printed; see pluto's log)"
+        );
+        // stderr first; control characters do not reach the log or ipsec-error.
+        assert_eq!(
+            failure(&Ok(out(1, "ignored", "bad\u{1b}[31m thing\n"))).unwrap(),
+            "exit code 1: bad?[31m thing"
+        );
+        assert_eq!(failure(&Ok(out(0, "000 fine\n", ""))), None);
+        let long = "x".repeat(1000);
+        assert_eq!(failure(&Ok(out(2, &long, ""))).unwrap().len(), 213);
+    }
 
     #[test]
     fn refusals_name_their_conn_in_v4_and_v5_output() {

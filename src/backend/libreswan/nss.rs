@@ -8,7 +8,9 @@
 //! An import first compares what the database holds under the nickname with the file (the
 //! set of base64 certificate bodies) and replaces it only when they differ; a stale entry
 //! left by a run that died during a certificate rotation is deleted until the nickname is
-//! gone (NSS allows several certificates under one nickname).
+//! gone (NSS allows several certificates under one nickname). A peer's certificate is never
+//! deleted merely because no tunnel wants it any more ([`is_peer`], docs/libreswan.md):
+//! pluto keeps a copy that breaks if the same certificate is imported again.
 //!
 //! pluto does not see every change of the database at once: it verifies peers against a
 //! cache of the root CAs it listed from NSS, kept as long as verifications keep happening.
@@ -55,6 +57,15 @@ pub enum NssError {
 /// Is `nick` one of ours?
 pub fn is_ours(nick: &str) -> bool {
     nick.starts_with(CERT_PREFIX) || nick.starts_with(CERTKEY_PREFIX)
+}
+
+/// Is `nick` a peer's self-signed certificate (`ovs_cert_<CN>`, not the CA)? A peer sends
+/// that same certificate in every IKE_AUTH, and once pluto has seen it, a copy stays in
+/// pluto's NSS cache tied to the database object it found then: deleting the object and
+/// importing the same certificate again leaves pluto unable to use it ("could not extract
+/// CKAID") until it restarts. Such nicknames are therefore never deleted while pluto runs.
+pub fn is_peer(nick: &str) -> bool {
+    nick.starts_with(CERT_PREFIX) && nick != CA_NICK
 }
 
 /// What a nickname holds and where it comes from.
@@ -270,6 +281,14 @@ mod tests {
             parse_list(text).into_iter().collect::<Vec<_>>(),
             ["ovs_cert_cacert", "ovs_certkey_left"]
         );
+    }
+
+    #[test]
+    fn only_peer_certificates_are_peers() {
+        assert!(is_peer("ovs_cert_right"));
+        assert!(!is_peer(CA_NICK));
+        assert!(!is_peer("ovs_certkey_left"));
+        assert!(!is_peer("admin cert"));
     }
 
     #[test]

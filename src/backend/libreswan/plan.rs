@@ -86,6 +86,9 @@ pub struct Memory {
     pub owned: BTreeSet<String>,
     /// Nicknames imported or verified, with the source and the hash of its certificate.
     pub synced: BTreeMap<String, (CertSource, Option<[u8; 32]>)>,
+    /// Peer nicknames left in NSS on purpose although no tunnel wants them
+    /// ([`Action::KeepCert`]).
+    pub kept: BTreeSet<String>,
     /// The mark of the loaded shunts.
     pub shunt_mark: Option<SkbMark>,
     /// The start alias each conn was written with (see `render`), by conn.
@@ -109,6 +112,10 @@ pub enum Action {
         source: CertSource,
     },
     RemoveCert {
+        nick: String,
+    },
+    /// A peer's certificate no tunnel wants any more, left in NSS (see `nss::is_peer`).
+    KeepCert {
         nick: String,
     },
     Delete {
@@ -157,6 +164,10 @@ impl fmt::Display for Action {
             Self::RemoveCert { nick } => {
                 write!(f, "Removing certificate {nick} from the NSS database")
             }
+            Self::KeepCert { nick } => write!(
+                f,
+                "Keeping unused certificate {nick} in the NSS database: pluto may hold a copy"
+            ),
             Self::Delete {
                 conn,
                 why: DeleteWhy::Outdated,
@@ -302,9 +313,15 @@ fn plan_certs(desired: &Desired, observed: &Observed, memory: &Memory, out: &mut
         .chain(memory.synced.keys())
         .collect();
     for nick in present {
-        if !wanted.contains_key(nick) {
-            out.push(Action::RemoveCert { nick: nick.clone() });
+        if wanted.contains_key(nick) || memory.kept.contains(nick) {
+            continue;
         }
+        let nick = nick.clone();
+        out.push(if nss::is_peer(&nick) {
+            Action::KeepCert { nick }
+        } else {
+            Action::RemoveCert { nick }
+        });
     }
     for (nick, source) in wanted {
         let in_sync = memory.synced.get(&nick).is_some_and(|(src, hash)| {

@@ -731,9 +731,44 @@ fn shared_peer_certificate_stays_until_its_last_tunnel_goes() {
     );
     d.tunnels.remove("gnv2");
     let a = plan::plan(&d, &o, &m, None);
-    assert!(a.contains(&Action::RemoveCert {
-        nick: "ovs_cert_right".into()
-    }));
+    // Kept, not removed: pluto may hold a copy (see nss::is_peer).
+    let keep = Action::KeepCert {
+        nick: "ovs_cert_right".into(),
+    };
+    assert!(a.contains(&keep), "{a:?}");
+    assert!(
+        !a.iter().any(|a| matches!(a, Action::RemoveCert { .. })),
+        "{a:?}"
+    );
+    // Once kept, later passes leave it alone; wanted again, it is imported (checked).
+    m.synced.remove("ovs_cert_right");
+    m.kept.insert("ovs_cert_right".into());
+    assert!(!plan::plan(&d, &o, &m, None).contains(&keep));
+    let d = cert_desired(false);
+    assert!(
+        plan::plan(&d, &o, &m, None)
+            .iter()
+            .any(|a| matches!(a, Action::ImportCert { nick, .. } if nick == "ovs_cert_right"))
+    );
+}
+
+#[test]
+fn unused_ca_and_local_certificates_are_removed() {
+    let d = cert_desired(true);
+    let nicks = plan::wanted_certs(&d);
+    let mut m = Memory::default();
+    for (n, s) in &nicks {
+        m.synced.insert(n.clone(), (s.clone(), None));
+    }
+    let mut o = observed(&[], &[]);
+    o.nss = Some(nicks.keys().cloned().collect());
+    let a = plan::plan(&Desired::default(), &o, &m, None);
+    for nick in nicks.keys() {
+        assert!(
+            a.contains(&Action::RemoveCert { nick: nick.clone() }),
+            "{nick}: {a:?}"
+        );
+    }
 }
 
 #[test]
