@@ -371,6 +371,7 @@ impl Libreswan {
                 Err(e) => warn!("{e}"),
             }
             self.memory.synced.remove(nick);
+            self.memory.kept.remove(nick);
         }
         changed
     }

@@ -312,12 +312,17 @@ fn plan_certs(desired: &Desired, observed: &Observed, memory: &Memory, out: &mut
         .flatten()
         .chain(memory.synced.keys())
         .collect();
+    // A peer's self-signed certificate is CA:TRUE, and pluto takes every such certificate in
+    // NSS as a trust anchor for CA-signed peers: while a CA is trusted, one kept after its
+    // tunnel would vouch for certificates its key signs. Then it is removed (and a tunnel
+    // added back with it needs a pluto restart, see `nss::is_peer`).
+    let keep_peers = !wanted.contains_key(nss::CA_NICK);
     for nick in present {
-        if wanted.contains_key(nick) || memory.kept.contains(nick) {
+        if wanted.contains_key(nick) || (keep_peers && memory.kept.contains(nick)) {
             continue;
         }
         let nick = nick.clone();
-        out.push(if nss::is_peer(&nick) {
+        out.push(if keep_peers && nss::is_peer(&nick) {
             Action::KeepCert { nick }
         } else {
             Action::RemoveCert { nick }

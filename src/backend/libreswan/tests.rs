@@ -753,6 +753,37 @@ fn shared_peer_certificate_stays_until_its_last_tunnel_goes() {
 }
 
 #[test]
+fn no_peer_certificate_is_kept_while_a_ca_is_trusted() {
+    // Self-signed gnv1 beside a CA-signed tunnel: the CA is trusted.
+    let ca = cert_desired(true);
+    let mut d = cert_desired(false);
+    d.global = ca.global.clone();
+    let nicks = plan::wanted_certs(&d);
+    assert!(nicks.contains_key("ovs_cert_cacert") && nicks.contains_key("ovs_cert_right"));
+    let mut m = Memory::default();
+    for (n, s) in &nicks {
+        m.synced.insert(n.clone(), (s.clone(), None));
+    }
+    let mut o = observed(&[], &[]);
+    o.nss = Some(nicks.keys().cloned().collect());
+    o.cert_hashes = nicks.keys().map(|n| (n.clone(), None)).collect();
+    // gnv1 goes: its certificate would be a trust anchor for CA-signed peers.
+    let a = plan::plan(&ca, &o, &m, None);
+    let remove = Action::RemoveCert {
+        nick: "ovs_cert_right".into(),
+    };
+    assert!(a.contains(&remove), "{a:?}");
+    assert!(
+        !a.iter().any(|a| matches!(a, Action::KeepCert { .. })),
+        "{a:?}"
+    );
+    // One kept in self-signed mode goes as soon as a CA is configured.
+    m.synced.remove("ovs_cert_right");
+    m.kept.insert("ovs_cert_right".into());
+    assert!(plan::plan(&ca, &o, &m, None).contains(&remove));
+}
+
+#[test]
 fn unused_ca_and_local_certificates_are_removed() {
     let d = cert_desired(true);
     let nicks = plan::wanted_certs(&d);
