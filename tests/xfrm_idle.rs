@@ -88,3 +88,24 @@ fn one_change_costs_its_own_tunnel_and_idle_passes_plan_and_write_nothing() {
     assert!(!idle.contains("status: updated"), "{idle}");
     assert_eq!(policy_count(&ns), 2 * (N + 1));
 }
+
+/// An SA add the kernel refused (no esp4 here) is asked again by the retry pass 15 s later,
+/// even though nothing else changed and the dump of that pass finds what the monitor kept:
+/// the retry pass is no idle pass.
+#[test]
+fn the_retry_pass_of_a_refused_sa_is_not_skipped_as_idle() {
+    let ns = Netns::new();
+    let db = OvsdbServer::start();
+    let mon = ns.monitor(&db, "monitor.log", &[]);
+    let mut o = opts(0);
+    o.push("ipsec_peer_generation=0123456789abcdef0123456789abcdef".into());
+    db.add_tunnel("gnv0", "geneve", &o);
+    let long = Duration::from_secs(60);
+    wait_for("the refusal in the status", long, || {
+        iface_key(&db, "gnv0", "ipsec-state").as_deref() == Some("error")
+    });
+    // The first pass adds both SAs (refused) and the rest; the retry asks for the SAs only.
+    wait_for("the retry pass", long, || {
+        mon.log_count("none: 2 actions planned") >= 1
+    });
+}

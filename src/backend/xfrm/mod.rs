@@ -223,6 +223,8 @@ impl XfrmBackend {
         // are kept only to tell a repeat from a new error. SAs that exist are no longer refused.
         if self.retry_due.swap(false, Ordering::Relaxed) {
             self.retried = std::mem::take(&mut self.refused);
+            // The refused adds are planned again: this pass is no repeat.
+            self.news = true;
         }
         if self.refused.keys().any(|id| obs.sas.contains_key(id)) {
             Arc::make_mut(&mut self.refused).retain(|id, _| !obs.sas.contains_key(id));
