@@ -25,7 +25,8 @@ Static-key mode (`--ike-daemon=none`, ours only: Python has no such mode) runs t
 fresh network namespace and converges when `ip xfrm policy` shows the expected count; its floor
 is `ip -batch` installing the same policies and states. Before each step the monitor must be
 quiet (under 2 % of a core for QUIET s); "idle" is its CPU over XFRM_IDLE s in which nothing
-changes, and each step's CPU is the monitor's across that step. -1 ends when the policies are
+changes, and each step's CPU is the monitor's across that step; how long `ovs-vsctl` itself
+took (it reads every bridge, port and interface) is shown beside it. -1 ends when the policies are
 gone (the SAs stay for the grace period by design). XFRM_BENCH_LOG=DIR keeps the monitor's
 debug log there (what each pass did and how long it took).
 
@@ -407,6 +408,7 @@ def bench_xfrm(n, ours, floor=True):
             settle(pid)
             c, t = cpu_ns(pid), time.time()
             db.vsctl(*vsctl)
+            r[key + "-vsctl"] = time.time() - t  # the client's own share of the step
             r[key] = wait(t)
             r[key + "-cpu"] = (cpu_ns(pid) - c) / 1e9
 
@@ -674,7 +676,8 @@ def main():
                 print(f"| xfrm | {n} | idle, {XFRM_IDLE:.0f} s after the cold start | – | – | – | "
                       f"| {o['idle'] * 1000:.0f} ms |")
                 for k, label in steps[1:]:
-                    print(f"| xfrm | {n} | {label} | – | {fmt_s(o[k][0])} | – | | "
+                    print(f"| xfrm | {n} | {label} | – | {fmt_s(o[k][0])} | – | "
+                          f"ovs-vsctl itself: {fmt_s(o[k + '-vsctl'])} | "
                           f"{o[k + '-cpu'] * 1000:.0f} ms |")
                 print(f"| xfrm | {n} | peak RSS / CPU | – | {o['rss']:.1f} MB / {o['cpu']:.2f} s "
                       "| – | | |")
