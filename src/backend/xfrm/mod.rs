@@ -5,7 +5,10 @@
 //! The pass follows the backend contract: `observe` dumps policies and SAs (our tagged ones,
 //! and the foreign ones only to avoid conflicts), lists our nftables table and reads
 //! `/proc/net/xfrm_stat`; `want::resolve` and `plan::plan` are pure; `apply` sends the writes
-//! in batches on one netlink socket and one `nft -f -`; `status` is pure.
+//! in batches on one netlink socket and one `nft -f -`; `status` is pure. Keys are derived once
+//! per tunnel configuration and generation (`want::WantCache`), and a periodic pass that
+//! observes nothing new stops after observing (`Backend::repeats_last`): at 10,000 tunnels an
+//! idle monitor otherwise planned and computed 10,000 statuses every 15 s.
 
 pub mod derive;
 pub mod error;
@@ -318,6 +321,7 @@ impl XfrmBackend {
             let _ = events.try_send(BackendEvent::StateChanged);
         }));
     }
+
     /// The kernel objects after reading back `targets`: from the kept observation, or from a
     /// full one when it is due (see `observe.rs`).
     async fn observe_targets(&mut self, targets: Targets) -> Result<Observed, BackendError> {
