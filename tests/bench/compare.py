@@ -460,7 +460,8 @@ def bench_xfrm(n, ours, floor=True):
                         os.path.join(os.environ["XFRM_BENCH_LOG"], f"xfrm-{n}.log"))
         db.stop()
         subprocess.run(["ip", "netns", "del", ns])
-    shutil.rmtree(top, ignore_errors=True)
+        # Here, not after: --no-floor returns from inside the try.
+        shutil.rmtree(top, ignore_errors=True)
     return r
 
 
