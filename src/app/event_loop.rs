@@ -221,9 +221,13 @@ impl<B: Backend> EventLoop<B> {
                 _ => Scope::All,
             };
             let outcome = pass::run(&mut self.backend, self.registry.desired(), scope).await;
-            self.merge(outcome);
+            let changed = outcome.applied > 0;
+            // A repeated pass planned nothing and computed no status: the last outcome stands.
+            if !outcome.repeated {
+                self.merge(outcome);
+            }
             if self.outcome.backend_error.is_none() {
-                self.monitor_keys.reconciled(self.outcome.applied > 0);
+                self.monitor_keys.reconciled(changed);
             }
             work.status = true;
             if !self.ready {
@@ -250,6 +254,7 @@ impl<B: Backend> EventLoop<B> {
             apply_errors,
             backend_error,
             applied,
+            repeated: _,
         } = new;
         let names = match covered {
             Scope::All => {
@@ -259,6 +264,7 @@ impl<B: Backend> EventLoop<B> {
                     apply_errors,
                     backend_error,
                     applied,
+                    repeated: false,
                 };
                 self.status_scope.outcome_changed(&self.outcome, &new);
                 self.outcome = new;

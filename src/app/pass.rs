@@ -3,7 +3,9 @@
 //! A pass covers a [`Scope`]: every tunnel, or only those an OVSDB change touched. The
 //! outcome's `live` then holds the scope's tunnels only (plus those whose apply failed), and
 //! the event loop merges it into what it knew of the others, so a one-tunnel change does not
-//! compute, compare and write the status of every tunnel.
+//! compute, compare and write the status of every tunnel. A pass whose observation the backend
+//! calls a repeat of the last one ([`Backend::repeats_last`]: the idle periodic pass of the
+//! static-key backend) stops after observing.
 //!
 //! Logging: one summary line at info per pass that changes something, each action at debug
 //! (a cold start of 10,000 tunnels is 40,000 actions), each failure at warn.
@@ -28,6 +30,8 @@ pub struct PassOutcome {
     pub backend_error: Option<String>,
     /// Number of actions carried out.
     pub applied: usize,
+    /// The backend saw nothing new ([`Backend::repeats_last`]): the last outcome stands.
+    pub repeated: bool,
 }
 
 impl Default for PassOutcome {
@@ -38,6 +42,7 @@ impl Default for PassOutcome {
             apply_errors: BTreeMap::new(),
             backend_error: None,
             applied: 0,
+            repeated: false,
         }
     }
 }
@@ -50,6 +55,12 @@ pub async fn run<B: Backend>(backend: &mut B, desired: &Desired, scope: Scope) -
         Ok(o) => o,
         Err(e) => return failed(desired, format!("cannot observe {}: {e}", backend.kind())),
     };
+    if backend.repeats_last(&observed) {
+        return PassOutcome {
+            repeated: true,
+            ..Default::default()
+        };
+    }
     let actions = backend.plan_in(desired, &observed, &scope);
     if actions.is_empty() {
         return PassOutcome {
@@ -103,6 +114,7 @@ pub async fn run<B: Backend>(backend: &mut B, desired: &Desired, scope: Scope) -
         apply_errors: report.errors,
         backend_error: None,
         applied: report.applied,
+        repeated: false,
     }
 }
 

@@ -23,7 +23,12 @@ peers). A step ends at the monitor's status write after its last action (from it
 
 Static-key mode (`--ike-daemon=none`, ours only: Python has no such mode) runs the monitor in a
 fresh network namespace and converges when `ip xfrm policy` shows the expected count; its floor
-is `ip -batch` installing the same policies and states.
+is `ip -batch` installing the same policies and states. Before each step the monitor must be
+quiet (under 2 % of a core for QUIET s); "idle" is its CPU over XFRM_IDLE s in which nothing
+changes, and each step's CPU is the monitor's across that step; how long `ovs-vsctl` itself
+took (it reads every bridge, port and interface) is shown beside it. -1 ends when the policies are
+gone (the SAs stay for the grace period by design). XFRM_BENCH_LOG=DIR keeps the monitor's
+debug log there (what each pass did and how long it took).
 
 usage: compare.py [--ours BIN] [--python SCRIPT] [--ours-only] [--modes stroke,libreswan,xfrm,vici] [--sizes 1,100,1000]
 """
@@ -49,6 +54,8 @@ CPU_SETTLE = 1.0
 # A step that takes longer is cut off (BENCH_STEP_LIMIT, seconds): ours fails the run; the Python
 # monitor's row then reads "> limit" and its ratio is a lower bound, and its later steps are skipped.
 STEP_LIMIT = float(os.environ.get("BENCH_STEP_LIMIT", "900"))
+# xfrm: the idle window whose CPU is reported (two periodic passes, 15 s apart).
+XFRM_IDLE = 32.0
 
 
 class StepTimeout(Exception):
@@ -57,6 +64,7 @@ class StepTimeout(Exception):
     def __init__(self, calls):
         super().__init__(f"step did not converge in {STEP_LIMIT} s")
         self.calls = calls
+
 
 # One stub for both programs. Times come from bash's clock (no fork per call).
 STUB = r"""#!/bin/bash
@@ -337,18 +345,31 @@ def xfrm_counts(ns):
             int(re.search(r"count (\d+)", sas).group(1)))
 
 
-def wait_xfrm(ns, t0, done):
-    """Polls the kernel until `done(policies)` holds and neither count has moved for QUIET s;
-    returns (seconds from `t0` to the last change, (policies, SAs))."""
+def wait_xfrm(ns, t0, done, watch=(0, 1)):
+    """Polls the kernel until `done(policies)` holds and none of the `watch`ed counts (0:
+    policies, 1: SAs) has moved for QUIET s; returns (seconds from `t0` to the last change,
+    (policies, SAs))."""
     last, t_last = xfrm_counts(ns), time.time()
     while not done(last[0]) or time.time() - t_last < QUIET:
         if time.time() - t0 > STEP_LIMIT:
             sys.exit("xfrm step did not converge")
         time.sleep(0.002)
         c = xfrm_counts(ns)
-        if c != last:
-            last, t_last = c, time.time()
+        if any(c[i] != last[i] for i in watch):
+            t_last = time.time()
+        last = c
     return t_last - t0, last
+
+
+def settle(pid, limit=180.0):
+    """Waits (at most `limit` s) until `pid` used under 2 % of a core over QUIET s: the tail of
+    the cold start (the N-row status write and its echo) must not land in the next step."""
+    t0 = time.time()
+    while time.time() - t0 < limit:
+        c = cpu_ns(pid)
+        time.sleep(QUIET)
+        if cpu_ns(pid) - c < 0.02 * QUIET * 1e9:
+            return
 
 
 def floor_batches(dump, n):
@@ -382,6 +403,8 @@ def bench_xfrm(n, ours, floor=True):
     db = Db(top, n, [f"options:local_ip={LOCAL}", f"options:ipsec_peer_generation={PEER_GEN}"])
     root = Root(top, "none")
     argv, env = command("ours", "none", ours, db, root, top)
+    if os.environ.get("XFRM_BENCH_LOG"):  # what each pass does and how long: the debug log
+        argv = [a if a != "-vfile:info" else "-vfile:dbg" for a in argv]
     r = {}
     mon = None
     try:
@@ -390,25 +413,42 @@ def bench_xfrm(n, ours, floor=True):
         mon = subprocess.Popen(["ip", "netns", "exec", ns, *argv], env=env,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         r["cold"] = wait_xfrm(ns, t0, lambda c: c > 0)
+        pid = monitor_pid(mon.pid)
         per = r["cold"][1][0] // max(n, 1)
         dump = run("ip", "-n", ns, "xfrm", "policy")
-        t = time.time()
-        db.vsctl("add-port", "br0", "vxnew", "--", "set", "interface", "vxnew", "type=vxlan",
-                 "options:remote_ip=198.20.0.1", "options:psk=new", f"options:local_ip={LOCAL}",
-                 f"options:ipsec_peer_generation={PEER_GEN}")
-        r["add"] = wait_xfrm(ns, t, lambda c: c >= per * (n + 1))
-        t = time.time()
-        db.vsctl("set", "interface", "vxnew", "options:remote_ip=198.20.0.2")
+        settle(pid)
+        # Nothing changes for XFRM_IDLE s (two periodic passes and a full observation).
+        c = cpu_ns(pid)
+        time.sleep(XFRM_IDLE)
+        r["idle"] = (cpu_ns(pid) - c) / 1e9
+
+        def step(key, wait, *vsctl):
+            settle(pid)
+            c, t = cpu_ns(pid), time.time()
+            db.vsctl(*vsctl)
+            r[key + "-vsctl"] = time.time() - t  # the client's own share of the step
+            r[key] = wait(t)
+            r[key + "-cpu"] = (cpu_ns(pid) - c) / 1e9
+
+        step("add", lambda t: wait_xfrm(ns, t, lambda c: c >= per * (n + 1)), "add-port", "br0",
+             "vxnew", "--", "set", "interface", "vxnew", "type=vxlan",
+             "options:remote_ip=198.20.0.1", "options:psk=new", f"options:local_ip={LOCAL}",
+             f"options:ipsec_peer_generation={PEER_GEN}")
         on = lambda dst: run("ip", "-n", ns, "xfrm", "policy", "list", "dst", dst).strip() != ""
-        while on("198.20.0.1/32") or not on("198.20.0.2/32"):
-            if time.time() - t > STEP_LIMIT:
-                sys.exit("xfrm modify did not converge")
-            time.sleep(0.002)
-        r["modify"] = (time.time() - t, 0)
-        t = time.time()
-        db.vsctl("del-port", "br0", "vxnew")
-        r["del"] = wait_xfrm(ns, t, lambda c: c <= per * n)
-        r["rss"], r["cpu"] = proc_stats(mon.pid)
+
+        def moved(t):
+            while on("198.20.0.1/32") or not on("198.20.0.2/32"):
+                if time.time() - t > STEP_LIMIT:
+                    sys.exit("xfrm modify did not converge")
+                time.sleep(0.002)
+            return (time.time() - t, 0)
+
+        step("modify", moved, "set", "interface", "vxnew", "options:remote_ip=198.20.0.2")
+        # The policies go at once; the SAs stay for the grace period (--static-rekey-grace,
+        # 60 s), so -1 ends at the last change of the policy count.
+        step("del", lambda t: wait_xfrm(ns, t, lambda c: c <= per * n, watch=(0,)), "del-port",
+             "br0", "vxnew")
+        r["rss"], r["cpu"] = proc_stats(pid)
         r["floor"], r["floor_counts"] = None, (None, "not measured")
         if not floor:
             return r
@@ -433,9 +473,13 @@ def bench_xfrm(n, ours, floor=True):
         if mon:
             mon.send_signal(signal.SIGTERM)
             mon.wait()
+        if os.environ.get("XFRM_BENCH_LOG"):
+            shutil.copy(os.path.join(top, "mon.log"),
+                        os.path.join(os.environ["XFRM_BENCH_LOG"], f"xfrm-{n}.log"))
         db.stop()
         subprocess.run(["ip", "netns", "del", ns])
-    shutil.rmtree(top, ignore_errors=True)
+        # Here, not after: --no-floor returns from inside the try.
+        shutil.rmtree(top, ignore_errors=True)
     return r
 
 
@@ -664,8 +708,12 @@ def main():
                 print(f"| xfrm | {n} | cold start (floor: ip -batch) | {fmt_s(o['floor'])} | "
                       f"{fmt_s(o['cold'][0])} | {ratio(o['floor'], o['cold'][0])} | "
                       f"{pols} policies, {sas} SAs (floor {floor_sas}) | |")
+                print(f"| xfrm | {n} | idle, {XFRM_IDLE:.0f} s after the cold start | – | – | – | "
+                      f"| {o['idle'] * 1000:.0f} ms |")
                 for k, label in steps[1:]:
-                    print(f"| xfrm | {n} | {label} | – | {fmt_s(o[k][0])} | – | | |")
+                    print(f"| xfrm | {n} | {label} | – | {fmt_s(o[k][0])} | – | "
+                          f"ovs-vsctl itself: {fmt_s(o[k + '-vsctl'])} | "
+                          f"{o[k + '-cpu'] * 1000:.0f} ms |")
                 print(f"| xfrm | {n} | peak RSS / CPU | – | {o['rss']:.1f} MB / {o['cpu']:.2f} s "
                       "| – | | |")
                 sys.stdout.flush()

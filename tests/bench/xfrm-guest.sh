@@ -17,7 +17,8 @@
 # Environment: E2E_BIN (default target/release/ovs-monitor-ipsec), E2E_SMP / E2E_MEM (guest
 # size, default 2 vCPUs and 4096 MB), XFRM_BENCH_TIMEOUT (seconds, default 5400),
 # XFRM_BENCH_NO_FLOOR=1 (skip the ip -batch floor: 2036 s at N=10000 under TCG; the cold ratio
-# is then not measured and must be quoted from an earlier run).
+# is then not measured and must be quoted from an earlier run), XFRM_BENCH_LOG=1 (keep the
+# monitor's debug log of each size in the results directory, as xfrm-N.log).
 # TCG emulation makes every absolute time several times slower than on hardware; compare
 # ours with the floor measured in the same guest, not with host figures.
 set -euo pipefail
@@ -41,6 +42,8 @@ mkdir -p "$out"
 timeout=${XFRM_BENCH_TIMEOUT:-5400}
 floor_arg=""
 [ "${XFRM_BENCH_NO_FLOOR:-0}" = 1 ] && floor_arg=--no-floor
+log_dir=""
+[ "${XFRM_BENCH_LOG:-0}" = 1 ] && log_dir=/e2e-out
 # The guest mounts its own /tmp: hand the binary and guest.sh's scripts over through the results share.
 cp "$bin" "$out/ovs-monitor-ipsec"
 mkdir -p "$out/scripts" && cp "$repo"/tests/e2e/*.sh "$repo"/tests/e2e/*.py "$out/scripts/"
@@ -48,7 +51,7 @@ mkdir -p "$out/scripts" && cp "$repo"/tests/e2e/*.sh "$repo"/tests/e2e/*.py "$ou
 echo "exec /bin/bash /e2e-out/boot.bash" > "$out/boot.sh"
 cat > "$out/boot.bash" << EOF
 export E2E_REPO='$repo' E2E_BIN=/e2e-out/ovs-monitor-ipsec E2E_SCENARIOS=xfrm-bench E2E_TIMEOUT='$timeout'
-export E2E_MODULES='$E2E_CACHE/kernel/lib/modules'
+export E2E_MODULES='$E2E_CACHE/kernel/lib/modules' XFRM_BENCH_LOG='$log_dir'
 scenario_xfrm_bench() {
     python3 '$here/compare.py' --ours "\$E2E_BIN" --modes xfrm --sizes '$sizes' $floor_arg | tee /e2e-out/table.md
 }

@@ -116,6 +116,20 @@ impl Targets {
     }
 }
 
+/// Whether two observations hold the same kernel and nftables state (what a dump reads; the
+/// backend's own bookkeeping is added afterwards). A periodic dump that finds what the kept
+/// observation holds brings nothing new: no plan, no status (see `Backend::repeats_last`).
+pub fn same_kernel(a: &Observed, b: &Observed) -> bool {
+    a.policies == b.policies
+        && a.foreign_policies == b.foreign_policies
+        && a.sas == b.sas
+        && a.foreign_sas == b.foreign_sas
+        && a.guards == b.guards
+        && a.esp_seen == b.esp_seen
+        && a.nft_error == b.nft_error
+        && a.xfrm_stat == b.xfrm_stat
+}
+
 /// Puts what a GET of `id` found (or that nothing is there) into the observation.
 pub fn patch_sa(obs: &mut Observed, id: &SaId, found: Option<DumpedSa>) {
     obs.sas.remove(id);

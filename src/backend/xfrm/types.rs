@@ -143,6 +143,9 @@ pub struct Observed {
     /// 10k tunnels without esp4).
     pub refused: Arc<BTreeMap<SaId, Refusal>>,
     pub now: Option<Instant>,
+    /// Nothing in this observation over every tunnel is new since the last one (no change,
+    /// write, dump or expired grace period in between): planning and status would repeat it.
+    pub repeated: bool,
 }
 
 /// The kernel refused to add an SA. Retrying at once would only repeat the refusal (a missing

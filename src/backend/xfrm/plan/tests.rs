@@ -595,3 +595,44 @@ fn re_adding_a_tunnel_within_the_grace_period_adopts_its_sas_without_a_new_gener
     assert_eq!(obs.sas, sas);
     assert_eq!(kinds(&converge(&none, &mut obs))[3..], ["retire", "retire"]);
 }
+
+/// The kept derivations never go stale: a tunnel whose configuration or own generation
+/// changed gets new keys, the others keep theirs, and the result is always what deriving
+/// everything afresh gives.
+#[test]
+fn cached_wants_follow_configuration_and_generation_changes() {
+    use crate::backend::xfrm::want::WantCache;
+    let mut cache = WantCache::default();
+    let mut d = desired(vec![
+        conf("t1", "192.0.2.2", "a", None),
+        conf("t2", "192.0.2.3", "b", None),
+    ]);
+    let mut obs = empty();
+    let first = cache.resolve(&d, &obs);
+    assert_eq!(first, resolve(&d, &obs));
+    assert_eq!(cache.resolve(&d, &obs), first, "nothing changed");
+
+    // t1 draws its own generation: its keys change, t2's do not.
+    let flow = first["t1"].as_ref().unwrap().out_flow;
+    obs.generations.tunnels.insert(flow, [5; 16]);
+    let renewed = cache.resolve(&d, &obs);
+    assert_eq!(renewed, resolve(&d, &obs));
+    assert_ne!(renewed["t1"], first["t1"]);
+    assert_eq!(renewed["t2"], first["t2"]);
+
+    // t2's PSK changes (a new configuration); t1 is removed and added back unchanged.
+    let t1 = d.tunnels.remove("t1").unwrap();
+    d.tunnels.insert(
+        "t2".into(),
+        DesiredTunnel {
+            version: 2,
+            conf: Arc::new(conf("t2", "192.0.2.3", "c", None)),
+        },
+    );
+    assert_eq!(cache.resolve(&d, &obs), resolve(&d, &obs));
+    d.tunnels.insert("t1".into(), t1);
+    let again = cache.resolve(&d, &obs);
+    assert_eq!(again, resolve(&d, &obs));
+    assert_eq!(again["t1"], renewed["t1"]);
+    assert_ne!(again["t2"], first["t2"]);
+}

@@ -1,0 +1,121 @@
+//! What the static-key backend does while nothing changes, and what one change costs, with N
+//! tunnels on the real kernel (fresh network namespace, real ovsdb-server, ip, nft). The
+//! tunnels have no peer generation, so only policies and the nftables guard are installed:
+//! this kernel has no esp4, and refused SA adds would bring their own retry passes.
+//!
+//! Counted from the monitor's debug log, no timing: a one-tunnel change plans and writes only
+//! that tunnel's objects and status, and an idle periodic pass, even one that dumps the kernel,
+//! plans nothing and writes no tunnel status.
+
+mod common;
+
+use std::time::Duration;
+
+use common::monitor::{iface_key, wait_for};
+use common::ovsdb_server::{OvsdbServer, tunnel_port_args};
+use common::xfrm::{LOCAL4, Netns};
+
+const N: usize = 40;
+const IDLE: &str = "nothing new in XFRM since the last pass";
+
+fn opts(i: usize) -> Vec<String> {
+    vec![
+        format!("remote_ip=192.0.2.{}", 10 + i),
+        format!("local_ip={LOCAL4}"),
+        "psk=idle-test".to_owned(),
+    ]
+}
+
+fn policy_count(ns: &Netns) -> usize {
+    ns.ip(&["xfrm", "policy"]).matches("dir ").count()
+}
+
+/// The log after the last line containing `pat`.
+fn after_last<'a>(log: &'a str, pat: &str) -> &'a str {
+    log.rfind(pat).map_or("", |i| &log[i..])
+}
+
+#[test]
+fn one_change_costs_its_own_tunnel_and_idle_passes_plan_and_write_nothing() {
+    let ns = Netns::new();
+    let db = OvsdbServer::start();
+    let mon = ns.monitor(&db, "monitor.log", &[]);
+    // All N tunnels in one transaction.
+    let mut args: Vec<String> = Vec::new();
+    for i in 0..N {
+        if i > 0 {
+            args.push("--".into());
+        }
+        args.extend(tunnel_port_args(&format!("gnv{i}"), "geneve", &opts(i)));
+    }
+    db.vsctl(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let long = Duration::from_secs(60);
+    wait_for("every tunnel's policies and status", long, || {
+        policy_count(&ns) == 2 * N
+            && (0..N).all(|i| iface_key(&db, &format!("gnv{i}"), "ipsec-state").is_some())
+    });
+
+    // One more tunnel: its two policies and one guard element, read back by GET.
+    db.add_tunnel("extra", "geneve", &opts(N));
+    wait_for("the new tunnel's status", long, || {
+        iface_key(&db, "extra", "ipsec-state").as_deref() == Some("down")
+    });
+    let log = mon.log();
+    let change = &log[log
+        .find("Tunnel extra appeared")
+        .expect("the change is logged")..];
+    assert!(
+        change.contains("none: 3 actions planned, 3 applied, 0 tunnels failed"),
+        "{change}"
+    );
+    assert!(
+        change.contains("targeted XFRM observation: read back 0 SAs and 2 policies"),
+        "{change}"
+    );
+    assert!(change.contains("status: updated 2 rows"), "{change}");
+    assert_eq!(policy_count(&ns), 2 * (N + 1));
+
+    // Idle: the first periodic pass after the change refreshes every tunnel; the ones after
+    // it, including one whose full dump finds what the monitor kept, stop after observing.
+    let since_change = || {
+        let log = mon.log();
+        let at = log.find("Tunnel extra appeared").unwrap_or(0);
+        log[at..].to_owned()
+    };
+    wait_for("an idle full dump and an idle pass after it", long, || {
+        let dumped = after_last(&since_change(), "policies of ours, as kept").to_owned();
+        !dumped.is_empty() && dumped.contains(IDLE)
+    });
+    let log = since_change();
+    let idle = &log[log.find(IDLE).unwrap_or(0)..];
+    assert!(!idle.contains("actions planned"), "{idle}");
+    // At most the monitor's own heartbeat (ipsec-monitor-last-reconcile, once a minute).
+    let written = idle.matches("status: updated").count();
+    assert_eq!(
+        written,
+        idle.matches("status: updated 1 rows").count(),
+        "{idle}"
+    );
+    assert_eq!(policy_count(&ns), 2 * (N + 1));
+}
+
+/// An SA add the kernel refused (no esp4 here) is asked again by the retry pass 15 s later,
+/// even though nothing else changed and the dump of that pass finds what the monitor kept:
+/// the retry pass is no idle pass.
+#[test]
+fn the_retry_pass_of_a_refused_sa_is_not_skipped_as_idle() {
+    let ns = Netns::new();
+    let db = OvsdbServer::start();
+    let mon = ns.monitor(&db, "monitor.log", &[]);
+    let mut o = opts(0);
+    o.push("ipsec_peer_generation=0123456789abcdef0123456789abcdef".into());
+    db.add_tunnel("gnv0", "geneve", &o);
+    let long = Duration::from_secs(60);
+    wait_for("the refusal in the status", long, || {
+        iface_key(&db, "gnv0", "ipsec-state").as_deref() == Some("error")
+    });
+    // The first pass adds both SAs (refused) and the rest; the retry asks for the SAs only.
+    wait_for("the retry pass", long, || {
+        mon.log_count("none: 2 actions planned") >= 1
+    });
+}
