@@ -72,7 +72,14 @@ fn one_change_costs_its_own_tunnel_and_idle_passes_plan_and_write_nothing() {
         change.contains("targeted XFRM observation: read back 0 SAs and 2 policies"),
         "{change}"
     );
-    assert!(change.contains("status: updated 2 rows"), "{change}");
+    // The new tunnel's row, and the monitor's own row unless its second-resolution
+    // `ipsec-monitor-last-reconcile` is still what the previous pass wrote.
+    let rows = change
+        .split("status: updated ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse::<usize>().ok());
+    assert!(matches!(rows, Some(1 | 2)), "{change}");
     assert_eq!(policy_count(&ns), 2 * (N + 1));
 
     // Idle: the first periodic pass after the change refreshes every tunnel; the ones after
