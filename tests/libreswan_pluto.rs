@@ -10,8 +10,8 @@ mod common;
 use std::path::Path;
 use std::time::Duration;
 
-use common::libreswan::{LswMonitor, Pluto, REAL_IPSEC, REAL_IPSEC_V5, self_signed};
-use common::monitor::{iface_key, wait_for};
+use common::libreswan::{self, Pluto, REAL_IPSEC, REAL_IPSEC_V5, self_signed};
+use common::monitor::{Monitor, iface_key, wait_for};
 use common::netns::NetnsPair;
 use common::ovsdb_server::{OvsdbServer, tunnel_port_args};
 
@@ -23,7 +23,7 @@ const SIDES: [(&str, &str); 2] = [("left", "192.0.2.2"), ("right", "192.0.2.1")]
 /// Two sides, each with pluto, ovsdb-server and our monitor. Fields drop in order: monitors,
 /// then plutos, then the namespaces.
 struct Pair {
-    monitors: Vec<LswMonitor>,
+    monitors: Vec<Monitor>,
     plutos: Vec<Pluto>,
     dbs: Vec<OvsdbServer>,
     _net: NetnsPair,
@@ -41,7 +41,9 @@ impl Pair {
         let monitors = dbs
             .iter()
             .zip(&plutos)
-            .map(|(db, p)| LswMonitor::start(db, &p.root, Some(&p.netns), Pluto::MONITOR_ARGS))
+            .map(|(db, p)| {
+                libreswan::start_monitor(db, &p.root, Some(&p.netns), Pluto::MONITOR_ARGS)
+            })
             .collect();
         Self {
             monitors,
@@ -77,7 +79,7 @@ impl Pair {
         for (db, m) in self.dbs.iter().zip(&self.monitors) {
             // Status follows passes; `refresh` runs one now instead of in up to 15 s.
             wait_for(&format!("{iface}: negotiating, IKE SA up"), T, || {
-                m.appctl(&["refresh"]);
+                m.appctl_ok(&["refresh"]);
                 iface_key(db, iface, "ipsec-state").as_deref() == Some("negotiating")
                     && iface_key(db, iface, "ipsec-error")
                         .is_some_and(|e| e.contains("IKE SA established but no IPsec SA"))
@@ -183,7 +185,7 @@ fn psk_tunnels(pair: Pair) {
     pair.wait_negotiating("tun");
     pair.wait_negotiating("gnv");
     for (p, m) in pair.plutos.iter().zip(&pair.monitors) {
-        let show = m.appctl(&["tunnels/show"]);
+        let show = m.appctl_ok(&["tunnels/show"]);
         assert!(
             show.contains("tun-out-1") && show.contains("gnv-out-1"),
             "{show}"
@@ -345,7 +347,7 @@ fn peer_certificate_deleted_by_hand(ipsec: &'static str, prefix: &str, why: &str
     pair.vsctl(|_, _| ["del-port", "tun"].map(String::from).to_vec());
     for ((p, m), (side, _)) in pair.plutos.iter().zip(&pair.monitors).zip(SIDES) {
         let nick = format!("ovs_cert_{}", other(side));
-        m.wait_log(&format!("Keeping unused certificate {nick}"), T);
+        m.wait_log_for(&format!("Keeping unused certificate {nick}"), T);
         assert!(p.nss_nicknames().contains(&nick));
         let db = format!("sql:{}", p.root.join("etc/ipsec.d").display());
         let out = std::process::Command::new("certutil")

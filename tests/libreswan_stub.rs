@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::libreswan::{LswMonitor, StubRoot};
+use common::libreswan::{self, StubRoot};
 use common::monitor::{iface_key, wait_for};
 use common::ovsdb_server::OvsdbServer;
 
@@ -40,9 +40,9 @@ fn v4_cold_start_add_modify_delete() {
         &["remote_ip=192.0.2.2", "psk=swordfish"],
     );
     let stub = StubRoot::new(db.dir(), 4);
-    let mon = LswMonitor::start(&db, &stub.root, None, &[]);
+    let mon = libreswan::start_monitor(&db, &stub.root, None, &[]);
     wait_state(&db, "vx1", "up");
-    mon.wait_log("Connections for all(1) configured tunnels are Up.", T);
+    mon.wait_log_for("Connections for all(1) configured tunnels are Up.", T);
 
     let r = stub.root.display().to_string();
     let ctl = format!("{r}/run/pluto/pluto.ctl");
@@ -67,7 +67,7 @@ fn v4_cold_start_add_modify_delete() {
             .permissions(),
     );
     assert_eq!(mode & 0o777, 0o600);
-    let show = mon.appctl(&["tunnels/show"]);
+    let show = mon.appctl_ok(&["tunnels/show"]);
     assert!(show.contains("esp.248d1071@192.0.2.2"), "{show}");
 
     // +1 tunnel: O(1) commands.
@@ -109,7 +109,7 @@ fn v4_cold_start_add_modify_delete() {
         "ipsec addconn --ctlsocket {ctl} --config {conf} vx1-in-2 vx1-out-2"
     )));
     assert!(!calls.iter().any(|c| c.contains("gre1")), "{calls:#?}");
-    mon.wait_log("vx1-in-1 is outdated, removing", T);
+    mon.wait_log_for("vx1-in-1 is outdated, removing", T);
 
     // Delete.
     db.vsctl(&["del-port", "gre1"]);
@@ -134,7 +134,7 @@ fn v5_forms_and_status_format() {
         &["remote_ip=2001:db8::2", "psk=v6secret"],
     );
     let stub = StubRoot::new(db.dir(), 5);
-    let _mon = LswMonitor::start(&db, &stub.root, None, &[]);
+    let _mon = libreswan::start_monitor(&db, &stub.root, None, &[]);
     wait_state(&db, "gnv1", "up");
     let calls = new_calls(&stub, 0);
     assert!(calls[1].starts_with("ipsec --ctlsocket "), "{calls:#?}");
@@ -154,11 +154,11 @@ fn manual_deletion_is_reconciled() {
         &["remote_ip=192.0.2.2", "psk=swordfish"],
     );
     let stub = StubRoot::new(db.dir(), 4);
-    let mon = LswMonitor::start(&db, &stub.root, None, &[]);
+    let mon = libreswan::start_monitor(&db, &stub.root, None, &[]);
     wait_state(&db, "vx1", "up");
     stub.delete_by_hand("vx1-out-1");
-    mon.appctl(&["refresh"]);
-    mon.wait_log("need to reconcile", T);
+    mon.appctl_ok(&["refresh"]);
+    mon.wait_log_for("need to reconcile", T);
     wait_state(&db, "vx1", "up");
     assert!(stub.loaded().contains(&"vx1-out-1".to_owned()));
     assert!(mon.log().contains("Starting ipsec connection vx1-out-1"));
@@ -175,16 +175,16 @@ fn child_sa_failure_is_negotiating_then_defunct() {
         "gre",
         &["remote_ip=192.0.2.3", "psk=gresecret"],
     );
-    let mon = LswMonitor::start(&db, &stub.root, None, &[]);
+    let mon = libreswan::start_monitor(&db, &stub.root, None, &[]);
     wait_state(&db, "gre1", "negotiating");
     let err = iface_key(&db, "gre1", "ipsec-error").unwrap_or_default();
     assert!(err.contains("IKE SA established but no IPsec SA"), "{err}");
     // After the 15 s grace the conn is defunct: deleted, then loaded again.
     std::thread::sleep(Duration::from_secs(16));
-    mon.appctl(&["refresh"]);
-    mon.wait_log("defunct", T);
+    mon.appctl_ok(&["refresh"]);
+    mon.wait_log_for("defunct", T);
     assert!(stub.calls().iter().any(|c| c.ends_with("--delete gre1-1")));
-    mon.appctl(&["refresh"]);
+    mon.appctl_ok(&["refresh"]);
     wait_for("gre1-1 loaded again", T, || {
         stub.loaded().contains(&"gre1-1".to_owned())
     });
@@ -214,11 +214,11 @@ fn batch_cold_start_and_exit_take_one_call_each() {
         &["remote_ip=192.0.2.5", "psk=gresecret"],
     );
     let stub = StubRoot::new(db.dir(), 4);
-    let mon = LswMonitor::start(&db, &stub.root, None, &[]);
+    let mon = libreswan::start_monitor(&db, &stub.root, None, &[]);
     for t in ["vx1", "vx2", "vx3", "gre1"] {
         wait_state(&db, t, "up");
     }
-    mon.wait_log("Connections for all(4) configured tunnels are Up.", T);
+    mon.wait_log_for("Connections for all(4) configured tunnels are Up.", T);
 
     let r = stub.root.display().to_string();
     let ctl = format!("{r}/run/pluto/pluto.ctl");
@@ -257,7 +257,7 @@ fn batch_cold_start_and_exit_take_one_call_each() {
 
     // Exit with cleanup: every conn goes with one delete by our alias.
     let n = stub.calls().len();
-    mon.appctl(&["exit"]);
+    mon.appctl_ok(&["exit"]);
     let deletes: Vec<String> = new_calls(&stub, n)
         .into_iter()
         .filter(|c| c.contains("--delete"))
@@ -286,7 +286,7 @@ fn a_refused_conn_of_a_batch_is_retried_alone_and_reported() {
     }
     let stub = StubRoot::new(db.dir(), 5);
     stub.refuse(&["vx2-out-1"]);
-    let mon = LswMonitor::start(&db, &stub.root, None, &[]);
+    let mon = libreswan::start_monitor(&db, &stub.root, None, &[]);
     wait_state(&db, "vx1", "up");
     wait_for("vx2 reported", T, || {
         iface_key(&db, "vx2", "ipsec-error").is_some_and(|e| e.contains("vx2-out-1"))

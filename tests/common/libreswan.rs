@@ -3,10 +3,10 @@
 //! format, and a runner for our monitor in Libreswan mode under a temp root.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
-use super::monitor::{BIN, appctl_target, wait_for};
+use super::monitor::{Monitor, launch_rooted, wait_for};
 use super::ovsdb_server::OvsdbServer;
 
 /// The stub. State lives beside it: `loaded`, `active`, `initiated` (one conn a line),
@@ -155,88 +155,18 @@ impl StubRoot {
     }
 }
 
-/// Our monitor in Libreswan mode, killed on drop.
-pub struct LswMonitor {
-    child: Option<Child>,
-    pub dir: PathBuf,
-    pub ctl: PathBuf,
-    pub log: PathBuf,
-}
-
-impl LswMonitor {
-    /// Starts `ovs-monitor-ipsec --ike-daemon=libreswan` on `db` with `--root-prefix=root`,
-    /// `--no-restart-ike-daemon` and `extra`, optionally inside network namespace `netns`.
-    pub fn start(db: &OvsdbServer, root: &Path, netns: Option<&str>, extra: &[&str]) -> Self {
-        let dir = db.dir().to_path_buf();
-        let ctl = dir.join("monitor.ctl");
-        let log = dir.join("monitor.log");
-        let mut args: Vec<String> = vec![
-            db.unix_remote(),
-            "--ike-daemon=libreswan".into(),
-            format!("--unixctl={}", ctl.display()),
-            format!("--log-file={}", log.display()),
-            "-vfile:dbg".into(),
-            format!("--root-prefix={}", root.display()),
-            "--no-restart-ike-daemon".into(),
-        ];
-        args.extend(extra.iter().map(|s| s.to_string()));
-        let mut cmd = match netns {
-            Some(ns) => {
-                let mut c = Command::new("ip");
-                c.args(["netns", "exec", ns, BIN]);
-                c
-            }
-            None => Command::new(BIN),
-        };
-        let child = cmd
-            .args(&args)
-            .env("OVS_RUNDIR", &dir)
-            .env("OVS_LOGDIR", &dir)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn ovs-monitor-ipsec");
-        let m = Self {
-            child: Some(child),
-            dir,
-            ctl,
-            log,
-        };
-        wait_for("the control socket", Duration::from_secs(20), || {
-            m.ctl.exists()
-        });
-        m
-    }
-
-    pub fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    pub fn wait_log(&self, pat: &str, timeout: Duration) {
-        wait_for(&format!("log line {pat:?}"), timeout, || {
-            self.log().contains(pat)
-        });
-    }
-
-    pub fn appctl(&self, args: &[&str]) -> String {
-        let out = appctl_target(&self.dir, self.ctl.to_str().expect("utf-8"), args);
-        assert!(
-            out.status.success(),
-            "appctl {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-}
-
-impl Drop for LswMonitor {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
+/// Starts `ovs-monitor-ipsec --ike-daemon=libreswan` on `db` with `--root-prefix=root`,
+/// `--no-restart-ike-daemon` and `extra`, optionally inside network namespace `netns`.
+pub fn start_monitor(
+    db: &OvsdbServer,
+    root: &Path,
+    netns: Option<&str>,
+    extra: &[&str],
+) -> Monitor {
+    let wrapper = netns.map_or_else(Vec::new, |ns| vec!["ip", "netns", "exec", ns]);
+    let mut args = vec!["--ike-daemon=libreswan", "--no-restart-ike-daemon"];
+    args.extend_from_slice(extra);
+    launch_rooted(db, &wrapper, "monitor.log", root, &args)
 }
 
 /// A self-signed RSA certificate with CN `cn` (what `ovs-pki self-sign` makes), as

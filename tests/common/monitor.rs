@@ -73,11 +73,13 @@ impl Monitor {
     }
 
     pub fn wait_log(&self, pat: &str) {
-        wait_for(
-            &format!("log line {pat:?}"),
-            Duration::from_secs(20),
-            || self.log_count(pat) > 0,
-        );
+        self.wait_log_for(pat, Duration::from_secs(20));
+    }
+
+    pub fn wait_log_for(&self, pat: &str, timeout: Duration) {
+        wait_for(&format!("log line {pat:?}"), timeout, || {
+            self.log().contains(pat)
+        });
     }
 
     pub fn pid(&self) -> u32 {
@@ -115,40 +117,58 @@ impl Drop for Monitor {
 /// server's directory, and waits for its control socket. `wrapper` is e.g.
 /// `["ip", "netns", "exec", NAME]`, or empty.
 pub fn launch(db: &OvsdbServer, wrapper: &[&str], log_name: &str, args: &[&str]) -> Monitor {
+    launch_rooted(db, wrapper, log_name, &db.dir().join("root"), args)
+}
+
+/// [`launch`] with `--root-prefix=root`.
+pub fn launch_rooted(
+    db: &OvsdbServer,
+    wrapper: &[&str],
+    log_name: &str,
+    root: &Path,
+    args: &[&str],
+) -> Monitor {
     let dir = db.dir().to_path_buf();
     let ctl = dir.join("monitor.ctl");
     let log = dir.join(log_name);
     // A socket left by a killed monitor would satisfy the wait below at once.
     let _ = std::fs::remove_file(&ctl);
-    let mut argv: Vec<String> = wrapper.iter().map(|s| s.to_string()).collect();
-    argv.extend([
-        BIN.to_owned(),
-        db.unix_remote(),
-        format!("--unixctl={}", ctl.display()),
-        format!("--log-file={}", log.display()),
-        "-vfile:dbg".into(),
-        format!("--root-prefix={}", dir.join("root").display()),
-    ]);
-    argv.extend(args.iter().map(|s| s.to_string()));
-    let child = Command::new(&argv[0])
-        .args(&argv[1..])
-        .env("OVS_RUNDIR", &dir)
-        .env("OVS_LOGDIR", &dir)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn ovs-monitor-ipsec");
-    let m = Monitor {
-        child: Some(child),
-        dir,
-        ctl,
-        log,
-    };
+    let mut cmd = Command::new(wrapper.first().copied().unwrap_or(BIN));
+    if !wrapper.is_empty() {
+        cmd.args(&wrapper[1..]).arg(BIN);
+    }
+    cmd.arg(db.unix_remote())
+        .arg(format!("--unixctl={}", ctl.display()))
+        .arg(format!("--log-file={}", log.display()))
+        .arg("-vfile:dbg")
+        .arg(format!("--root-prefix={}", root.display()))
+        .args(args);
+    let m = Monitor::spawn(cmd, dir, ctl, log);
     wait_for("the control socket", Duration::from_secs(20), || {
         m.ctl.exists()
     });
     m
+}
+
+impl Monitor {
+    /// Spawns `cmd` (the monitor, directly or behind a wrapper) with no stdio and OVS_RUNDIR
+    /// and OVS_LOGDIR set to `dir`; `ctl` and `log` are the paths its arguments name.
+    pub fn spawn(mut cmd: Command, dir: PathBuf, ctl: PathBuf, log: PathBuf) -> Self {
+        let child = cmd
+            .env("OVS_RUNDIR", &dir)
+            .env("OVS_LOGDIR", &dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn ovs-monitor-ipsec");
+        Self {
+            child: Some(child),
+            dir,
+            ctl,
+            log,
+        }
+    }
 }
 
 /// `ovs-appctl -t target args...` with OVS_RUNDIR=`rundir`.

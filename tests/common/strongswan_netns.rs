@@ -9,7 +9,7 @@
 //! also after a panic: every process of the namespace is killed, then the namespace deleted.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::time::Duration;
 
 use super::monitor::{BIN, Monitor, wait_for};
@@ -97,30 +97,18 @@ impl Node {
             ctl = ctl.display(),
             log = log.display(),
         );
-        let child = Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                ns,
-                "unshare",
-                "-m",
-                "--propagation",
-                "private",
-            ])
-            .args(["sh", "-c", &script])
-            .env("OVS_RUNDIR", &dir)
-            .env("OVS_LOGDIR", &dir)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn the monitor in its namespace");
-        let mon = Monitor {
-            child: Some(child),
-            dir,
-            ctl,
-            log,
-        };
+        let mut cmd = Command::new("ip");
+        cmd.args([
+            "netns",
+            "exec",
+            ns,
+            "unshare",
+            "-m",
+            "--propagation",
+            "private",
+        ])
+        .args(["sh", "-c", &script]);
+        let mon = Monitor::spawn(cmd, dir, ctl, log);
         wait_for("the monitor's first pass", Duration::from_secs(30), || {
             mon.log_count("first pass applied") > 0
         });
