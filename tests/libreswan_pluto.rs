@@ -17,6 +17,9 @@ use common::ovsdb_server::{OvsdbServer, tunnel_port_args};
 
 const T: Duration = Duration::from_secs(30);
 
+/// What pluto logs when its peer authenticated an IKE SA.
+const AUTHENTICATED: &str = "established IKE SA; authenticated peer";
+
 /// Each side's name (its certificate's CN) and the address of its peer.
 const SIDES: [(&str, &str); 2] = [("left", "192.0.2.2"), ("right", "192.0.2.1")];
 
@@ -84,6 +87,40 @@ impl Pair {
                     && iface_key(db, iface, "ipsec-error")
                         .is_some_and(|e| e.contains("IKE SA established but no IPsec SA"))
             });
+        }
+    }
+
+    /// `del-port tun` on each side, then waits until each pluto has no conn loaded; returns
+    /// where each pluto's log ends, for [`Pair::wait_authenticated_since`].
+    fn remove_tunnel(&self) -> Vec<usize> {
+        self.vsctl(|_, _| ["del-port", "tun"].map(String::from).to_vec());
+        for p in &self.plutos {
+            wait_for("pluto to unload the tunnel", T, || {
+                p.status().contains("Total IPsec connections: loaded 0,")
+            });
+        }
+        self.plutos.iter().map(|p| p.log().len()).collect()
+    }
+
+    /// Waits until each pluto has authenticated its peer after `marks` in its log; on a
+    /// timeout, shows what pluto and the monitor logged since.
+    fn wait_authenticated_since(&self, marks: &[usize], what: &str) {
+        for ((p, m), &mark) in self.plutos.iter().zip(&self.monitors).zip(marks) {
+            let authenticated = || {
+                p.log()
+                    .get(mark..)
+                    .is_some_and(|l| l.contains(AUTHENTICATED))
+            };
+            let start = std::time::Instant::now();
+            while !authenticated() && start.elapsed() < T {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            assert!(
+                authenticated(),
+                "no IKE SA {what}; pluto:\n{}\nmonitor:\n{}",
+                p.log().get(mark..).unwrap_or_default(),
+                m.log()
+            );
         }
     }
 
@@ -231,7 +268,7 @@ fn self_signed_certificates(ipsec: &'static str, prefix: &str) {
             "{nicks}"
         );
     }
-    pair.wait_pluto_log("established IKE SA; authenticated peer");
+    pair.wait_pluto_log(AUTHENTICATED);
 }
 
 fn ca_signed_certificates(ipsec: &'static str, prefix: &str) {
@@ -248,7 +285,7 @@ fn ca_signed_certificates(ipsec: &'static str, prefix: &str) {
             "{nicks}"
         );
     }
-    pair.wait_pluto_log("established IKE SA; authenticated peer");
+    pair.wait_pluto_log(AUTHENTICATED);
 }
 
 /// The upgrade path of the QEMU tier's nodes: the same CNs first with self-signed
@@ -265,15 +302,9 @@ fn self_signed_then_ca(ipsec: &'static str, prefix: &str) {
     let pair = Pair::start(prefix, ipsec);
     pair.vsctl(|side, peer| self_signed_tunnel(self_pki.path(), side, peer));
     pair.wait_ike(2);
-    pair.wait_pluto_log("established IKE SA; authenticated peer");
+    pair.wait_pluto_log(AUTHENTICATED);
 
-    pair.vsctl(|_, _| ["del-port", "tun"].map(String::from).to_vec());
-    for p in &pair.plutos {
-        wait_for("pluto to unload the tunnel", T, || {
-            p.status().contains("Total IPsec connections: loaded 0,")
-        });
-    }
-    let marks: Vec<usize> = pair.plutos.iter().map(|p| p.log().len()).collect();
+    let marks = pair.remove_tunnel();
     pair.vsctl(|side, peer| {
         let mut v: Vec<String> = ["remove", "Open_vSwitch", ".", "other_config"]
             .map(String::from)
@@ -283,13 +314,7 @@ fn self_signed_then_ca(ipsec: &'static str, prefix: &str) {
         v.extend(ca_signed_tunnel(ca_pki.path(), side, peer));
         v
     });
-    for (p, mark) in pair.plutos.iter().zip(marks) {
-        wait_for("the CA-signed IKE SA", T, || {
-            p.log()
-                .get(mark..)
-                .is_some_and(|l| l.contains("established IKE SA; authenticated peer"))
-        });
-    }
+    pair.wait_authenticated_since(&marks, "with the CA-signed certificates");
     pair.wait_negotiating("tun");
 }
 
@@ -303,33 +328,11 @@ fn peer_certificate_back(ipsec: &'static str, prefix: &str) {
     let pair = Pair::start(prefix, ipsec);
     pair.vsctl(|side, peer| self_signed_tunnel(pki.path(), side, peer));
     pair.wait_ike(2);
-    pair.wait_pluto_log("established IKE SA; authenticated peer");
+    pair.wait_pluto_log(AUTHENTICATED);
 
-    pair.vsctl(|_, _| ["del-port", "tun"].map(String::from).to_vec());
-    for p in &pair.plutos {
-        wait_for("pluto to unload the tunnel", T, || {
-            p.status().contains("Total IPsec connections: loaded 0,")
-        });
-    }
-    let marks: Vec<usize> = pair.plutos.iter().map(|p| p.log().len()).collect();
+    let marks = pair.remove_tunnel();
     pair.vsctl(|side, peer| self_signed_tunnel(pki.path(), side, peer));
-    for ((p, m), mark) in pair.plutos.iter().zip(&pair.monitors).zip(marks) {
-        let back = || {
-            p.log()
-                .get(mark..)
-                .is_some_and(|l| l.contains("established IKE SA; authenticated peer"))
-        };
-        let start = std::time::Instant::now();
-        while !back() && start.elapsed() < T {
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        assert!(
-            back(),
-            "no IKE SA after the certificate came back; pluto:\n{}\nmonitor:\n{}",
-            p.log().get(mark..).unwrap_or_default(),
-            m.log()
-        );
-    }
+    pair.wait_authenticated_since(&marks, "after the certificate came back");
     pair.wait_negotiating("tun");
 }
 
@@ -343,7 +346,7 @@ fn peer_certificate_deleted_by_hand(ipsec: &'static str, prefix: &str, why: &str
     let pair = Pair::start(prefix, ipsec);
     pair.vsctl(|side, peer| self_signed_tunnel(pki.path(), side, peer));
     pair.wait_ike(2);
-    pair.wait_pluto_log("established IKE SA; authenticated peer");
+    pair.wait_pluto_log(AUTHENTICATED);
     pair.vsctl(|_, _| ["del-port", "tun"].map(String::from).to_vec());
     for ((p, m), (side, _)) in pair.plutos.iter().zip(&pair.monitors).zip(SIDES) {
         let nick = format!("ovs_cert_{}", other(side));
