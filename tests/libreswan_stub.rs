@@ -76,7 +76,7 @@ fn v4_cold_start_add_modify_delete() {
         &db,
         "gre1",
         "gre",
-        &["remote_ip=192.0.2.3", "psk=gresecret"],
+        &["remote_ip=192.0.2.3", "local_ip=192.0.2.1", "psk=gresecret"],
     );
     wait_state(&db, "gre1", "up");
     assert_eq!(
@@ -173,7 +173,7 @@ fn child_sa_failure_is_negotiating_then_defunct() {
         &db,
         "gre1",
         "gre",
-        &["remote_ip=192.0.2.3", "psk=gresecret"],
+        &["remote_ip=192.0.2.3", "local_ip=192.0.2.1", "psk=gresecret"],
     );
     let mon = libreswan::start_monitor(&db, &stub.root, None, &[]);
     wait_state(&db, "gre1", "negotiating");
@@ -211,7 +211,7 @@ fn batch_cold_start_and_exit_take_one_call_each() {
         &db,
         "gre1",
         "gre",
-        &["remote_ip=192.0.2.5", "psk=gresecret"],
+        &["remote_ip=192.0.2.5", "local_ip=192.0.2.1", "psk=gresecret"],
     );
     let stub = StubRoot::new(db.dir(), 4);
     let mon = libreswan::start_monitor(&db, &stub.root, None, &[]);
@@ -310,4 +310,38 @@ fn a_refused_conn_of_a_batch_is_retried_alone_and_reported() {
         calls.iter().any(|c| c.ends_with("--delete vx2-out-1")),
         "{calls:#?}"
     );
+}
+
+/// GRE is one conn on both ends: only the end with the lower address starts it (both starting
+/// it leaves pluto 4.10 with two half Child SAs, see `backend::initiator`). The other end
+/// loads it and brings it up itself only when the peer started nothing within the grace.
+#[test]
+fn a_gre_tunnel_to_a_lower_address_is_only_loaded_until_the_grace_ends() {
+    let db = OvsdbServer::start();
+    let stub = StubRoot::new(db.dir(), 4);
+    let mon = libreswan::start_monitor(&db, &stub.root, None, &[]);
+    mon.wait_log_for("first pass applied", T);
+    add_tunnel(
+        &db,
+        "gre1",
+        "gre",
+        &["remote_ip=192.0.2.3", "local_ip=192.0.2.9", "psk=gresecret"],
+    );
+    mon.wait_log_for("Adding ipsec connection gre1-1", T);
+    wait_for("gre1-1 loaded", T, || {
+        stub.loaded().contains(&"gre1-1".to_owned())
+    });
+    assert!(
+        !stub.calls().iter().any(|c| c.contains("--initiate")),
+        "{:#?}",
+        stub.calls()
+    );
+    wait_state(&db, "gre1", "negotiating");
+    let why = iface_key(&db, "gre1", "ipsec-error").unwrap_or_default();
+    assert!(why.contains("waiting for the peer to start it"), "{why}");
+    // Nobody started it: after the grace (15 s) this end does.
+    std::thread::sleep(Duration::from_secs(16));
+    mon.appctl_ok(&["refresh"]);
+    mon.wait_log_for("Bringing up ipsec connection gre1-1", T);
+    wait_state(&db, "gre1", "up");
 }

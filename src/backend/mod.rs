@@ -14,6 +14,7 @@
 pub mod command;
 pub mod dry_run;
 pub mod files;
+pub mod initiator;
 pub mod libreswan;
 pub mod secrets;
 pub mod strongswan_stroke;

@@ -75,6 +75,11 @@ fn tunnel(t: &DesiredTunnel, observed: &Observed) -> LiveStatus {
             LiveState::Negotiating,
             Some(format!("negotiating: {}", in_progress.join(", "))),
         )
+    } else if pending && observed.gre_answers.contains(&t.conf.name) {
+        (
+            LiveState::Negotiating,
+            Some("waiting for the peer to start it (the end with the lower address starts a GRE tunnel)".into()),
+        )
     } else if pending {
         (LiveState::Negotiating, None)
     } else {

@@ -36,10 +36,11 @@ use self::status::PlutoStatus;
 use self::version::{Commands, Version};
 use super::command::{Cmd, CommandError};
 use super::files::{FileError, sha256, sha256_of, under_root};
+use super::initiator;
 use super::templates::{TemplateError, Templates};
 use super::{ApplyReport, Backend, BackendError, BackendKind, LiveStatus, Scope, StartOptions};
 use crate::cli::Cli;
-use crate::model::Desired;
+use crate::model::{Desired, TunnelType};
 
 /// The stderr line Libreswan 5.3 prints for every conn loaded with `auto=route` by an
 /// explicit add (libreswan issue #2584); harmless.
@@ -307,7 +308,7 @@ impl Backend for Libreswan {
     /// A pass over `scope` parses only its tunnels' part of pluto's status.
     async fn observe_in(
         &mut self,
-        _desired: &Desired,
+        desired: &Desired,
         scope: &Scope,
     ) -> Result<Observed, BackendError> {
         let out = self
@@ -331,6 +332,15 @@ impl Backend for Libreswan {
             crate::backend::strongswan_stroke::plan::covers(scope, c)
         });
         self.pending.retain(|c, _| !pluto.active.contains(c));
+        // Only GRE tunnels that are not up need the answer (a route look-up each).
+        let gre_answers = desired
+            .tunnels
+            .iter()
+            .filter(|(name, t)| t.conf.kind == TunnelType::Gre && scope.covers(name))
+            .filter(|(_, t)| t.conn_names().iter().any(|c| !pluto.active.contains(c)))
+            .filter(|(_, t)| !initiator::we_initiate(t.conf.local_ip, t.conf.remote_ip))
+            .map(|(name, _)| name.clone())
+            .collect();
         let nss = if self.nss_wanted {
             match self.nss.list().await {
                 Ok(n) => Some(n),
@@ -359,6 +369,7 @@ impl Backend for Libreswan {
                 .map(|(c, (p, at))| (c.clone(), (*p, now.duration_since(*at))))
                 .collect(),
             pluto,
+            gre_answers,
         })
     }
 

@@ -16,8 +16,9 @@
 //!   in progress or the IKE SA with the peer is already up, so the peer's CREATE_CHILD_SA
 //!   is on its way (same wait and bound);
 //! - loaded, not active, untracked: it went down; initiate it;
-//! - not loaded: load it; the outbound side (and GRE's single conn) is also initiated, the
-//!   inbound side only added, so that the two peers do not start crossing negotiations;
+//! - not loaded: load it; the outbound side is also initiated, the inbound side only added,
+//!   so that the two peers do not start crossing negotiations; GRE's single conn is
+//!   initiated by the end with the lower address only (`backend::initiator`);
 //! - loaded or active, ours, not desired: delete it ("is outdated").
 //!
 //! "Ours" means named in the config file we found at start-up or loaded by this process:
@@ -77,6 +78,9 @@ pub struct Observed {
     /// SHA-256 of the certificate files we imported, by nickname, as they are now.
     pub cert_hashes: BTreeMap<String, Option<[u8; 32]>>,
     pub pending: BTreeMap<String, (Pending, Duration)>,
+    /// GRE tunnels whose peer has the lower address: this end only answers (see
+    /// `backend::initiator`). Filled for tunnels that are not up.
+    pub gre_answers: BTreeSet<String>,
 }
 
 /// What the backend remembers between passes and `plan` needs.
@@ -234,9 +238,13 @@ pub fn wanted_certs(desired: &Desired) -> BTreeMap<String, CertSource> {
     out
 }
 
-/// The inbound conn of a UDP tunnel is only added; every other conn is started.
-fn is_responder(t: &DesiredTunnel, conn: &str) -> bool {
-    t.conf.kind != TunnelType::Gre && conn.starts_with(&format!("{}-in-", t.conf.name))
+/// The inbound conn of a UDP tunnel is only added, and so is a GRE tunnel's single conn on
+/// the end with the higher address; every other conn is started.
+fn is_responder(t: &DesiredTunnel, conn: &str, observed: &Observed) -> bool {
+    match t.conf.kind {
+        TunnelType::Gre => observed.gre_answers.contains(&t.conf.name),
+        _ => conn.starts_with(&format!("{}-in-", t.conf.name)),
+    }
 }
 
 /// The shunt connection names `desired` needs.
@@ -381,7 +389,7 @@ fn plan_tunnel(t: &DesiredTunnel, observed: &Observed, memory: &Memory, out: &mu
         }
         let pending = observed.pending.get(&conn);
         if !st.loaded.contains(&conn) {
-            out.push(if is_responder(t, &conn) {
+            out.push(if is_responder(t, &conn, observed) {
                 Action::Add { conn }
             } else {
                 Action::Start { conn }
@@ -389,7 +397,7 @@ fn plan_tunnel(t: &DesiredTunnel, observed: &Observed, memory: &Memory, out: &mu
             continue;
         }
         let negotiating = st.negotiating.get(&conn).cloned().or_else(|| {
-            (is_responder(t, &conn) && st.ike_up.contains(&conn))
+            (is_responder(t, &conn, observed) && st.ike_up.contains(&conn))
                 .then(|| PEER_CHILD_AWAITED.to_owned())
         });
         match (pending, negotiating) {

@@ -871,3 +871,70 @@ fn a_pass_over_one_tunnel_plans_its_conns_only() {
     }));
     assert!(full.iter().any(|a| matches!(a, Action::LoadShunt { .. })));
 }
+
+#[test]
+fn a_gre_tunnel_is_started_by_the_lower_address_only() {
+    let gre = |remote: &str| {
+        let t = tunnel(
+            "gre1",
+            TunnelType::Gre,
+            remote,
+            Auth::Psk(Secret::new("x")),
+            None,
+        );
+        Desired {
+            global: Global::default(),
+            tunnels: BTreeMap::from([("gre1".into(), t)]),
+        }
+    };
+    // The end with the lower address starts it.
+    let a = plan::plan(
+        &gre("192.0.2.2"),
+        &observed(&[], &[]),
+        &Memory::default(),
+        FILES,
+    );
+    assert_eq!(
+        a,
+        [Action::Start {
+            conn: conn("gre1-1")
+        }]
+    );
+    // The other end only loads it: both starting it makes pluto 4.10 drop, on each end, the
+    // IKE SA it initiated as superseded, leaving two half Child SAs (module doc).
+    let mut o = observed(&[], &[]);
+    o.gre_answers.insert("gre1".into());
+    let a = plan::plan(&gre("192.0.2.2"), &o, &Memory::default(), FILES);
+    assert_eq!(
+        a,
+        [Action::Add {
+            conn: conn("gre1-1")
+        }]
+    );
+    // Loaded and waiting: left alone while the peer's negotiation is in progress, brought up
+    // by this end after the grace when the peer started nothing.
+    let mut o = observed(&["gre1-1"], &[]);
+    o.gre_answers.insert("gre1".into());
+    o.pending
+        .insert(conn("gre1-1"), (Pending::Added, Duration::from_secs(16)));
+    o.pluto
+        .negotiating
+        .insert(conn("gre1-1"), "STATE_V2_PARENT_R1".into());
+    let a = plan::plan(&gre("192.0.2.2"), &o, &Memory::default(), FILES);
+    assert_eq!(
+        a,
+        [Action::Negotiating {
+            conn: conn("gre1-1"),
+            state: "STATE_V2_PARENT_R1".into()
+        }]
+    );
+    o.pluto.negotiating.clear();
+    let a = plan::plan(&gre("192.0.2.2"), &o, &Memory::default(), FILES);
+    assert_eq!(
+        a,
+        [Action::BringUp {
+            conn: conn("gre1-1"),
+            went_down: false
+        }]
+    );
+}

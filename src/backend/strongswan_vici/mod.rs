@@ -28,7 +28,6 @@ pub mod conns;
 pub mod creds;
 pub mod custom;
 pub mod events;
-pub mod initiator;
 pub mod mode;
 pub mod observe;
 pub mod plan;
@@ -50,6 +49,7 @@ use self::conns::ike_conn_name;
 use self::creds::{CredKey, CredSource, Sha, load_request, psk_source, unload_request};
 use self::observe::{Loaded, Observed, ObservedConn, parse_conns, parse_sas};
 use self::plan::{Action, body_digest};
+use super::initiator;
 use super::vici::{Connection, Message, ViciError, check};
 use super::{
     ApplyReport, Backend, BackendError, BackendEvent, BackendKind, LiveStatus, Scope, StartOptions,

@@ -1,19 +1,28 @@
-//! Which end of a tunnel starts its IKE_SA.
+//! Which end of a tunnel starts its IKE SA, when starting it from both ends would break it.
 //!
-//! Both ends load the same connection shape with `start_action = trap`, so traffic from either
-//! side brings the tunnel up and nothing ever leaves in clear. Starting it eagerly (VICI
-//! `initiate`) from BOTH ends at the same moment — what OVN does when it adds a chassis — makes
-//! two IKE_SAs whose IKE_AUTH both carry INITIAL_CONTACT (charon sends it when it has no
+//! strongSwan: both ends load the same connection shape with `start_action = trap`, so traffic
+//! from either side brings the tunnel up and nothing ever leaves in clear. Starting it eagerly
+//! (VICI `initiate`) from BOTH ends at the same moment — what OVN does when it adds a chassis —
+//! makes two IKE_SAs whose IKE_AUTH both carry INITIAL_CONTACT (charon sends it when it has no
 //! IKE_SA with that peer yet, unless `unique = never`); each charon then destroys the IKE_SA
 //! it started ("destroying duplicate IKE_SA ... received INITIAL_CONTACT") and keeps the one
 //! the peer started, so each end is left with an IKE_SA the other has deleted.
 //!
+//! Libreswan: a GRE tunnel is one conn on both ends. When both pluto 4.10 start it and the
+//! exchanges cross, each end completes the peer's IKE_AUTH as responder, then drops the IKE SA
+//! it initiated as superseded without telling the peer ("IKE SA was superseded #7; drop this
+//! negotiation", "NOT sending notification"): each end keeps a Child SA whose other half the
+//! peer never installed, both report it established, and every packet is dropped (found by
+//! the QEMU tier, `libreswan-gre-ipv4-ca`). A geneve/vxlan tunnel has an inbound and an
+//! outbound conn and each end starts only its outbound one, so it is not affected.
+//!
 //! So only one end initiates: the one with the lower address (`options:local_ip`, or the
-//! source address the kernel picks for the peer, which is what charon's `%any` resolves to).
+//! source address the kernel picks for the peer, which is what charon's `%any` and pluto's
+//! `%defaultroute` resolve to; the monitor runs in the IKE daemon's network namespace).
 //! Both ends compute the same answer without talking to each other. The other end only
-//! answers; its trap policies still start the IKE_SA if its own traffic comes first, and
-//! INITIAL_CONTACT keeps its meaning for a rebooted peer (we keep charon's default
-//! `unique = no`). When the address cannot be found (no route), this end initiates, as before.
+//! answers (strongSwan's trap policies still start the IKE_SA if its own traffic comes first;
+//! Libreswan's backend initiates after the grace period if the peer did not). When the
+//! address cannot be found (no route), this end initiates, as before.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, UdpSocket};
 
