@@ -50,6 +50,7 @@ struct Batches {
     adds: Vec<String>,
     starts: Vec<String>,
     bring_ups: Vec<String>,
+    awaits: Vec<String>,
 }
 
 impl Batches {
@@ -69,6 +70,7 @@ impl Batches {
                 Action::Add { conn } => b.adds.push(conn),
                 Action::Start { conn } => b.starts.push(conn),
                 Action::BringUp { conn, .. } => b.bring_ups.push(conn),
+                Action::Await { conn } => b.awaits.push(conn),
                 Action::Reconcile { .. } | Action::Negotiating { .. } => n -= 1,
             }
         }
@@ -316,7 +318,7 @@ impl Libreswan {
         // returns long after the first, and a grace counted from before would expire on
         // connections that never had a chance — deleted as "defunct", started again, forever.
         let now = Instant::now();
-        for c in added {
+        for c in added.into_iter().chain(b.awaits) {
             self.pending.insert(c, (Pending::Added, now));
         }
         for c in started {

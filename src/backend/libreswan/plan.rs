@@ -15,7 +15,8 @@
 //!   it ourselves ("Bringing up ipsec connection"), unless the peer's negotiation of it is
 //!   in progress or the IKE SA with the peer is already up, so the peer's CREATE_CHILD_SA
 //!   is on its way (same wait and bound);
-//! - loaded, not active, untracked: it went down; initiate it;
+//! - loaded, not active, untracked: it went down; initiate it (a GRE conn on the end that
+//!   answers waits one grace for the peer first);
 //! - not loaded: load it; the outbound side is also initiated, the inbound side only added,
 //!   so that the two peers do not start crossing negotiations; GRE's single conn is
 //!   initiated by the end with the lower address only (`backend::initiator`);
@@ -145,6 +146,11 @@ pub enum Action {
     Start {
         conn: String,
     },
+    /// A GRE conn that went down on the end that answers: wait one grace for the peer to
+    /// start it again (both starting it at once breaks it, see `backend::initiator`).
+    Await {
+        conn: String,
+    },
     /// Initiate a loaded connection.
     BringUp {
         conn: String,
@@ -194,6 +200,10 @@ impl fmt::Display for Action {
             ),
             Self::Add { conn } => write!(f, "Adding ipsec connection {conn}"),
             Self::Start { conn } => write!(f, "Starting ipsec connection {conn}"),
+            Self::Await { conn } => write!(
+                f,
+                "Connection {conn} went down, waiting for the peer to bring it up"
+            ),
             Self::BringUp {
                 conn,
                 went_down: false,
@@ -425,6 +435,9 @@ fn plan_tunnel(t: &DesiredTunnel, observed: &Observed, memory: &Memory, out: &mu
                 went_down: false,
             }),
             (Some(_), _) => {}
+            (None, _) if t.conf.kind == TunnelType::Gre && is_responder(t, &conn, observed) => {
+                out.push(Action::Await { conn })
+            }
             (None, _) => out.push(Action::BringUp {
                 conn,
                 went_down: true,

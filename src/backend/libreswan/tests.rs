@@ -937,4 +937,34 @@ fn a_gre_tunnel_is_started_by_the_lower_address_only() {
             went_down: false
         }]
     );
+    // Went down (loaded, not tracked): the end that starts brings it up at once, the other
+    // waits one grace for it.
+    let mut o = observed(&["gre1-1"], &[]);
+    let reconcile = Action::Reconcile {
+        port: "gre1".into(),
+        active: vec![],
+        desired: vec![conn("gre1-1")],
+    };
+    let a = plan::plan(&gre("192.0.2.2"), &o, &Memory::default(), FILES);
+    assert_eq!(
+        a,
+        [
+            reconcile.clone(),
+            Action::BringUp {
+                conn: conn("gre1-1"),
+                went_down: true
+            }
+        ]
+    );
+    o.gre_answers.insert("gre1".into());
+    let a = plan::plan(&gre("192.0.2.2"), &o, &Memory::default(), FILES);
+    assert_eq!(
+        a,
+        [
+            reconcile,
+            Action::Await {
+                conn: conn("gre1-1")
+            }
+        ]
+    );
 }
