@@ -11,6 +11,8 @@
 # three minutes, so VICI's cells stay in the full matrix):
 #   static-rotation           static keys: two-phase rotation under a running ping, 0 lost
 #   libreswan-vxlan-ipv6-psk  Libreswan, IPv6 underlay
+#   libreswan-gre-ipv4-ca     Libreswan GRE (one conn, started by one end), CA-signed, on the
+#                             same nodes (about a minute more)
 #   stroke-geneve-ipv4-ca     strongSwan legacy mode, CA-signed certificates (the mode OVN uses)
 #
 # On a clean clone it builds the monitor (debug profile) if needed, prepares the guest kernel,
@@ -19,7 +21,7 @@
 # 0 all passed, 1 a scenario failed, 2 the tier could not run. No retries.
 set -uo pipefail
 
-E2E_CI_SCENARIOS="static-rotation libreswan-vxlan-ipv6-psk stroke-geneve-ipv4-ca"
+E2E_CI_SCENARIOS="static-rotation libreswan-vxlan-ipv6-psk libreswan-gre-ipv4-ca stroke-geneve-ipv4-ca"
 
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/../.." && pwd)
