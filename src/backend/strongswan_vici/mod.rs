@@ -35,7 +35,7 @@ pub mod status;
 #[cfg(test)]
 pub(crate) mod test_support;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -47,7 +47,7 @@ use tracing::{debug, info, warn};
 use self::conns::ConnMemo;
 use self::conns::ike_conn_name;
 use self::creds::{CredKey, CredSource, Sha, load_request, psk_source, unload_request};
-use self::observe::{Loaded, Observed, ObservedConn, parse_conns, parse_sas};
+use self::observe::{IkeSa, Loaded, Observed, ObservedConn, parse_conns, parse_sas};
 use self::plan::{Action, body_digest};
 use super::initiator;
 use super::vici::{Connection, Message, ViciError, check};
@@ -117,6 +117,24 @@ impl StrongSwanVici {
 
     pub fn socket(&self) -> &Path {
         &self.socket
+    }
+
+    /// The connections of `scope` without an IKE_SA that this end leaves to the peer. None
+    /// after charon restarted under us: then this end initiates everything once.
+    fn answers(&self, desired: &Desired, scope: &Scope, sas: &[IkeSa]) -> BTreeSet<String> {
+        if self.reopened {
+            return BTreeSet::new();
+        }
+        let with_sa: BTreeSet<&str> = sas.iter().map(|sa| sa.conn.as_str()).collect();
+        desired
+            .tunnels
+            .iter()
+            .filter(|(name, _)| scope.covers(name))
+            .map(|(_, t)| (ike_conn_name(t), t))
+            .filter(|(conn, _)| !with_sa.contains(conn.as_str()))
+            .filter(|(_, t)| !initiator::we_initiate(t.conf.local_ip, t.conf.remote_ip))
+            .map(|(conn, _)| conn)
+            .collect()
     }
 
     /// The command connection, opened on demand. Opening a new one forgets what we loaded:
@@ -321,16 +339,19 @@ impl Backend for StrongSwanVici {
                 .map(|b| crate::backend::files::sha256(&b));
             files.insert(path.to_owned(), digest);
         }
+        let sas = parse_sas(&sas);
+        let answers = self.answers(desired, scope, &sas);
         Ok(Observed {
             conns: self
                 .listed
                 .as_ref()
                 .map(|(c, _)| Arc::clone(c))
                 .unwrap_or_default(),
-            sas: parse_sas(&sas),
+            sas,
             loaded: Arc::clone(&self.loaded),
             files,
             clock: self.epoch.elapsed(),
+            answers,
         })
     }
 

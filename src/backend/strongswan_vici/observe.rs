@@ -1,7 +1,7 @@
 //! What charon holds, parsed from `list-conns` and `list-sas` events, plus what this monitor
 //! loaded into the charon it is connected to (memory that is reset when charon changes).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -62,6 +62,10 @@ pub struct Observed {
     pub files: BTreeMap<PathBuf, Option<Sha>>,
     /// Monotonic time of the observation, since the backend was created.
     pub clock: Duration,
+    /// Connections without an IKE_SA that this end leaves to the peer, whose address is
+    /// lower (`backend::initiator`): planning their initiation would only be skipped, at
+    /// every periodic pass, for every such tunnel.
+    pub answers: BTreeSet<String>,
 }
 
 /// Parses `list-conn` events.

@@ -124,8 +124,8 @@ pub fn plan_with(memo: &ConnMemo, desired: &Desired, observed: &Observed) -> Vec
     actions
 }
 
-/// Loads `d` unless charon has exactly it, and initiates it when it has no IKE_SA and its
-/// last attempt is [`RETRY_INITIATE`] old.
+/// Loads `d` unless charon has exactly it, and initiates it when it has no IKE_SA, its last
+/// attempt is [`RETRY_INITIATE`] old, and this end is not the one that waits for the peer.
 fn conn_actions(
     d: &Digested,
     observed: &Observed,
@@ -144,7 +144,7 @@ fn conn_actions(
             .attempts
             .get(&c.name)
             .is_none_or(|at| observed.clock >= *at + RETRY_INITIATE);
-        if !has_sa(&c.name) && due {
+        if !has_sa(&c.name) && due && !observed.answers.contains(&c.name) {
             actions.push(Action::Initiate {
                 conn: c.name.clone(),
                 start: start.clone(),
@@ -387,6 +387,10 @@ mod tests {
             names(&plan(&d, &o)),
             [format!("initiate connection g-1 {INIT}")]
         );
+        // This end leaves it to the peer (lower address): nothing planned, pass after pass.
+        o.answers.insert("g-1".into());
+        assert!(plan(&d, &o).is_empty());
+        o.answers.clear();
         // An IKE_SA in any state (the peer may have started it) means nothing to do.
         o.sas.push(IkeSa {
             conn: "g-1".into(),
