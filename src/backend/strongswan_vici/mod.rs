@@ -119,18 +119,24 @@ impl StrongSwanVici {
         &self.socket
     }
 
-    /// The connections of `scope` without an IKE_SA that this end leaves to the peer. None
+    /// The connections without an IKE_SA that this end leaves to the peer, among those whose
+    /// IKE_SAs were listed (`narrow`, or all): exactly the ones the plan could initiate. None
     /// after charon restarted under us: then this end initiates everything once.
-    fn answers(&self, desired: &Desired, scope: &Scope, sas: &[IkeSa]) -> BTreeSet<String> {
+    fn answers(
+        &self,
+        desired: &Desired,
+        narrow: Option<&[String]>,
+        sas: &[IkeSa],
+    ) -> BTreeSet<String> {
         if self.reopened {
             return BTreeSet::new();
         }
         let with_sa: BTreeSet<&str> = sas.iter().map(|sa| sa.conn.as_str()).collect();
         desired
             .tunnels
-            .iter()
-            .filter(|(name, _)| scope.covers(name))
-            .map(|(_, t)| (ike_conn_name(t), t))
+            .values()
+            .map(|t| (ike_conn_name(t), t))
+            .filter(|(conn, _)| narrow.is_none_or(|n| n.contains(conn)))
             .filter(|(conn, _)| !with_sa.contains(conn.as_str()))
             .filter(|(_, t)| !initiator::we_initiate(t.conf.local_ip, t.conf.remote_ip))
             .map(|(conn, _)| conn)
@@ -340,7 +346,7 @@ impl Backend for StrongSwanVici {
             files.insert(path.to_owned(), digest);
         }
         let sas = parse_sas(&sas);
-        let answers = self.answers(desired, scope, &sas);
+        let answers = self.answers(desired, narrow.as_deref(), &sas);
         Ok(Observed {
             conns: self
                 .listed
@@ -427,10 +433,6 @@ impl Backend for StrongSwanVici {
                     Arc::make_mut(&mut self.loaded)
                         .attempts
                         .insert(conn.clone(), self.epoch.elapsed());
-                    if !self.reopened && !initiator::we_initiate(start.local, start.remote) {
-                        debug!("{conn}: left to the peer, whose address is lower");
-                        continue;
-                    }
                     // Every child in the same IKE_SA: charon reuses the IKE_SA of the
                     // connection for the second one even while it is still connecting.
                     for child in start.children {
