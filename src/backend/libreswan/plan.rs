@@ -435,7 +435,7 @@ fn plan_tunnel(t: &DesiredTunnel, observed: &Observed, memory: &Memory, out: &mu
                 went_down: false,
             }),
             (Some(_), _) => {}
-            (None, _) if t.conf.kind == TunnelType::Gre && is_responder(t, &conn, observed) => {
+            (None, _) if observed.gre_answers.contains(&t.conf.name) => {
                 out.push(Action::Await { conn })
             }
             (None, _) => out.push(Action::BringUp {
