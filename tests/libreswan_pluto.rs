@@ -90,6 +90,19 @@ impl Pair {
         }
     }
 
+    /// A pair with tunnel `tun` authenticated by self-signed certificates (made in the
+    /// returned directory, to be dropped after the pair) and its IKE SA established on both
+    /// sides.
+    fn self_signed_up(prefix: &str, ipsec: &'static str) -> (tempfile::TempDir, Self) {
+        let pki = tempfile::tempdir().unwrap();
+        make_self_signed(pki.path());
+        let pair = Self::start(prefix, ipsec);
+        pair.vsctl(|side, peer| self_signed_tunnel(pki.path(), side, peer));
+        pair.wait_ike(2);
+        pair.wait_pluto_log(AUTHENTICATED);
+        (pki, pair)
+    }
+
     /// `del-port tun` on each side, then waits until each pluto has no conn loaded; returns
     /// where each pluto's log ends, for [`Pair::wait_authenticated_since`].
     fn remove_tunnel(&self) -> Vec<usize> {
@@ -295,14 +308,9 @@ fn ca_signed_certificates(ipsec: &'static str, prefix: &str) {
 /// openssl makes them); unless the monitor makes it drop that cache, the new CA is not
 /// among them and every authentication fails with SEC_ERROR_UNTRUSTED_ISSUER.
 fn self_signed_then_ca(ipsec: &'static str, prefix: &str) {
-    let self_pki = tempfile::tempdir().unwrap();
-    make_self_signed(self_pki.path());
+    let (_self_pki, pair) = Pair::self_signed_up(prefix, ipsec);
     let ca_pki = tempfile::tempdir().unwrap();
     common::strongswan_netns::make_pki(ca_pki.path());
-    let pair = Pair::start(prefix, ipsec);
-    pair.vsctl(|side, peer| self_signed_tunnel(self_pki.path(), side, peer));
-    pair.wait_ike(2);
-    pair.wait_pluto_log(AUTHENTICATED);
 
     let marks = pair.remove_tunnel();
     pair.vsctl(|side, peer| {
@@ -323,12 +331,7 @@ fn self_signed_then_ca(ipsec: &'static str, prefix: &str) {
 /// DER. The conns must load again and the IKE SA establish (found by the QEMU tier:
 /// "NSS: could not extract CKAID from RSA certificate 'ovs_cert_right'" on every addconn).
 fn peer_certificate_back(ipsec: &'static str, prefix: &str) {
-    let pki = tempfile::tempdir().unwrap();
-    make_self_signed(pki.path());
-    let pair = Pair::start(prefix, ipsec);
-    pair.vsctl(|side, peer| self_signed_tunnel(pki.path(), side, peer));
-    pair.wait_ike(2);
-    pair.wait_pluto_log(AUTHENTICATED);
+    let (pki, pair) = Pair::self_signed_up(prefix, ipsec);
 
     let marks = pair.remove_tunnel();
     pair.vsctl(|side, peer| self_signed_tunnel(pki.path(), side, peer));
@@ -341,12 +344,7 @@ fn peer_certificate_back(ipsec: &'static str, prefix: &str) {
 /// makes the conns fail to load; the monitor must report why, in pluto's words where pluto
 /// prints them (5.x; 4.10's addconn prints nothing).
 fn peer_certificate_deleted_by_hand(ipsec: &'static str, prefix: &str, why: &str) {
-    let pki = tempfile::tempdir().unwrap();
-    make_self_signed(pki.path());
-    let pair = Pair::start(prefix, ipsec);
-    pair.vsctl(|side, peer| self_signed_tunnel(pki.path(), side, peer));
-    pair.wait_ike(2);
-    pair.wait_pluto_log(AUTHENTICATED);
+    let (pki, pair) = Pair::self_signed_up(prefix, ipsec);
     pair.vsctl(|_, _| ["del-port", "tun"].map(String::from).to_vec());
     for ((p, m), (side, _)) in pair.plutos.iter().zip(&pair.monitors).zip(SIDES) {
         let nick = format!("ovs_cert_{}", other(side));
