@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::nss::CertSource;
 use super::plan::{self, Action, DeleteWhy, Memory, Observed, Pending};
 use super::render::{self, Layout};
 use super::status::PlutoStatus;
@@ -708,6 +709,18 @@ fn a_loaded_conn_that_went_down_is_brought_up() {
     );
 }
 
+/// Memory and observation of a database holding exactly `nicks`, imported by us.
+fn certs_in_sync(nicks: &BTreeMap<String, CertSource>) -> (Memory, Observed) {
+    let mut m = Memory::default();
+    for (n, s) in nicks {
+        m.synced.insert(n.clone(), (s.clone(), None));
+    }
+    let mut o = observed(&[], &[]);
+    o.nss = Some(nicks.keys().cloned().collect());
+    o.cert_hashes = nicks.keys().map(|n| (n.clone(), None)).collect();
+    (m, o)
+}
+
 #[test]
 fn shared_peer_certificate_stays_until_its_last_tunnel_goes() {
     let mut d = cert_desired(false);
@@ -716,13 +729,7 @@ fn shared_peer_certificate_stays_until_its_last_tunnel_goes() {
     d.tunnels.insert("gnv2".into(), second);
     let nicks = plan::wanted_certs(&d);
     assert!(nicks.contains_key("ovs_cert_right"));
-    let mut m = Memory::default();
-    for (n, s) in &nicks {
-        m.synced.insert(n.clone(), (s.clone(), None));
-    }
-    let mut o = observed(&[], &[]);
-    o.nss = Some(nicks.keys().cloned().collect());
-    o.cert_hashes = nicks.keys().map(|n| (n.clone(), None)).collect();
+    let (mut m, o) = certs_in_sync(&nicks);
     d.tunnels.remove("gnv1");
     let a = plan::plan(&d, &o, &m, None);
     assert!(
@@ -760,13 +767,7 @@ fn no_peer_certificate_is_kept_while_a_ca_is_trusted() {
     d.global = ca.global.clone();
     let nicks = plan::wanted_certs(&d);
     assert!(nicks.contains_key("ovs_cert_cacert") && nicks.contains_key("ovs_cert_right"));
-    let mut m = Memory::default();
-    for (n, s) in &nicks {
-        m.synced.insert(n.clone(), (s.clone(), None));
-    }
-    let mut o = observed(&[], &[]);
-    o.nss = Some(nicks.keys().cloned().collect());
-    o.cert_hashes = nicks.keys().map(|n| (n.clone(), None)).collect();
+    let (mut m, o) = certs_in_sync(&nicks);
     // gnv1 goes: its certificate would be a trust anchor for CA-signed peers.
     let a = plan::plan(&ca, &o, &m, None);
     let remove = Action::RemoveCert {
@@ -787,12 +788,7 @@ fn no_peer_certificate_is_kept_while_a_ca_is_trusted() {
 fn unused_ca_and_local_certificates_are_removed() {
     let d = cert_desired(true);
     let nicks = plan::wanted_certs(&d);
-    let mut m = Memory::default();
-    for (n, s) in &nicks {
-        m.synced.insert(n.clone(), (s.clone(), None));
-    }
-    let mut o = observed(&[], &[]);
-    o.nss = Some(nicks.keys().cloned().collect());
+    let (m, o) = certs_in_sync(&nicks);
     let a = plan::plan(&Desired::default(), &o, &m, None);
     for nick in nicks.keys() {
         assert!(
