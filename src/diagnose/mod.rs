@@ -1,0 +1,12 @@
+//! `diagnose`: answers "why is this tunnel not encrypting?" layer by layer (OVSDB row, IKE
+//! daemon, connections, IKE and Child SAs, kernel policies and SAs, traffic, MTU, NAT and
+//! firewall, foreign policies, certificates, routing), each failure named by a stable
+//! [`Code`] with a one-line fix.
+//!
+//! Diagnose is read-only and fed from what the pipeline already observed, plus read-only
+//! looks at the host (routes, nft ruleset, certificate files); it never changes state and
+//! never prints a secret.
+
+pub mod finding;
+
+pub use finding::{Code, Finding, Severity};
