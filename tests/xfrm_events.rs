@@ -11,62 +11,24 @@ use std::time::{Duration, Instant};
 use common::monitor::{Monitor, iface_key, wait_for};
 use common::ovsdb_server::OvsdbServer;
 use common::xfrm::{LOCAL4, Netns};
+use common::xfrm_events::{has_policy, median_max, policy_ids, timed_delete};
 
 const REMOTE: &str = "192.0.2.2";
 const RUNS: usize = 5;
 const NOTICED: &str = "was deleted behind our back: reconciling gnv0";
 
-/// `ip xfrm policy` selector arguments of our tunnel in direction `dir`.
-fn selector(dir: &str) -> Vec<&'static str> {
-    let (src, dst) = if dir == "out" {
-        (LOCAL4, REMOTE)
-    } else {
-        (REMOTE, LOCAL4)
-    };
-    vec![
-        "src", src, "dst", dst, "proto", "udp", "dport", "6090", "dir",
-    ]
-}
-
-fn has_policy(ns: &Netns, dir: &str) -> bool {
-    let mut args = vec!["xfrm", "policy", "get"];
-    args.extend(selector(dir));
-    args.push(if dir == "out" { "out" } else { "in" });
-    let mut all = vec!["-n", ns.name.as_str()];
-    all.extend(args);
-    std::process::Command::new("ip")
-        .args(&all)
-        .output()
-        .is_ok_and(|o| o.status.success())
-}
-
-fn delete_policy(ns: &Netns, dir: &str) {
-    let mut args = vec!["xfrm", "policy", "delete"];
-    args.extend(selector(dir));
-    args.push(if dir == "out" { "out" } else { "in" });
-    ns.ip(&args);
-}
-
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
-    v[v.len() / 2]
-}
-
-/// Deletes one policy `RUNS` times, each time waiting for the log line and the repair;
-/// returns the detection and repair times.
+/// Deletes our out and in policies by hand, `RUNS` times in turn, each time waiting for the
+/// log line and the repair; returns the detection and repair times.
 fn delete_and_time(ns: &Netns, mon: &Monitor) -> (Vec<Duration>, Vec<Duration>) {
+    let ours = policy_ids(&ns.name, "dport 6090");
+    assert_eq!(ours.len(), 2, "{ours:?}");
     let (mut detect, mut repair) = (Vec::new(), Vec::new());
     for i in 0..RUNS {
-        let dir = if i % 2 == 0 { "out" } else { "in" };
-        let seen = mon.log_count(NOTICED);
+        let id = &ours[i % 2];
         let t0 = Instant::now();
-        delete_policy(ns, dir);
-        wait_for("the log line", Duration::from_secs(10), || {
-            mon.log_count(NOTICED) > seen
-        });
-        detect.push(t0.elapsed());
+        detect.push(timed_delete(&ns.name, mon, id, NOTICED));
         wait_for("the policy put back", Duration::from_secs(10), || {
-            has_policy(ns, dir)
+            has_policy(&ns.name, id)
         });
         repair.push(t0.elapsed());
     }
@@ -90,8 +52,7 @@ fn a_policy_deleted_by_hand_is_noticed_within_a_second_and_put_back() {
     );
     let long = Duration::from_secs(30);
     wait_for("both policies and the status", long, || {
-        has_policy(&ns, "out")
-            && has_policy(&ns, "in")
+        policy_ids(&ns.name, "dport 6090").len() == 2
             && iface_key(&db, "gnv0", "ipsec-state").as_deref() == Some("down")
     });
     // A foreign policy between the same hosts: deleting it by hand is no business of ours.
@@ -118,22 +79,13 @@ fn a_policy_deleted_by_hand_is_noticed_within_a_second_and_put_back() {
     ]);
 
     let (detect, repair) = delete_and_time(&ns, &mon);
+    let ((d50, dmax), (r50, rmax)) = (median_max(&detect), median_max(&repair));
     eprintln!(
-        "detection (hand delete -> log line): median {:?}, max {:?}; repaired: median {:?}, max {:?}",
-        median(detect.clone()),
-        detect.iter().max().unwrap(),
-        median(repair.clone()),
-        repair.iter().max().unwrap()
+        "static keys, policy deleted by hand: noticed (log line) median {d50:?} max {dmax:?}; put back median {r50:?} max {rmax:?}"
     );
     // Within a second, not at the 15 s pass; the slowest run is allowed a loaded machine.
-    assert!(
-        median(detect.clone()) < Duration::from_secs(1),
-        "{detect:?}"
-    );
-    assert!(
-        median(repair.clone()) < Duration::from_secs(1),
-        "{repair:?}"
-    );
+    assert!(d50 < Duration::from_secs(1), "{detect:?}");
+    assert!(r50 < Duration::from_secs(1), "{repair:?}");
     let log = mon.log();
     assert!(
         log.contains(&format!(
@@ -164,7 +116,7 @@ fn a_policy_deleted_by_hand_is_noticed_within_a_second_and_put_back() {
     // Our own removals are no loss: removing the tunnel deletes its policies quietly.
     db.vsctl(&["del-port", "gnv0"]);
     wait_for("our policies removed", long, || {
-        !has_policy(&ns, "out") && !has_policy(&ns, "in")
+        policy_ids(&ns.name, "dport 6090").is_empty()
     });
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(mon.log_count(": reconciling "), RUNS, "{}", mon.log());
