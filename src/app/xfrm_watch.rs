@@ -12,7 +12,9 @@
 //! their SAs themselves when they rekey: an SA that leaves while a newer one of the same
 //! tunnel and direction (seen arriving since start-up) remains is a rekey, counted, not a loss.
 //! Events about a tunnel that a pass of ours changed in the last [`QUIET`] are the daemon
-//! carrying out our own unloads: no reaction (the periodic pass still checks it).
+//! carrying out our own unloads: no reaction (the periodic pass still checks it). More than
+//! [`MANY`] tunnels at once (an IKE daemon stopping removes all its policies) make one summary
+//! line and a pass over everything, not a line and a pass scope per tunnel.
 //!
 //! Without the subscription (no permission, an old kernel) the monitor logs it once and relies
 //! on the periodic pass, as before.
@@ -31,6 +33,9 @@ use crate::model::{Desired, TunnelConf};
 
 /// After a pass of ours changed a tunnel, its IKE daemon's removals are our own doing.
 const QUIET: Duration = Duration::from_secs(5);
+/// More tunnels than this losing objects in one batch (an IKE daemon stopped, a mass delete)
+/// make one summary line and a pass over everything instead of a line and a scope each.
+const MANY: usize = 64;
 
 const IPPROTO_UDP: u8 = 17;
 const IPPROTO_GRE: u8 = 47;
@@ -135,6 +140,7 @@ impl XfrmWatch {
             self.reindex(desired, generation);
         }
         let mut out = Reaction::default();
+        let mut lines = Vec::new();
         for ev in events {
             match &ev.change {
                 Change::Flushed(what) => {
@@ -181,7 +187,8 @@ impl XfrmWatch {
                             Origin::Foreign | Origin::Ourselves => false,
                         };
                         if react {
-                            self.vanished(t, kind, &format!("{sa} was {why}"), origin, &mut out);
+                            let line = self.vanished(t, kind, &format!("{sa} was {why}"), origin);
+                            lines.push(line);
                         }
                     }
                 }
@@ -198,12 +205,25 @@ impl XfrmWatch {
                             Origin::Foreign | Origin::Ourselves => false,
                         };
                         if react {
-                            self.vanished(t, kind, &format!("{p} was {why}"), origin, &mut out);
+                            let line = self.vanished(t, kind, &format!("{p} was {why}"), origin);
+                            lines.push(line);
                         }
                     }
                 }
             }
         }
+        if lines.len() > MANY {
+            warn!(
+                "XFRM objects of {} tunnels vanished at once ({}, ...): checking every tunnel",
+                lines.len(),
+                lines.first().map_or("", |(_, l)| l.as_str())
+            );
+            lines.iter().for_each(|(_, l)| debug!("{l}"));
+            out.everything = true;
+        } else {
+            lines.iter().for_each(|(_, l)| warn!("{l}"));
+        }
+        out.tunnels.extend(lines.into_iter().map(|(t, _)| t));
         out
     }
 
@@ -227,26 +247,26 @@ impl XfrmWatch {
         Some(live)
     }
 
+    /// Counts an object of `tunnel` that vanished; returns the tunnel and the log line.
     fn vanished(
         &mut self,
         tunnel: String,
         kind: Vanished,
         what: &str,
         origin: Origin,
-        out: &mut Reaction,
-    ) {
+    ) -> (String, String) {
         let by = if origin == Origin::Others {
             " behind our back"
         } else {
             ""
         };
-        warn!("{tunnel}: XFRM {what}{by}: reconciling {tunnel}");
+        let line = format!("{tunnel}: XFRM {what}{by}: reconciling {tunnel}");
         *self
             .counts
             .vanished
             .entry((tunnel.clone(), kind))
             .or_default() += 1;
-        out.tunnels.insert(tunnel);
+        (tunnel, line)
     }
 
     fn quiet(&self, tunnel: &str, now: Instant) -> bool {

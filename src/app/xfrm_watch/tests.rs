@@ -177,3 +177,29 @@ fn flushes_and_overruns_check_everything_and_removed_tunnels_are_forgotten() {
     );
     assert!(w.counts().vanished.is_empty() && w.show("gre", None).is_none());
 }
+
+#[test]
+fn many_tunnels_losing_objects_at_once_make_one_pass_over_everything() {
+    let mut d = Desired::default();
+    let mut events = Vec::new();
+    for i in 0..=MANY {
+        let remote = format!("198.51.100.{}", i + 1);
+        let name = format!("t{i}");
+        let conf = TunnelConf::new(
+            &name,
+            TunnelType::Gre,
+            ip(&remote),
+            Auth::Psk(Secret::new("x")),
+        );
+        let t = DesiredTunnel {
+            version: 1,
+            conf: Arc::new(conf),
+        };
+        d.tunnels.insert(name, t);
+        events.push(policy_gone(sel(LOCAL, &remote, IPPROTO_GRE, None)));
+    }
+    let mut w = XfrmWatch::new(true);
+    let r = w.on_events(&events, |_| Origin::Daemon, &d, 1, Instant::now());
+    assert!(r.everything && r.tunnels.len() == MANY + 1);
+    assert_eq!(w.counts().vanished.len(), MANY + 1);
+}
