@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use common::monitor::{Monitor, iface_key, wait_for};
 use common::ovsdb_server::OvsdbServer;
-use common::xfrm::{LOCAL4, Netns};
+use common::xfrm::{LOCAL4, Netns, geneve_6090};
 use common::xfrm_events::{has_policy, median_max, policy_ids, timed_delete};
 
 const REMOTE: &str = "192.0.2.2";
@@ -40,40 +40,14 @@ fn a_policy_deleted_by_hand_is_noticed_within_a_second_and_put_back() {
     let ns = Netns::new();
     let db = OvsdbServer::start();
     let mon = ns.monitor(&db, "monitor.log", &[]);
-    db.add_tunnel(
-        "gnv0",
-        "geneve",
-        &[
-            format!("remote_ip={REMOTE}"),
-            format!("local_ip={LOCAL4}"),
-            "dst_port=6090".to_owned(),
-            "psk=swordfish-events".to_owned(),
-        ],
-    );
+    db.add_tunnel("gnv0", "geneve", &geneve_6090(REMOTE, "swordfish-events"));
     let long = Duration::from_secs(30);
     wait_for("both policies and the status", long, || {
         policy_ids(&ns.name, "dport 6090").len() == 2
             && iface_key(&db, "gnv0", "ipsec-state").as_deref() == Some("down")
     });
     // A foreign policy between the same hosts: deleting it by hand is no business of ours.
-    ns.ip(&[
-        "xfrm",
-        "policy",
-        "add",
-        "src",
-        LOCAL4,
-        "dst",
-        REMOTE,
-        "proto",
-        "gre",
-        "dir",
-        "out",
-        "tmpl",
-        "proto",
-        "esp",
-        "mode",
-        "transport",
-    ]);
+    ns.add_foreign_policy(LOCAL4, REMOTE, &["proto", "gre"]);
     ns.ip(&[
         "xfrm", "policy", "delete", "src", LOCAL4, "dst", REMOTE, "proto", "gre", "dir", "out",
     ]);
