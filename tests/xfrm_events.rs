@@ -76,6 +76,23 @@ fn a_policy_deleted_by_hand_is_noticed_within_a_second_and_put_back() {
         !log.contains("proto gre"),
         "foreign policy reacted to:\n{log}"
     );
+    // A flush of every policy: every tunnel is read back and repaired, at once too.
+    let t0 = Instant::now();
+    ns.ip(&["xfrm", "policy", "flush"]);
+    wait_for(
+        "the flushed policies put back",
+        Duration::from_secs(5),
+        || policy_ids(&ns.name, "dport 6090").len() == 2,
+    );
+    eprintln!(
+        "static keys, policies flushed by hand: put back after {:?}",
+        t0.elapsed()
+    );
+    assert!(
+        mon.log()
+            .contains("every XFRM policy was removed at once (a flush)")
+    );
+
     // The status names what vanished; the state is still the tunnel's own.
     let show = mon.appctl_ok(&["tunnels/show"]);
     assert!(

@@ -260,6 +260,7 @@ impl<B: Backend> EventLoop<B> {
     /// Reacts to `first` and the XFRM events queued behind it: a pass over the tunnels
     /// whose objects vanished (see `xfrm_watch`).
     fn on_xfrm_event(&mut self, first: XfrmEvent) -> Work {
+        // At most a receive buffer's worth, so the other sources are not starved.
         let mut events = vec![first];
         while let Some(rx) = self.xfrm_events.as_mut()
             && events.len() < 4096
@@ -275,9 +276,6 @@ impl<B: Backend> EventLoop<B> {
             self.registry.generation(),
             Instant::now(),
         );
-        if reaction.everything {
-            return Work::FULL_PASS;
-        }
         if reaction.tunnels.is_empty() {
             return Work::default();
         }

@@ -4,7 +4,7 @@
 //! another program, hard-expired) makes that tunnel alone the scope of the next pass, which
 //! runs at once: the loss is logged, repaired where the backend can, and its status written
 //! within a second instead of at the next periodic pass. A flush, or notifications lost to a
-//! full receive buffer, make it a pass over everything.
+//! full receive buffer, make it a pass over every tunnel, each named.
 //!
 //! An event concerns the desired tunnels whose selector it names (addresses, protocol, port;
 //! an SA without a selector, by its addresses); whose doing it is the backend says
@@ -14,7 +14,7 @@
 //! Events about a tunnel that a pass of ours changed in the last [`QUIET`] are the daemon
 //! carrying out our own unloads: no reaction (the periodic pass still checks it). More than
 //! [`MANY`] tunnels at once (an IKE daemon stopping removes all its policies) make one summary
-//! line and a pass over everything, not a line and a pass scope per tunnel.
+//! line and a pass over every tunnel, not a line per tunnel.
 //!
 //! Without the subscription (no permission, an old kernel) the monitor logs it once and relies
 //! on the periodic pass, as before.
@@ -34,7 +34,7 @@ use crate::model::{Desired, TunnelConf};
 /// After a pass of ours changed a tunnel, its IKE daemon's removals are our own doing.
 const QUIET: Duration = Duration::from_secs(5);
 /// More tunnels than this losing objects in one batch (an IKE daemon stopped, a mass delete)
-/// make one summary line and a pass over everything instead of a line and a scope each.
+/// make one summary line and a pass over every tunnel instead of a line each.
 const MANY: usize = 64;
 
 const IPPROTO_UDP: u8 = 17;
@@ -70,13 +70,13 @@ pub struct XfrmEventCounts {
     pub vanished: BTreeMap<(String, Vanished), u64>,
 }
 
-/// What a batch of events asks for.
+/// What a batch of events asks for: reconcile these tunnels. "Every tunnel" names them all
+/// rather than asking for a pass over everything: such a pass may trust what the backend kept
+/// (the static-key backend reads back only what changed), while a pass over named tunnels
+/// reads their objects back.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Reaction {
-    /// Reconcile these tunnels.
     pub tunnels: BTreeSet<String>,
-    /// Reconcile every tunnel.
-    pub everything: bool,
 }
 
 /// The state the reaction needs between events.
@@ -141,6 +141,7 @@ impl XfrmWatch {
         }
         let mut out = Reaction::default();
         let mut lines = Vec::new();
+        let mut everything = false;
         for ev in events {
             match &ev.change {
                 Change::Flushed(what) => {
@@ -149,13 +150,13 @@ impl XfrmWatch {
                         Flushed::Policies => "policy",
                     };
                     warn!("every XFRM {what} was removed at once (a flush): checking every tunnel");
-                    out.everything = true;
+                    everything = true;
                 }
                 Change::Overrun => {
                     warn!(
                         "XFRM notifications were lost (receive buffer full): checking every tunnel"
                     );
-                    out.everything = true;
+                    everything = true;
                 }
                 Change::SaSoftExpired(sa) => debug!("XFRM {sa} reached its soft lifetime"),
                 Change::SaAdded(sa) => {
@@ -219,11 +220,14 @@ impl XfrmWatch {
                 lines.first().map_or("", |(_, l)| l.as_str())
             );
             lines.iter().for_each(|(_, l)| debug!("{l}"));
-            out.everything = true;
+            everything = true;
         } else {
             lines.iter().for_each(|(_, l)| warn!("{l}"));
         }
         out.tunnels.extend(lines.into_iter().map(|(t, _)| t));
+        if everything {
+            out.tunnels.extend(desired.tunnels.keys().cloned());
+        }
         out
     }
 
