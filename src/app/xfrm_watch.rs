@@ -10,7 +10,8 @@
 //! an SA without a selector, by its addresses); whose doing it is the backend says
 //! ([`Origin`]): foreign objects and our own writes cause nothing. The IKE daemons remove
 //! their SAs themselves when they rekey: an SA that leaves while a newer one of the same
-//! tunnel and direction (seen arriving since start-up) remains is a rekey, counted, not a loss.
+//! tunnel, direction and selector (seen arriving since start-up) remains is a rekey, counted,
+//! not a loss.
 //! Events about a tunnel that a pass of ours changed in the last [`QUIET`] are the daemon
 //! carrying out our own unloads: no reaction (the periodic pass still checks it). More than
 //! [`MANY`] tunnels at once (an IKE daemon stopping removes all its policies) make one summary
@@ -87,8 +88,9 @@ pub struct XfrmWatch {
     /// Desired tunnels by remote address, for [`Desired`] at `index_generation`.
     index: BTreeMap<IpAddr, Vec<String>>,
     index_generation: Option<u64>,
-    /// The SAs of each tunnel seen arriving and not yet gone, with "outbound".
-    alive: BTreeMap<String, BTreeSet<(bool, SaId)>>,
+    /// The SAs of each tunnel seen arriving and not yet gone, with "outbound" and their
+    /// selector (a UDP tunnel's IKE connections have one Child SA each, told apart by port).
+    alive: BTreeMap<String, BTreeMap<SaId, (bool, Option<EventSelector>)>>,
     counts: XfrmEventCounts,
     /// When the last pass that changed something ended, and what it covered.
     applied: Option<(Instant, Scope)>,
@@ -162,7 +164,8 @@ impl XfrmWatch {
                 Change::SaAdded(sa) => {
                     if origin(ev) != Origin::Foreign {
                         for (t, outbound) in self.sa_tunnels(sa, desired) {
-                            self.alive.entry(t).or_default().insert((outbound, sa.id));
+                            let kind = (outbound, sa.selector);
+                            self.alive.entry(t).or_default().insert(sa.id, kind);
                         }
                     }
                 }
@@ -173,8 +176,8 @@ impl XfrmWatch {
                     }
                     for (t, outbound) in self.sa_tunnels(sa, desired) {
                         let alive = self.alive.entry(t.clone()).or_default();
-                        alive.remove(&(outbound, sa.id));
-                        let replaced = alive.iter().any(|(o, _)| *o == outbound);
+                        alive.remove(&sa.id);
+                        let replaced = alive.values().any(|k| *k == (outbound, sa.selector));
                         if replaced && outbound {
                             *self.counts.rekeys.entry(t.clone()).or_default() += 1;
                         }

@@ -199,3 +199,28 @@ fn many_tunnels_losing_objects_at_once_make_one_pass_over_everything() {
     assert_eq!(r.tunnels.len(), MANY + 1);
     assert_eq!(w.counts().vanished.len(), MANY + 1);
 }
+
+#[test]
+fn an_sa_of_the_other_child_of_a_udp_tunnel_is_no_replacement() {
+    // geneve over IKE: the -in and -out connections each have a Child SA, one selecting the
+    // local port, the other the remote one.
+    let d = desired();
+    let mut w = XfrmWatch::new(true);
+    let now = Instant::now();
+    let child = |spi, dport, sport| {
+        let mut s = sa(spi, true);
+        s.selector = Some(EventSelector {
+            sport,
+            ..sel(LOCAL, "192.0.2.2", IPPROTO_UDP, dport)
+        });
+        s
+    };
+    let evs = [
+        ev(Change::SaAdded(child(1, Some(6081), None))),
+        ev(Change::SaAdded(child(2, None, Some(6081)))),
+        ev(Change::SaGone(child(1, Some(6081), None), Gone::Deleted)),
+    ];
+    let r = w.on_events(&evs, |_| Origin::Daemon, &d, 1, now);
+    assert_eq!(names(&r), ["gnv"]);
+    assert_eq!(w.counts().rekeys.get("gnv"), None);
+}
