@@ -154,6 +154,38 @@ mod tests {
         assert!(!matches(&with_port(6081), &conf("b")));
     }
 
+    /// The first start after an upgrade: a tunnel that spelled out its default port, saved
+    /// with the old digest, keeps its version whether the port is still spelled out or not.
+    #[test]
+    fn an_upgrade_keeps_the_version_of_a_tunnel_with_the_default_port_spelled_out() {
+        use crate::model::cert::fake::FakeCerts;
+        use crate::model::registry::{ModelEvent, Registry};
+        use crate::model::rows::InterfaceRow;
+        let Validity::Valid(c) = conf("a") else {
+            unreachable!()
+        };
+        let mut old = TunnelConf::clone(&c);
+        old.dst_port = Some(6081);
+        let saved = SavedVersions::from([(
+            "t".to_string(),
+            SavedVersion {
+                version: 3,
+                digest: digest(&Validity::Valid(Arc::new(old))),
+            },
+        )]);
+        let base = [("remote_ip", "192.0.2.2"), ("psk", "a")];
+        for opts in [base.to_vec(), [&base[..], &[("dst_port", "6081")]].concat()] {
+            let mut reg = Registry::new();
+            reg.seed(saved.clone());
+            let row = InterfaceRow::for_test("t", "geneve", &opts);
+            let events = reg.update(None, [&row], &mut FakeCerts::with(&[]));
+            assert_eq!(events, [ModelEvent::Appeared { name: "t".into() }]);
+            assert_eq!(reg.desired().tunnels["t"].version, 3, "{opts:?}");
+            // The file is saved again with today's digest.
+            assert_eq!(reg.saved_versions()["t"].digest, digest(&conf("a")));
+        }
+    }
+
     #[test]
     fn round_trip_and_damaged_file() {
         let saved = SavedVersions::from([(
