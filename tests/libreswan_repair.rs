@@ -8,9 +8,9 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::libreswan::{self, Pluto, REAL_IPSEC, StubRoot};
-use common::monitor::{iface_key, wait_for};
+use common::monitor::{iface_key, wait_for, wait_up};
 use common::netns::NetnsPair;
-use common::ovsdb_server::{OvsdbServer, tunnel_port_args};
+use common::ovsdb_server::OvsdbServer;
 
 const T: Duration = Duration::from_secs(30);
 
@@ -25,37 +25,10 @@ fn an_explicit_default_port_changes_no_version_and_runs_no_command() {
     psk_tunnel(&db, "v1", "vxlan", "192.0.2.3");
     let stub = StubRoot::new(db.dir(), 4);
     let mon = libreswan::start_monitor(&db, &stub.root, None, &[]);
-    for n in ["g1", "v1"] {
-        wait_for(&format!("{n} up"), T, || {
-            iface_key(&db, n, "ipsec-state").as_deref() == Some("up")
-        });
-    }
+    wait_up(&db, &["g1", "v1"], T);
     let calls = stub.calls().len();
-    // The no-op edits ride in one transaction with a new tunnel, whose arrival shows that the
-    // monitor has processed them.
-    let mut args: Vec<String> = [
-        "set",
-        "interface",
-        "g1",
-        "options:dst_port=6081",
-        "--",
-        "set",
-        "interface",
-        "v1",
-        "options:dst_port=4789",
-        "--",
-    ]
-    .map(String::from)
-    .to_vec();
-    args.extend(tunnel_port_args(
-        "x1",
-        "gre",
-        &["remote_ip=192.0.2.4", "psk=k"],
-    ));
-    db.vsctl(&args.iter().map(String::as_str).collect::<Vec<_>>());
-    wait_for("x1 up", T, || {
-        iface_key(&db, "x1", "ipsec-state").as_deref() == Some("up")
-    });
+    db.spell_out_default_ports_and_add_x1();
+    wait_up(&db, &["x1"], T);
     let new: Vec<String> = stub.calls().into_iter().skip(calls).collect();
     assert!(
         !new.iter().any(|c| c.contains("g1-") || c.contains("v1-")),

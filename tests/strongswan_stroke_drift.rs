@@ -7,7 +7,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::monitor::{iface_key, wait_for};
+use common::monitor::{iface_key, wait_for, wait_up};
 use common::ovsdb_server::OvsdbServer;
 use common::strongswan_stroke::{StubRoot, start_monitor};
 
@@ -17,14 +17,6 @@ fn psk_tunnel(db: &OvsdbServer, name: &str, kind: &str, remote: &str) {
     db.add_tunnel(name, kind, &[format!("remote_ip={remote}"), "psk=k".into()]);
 }
 
-fn wait_up(db: &OvsdbServer, names: &[&str]) {
-    for n in names {
-        wait_for(&format!("{n} up"), T, || {
-            iface_key(db, n, "ipsec-state").as_deref() == Some("up")
-        });
-    }
-}
-
 #[test]
 fn an_explicit_default_port_changes_no_version_no_name_and_runs_no_command() {
     let db = OvsdbServer::start();
@@ -32,31 +24,11 @@ fn an_explicit_default_port_changes_no_version_no_name_and_runs_no_command() {
     psk_tunnel(&db, "g1", "geneve", "192.0.2.2");
     psk_tunnel(&db, "v1", "vxlan", "192.0.2.3");
     let mon = start_monitor(&db, &[]);
-    wait_up(&db, &["g1", "v1"]);
+    wait_up(&db, &["g1", "v1"], T);
     let sas = stub.sas();
     stub.take_calls();
-    // The no-op edits ride in one transaction with a new tunnel, whose arrival shows that the
-    // monitor has processed them.
-    let args = [
-        "set",
-        "interface",
-        "g1",
-        "options:dst_port=6081",
-        "--",
-        "set",
-        "interface",
-        "v1",
-        "options:dst_port=4789",
-    ];
-    let mut all: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-    all.push("--".into());
-    all.extend(common::ovsdb_server::tunnel_port_args(
-        "x1",
-        "gre",
-        &["remote_ip=192.0.2.4", "psk=k"],
-    ));
-    db.vsctl(&all.iter().map(String::as_str).collect::<Vec<_>>());
-    wait_up(&db, &["x1"]);
+    db.spell_out_default_ports_and_add_x1();
+    wait_up(&db, &["x1"], T);
     let calls = stub.take_calls();
     assert!(
         !calls.iter().any(|c| c.contains("down-nb")),
@@ -94,7 +66,7 @@ fn a_connection_charon_lost_right_after_our_reload_is_back_within_20_seconds() {
     psk_tunnel(&db, "a", "vxlan", "192.0.2.2");
     psk_tunnel(&db, "b", "gre", "192.0.2.3");
     let mon = start_monitor(&db, &[]);
-    wait_up(&db, &["a", "b"]);
+    wait_up(&db, &["a", "b"], T);
     let sas = stub.sas();
     stub.take_calls();
     // Within the minute after the first pass's `update`: the old back-off waited it out.
