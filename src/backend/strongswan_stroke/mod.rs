@@ -67,7 +67,8 @@ use crate::model::Desired;
 use crate::model::cert::FsCertSource;
 
 /// How long apply waits for starter to load the connections of an `update` or `reload`;
-/// for that long after one, a missing connection is not reloaded (starter may be busy).
+/// unless they all showed up, a missing connection is not reloaded for that long after one
+/// (starter may still be busy).
 const SETTLE_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long charon may take to answer after `ipsec restart`.
 const START_TIMEOUT: Duration = Duration::from_secs(10);
@@ -159,6 +160,9 @@ pub struct StrongSwanStroke {
     fresh: Option<(Scope, Status)>,
     /// When we last ran `update` or `reload`.
     last_reload: Option<Instant>,
+    /// charon held every connection that `update` or `reload` was for when apply finished
+    /// waiting for it: starter is done with it.
+    settled: bool,
     /// Our connections charon was seen holding since then (see [`Observed::lost`]).
     seen: BTreeSet<String>,
     /// The last plan's rendering.
@@ -199,6 +203,7 @@ impl StrongSwanStroke {
             certs: FsCertSource::new(),
             fresh: None,
             last_reload: None,
+            settled: true,
             seen: BTreeSet::new(),
             planned: Mutex::new(None),
         }
@@ -307,9 +312,10 @@ impl StrongSwanStroke {
             secret_lines,
             cert_changed: conffile::changed(&stamps, &mut self.certs),
             status: Status::default(),
-            settling: self
-                .last_reload
-                .is_some_and(|t| t.elapsed() < SETTLE_TIMEOUT),
+            settling: !self.settled
+                && self
+                    .last_reload
+                    .is_some_and(|t| t.elapsed() < SETTLE_TIMEOUT),
             backoff: self
                 .last_reload
                 .is_some_and(|t| t.elapsed() < RECONCILE_BACKOFF),
@@ -430,9 +436,15 @@ impl StrongSwanStroke {
             self.last_reload = Some(Instant::now());
             let scope = planned.scope.clone();
             let st = self.settle(&r.conns, SETTLE_TIMEOUT, &scope).await?;
+            let loaded = st.loaded();
+            self.settled = r
+                .conns
+                .iter()
+                .filter(|c| plan::covers(&scope, c))
+                .all(|c| loaded.contains(c.as_str()));
             self.seen.retain(|c| r.conns.contains(c));
             self.seen.extend(
-                st.loaded()
+                loaded
                     .into_iter()
                     .filter(|c| r.conns.contains(*c))
                     .map(str::to_owned),
