@@ -346,12 +346,17 @@ impl StrongSwanStroke {
     /// since are lost (for `obs`), and the ones of `desired` it holds now are remembered.
     fn note_loaded(&mut self, desired: &Desired, scope: &Scope, obs: &mut Observed) {
         let loaded = obs.status.loaded();
-        obs.lost = self
-            .seen
-            .iter()
-            .filter(|c| plan::covers(scope, c) && !loaded.contains(c.as_str()))
-            .cloned()
-            .collect();
+        let gone = |c: &String| self.seen.contains(c) && !loaded.contains(c.as_str());
+        // A pass over a few tunnels looks at their connections only, not at all it saw.
+        obs.lost = match scope {
+            Scope::All => self.seen.iter().filter(|c| gone(c)).cloned().collect(),
+            Scope::Tunnels(names) => names
+                .iter()
+                .filter_map(|n| desired.tunnels.get(n))
+                .flat_map(|t| t.conn_names())
+                .filter(gone)
+                .collect(),
+        };
         let ours = |c: &&str| {
             plan::tunnel_candidates(c).iter().any(|t| {
                 desired
