@@ -16,6 +16,8 @@ pub mod dry_run;
 pub mod files;
 pub mod initiator;
 pub mod libreswan;
+#[cfg(test)]
+mod noop_edit_tests;
 pub mod secrets;
 pub mod strongswan_stroke;
 pub mod strongswan_vici;
