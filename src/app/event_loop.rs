@@ -8,6 +8,7 @@ use tokio::sync::mpsc;
 use tokio::time::{Interval, MissedTickBehavior, interval_at};
 use tracing::{Level, debug, error, info, warn};
 
+use super::metrics_feed::Feed;
 use super::monitor_keys::MonitorKeys;
 use super::pass::{self, PassOutcome};
 use super::status_scope::StatusScope;
@@ -18,6 +19,7 @@ use crate::control::{AppCommand, ControlRequest};
 use crate::daemon::Daemon;
 use crate::daemon::{SignalEvent, Signals};
 use crate::logging::LogHandle;
+use crate::metrics::{self, Metrics, Trigger};
 use crate::model::cert::FsCertSource;
 use crate::model::registry::{ModelEvent, Registry};
 use crate::model::rows::{self, Rows};
@@ -45,6 +47,8 @@ struct Work {
     full: bool,
     /// Recompute and write status.
     status: bool,
+    /// What asked for the pass (for the metrics).
+    trigger: Option<Trigger>,
 }
 
 pub struct EventLoop<B: Backend> {
@@ -81,6 +85,10 @@ pub struct EventLoop<B: Backend> {
     /// When a failed status write should be retried.
     status_retry: Option<Instant>,
     tick: Interval,
+    metrics: Metrics,
+    metrics_feed: Feed,
+    /// `--metrics` is on: refresh the metrics' kernel observation on the periodic timer.
+    metrics_endpoint: bool,
 }
 
 impl Work {
@@ -90,7 +98,15 @@ impl Work {
         pass: true,
         full: true,
         status: false,
+        trigger: None,
     };
+
+    fn full_pass(trigger: Trigger) -> Work {
+        Work {
+            trigger: Some(trigger),
+            ..Self::FULL_PASS
+        }
+    }
 }
 
 impl<B: Backend> EventLoop<B> {
@@ -109,6 +125,7 @@ impl<B: Backend> EventLoop<B> {
         let mut tick = interval_at(tokio::time::Instant::now() + period, period);
         tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let monitor_keys = MonitorKeys::new(backend.kind(), dry_run);
+        let metrics = Metrics::new(backend.kind(), true);
         let versions_file = crate::daemon::paths::rundir().join("ovs-monitor-ipsec.versions");
         let mut registry = Registry::new();
         match std::fs::read_to_string(&versions_file) {
@@ -142,7 +159,17 @@ impl<B: Backend> EventLoop<B> {
             versions_file,
             status_retry: None,
             tick,
+            metrics,
+            metrics_feed: Feed::default(),
+            metrics_endpoint: false,
         }
+    }
+
+    /// Metrics options: per-tunnel families, and whether `--metrics` serves them.
+    pub fn with_metrics(mut self, per_tunnel: bool, endpoint: bool) -> Self {
+        self.metrics = Metrics::new(self.backend.kind(), per_tunnel);
+        self.metrics_endpoint = endpoint;
+        self
     }
 
     /// Runs until `exit` or a terminating signal.
@@ -164,13 +191,19 @@ impl<B: Backend> EventLoop<B> {
                     None => Work::default(),
                 },
                 Some(ev) = recv_opt(&mut self.backend_events) => match ev {
-                    BackendEvent::StateChanged => Work::FULL_PASS,
+                    BackendEvent::StateChanged => Work::full_pass(Trigger::Event),
                     BackendEvent::DaemonRestarted => {
                         info!("{} restarted: reloading every tunnel", self.backend.kind());
-                        Work::FULL_PASS
+                        self.metrics.ike_daemon_restarted();
+                        Work::full_pass(Trigger::Event)
                     }
                 },
-                _ = self.tick.tick() => Work::FULL_PASS,
+                _ = self.tick.tick() => {
+                    if self.metrics_endpoint {
+                        self.refresh_metrics(Duration::ZERO).await;
+                    }
+                    Work::full_pass(Trigger::Timer)
+                }
                 _ = sleep_until_opt(retry_at) => Work { status: true, ..Work::default() },
                 Some(sig) = self.signals.recv() => match sig {
                     SignalEvent::Shutdown(sig) => {
@@ -193,14 +226,17 @@ impl<B: Backend> EventLoop<B> {
         match ev {
             DbEvent::Changed => Work {
                 model: true,
+                trigger: Some(Trigger::Ovsdb),
                 ..Work::default()
             },
             DbEvent::Connected { remote, method } => {
                 debug!("{remote}: monitoring with {method:?}");
+                self.metrics.ovsdb_connected(true);
                 Work::default()
             }
             DbEvent::Disconnected { reason } => {
                 debug!("OVSDB connection lost: {reason}");
+                self.metrics.ovsdb_connected(false);
                 // Do not hold a --detach parent forever when the database is down.
                 self.mark_detached();
                 Work::default()
@@ -220,7 +256,13 @@ impl<B: Backend> EventLoop<B> {
                 Some(names) if !full => Scope::Tunnels(names),
                 _ => Scope::All,
             };
+            let started = Instant::now();
             let outcome = pass::run(&mut self.backend, self.registry.desired(), scope).await;
+            self.metrics.pass(
+                work.trigger.unwrap_or(Trigger::Ovsdb),
+                started.elapsed(),
+                outcome.apply_errors.len(),
+            );
             let changed = outcome.applied > 0;
             // A repeated pass planned nothing and computed no status: the last outcome stands.
             if !outcome.repeated {
@@ -242,7 +284,21 @@ impl<B: Backend> EventLoop<B> {
         }
         if work.status {
             self.write_status().await;
+            self.metrics
+                .track_states(&metrics_view(&self.registry, &self.outcome));
         }
+    }
+
+    /// Re-reads the metrics' kernel and certificate observation if older than `max_age`.
+    async fn refresh_metrics(&mut self, max_age: Duration) {
+        self.metrics_feed
+            .refresh(
+                &mut self.metrics,
+                self.registry.desired(),
+                &mut self.certs,
+                max_age,
+            )
+            .await;
     }
 
     /// Takes in a pass's outcome; notes for the status pass the tunnels whose live state or
@@ -436,10 +492,22 @@ impl<B: Backend> EventLoop<B> {
                 self.perform(Work {
                     model: true,
                     status: true,
-                    ..Work::FULL_PASS
+                    ..Work::full_pass(Trigger::Control)
                 })
                 .await;
                 (Ok(String::new()), None)
+            }
+            AppCommand::MetricsShow { openmetrics } => {
+                let period = Duration::from_secs(super::RECONCILE_INTERVAL_SECS);
+                self.refresh_metrics(period).await;
+                let format = match openmetrics {
+                    true => metrics::Format::OpenMetrics,
+                    false => metrics::Format::Prometheus,
+                };
+                let snapshot = self
+                    .metrics
+                    .snapshot(&metrics_view(&self.registry, &self.outcome));
+                (Ok(metrics::exposition::render(snapshot, format)), None)
             }
             AppCommand::Exit { cleanup: false } => (Ok(String::new()), Some(Exit::NoCleanup)),
             AppCommand::Exit { cleanup: true } => (self.cleanup().await, Some(Exit::Cleanup)),
@@ -480,6 +548,15 @@ impl<B: Backend> EventLoop<B> {
         } else {
             Err(problems.join("; "))
         }
+    }
+}
+
+fn metrics_view<'a>(registry: &'a Registry, outcome: &'a PassOutcome) -> metrics::View<'a> {
+    metrics::View {
+        tunnels: registry.tunnel_map(),
+        live: &outcome.live,
+        apply_errors: &outcome.apply_errors,
+        backend_error: outcome.backend_error.is_some(),
     }
 }
 
