@@ -27,6 +27,7 @@ pub struct FamilySpec {
     pub kind: &'static str,
     pub labels: &'static [&'static str],
     pub per_tunnel: bool,
+    pub help: &'static str,
 }
 
 const fn fam(
@@ -34,12 +35,14 @@ const fn fam(
     kind: &'static str,
     labels: &'static [&'static str],
     per_tunnel: bool,
+    help: &'static str,
 ) -> FamilySpec {
     FamilySpec {
         name,
         kind,
         labels,
         per_tunnel,
+        help,
     }
 }
 
@@ -50,53 +53,120 @@ pub const FAMILIES: &[FamilySpec] = &[
         "gauge",
         &["version", "backend"],
         false,
+        "Version of ovs-monitor-ipsec and the backend it drives.",
     ),
-    fam("ovs_ipsec_tunnels", "gauge", &["state"], false),
+    fam(
+        "ovs_ipsec_tunnels",
+        "gauge",
+        &["state"],
+        false,
+        "Tunnels by ipsec-state.",
+    ),
     fam(
         "ovs_ipsec_tunnel_up",
         "gauge",
         &["interface", "type", "remote_ip"],
         true,
+        "1 when the tunnel's ipsec-state is up, else 0.",
     ),
     fam(
         "ovs_ipsec_tunnel_state_changes_total",
         "counter",
         &["interface"],
         true,
+        "Changes of the tunnel's ipsec-state.",
     ),
     fam(
         "ovs_ipsec_sa_bytes_total",
         "counter",
         &["interface", "direction"],
         true,
+        "Bytes through the tunnel's kernel IPsec SAs.",
     ),
     fam(
         "ovs_ipsec_sa_packets_total",
         "counter",
         &["interface", "direction"],
         true,
+        "Packets through the tunnel's kernel IPsec SAs.",
     ),
-    fam("ovs_ipsec_rekeys_total", "counter", &["interface"], true),
-    fam("ovs_ipsec_xfrm_errors_total", "counter", &["error"], false),
+    fam(
+        "ovs_ipsec_rekeys_total",
+        "counter",
+        &["interface"],
+        true,
+        "New outbound SAs that replaced or joined an older one.",
+    ),
+    fam(
+        "ovs_ipsec_xfrm_errors_total",
+        "counter",
+        &["error"],
+        false,
+        "Counters of /proc/net/xfrm_stat.",
+    ),
     fam(
         "ovs_ipsec_cert_expiry_timestamp_seconds",
         "gauge",
         &["role", "subject"],
         false,
+        "notAfter of a certificate in use.",
     ),
-    fam("ovs_ipsec_ike_daemon_up", "gauge", &[], false),
-    fam("ovs_ipsec_ike_daemon_restarts_total", "counter", &[], false),
-    fam("ovs_ipsec_ovsdb_connected", "gauge", &[], false),
-    fam("ovs_ipsec_ovsdb_reconnects_total", "counter", &[], false),
-    fam("ovs_ipsec_pass_duration_seconds", "histogram", &[], false),
-    fam("ovs_ipsec_passes_total", "counter", &["trigger"], false),
+    fam(
+        "ovs_ipsec_ike_daemon_up",
+        "gauge",
+        &[],
+        false,
+        "1 when the IKE daemon answers, else 0.",
+    ),
+    fam(
+        "ovs_ipsec_ike_daemon_restarts_total",
+        "counter",
+        &[],
+        false,
+        "IKE daemon restarts the monitor noticed.",
+    ),
+    fam(
+        "ovs_ipsec_ovsdb_connected",
+        "gauge",
+        &[],
+        false,
+        "1 while connected to OVSDB, else 0.",
+    ),
+    fam(
+        "ovs_ipsec_ovsdb_reconnects_total",
+        "counter",
+        &[],
+        false,
+        "OVSDB connections after the first.",
+    ),
+    fam(
+        "ovs_ipsec_pass_duration_seconds",
+        "histogram",
+        &[],
+        false,
+        "Duration of reconcile passes.",
+    ),
+    fam(
+        "ovs_ipsec_passes_total",
+        "counter",
+        &["trigger"],
+        false,
+        "Reconcile passes by what started them.",
+    ),
     fam(
         "ovs_ipsec_external_commands_total",
         "counter",
         &["command", "result"],
         false,
+        "External commands run, by program and result.",
     ),
-    fam("ovs_ipsec_apply_errors_total", "counter", &[], false),
+    fam(
+        "ovs_ipsec_apply_errors_total",
+        "counter",
+        &[],
+        false,
+        "Tunnels whose actions failed, summed over passes.",
+    ),
 ];
 
 /// One tunnel's per-tunnel series.
@@ -290,82 +360,15 @@ impl Snapshot {
     }
 }
 
-const HELP: &[(&str, &str)] = &[
-    (
-        "ovs_ipsec_monitor_info",
-        "Version of ovs-monitor-ipsec and the backend it drives.",
-    ),
-    ("ovs_ipsec_tunnels", "Tunnels by ipsec-state."),
-    (
-        "ovs_ipsec_tunnel_up",
-        "1 when the tunnel's ipsec-state is up, else 0.",
-    ),
-    (
-        "ovs_ipsec_tunnel_state_changes_total",
-        "Changes of the tunnel's ipsec-state.",
-    ),
-    (
-        "ovs_ipsec_sa_bytes_total",
-        "Bytes through the tunnel's kernel IPsec SAs.",
-    ),
-    (
-        "ovs_ipsec_sa_packets_total",
-        "Packets through the tunnel's kernel IPsec SAs.",
-    ),
-    (
-        "ovs_ipsec_rekeys_total",
-        "New outbound SAs that replaced or joined an older one.",
-    ),
-    (
-        "ovs_ipsec_xfrm_errors_total",
-        "Counters of /proc/net/xfrm_stat.",
-    ),
-    (
-        "ovs_ipsec_cert_expiry_timestamp_seconds",
-        "notAfter of a certificate in use.",
-    ),
-    (
-        "ovs_ipsec_ike_daemon_up",
-        "1 when the IKE daemon answers, else 0.",
-    ),
-    (
-        "ovs_ipsec_ike_daemon_restarts_total",
-        "IKE daemon restarts the monitor noticed.",
-    ),
-    (
-        "ovs_ipsec_ovsdb_connected",
-        "1 while connected to OVSDB, else 0.",
-    ),
-    (
-        "ovs_ipsec_ovsdb_reconnects_total",
-        "OVSDB connections after the first.",
-    ),
-    (
-        "ovs_ipsec_pass_duration_seconds",
-        "Duration of reconcile passes.",
-    ),
-    (
-        "ovs_ipsec_passes_total",
-        "Reconcile passes by what started them.",
-    ),
-    (
-        "ovs_ipsec_external_commands_total",
-        "External commands run, by program and result.",
-    ),
-    (
-        "ovs_ipsec_apply_errors_total",
-        "Tunnels whose actions failed, summed over passes.",
-    ),
-];
-
 impl Collector for Snapshot {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         for spec in FAMILIES.iter().filter(|s| self.has_series(s)) {
-            let help = HELP
-                .iter()
-                .find(|(n, _)| *n == spec.name)
-                .map_or("", |(_, h)| h);
-            let m = encoder.encode_descriptor(om_name(spec), help, None, metric_type(spec.kind))?;
+            let m = encoder.encode_descriptor(
+                om_name(spec),
+                spec.help,
+                None,
+                metric_type(spec.kind),
+            )?;
             self.family(spec, m)?;
         }
         Ok(())

@@ -11,6 +11,8 @@
 //!
 //! The metric names are a contract, listed in `docs/metrics.md` ([`families::FAMILIES`]).
 
+#[cfg(test)]
+mod contract_tests;
 pub mod exposition;
 pub mod families;
 pub mod http;
