@@ -55,8 +55,11 @@ fn full(per_tunnel: bool) -> Snapshot {
     }
 }
 
+/// Label names by family.
+type Labels = BTreeMap<String, BTreeSet<String>>;
+
 /// (name, type) of every `# TYPE` line, and the label names of each family's samples.
-fn exposed(text: &str) -> (Vec<(String, String)>, BTreeMap<String, BTreeSet<String>>) {
+fn exposed(text: &str) -> (Vec<(String, String)>, Labels) {
     let types = text
         .lines()
         .filter_map(|l| l.strip_prefix("# TYPE "))
@@ -129,7 +132,7 @@ fn per_tunnel_false_drops_exactly_the_per_tunnel_families() {
     let names: BTreeSet<&str> = types.iter().map(|(n, _)| n.as_str()).collect();
     for f in FAMILIES {
         assert_eq!(names.contains(f.name), !f.per_tunnel, "{}", f.name);
-        assert_eq!(DOC.contains(&format!("`{}`", f.name)), true);
+        assert!(DOC.contains(&format!("`{}`", f.name)), "{}", f.name);
     }
     assert!(DOC.contains("`--metrics-per-tunnel=false` drops"));
 }
