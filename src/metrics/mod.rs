@@ -24,7 +24,7 @@ use std::time::Duration;
 use prometheus_client::metrics::histogram::Histogram;
 
 use crate::backend::{BackendKind, LiveStatus};
-use crate::model::Tunnel;
+use crate::model::{Tunnel, TunnelType};
 pub use exposition::Format;
 use families::{Snapshot, TunnelRow};
 use traffic::KernelView;
@@ -197,7 +197,10 @@ impl Metrics {
             let conf = t.conf();
             rows.push(TunnelRow {
                 name: name.clone(),
-                kind: conf.map_or("", |c| c.kind.as_str()),
+                kind: conf
+                    .map(|c| c.kind)
+                    .or_else(|| TunnelType::parse(&t.raw.kind))
+                    .map_or("", TunnelType::as_str),
                 remote_ip: conf.map(|c| c.remote_ip.to_string()).unwrap_or_default(),
                 up: state == "up",
                 changes: track.map_or(0, |t| t.changes),
