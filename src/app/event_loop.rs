@@ -497,9 +497,17 @@ impl<B: Backend> EventLoop<B> {
                 .await;
                 (Ok(String::new()), None)
             }
-            AppCommand::MetricsShow { openmetrics } => {
-                let period = Duration::from_secs(super::RECONCILE_INTERVAL_SECS);
-                self.refresh_metrics(period).await;
+            AppCommand::MetricsShow {
+                openmetrics,
+                scrape,
+            } => {
+                // A scrape reads the periodic observation (read now only if there is none);
+                // an operator's metrics/show reads the kernel now.
+                let max_age = match scrape {
+                    true => Duration::from_secs(super::RECONCILE_INTERVAL_SECS),
+                    false => Duration::ZERO,
+                };
+                self.refresh_metrics(max_age).await;
                 let format = match openmetrics {
                     true => metrics::Format::OpenMetrics,
                     false => metrics::Format::Prometheus,

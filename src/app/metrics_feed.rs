@@ -1,9 +1,9 @@
 //! The metrics' own observations, made by the shell: one XFRM SA dump (every backend's SAs
 //! are in the kernel), `/proc/net/xfrm_stat`, and the notAfter of the certificates in use.
 //!
-//! They cost O(SAs), so they run on the periodic timer when `--metrics` is on, and for a
-//! `metrics/show` only when older than one period; a scrape reads what they left (see
-//! `metrics::traffic`).
+//! They cost O(SAs), so they run on the periodic timer when `--metrics` is on (and for a
+//! scrape only when there was none yet), and for each `metrics/show`, an operator's command;
+//! a scrape reads what they left (see `metrics::traffic`).
 
 use std::time::{Duration, Instant};
 

@@ -14,9 +14,10 @@ pub enum AppCommand {
     TunnelsShow { json: bool },
     /// `refresh`: observe and reconcile now.
     Refresh,
-    /// `metrics/show` (Prometheus text 0.0.4), and each `--metrics` scrape (OpenMetrics when
-    /// the scraper asks for it).
-    MetricsShow { openmetrics: bool },
+    /// `metrics/show` (Prometheus text 0.0.4, with the kernel's SA counters read now), and
+    /// each `--metrics` scrape (`scrape`: from the periodic kernel observation; OpenMetrics
+    /// when the scraper asks for it).
+    MetricsShow { openmetrics: bool, scrape: bool },
     /// `exit [--no-cleanup]`: with cleanup, remove everything the monitor created first.
     Exit { cleanup: bool },
 }
@@ -115,7 +116,10 @@ pub fn parse(method: &str, args: &[String]) -> Result<Command, String> {
         "vlog/reopen" => Command::VlogReopen,
         "vlog/close" => Command::VlogClose,
         "refresh" => Command::App(AppCommand::Refresh),
-        "metrics/show" => Command::App(AppCommand::MetricsShow { openmetrics: false }),
+        "metrics/show" => Command::App(AppCommand::MetricsShow {
+            openmetrics: false,
+            scrape: false,
+        }),
         "tunnels/show" => Command::App(AppCommand::TunnelsShow {
             json: flag("--json")?,
         }),

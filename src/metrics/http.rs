@@ -205,6 +205,7 @@ async fn answer(
     let (tx, rx) = oneshot::channel();
     let command = AppCommand::MetricsShow {
         openmetrics: format == Format::OpenMetrics,
+        scrape: true,
     };
     let unavailable = |why: &str| reply(StatusCode::SERVICE_UNAVAILABLE, TEXT, format!("{why}\n"));
     if requests

@@ -8,9 +8,8 @@
 //! for the gre tunnel, the UDP port for geneve/vxlan; an SA whose selector names neither is
 //! left out rather than guessed.
 //!
-//! The SA dump is O(SAs), so the shell refreshes it on the periodic timer (and for a
-//! `metrics/show` when it is older than a period), never per scrape: scrapes are served from
-//! this view. The kernel's counters restart with each new SA (a rekey), so the view keeps the
+//! The SA dump is O(SAs), so the shell refreshes it on the periodic timer (and for each
+//! `metrics/show`), never per scrape: scrapes are served from this view. The kernel's counters restart with each new SA (a rekey), so the view keeps the
 //! last value of each SA and adds only the growth: `ovs_ipsec_sa_*_total` never go down while
 //! the tunnel exists. A new outbound SA beside or after an older one of the same tunnel is a
 //! rekey (the IKE daemons' rekeys and the static-key rotation alike).
