@@ -339,3 +339,65 @@ fn a_real_prometheus_scrapes_the_monitor() {
     );
     assert!(last.contains("\"job\":\"ipsec\""), "{last}");
 }
+
+#[test]
+fn certificate_expiry_of_the_local_ca_and_peer_certificates() {
+    let db = OvsdbServer::start();
+    let dir = db.dir();
+    for cn in ["host-a", "host-b", "test-ca"] {
+        common::libreswan::self_signed(dir, cn);
+    }
+    let p = |f: &str| dir.join(f).display().to_string();
+    db.vsctl(&[
+        "set",
+        "Open_vSwitch",
+        ".",
+        &format!("other_config:certificate={}", p("host-a-cert.pem")),
+        &format!("other_config:private_key={}", p("host-a-privkey.pem")),
+    ]);
+    let mon = Monitor::start(&db, &[]);
+    db.add_tunnel(
+        "gnv3",
+        "geneve",
+        &[
+            "remote_ip=192.0.2.7",
+            &format!("remote_cert={}", p("host-b-cert.pem")),
+        ],
+    );
+    wait_for("gnv3 configured", T, || {
+        iface_key(&db, "gnv3", "ipsec-state").as_deref() == Some("configured")
+    });
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as f64;
+    // The certificates are valid for two days (-days 2).
+    let expiry = |show: &str, role: &str, cn: &str| -> f64 {
+        let key =
+            format!("ovs_ipsec_cert_expiry_timestamp_seconds{{role=\"{role}\",subject=\"{cn}\"}}");
+        let v: f64 = value(show, &key)
+            .unwrap_or_else(|| panic!("{key} missing:\n{show}"))
+            .parse()
+            .unwrap();
+        assert!(
+            (v - now - 2.0 * 86400.0).abs() < 3600.0,
+            "{key} = {v}, now {now}"
+        );
+        v
+    };
+    let show = mon.appctl_ok(&["metrics/show"]);
+    expiry(&show, "local", "host-a");
+    expiry(&show, "peer", "host-b");
+    assert!(!show.contains("role=\"ca\""), "{show}");
+    db.vsctl(&[
+        "set",
+        "Open_vSwitch",
+        ".",
+        &format!("other_config:ca_cert={}", p("test-ca-cert.pem")),
+    ]);
+    wait_for("the CA certificate in the metrics", T, || {
+        mon.appctl_ok(&["metrics/show"])
+            .contains("role=\"ca\",subject=\"test-ca\"")
+    });
+    expiry(&mon.appctl_ok(&["metrics/show"]), "ca", "test-ca");
+}
