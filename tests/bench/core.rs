@@ -79,18 +79,7 @@ async fn run(n: usize) -> Result {
     let cold = start.elapsed();
     let cpu_ms = cpu_ms(mon.id());
 
-    db.vsctl(&[
-        "add-port",
-        "br0",
-        "extra",
-        "--",
-        "set",
-        "interface",
-        "extra",
-        "type=vxlan",
-        "options:remote_ip=10.255.255.1",
-        "options:psk=swordfish",
-    ]);
+    fixture::add_extra(&db);
     while count(&client) < n + 1 {
         let _ = events.recv().await;
     }

@@ -6,6 +6,22 @@ use serde_json::json;
 use super::common::ovsdb_server::OvsdbServer;
 use ovs_monitor_ipsec::ovsdb::{Client, ClientConfig, Remote, TableSpec};
 
+/// Adds the one more tunnel ("extra") whose status the benchmarks wait for.
+pub fn add_extra(db: &OvsdbServer) {
+    db.vsctl(&[
+        "add-port",
+        "br0",
+        "extra",
+        "--",
+        "set",
+        "interface",
+        "extra",
+        "type=vxlan",
+        "options:remote_ip=10.255.255.1",
+        "options:psk=swordfish",
+    ]);
+}
+
 /// Inserts `n` vxlan PSK tunnels on br0 with our own client, 1,000 per transaction
 /// (ovs-vsctl re-reads the whole database per call and times out at 10,000 ports).
 pub async fn load(client: &Client, n: usize) {

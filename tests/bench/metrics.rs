@@ -137,18 +137,7 @@ async fn run(n: usize, metrics: bool) -> Run {
     });
     std::thread::sleep(Duration::from_millis(200));
     let t = Instant::now();
-    db.vsctl(&[
-        "add-port",
-        "br0",
-        "extra",
-        "--",
-        "set",
-        "interface",
-        "extra",
-        "type=vxlan",
-        "options:remote_ip=10.255.255.1",
-        "options:psk=swordfish",
-    ]);
+    fixture::add_extra(&db);
     while with_state(&client) < n + 1 {
         let _ = tokio::time::timeout(Duration::from_secs(60), events.recv()).await;
     }
