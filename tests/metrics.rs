@@ -10,7 +10,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::monitor::{BIN, Monitor, iface_key, wait_for};
+use common::monitor::{BIN, CTL_BIN, Monitor, iface_key, wait_for};
 use common::ovsdb_server::OvsdbServer;
 
 const T: Duration = Duration::from_secs(30);
@@ -154,6 +154,19 @@ fn scrape_over_http_agrees_with_ovsdb_and_metrics_show() {
     assert_eq!(types(&show), types(&body));
     let keys = |b: &str| series(b).into_keys().collect::<BTreeSet<_>>();
     assert_eq!(keys(&show), keys(&body));
+    // And through our own client.
+    let ctl = Command::new(CTL_BIN)
+        .arg("-t")
+        .arg(&mon.ctl)
+        .arg("metrics/show")
+        .output()
+        .unwrap();
+    assert!(
+        ctl.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ctl.stderr)
+    );
+    assert_eq!(types(&String::from_utf8_lossy(&ctl.stdout)), types(&body));
 
     // OpenMetrics when asked; headers tell which.
     let om = curl(
