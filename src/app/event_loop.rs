@@ -515,7 +515,12 @@ impl<B: Backend> EventLoop<B> {
                 let snapshot = self
                     .metrics
                     .snapshot(&metrics_view(&self.registry, &self.outcome));
-                (Ok(metrics::exposition::render(snapshot, format)), None)
+                // Encoding is O(series): done on a blocking-pool thread, so that the loop
+                // (and the next pass) waits only for the snapshot.
+                tokio::task::spawn_blocking(move || {
+                    let _ = reply.send(Ok(metrics::exposition::render(snapshot, format)));
+                });
+                return None;
             }
             AppCommand::Exit { cleanup: false } => (Ok(String::new()), Some(Exit::NoCleanup)),
             AppCommand::Exit { cleanup: true } => (self.cleanup().await, Some(Exit::Cleanup)),
