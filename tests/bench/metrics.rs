@@ -12,7 +12,8 @@
 //! in-process part renders a snapshot whose N tunnels all carry traffic (7 series per tunnel)
 //! to give the encoding cost at full size.
 //!
-//! `cargo bench --bench metrics` runs N ∈ {1000, 10000}; `cargo test` runs N = 10 once.
+//! `cargo bench --bench metrics` runs N ∈ {1000, 10000}; `cargo test` runs N = 10 once;
+//! `METRICS_BENCH_SIZES=1000,10000` picks the sizes.
 
 #[path = "../common/mod.rs"]
 mod common;
@@ -39,7 +40,12 @@ const SCRAPES: u32 = 20;
 
 fn main() {
     let bench = std::env::args().any(|a| a == "--bench");
-    let sizes: &[usize] = if bench { &[1000, 10000] } else { &[10] };
+    // METRICS_BENCH_SIZES=1000,10000 overrides the sizes (e.g. for a debug build).
+    let sizes: Vec<usize> = match std::env::var("METRICS_BENCH_SIZES") {
+        Ok(v) => v.split(',').filter_map(|n| n.trim().parse().ok()).collect(),
+        Err(_) if bench => vec![1000, 10000],
+        Err(_) => vec![10],
+    };
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -48,7 +54,7 @@ fn main() {
         "| N | CPU per scrape | scrape wall | body | +1 tunnel, idle | +1 tunnel, scraped | RSS without --metrics | RSS with, after scrapes | render, all tunnels with SA traffic |"
     );
     println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
-    for &n in sizes {
+    for &n in &sizes {
         let base = rt.block_on(run(n, false));
         let with = rt.block_on(run(n, true));
         let (render_ms, render_kb) = render_full(n);
