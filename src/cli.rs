@@ -130,6 +130,16 @@ pub struct Cli {
     /// Control socket [default: $OVS_RUNDIR/ovs-monitor-ipsec.<pid>.ctl].
     #[arg(long, value_name = "PATH")]
     pub unixctl: Option<PathBuf>,
+
+    /// Serve Prometheus metrics over HTTP (GET /metrics) on tcp:IP:PORT or unix:PATH
+    /// [default: off; `metrics/show` works without it].
+    #[arg(long, value_name = "ENDPOINT")]
+    pub metrics: Option<crate::metrics::http::Listen>,
+
+    /// Export the per-tunnel metric families (one series or more per tunnel); false keeps
+    /// only the aggregates, for very large hosts.
+    #[arg(long, value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set)]
+    pub metrics_per_tunnel: bool,
 }
 
 /// The error printed (and exit code 1) for a missing or unknown `--ike-daemon`.
@@ -265,6 +275,21 @@ mod tests {
         assert_eq!(c.strongswan_mode, StrongSwanMode::Vici);
         assert_eq!(c.vici_socket(), PathBuf::from("/tmp/c.vici"));
         assert!(parse(&["unix:x", "--strongswan-mode=racoon"]).is_err());
+    }
+
+    #[test]
+    fn metrics_flags() {
+        let c = parse(&["unix:x"]).unwrap();
+        assert_eq!((c.metrics, c.metrics_per_tunnel), (None, true));
+        let c = parse(&[
+            "unix:x",
+            "--metrics=tcp:127.0.0.1:9101",
+            "--metrics-per-tunnel=false",
+        ])
+        .unwrap();
+        assert_eq!(c.metrics.unwrap().to_string(), "tcp:127.0.0.1:9101");
+        assert!(!c.metrics_per_tunnel);
+        assert!(parse(&["unix:x", "--metrics=http://x"]).is_err());
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //! - [`plan`]: pure set differences that backends turn into minimal action lists;
 //! - [`backend`]: the one trait every IKE daemon (or the static-key XFRM backend) implements;
 //! - [`status`]: the per-tunnel state written back to OVSDB, only our keys, only on change;
+//! - [`metrics`]: Prometheus metrics from what the pipeline already holds, `--metrics`;
 //! - [`diagnose`]: read-only, per-layer findings for `ovs-appctl ... diagnose`;
 //! - [`control`]: the unixctl server (`ovs-appctl -t ovs-monitor-ipsec ...`) and our client.
 
@@ -18,6 +19,7 @@ pub mod daemon;
 pub mod diagnose;
 pub mod jsonrpc;
 pub mod logging;
+pub mod metrics;
 pub mod model;
 pub mod ovsdb;
 pub mod plan;

@@ -57,6 +57,7 @@ async fn fake_main_loop(mut rx: mpsc::Receiver<ControlRequest>, seen: Arc<Mutex<
         let reply = match req.command {
             AppCommand::TunnelsShow { json } => Ok(show_text(json)),
             AppCommand::Refresh | AppCommand::Exit { .. } => Ok(String::new()),
+            AppCommand::MetricsShow { .. } => Ok("ovs_ipsec_ovsdb_connected 1\n".into()),
         };
         let _ = req.reply.send(reply);
     }

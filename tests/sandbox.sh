@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Sandbox demo: a private ovsdb-server, tunnels created with the real ovs-vsctl, the monitor,
-# then `ovs-appctl tunnels/show` and the status the monitor wrote to OVSDB. Touches nothing
+# then `ovs-appctl tunnels/show`, the status the monitor wrote to OVSDB and its Prometheus
+# metrics (`metrics/show`, and a scrape of --metrics with curl). Touches nothing
 # outside a temporary directory.
 # Usage: sudo tests/sandbox.sh        (IKE_DAEMON=strongswan|libreswan|none, default strongswan)
 #        KEEP=1 sudo tests/sandbox.sh (leave it running and print how to use it)
@@ -31,9 +32,10 @@ vsctl() { ovs-vsctl --db="unix:$D/db.sock" --no-wait "$@"; }
 vsctl init
 vsctl add-br br-ipsec
 
-say "ovs-monitor-ipsec unix:$D/db.sock --ike-daemon=${IKE_DAEMON:-strongswan} --dry-run --detach ..."
+say "ovs-monitor-ipsec unix:$D/db.sock --ike-daemon=${IKE_DAEMON:-strongswan} --dry-run --metrics=unix:$D/metrics.sock --detach ..."
 "$BIN/ovs-monitor-ipsec" "unix:$D/db.sock" --ike-daemon="${IKE_DAEMON:-strongswan}" --dry-run \
-    --root-prefix="$D/root" --no-restart-ike-daemon --pidfile --log-file --detach --no-chdir
+    --root-prefix="$D/root" --no-restart-ike-daemon --pidfile --log-file --detach --no-chdir \
+    --metrics="unix:$D/metrics.sock"
 
 say "ovs-vsctl add-port br-ipsec gnv0 -- set interface gnv0 type=geneve options:remote_ip=192.0.2.2 options:psk=swordfish"
 vsctl add-port br-ipsec gnv0 -- set interface gnv0 type=geneve \
@@ -56,6 +58,11 @@ say "ovs-vsctl --columns=name,external_ids list Interface"
 vsctl --columns=name,external_ids list Interface
 say "ovs-vsctl get Open_vSwitch . external_ids"
 vsctl get Open_vSwitch . external_ids
+say "ovs-appctl -t ovs-monitor-ipsec metrics/show | grep -E '^ovs_ipsec_(tunnels|tunnel_up|monitor_info)'"
+ovs-appctl -t ovs-monitor-ipsec metrics/show | grep -E '^ovs_ipsec_(tunnels|tunnel_up|monitor_info)'
+say "curl -s --unix-socket $D/metrics.sock http://localhost/metrics | promtool check metrics"
+curl -s --unix-socket "$D/metrics.sock" http://localhost/metrics | promtool check metrics \
+    && echo "promtool: the exposition is valid"
 say "grep -v DBG $D/ovs-monitor-ipsec.log"
 grep -v '|DBG|' "$D/ovs-monitor-ipsec.log" || true
 
@@ -66,6 +73,8 @@ The sandbox keeps running in $D. Try:
   export OVS_RUNDIR=$D
   ovs-vsctl --db=unix:$D/db.sock --no-wait set interface gnv0 options:remote_ip=192.0.2.9
   ovs-appctl -t ovs-monitor-ipsec tunnels/show
+  ovs-appctl -t ovs-monitor-ipsec metrics/show
+  curl -s --unix-socket $D/metrics.sock http://localhost/metrics
   ovs-appctl -t ovs-monitor-ipsec exit        # removes what the monitor created
 EOT
 fi

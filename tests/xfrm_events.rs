@@ -103,6 +103,17 @@ fn a_policy_deleted_by_hand_is_noticed_within_a_second_and_put_back() {
         iface_key(&db, "gnv0", "ipsec-state").as_deref(),
         Some("down")
     );
+    // And so does the metric (the flush counted once more).
+    let metrics = mon.appctl_ok(&["metrics/show"]);
+    let series = "ovs_ipsec_xfrm_vanished_total{interface=\"gnv0\",object=\"policy\"} ";
+    let count = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(series))
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    assert!(
+        count.is_some_and(|n| n >= RUNS as u64),
+        "{series}: {count:?}\n{metrics}"
+    );
 
     // Our own removals are no loss: removing the tunnel deletes its policies quietly.
     db.vsctl(&["del-port", "gnv0"]);

@@ -8,6 +8,7 @@ use tokio::sync::mpsc;
 use tokio::time::{Interval, MissedTickBehavior, interval_at};
 use tracing::{Level, debug, error, info, warn};
 
+use super::metrics_feed::Feed;
 use super::monitor_keys::MonitorKeys;
 use super::pass::{self, PassOutcome};
 use super::status_scope::StatusScope;
@@ -20,6 +21,7 @@ use crate::control::{AppCommand, ControlRequest};
 use crate::daemon::Daemon;
 use crate::daemon::{SignalEvent, Signals};
 use crate::logging::LogHandle;
+use crate::metrics::{self, Metrics, Trigger};
 use crate::model::cert::FsCertSource;
 use crate::model::registry::{ModelEvent, Registry};
 use crate::model::rows::{self, Rows};
@@ -47,6 +49,8 @@ struct Work {
     full: bool,
     /// Recompute and write status.
     status: bool,
+    /// What asked for the pass (for the metrics).
+    trigger: Option<Trigger>,
 }
 
 pub struct EventLoop<B: Backend> {
@@ -86,6 +90,10 @@ pub struct EventLoop<B: Backend> {
     /// When a failed status write should be retried.
     status_retry: Option<Instant>,
     tick: Interval,
+    metrics: Metrics,
+    metrics_feed: Feed,
+    /// `--metrics` is on: refresh the metrics' kernel observation on the periodic timer.
+    metrics_endpoint: bool,
 }
 
 impl Work {
@@ -95,7 +103,15 @@ impl Work {
         pass: true,
         full: true,
         status: false,
+        trigger: None,
     };
+
+    fn full_pass(trigger: Trigger) -> Work {
+        Work {
+            trigger: Some(trigger),
+            ..Self::FULL_PASS
+        }
+    }
 }
 
 impl<B: Backend> EventLoop<B> {
@@ -114,6 +130,7 @@ impl<B: Backend> EventLoop<B> {
         let mut tick = interval_at(tokio::time::Instant::now() + period, period);
         tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let monitor_keys = MonitorKeys::new(backend.kind(), dry_run);
+        let metrics = Metrics::new(backend.kind(), true);
         let versions_file = crate::daemon::paths::rundir().join("ovs-monitor-ipsec.versions");
         let mut registry = Registry::new();
         match std::fs::read_to_string(&versions_file) {
@@ -149,7 +166,17 @@ impl<B: Backend> EventLoop<B> {
             versions_file,
             status_retry: None,
             tick,
+            metrics,
+            metrics_feed: Feed::default(),
+            metrics_endpoint: false,
         }
+    }
+
+    /// Metrics options: per-tunnel families, and whether `--metrics` serves them.
+    pub fn with_metrics(mut self, per_tunnel: bool, endpoint: bool) -> Self {
+        self.metrics = Metrics::new(self.backend.kind(), per_tunnel);
+        self.metrics_endpoint = endpoint;
+        self
     }
 
     /// Runs until `exit` or a terminating signal.
@@ -172,14 +199,20 @@ impl<B: Backend> EventLoop<B> {
                     None => Work::default(),
                 },
                 Some(ev) = recv_opt(&mut self.backend_events) => match ev {
-                    BackendEvent::StateChanged => Work::FULL_PASS,
+                    BackendEvent::StateChanged => Work::full_pass(Trigger::Event),
                     BackendEvent::DaemonRestarted => {
                         info!("{} restarted: reloading every tunnel", self.backend.kind());
-                        Work::FULL_PASS
+                        self.metrics.ike_daemon_restarted();
+                        Work::full_pass(Trigger::Event)
                     }
                 },
                 Some(ev) = recv_opt(&mut self.xfrm_events) => self.on_xfrm_event(ev),
-                _ = self.tick.tick() => Work::FULL_PASS,
+                _ = self.tick.tick() => {
+                    if self.metrics_endpoint {
+                        self.refresh_metrics(Duration::ZERO).await;
+                    }
+                    Work::full_pass(Trigger::Timer)
+                }
                 _ = sleep_until_opt(retry_at) => Work { status: true, ..Work::default() },
                 Some(sig) = self.signals.recv() => match sig {
                     SignalEvent::Shutdown(sig) => {
@@ -202,14 +235,17 @@ impl<B: Backend> EventLoop<B> {
         match ev {
             DbEvent::Changed => Work {
                 model: true,
+                trigger: Some(Trigger::Ovsdb),
                 ..Work::default()
             },
             DbEvent::Connected { remote, method } => {
                 debug!("{remote}: monitoring with {method:?}");
+                self.metrics.ovsdb_connected(true);
                 Work::default()
             }
             DbEvent::Disconnected { reason } => {
                 debug!("OVSDB connection lost: {reason}");
+                self.metrics.ovsdb_connected(false);
                 // Do not hold a --detach parent forever when the database is down.
                 self.mark_detached();
                 Work::default()
@@ -229,7 +265,13 @@ impl<B: Backend> EventLoop<B> {
                 Some(names) if !full => Scope::Tunnels(names),
                 _ => Scope::All,
             };
+            let started = Instant::now();
             let outcome = pass::run(&mut self.backend, self.registry.desired(), scope).await;
+            self.metrics.pass(
+                work.trigger.unwrap_or(Trigger::Ovsdb),
+                started.elapsed(),
+                outcome.apply_errors.len(),
+            );
             let changed = outcome.applied > 0;
             if changed {
                 self.xfrm_watch.applied(&outcome.covered, Instant::now());
@@ -254,6 +296,8 @@ impl<B: Backend> EventLoop<B> {
         }
         if work.status {
             self.write_status().await;
+            self.metrics
+                .track_states(&metrics_view(&self.registry, &self.outcome));
         }
     }
 
@@ -284,8 +328,21 @@ impl<B: Backend> EventLoop<B> {
         }
         Work {
             pass: true,
+            trigger: Some(Trigger::Event),
             ..Work::default()
         }
+    }
+
+    /// Re-reads the metrics' kernel and certificate observation if older than `max_age`.
+    async fn refresh_metrics(&mut self, max_age: Duration) {
+        self.metrics_feed
+            .refresh(
+                &mut self.metrics,
+                self.registry.desired(),
+                &mut self.certs,
+                max_age,
+            )
+            .await;
     }
 
     /// Takes in a pass's outcome; notes for the status pass the tunnels whose live state or
@@ -483,10 +540,38 @@ impl<B: Backend> EventLoop<B> {
                 self.perform(Work {
                     model: true,
                     status: true,
-                    ..Work::FULL_PASS
+                    ..Work::full_pass(Trigger::Control)
                 })
                 .await;
                 (Ok(String::new()), None)
+            }
+            AppCommand::MetricsShow {
+                openmetrics,
+                scrape,
+            } => {
+                // A scrape reads the periodic observation (read now only if there is none);
+                // an operator's metrics/show reads the kernel now.
+                let max_age = match scrape {
+                    true => Duration::from_secs(super::RECONCILE_INTERVAL_SECS),
+                    false => Duration::ZERO,
+                };
+                self.refresh_metrics(max_age).await;
+                let format = match openmetrics {
+                    true => metrics::Format::OpenMetrics,
+                    false => metrics::Format::Prometheus,
+                };
+                let mut snapshot = self
+                    .metrics
+                    .snapshot(&metrics_view(&self.registry, &self.outcome));
+                if snapshot.per_tunnel {
+                    snapshot.vanished = self.xfrm_watch.vanished_series().collect();
+                }
+                // Encoding is O(series): done on a blocking-pool thread, so that the loop
+                // (and the next pass) waits only for the snapshot.
+                tokio::task::spawn_blocking(move || {
+                    let _ = reply.send(Ok(metrics::exposition::render(snapshot, format)));
+                });
+                return None;
             }
             AppCommand::Exit { cleanup: false } => (Ok(String::new()), Some(Exit::NoCleanup)),
             AppCommand::Exit { cleanup: true } => (self.cleanup().await, Some(Exit::Cleanup)),
@@ -527,6 +612,15 @@ impl<B: Backend> EventLoop<B> {
         } else {
             Err(problems.join("; "))
         }
+    }
+}
+
+fn metrics_view<'a>(registry: &'a Registry, outcome: &'a PassOutcome) -> metrics::View<'a> {
+    metrics::View {
+        tunnels: registry.tunnel_map(),
+        live: &outcome.live,
+        apply_errors: &outcome.apply_errors,
+        backend_error: outcome.backend_error.is_some(),
     }
 }
 

@@ -106,6 +106,22 @@ async fn run(
             return 1;
         }
     };
+    let metrics_task = match cli.metrics.as_ref().map(crate::metrics::http::bind) {
+        Some(Ok(endpoint)) => {
+            info!(
+                "serving metrics on {}",
+                cli.metrics
+                    .as_ref()
+                    .map_or(String::new(), |l| l.to_string())
+            );
+            Some(tokio::spawn(endpoint.run(server.requests())))
+        }
+        Some(Err(e)) => {
+            error!("{e}");
+            return 1;
+        }
+        None => None,
+    };
     let server_task = tokio::spawn(server.run());
     let (client, db_events) = Client::spawn(config);
     info!(
@@ -119,6 +135,8 @@ async fn run(
         signals,
         daemon,
         log,
+        metrics_per_tunnel: cli.metrics_per_tunnel,
+        metrics_endpoint: cli.metrics.is_some(),
     };
     let start = StartOptions {
         restart_ike_daemon: !cli.no_restart_ike_daemon,
@@ -166,6 +184,9 @@ async fn run(
         }
     };
     server_task.abort();
+    if let Some(t) = metrics_task {
+        t.abort();
+    }
     drop(pidfile);
     match exit {
         Exit::Cleanup => info!("exiting after cleanup"),
@@ -183,6 +204,8 @@ struct Parts {
     signals: Signals,
     daemon: Daemon,
     log: LogHandle,
+    metrics_per_tunnel: bool,
+    metrics_endpoint: bool,
 }
 
 async fn run_with<B: Backend>(backend: B, dry_run: bool, p: Parts, start: StartOptions) -> Exit {
@@ -196,6 +219,7 @@ async fn run_with<B: Backend>(backend: B, dry_run: bool, p: Parts, start: StartO
         p.log,
         dry_run,
     )
+    .with_metrics(p.metrics_per_tunnel, p.metrics_endpoint)
     .run(start)
     .await
 }

@@ -124,6 +124,14 @@ impl XfrmWatch {
         &self.counts
     }
 
+    /// The vanished counts as `(interface, object, count)`, the metric's series.
+    pub fn vanished_series(&self) -> impl Iterator<Item = (String, &'static str, u64)> + '_ {
+        self.counts
+            .vanished
+            .iter()
+            .map(|((name, what), n)| (name.clone(), what.as_str(), *n))
+    }
+
     /// A pass over `covered` changed something: the daemon's removals that follow are ours.
     pub fn applied(&mut self, covered: &Scope, now: Instant) {
         self.applied = Some((now, covered.clone()));

@@ -5,9 +5,11 @@
 //! stderr line must not count as a failure. Command lines never carry secrets by design: PSKs
 //! go to files or sockets, never to argv. stdin may carry secrets, so it is never logged.
 
+use std::collections::BTreeMap;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::PathBuf;
 use std::process::Stdio;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use nix::sys::memfd::{MFdFlags, memfd_create};
@@ -30,6 +32,35 @@ pub enum CommandError {
         code: i32,
         stderr: String,
     },
+}
+
+/// How a command ended, for the `ovs_ipsec_external_commands_total` metric.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum CmdResult {
+    Ok,
+    /// It could not be started or exited non-zero.
+    Failed,
+    Timeout,
+}
+
+impl CmdResult {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Ok => "ok",
+            Self::Failed => "failed",
+            Self::Timeout => "timeout",
+        }
+    }
+}
+
+/// Commands run by this process, by program name (`ipsec`, `certutil`, ...) and result. A
+/// process-wide tally: commands run deep inside every backend, and a count is all that
+/// leaves this module.
+static RUNS: Mutex<BTreeMap<(String, CmdResult), u64>> = Mutex::new(BTreeMap::new());
+
+/// How many commands ran, by (program name, result).
+pub fn runs() -> BTreeMap<(String, CmdResult), u64> {
+    RUNS.lock().unwrap_or_else(|e| e.into_inner()).clone()
 }
 
 /// A command to run: program, arguments, what it is for (for logs), and its time limit.
@@ -109,6 +140,25 @@ impl Cmd {
     /// Runs the command. A timeout kills the child. Completion with any exit code is `Ok`;
     /// see [`Cmd::run_checked`] for "must succeed".
     pub async fn run(&self) -> Result<CmdOutput, CommandError> {
+        let out = self.run_uncounted().await;
+        let result = match &out {
+            Ok(o) if o.code == 0 => CmdResult::Ok,
+            Err(CommandError::Timeout { .. }) => CmdResult::Timeout,
+            _ => CmdResult::Failed,
+        };
+        let name = self.program.file_name().map_or_else(
+            || self.program.display().to_string(),
+            |n| n.to_string_lossy().into_owned(),
+        );
+        *RUNS
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry((name, result))
+            .or_default() += 1;
+        out
+    }
+
+    async fn run_uncounted(&self) -> Result<CmdOutput, CommandError> {
         debug!("Running {}", self.cmdline());
         let spawn_error = |source| CommandError::Spawn {
             cmdline: self.cmdline(),
@@ -251,6 +301,17 @@ mod tests {
     async fn stdin_reaches_the_child() {
         let out = sh("cat").stdin(b"secret".to_vec()).run().await.unwrap();
         assert_eq!(out.stdout, "secret");
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn runs_are_counted_by_program_and_result() {
+        let count = |r| runs().get(&("sh".to_string(), r)).copied().unwrap_or(0);
+        let (ok, failed) = (count(CmdResult::Ok), count(CmdResult::Failed));
+        sh("exit 0").run().await.unwrap();
+        sh("exit 4").run().await.unwrap();
+        // Other tests run commands in parallel: at least ours were counted.
+        assert!(count(CmdResult::Ok) > ok);
+        assert!(count(CmdResult::Failed) > failed);
     }
 
     #[tokio::test(flavor = "current_thread")]

@@ -14,6 +14,10 @@ pub enum AppCommand {
     TunnelsShow { json: bool },
     /// `refresh`: observe and reconcile now.
     Refresh,
+    /// `metrics/show` (Prometheus text 0.0.4, with the kernel's SA counters read now), and
+    /// each `--metrics` scrape (`scrape`: from the periodic kernel observation; OpenMetrics
+    /// when the scraper asks for it).
+    MetricsShow { openmetrics: bool, scrape: bool },
     /// `exit [--no-cleanup]`: with cleanup, remove everything the monitor created first.
     Exit { cleanup: bool },
 }
@@ -61,6 +65,7 @@ pub const COMMANDS: &[CommandSpec] = &[
     spec("exit", "[--no-cleanup]", 0, 1),
     spec("help", "", 0, 0),
     spec("list-commands", "", 0, 0),
+    spec("metrics/show", "", 0, 0),
     spec("refresh", "", 0, 0),
     spec("tunnels/show", "[--json]", 0, 1),
     spec("version", "", 0, 0),
@@ -111,6 +116,10 @@ pub fn parse(method: &str, args: &[String]) -> Result<Command, String> {
         "vlog/reopen" => Command::VlogReopen,
         "vlog/close" => Command::VlogClose,
         "refresh" => Command::App(AppCommand::Refresh),
+        "metrics/show" => Command::App(AppCommand::MetricsShow {
+            openmetrics: false,
+            scrape: false,
+        }),
         "tunnels/show" => Command::App(AppCommand::TunnelsShow {
             json: flag("--json")?,
         }),

@@ -93,6 +93,13 @@ pub fn bind(
     Ok((server, rx))
 }
 
+impl ControlServer {
+    /// Another way in for [`AppCommand`]s (the metrics endpoint's scrapes).
+    pub fn requests(&self) -> mpsc::Sender<ControlRequest> {
+        self.shared.tx.clone()
+    }
+}
+
 /// Refuses a path that is not a socket or that a live server answers on.
 fn check_existing(path: &Path) -> Result<(), ControlError> {
     match fs::symlink_metadata(path) {

@@ -37,6 +37,8 @@ pub struct CertInfo {
     pub cn: String,
     /// SHA-256 of the DER certificate, so backends can notice a changed file at the same path.
     pub sha256: [u8; 32],
+    /// notAfter, in seconds since the Unix epoch (for the certificate-expiry metric).
+    pub not_after: i64,
 }
 
 /// Reads certificate facts; errors are human-readable reasons ("cannot read /x: No such file").
@@ -160,6 +162,7 @@ fn parse(bytes: &[u8], shown_path: impl Fn() -> String) -> Result<CertInfo, Cert
     Ok(CertInfo {
         cn: cn.to_owned(),
         sha256: Sha256::digest(der).into(),
+        not_after: cert.validity().not_after.timestamp(),
     })
 }
 
@@ -342,6 +345,7 @@ pub(crate) mod fake {
                 Some(cn) => Ok(CertInfo {
                     cn: cn.clone(),
                     sha256: Sha256::digest(cn.as_bytes()).into(),
+                    not_after: 0,
                 }),
                 None => Err(format!(
                     "cannot read '{}': No such file or directory (os error 2)",

@@ -24,6 +24,30 @@ pub use mutation::Mutation;
 /// Our keys on one row: `Some(value)` to set, `None` to make sure the key is absent.
 pub type Keys = BTreeMap<&'static str, Option<String>>;
 
+/// The tunnel's `ipsec-state`, as [`tunnel_keys`] writes it.
+pub fn tunnel_state(
+    tunnel: &Tunnel,
+    live: Option<&LiveStatus>,
+    apply_error: Option<&str>,
+) -> &'static str {
+    match (&tunnel.validity, apply_error, live) {
+        (Validity::Invalid(_), _, _) => "invalid",
+        (Validity::Valid(_), Some(_), _) => LiveState::Error.as_str(),
+        (Validity::Valid(_), None, Some(l)) => l.state.as_str(),
+        (Validity::Valid(_), None, None) => LiveState::Configured.as_str(),
+    }
+}
+
+/// Every `ipsec-state` value, in the order the metrics list them.
+pub const STATES: [&str; 6] = [
+    "configured",
+    "negotiating",
+    "up",
+    "down",
+    "error",
+    "invalid",
+];
+
 /// The keys describing one tunnel. `live` is what the backend observed, `apply_error` a
 /// failure of the last apply for this tunnel (it wins over the observed state).
 pub fn tunnel_keys(tunnel: &Tunnel, live: Option<&LiveStatus>, apply_error: Option<&str>) -> Keys {

@@ -12,11 +12,13 @@ mod common;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use serde_json::json;
+#[path = "fixture.rs"]
+mod fixture;
 
 use common::monitor::BIN;
 use common::ovsdb_server::OvsdbServer;
-use ovs_monitor_ipsec::ovsdb::{Client, ClientConfig, Remote, TableSpec};
+use fixture::{cpu_ms, load, status_kb, watch};
+use ovs_monitor_ipsec::ovsdb::Client;
 
 fn main() {
     let bench = std::env::args().any(|a| a == "--bench");
@@ -63,17 +65,7 @@ async fn run(n: usize) -> Result {
         let _ = events.recv().await;
     }
     load(&client, n).await;
-    let count = |c: &Client| {
-        c.with_replica(|r| {
-            r.table("Interface")
-                .filter(|(_, row)| {
-                    row.get("external_ids")
-                        .as_string_map()
-                        .contains_key("ipsec-state")
-                })
-                .count()
-        })
-    };
+    let count = fixture::with_state;
 
     let start = Instant::now();
     let mut mon = spawn_monitor(&db);
@@ -87,18 +79,7 @@ async fn run(n: usize) -> Result {
     let cold = start.elapsed();
     let cpu_ms = cpu_ms(mon.id());
 
-    db.vsctl(&[
-        "add-port",
-        "br0",
-        "extra",
-        "--",
-        "set",
-        "interface",
-        "extra",
-        "type=vxlan",
-        "options:remote_ip=10.255.255.1",
-        "options:psk=swordfish",
-    ]);
+    fixture::add_extra(&db);
     while count(&client) < n + 1 {
         let _ = events.recv().await;
     }
@@ -128,7 +109,7 @@ async fn run(n: usize) -> Result {
         let _ = events.recv().await;
     }
     let modify = start.elapsed();
-    let rss_kb = vm_hwm_kb(mon.id());
+    let rss_kb = status_kb(mon.id(), "VmHWM");
     let _ = mon.kill();
     let _ = mon.wait();
     Result {
@@ -138,49 +119,6 @@ async fn run(n: usize) -> Result {
         rss_kb,
         cpu_ms,
     }
-}
-
-/// Inserts `n` vxlan PSK tunnels on br0 with our own client, 1,000 per transaction
-/// (ovs-vsctl re-reads the whole database per call and times out at 10,000 ports).
-async fn load(client: &Client, n: usize) {
-    let ids: Vec<usize> = (0..n).collect();
-    for chunk in ids.chunks(1000) {
-        let mut ops = Vec::new();
-        for &i in chunk {
-            let ip = format!("10.{}.{}.{}", i / 62500 % 250, i / 250 % 250, i % 250 + 1);
-            ops.push(
-                json!({"op": "insert", "table": "Interface", "uuid-name": format!("i{i}"),
-                "row": {"name": format!("t{i}"), "type": "vxlan",
-                        "options": ["map", [["remote_ip", ip], ["psk", "swordfish"]]]}}),
-            );
-            ops.push(
-                json!({"op": "insert", "table": "Port", "uuid-name": format!("p{i}"),
-                "row": {"name": format!("t{i}"), "interfaces": ["named-uuid", format!("i{i}")]}}),
-            );
-        }
-        let ports: Vec<_> = chunk
-            .iter()
-            .map(|i| json!(["named-uuid", format!("p{i}")]))
-            .collect();
-        ops.push(
-            json!({"op": "mutate", "table": "Bridge", "where": [["name", "==", "br0"]],
-            "mutations": [["ports", "insert", ["set", ports]]]}),
-        );
-        client.transact(ops).await.expect("load tunnels");
-    }
-}
-
-fn watch(db: &OvsdbServer) -> ClientConfig {
-    let remotes = Remote::parse_list(&db.unix_remote()).unwrap();
-    ClientConfig::new(
-        remotes,
-        "Open_vSwitch",
-        vec![TableSpec {
-            table: "Interface".into(),
-            columns: vec!["name".into(), "external_ids".into()],
-            conditions: None,
-        }],
-    )
 }
 
 fn spawn_monitor(db: &OvsdbServer) -> Child {
@@ -198,28 +136,4 @@ fn spawn_monitor(db: &OvsdbServer) -> Child {
         .stderr(Stdio::null())
         .spawn()
         .unwrap()
-}
-
-fn vm_hwm_kb(pid: u32) -> u64 {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    s.lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
-}
-
-fn cpu_ms(pid: u32) -> f64 {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the ")" that ends the command name: utime is the 12th, stime the 13th.
-    let rest = s.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    let f: Vec<u64> = rest
-        .split_whitespace()
-        .filter_map(|x| x.parse().ok())
-        .collect();
-    let ticks = f.get(10).copied().unwrap_or(0) + f.get(11).copied().unwrap_or(0);
-    let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
-        .ok()
-        .flatten()
-        .unwrap_or(100);
-    ticks as f64 * 1000.0 / hz as f64
 }

@@ -318,9 +318,22 @@ clear_filter() {
 # assert_esp_ping TYPE PORT [A B]: ping 3/3 from A to B (default left and right) over the overlay
 # while tcpdump watches A's underlay; the tunnel's packets must appear as ESP in both directions
 # and never in clear (udp to PORT, or GRE).
+# sa_packets SIDE DIRECTION: the node's ovs_ipsec_sa_packets_total summed over its tunnels, as
+# metrics/show reports it (it reads the kernel's SA counters when it runs); empty when the
+# node's monitor does not answer.
+sa_packets() {
+    local m
+    m=$(ovs-appctl -t "$(bdir "$1")/mon.ctl" metrics/show 2> /dev/null) || return 0
+    echo "$m" | awk -v d="direction=\"$2\"" \
+        '$1 ~ /^ovs_ipsec_sa_packets_total\{/ && index($1, d) { n += $2 } END { print n + 0 }'
+}
+
 assert_esp_ping() {
     local a=${3:-left} b=${4:-right} cap=$E2E_OUT/tcpdump-underlay.txt clear
+    local in0 out0 in1 out1
     clear=$(clear_filter "$1" "$2")
+    in0=$(sa_packets "$a" in)
+    out0=$(sa_packets "$a" out)
     ip netns exec "$a" tcpdump -nn -l -U -i "$(ul_dev "$a")" "ip proto 50 or ip6 proto 50 or $clear" > "$cap" 2> "$cap.err" &
     local td=$!
     wait_until 30 "tcpdump to start" grep -q 'listening on' "$cap.err"
@@ -342,6 +355,14 @@ assert_esp_ping() {
     [ "$fwd" -ge 3 ] && [ "$rev" -ge 3 ] || fail "ESP not seen both ways on the underlay ($fwd/$rev)"
     [ "$nclear" -eq 0 ] || fail "$nclear tunnel packets in clear on the underlay"
     pair_is_up "$a" "$b" || fail "ipsec-state not up on $a and $b after the ping"
+    # The monitor's metrics saw the ping in the kernel's SA counters, both ways.
+    in1=$(sa_packets "$a" in)
+    out1=$(sa_packets "$a" out)
+    t "metrics on $a: ovs_ipsec_sa_packets_total in ${in0:-?} -> ${in1:-?}, out ${out0:-?} -> ${out1:-?}"
+    if [ -n "$in0" ] && [ -n "$in1" ]; then
+        [ $((in1 - in0)) -ge 3 ] && [ $((out1 - out0)) -ge 3 ] \
+            || fail "ovs_ipsec_sa_packets_total did not grow by the ping's 3 packets both ways"
+    fi
 }
 
 # spis SIDE: the node's XFRM SAs as sorted "src dst spi" lines (which SAs exist, not their keys).

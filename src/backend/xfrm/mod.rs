@@ -370,16 +370,23 @@ fn io_error(e: XfrmError) -> BackendError {
     }
 }
 
-fn xfrm_stat() -> Vec<(String, u64)> {
+/// Every counter of `/proc/net/xfrm_stat` (this network namespace's), in the kernel's order
+/// and with its names; empty when the file cannot be read.
+pub fn read_xfrm_stat() -> Vec<(String, u64)> {
     std::fs::read_to_string("/proc/net/xfrm_stat")
         .unwrap_or_default()
         .lines()
         .filter_map(|l| {
             let mut f = l.split_whitespace();
-            let (k, v) = (f.next()?, f.next()?.parse::<u64>().ok()?);
-            (v != 0).then(|| (k.to_owned(), v))
+            Some((f.next()?.to_owned(), f.next()?.parse::<u64>().ok()?))
         })
         .collect()
+}
+
+fn xfrm_stat() -> Vec<(String, u64)> {
+    let mut stat = read_xfrm_stat();
+    stat.retain(|(_, v)| *v != 0);
+    stat
 }
 
 impl Backend for XfrmBackend {
