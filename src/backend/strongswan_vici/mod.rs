@@ -46,7 +46,9 @@ use tracing::{debug, info, warn};
 
 use self::conns::ConnMemo;
 use self::conns::ike_conn_name;
-use self::creds::{CredKey, CredSource, Sha, load_request, psk_source, unload_request};
+use self::creds::{
+    CredKey, CredSource, Sha, bundle_changes, load_request, psk_source, unload_request, users,
+};
 use self::observe::{IkeSa, Loaded, Observed, ObservedConn, parse_conns, parse_sas};
 use self::plan::{Action, body_digest};
 use super::initiator;
@@ -54,7 +56,7 @@ use super::vici::{Connection, Message, ViciError, check};
 use super::{
     ApplyReport, Backend, BackendError, BackendEvent, BackendKind, LiveStatus, Scope, StartOptions,
 };
-use crate::model::{Auth, Desired};
+use crate::model::{Auth, Desired, bundle};
 
 /// How old the kept `list-conns` may get before a pass lists again (below the 15 s periodic
 /// pass, so every periodic pass lists).
@@ -225,6 +227,16 @@ enum Pending {
     Terminate(String),
     UnloadConn(String),
     UnloadCred(CredKey),
+    /// `flush-certs` after a renewed certificate was loaded.
+    Flush,
+    /// A member of a CA bundle loaded or unloaded; `done` (the bundle file's digest) on the
+    /// bundle's last request of a load.
+    Member {
+        path: PathBuf,
+        id: String,
+        load: bool,
+        done: Option<Sha>,
+    },
 }
 
 /// `terminate` for every IKE_SA of connection `name`: forced (charon sends the DELETE and
@@ -234,28 +246,6 @@ fn terminate_request(name: &str) -> Message {
         .kv("ike", name)
         .kv("force", "yes")
         .kv("timeout", "-1")
-}
-
-/// The tunnels that use a credential, for per-tunnel error reports.
-fn users(desired: &Desired, key: &CredKey) -> Vec<String> {
-    desired
-        .tunnels
-        .iter()
-        .filter(|(name, t)| match key {
-            CredKey::Shared(n) => n == *name,
-            CredKey::Cert(p) => {
-                matches!(&t.conf.auth, Auth::SelfSigned { remote_cert, .. } if remote_cert == p)
-                    || t.conf.pki.as_ref().is_some_and(|k| &k.certificate == p)
-            }
-            CredKey::Key(p) => t.conf.pki.as_ref().is_some_and(|k| &k.private_key == p),
-            CredKey::Authority(p) => t
-                .conf
-                .pki
-                .as_ref()
-                .is_some_and(|k| k.ca_cert.as_ref() == Some(p)),
-        })
-        .map(|(n, _)| n.clone())
-        .collect()
 }
 
 impl Backend for StrongSwanVici {
@@ -382,8 +372,56 @@ impl Backend for StrongSwanVici {
         };
         let mut requests = Vec::new();
         let mut pending = Vec::new();
+        let mut renewed = false;
         for action in actions {
             match action {
+                Action::LoadCred(CredKey::Authority(path)) => {
+                    let key = CredKey::Authority(path.clone());
+                    let read = tokio::fs::read(&path)
+                        .await
+                        .map_err(|e| format!("cannot read CA bundle {}: {e}", path.display()));
+                    let parsed = read.and_then(|bytes| {
+                        let cas = bundle::parse_bundle(&bytes, &path).map_err(|e| e.to_string());
+                        cas.map(|cas| (cas, crate::backend::files::sha256(&bytes)))
+                    });
+                    let (cas, digest) = match parsed {
+                        Ok(ok) => ok,
+                        Err(e) => {
+                            for t in users(desired, &key) {
+                                report.errors.insert(t, e.clone());
+                            }
+                            continue;
+                        }
+                    };
+                    let changes = bundle_changes(&self.loaded.authorities, &path, &cas);
+                    if changes.is_empty() {
+                        Arc::make_mut(&mut self.loaded).creds.insert(key, digest);
+                    }
+                    let n = changes.len();
+                    for (i, c) in changes.into_iter().enumerate() {
+                        requests.push((c.cmd.to_owned(), c.body));
+                        pending.push(Pending::Member {
+                            path: path.clone(),
+                            id: c.id,
+                            load: c.load,
+                            done: (i + 1 == n).then_some(digest),
+                        });
+                    }
+                }
+                Action::UnloadCred(CredKey::Authority(path)) => {
+                    for c in bundle_changes(&self.loaded.authorities, &path, &[]) {
+                        requests.push((c.cmd.to_owned(), c.body));
+                        pending.push(Pending::Member {
+                            path: path.clone(),
+                            id: c.id,
+                            load: false,
+                            done: None,
+                        });
+                    }
+                    let loaded = Arc::make_mut(&mut self.loaded);
+                    loaded.creds.remove(&CredKey::Authority(path.clone()));
+                    loaded.authorities.remove(&path);
+                }
                 Action::LoadCred(key) => {
                     let source = psk(&key);
                     let (secret, owner) = match (&key, &source) {
@@ -415,6 +453,8 @@ impl Backend for StrongSwanVici {
                         _ => crate::backend::files::sha256(&secret),
                     };
                     let (cmd, body) = load_request(&key, &secret, owner.as_deref());
+                    renewed |=
+                        matches!(key, CredKey::Cert(_)) && self.loaded.creds.contains_key(&key);
                     requests.push((cmd.to_owned(), body));
                     pending.push(Pending::Cred(key, digest));
                 }
@@ -478,8 +518,15 @@ impl Backend for StrongSwanVici {
                 }
             }
         }
+        if renewed {
+            // charon's certificate cache would keep presenting (and trusting) the old one.
+            requests.push(("flush-certs".to_owned(), Message::new()));
+            pending.push(Pending::Flush);
+        }
         let answers = self.batch(requests).await.map_err(backend_error)?;
         self.reopened = false;
+        // Bundles with a member that failed to load: not recorded as loaded, so retried.
+        let mut failed = BTreeSet::new();
         for (p, answer) in pending.into_iter().zip(answers) {
             // A terminate is part of its unload, not an action of its own.
             if !matches!(p, Pending::Terminate(_)) {
@@ -542,6 +589,51 @@ impl Backend for StrongSwanVici {
                     }
                     Arc::make_mut(&mut self.loaded).conns.remove(&name);
                     Arc::make_mut(&mut self.loaded).attempts.remove(&name);
+                }
+                Pending::Flush => {
+                    if let Err(e) = check("flush-certs", &answer) {
+                        warn!("{e}");
+                    }
+                }
+                Pending::Member {
+                    path,
+                    id,
+                    load,
+                    done,
+                } => {
+                    let what = if load {
+                        "load-authority"
+                    } else {
+                        "unload-authority"
+                    };
+                    let loaded = Arc::make_mut(&mut self.loaded);
+                    match check(what, &answer) {
+                        Ok(()) if load => {
+                            loaded
+                                .authorities
+                                .entry(path.clone())
+                                .or_default()
+                                .insert(id);
+                        }
+                        Ok(()) => {
+                            if let Some(ids) = loaded.authorities.get_mut(&path) {
+                                ids.remove(&id);
+                            }
+                        }
+                        Err(e) if load => {
+                            failed.insert(path.clone());
+                            let key = CredKey::Authority(path.clone());
+                            for t in users(desired, &key) {
+                                report.errors.insert(t, e.to_string());
+                            }
+                        }
+                        Err(e) => warn!("{e}"),
+                    }
+                    if let Some(digest) = done
+                        && !failed.contains(&path)
+                    {
+                        loaded.creds.insert(CredKey::Authority(path), digest);
+                    }
                 }
                 Pending::UnloadCred(key) => {
                     if let Err(e) = check("unload credential", &answer) {
