@@ -24,6 +24,7 @@
 //! `list-sas` and O(1) messages, and a connection someone unloaded by hand is still restored
 //! within one periodic pass.
 
+pub mod bundles;
 pub mod conns;
 pub mod creds;
 pub mod custom;
@@ -46,9 +47,7 @@ use tracing::{debug, info, warn};
 
 use self::conns::ConnMemo;
 use self::conns::ike_conn_name;
-use self::creds::{
-    CredKey, CredSource, Sha, bundle_changes, load_request, psk_source, unload_request, users,
-};
+use self::creds::{CredKey, CredSource, Sha, load_request, psk_source, unload_request, users};
 use self::observe::{IkeSa, Loaded, Observed, ObservedConn, parse_conns, parse_sas};
 use self::plan::{Action, body_digest};
 use super::initiator;
@@ -56,7 +55,7 @@ use super::vici::{Connection, Message, ViciError, check};
 use super::{
     ApplyReport, Backend, BackendError, BackendEvent, BackendKind, LiveStatus, Scope, StartOptions,
 };
-use crate::model::{Auth, Desired, bundle};
+use crate::model::{Auth, Desired};
 
 /// How old the kept `list-conns` may get before a pass lists again (below the 15 s periodic
 /// pass, so every periodic pass lists).
@@ -229,14 +228,8 @@ enum Pending {
     UnloadCred(CredKey),
     /// `flush-certs` after a renewed certificate was loaded.
     Flush,
-    /// A member of a CA bundle loaded or unloaded; `done` (the bundle file's digest) on the
-    /// bundle's last request of a load.
-    Member {
-        path: PathBuf,
-        id: String,
-        load: bool,
-        done: Option<Sha>,
-    },
+    /// A change to a CA bundle's authorities.
+    Member(bundles::Member),
 }
 
 /// `terminate` for every IKE_SA of connection `name`: forced (charon sends the DELETE and
@@ -376,51 +369,27 @@ impl Backend for StrongSwanVici {
         for action in actions {
             match action {
                 Action::LoadCred(CredKey::Authority(path)) => {
-                    let key = CredKey::Authority(path.clone());
-                    let read = tokio::fs::read(&path)
-                        .await
-                        .map_err(|e| format!("cannot read CA bundle {}: {e}", path.display()));
-                    let parsed = read.and_then(|bytes| {
-                        let cas = bundle::parse_bundle(&bytes, &path).map_err(|e| e.to_string());
-                        cas.map(|cas| (cas, crate::backend::files::sha256(&bytes)))
-                    });
-                    let (cas, digest) = match parsed {
-                        Ok(ok) => ok,
+                    let loaded = Arc::make_mut(&mut self.loaded);
+                    match bundles::load(loaded, &path).await {
+                        Ok(list) => {
+                            for (cmd, body, member) in list {
+                                requests.push((cmd, body));
+                                pending.push(Pending::Member(member));
+                            }
+                        }
                         Err(e) => {
-                            for t in users(desired, &key) {
+                            for t in users(desired, &CredKey::Authority(path.clone())) {
                                 report.errors.insert(t, e.clone());
                             }
-                            continue;
                         }
-                    };
-                    let changes = bundle_changes(&self.loaded.authorities, &path, &cas);
-                    if changes.is_empty() {
-                        Arc::make_mut(&mut self.loaded).creds.insert(key, digest);
-                    }
-                    let n = changes.len();
-                    for (i, c) in changes.into_iter().enumerate() {
-                        requests.push((c.cmd.to_owned(), c.body));
-                        pending.push(Pending::Member {
-                            path: path.clone(),
-                            id: c.id,
-                            load: c.load,
-                            done: (i + 1 == n).then_some(digest),
-                        });
                     }
                 }
                 Action::UnloadCred(CredKey::Authority(path)) => {
-                    for c in bundle_changes(&self.loaded.authorities, &path, &[]) {
-                        requests.push((c.cmd.to_owned(), c.body));
-                        pending.push(Pending::Member {
-                            path: path.clone(),
-                            id: c.id,
-                            load: false,
-                            done: None,
-                        });
-                    }
                     let loaded = Arc::make_mut(&mut self.loaded);
-                    loaded.creds.remove(&CredKey::Authority(path.clone()));
-                    loaded.authorities.remove(&path);
+                    for (cmd, body, member) in bundles::unload(loaded, &path) {
+                        requests.push((cmd, body));
+                        pending.push(Pending::Member(member));
+                    }
                 }
                 Action::LoadCred(key) => {
                     let source = psk(&key);
@@ -595,44 +564,13 @@ impl Backend for StrongSwanVici {
                         warn!("{e}");
                     }
                 }
-                Pending::Member {
-                    path,
-                    id,
-                    load,
-                    done,
-                } => {
-                    let what = if load {
-                        "load-authority"
-                    } else {
-                        "unload-authority"
-                    };
+                Pending::Member(member) => {
                     let loaded = Arc::make_mut(&mut self.loaded);
-                    match check(what, &answer) {
-                        Ok(()) if load => {
-                            loaded
-                                .authorities
-                                .entry(path.clone())
-                                .or_default()
-                                .insert(id);
+                    if let Err((key, e)) = bundles::answered(loaded, member, &answer, &mut failed) {
+                        warn!("{e}");
+                        for t in users(desired, &key) {
+                            report.errors.insert(t, e.clone());
                         }
-                        Ok(()) => {
-                            if let Some(ids) = loaded.authorities.get_mut(&path) {
-                                ids.remove(&id);
-                            }
-                        }
-                        Err(e) if load => {
-                            failed.insert(path.clone());
-                            let key = CredKey::Authority(path.clone());
-                            for t in users(desired, &key) {
-                                report.errors.insert(t, e.to_string());
-                            }
-                        }
-                        Err(e) => warn!("{e}"),
-                    }
-                    if let Some(digest) = done
-                        && !failed.contains(&path)
-                    {
-                        loaded.creds.insert(CredKey::Authority(path), digest);
                     }
                 }
                 Pending::UnloadCred(key) => {
