@@ -27,25 +27,33 @@ fn openssl(args: &[&str]) {
 
 /// A self-signed CA `<dir>/<name>.pem` (key `<name>.key`) with subject `CN=<name>`.
 pub fn make_ca(dir: &Path, name: &str) -> PathBuf {
-    let (key, cert) = (
-        dir.join(format!("{name}.key")),
-        dir.join(format!("{name}.pem")),
-    );
-    let subj = format!("/CN={name}");
+    let cert = dir.join(format!("{name}.pem"));
+    make_ca_at(name, &cert, &dir.join(format!("{name}.key")));
+    cert
+}
+
+/// A self-signed CA with subject `CN=<cn>`, its certificate at `cert` and its key at `key`.
+pub fn make_ca_at(cn: &str, cert: &Path, key: &Path) {
+    let subj = format!("/CN={cn}");
     let mut args = vec!["req", "-x509", "-days", "2", "-subj", &subj];
     args.extend(EC);
     let (k, c) = (key.display().to_string(), cert.display().to_string());
     args.extend(["-keyout", &k, "-out", &c]);
     openssl(&args);
-    cert
 }
 
-/// A certificate for `host` signed by CA `ca` (from [`make_ca`]), written to `out`. Its key is
-/// `key`, created when the file does not exist yet and reused when it does.
+/// A certificate for `host` signed by CA `ca` (from [`make_ca`] in `dir`), written to `out`.
+/// Its key is `key`, created when the file does not exist yet and reused when it does.
 pub fn issue(dir: &Path, ca: &str, host: &str, key: &Path, out: &Path) {
-    let d = |f: &str| dir.join(f).display().to_string();
+    let (ca_cert, ca_key) = (dir.join(format!("{ca}.pem")), dir.join(format!("{ca}.key")));
+    issue_by(&ca_cert, &ca_key, host, key, out);
+}
+
+/// [`issue`] by the CA whose certificate and key are `ca_cert` and `ca_key`. The request and
+/// the extensions are written next to `out`.
+pub fn issue_by(ca_cert: &Path, ca_key: &Path, host: &str, key: &Path, out: &Path) {
     let (k, o) = (key.display().to_string(), out.display().to_string());
-    let csr = d(&format!("{host}-{ca}.csr"));
+    let csr = out.with_extension("csr").display().to_string();
     let subj = format!("/CN={host}");
     let mut args = vec!["req", "-new", "-subj", &subj, "-out", &csr];
     if key.exists() {
@@ -55,9 +63,13 @@ pub fn issue(dir: &Path, ca: &str, host: &str, key: &Path, out: &Path) {
         args.extend(["-keyout", &k]);
     }
     openssl(&args);
-    let ext = d(&format!("{host}.ext"));
+    let ext = out.with_extension("ext");
     std::fs::write(&ext, format!("subjectAltName=DNS:{host}\n")).expect("ext");
-    let (ca_cert, ca_key) = (d(&format!("{ca}.pem")), d(&format!("{ca}.key")));
+    let (cc, ck, e) = (
+        ca_cert.display().to_string(),
+        ca_key.display().to_string(),
+        ext.display().to_string(),
+    );
     openssl(&[
         "x509",
         "-req",
@@ -66,12 +78,12 @@ pub fn issue(dir: &Path, ca: &str, host: &str, key: &Path, out: &Path) {
         "-in",
         &csr,
         "-CA",
-        &ca_cert,
+        &cc,
         "-CAkey",
-        &ca_key,
+        &ck,
         "-CAcreateserial",
         "-extfile",
-        &ext,
+        &e,
         "-out",
         &o,
     ]);
