@@ -403,6 +403,12 @@ impl Backend for StrongSwanVici {
                         }
                         (k, _) => match k.path() {
                             Some(p) => match tokio::fs::read(p).await {
+                                Ok(b) if matches!(k, CredKey::Key(_)) => {
+                                    if let Some(w) = crate::backend::files::exposed_key(p) {
+                                        warn!("{w}");
+                                    }
+                                    (Some(b), None)
+                                }
                                 Ok(b) => (Some(b), None),
                                 Err(e) => {
                                     for t in users(desired, &key) {
