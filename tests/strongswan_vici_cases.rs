@@ -259,36 +259,11 @@ fn drift_is_repaired_and_an_administrators_connection_is_never_touched() {
 
 /// Re-issues `<name>-cert.pem` in `dir` from the same key and CA: same name, new content.
 fn reissue(dir: &Path, name: &str) {
-    let d = |f: &str| dir.join(f).display().to_string();
-    let (csr, cert) = (
-        d(&format!("{name}-req.pem")),
-        d(&format!("{name}-cert.pem")),
-    );
-    let tmp = d(&format!("{name}-new.pem"));
-    let ext = d(&format!("{name}.ext"));
-    let (ca, ca_key) = (d("cacert.pem"), d("ca-key.pem"));
-    let out = Command::new("openssl")
-        .args([
-            "x509",
-            "-req",
-            "-days",
-            "2",
-            "-in",
-            &csr,
-            "-CA",
-            &ca,
-            "-CAkey",
-            &ca_key,
-            "-CAcreateserial",
-            "-extfile",
-            &ext,
-            "-out",
-            &tmp,
-        ])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
-    std::fs::rename(&tmp, &cert).unwrap();
+    let tmp = dir.join(format!("{name}-new.pem"));
+    let key = dir.join(format!("{name}-privkey.pem"));
+    let (ca, ca_key) = (dir.join("cacert.pem"), dir.join("ca-key.pem"));
+    common::pki::issue_by(&ca, &ca_key, name, &key, &tmp);
+    std::fs::rename(&tmp, dir.join(format!("{name}-cert.pem"))).unwrap();
 }
 
 fn ip(args: &[&str]) {

@@ -97,6 +97,19 @@ pub fn sha256_of(path: &Path) -> Option<[u8; 32]> {
     fs::read(path).ok().map(|b| sha256(&b))
 }
 
+/// A warning when the private key file at `path` is readable by group or others. The key is
+/// still used (the IKE daemons accept it); the warning names the file and its mode, never
+/// anything from its content. `None` when the mode is private or the file cannot be read.
+pub fn exposed_key(path: &Path) -> Option<String> {
+    let mode = fs::metadata(path).ok()?.permissions().mode() & 0o777;
+    (mode & 0o044 != 0).then(|| {
+        format!(
+            "private key {} is readable by group or others (mode {mode:04o}); make it 0600",
+            path.display()
+        )
+    })
+}
+
 /// `root` + absolute `path` (`--root-prefix`): `/x` + `/etc/ipsec.conf` = `/x/etc/ipsec.conf`.
 pub fn under_root(root: &Path, path: &Path) -> PathBuf {
     if root.as_os_str().is_empty() {
@@ -108,6 +121,25 @@ pub fn under_root(root: &Path, path: &Path) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_key_readable_by_group_or_others_is_named_with_its_mode_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("k.pem");
+        fs::write(&key, "-----BEGIN PRIVATE KEY-----\nc2VjcmV0\n").unwrap();
+        fs::set_permissions(&key, fs::Permissions::from_mode(0o600)).unwrap();
+        assert_eq!(exposed_key(&key), None);
+        fs::set_permissions(&key, fs::Permissions::from_mode(0o640)).unwrap();
+        let w = exposed_key(&key).unwrap();
+        assert_eq!(
+            w,
+            format!(
+                "private key {} is readable by group or others (mode 0640); make it 0600",
+                key.display()
+            )
+        );
+        assert_eq!(exposed_key(&dir.path().join("missing")), None);
+    }
 
     #[test]
     fn writes_once_then_only_on_change() {

@@ -131,7 +131,7 @@ impl CertSource for FsCertSource {
 }
 
 /// Reads the whole file, refusing more than [`MAX_CERT_SIZE`] bytes.
-fn read_limited(file: File) -> std::io::Result<Vec<u8>> {
+pub(super) fn read_limited(file: File) -> std::io::Result<Vec<u8>> {
     let mut bytes = Vec::new();
     file.take(MAX_CERT_SIZE + 1).read_to_end(&mut bytes)?;
     if bytes.len() as u64 > MAX_CERT_SIZE {

@@ -5,6 +5,7 @@
 //! state, and returns [`registry::ModelEvent`]s that the shell logs with the exact wording OVS's
 //! tests grep ("Tunnel X appeared in OVSDB", ...).
 
+pub mod bundle;
 pub mod cert;
 pub mod grammar;
 pub mod registry;

@@ -9,6 +9,7 @@ pub mod libreswan;
 pub mod monitor;
 pub mod netns;
 pub mod ovsdb_server;
+pub mod pki;
 pub mod strongswan_netns;
 pub mod strongswan_stroke;
 pub mod vici;

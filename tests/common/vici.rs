@@ -13,6 +13,7 @@ use std::time::Duration;
 use super::monitor::{Monitor, launch, wait_for};
 use super::netns::NetnsPair;
 use super::ovsdb_server::{OvsdbServer, tunnel_port_upsert_args};
+use super::pki::{issue_by, make_ca_at};
 
 pub const CHARON: &str = "/usr/lib/ipsec/charon";
 pub const SWANCTL: &str = "/usr/sbin/swanctl";
@@ -157,52 +158,19 @@ impl Drop for Charon {
     }
 }
 
-/// A CA and two host certificates (`left`, `right`, SAN DNS = CN) made with openssl.
+/// A CA (`cacert.pem`, key `ca-key.pem`) and two host certificates (`left`, `right`, SAN DNS
+/// = CN; `<host>-cert.pem`, key `<host>-privkey.pem`) made with openssl.
 pub fn make_pki(dir: &Path) {
-    let d = |f: &str| dir.join(f).display().to_string();
-    let ec = [
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-        "-nodes",
-    ];
-    let mut args = vec!["req", "-x509", "-days", "2", "-subj", "/CN=ovs-test-ca"];
-    args.extend(ec);
-    let (ck, cc) = (d("ca-key.pem"), d("cacert.pem"));
-    args.extend(["-keyout", &ck, "-out", &cc]);
-    run("openssl", &args);
+    let (ca, ca_key) = (dir.join("cacert.pem"), dir.join("ca-key.pem"));
+    make_ca_at("ovs-test-ca", &ca, &ca_key);
     for host in ["left", "right"] {
-        let (key, csr, cert) = (
-            d(&format!("{host}-privkey.pem")),
-            d(&format!("{host}-req.pem")),
-            d(&format!("{host}-cert.pem")),
-        );
-        let subj = format!("/CN={host}");
-        let mut args = vec!["req", "-new", "-subj", &subj, "-keyout", &key, "-out", &csr];
-        args.extend(ec);
-        run("openssl", &args);
-        let ext = d(&format!("{host}.ext"));
-        std::fs::write(&ext, format!("subjectAltName=DNS:{host}\n")).expect("ext");
-        run(
-            "openssl",
-            &[
-                "x509",
-                "-req",
-                "-days",
-                "2",
-                "-in",
-                &csr,
-                "-CA",
-                &cc,
-                "-CAkey",
-                &ck,
-                "-CAcreateserial",
-                "-extfile",
-                &ext,
-                "-out",
-                &cert,
-            ],
+        let key = dir.join(format!("{host}-privkey.pem"));
+        issue_by(
+            &ca,
+            &ca_key,
+            host,
+            &key,
+            &dir.join(format!("{host}-cert.pem")),
         );
     }
 }

@@ -1,25 +1,33 @@
 //! Credentials in charon's memory: PSKs (`load-shared`), our private key (`load-key`), our
-//! certificate and self-signed peer certificates (`load-cert`), and the CA (`load-authority`).
+//! certificate and self-signed peer certificates (`load-cert`), and the CAs (`load-authority`).
 //! No secret is ever written to disk by this backend.
 //!
 //! Each credential has a key that lets us remove exactly ours: PSKs carry the id
-//! `ovs-psk-<tunnel>`, the key is unloaded by the key id charon returned, the CA is the
-//! authority `ovs-ca`. charon 5.9 cannot unload a single certificate; certificates are public
+//! `ovs-psk-<tunnel>`, the key is unloaded by the key id charon returned, each CA of a
+//! `ca_cert` bundle is the authority `ovs-ca-<id>` ([`crate::model::bundle`]: charon takes
+//! only the first certificate of the data it is given, so a bundle is loaded member by
+//! member, and a changed bundle loads and unloads only the members that changed). charon 5.9 cannot unload a single certificate; certificates are public
 //! and bound to an identity, so a stale one stays until charon restarts (documented).
 //!
 //! A credential is reloaded when its content changes (the file's SHA-256, or the PSK's), not
 //! only when its path does; reloading a credential never touches an established SA.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
 use crate::backend::vici::{Message, Value};
+use crate::model::bundle::BundleCa;
 use crate::model::{Auth, Desired, DesiredTunnel};
 
-/// Name of the authority that holds `other_config:ca_cert`.
+/// Prefix of the authorities that hold the members of `other_config:ca_cert`.
 pub const CA_AUTHORITY: &str = "ovs-ca";
+
+/// The authority of the bundle member with [`BundleCa::id`] `id`.
+pub fn authority_name(id: &str) -> String {
+    format!("{CA_AUTHORITY}-{id}")
+}
 
 /// One credential we load.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -132,24 +140,102 @@ pub fn load_request(key: &CredKey, secret: &[u8], owner: Option<&str>) -> (&'sta
                 .kv("flag", "NONE")
                 .kv("data", data),
         ),
-        CredKey::Authority(_) => (
-            "load-authority",
-            Message::new().section(CA_AUTHORITY, Message::new().kv("cacert", data)),
-        ),
+        CredKey::Authority(_) => {
+            let digest: Sha = Sha256::digest(secret).into();
+            let id: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+            (
+                "load-authority",
+                Message::new().section(&authority_name(&id), Message::new().kv("cacert", data)),
+            )
+        }
     }
 }
 
-/// The `unload-*` request for a credential we loaded; `key_id` is what `load-key` returned.
-/// `None` for certificates, which charon cannot unload one by one.
+/// The `unload-*` request for a credential we loaded; `key_id` is what `load-key` returned,
+/// or the bundle member's id for an authority. `None` for certificates, which charon cannot
+/// unload one by one.
 pub fn unload_request(key: &CredKey, key_id: Option<&str>) -> Option<(&'static str, Message)> {
     match key {
         CredKey::Shared(t) => Some(("unload-shared", Message::new().kv("id", shared_id(t)))),
         CredKey::Key(_) => key_id.map(|id| ("unload-key", Message::new().kv("id", id))),
-        CredKey::Authority(_) => {
-            Some(("unload-authority", Message::new().kv("name", CA_AUTHORITY)))
-        }
+        CredKey::Authority(_) => key_id.map(|id| {
+            (
+                "unload-authority",
+                Message::new().kv("name", authority_name(id)),
+            )
+        }),
         CredKey::Cert(_) => None,
     }
+}
+
+/// One request that brings charon's authorities closer to a bundle.
+#[derive(Debug)]
+pub struct MemberChange {
+    /// The member's [`BundleCa::id`].
+    pub id: String,
+    /// `true` to load it, `false` to unload it.
+    pub load: bool,
+    pub cmd: &'static str,
+    pub body: Message,
+}
+
+/// The requests that make the authorities loaded for bundle `path` (`held`: the member ids
+/// loaded, by bundle path) exactly `cas`: the new members are loaded, the members gone are
+/// unloaded unless another bundle still holds them; members kept are not touched.
+pub fn bundle_changes(
+    held: &BTreeMap<PathBuf, BTreeSet<String>>,
+    path: &Path,
+    cas: &[BundleCa],
+) -> Vec<MemberChange> {
+    let none = BTreeSet::new();
+    let mine = held.get(path).unwrap_or(&none);
+    let (add, remove) = crate::model::bundle::diff(mine, cas);
+    let key = CredKey::Authority(path.to_owned());
+    let elsewhere = |id: &String| held.iter().any(|(p, ids)| p != path && ids.contains(id));
+    let loads = add.into_iter().map(|ca| {
+        let (cmd, body) = load_request(&key, &ca.der, None);
+        MemberChange {
+            id: ca.id(),
+            load: true,
+            cmd,
+            body,
+        }
+    });
+    let unloads = remove
+        .into_iter()
+        .filter(|id| !elsewhere(id))
+        .filter_map(|id| {
+            let (cmd, body) = unload_request(&key, Some(&id))?;
+            Some(MemberChange {
+                id,
+                load: false,
+                cmd,
+                body,
+            })
+        });
+    loads.chain(unloads).collect()
+}
+
+/// The tunnels that use a credential, for per-tunnel error reports.
+pub fn users(desired: &Desired, key: &CredKey) -> Vec<String> {
+    desired
+        .tunnels
+        .iter()
+        .filter(|(name, t)| match key {
+            CredKey::Shared(n) => n == *name,
+            CredKey::Cert(p) => {
+                matches!(&t.conf.auth, Auth::SelfSigned { remote_cert, .. } if remote_cert == p)
+                    || t.conf.pki.as_ref().is_some_and(|k| &k.certificate == p)
+            }
+            CredKey::Key(p) => t.conf.pki.as_ref().is_some_and(|k| &k.private_key == p),
+            CredKey::Authority(p) => t
+                .conf
+                .pki
+                .as_ref()
+                .is_some_and(|k| k.ca_cert.as_ref() == Some(p)),
+        })
+        .map(|(n, _)| n.clone())
+        .collect()
 }
 
 #[cfg(test)]
@@ -209,6 +295,53 @@ mod tests {
         ));
         assert!(ca.contains_key(&CredKey::Authority("/pki/cacert.pem".into())));
         assert!(!ca.contains_key(&CredKey::Cert("/pki/right-cert.pem".into())));
+    }
+
+    fn member(tag: &[u8]) -> BundleCa {
+        BundleCa {
+            der: tag.to_vec(),
+            sha256: Sha256::digest(tag).into(),
+            subject: String::new(),
+        }
+    }
+
+    #[test]
+    fn a_bundle_is_loaded_member_by_member_and_only_changes_are_sent() {
+        let (ca1, ca2, ca3) = (member(b"ca1"), member(b"ca2"), member(b"ca3"));
+        let path = Path::new("/pki/bundle.pem");
+        let mut held = BTreeMap::new();
+        let first = bundle_changes(&held, path, &[ca1.clone(), ca2.clone()]);
+        let names: Vec<_> = first
+            .iter()
+            .map(|c| {
+                (
+                    c.cmd,
+                    c.load,
+                    c.body.sections().next().map(|(n, _)| n.to_owned()),
+                )
+            })
+            .collect();
+        let name = |ca: &BundleCa| Some(authority_name(&ca.id()));
+        assert_eq!(
+            names,
+            [
+                ("load-authority", true, name(&ca1)),
+                ("load-authority", true, name(&ca2)),
+            ]
+        );
+        held.insert(path.to_owned(), BTreeSet::from([ca1.id(), ca2.id()]));
+        // ca1 dropped, ca3 added, ca2 untouched.
+        let next = bundle_changes(&held, path, &[ca2.clone(), ca3.clone()]);
+        assert_eq!(next.len(), 2);
+        assert!(next[0].load && next[0].id == ca3.id());
+        assert!(!next[1].load && next[1].id == ca1.id());
+        assert_eq!(next[1].cmd, "unload-authority");
+        assert_eq!(next[1].body.str("name"), name(&ca1).as_deref());
+        // A member another bundle still holds is not unloaded.
+        held.insert("/pki/other.pem".into(), BTreeSet::from([ca1.id()]));
+        let gone = bundle_changes(&held, path, &[]);
+        assert_eq!(gone.len(), 1);
+        assert_eq!(gone[0].id, ca2.id());
     }
 
     #[test]

@@ -24,6 +24,7 @@
 //! `list-sas` and O(1) messages, and a connection someone unloaded by hand is still restored
 //! within one periodic pass.
 
+pub mod bundles;
 pub mod conns;
 pub mod creds;
 pub mod custom;
@@ -46,7 +47,7 @@ use tracing::{debug, info, warn};
 
 use self::conns::ConnMemo;
 use self::conns::ike_conn_name;
-use self::creds::{CredKey, CredSource, Sha, load_request, psk_source, unload_request};
+use self::creds::{CredKey, CredSource, Sha, load_request, psk_source, unload_request, users};
 use self::observe::{IkeSa, Loaded, Observed, ObservedConn, parse_conns, parse_sas};
 use self::plan::{Action, body_digest};
 use super::initiator;
@@ -225,6 +226,10 @@ enum Pending {
     Terminate(String),
     UnloadConn(String),
     UnloadCred(CredKey),
+    /// `flush-certs` after a renewed certificate was loaded.
+    Flush,
+    /// A change to a CA bundle's authorities.
+    Member(bundles::Member),
 }
 
 /// `terminate` for every IKE_SA of connection `name`: forced (charon sends the DELETE and
@@ -234,28 +239,6 @@ fn terminate_request(name: &str) -> Message {
         .kv("ike", name)
         .kv("force", "yes")
         .kv("timeout", "-1")
-}
-
-/// The tunnels that use a credential, for per-tunnel error reports.
-fn users(desired: &Desired, key: &CredKey) -> Vec<String> {
-    desired
-        .tunnels
-        .iter()
-        .filter(|(name, t)| match key {
-            CredKey::Shared(n) => n == *name,
-            CredKey::Cert(p) => {
-                matches!(&t.conf.auth, Auth::SelfSigned { remote_cert, .. } if remote_cert == p)
-                    || t.conf.pki.as_ref().is_some_and(|k| &k.certificate == p)
-            }
-            CredKey::Key(p) => t.conf.pki.as_ref().is_some_and(|k| &k.private_key == p),
-            CredKey::Authority(p) => t
-                .conf
-                .pki
-                .as_ref()
-                .is_some_and(|k| k.ca_cert.as_ref() == Some(p)),
-        })
-        .map(|(n, _)| n.clone())
-        .collect()
 }
 
 impl Backend for StrongSwanVici {
@@ -382,8 +365,32 @@ impl Backend for StrongSwanVici {
         };
         let mut requests = Vec::new();
         let mut pending = Vec::new();
+        let mut renewed = false;
         for action in actions {
             match action {
+                Action::LoadCred(CredKey::Authority(path)) => {
+                    let loaded = Arc::make_mut(&mut self.loaded);
+                    match bundles::load(loaded, &path).await {
+                        Ok(list) => {
+                            for (cmd, body, member) in list {
+                                requests.push((cmd, body));
+                                pending.push(Pending::Member(member));
+                            }
+                        }
+                        Err(e) => {
+                            for t in users(desired, &CredKey::Authority(path.clone())) {
+                                report.errors.insert(t, e.clone());
+                            }
+                        }
+                    }
+                }
+                Action::UnloadCred(CredKey::Authority(path)) => {
+                    let loaded = Arc::make_mut(&mut self.loaded);
+                    for (cmd, body, member) in bundles::unload(loaded, &path) {
+                        requests.push((cmd, body));
+                        pending.push(Pending::Member(member));
+                    }
+                }
                 Action::LoadCred(key) => {
                     let source = psk(&key);
                     let (secret, owner) = match (&key, &source) {
@@ -396,6 +403,12 @@ impl Backend for StrongSwanVici {
                         }
                         (k, _) => match k.path() {
                             Some(p) => match tokio::fs::read(p).await {
+                                Ok(b) if matches!(k, CredKey::Key(_)) => {
+                                    if let Some(w) = crate::backend::files::exposed_key(p) {
+                                        warn!("{w}");
+                                    }
+                                    (Some(b), None)
+                                }
                                 Ok(b) => (Some(b), None),
                                 Err(e) => {
                                     for t in users(desired, &key) {
@@ -415,6 +428,8 @@ impl Backend for StrongSwanVici {
                         _ => crate::backend::files::sha256(&secret),
                     };
                     let (cmd, body) = load_request(&key, &secret, owner.as_deref());
+                    renewed |=
+                        matches!(key, CredKey::Cert(_)) && self.loaded.creds.contains_key(&key);
                     requests.push((cmd.to_owned(), body));
                     pending.push(Pending::Cred(key, digest));
                 }
@@ -478,8 +493,15 @@ impl Backend for StrongSwanVici {
                 }
             }
         }
+        if renewed {
+            // charon's certificate cache would keep presenting (and trusting) the old one.
+            requests.push(("flush-certs".to_owned(), Message::new()));
+            pending.push(Pending::Flush);
+        }
         let answers = self.batch(requests).await.map_err(backend_error)?;
         self.reopened = false;
+        // Bundles with a member that failed to load: not recorded as loaded, so retried.
+        let mut failed = BTreeSet::new();
         for (p, answer) in pending.into_iter().zip(answers) {
             // A terminate is part of its unload, not an action of its own.
             if !matches!(p, Pending::Terminate(_)) {
@@ -542,6 +564,20 @@ impl Backend for StrongSwanVici {
                     }
                     Arc::make_mut(&mut self.loaded).conns.remove(&name);
                     Arc::make_mut(&mut self.loaded).attempts.remove(&name);
+                }
+                Pending::Flush => {
+                    if let Err(e) = check("flush-certs", &answer) {
+                        warn!("{e}");
+                    }
+                }
+                Pending::Member(member) => {
+                    let loaded = Arc::make_mut(&mut self.loaded);
+                    if let Err((key, e)) = bundles::answered(loaded, member, &answer, &mut failed) {
+                        warn!("{e}");
+                        for t in users(desired, &key) {
+                            report.errors.insert(t, e.clone());
+                        }
+                    }
                 }
                 Pending::UnloadCred(key) => {
                     if let Err(e) = check("unload credential", &answer) {

@@ -46,6 +46,8 @@ pub struct Loaded {
     pub creds: BTreeMap<CredKey, Sha>,
     /// `load-key` answers: key file → charon's key id, for `unload-key`.
     pub key_ids: BTreeMap<PathBuf, String>,
+    /// CA bundle file → the ids of its members loaded as authorities.
+    pub authorities: BTreeMap<PathBuf, BTreeSet<String>>,
     /// Tunnel connection → [`Observed::clock`] of its last initiation (or decision to leave
     /// it to the peer).
     pub attempts: BTreeMap<String, Duration>,
