@@ -1,0 +1,216 @@
+//! The host checks of `diagnose` on real set-ups: their gatherers run inside network
+//! namespaces with veth pairs and real MTUs and routes (`peer-unreachable`,
+//! `mtu-exceeds-path`).
+
+mod common;
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use common::netns::{NetnsPair, ip, run_inside};
+use common::xfrm::Netns;
+use ovs_monitor_ipsec::diagnose::mtu::{self, GreFlags, MtuInput};
+use ovs_monitor_ipsec::diagnose::route::{self, RouteAnswer};
+use ovs_monitor_ipsec::diagnose::{Code, Severity};
+use ovs_monitor_ipsec::model::{Auth, Family, Secret, TunnelConf, TunnelType};
+
+const TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Runs the future on a runtime of a thread inside `ns`.
+fn in_ns<T: Send>(ns: &str, fut: impl std::future::Future<Output = T> + Send) -> T {
+    run_inside(ns, || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(fut)
+    })
+}
+
+fn conf(kind: TunnelType, remote: &str, local: Option<&str>) -> TunnelConf {
+    let mut c = TunnelConf::new(
+        "tun0",
+        kind,
+        remote.parse().unwrap(),
+        Auth::Psk(Secret::new("not-shown")),
+    );
+    c.local_ip = local.map(|l| l.parse().unwrap());
+    c
+}
+
+fn lookup(ns: &str, remote: &str) -> RouteAnswer {
+    let remote: IpAddr = remote.parse().unwrap();
+    in_ns(ns, route::lookup(remote, TIMEOUT)).unwrap()
+}
+
+#[test]
+fn peer_unreachable_without_a_route_and_warned_for_a_foreign_source() {
+    // A namespace with only loopback: no route to anything else.
+    let lonely = Netns::new();
+    let c = conf(TunnelType::Geneve, "198.51.100.7", None);
+    let answer = lookup(&lonely.name, "198.51.100.7");
+    assert!(
+        matches!(&answer, RouteAnswer::NoRoute(r) if r.contains("unreachable")),
+        "{answer:?}"
+    );
+    let f = route::check(&c, &answer);
+    assert_eq!(f.len(), 1);
+    assert_eq!(
+        (f[0].code, f[0].severity),
+        (Code::PeerUnreachable, Severity::Error)
+    );
+
+    // Reachable over the veth; the kernel picks 192.0.2.1 as source.
+    let pair = NetnsPair::new("dgr");
+    let answer = lookup(&pair.left, "192.0.2.2");
+    let RouteAnswer::Route(r) = &answer else {
+        panic!("{answer:?}")
+    };
+    assert_eq!(
+        (r.dev.as_str(), r.source),
+        ("v0", Some("192.0.2.1".parse().unwrap()))
+    );
+    assert!(
+        route::check(
+            &conf(TunnelType::Vxlan, "192.0.2.2", Some("192.0.2.1")),
+            &answer
+        )
+        .is_empty()
+    );
+    let f = route::check(
+        &conf(TunnelType::Vxlan, "192.0.2.2", Some("192.0.2.77")),
+        &answer,
+    );
+    assert_eq!(f.len(), 1, "{f:?}");
+    assert_eq!(
+        (f[0].code, f[0].severity),
+        (Code::PeerUnreachable, Severity::Warning)
+    );
+    // An `unreachable` route is no route either.
+    ip(&[
+        "-n",
+        &pair.left,
+        "route",
+        "add",
+        "unreachable",
+        "203.0.113.0/24",
+    ]);
+    let answer = lookup(&pair.left, "203.0.113.5");
+    assert!(matches!(answer, RouteAnswer::NoRoute(_)), "{answer:?}");
+}
+
+/// The MTU input as `diagnose` builds it: configuration, route and datapath ports.
+fn gather(ns: &str, c: &TunnelConf) -> MtuInput {
+    let (answer, ports) = in_ns(ns, async {
+        (
+            route::lookup(c.remote_ip, TIMEOUT).await.unwrap(),
+            mtu::read_ports(TIMEOUT).await.unwrap(),
+        )
+    });
+    let (esp, esp_assumed, natt) = mtu::configured(c);
+    MtuInput {
+        kind: c.kind,
+        family: c.family,
+        esp,
+        esp_assumed,
+        natt,
+        gre: GreFlags::default(),
+        geneve_options: 0,
+        path_mtu: match answer {
+            RouteAnswer::Route(r) => r.path_mtu(),
+            RouteAnswer::NoRoute(_) => None,
+        },
+        ports,
+    }
+}
+
+#[test]
+fn mtu_exceeds_path_from_real_device_and_route_mtus() {
+    let pair = NetnsPair::new("dgm");
+    let ns = pair.left.as_str();
+    // The uplink is 1400; a datapath stand-in (a bridge named like the kernel datapath) with
+    // one port at 1500 and one of the datapath's own tunnel devices at 65000.
+    ip(&["-n", ns, "link", "set", "v0", "mtu", "1400"]);
+    ip(&["-n", ns, "link", "add", "ovs-system", "type", "bridge"]);
+    ip(&[
+        "-n", ns, "link", "add", "vm1", "type", "veth", "peer", "name", "vm1p",
+    ]);
+    ip(&["-n", ns, "link", "set", "vm1", "master", "ovs-system"]);
+    ip(&[
+        "-n",
+        ns,
+        "link",
+        "add",
+        "vxlan_sys_4789",
+        "mtu",
+        "65000",
+        "type",
+        "vxlan",
+        "dstport",
+        "4789",
+        "external",
+    ]);
+    ip(&[
+        "-n",
+        ns,
+        "link",
+        "set",
+        "vxlan_sys_4789",
+        "master",
+        "ovs-system",
+    ]);
+
+    let c = conf(TunnelType::Geneve, "192.0.2.2", Some("192.0.2.1"));
+    let input = gather(ns, &c);
+    assert_eq!(input.path_mtu, Some(1400));
+    assert_eq!(input.family, Family::V4);
+    assert_eq!(input.ports, [("vm1".to_owned(), 1500)]);
+    // 1400 - 20 - 8 - 8 - 16 = 1348 (aligned to 4), - 2 = 1346, - 16 - 14 = 1316.
+    assert_eq!(input.inner_mtu(), Some(1316));
+    let f = mtu::check(&c, &input);
+    assert_eq!(f.len(), 1, "{f:?}");
+    assert_eq!(
+        (f[0].code, f[0].severity),
+        (Code::MtuExceedsPath, Severity::Error)
+    );
+    assert!(
+        f[0].message.contains("vm1 has MTU 1500"),
+        "{}",
+        f[0].message
+    );
+
+    // The advice applied, the finding is gone.
+    ip(&["-n", ns, "link", "set", "vm1", "mtu", "1316"]);
+    assert!(mtu::check(&c, &gather(ns, &c)).is_empty());
+
+    // A route MTU below the device's wins; forced NAT-T costs 8 more.
+    ip(&[
+        "-n",
+        ns,
+        "route",
+        "add",
+        "198.51.100.0/24",
+        "via",
+        "192.0.2.2",
+        "mtu",
+        "1300",
+    ]);
+    let mut c = conf(TunnelType::Vxlan, "198.51.100.9", None);
+    c.custom.insert("encapsulation".into(), "yes".into());
+    let input = gather(ns, &c);
+    assert_eq!(input.path_mtu, Some(1300));
+    // 1300 - 20 - 8 - 8 - 8 - 16 = 1240, - 2 = 1238, - 16 - 14 = 1208.
+    assert_eq!(input.inner_mtu(), Some(1208));
+    let f = mtu::check(&c, &input);
+    assert!(f[0].message.contains("1208"), "{f:?}");
+}
+
+#[test]
+fn no_datapath_means_no_ports() {
+    let lonely = Netns::new();
+    assert!(
+        in_ns(&lonely.name, mtu::read_ports(TIMEOUT))
+            .unwrap()
+            .is_empty()
+    );
+}
