@@ -1,6 +1,6 @@
 //! The host checks of `diagnose` on real set-ups: their gatherers run inside network
 //! namespaces with veth pairs and real MTUs and routes (`peer-unreachable`,
-//! `mtu-exceeds-path`).
+//! `mtu-exceeds-path`) and real nftables rules (`nat-on-tunnel-port`, `firewall-blocks-ike`).
 
 mod common;
 
@@ -10,6 +10,7 @@ use std::time::Duration;
 use common::netns::{NetnsPair, ip, run_inside};
 use common::xfrm::Netns;
 use ovs_monitor_ipsec::diagnose::mtu::{self, GreFlags, MtuInput};
+use ovs_monitor_ipsec::diagnose::nft;
 use ovs_monitor_ipsec::diagnose::route::{self, RouteAnswer};
 use ovs_monitor_ipsec::diagnose::{Code, Severity};
 use ovs_monitor_ipsec::model::{Auth, Family, Secret, TunnelConf, TunnelType};
@@ -213,4 +214,94 @@ fn no_datapath_means_no_ports() {
             .unwrap()
             .is_empty()
     );
+}
+
+/// `nft -f -` inside `ns`.
+fn nft_load(ns: &str, script: &str) {
+    use std::io::Write;
+    let mut child = std::process::Command::new("ip")
+        .args(["netns", "exec", ns, "nft", "-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .expect("nft (tests/deps/xfrm.packages)");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(script.as_bytes())
+        .unwrap();
+    assert!(child.wait().unwrap().success(), "nft -f: {script}");
+}
+
+fn nft_findings(ns: &str, c: &TunnelConf) -> Vec<(Code, Severity, String)> {
+    let rs = in_ns(ns, nft::read(TIMEOUT)).unwrap();
+    let ends = nft::Endpoints {
+        local: c.local_ip,
+        remote: c.remote_ip,
+    };
+    nft::check(c, ends, &rs)
+        .into_iter()
+        .map(|f| (f.code, f.severity, f.message))
+        .collect()
+}
+
+#[test]
+fn real_nft_rules_nat_the_tunnel_and_block_ike() {
+    let ns = Netns::new();
+    let c = conf(TunnelType::Geneve, "192.0.2.2", Some("192.0.2.1"));
+    // Our own guard table (static backend) and a healthy host firewall: nothing to report.
+    nft_load(
+        &ns.name,
+        "table inet ovs_ipsec {
+           chain input { type filter hook input priority raw; policy accept;
+             meta l4proto udp drop
+           }
+         }
+         table inet filter {
+           chain input { type filter hook input priority 0; policy drop;
+             ct state established,related accept
+             udp dport { 500, 4500 } accept
+           }
+         }",
+    );
+    assert_eq!(nft_findings(&ns.name, &c), []);
+
+    // A masquerade rule for the peer's subnet catches the Geneve traffic; a drop of IKE from
+    // the peer placed before the accept blocks IKE.
+    nft_load(
+        &ns.name,
+        "table ip nat {
+           chain post { type nat hook postrouting priority 100;
+             ip daddr 192.0.2.0/24 masquerade
+           }
+         }
+         insert rule inet filter input ip saddr 192.0.2.2 udp dport 4500 drop",
+    );
+    let f = nft_findings(&ns.name, &c);
+    let got: Vec<(Code, Severity)> = f.iter().map(|(c, s, _)| (*c, *s)).collect();
+    assert_eq!(
+        got,
+        [
+            (Code::NatOnTunnelPort, Severity::Error),
+            (Code::FirewallBlocksIke, Severity::Error)
+        ],
+        "{f:?}"
+    );
+    assert!(f[0].2.contains("table ip nat chain post"), "{}", f[0].2);
+
+    // Behind an interface match the drop may or may not apply: a warning saying so.
+    nft_load(
+        &ns.name,
+        "flush table ip nat
+         flush chain inet filter input
+         chain inet filter input { type filter hook input priority 0; policy accept; }
+         add rule inet filter input iifname \"eth9\" udp dport 500 reject",
+    );
+    let f = nft_findings(&ns.name, &c);
+    assert_eq!(f.len(), 1, "{f:?}");
+    assert_eq!(
+        (f[0].0, f[0].1),
+        (Code::FirewallBlocksIke, Severity::Warning)
+    );
+    assert!(f[0].2.contains("meta iifname"), "{}", f[0].2);
 }

@@ -10,6 +10,7 @@
 
 pub mod finding;
 pub mod mtu;
+pub mod nft;
 pub mod route;
 
 pub use finding::{Code, Finding, Severity};
