@@ -8,6 +8,7 @@
 //! never prints a secret. Each host check is a pure `check` over explicit inputs plus a small
 //! gatherer that reads them.
 
+pub mod certs;
 pub mod finding;
 pub mod mtu;
 pub mod nft;
