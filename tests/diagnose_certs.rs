@@ -1,6 +1,9 @@
 //! The certificate checks of `diagnose` on certificates and keys made by the real `openssl`:
 //! expiring in 3 days, expired, the wrong CN, a key of another certificate, a 0644 key, a
-//! certificate signed by another CA.
+//! certificate signed by another CA; and the running monitor's `external_ids:ipsec-warning`
+//! and `error` state for expiring and expired certificates.
+
+mod common;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -8,6 +11,8 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use common::monitor::{Monitor, iface_key, wait_for};
+use common::ovsdb_server::OvsdbServer;
 use ovs_monitor_ipsec::diagnose::certs::{self, CertsInput};
 use ovs_monitor_ipsec::diagnose::{Code, Finding, Severity};
 use ovs_monitor_ipsec::model::cert::FsCertSource;
@@ -270,4 +275,75 @@ fn ca_signed_expired_and_signed_by_another_ca() {
         f[0].message.contains("CN=stray") && f[0].message.contains("CN=ca"),
         "{f:?}"
     );
+}
+
+#[test]
+fn the_monitor_warns_of_an_expiring_certificate_and_fails_an_expired_one() {
+    let pki = Pkid::new();
+    pki.self_signed("me", "me", 365)
+        .self_signed("soon", "peer", 3)
+        .self_signed("fresh", "peer", 365)
+        .self_signed("ca", "ca", 365);
+    pki.signed("old", "peer", "ca", &stamp(-10), &stamp(-1));
+    let db = OvsdbServer::start();
+    let p = |f: &str| pki.path(f).display().to_string();
+    db.vsctl(&[
+        "set",
+        "Open_vSwitch",
+        ".",
+        &format!("other_config:certificate={}", p("me.pem")),
+        &format!("other_config:private_key={}", p("me.key")),
+    ]);
+    let cert_of = |f: &str| format!("remote_cert={}", p(f));
+    db.add_tunnel(
+        "gnv0",
+        "geneve",
+        &[
+            "remote_ip=192.0.2.2",
+            "remote_name=peer",
+            &cert_of("soon.pem"),
+        ],
+    );
+    let mon = Monitor::start(&db, &["--cert-expiry-warning-days=10"]);
+    let long = Duration::from_secs(60);
+    wait_for("ipsec-warning", long, || {
+        iface_key(&db, "gnv0", "ipsec-warning").is_some_and(|w| w.contains("CN=peer"))
+    });
+    let warning = iface_key(&db, "gnv0", "ipsec-warning").unwrap_or_default();
+    assert!(
+        warning.contains("soon.pem") && warning.contains("expires on"),
+        "{warning}"
+    );
+    mon.wait_log("soon.pem (CN=peer) expires on");
+    assert_eq!(mon.log_count("soon.pem (CN=peer) expires on"), 1);
+
+    // An expired peer certificate: the tunnel is in error with that reason.
+    db.vsctl(&[
+        "set",
+        "Interface",
+        "gnv0",
+        &format!("options:{}", cert_of("old.pem")),
+    ]);
+    wait_for("ipsec-state error", long, || {
+        iface_key(&db, "gnv0", "ipsec-state").as_deref() == Some("error")
+    });
+    let error = iface_key(&db, "gnv0", "ipsec-error").unwrap_or_default();
+    assert!(
+        error.contains("old.pem") && error.contains("expired on"),
+        "{error}"
+    );
+    assert_eq!(iface_key(&db, "gnv0", "ipsec-warning"), None);
+
+    // Renewed: no warning, no error.
+    db.vsctl(&[
+        "set",
+        "Interface",
+        "gnv0",
+        &format!("options:{}", cert_of("fresh.pem")),
+    ]);
+    wait_for("the error to clear", long, || {
+        iface_key(&db, "gnv0", "ipsec-state").as_deref() != Some("error")
+    });
+    assert_eq!(iface_key(&db, "gnv0", "ipsec-error"), None);
+    assert_eq!(iface_key(&db, "gnv0", "ipsec-warning"), None);
 }

@@ -8,6 +8,7 @@ use tokio::sync::mpsc;
 use tokio::time::{Interval, MissedTickBehavior, interval_at};
 use tracing::{Level, debug, error, info, warn};
 
+use super::cert_alerts::CertAlerts;
 use super::monitor_keys::MonitorKeys;
 use super::pass::{self, PassOutcome};
 use super::status_scope::StatusScope;
@@ -58,6 +59,8 @@ pub struct EventLoop<B: Backend> {
     log: LogHandle,
     registry: Registry,
     certs: FsCertSource,
+    /// Certificates that expire soon or have expired, for status and the log.
+    cert_alerts: CertAlerts,
     /// The typed rows, refreshed from the replica's changes (see [`Rows`]).
     rows: Rows,
     /// Names of the rows changed since the model last looked; `None`: every row.
@@ -104,6 +107,7 @@ impl<B: Backend> EventLoop<B> {
         daemon: Daemon,
         log: LogHandle,
         dry_run: bool,
+        cert_expiry_warning_days: u32,
     ) -> Self {
         let period = Duration::from_secs(super::RECONCILE_INTERVAL_SECS);
         let mut tick = interval_at(tokio::time::Instant::now() + period, period);
@@ -130,6 +134,7 @@ impl<B: Backend> EventLoop<B> {
             log,
             registry,
             certs: FsCertSource::new(),
+            cert_alerts: CertAlerts::new(cert_expiry_warning_days),
             rows: Rows::default(),
             model_dirty: None,
             generation: 0,
@@ -380,6 +385,13 @@ impl<B: Backend> EventLoop<B> {
             .map(str::to_owned)
             .or_else(|| self.outcome.backend_error.clone());
         let monitor = self.monitor_keys.keys(error);
+        let changed = self.cert_alerts.refresh(
+            self.registry.desired(),
+            self.registry.generation(),
+            &mut self.certs,
+            status::time::unix_now(),
+        );
+        self.status_scope.tunnels_changed(Some(&changed));
         let candidates = self.status_scope.candidates(&self.rows);
         let mut ops = status::plan(&status::StatusInput {
             interfaces: candidates.into_iter(),
@@ -387,6 +399,7 @@ impl<B: Backend> EventLoop<B> {
             tunnels: self.registry.tunnel_map(),
             live: &self.outcome.live,
             apply_errors: &self.outcome.apply_errors,
+            cert_alerts: self.cert_alerts.alerts(),
             monitor,
         });
         ops.extend(

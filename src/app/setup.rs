@@ -119,6 +119,7 @@ async fn run(
         signals,
         daemon,
         log,
+        cert_expiry_warning_days: cli.cert_expiry_warning_days,
     };
     let start = StartOptions {
         restart_ike_daemon: !cli.no_restart_ike_daemon,
@@ -183,6 +184,7 @@ struct Parts {
     signals: Signals,
     daemon: Daemon,
     log: LogHandle,
+    cert_expiry_warning_days: u32,
 }
 
 async fn run_with<B: Backend>(backend: B, dry_run: bool, p: Parts, start: StartOptions) -> Exit {
@@ -195,6 +197,7 @@ async fn run_with<B: Backend>(backend: B, dry_run: bool, p: Parts, start: StartO
         p.daemon,
         p.log,
         dry_run,
+        p.cert_expiry_warning_days,
     )
     .run(start)
     .await

@@ -24,9 +24,23 @@ pub use mutation::Mutation;
 /// Our keys on one row: `Some(value)` to set, `None` to make sure the key is absent.
 pub type Keys = BTreeMap<&'static str, Option<String>>;
 
+/// A certificate of a tunnel that expires soon or has expired, in a sentence naming the
+/// file, its subject and the date (see `diagnose::certs`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CertAlert {
+    Expiring(String),
+    Expired(String),
+}
+
 /// The keys describing one tunnel. `live` is what the backend observed, `apply_error` a
-/// failure of the last apply for this tunnel (it wins over the observed state).
-pub fn tunnel_keys(tunnel: &Tunnel, live: Option<&LiveStatus>, apply_error: Option<&str>) -> Keys {
+/// failure of the last apply for this tunnel (it wins over the observed state), `cert` a
+/// certificate alert (an expired certificate wins over the observed state too).
+pub fn tunnel_keys(
+    tunnel: &Tunnel,
+    live: Option<&LiveStatus>,
+    apply_error: Option<&str>,
+    cert: Option<&CertAlert>,
+) -> Keys {
     let (state, error, auth) = match &tunnel.validity {
         Validity::Invalid(reason) => (
             "invalid",
@@ -35,7 +49,11 @@ pub fn tunnel_keys(tunnel: &Tunnel, live: Option<&LiveStatus>, apply_error: Opti
         ),
         Validity::Valid(conf) => {
             let auth = Some(conf.auth.kind().to_owned());
-            match (apply_error, live) {
+            let expired = match cert {
+                Some(CertAlert::Expired(why)) => Some(why.as_str()),
+                _ => None,
+            };
+            match (apply_error.or(expired), live) {
                 (Some(e), _) => (LiveState::Error.as_str(), Some(e.to_owned()), auth),
                 (None, Some(l)) => (l.state.as_str(), l.error.clone(), auth),
                 (None, None) => (LiveState::Configured.as_str(), None, auth),
@@ -47,6 +65,13 @@ pub fn tunnel_keys(tunnel: &Tunnel, live: Option<&LiveStatus>, apply_error: Opti
         (keys::ERROR, error),
         (keys::VERSION, Some(tunnel.version.to_string())),
         (keys::AUTH, auth),
+        (
+            keys::WARNING,
+            match cert {
+                Some(CertAlert::Expiring(w)) if tunnel.conf().is_some() => Some(w.clone()),
+                _ => None,
+            },
+        ),
     ]);
     // Backend keys: only those the contract declares; absent ones are removed.
     let backend = live.filter(|_| tunnel.conf().is_some());
@@ -104,6 +129,8 @@ pub struct StatusInput<'a, I> {
     pub tunnels: &'a BTreeMap<String, Tunnel>,
     pub live: &'a BTreeMap<String, LiveStatus>,
     pub apply_errors: &'a BTreeMap<String, String>,
+    /// Certificate alerts by tunnel name.
+    pub cert_alerts: &'a BTreeMap<String, CertAlert>,
     /// Our keys on the Open_vSwitch row.
     pub monitor: Keys,
 }
@@ -120,6 +147,7 @@ where
                 t,
                 input.live.get(&t.name),
                 input.apply_errors.get(&t.name).map(String::as_str),
+                input.cert_alerts.get(&t.name),
             ),
             // Not (or no longer) an IPsec tunnel: remove whatever we wrote before.
             _ => cleared(keys::INTERFACE),
