@@ -4,12 +4,16 @@
 
 mod common;
 
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::time::Duration;
 
+use common::monitor::{launch, wait_for};
 use common::netns::{NetnsPair, ip, run_inside};
+use common::ovsdb_server::OvsdbServer;
 use common::xfrm::Netns;
-use ovs_monitor_ipsec::diagnose::mtu::{self, GreFlags, MtuInput};
+use ovs_monitor_ipsec::backend::initiator;
+use ovs_monitor_ipsec::diagnose::mtu::{self, MtuInput};
 use ovs_monitor_ipsec::diagnose::nft;
 use ovs_monitor_ipsec::diagnose::route::{self, RouteAnswer};
 use ovs_monitor_ipsec::diagnose::{Code, Severity};
@@ -108,21 +112,14 @@ fn gather(ns: &str, c: &TunnelConf) -> MtuInput {
             mtu::read_ports(TIMEOUT).await.unwrap(),
         )
     });
-    let (esp, esp_assumed, natt) = mtu::configured(c);
-    MtuInput {
-        kind: c.kind,
-        family: c.family,
-        esp,
-        esp_assumed,
-        natt,
-        gre: GreFlags::default(),
-        geneve_options: 0,
-        path_mtu: match answer {
-            RouteAnswer::Route(r) => r.path_mtu(),
-            RouteAnswer::NoRoute(_) => None,
-        },
-        ports,
-    }
+    let path = match answer {
+        RouteAnswer::Route(r) => r.path_mtu(),
+        RouteAnswer::NoRoute(_) => None,
+    };
+    // The socket probe `tunnels/show` uses sees the same path MTU as `ip route get`.
+    let probe = run_inside(ns, || initiator::probe(c.remote_ip));
+    assert_eq!(probe.and_then(|p| p.mtu), path);
+    mtu::input_for(c, &BTreeMap::new(), path, ports)
 }
 
 #[test]
@@ -304,4 +301,42 @@ fn real_nft_rules_nat_the_tunnel_and_block_ike() {
         (Code::FirewallBlocksIke, Severity::Warning)
     );
     assert!(f[0].2.contains("meta iifname"), "{}", f[0].2);
+}
+
+#[test]
+fn tunnels_show_reports_the_inner_mtu_of_the_path() {
+    let pair = NetnsPair::new("dgs");
+    ip(&["-n", &pair.left, "link", "set", "v0", "mtu", "1400"]);
+    let db = OvsdbServer::start();
+    db.add_tunnel("gnv0", "geneve", &["remote_ip=192.0.2.2", "psk=swordfish"]);
+    db.add_tunnel(
+        "gre0",
+        "gre",
+        &["remote_ip=192.0.2.2", "psk=swordfish", "key=7"],
+    );
+    let mon = launch(
+        &db,
+        &["ip", "netns", "exec", &pair.left],
+        "monitor.log",
+        &["--ike-daemon=strongswan", "--dry-run"],
+    );
+    wait_for("both tunnels shown", Duration::from_secs(60), || {
+        mon.appctl_ok(&["tunnels/show"])
+            .matches("Inner MTU:")
+            .count()
+            == 2
+    });
+    let text = mon.appctl_ok(&["tunnels/show"]);
+    // 1400 - 20 - 8 - 8 - 16 - 2 = 1346; Geneve: - 16 - 14 = 1316; GRE with key: - 8 - 14 = 1324.
+    assert!(text.contains("  Inner MTU:      1316\n"), "{text}");
+    assert!(text.contains("  Inner MTU:      1324\n"), "{text}");
+    let json: serde_json::Value =
+        serde_json::from_str(&mon.appctl_ok(&["tunnels/show", "--json"])).unwrap();
+    let mtus: Vec<&serde_json::Value> = json["tunnels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| &t["inner_mtu"])
+        .collect();
+    assert_eq!(mtus, [&serde_json::json!(1316), &serde_json::json!(1324)]);
 }

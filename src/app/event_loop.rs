@@ -18,6 +18,7 @@ use crate::control::show;
 use crate::control::{AppCommand, ControlRequest};
 use crate::daemon::Daemon;
 use crate::daemon::{SignalEvent, Signals};
+use crate::diagnose::mtu;
 use crate::logging::LogHandle;
 use crate::model::cert::FsCertSource;
 use crate::model::registry::{ModelEvent, Registry};
@@ -301,6 +302,19 @@ impl<B: Backend> EventLoop<B> {
         self.status_scope.tunnels_changed(Some(&changed));
     }
 
+    /// The largest inner MTU of a valid tunnel toward the kernel's path MTU to its peer.
+    fn inner_mtu(&self, t: &crate::model::Tunnel) -> Option<u32> {
+        let conf = t.conf()?;
+        let path = crate::backend::initiator::probe(conf.remote_ip)?.mtu;
+        let no_options = std::collections::BTreeMap::new();
+        let options = self
+            .rows
+            .named(&t.name)
+            .find(|r| r.uuid == t.uuid)
+            .map_or(&no_options, |r| &r.options);
+        mtu::input_for(conf, options, path, Vec::new()).inner_mtu()
+    }
+
     /// Lets a `--detach` parent exit.
     fn mark_detached(&mut self) {
         if let Err(e) = self.daemon.ready() {
@@ -438,6 +452,7 @@ impl<B: Backend> EventLoop<B> {
                     .map(|t| show::ShowTunnel {
                         tunnel: t,
                         live: self.outcome.live.get(&t.name),
+                        inner_mtu: self.inner_mtu(t),
                     })
                     .collect();
                 (

@@ -228,6 +228,28 @@ pub fn check(conf: &TunnelConf, input: &MtuInput) -> Vec<Finding> {
         .collect()
 }
 
+/// The MTU input of `conf`, whose Interface row has `options`, toward a path of `path_mtu`,
+/// compared with `ports`; Geneve options are not counted (see the module docs).
+pub fn input_for(
+    conf: &TunnelConf,
+    options: &BTreeMap<String, String>,
+    path_mtu: Option<u32>,
+    ports: Vec<(String, u32)>,
+) -> MtuInput {
+    let (esp, esp_assumed, natt) = configured(conf);
+    MtuInput {
+        kind: conf.kind,
+        family: conf.family,
+        esp,
+        esp_assumed,
+        natt,
+        gre: GreFlags::from_options(options),
+        geneve_options: 0,
+        path_mtu,
+        ports,
+    }
+}
+
 /// The tunnel's ESP transform and forced NAT-T from its configuration (see the module docs).
 pub fn configured(conf: &TunnelConf) -> (Esp, bool, bool) {
     let (esp, assumed) = match conf.custom.get("esp") {
