@@ -57,33 +57,20 @@ fn codes(f: &[Finding]) -> Vec<(Code, Severity)> {
     f.iter().map(|f| (f.code, f.severity)).collect()
 }
 
+/// A ruleset whose only rule, handle 7, is `expr` in an `input` chain (policy accept).
+fn input_rule(expr: &str) -> Ruleset {
+    ruleset("inet", "filter", &[("input", INPUT)], &[("input", 7, expr)])
+}
+
 #[test]
 fn a_drop_on_ike_from_the_peer_is_an_error() {
-    let rs = ruleset(
-        "inet",
-        "filter",
-        &[("input", INPUT)],
-        &[(
-            "input",
-            7,
-            &format!(r#"{SADDR_PEER}, {DPORT_IKE}, {{"drop": null}}"#),
-        )],
-    );
+    let rs = input_rule(&format!(r#"{SADDR_PEER}, {DPORT_IKE}, {{"drop": null}}"#));
     let f = check(&conf(TunnelType::Geneve), ENDS, &rs);
     assert_eq!(codes(&f), [(Code::FirewallBlocksIke, Severity::Error)]);
     assert!(f[0].message.contains("handle 7"), "{}", f[0].message);
     // Another peer's drop does not concern us.
     let other = SADDR_PEER.replace("192.0.2.2", "192.0.2.99");
-    let rs = ruleset(
-        "inet",
-        "filter",
-        &[("input", INPUT)],
-        &[(
-            "input",
-            7,
-            &format!(r#"{other}, {DPORT_IKE}, {{"drop": null}}"#),
-        )],
-    );
+    let rs = input_rule(&format!(r#"{other}, {DPORT_IKE}, {{"drop": null}}"#));
     assert!(check(&conf(TunnelType::Geneve), ENDS, &rs).is_empty());
 }
 
