@@ -5,7 +5,6 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::net::IpAddr;
 use std::time::Duration;
 
 use common::monitor::{launch, wait_for};
@@ -43,31 +42,36 @@ fn conf(kind: TunnelType, remote: &str, local: Option<&str>) -> TunnelConf {
     c
 }
 
-fn lookup(ns: &str, remote: &str) -> RouteAnswer {
-    let remote: IpAddr = remote.parse().unwrap();
-    in_ns(ns, route::lookup(remote, TIMEOUT)).unwrap()
+fn lookup(ns: &str, c: &TunnelConf) -> RouteAnswer {
+    in_ns(ns, route::lookup(c.remote_ip, c.local_ip, TIMEOUT)).unwrap()
+}
+
+/// The route findings of `c` as diagnose gathers them inside `ns`.
+fn route_findings(ns: &str, c: &TunnelConf) -> Vec<(Code, Severity)> {
+    route::check(c, &lookup(ns, c))
+        .iter()
+        .map(|f| (f.code, f.severity))
+        .collect()
 }
 
 #[test]
-fn peer_unreachable_without_a_route_and_warned_for_a_foreign_source() {
+fn peer_unreachable_without_a_route_or_from_a_foreign_local_ip() {
     // A namespace with only loopback: no route to anything else.
     let lonely = Netns::new();
     let c = conf(TunnelType::Geneve, "198.51.100.7", None);
-    let answer = lookup(&lonely.name, "198.51.100.7");
+    let answer = lookup(&lonely.name, &c);
     assert!(
         matches!(&answer, RouteAnswer::NoRoute(r) if r.contains("unreachable")),
         "{answer:?}"
     );
-    let f = route::check(&c, &answer);
-    assert_eq!(f.len(), 1);
-    assert_eq!(
-        (f[0].code, f[0].severity),
-        (Code::PeerUnreachable, Severity::Error)
-    );
+    let error = [(Code::PeerUnreachable, Severity::Error)];
+    assert_eq!(route_findings(&lonely.name, &c), error);
 
     // Reachable over the veth; the kernel picks 192.0.2.1 as source.
     let pair = NetnsPair::new("dgr");
-    let answer = lookup(&pair.left, "192.0.2.2");
+    let ns = pair.left.as_str();
+    let c = conf(TunnelType::Vxlan, "192.0.2.2", Some("192.0.2.1"));
+    let answer = lookup(ns, &c);
     let RouteAnswer::Route(r) = &answer else {
         panic!("{answer:?}")
     };
@@ -75,40 +79,31 @@ fn peer_unreachable_without_a_route_and_warned_for_a_foreign_source() {
         (r.dev.as_str(), r.source),
         ("v0", Some("192.0.2.1".parse().unwrap()))
     );
-    assert!(
-        route::check(
-            &conf(TunnelType::Vxlan, "192.0.2.2", Some("192.0.2.1")),
-            &answer
-        )
-        .is_empty()
-    );
-    let f = route::check(
-        &conf(TunnelType::Vxlan, "192.0.2.2", Some("192.0.2.77")),
-        &answer,
-    );
-    assert_eq!(f.len(), 1, "{f:?}");
+    assert_eq!(route_findings(ns, &c), []);
+    // local_ip is not an address of this host: nothing can leave from it.
+    let c = conf(TunnelType::Vxlan, "192.0.2.2", Some("192.0.2.77"));
+    assert_eq!(route_findings(ns, &c), error);
+    // local_ip is ours but the route to the peer prefers another source: a warning.
+    ip(&["-n", ns, "addr", "add", "10.7.0.1/32", "dev", "lo"]);
+    let c = conf(TunnelType::Vxlan, "192.0.2.2", Some("10.7.0.1"));
     assert_eq!(
-        (f[0].code, f[0].severity),
-        (Code::PeerUnreachable, Severity::Warning)
+        route_findings(ns, &c),
+        [(Code::PeerUnreachable, Severity::Warning)]
     );
     // An `unreachable` route is no route either.
-    ip(&[
-        "-n",
-        &pair.left,
-        "route",
-        "add",
-        "unreachable",
-        "203.0.113.0/24",
-    ]);
-    let answer = lookup(&pair.left, "203.0.113.5");
-    assert!(matches!(answer, RouteAnswer::NoRoute(_)), "{answer:?}");
+    ip(&["-n", ns, "route", "add", "unreachable", "203.0.113.0/24"]);
+    let c = conf(TunnelType::Vxlan, "203.0.113.5", None);
+    assert!(matches!(lookup(ns, &c), RouteAnswer::NoRoute(_)));
+    assert_eq!(route_findings(ns, &c), error);
 }
 
 /// The MTU input as `diagnose` builds it: configuration, route and datapath ports.
 fn gather(ns: &str, c: &TunnelConf) -> MtuInput {
     let (answer, ports) = in_ns(ns, async {
         (
-            route::lookup(c.remote_ip, TIMEOUT).await.unwrap(),
+            route::lookup(c.remote_ip, c.local_ip, TIMEOUT)
+                .await
+                .unwrap(),
             mtu::read_ports(TIMEOUT).await.unwrap(),
         )
     });

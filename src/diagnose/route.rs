@@ -8,10 +8,11 @@
 //! backends' own look-up (`backend::initiator`) only needs the source address, so it asks a
 //! connected UDP socket instead; both see the same routing decision.
 //!
-//! No route is an error (the peer is unreachable). A source address that differs from
-//! `options:local_ip` is a warning: the IKE daemon binds `local_ip` and may still get
-//! through, but the peer sees traffic from an address it may not expect and replies may take
-//! another path.
+//! No route is an error (the peer is unreachable), and so is an `options:local_ip` the kernel
+//! cannot send from toward the peer (`ip route get REMOTE from LOCAL` fails: typically not an
+//! address of this host). A source address that differs from a usable `local_ip` is a
+//! warning: the IKE daemon binds `local_ip` and may still get through, but the route the
+//! kernel prefers leaves from another address, and replies may take another path.
 
 use std::net::IpAddr;
 use std::time::Duration;
@@ -36,6 +37,9 @@ pub struct Route {
     pub route_mtu: Option<u32>,
     /// The output device's MTU.
     pub dev_mtu: Option<u32>,
+    /// Why the kernel cannot route to the peer from `options:local_ip` (looked up only when
+    /// it differs from `source`).
+    pub from_local_ip: Option<String>,
 }
 
 impl Route {
@@ -78,6 +82,17 @@ pub fn check(conf: &TunnelConf, answer: &RouteAnswer) -> Vec<Finding> {
             ),
         )],
         RouteAnswer::Route(route) => match (conf.local_ip, route.source) {
+            (Some(local), _) if route.from_local_ip.is_some() => vec![Finding::new(
+                Code::PeerUnreachable,
+                Severity::Error,
+                format!(
+                    "no route to the peer {remote} from options:local_ip {local}: {}",
+                    route.from_local_ip.as_deref().unwrap_or_default()
+                ),
+                format!(
+                    "check that {local} is an address of this host, or correct options:local_ip"
+                ),
+            )],
             (Some(local), Some(source)) if local != source => vec![Finding::new(
                 Code::PeerUnreachable,
                 Severity::Warning,
@@ -94,24 +109,45 @@ pub fn check(conf: &TunnelConf, answer: &RouteAnswer) -> Vec<Finding> {
     }
 }
 
-/// Asks the kernel (`ip -j route get`, then `ip -j link show` for the device's MTU).
-pub async fn lookup(remote: IpAddr, timeout: Duration) -> Result<RouteAnswer, RouteError> {
-    let cmd = Cmd::new("ip", "look up the route to the peer", timeout).args([
-        "-j".to_owned(),
-        "route".to_owned(),
-        "get".to_owned(),
-        remote.to_string(),
-    ]);
+/// `ip -j route get REMOTE [from LOCAL]`: its output, or why the kernel refused.
+async fn route_get(
+    remote: IpAddr,
+    from: Option<IpAddr>,
+    timeout: Duration,
+) -> Result<Result<(String, Cmd), String>, RouteError> {
+    let mut args = vec!["-j".to_owned(), "route".to_owned(), "get".to_owned()];
+    args.push(remote.to_string());
+    if let Some(from) = from {
+        args.extend(["from".to_owned(), from.to_string()]);
+    }
+    let cmd = Cmd::new("ip", "look up the route to the peer", timeout).args(args);
     let out = cmd.run().await?;
     if out.code != 0 {
         let reason = out.stderr.trim();
         let reason = reason.strip_prefix("RTNETLINK answers: ").unwrap_or(reason);
-        return Ok(RouteAnswer::NoRoute(reason.to_owned()));
+        return Ok(Err(reason.to_owned()));
     }
-    let mut route = parse_route_get(&out.stdout).map_err(|detail| RouteError::Parse {
+    Ok(Ok((out.stdout, cmd)))
+}
+
+/// Asks the kernel (`ip -j route get`, again `from` a `local_ip` other than the route's
+/// source, then `ip -j link show` for the device's MTU).
+pub async fn lookup(
+    remote: IpAddr,
+    local_ip: Option<IpAddr>,
+    timeout: Duration,
+) -> Result<RouteAnswer, RouteError> {
+    let (json, cmd) = match route_get(remote, None, timeout).await? {
+        Ok(found) => found,
+        Err(reason) => return Ok(RouteAnswer::NoRoute(reason)),
+    };
+    let mut route = parse_route_get(&json).map_err(|detail| RouteError::Parse {
         cmdline: cmd.cmdline(),
         detail,
     })?;
+    if let Some(local) = local_ip.filter(|l| route.source != Some(*l)) {
+        route.from_local_ip = route_get(remote, Some(local), timeout).await?.err();
+    }
     let link = Cmd::new("ip", "read the output device's MTU", timeout).args([
         "-j".to_owned(),
         "link".to_owned(),
@@ -158,6 +194,7 @@ pub fn parse_route_get(json: &str) -> Result<Route, String> {
         gateway: r.gateway,
         route_mtu: r.mtu.or(metric_mtu),
         dev_mtu: None,
+        from_local_ip: None,
     })
 }
 
@@ -203,6 +240,7 @@ mod tests {
             gateway: None,
             route_mtu: None,
             dev_mtu: Some(1500),
+            from_local_ip: None,
         })
     }
 
@@ -233,6 +271,7 @@ mod tests {
             gateway: None,
             route_mtu: Some(1400),
             dev_mtu: Some(1500),
+            from_local_ip: None,
         };
         assert_eq!(r.path_mtu(), Some(1400));
         r.route_mtu = Some(9000);
@@ -260,5 +299,18 @@ mod tests {
         assert_eq!(f.len(), 1);
         assert_eq!(f[0].severity, Severity::Warning);
         assert!(f[0].message.contains("192.0.2.7") && f[0].message.contains("eth0"));
+        let RouteAnswer::Route(mut r) = route("192.0.2.1") else {
+            unreachable!()
+        };
+        r.from_local_ip = Some("Network is unreachable".into());
+        let f = check(&conf(Some("192.0.2.7")), &RouteAnswer::Route(r));
+        assert_eq!(
+            (f[0].code, f[0].severity),
+            (Code::PeerUnreachable, Severity::Error)
+        );
+        assert!(
+            f[0].message.contains("from options:local_ip 192.0.2.7"),
+            "{f:?}"
+        );
     }
 }
