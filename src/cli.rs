@@ -72,6 +72,12 @@ pub struct Cli {
     #[arg(long, value_name = "SECS", default_value_t = 60)]
     pub static_rekey_grace: u64,
 
+    /// Days before a certificate's expiry from which the tunnel carries
+    /// external_ids:ipsec-warning, the log warns once a day, and diagnose reports
+    /// cert-expiring.
+    #[arg(long, value_name = "DAYS", default_value_t = crate::diagnose::certs::DEFAULT_WARNING_DAYS)]
+    pub cert_expiry_warning_days: u32,
+
     /// Libreswan: leave ike=, esp= and ikev2= out and use the daemon's default crypto.
     #[arg(long)]
     pub use_default_crypto: bool,

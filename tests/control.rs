@@ -46,6 +46,7 @@ fn show_text(json: bool) -> String {
         &[ShowTunnel {
             tunnel: &t,
             live: Some(&live),
+            inner_mtu: None,
         }],
     )
 }

@@ -8,6 +8,7 @@ use tokio::sync::mpsc;
 use tokio::time::{Interval, MissedTickBehavior, interval_at};
 use tracing::{Level, debug, error, info, warn};
 
+use super::cert_alerts::CertAlerts;
 use super::metrics_feed::Feed;
 use super::monitor_keys::MonitorKeys;
 use super::pass::{self, PassOutcome};
@@ -20,6 +21,7 @@ use crate::control::show;
 use crate::control::{AppCommand, ControlRequest};
 use crate::daemon::Daemon;
 use crate::daemon::{SignalEvent, Signals};
+use crate::diagnose::mtu;
 use crate::logging::LogHandle;
 use crate::metrics::{self, Metrics, Trigger};
 use crate::model::cert::FsCertSource;
@@ -67,6 +69,8 @@ pub struct EventLoop<B: Backend> {
     log: LogHandle,
     registry: Registry,
     certs: FsCertSource,
+    /// Certificates that expire soon or have expired, for status and the log.
+    cert_alerts: CertAlerts,
     /// The typed rows, refreshed from the replica's changes (see [`Rows`]).
     rows: Rows,
     /// Names of the rows changed since the model last looked; `None`: every row.
@@ -125,6 +129,7 @@ impl<B: Backend> EventLoop<B> {
         daemon: Daemon,
         log: LogHandle,
         dry_run: bool,
+        cert_expiry_warning_days: u32,
     ) -> Self {
         let period = Duration::from_secs(super::RECONCILE_INTERVAL_SECS);
         let mut tick = interval_at(tokio::time::Instant::now() + period, period);
@@ -154,6 +159,7 @@ impl<B: Backend> EventLoop<B> {
             log,
             registry,
             certs: FsCertSource::new(),
+            cert_alerts: CertAlerts::new(cert_expiry_warning_days),
             rows: Rows::default(),
             model_dirty: None,
             generation: 0,
@@ -296,8 +302,11 @@ impl<B: Backend> EventLoop<B> {
         }
         if work.status {
             self.write_status().await;
-            self.metrics
-                .track_states(&metrics_view(&self.registry, &self.outcome));
+            self.metrics.track_states(&metrics_view(
+                &self.registry,
+                &self.outcome,
+                &self.cert_alerts,
+            ));
         }
     }
 
@@ -396,6 +405,19 @@ impl<B: Backend> EventLoop<B> {
         self.status_scope.tunnels_changed(Some(&changed));
     }
 
+    /// The largest inner MTU of a valid tunnel toward the kernel's path MTU to its peer.
+    fn inner_mtu(&self, t: &crate::model::Tunnel) -> Option<u32> {
+        let conf = t.conf()?;
+        let path = crate::backend::initiator::probe(conf.remote_ip)?.mtu;
+        let no_options = std::collections::BTreeMap::new();
+        let options = self
+            .rows
+            .named(&t.name)
+            .find(|r| r.uuid == t.uuid)
+            .map_or(&no_options, |r| &r.options);
+        mtu::input_for(conf, options, path, Vec::new()).inner_mtu()
+    }
+
     /// Lets a `--detach` parent exit.
     fn mark_detached(&mut self) {
         if let Err(e) = self.daemon.ready() {
@@ -480,6 +502,13 @@ impl<B: Backend> EventLoop<B> {
             .map(str::to_owned)
             .or_else(|| self.outcome.backend_error.clone());
         let monitor = self.monitor_keys.keys(error);
+        let changed = self.cert_alerts.refresh(
+            self.registry.desired(),
+            self.registry.generation(),
+            &mut self.certs,
+            status::time::unix_now(),
+        );
+        self.status_scope.tunnels_changed(Some(&changed));
         let candidates = self.status_scope.candidates(&self.rows);
         let mut ops = status::plan(&status::StatusInput {
             interfaces: candidates.into_iter(),
@@ -487,6 +516,7 @@ impl<B: Backend> EventLoop<B> {
             tunnels: self.registry.tunnel_map(),
             live: &self.outcome.live,
             apply_errors: &self.outcome.apply_errors,
+            cert_alerts: self.cert_alerts.alerts(),
             monitor,
         });
         ops.extend(
@@ -529,6 +559,7 @@ impl<B: Backend> EventLoop<B> {
                     .map(|(t, live, with_events)| show::ShowTunnel {
                         tunnel: t,
                         live: with_events.as_ref().or(*live),
+                        inner_mtu: self.inner_mtu(t),
                     })
                     .collect();
                 (
@@ -560,9 +591,11 @@ impl<B: Backend> EventLoop<B> {
                     true => metrics::Format::OpenMetrics,
                     false => metrics::Format::Prometheus,
                 };
-                let mut snapshot = self
-                    .metrics
-                    .snapshot(&metrics_view(&self.registry, &self.outcome));
+                let mut snapshot = self.metrics.snapshot(&metrics_view(
+                    &self.registry,
+                    &self.outcome,
+                    &self.cert_alerts,
+                ));
                 if snapshot.per_tunnel {
                     snapshot.vanished = self.xfrm_watch.vanished_series().collect();
                 }
@@ -615,11 +648,16 @@ impl<B: Backend> EventLoop<B> {
     }
 }
 
-fn metrics_view<'a>(registry: &'a Registry, outcome: &'a PassOutcome) -> metrics::View<'a> {
+fn metrics_view<'a>(
+    registry: &'a Registry,
+    outcome: &'a PassOutcome,
+    cert_alerts: &'a CertAlerts,
+) -> metrics::View<'a> {
     metrics::View {
         tunnels: registry.tunnel_map(),
         live: &outcome.live,
         apply_errors: &outcome.apply_errors,
+        cert_alerts: cert_alerts.alerts(),
         backend_error: outcome.backend_error.is_some(),
     }
 }

@@ -137,6 +137,7 @@ async fn run(
         log,
         metrics_per_tunnel: cli.metrics_per_tunnel,
         metrics_endpoint: cli.metrics.is_some(),
+        cert_expiry_warning_days: cli.cert_expiry_warning_days,
     };
     let start = StartOptions {
         restart_ike_daemon: !cli.no_restart_ike_daemon,
@@ -206,6 +207,7 @@ struct Parts {
     log: LogHandle,
     metrics_per_tunnel: bool,
     metrics_endpoint: bool,
+    cert_expiry_warning_days: u32,
 }
 
 async fn run_with<B: Backend>(backend: B, dry_run: bool, p: Parts, start: StartOptions) -> Exit {
@@ -218,6 +220,7 @@ async fn run_with<B: Backend>(backend: B, dry_run: bool, p: Parts, start: StartO
         p.daemon,
         p.log,
         dry_run,
+        p.cert_expiry_warning_days,
     )
     .with_metrics(p.metrics_per_tunnel, p.metrics_endpoint)
     .run(start)

@@ -25,6 +25,7 @@
 //! address cannot be found (no route), this end initiates, as before.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, UdpSocket};
+use std::os::fd::AsRawFd;
 
 /// True when this end starts the IKE_SA to `remote`.
 pub fn we_initiate(local: Option<IpAddr>, remote: IpAddr) -> bool {
@@ -33,16 +34,49 @@ pub fn we_initiate(local: Option<IpAddr>, remote: IpAddr) -> bool {
         .is_none_or(|l| l < remote)
 }
 
-/// The kernel's source address for packets to `remote`: a connected UDP socket sends nothing,
-/// it only looks up the route.
-fn source_address(remote: IpAddr) -> Option<IpAddr> {
+/// The kernel's routing decision toward a peer, as a connected socket sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RouteProbe {
+    /// The source address the kernel picks.
+    pub source: IpAddr,
+    /// The path MTU it knows (route MTU, else the output device's, lowered by a cached
+    /// path-MTU exception); `None` if it cannot say.
+    pub mtu: Option<u32>,
+}
+
+/// Looks up the route to `remote`: a connected UDP socket sends nothing, it only looks up
+/// the route (`None`: no route). Also what `tunnels/show` uses for each tunnel's path MTU, so
+/// it costs a few system calls, never a process.
+pub fn probe(remote: IpAddr) -> Option<RouteProbe> {
     let any: IpAddr = match remote {
         IpAddr::V4(_) => Ipv4Addr::UNSPECIFIED.into(),
         IpAddr::V6(_) => Ipv6Addr::UNSPECIFIED.into(),
     };
     let socket = UdpSocket::bind((any, 0)).ok()?;
     socket.connect((remote, 500)).ok()?;
-    socket.local_addr().ok().map(|a| a.ip())
+    let source = socket.local_addr().ok()?.ip();
+    let (level, name) = match remote {
+        IpAddr::V4(_) => (libc::IPPROTO_IP, libc::IP_MTU),
+        IpAddr::V6(_) => (libc::IPPROTO_IPV6, libc::IPV6_MTU),
+    };
+    let mut mtu: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: getsockopt on a socket we own, into a c_int of the length we pass.
+    let rc = unsafe {
+        libc::getsockopt(
+            socket.as_raw_fd(),
+            level,
+            name,
+            (&raw mut mtu).cast(),
+            &raw mut len,
+        )
+    };
+    let mtu = (rc == 0).then(|| u32::try_from(mtu).ok()).flatten();
+    Some(RouteProbe { source, mtu })
+}
+
+fn source_address(remote: IpAddr) -> Option<IpAddr> {
+    probe(remote).map(|p| p.source)
 }
 
 #[cfg(test)]
@@ -69,5 +103,16 @@ mod tests {
         // Loopback: the source is 127.0.0.1 itself, never lower than 127.0.0.1.
         assert!(!we_initiate(None, ip("127.0.0.1")));
         assert_eq!(source_address(ip("127.0.0.1")), Some(ip("127.0.0.1")));
+    }
+
+    #[test]
+    fn the_probe_reads_the_path_mtu_of_loopback() {
+        let lo_mtu: u32 = std::fs::read_to_string("/sys/class/net/lo/mtu")
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(65536);
+        // The kernel caps an IPv4 path MTU at 65535.
+        let p = probe(ip("127.0.0.1"));
+        assert_eq!(p.map(|p| p.mtu), Some(Some(lo_mtu.min(65535))));
     }
 }

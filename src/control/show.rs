@@ -3,7 +3,9 @@
 //! Text keeps the Python monitor's layout (reference §4) so that scripts and eyes used to it
 //! keep working, with three deliberate differences: the PSK prints as `<redacted>`, invalid
 //! tunnels are shown (with `INVALID: <reason>` in the header) instead of silently vanishing,
-//! and every block gains `IPsec state:` (and `IPsec error:` when there is one).
+//! and every block gains `IPsec state:` (and `IPsec error:` when there is one) and, when the
+//! route toward the peer is known, `Inner MTU:`: the largest inner MTU that fits the path
+//! after ESP and tunnel overhead (see `diagnose::mtu`).
 //!
 //! `tunnels/show --json` prints one object, stable for scripts:
 //!
@@ -21,6 +23,7 @@
 //!    "ca_cert": str|null, "remote_name": str|null, "remote_cert": str|null,
 //!    "psk": "<redacted>"|null, "custom_options": {str: str},
 //!    "ofport": int|null, "cfm_state": "up"|"down"|"disabled",
+//!    "inner_mtu": int|null,          // null: invalid tunnel or no route to the peer
 //!    "active": [str], "details": {heading: [str]}
 //!  }],
 //!  "skb_mark": "value/mask"|null}
@@ -39,6 +42,8 @@ use crate::model::{Auth, Family, Global, Tunnel, Validity};
 pub struct ShowTunnel<'a> {
     pub tunnel: &'a Tunnel,
     pub live: Option<&'a LiveStatus>,
+    /// The largest inner MTU that fits the path to the peer; `None` when unknown.
+    pub inner_mtu: Option<u32>,
 }
 
 /// The reply to `tunnels/show` (`json` for `--json`).
@@ -77,6 +82,7 @@ struct View<'a> {
     cfm: Option<bool>,
     active: &'a [String],
     details: &'a [(String, Vec<String>)],
+    inner_mtu: Option<u32>,
 }
 
 impl<'a> View<'a> {
@@ -108,6 +114,7 @@ impl<'a> View<'a> {
             cfm: tun.cfm_fault,
             active: live.map_or(&[], |l| &l.active),
             details: live.map_or(&[], |l| &l.details),
+            inner_mtu: t.inner_mtu,
         };
         let c = match &tun.validity {
             Validity::Invalid(reason) => {
@@ -212,6 +219,9 @@ fn text_block(out: &mut String, global: &Global, v: &View<'_>) {
     if let Some(e) = v.error {
         out.push_str(&format!("  {:<16}{e}\n", "IPsec error:"));
     }
+    if let Some(mtu) = v.inner_mtu {
+        out.push_str(&format!("  {:<16}{mtu}\n", "Inner MTU:"));
+    }
     let sections = v
         .details
         .iter()
@@ -271,6 +281,7 @@ pub fn render_json(global: &Global, tunnels: &[ShowTunnel<'_>]) -> String {
                 "custom_options": v.custom,
                 "ofport": v.ofport,
                 "cfm_state": v.cfm_state().to_ascii_lowercase(),
+                "inner_mtu": v.inner_mtu,
                 "active": v.active,
                 "details": details,
             })

@@ -116,6 +116,7 @@ fn psk_geneve_golden() {
         &[ShowTunnel {
             tunnel: &t,
             live: Some(&live),
+            inner_mtu: Some(1396),
         }],
     );
     assert_eq!(
@@ -138,6 +139,7 @@ Interface name: gnv1 v1 (CONFIGURED)
   Ofport:         Not assigned
   CFM state:      Disabled
   IPsec state:    up
+  Inner MTU:      1396
 Kernel policies installed:
   src 2001:db8::1/128 dst 2001:db8::2/128 proto udp
 Kernel security associations installed:
@@ -165,6 +167,7 @@ fn cert_tunnel_golden_with_error_and_skb_mark() {
         &[ShowTunnel {
             tunnel: &t,
             live: Some(&live),
+            inner_mtu: None,
         }],
     );
     assert_eq!(
@@ -202,6 +205,7 @@ fn invalid_tunnel_golden() {
         &[ShowTunnel {
             tunnel: &t,
             live: None,
+            inner_mtu: None,
         }],
     );
     let reason = "'certificate', 'private_key', 'ca_cert', 'remote_cert', and 'remote_name' must be unset with PSK";
@@ -252,14 +256,17 @@ fn psk_never_printed() {
         ShowTunnel {
             tunnel: &a,
             live: Some(&live),
+            inner_mtu: None,
         },
         ShowTunnel {
             tunnel: &b,
             live: None,
+            inner_mtu: None,
         },
         ShowTunnel {
             tunnel: &c,
             live: None,
+            inner_mtu: None,
         },
     ];
     for json in [false, true] {
@@ -282,10 +289,12 @@ fn json_shape() {
             ShowTunnel {
                 tunnel: &a,
                 live: Some(&live),
+                inner_mtu: Some(1396),
             },
             ShowTunnel {
                 tunnel: &c,
                 live: None,
+                inner_mtu: None,
             },
         ],
     );
@@ -299,7 +308,7 @@ fn json_shape() {
             "address_family": "IPv6", "auth": "psk", "local_cert": null, "local_name": null,
             "local_key": null, "ca_cert": null, "remote_name": null, "remote_cert": null,
             "psk": "<redacted>", "custom_options": {"ikelifetime": "3h"}, "ofport": null,
-            "cfm_state": "disabled", "active": ["gnv1-in-1"],
+            "cfm_state": "disabled", "inner_mtu": 1396, "active": ["gnv1-in-1"],
             "details": {
                 "Kernel policies installed:": ["src 2001:db8::1/128 dst 2001:db8::2/128 proto udp"],
                 "Kernel security associations installed:": []
@@ -308,6 +317,7 @@ fn json_shape() {
     );
     let bad = &v["tunnels"][1];
     assert_eq!(bad["state"], "invalid");
+    assert_eq!(bad["inner_mtu"], Value::Null);
     assert!(bad["error"].as_str().unwrap().starts_with("'certificate'"));
     assert_eq!(bad["auth"], Value::Null);
     assert_eq!(bad["cfm_state"], "down");

@@ -89,6 +89,8 @@ pub struct View<'a> {
     pub tunnels: &'a BTreeMap<String, Tunnel>,
     pub live: &'a BTreeMap<String, LiveStatus>,
     pub apply_errors: &'a BTreeMap<String, String>,
+    /// Certificate alerts (an expired certificate makes the tunnel `error`).
+    pub cert_alerts: &'a BTreeMap<String, crate::status::CertAlert>,
     /// The backend could not be observed or applied at all (IKE daemon down).
     pub backend_error: bool,
 }
@@ -150,6 +152,7 @@ impl Metrics {
                 t,
                 view.live.get(name),
                 view.apply_errors.get(name).map(String::as_str),
+                view.cert_alerts.get(name),
             );
             match self.tunnels.get_mut(name) {
                 Some(track) if track.state != state => {
@@ -189,6 +192,7 @@ impl Metrics {
                 t,
                 view.live.get(name),
                 view.apply_errors.get(name).map(String::as_str),
+                view.cert_alerts.get(name),
             );
             *state_counts.entry(state).or_insert(0u64) += 1;
             if !self.per_tunnel {

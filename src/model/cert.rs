@@ -18,10 +18,13 @@ use std::fs::{File, Metadata, OpenOptions};
 use std::io::Read;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
 use thiserror::Error;
 use x509_parser::certificate::X509Certificate;
+use x509_parser::error::X509Error;
+use x509_parser::extensions::GeneralName;
 use x509_parser::pem::Pem;
 use x509_parser::prelude::FromDer;
 
@@ -30,15 +33,48 @@ use super::grammar::shown;
 /// Largest certificate file we read. Real certificates are a few KiB.
 pub const MAX_CERT_SIZE: u64 = 1 << 20;
 
-/// What the model learns from a certificate file.
+/// What the model (and `diagnose`) learns from a certificate file. Certificates are public:
+/// every field may be shown.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CertInfo {
     /// The subject's CN, wherever it sits in the subject.
     pub cn: String,
     /// SHA-256 of the DER certificate, so backends can notice a changed file at the same path.
     pub sha256: [u8; 32],
-    /// notAfter, in seconds since the Unix epoch (for the certificate-expiry metric).
+    /// The subject, as OpenSSL's one-line form (`CN=foo, O=bar`).
+    pub subject: String,
+    /// Validity, in seconds since the epoch.
+    pub not_before: i64,
     pub not_after: i64,
+    /// Subject alternative names: DNS names, IP addresses and e-mail addresses.
+    pub sans: Vec<String>,
+    /// The DER certificate, for signature checks.
+    pub der: Arc<[u8]>,
+}
+
+impl CertInfo {
+    /// The DER `SubjectPublicKeyInfo`, to compare with a private key's public half.
+    pub fn spki(&self) -> Option<Vec<u8>> {
+        X509Certificate::from_der(&self.der)
+            .ok()
+            .map(|(_, c)| c.public_key().raw.to_vec())
+    }
+
+    /// Whether `ca`'s key signed this certificate; `Err` when the algorithm is not supported
+    /// or a certificate cannot be read.
+    pub fn signed_by(&self, ca: &CertInfo) -> Result<bool, String> {
+        let (Ok((_, cert)), Ok((_, ca))) = (
+            X509Certificate::from_der(&self.der),
+            X509Certificate::from_der(&ca.der),
+        ) else {
+            return Err("cannot parse the certificates".to_owned());
+        };
+        match cert.verify_signature(Some(ca.public_key())) {
+            Ok(()) => Ok(true),
+            Err(X509Error::SignatureVerificationError) => Ok(false),
+            Err(e) => Err(e.to_string()),
+        }
+    }
 }
 
 /// Reads certificate facts; errors are human-readable reasons ("cannot read /x: No such file").
@@ -159,11 +195,39 @@ fn parse(bytes: &[u8], shown_path: impl Fn() -> String) -> Result<CertInfo, Cert
         .find_map(|attr| attr.as_str().ok())
         .filter(|cn| !cn.is_empty())
         .ok_or_else(|| CertError::NoCn { path: shown_path() })?;
+    let sans = cert
+        .subject_alternative_name()
+        .ok()
+        .flatten()
+        .map(|ext| {
+            ext.value
+                .general_names
+                .iter()
+                .filter_map(|n| match n {
+                    GeneralName::DNSName(s) | GeneralName::RFC822Name(s) => Some((*s).to_owned()),
+                    GeneralName::IPAddress(b) => ip_from_bytes(b).map(|ip| ip.to_string()),
+                    _ => None,
+                })
+                .collect()
+        })
+        .unwrap_or_default();
     Ok(CertInfo {
         cn: cn.to_owned(),
         sha256: Sha256::digest(der).into(),
+        subject: cert.subject().to_string(),
+        not_before: cert.validity().not_before.timestamp(),
         not_after: cert.validity().not_after.timestamp(),
+        sans,
+        der: der.into(),
     })
+}
+
+fn ip_from_bytes(b: &[u8]) -> Option<std::net::IpAddr> {
+    match b.len() {
+        4 => <[u8; 4]>::try_from(b).ok().map(Into::into),
+        16 => <[u8; 16]>::try_from(b).ok().map(Into::into),
+        _ => None,
+    }
 }
 
 #[cfg(test)]
@@ -345,7 +409,11 @@ pub(crate) mod fake {
                 Some(cn) => Ok(CertInfo {
                     cn: cn.clone(),
                     sha256: Sha256::digest(cn.as_bytes()).into(),
-                    not_after: 0,
+                    subject: format!("CN={cn}"),
+                    not_before: 0,
+                    not_after: i64::MAX,
+                    sans: Vec::new(),
+                    der: Arc::from(&[][..]),
                 }),
                 None => Err(format!(
                     "cannot read '{}': No such file or directory (os error 2)",

@@ -17,11 +17,15 @@ pub const GENERATION: &str = "ipsec-generation";
 /// (static keys only).
 pub const ROTATION: &str = "ipsec-rotation";
 
+/// `Interface:external_ids:ipsec-warning`: a certificate of the tunnel expires within
+/// `--cert-expiry-warning-days` (subject and date); absent otherwise.
+pub const WARNING: &str = "ipsec-warning";
+
 /// Keys a backend may publish through `LiveStatus::keys`; any other key is ignored.
 pub const BACKEND_INTERFACE: &[&str] = &[GENERATION, ROTATION];
 
 /// Every key we write on Interface rows.
-pub const INTERFACE: &[&str] = &[STATE, ERROR, VERSION, AUTH, GENERATION, ROTATION];
+pub const INTERFACE: &[&str] = &[STATE, ERROR, VERSION, AUTH, WARNING, GENERATION, ROTATION];
 
 pub const MONITOR_BACKEND: &str = "ipsec-monitor-backend";
 pub const MONITOR_VERSION: &str = "ipsec-monitor-version";

@@ -24,18 +24,38 @@ pub use mutation::Mutation;
 /// Our keys on one row: `Some(value)` to set, `None` to make sure the key is absent.
 pub type Keys = BTreeMap<&'static str, Option<String>>;
 
+/// The tunnel's `ipsec-state` and `ipsec-error`, as [`tunnel_keys`] writes them: an apply
+/// error, then an expired certificate, win over the observed state.
+fn state_and_error(
+    tunnel: &Tunnel,
+    live: Option<&LiveStatus>,
+    apply_error: Option<&str>,
+    cert: Option<&CertAlert>,
+) -> (&'static str, Option<String>) {
+    match &tunnel.validity {
+        Validity::Invalid(reason) => ("invalid", Some(reason.trim_start_matches(": ").to_owned())),
+        Validity::Valid(_) => {
+            let expired = match cert {
+                Some(CertAlert::Expired(why)) => Some(why.as_str()),
+                _ => None,
+            };
+            match (apply_error.or(expired), live) {
+                (Some(e), _) => (LiveState::Error.as_str(), Some(e.to_owned())),
+                (None, Some(l)) => (l.state.as_str(), l.error.clone()),
+                (None, None) => (LiveState::Configured.as_str(), None),
+            }
+        }
+    }
+}
+
 /// The tunnel's `ipsec-state`, as [`tunnel_keys`] writes it.
 pub fn tunnel_state(
     tunnel: &Tunnel,
     live: Option<&LiveStatus>,
     apply_error: Option<&str>,
+    cert: Option<&CertAlert>,
 ) -> &'static str {
-    match (&tunnel.validity, apply_error, live) {
-        (Validity::Invalid(_), _, _) => "invalid",
-        (Validity::Valid(_), Some(_), _) => LiveState::Error.as_str(),
-        (Validity::Valid(_), None, Some(l)) => l.state.as_str(),
-        (Validity::Valid(_), None, None) => LiveState::Configured.as_str(),
-    }
+    state_and_error(tunnel, live, apply_error, cert).0
 }
 
 /// Every `ipsec-state` value, in the order the metrics list them.
@@ -48,29 +68,37 @@ pub const STATES: [&str; 6] = [
     "invalid",
 ];
 
+/// A certificate of a tunnel that expires soon or has expired, in a sentence naming the
+/// file, its subject and the date (see `diagnose::certs`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CertAlert {
+    Expiring(String),
+    Expired(String),
+}
+
 /// The keys describing one tunnel. `live` is what the backend observed, `apply_error` a
-/// failure of the last apply for this tunnel (it wins over the observed state).
-pub fn tunnel_keys(tunnel: &Tunnel, live: Option<&LiveStatus>, apply_error: Option<&str>) -> Keys {
-    let (state, error, auth) = match &tunnel.validity {
-        Validity::Invalid(reason) => (
-            "invalid",
-            Some(reason.trim_start_matches(": ").to_owned()),
-            None,
-        ),
-        Validity::Valid(conf) => {
-            let auth = Some(conf.auth.kind().to_owned());
-            match (apply_error, live) {
-                (Some(e), _) => (LiveState::Error.as_str(), Some(e.to_owned()), auth),
-                (None, Some(l)) => (l.state.as_str(), l.error.clone(), auth),
-                (None, None) => (LiveState::Configured.as_str(), None, auth),
-            }
-        }
-    };
+/// failure of the last apply for this tunnel (it wins over the observed state), `cert` a
+/// certificate alert (an expired certificate wins over the observed state too).
+pub fn tunnel_keys(
+    tunnel: &Tunnel,
+    live: Option<&LiveStatus>,
+    apply_error: Option<&str>,
+    cert: Option<&CertAlert>,
+) -> Keys {
+    let (state, error) = state_and_error(tunnel, live, apply_error, cert);
+    let auth = tunnel.conf().map(|c| c.auth.kind().to_owned());
     let mut out = Keys::from([
         (keys::STATE, Some(state.to_owned())),
         (keys::ERROR, error),
         (keys::VERSION, Some(tunnel.version.to_string())),
         (keys::AUTH, auth),
+        (
+            keys::WARNING,
+            match cert {
+                Some(CertAlert::Expiring(w)) if tunnel.conf().is_some() => Some(w.clone()),
+                _ => None,
+            },
+        ),
     ]);
     // Backend keys: only those the contract declares; absent ones are removed.
     let backend = live.filter(|_| tunnel.conf().is_some());
@@ -128,6 +156,8 @@ pub struct StatusInput<'a, I> {
     pub tunnels: &'a BTreeMap<String, Tunnel>,
     pub live: &'a BTreeMap<String, LiveStatus>,
     pub apply_errors: &'a BTreeMap<String, String>,
+    /// Certificate alerts by tunnel name.
+    pub cert_alerts: &'a BTreeMap<String, CertAlert>,
     /// Our keys on the Open_vSwitch row.
     pub monitor: Keys,
 }
@@ -144,6 +174,7 @@ where
                 t,
                 input.live.get(&t.name),
                 input.apply_errors.get(&t.name).map(String::as_str),
+                input.cert_alerts.get(&t.name),
             ),
             // Not (or no longer) an IPsec tunnel: remove whatever we wrote before.
             _ => cleared(keys::INTERFACE),

@@ -57,9 +57,12 @@ fn input<'a>(
         tunnels,
         live,
         apply_errors: errors,
+        cert_alerts: &NO_ALERTS,
         monitor: Keys::new(),
     }
 }
+
+static NO_ALERTS: BTreeMap<String, CertAlert> = BTreeMap::new();
 
 #[test]
 fn new_tunnel_gets_its_keys_inserted_and_foreign_keys_untouched() {
@@ -135,7 +138,7 @@ fn changed_value_is_deleted_then_inserted() {
 fn invalid_tunnel_reports_reason_without_leading_colon() {
     let mut t = psk_tunnel("t1", "u1", 2);
     t.validity = Validity::Invalid(": 'remote_ip' is not set".into());
-    let keys = tunnel_keys(&t, None, None);
+    let keys = tunnel_keys(&t, None, None, None);
     assert_eq!(keys[keys::STATE].as_deref(), Some("invalid"));
     assert_eq!(keys[keys::ERROR].as_deref(), Some("'remote_ip' is not set"));
     assert_eq!(keys[keys::AUTH], None);
@@ -256,4 +259,34 @@ fn forget_deletes_exactly_our_keys_by_uuid() {
     let mut ours = keys::INTERFACE.to_vec();
     ours.sort_unstable();
     assert_eq!(listed, ours);
+}
+
+#[test]
+fn an_expiring_certificate_warns_and_an_expired_one_is_an_error() {
+    let t = psk_tunnel("t1", "u1", 1);
+    let up = LiveStatus::new(LiveState::Up);
+    let soon = CertAlert::Expiring(
+        "the local certificate /pki/me.pem (CN=me) expires on 2026-12-10T00:00:00Z, in 3 days"
+            .into(),
+    );
+    let keys = tunnel_keys(&t, Some(&up), None, Some(&soon));
+    assert_eq!(keys[keys::STATE].as_deref(), Some("up"));
+    assert!(
+        keys[keys::WARNING]
+            .as_deref()
+            .is_some_and(|w| w.contains("CN=me"))
+    );
+    // Renewed: the key is removed.
+    assert_eq!(tunnel_keys(&t, Some(&up), None, None)[keys::WARNING], None);
+    let gone = CertAlert::Expired(
+        "the local certificate /pki/me.pem (CN=me) expired on 2026-12-06T00:00:00Z".into(),
+    );
+    let keys = tunnel_keys(&t, Some(&up), None, Some(&gone));
+    assert_eq!(keys[keys::STATE].as_deref(), Some("error"));
+    assert!(
+        keys[keys::ERROR]
+            .as_deref()
+            .is_some_and(|e| e.contains("expired on"))
+    );
+    assert_eq!(keys[keys::WARNING], None);
 }

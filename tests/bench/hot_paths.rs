@@ -250,6 +250,7 @@ fn vici_change(n: usize, reps: u32) -> [Duration; 4] {
             tunnels: model.registry.tunnel_map(),
             live: &live,
             apply_errors: &BTreeMap::new(),
+            cert_alerts: &BTreeMap::new(),
             monitor: Default::default(),
         });
         phases[3].push(t.elapsed());

@@ -3,6 +3,7 @@
 //! `%defaultroute` needs one). Names are unique per process and call, so tests can run in
 //! parallel; everything left running inside is killed and the namespaces removed on drop.
 
+use std::os::fd::AsRawFd;
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicU32, Ordering};
 
@@ -73,7 +74,23 @@ impl Drop for NetnsPair {
     }
 }
 
-fn ip(args: &[&str]) -> Output {
+/// Runs `f` on a thread that has entered the namespace `ns` (setns changes only the calling
+/// thread; processes it spawns start in `ns`).
+pub fn run_inside<T: Send>(ns: &str, f: impl FnOnce() -> T + Send) -> T {
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let file = std::fs::File::open(format!("/run/netns/{ns}")).unwrap();
+            // SAFETY: a valid namespace fd; this thread only.
+            let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+            assert_eq!(rc, 0, "setns into {ns}");
+            f()
+        })
+        .join()
+        .unwrap()
+    })
+}
+
+pub fn ip(args: &[&str]) -> Output {
     let out = Command::new("ip")
         .args(args)
         .output()

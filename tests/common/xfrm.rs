@@ -2,7 +2,6 @@
 //! (unique name, removed on drop even after a panic) and the monitor started inside it with
 //! `--ike-daemon=none`.
 
-use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -75,20 +74,9 @@ impl Netns {
         )
     }
 
-    /// Runs `f` on a thread that has entered the namespace (setns changes only the calling
-    /// thread).
+    /// Runs `f` on a thread that has entered the namespace.
     pub fn run_inside<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
-        std::thread::scope(|s| {
-            s.spawn(|| {
-                let file = std::fs::File::open(format!("/run/netns/{}", self.name)).unwrap();
-                // SAFETY: a valid namespace fd; this thread only.
-                let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-                assert_eq!(rc, 0, "setns into {}", self.name);
-                f()
-            })
-            .join()
-            .unwrap()
-        })
+        super::netns::run_inside(&self.name, f)
     }
 
     /// Sends one ESP packet (SPI `spi`, sequence number 1, no valid payload) from `src` to

@@ -41,6 +41,7 @@ extra static-cleartext-drop
 extra static-dst-port
 extra static-node-reboot
 extra static-readd
+extra static-mtu
 matrix libreswan "geneve vxlan gre" ipv4 "psk self ca"
 matrix libreswan "geneve vxlan" ipv6 "psk self ca"
 extra libreswan-monitor-restart
@@ -443,6 +444,29 @@ dst_port() {
 }
 
 scenario_static_dst_port() { dst_port static-dst-port; }
+
+# static-mtu: the inner MTU tunnels/show reports is exact. Geneve/IPv4 with AES-GCM over the
+# 1500-byte underlay: 1500 - 20 (IP) - 8 (ESP) - 8 (IV) - 16 (ICV) = 1448 (a multiple of 4),
+# - 2 (trailer) = 1446, - 8 (UDP) - 8 (Geneve) - 14 (Ethernet) = 1416. A DF ping of 1416 bytes
+# passes through the encrypted tunnel; one byte more does not.
+scenario_static_mtu() {
+    geneve_up static-mtu
+    wait_converged
+    assert_esp_ping geneve 6081
+    local mtu peer
+    mtu=$(ovs-appctl -t "$(bdir left)/mon.ctl" tunnels/show --json |
+        python3 -c 'import json, sys; print(json.load(sys.stdin)["tunnels"][0]["inner_mtu"])')
+    t "tunnels/show: inner MTU $mtu"
+    [ "$mtu" = 1416 ] || fail "inner MTU $mtu, expected 1416 for geneve/IPv4 over 1500 bytes"
+    peer=$(overlay_ip right)
+    ip netns exec left ping -M do -c 3 -i 0.3 -W 2 -s $((mtu - 28)) "$peer" ||
+        fail "a DF ping of the reported inner MTU ($mtu bytes) did not pass"
+    if ip netns exec left ping -M do -c 3 -i 0.3 -W 2 -s $((mtu - 27)) "$peer"; then
+        fail "a DF ping of $((mtu + 1)) bytes passed: the reported inner MTU is not the largest"
+    fi
+    t "DF ping of $mtu bytes passes, $((mtu + 1)) does not"
+    tunnel_remove
+}
 
 # static_reboot SIDE: the node reboots, as far as the monitor can tell (docs/static-keying.md,
 # "Generation, restarts and reboots"). The monitor dies without cleanup (kill -9); the kernel
