@@ -25,6 +25,9 @@ use crate::model::versions;
 use crate::ovsdb::client::{Client, DbEvent};
 use crate::status;
 
+/// How long `exit` waits for its reply to be written before the process goes on exiting.
+const REPLY_FLUSH_LIMIT: Duration = Duration::from_secs(2);
+
 /// How the loop ended; decides the exit code and what is left behind.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Exit {
@@ -199,6 +202,8 @@ impl<B: Backend> EventLoop<B> {
                 debug!("{remote}: monitoring with {method:?}");
                 Work::default()
             }
+            // The client has logged it; it keeps trying.
+            DbEvent::ConnectFailed { .. } => Work::default(),
             DbEvent::Disconnected { reason } => {
                 debug!("OVSDB connection lost: {reason}");
                 // Do not hold a --detach parent forever when the database is down.
@@ -416,7 +421,11 @@ impl<B: Backend> EventLoop<B> {
     }
 
     async fn on_control(&mut self, req: ControlRequest) -> Option<Exit> {
-        let ControlRequest { command, reply } = req;
+        let ControlRequest {
+            command,
+            reply,
+            written,
+        } = req;
         let (answer, exit) = match command {
             AppCommand::TunnelsShow { json } => {
                 let tunnels: Vec<show::ShowTunnel<'_>> = self
@@ -447,8 +456,9 @@ impl<B: Backend> EventLoop<B> {
         // The requester may have gone away; nothing to do then.
         let _ = reply.send(answer);
         if exit.is_some() {
-            // Let the control server write the reply before the process exits.
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            // The process exits next: let the control server hand the reply to the socket
+            // first. The bound only matters if a requester stops reading its socket.
+            let _ = tokio::time::timeout(REPLY_FLUSH_LIMIT, written).await;
         }
         exit
     }
