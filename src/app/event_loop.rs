@@ -25,6 +25,9 @@ use crate::model::versions;
 use crate::ovsdb::client::{Client, DbEvent};
 use crate::status;
 
+/// How the log line of a status write starts (tests look for its absence).
+pub const STATUS_UPDATED: &str = "status: updated";
+
 /// How long `exit` waits for its reply to be written before the process goes on exiting.
 const REPLY_FLUSH_LIMIT: Duration = Duration::from_secs(2);
 
@@ -410,7 +413,7 @@ impl<B: Backend> EventLoop<B> {
         let n = ops.len();
         match self.client.transact(ops).await {
             Ok(_) => {
-                debug!("status: updated {n} rows");
+                debug!("{STATUS_UPDATED} {n} rows");
                 self.status_scope.written(&self.rows);
             }
             Err(e) => {

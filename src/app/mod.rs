@@ -11,6 +11,7 @@ mod pass;
 mod setup;
 mod status_scope;
 
+pub use event_loop::STATUS_UPDATED;
 pub use setup::main_entry;
 
 /// Seconds between periodic reconcile passes (`RECONCILIATION_INTERVAL` in the Python monitor).
