@@ -1,24 +1,35 @@
 //! Core daemon benchmark: a real ovsdb-server loaded with N PSK tunnels, the real monitor
 //! binary (dry-run backend, so only the monitor's own work is measured), and our OVSDB client
-//! watching `ipsec-state` appear. Prints, per N: cold start to all statuses written, +1 tunnel
-//! and one modification (from `ovs-vsctl` returning to the status being in OVSDB), peak RSS and
-//! CPU time of the monitor.
+//! watching `ipsec-state` appear. Prints, per N: cold start (process start to all statuses
+//! written), +1 tunnel and one modification (each from `ovs-vsctl` returning to the status
+//! being in OVSDB), peak RSS, and the monitor's CPU time (utime + stime) over the cold start.
 //!
 //! `cargo bench --bench core` runs N ∈ {1, 100, 1000, 10000}; `cargo test` runs N = 10 once.
+//! Every wait has a deadline ([`LIMIT`], [`COLD_LIMIT`]): a regression fails the run, with
+//! what it was waiting for, instead of hanging it.
 
 #[path = "../common/mod.rs"]
 mod common;
 
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
+use tokio::sync::mpsc::UnboundedReceiver;
 
-use common::monitor::BIN;
+use common::monitor::{BIN, Monitor};
 use common::ovsdb_server::OvsdbServer;
-use ovs_monitor_ipsec::ovsdb::{Client, ClientConfig, Remote, TableSpec};
+use ovs_monitor_ipsec::ovsdb::{Client, ClientConfig, DbEvent, Remote, Row, TableSpec};
+
+/// How long one step (connecting, loading 1,000 rows, +1, modify) may take.
+const LIMIT: Duration = Duration::from_secs(120);
+/// How long the cold start may take (N = 10,000 on a loaded machine).
+const COLD_LIMIT: Duration = Duration::from_secs(300);
 
 fn main() {
+    // What the CPU column read wrong before: a command name with spaces and `)`, no terminal.
+    let stat = "42 (a) b) S 1 42 42 0 -1 4194560 100 0 0 0 7 3 0 0 20 0 1 0 5 0 0";
+    assert_eq!(stat_ticks(stat), 7 + 3, "utime + stime of {stat}");
     let bench = std::env::args().any(|a| a == "--bench");
     let sizes: &[usize] = if bench { &[1, 100, 1000, 10000] } else { &[10] };
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -59,9 +70,15 @@ async fn run(n: usize) -> Result {
     db.vsctl(&["add-br", "br0"]);
     let watcher = watch(&db);
     let (client, mut events) = Client::spawn(watcher);
-    while !client.is_connected() {
-        let _ = events.recv().await;
-    }
+    let ev = &mut events;
+    until(
+        "the watcher connected",
+        LIMIT,
+        &client,
+        ev,
+        Client::is_connected,
+    )
+    .await;
     load(&client, n).await;
     let count = |c: &Client| {
         c.with_replica(|r| {
@@ -76,67 +93,118 @@ async fn run(n: usize) -> Result {
     };
 
     let start = Instant::now();
-    let mut mon = spawn_monitor(&db);
-    while count(&client) < n {
-        let _ = tokio::time::timeout(Duration::from_secs(120), events.recv()).await;
-        assert!(
-            start.elapsed() < Duration::from_secs(300),
-            "cold start did not converge"
-        );
-    }
+    let mon = spawn_monitor(&db);
+    until("cold start", COLD_LIMIT, &client, ev, |c| count(c) >= n).await;
     let cold = start.elapsed();
-    let cpu_ms = cpu_ms(mon.id());
+    let cpu_ms = cpu_ms(mon.pid());
 
-    db.vsctl(&[
-        "add-port",
-        "br0",
-        "extra",
-        "--",
-        "set",
-        "interface",
-        "extra",
-        "type=vxlan",
-        "options:remote_ip=10.255.255.1",
-        "options:psk=swordfish",
-    ]);
-    while count(&client) < n + 1 {
-        let _ = events.recv().await;
-    }
-    let add = start.elapsed();
-
-    let start = Instant::now();
-    db.vsctl(&[
-        "set",
-        "interface",
-        "extra",
-        "options:remote_ip=10.255.255.2",
-    ]);
-    let version = |c: &Client| {
+    let extra = |c: &Client, done: &dyn Fn(&Row) -> bool| {
         c.with_replica(|r| {
-            r.table("Interface").any(|(_, row)| {
-                row.get("name").as_str() == Some("extra")
-                    && row
-                        .get("external_ids")
-                        .as_string_map()
-                        .get("ipsec-version")
-                        .map(String::as_str)
-                        == Some("2")
-            })
+            r.table("Interface")
+                .any(|(_, row)| row.get("name").as_str() == Some("extra") && done(row))
         })
     };
-    while !version(&client) {
-        let _ = events.recv().await;
-    }
-    let modify = start.elapsed();
-    let rss_kb = vm_hwm_kb(mon.id());
-    let _ = mon.kill();
-    let _ = mon.wait();
+    let key = |row: &Row, column: &str, key: &str, value: &str| {
+        row.get(column).as_string_map().get(key).map(String::as_str) == Some(value)
+    };
+    let add = timed_change(
+        "+1 tunnel",
+        &db,
+        &[
+            "add-port",
+            "br0",
+            "extra",
+            "--",
+            "set",
+            "interface",
+            "extra",
+            "type=vxlan",
+            "options:remote_ip=10.255.255.1",
+            "options:psk=swordfish",
+        ],
+        (&client, ev),
+        |c| extra(c, &|_| true),
+        |c| count(c) > n,
+    )
+    .await;
+    let modify = timed_change(
+        "modify 1",
+        &db,
+        &[
+            "set",
+            "interface",
+            "extra",
+            "options:remote_ip=10.255.255.2",
+        ],
+        (&client, ev),
+        |c| extra(c, &|row| key(row, "options", "remote_ip", "10.255.255.2")),
+        |c| extra(c, &|row| key(row, "external_ids", "ipsec-version", "2")),
+    )
+    .await;
+    let rss_kb = vm_hwm_kb(mon.pid());
+    drop(mon);
     Result {
         cold,
         add,
         modify,
         rss_kb,
         cpu_ms,
+    }
+}
+
+/// Runs `ovs-vsctl args` beside the watcher, which keeps reading updates meanwhile, and
+/// returns the time from the watcher seeing the commit (`committed`) to its seeing the
+/// monitor's status (`done`). Not from `ovs-vsctl` returning: the monitor has often written
+/// the status before that process has exited.
+async fn timed_change(
+    what: &str,
+    db: &OvsdbServer,
+    args: &[&str],
+    (client, events): (&Client, &mut UnboundedReceiver<DbEvent>),
+    committed: impl Fn(&Client) -> bool,
+    done: impl Fn(&Client) -> bool,
+) -> Duration {
+    let vsctl = tokio::process::Command::new("ovs-vsctl")
+        .arg(format!("--db={}", db.unix_remote()))
+        .args(["--no-wait", "--timeout=20"])
+        .args(args)
+        .output();
+    let vsctl = tokio::spawn(vsctl);
+    until(
+        &format!("{what}: the commit"),
+        LIMIT,
+        client,
+        events,
+        committed,
+    )
+    .await;
+    let start = Instant::now();
+    until(what, LIMIT, client, events, done).await;
+    let took = start.elapsed();
+    let out = vsctl
+        .await
+        .expect("the ovs-vsctl task")
+        .expect("run ovs-vsctl");
+    assert!(out.status.success(), "{what}: ovs-vsctl {args:?}: {out:?}");
+    took
+}
+
+/// Waits until `done` holds on the watcher's replica, checking again after each OVSDB event;
+/// panics naming `what` when `limit` has passed or the watcher's connection task has ended.
+async fn until(
+    what: &str,
+    limit: Duration,
+    client: &Client,
+    events: &mut UnboundedReceiver<DbEvent>,
+    done: impl Fn(&Client) -> bool,
+) {
+    let deadline = tokio::time::Instant::now() + limit;
+    while !done(client) {
+        match tokio::time::timeout_at(deadline, events.recv()).await {
+            Ok(Some(_)) => {}
+            Ok(None) => panic!("{what}: the watcher's OVSDB client stopped"),
+            Err(_) => panic!("{what}: not done after {limit:?}"),
+        }
     }
 }
 
@@ -166,7 +234,10 @@ async fn load(client: &Client, n: usize) {
             json!({"op": "mutate", "table": "Bridge", "where": [["name", "==", "br0"]],
             "mutations": [["ports", "insert", ["set", ports]]]}),
         );
-        client.transact(ops).await.expect("load tunnels");
+        tokio::time::timeout(LIMIT, client.transact(ops))
+            .await
+            .expect("loading 1,000 tunnels timed out")
+            .expect("load tunnels");
     }
 }
 
@@ -177,27 +248,30 @@ fn watch(db: &OvsdbServer) -> ClientConfig {
         "Open_vSwitch",
         vec![TableSpec {
             table: "Interface".into(),
-            columns: vec!["name".into(), "external_ids".into()],
+            columns: ["name", "options", "external_ids"]
+                .map(String::from)
+                .to_vec(),
             conditions: None,
         }],
     )
 }
 
-fn spawn_monitor(db: &OvsdbServer) -> Child {
-    Command::new(BIN)
-        .args([
-            &db.unix_remote(),
-            "--ike-daemon=none",
-            "--dry-run",
-            "--no-restart-ike-daemon",
-            &format!("--unixctl={}", db.dir().join("m.ctl").display()),
-            "-vconsole:off",
-        ])
-        .env("OVS_RUNDIR", db.dir())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap()
+/// The monitor without a log file (its logging is not what is measured); killed on drop, so
+/// a failed wait leaves no process behind.
+fn spawn_monitor(db: &OvsdbServer) -> Monitor {
+    let dir = db.dir().to_path_buf();
+    let ctl = dir.join("m.ctl");
+    let mut cmd = Command::new(BIN);
+    cmd.args([
+        &db.unix_remote(),
+        "--ike-daemon=none",
+        "--dry-run",
+        "--no-restart-ike-daemon",
+        &format!("--unixctl={}", ctl.display()),
+        "-vconsole:off",
+    ]);
+    let log = dir.join("monitor.log");
+    Monitor::spawn(cmd, dir, ctl, log)
 }
 
 fn vm_hwm_kb(pid: u32) -> u64 {
@@ -208,18 +282,34 @@ fn vm_hwm_kb(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
+/// utime + stime of `pid`, from `/proc/PID/stat`.
 fn cpu_ms(pid: u32) -> f64 {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the ")" that ends the command name: utime is the 12th, stime the 13th.
-    let rest = s.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    let f: Vec<u64> = rest
-        .split_whitespace()
-        .filter_map(|x| x.parse().ok())
-        .collect();
-    let ticks = f.get(10).copied().unwrap_or(0) + f.get(11).copied().unwrap_or(0);
-    let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("read /proc/PID/stat");
+    stat_ticks(&s) as f64 * 1000.0 / clock_ticks_per_sec() as f64
+}
+
+/// utime + stime, in clock ticks, of a `/proc/PID/stat` line: fields 14 and 15 of proc(5),
+/// counted by position after the `)` that ends the command name (which may hold spaces).
+/// Fields before them may be negative (`tpgid` is -1 without a terminal) or letters (`state`),
+/// so every field keeps its place whether it parses or not.
+fn stat_ticks(stat: &str) -> u64 {
+    let rest = stat
+        .rsplit_once(')')
+        .map(|(_, r)| r)
+        .expect("a /proc/PID/stat line");
+    let field = |i: usize| -> u64 {
+        let f = rest.split_whitespace().nth(i);
+        f.and_then(|f| f.parse().ok())
+            .unwrap_or_else(|| panic!("/proc/PID/stat field {} is {f:?}", i + 3))
+    };
+    // After ")": state is field 3 of proc(5), so utime (14) and stime (15) are at 11 and 12.
+    field(11) + field(12)
+}
+
+fn clock_ticks_per_sec() -> u64 {
+    nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
         .ok()
         .flatten()
-        .unwrap_or(100);
-    ticks as f64 * 1000.0 / hz as f64
+        .and_then(|hz| u64::try_from(hz).ok())
+        .unwrap_or(100)
 }
