@@ -3,9 +3,10 @@
 //! tunnels have no peer generation, so only policies and the nftables guard are installed:
 //! this kernel has no esp4, and refused SA adds would bring their own retry passes.
 //!
-//! Counted from the monitor's debug log, no timing: a one-tunnel change plans and writes only
-//! that tunnel's objects and status, and an idle periodic pass, even one that dumps the kernel,
-//! plans nothing and writes no tunnel status.
+//! Counted from the monitor's debug log and ovsdb-server's transaction log, no timing: a
+//! one-tunnel change plans and writes only that tunnel's objects and status, and an idle
+//! periodic pass, even one that dumps the kernel, plans nothing and writes no tunnel status
+//! (its only write, the monitor's heartbeat, touches the Open_vSwitch row alone).
 
 mod common;
 
