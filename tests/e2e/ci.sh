@@ -2,7 +2,7 @@
 # usage: tests/e2e/ci.sh          (as root, from any directory; installs nothing)
 #
 # The CI entry of the end-to-end tier: a representative subset of the scenarios, chosen to fit
-# in about 15 minutes wall on a busy 2-core machine under TCG. The full matrix (tests/e2e/run.sh
+# in 10-16 minutes wall on a busy 2-core machine under TCG. The full matrix (tests/e2e/run.sh
 # with no argument) takes far longer and runs on demand.
 #
 # The subset: every mode the monitor drives (static keys, Libreswan, strongSwan's legacy mode,
