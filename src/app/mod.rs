@@ -10,6 +10,7 @@ mod monitor_keys;
 mod pass;
 mod setup;
 mod status_scope;
+mod xfrm_watch;
 
 pub use event_loop::STATUS_UPDATED;
 pub use setup::main_entry;

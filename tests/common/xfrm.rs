@@ -18,6 +18,16 @@ pub struct Netns {
     pub name: String,
 }
 
+/// Options of a static-key geneve tunnel from [`LOCAL4`] to `remote` on port 6090.
+pub fn geneve_6090(remote: &str, psk: &str) -> Vec<String> {
+    vec![
+        format!("remote_ip={remote}"),
+        format!("local_ip={LOCAL4}"),
+        "dst_port=6090".to_owned(),
+        format!("psk={psk}"),
+    ]
+}
+
 impl Netns {
     /// A namespace with `lo` up holding [`LOCAL4`] and [`LOCAL6`] (this kernel has no dummy
     /// devices).
@@ -41,6 +51,15 @@ impl Netns {
         let mut all = vec!["-n", self.name.as_str()];
         all.extend_from_slice(args);
         run("ip", &all)
+    }
+
+    /// Adds by hand a foreign policy (no tags of ours) from `src` to `dst`, out, selecting
+    /// `selector` (e.g. `["proto", "gre"]`).
+    pub fn add_foreign_policy(&self, src: &str, dst: &str, selector: &[&str]) {
+        let mut args = vec!["xfrm", "policy", "add", "src", src, "dst", dst];
+        args.extend_from_slice(selector);
+        args.extend(["dir", "out", "tmpl", "proto", "esp", "mode", "transport"]);
+        self.ip(&args);
     }
 
     /// `ip netns exec <ns> nft args...`: (success, stdout).

@@ -115,6 +115,11 @@ impl Xfrm {
         })
     }
 
+    /// The sender the kernel names in its notifications about our requests.
+    pub fn port(&self) -> u32 {
+        self.socket.port()
+    }
+
     /// Runs `ops` in batches; one result per op, in order.
     pub async fn run<'a>(
         &mut self,
@@ -268,7 +273,7 @@ fn selector(flow: &Flow) -> Selector {
     }
 }
 
-fn ip_of(a: &Address, fam: u16) -> Option<IpAddr> {
+pub(super) fn ip_of(a: &Address, fam: u16) -> Option<IpAddr> {
     match fam {
         AF_INET => Some(IpAddr::V4(a.to_ipv4())),
         AF_INET6 => Some(IpAddr::V6(a.to_ipv6())),
