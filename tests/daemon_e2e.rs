@@ -8,6 +8,9 @@ use std::time::Duration;
 
 use common::monitor::{BIN, CTL_BIN, Monitor, appctl_target, iface_key, ovs_key, wait_for};
 use common::ovsdb_server::OvsdbServer;
+use ovs_monitor_ipsec::app::STATUS_UPDATED;
+use ovs_monitor_ipsec::backend::dry_run::WOULD_LOAD;
+use ovs_monitor_ipsec::model::registry::CONFIGURATION_CHANGED;
 
 const T: Duration = Duration::from_secs(20);
 
@@ -29,6 +32,14 @@ fn add_tunnel(db: &OvsdbServer, name: &str, kind: &str, opts: &[&str]) {
     args.extend(opts.iter().map(|o| format!("options:{o}")));
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     db.vsctl(&args);
+}
+
+/// Returns once the monitor's main loop has handled everything queued before the call: it
+/// serves control requests only after pending OVSDB events (its select is biased to them) and
+/// never during a pass, so a `tunnels/show` round trip ends after their passes and status
+/// writes.
+fn settled(mon: &Monitor) {
+    mon.appctl_ok(&["tunnels/show"]);
 }
 
 fn wait_state(db: &OvsdbServer, iface: &str, state: &str) {
@@ -200,14 +211,12 @@ fn ovsdb_restart_resyncs_without_spurious_actions() {
         &["remote_ip=192.0.2.4", "psk=c", "dst_port=4790"],
     );
     wait_state(&db, "vx0", "configured");
-    wait_for("5 connections loaded", T, || {
-        mon.log_count("load connection") == 5
-    });
+    wait_for("5 connections loaded", T, || mon.log_count(WOULD_LOAD) == 5);
     for t in ["gre0", "gnv0"] {
         wait_state(&db, t, "configured");
     }
-    // Let the status writes of the initial passes land before taking the baseline.
-    std::thread::sleep(Duration::from_millis(300));
+    // The initial passes have logged their status writes before the baseline is taken.
+    settled(&mon);
     let log_before = mon.log();
 
     db.kill9();
@@ -215,16 +224,16 @@ fn ovsdb_restart_resyncs_without_spurious_actions() {
     wait_for("reconnect and resync", T, || {
         mon.log_count("monitoring with") >= 2
     });
-    // Give a spurious reaction time to happen, then check that the resync alone did nothing:
-    // no backend action and no status write.
-    std::thread::sleep(Duration::from_millis(500));
+    // The resync's replica change has been handled (a pass and status write included, had it
+    // caused any): check that it alone did nothing, no backend action and no status write.
+    settled(&mon);
     let resync = mon.log()[log_before.len()..].to_owned();
     assert!(
-        !resync.contains("load connection"),
+        !resync.contains(WOULD_LOAD),
         "backend actions after resync:\n{resync}"
     );
     assert!(
-        !resync.contains("status: updated"),
+        !resync.contains(STATUS_UPDATED),
         "status rewritten after resync:\n{resync}"
     );
     // A change after the resync proves the monitor is live again.
@@ -232,10 +241,7 @@ fn ovsdb_restart_resyncs_without_spurious_actions() {
     wait_state(&db, "gre1", "configured");
 
     let after = &mon.log()[log_before.len()..];
-    let actions: Vec<&str> = after
-        .lines()
-        .filter(|l| l.contains("load connection"))
-        .collect();
+    let actions: Vec<&str> = after.lines().filter(|l| l.contains(WOULD_LOAD)).collect();
     assert_eq!(
         actions.len(),
         1,
@@ -243,7 +249,7 @@ fn ovsdb_restart_resyncs_without_spurious_actions() {
     );
     assert!(actions[0].contains("gre1-1"), "{actions:?}");
     assert!(
-        !after.contains("configuration changed"),
+        !after.contains(CONFIGURATION_CHANGED),
         "spurious version bump:\n{after}"
     );
     for t in ["gre0", "gnv0", "vx0"] {
@@ -427,9 +433,9 @@ fn versions_survive_a_monitor_restart_so_connection_names_do_not_change() {
         "{show}"
     );
     let run = mon.log()[before..].to_owned();
-    assert!(run.contains("would load connection t1-in-2"), "{run}");
+    assert!(run.contains(&format!("{WOULD_LOAD} t1-in-2")), "{run}");
     assert!(
-        !run.contains("t1-in-1") && !run.contains("changed in OVSDB"),
+        !run.contains("t1-in-1") && !run.contains(CONFIGURATION_CHANGED),
         "{run}"
     );
     mon.appctl_ok(&["exit", "--no-cleanup"]);

@@ -11,6 +11,7 @@ use common::libreswan::{self, Pluto, REAL_IPSEC, StubRoot};
 use common::monitor::{iface_key, wait_for, wait_up};
 use common::netns::NetnsPair;
 use common::ovsdb_server::OvsdbServer;
+use ovs_monitor_ipsec::model::registry::CONFIGURATION_CHANGED;
 
 const T: Duration = Duration::from_secs(30);
 
@@ -41,7 +42,7 @@ fn an_explicit_default_port_changes_no_version_and_runs_no_command() {
     for c in ["g1-in-1", "g1-out-1", "v1-in-1", "v1-out-1"] {
         assert!(loaded.contains(&c.to_owned()), "{loaded:?}");
     }
-    assert!(!mon.log().contains("configuration changed"));
+    assert!(!mon.log().contains(CONFIGURATION_CHANGED));
 }
 
 #[test]

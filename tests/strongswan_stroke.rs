@@ -4,7 +4,6 @@
 
 mod common;
 
-use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -12,6 +11,7 @@ use std::time::{Duration, Instant};
 use common::monitor::{Monitor, iface_key, wait_for};
 use common::ovsdb_server::{OvsdbServer, tunnel_port_args};
 use common::strongswan_stroke::{StubRoot, mode, start_monitor};
+use ovs_monitor_ipsec::backend::strongswan_stroke::plan::OUTDATED;
 use ovs_monitor_ipsec::backend::strongswan_stroke::render::{self, DEFAULTS};
 use ovs_monitor_ipsec::backend::templates::Templates;
 use ovs_monitor_ipsec::model::{
@@ -62,24 +62,39 @@ fn pki(ca: bool) -> Arc<Pki> {
     })
 }
 
-/// A config file as a set of sections (header line + its lines in order), plus the first
-/// line: what charon reads, independent of section order and blank lines.
-fn sections(text: &str) -> (String, BTreeSet<Vec<String>>) {
-    let mut all = BTreeSet::new();
+/// A config file's sections (header line + its lines in order), sorted, plus the first line:
+/// what charon reads, independent of section order and blank lines. A section written twice
+/// stays twice, so it cannot compare equal to a file with it once.
+fn sections(text: &str) -> (String, Vec<Vec<String>>) {
+    let mut all = Vec::new();
     let mut cur: Vec<String> = Vec::new();
     for line in text
         .lines()
         .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
     {
         if !line.starts_with(' ') && !cur.is_empty() {
-            all.insert(std::mem::take(&mut cur));
+            all.push(std::mem::take(&mut cur));
         }
         cur.push(line.trim().to_owned());
     }
     if !cur.is_empty() {
-        all.insert(cur);
+        all.push(cur);
     }
+    all.sort();
     (text.lines().next().unwrap_or_default().to_owned(), all)
+}
+
+/// Section headers (`conn X`, `ca X`) that appear more than once.
+fn duplicated_headers(sections: &[Vec<String>]) -> Vec<&str> {
+    let mut headers: Vec<&str> = sections.iter().map(|s| s[0].as_str()).collect();
+    headers.sort_unstable();
+    let mut dups: Vec<&str> = headers
+        .windows(2)
+        .filter(|w| w[0] == w[1])
+        .map(|w| w[0])
+        .collect();
+    dups.dedup();
+    dups
 }
 
 fn golden(case: &str, file: &str) -> String {
@@ -93,9 +108,9 @@ fn golden(case: &str, file: &str) -> String {
 /// The Python output with our deliberate changes: PSKs in hex, no stt shunt, and the CA
 /// section loaded (`auto=add`: a `ca` section defaults to `auto=ignore`, so charon never
 /// loaded the Python monitor's CA and CA-signed peers failed with "no trusted RSA public key").
-fn expected_conf(case: &str) -> (String, BTreeSet<Vec<String>>) {
+fn expected_conf(case: &str) -> (String, Vec<Vec<String>>) {
     let (first, s) = sections(&golden(case, "ipsec.conf"));
-    let s = s
+    let mut s: Vec<Vec<String>> = s
         .into_iter()
         .filter(|sec| sec[0] != "conn prevent_unencrypted_stt")
         .map(|mut sec| {
@@ -105,11 +120,12 @@ fn expected_conf(case: &str) -> (String, BTreeSet<Vec<String>>) {
             sec
         })
         .collect();
+    s.sort();
     (first, s)
 }
 
-fn expected_secrets(case: &str) -> BTreeSet<String> {
-    golden(case, "ipsec.secrets")
+fn expected_secrets(case: &str) -> Vec<String> {
+    let mut lines = golden(case, "ipsec.secrets")
         .lines()
         .map(|l| match l.split_once(" : PSK \"") {
             Some((sel, rest)) => {
@@ -120,24 +136,24 @@ fn expected_secrets(case: &str) -> BTreeSet<String> {
             None => l.to_owned(),
         })
         .filter(|l| !l.trim().is_empty())
-        .collect()
+        .collect::<Vec<_>>();
+    lines.sort();
+    lines
 }
 
 fn check(case: &str, d: &Desired) {
     let t = Templates::load(None, DEFAULTS).unwrap();
     let r = render::render(&t, &render::Sections::default(), d).unwrap();
+    let ours = sections(&r.conf);
     assert_eq!(
-        sections(&r.conf),
-        expected_conf(case),
-        "{case} ipsec.conf:\n{}",
+        duplicated_headers(&ours.1),
+        Vec::<&str>::new(),
+        "{case} ipsec.conf has a section twice:\n{}",
         r.conf
     );
-    let ours: BTreeSet<String> = r
-        .secrets
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(str::to_owned)
-        .collect();
+    assert_eq!(ours, expected_conf(case), "{case} ipsec.conf:\n{}", r.conf);
+    let mut ours: Vec<&str> = r.secrets.lines().filter(|l| !l.trim().is_empty()).collect();
+    ours.sort_unstable();
     assert_eq!(ours, expected_secrets(case), "{case} ipsec.secrets");
 }
 
@@ -451,5 +467,5 @@ fn thousand_tunnels_cold_start_and_one_more_are_o1_calls() {
     );
     let log = mon.log();
     eprintln!("N={N}: cold start to first pass {cold:?}; +1 tunnel to ipsec-state=up {plus_one:?}");
-    assert!(!log.contains("is outdated"), "nothing may go down");
+    assert!(!log.contains(OUTDATED), "nothing may go down");
 }

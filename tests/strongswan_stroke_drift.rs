@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use common::monitor::{iface_key, wait_for, wait_up};
 use common::ovsdb_server::OvsdbServer;
 use common::strongswan_stroke::{StubRoot, start_monitor};
+use ovs_monitor_ipsec::model::registry::CONFIGURATION_CHANGED;
 
 const T: Duration = Duration::from_secs(30);
 
@@ -37,11 +38,7 @@ fn an_explicit_default_port_changes_no_version_no_name_and_runs_no_command() {
     for n in ["g1", "v1"] {
         assert_eq!(iface_key(&db, n, "ipsec-version").as_deref(), Some("1"));
     }
-    assert!(
-        !mon.log().contains("configuration changed"),
-        "{}",
-        mon.log()
-    );
+    assert!(!mon.log().contains(CONFIGURATION_CHANGED), "{}", mon.log());
     let conf = stub.read("etc/ipsec.conf");
     for c in ["g1-in-1", "g1-out-1", "v1-in-1", "v1-out-1"] {
         assert!(conf.contains(&format!("conn {c}\n")), "{conf}");

@@ -17,6 +17,8 @@ use common::monitor::{iface_key, wait_for};
 use common::netns::NetnsPair;
 use common::vici::{Node, make_pki, policies, require_strongswan};
 use common::xfrm_events::{median_max, policy_ids, timed_delete};
+use ovs_monitor_ipsec::backend::secrets::psk_hex;
+use ovs_monitor_ipsec::model::Secret;
 
 const T: Duration = Duration::from_secs(20);
 
@@ -97,20 +99,31 @@ fn psk_vxlan_on_a_custom_port_establishes_ike_and_survives_a_charon_crash() {
         !pol.iter().any(|p| p.contains("4789")),
         "default port used instead of dst_port: {pol:?}"
     );
-    // The PSK went to charon's memory only.
+    // The PSK went to charon's memory only: not on disk in any form secrets files use.
+    let forms = psk_forms("swordfish");
     assert!(!left.conns().contains("swordfish"));
     for f in walk(tmp.path()) {
-        let text = std::fs::read(&f).unwrap_or_default();
+        let text = match std::fs::read(&f) {
+            Ok(text) => text,
+            // Removed since the listing: it holds nothing any more.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => panic!("cannot check {} for the PSK: {e}", f.display()),
+        };
+        for form in &forms {
+            assert!(
+                !text.windows(form.len()).any(|w| w == form.as_bytes()),
+                "PSK on disk in {} (as {form})",
+                f.display()
+            );
+        }
+    }
+    let log = left.mon.log();
+    for form in &forms {
         assert!(
-            !text.windows(9).any(|w| w == b"swordfish"),
-            "PSK on disk in {}",
-            f.display()
+            !log.contains(form.as_str()),
+            "PSK in the monitor log (as {form})"
         );
     }
-    assert!(
-        !left.mon.log().contains("swordfish"),
-        "PSK in the monitor log"
-    );
     // The monitor learns it from charon's ike-updown event.
     wait_for("tunnels/show lists the IKE_SA", T, || {
         left.mon
@@ -210,6 +223,18 @@ fn ca_signed_geneve_establishes_ike_with_certificates_loaded_over_vici() {
         iface_key(&left.db, "tun", "ipsec-auth").as_deref(),
         Some("ca-signed")
     );
+}
+
+/// `psk` as text and in the encodings secrets files use: the hex the project writes (`0x...`,
+/// matched without the prefix so that any hex spelling of it is found) and base64 (`0s...`).
+fn psk_forms(psk: &str) -> Vec<String> {
+    use base64::Engine as _;
+    let hex = psk_hex(&Secret::new(psk));
+    vec![
+        psk.to_owned(),
+        hex.trim_start_matches("0x").to_owned(),
+        base64::engine::general_purpose::STANDARD.encode(psk),
+    ]
 }
 
 fn walk(dir: &Path) -> Vec<std::path::PathBuf> {

@@ -14,6 +14,7 @@ use std::time::Duration;
 use common::monitor::{iface_key, wait_for};
 use common::netns::NetnsPair;
 use common::vici::{Node, make_pki, make_self_signed, policies, require_strongswan};
+use ovs_monitor_ipsec::backend::strongswan_vici::plan::UNLOAD_CONNECTION;
 use ovs_monitor_ipsec::backend::vici::{Connection, Message, check};
 
 const T: Duration = Duration::from_secs(20);
@@ -221,7 +222,7 @@ fn a_renewed_certificate_is_reloaded_without_touching_the_ike_sa() {
         p.left.sas()
     );
     assert!(!p.left.conns().contains("tun-2"), "the tunnel was renamed");
-    assert!(!p.left.mon.log().contains("unload connection"));
+    assert!(!p.left.mon.log().contains(UNLOAD_CONNECTION));
 }
 
 #[test]
@@ -254,7 +255,12 @@ fn drift_is_repaired_and_an_administrators_connection_is_never_touched() {
     });
     let conns = p.left.conns();
     assert!(conns.contains("{admin-7 {"), "{conns}");
-    assert!(!p.left.mon.log().contains("unload connection admin-7"));
+    assert!(
+        !p.left
+            .mon
+            .log()
+            .contains(&format!("{UNLOAD_CONNECTION} admin-7"))
+    );
 }
 
 /// Re-issues `<name>-cert.pem` in `dir` from the same key and CA: same name, new content.

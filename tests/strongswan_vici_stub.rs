@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use common::fake_charon::FakeCharon;
 use common::monitor::{Monitor, wait_for};
 use common::ovsdb_server::OvsdbServer;
+use ovs_monitor_ipsec::model::registry::CONFIGURATION_CHANGED;
 
 const T: Duration = Duration::from_secs(30);
 
@@ -284,9 +285,5 @@ fn an_explicit_default_port_sends_nothing_and_keeps_the_version() {
         common::monitor::iface_key(&db, "t0", "ipsec-version").as_deref(),
         Some("1")
     );
-    assert!(
-        !mon.log().contains("configuration changed"),
-        "{}",
-        mon.log()
-    );
+    assert!(!mon.log().contains(CONFIGURATION_CHANGED), "{}", mon.log());
 }

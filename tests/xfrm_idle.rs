@@ -3,9 +3,10 @@
 //! tunnels have no peer generation, so only policies and the nftables guard are installed:
 //! this kernel has no esp4, and refused SA adds would bring their own retry passes.
 //!
-//! Counted from the monitor's debug log, no timing: a one-tunnel change plans and writes only
-//! that tunnel's objects and status, and an idle periodic pass, even one that dumps the kernel,
-//! plans nothing and writes no tunnel status.
+//! Counted from the monitor's debug log and ovsdb-server's transaction log, no timing: a
+//! one-tunnel change plans and writes only that tunnel's objects and status, and an idle
+//! periodic pass, even one that dumps the kernel, plans nothing and writes no tunnel status
+//! (its only write, the monitor's heartbeat, touches the Open_vSwitch row alone).
 
 mod common;
 
@@ -14,6 +15,7 @@ use std::time::Duration;
 use common::monitor::{iface_key, wait_for};
 use common::ovsdb_server::{OvsdbServer, tunnel_port_args};
 use common::xfrm::{LOCAL4, Netns};
+use ovs_monitor_ipsec::app::STATUS_UPDATED;
 
 const N: usize = 40;
 const IDLE: &str = "nothing new in XFRM since the last pass";
@@ -28,6 +30,36 @@ fn opts(i: usize) -> Vec<String> {
 
 fn policy_count(ns: &Netns) -> usize {
     ns.ip(&["xfrm", "policy"]).matches("dir ").count()
+}
+
+/// The tables each of the monitor's OVSDB transactions changed rows of, in order, one entry
+/// per row: ovsdb-server's file is an append-only log of transactions, ovs-vsctl's carry a
+/// `_comment` and nothing else writes to this database.
+fn monitor_writes(db: &OvsdbServer) -> Vec<Vec<String>> {
+    let file = std::fs::read_to_string(db.dir().join("conf.db")).expect("read conf.db");
+    let records = file.lines().filter(|l| l.starts_with('{'));
+    // The first record is the schema.
+    records
+        .skip(1)
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("a conf.db record"))
+        .filter(|txn| txn.get("_comment").is_none())
+        .map(|txn| {
+            let tables = txn.as_object().expect("a transaction object");
+            tables
+                .iter()
+                .filter(|(table, _)| !table.starts_with('_'))
+                .flat_map(|(table, rows)| {
+                    let n = rows.as_object().map_or(0, |r| r.len());
+                    std::iter::repeat_n(table.clone(), n)
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// The log from the first line containing `pat` (empty without one).
+fn after_first<'a>(log: &'a str, pat: &str) -> &'a str {
+    log.find(pat).map_or("", |i| &log[i..])
 }
 
 /// The log after the last line containing `pat`.
@@ -75,7 +107,7 @@ fn one_change_costs_its_own_tunnel_and_idle_passes_plan_and_write_nothing() {
     // The new tunnel's row, and the monitor's own row unless its second-resolution
     // `ipsec-monitor-last-reconcile` is still what the previous pass wrote.
     let rows = change
-        .split("status: updated ")
+        .split(&format!("{STATUS_UPDATED} "))
         .nth(1)
         .and_then(|rest| rest.split(' ').next())
         .and_then(|n| n.parse::<usize>().ok());
@@ -93,15 +125,34 @@ fn one_change_costs_its_own_tunnel_and_idle_passes_plan_and_write_nothing() {
         let dumped = after_last(&since_change(), "policies of ours, as kept").to_owned();
         !dumped.is_empty() && dumped.contains(IDLE)
     });
-    let log = since_change();
-    let idle = &log[log.find(IDLE).unwrap_or(0)..];
+    // The only writes of idle passes are the monitor's own heartbeat (its
+    // ipsec-monitor-last-reconcile, a minute after the change): wait for one. The monitor's
+    // transactions and its status lines pair up in order (a line is logged once its
+    // transaction is committed: wait for a moment when both agree).
+    let mut paired = None;
+    wait_for(
+        "an idle pass writing the heartbeat",
+        Duration::from_secs(150),
+        || {
+            let (log, writes) = (mon.log(), monitor_writes(&db));
+            let idle = after_first(after_first(&log, "Tunnel extra appeared"), IDLE);
+            let agree = writes.len() == log.matches(STATUS_UPDATED).count();
+            if agree && idle.contains(STATUS_UPDATED) {
+                paired = Some((log, writes));
+            }
+            paired.is_some()
+        },
+    );
+    let (log, writes) = paired.expect("set when the wait ends");
+    let idle = after_first(after_first(&log, "Tunnel extra appeared"), IDLE);
     assert!(!idle.contains("actions planned"), "{idle}");
-    // At most the monitor's own heartbeat (ipsec-monitor-last-reconcile, once a minute).
-    let written = idle.matches("status: updated").count();
-    assert_eq!(
-        written,
-        idle.matches("status: updated 1 rows").count(),
-        "{idle}"
+    // The idle passes' writes, the last ones the monitor made, each changed its Open_vSwitch
+    // row and no Interface row.
+    let written = idle.matches(STATUS_UPDATED).count();
+    let idle_writes = &writes[writes.len() - written..];
+    assert!(
+        idle_writes.iter().all(|rows| rows == &["Open_vSwitch"]),
+        "an idle pass wrote other rows: {idle_writes:?}\n{idle}"
     );
     assert_eq!(policy_count(&ns), 2 * (N + 1));
 }

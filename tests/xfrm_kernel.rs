@@ -9,7 +9,9 @@ use std::time::Duration;
 use common::monitor::{iface_key, wait_for};
 use common::ovsdb_server::OvsdbServer;
 use common::xfrm::{LOCAL4, Netns, all_text, geneve_6090};
+use ovs_monitor_ipsec::backend::xfrm::READ_BACK_FAILED;
 use ovs_monitor_ipsec::backend::xfrm::derive::{Context, derive};
+use ovs_monitor_ipsec::backend::xfrm::plan::{GUARD_CHANGED, SET_POLICY};
 use ovs_monitor_ipsec::backend::xfrm::types::{Flow, Proto};
 
 const T: Duration = Duration::from_secs(20);
@@ -129,8 +131,8 @@ fn kernel_state_is_installed_adopted_kept_and_removed_and_keys_never_leak() {
         "policies were churned by a restart: {}",
         mon.log()
     );
-    assert_eq!(mon.log_count("policy (spi"), 0, "{}", mon.log());
-    assert_eq!(mon.log_count("nftables guard:"), 0, "{}", mon.log());
+    assert_eq!(mon.log_count(SET_POLICY), 0, "{}", mon.log());
+    assert_eq!(mon.log_count(GUARD_CHANGED), 0, "{}", mon.log());
     assert_eq!(
         iface_key(&db, "gnv0", "ipsec-generation").as_deref(),
         Some(generation.as_str())
@@ -229,7 +231,7 @@ fn a_change_reads_back_only_its_tunnel_and_a_foreign_policy_found_by_get_stays_f
         "{}",
         mon.log()
     );
-    assert_eq!(mon.log_count("cannot read back"), 0, "{}", mon.log());
+    assert_eq!(mon.log_count(READ_BACK_FAILED), 0, "{}", mon.log());
     let pols = ns.ip(&["xfrm", "policy"]);
     let theirs: Vec<&str> = pols.split("src ").filter(|p| p.contains(foreign)).collect();
     assert_eq!(theirs.len(), 1, "{pols}");
@@ -308,7 +310,12 @@ fn a_tunnel_s_own_generation_is_reloaded_published_and_confined_to_it() {
         "{}",
         mon.log()
     );
-    assert_eq!(mon.log_count("gnv1: set"), 0, "{}", mon.log());
+    assert_eq!(
+        mon.log_count(&format!("gnv1{SET_POLICY}")),
+        0,
+        "{}",
+        mon.log()
+    );
     assert_eq!(gnv1_policies(&ns), gnv1_before);
     let node_file = std::fs::read_to_string(&file).unwrap();
     assert!(
@@ -328,7 +335,7 @@ fn a_tunnel_s_own_generation_is_reloaded_published_and_confined_to_it() {
     mon.wait_log("gnv0: cannot add");
     assert_eq!(published("gnv0").as_deref(), Some(own));
     assert_eq!(published("gnv1").as_deref(), Some(node.as_str()));
-    assert_eq!(mon.log_count(": set "), 0, "{}", mon.log());
+    assert_eq!(mon.log_count(SET_POLICY), 0, "{}", mon.log());
     assert_eq!(our_policies(&ns), gnv0_policies);
     assert_eq!(gnv1_policies(&ns), gnv1_before);
 }

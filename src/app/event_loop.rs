@@ -31,6 +31,12 @@ use crate::model::versions;
 use crate::ovsdb::client::{Client, DbEvent};
 use crate::status;
 
+/// How the log line of a status write starts (tests look for its absence).
+pub const STATUS_UPDATED: &str = "status: updated";
+
+/// How long `exit` waits for its reply to be written before the process goes on exiting.
+const REPLY_FLUSH_LIMIT: Duration = Duration::from_secs(2);
+
 /// How the loop ended; decides the exit code and what is left behind.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Exit {
@@ -249,6 +255,8 @@ impl<B: Backend> EventLoop<B> {
                 self.metrics.ovsdb_connected(true);
                 Work::default()
             }
+            // The client has logged it; it keeps trying.
+            DbEvent::ConnectFailed { .. } => Work::default(),
             DbEvent::Disconnected { reason } => {
                 debug!("OVSDB connection lost: {reason}");
                 self.metrics.ovsdb_connected(false);
@@ -535,7 +543,7 @@ impl<B: Backend> EventLoop<B> {
         let n = ops.len();
         match self.client.transact(ops).await {
             Ok(_) => {
-                debug!("status: updated {n} rows");
+                debug!("{STATUS_UPDATED} {n} rows");
                 self.status_scope.written(&self.rows);
             }
             Err(e) => {
@@ -546,7 +554,11 @@ impl<B: Backend> EventLoop<B> {
     }
 
     async fn on_control(&mut self, req: ControlRequest) -> Option<Exit> {
-        let ControlRequest { command, reply } = req;
+        let ControlRequest {
+            command,
+            reply,
+            written,
+        } = req;
         let (answer, exit) = match command {
             AppCommand::TunnelsShow { json } => {
                 let events: Vec<_> = (self.registry.tunnels())
@@ -612,8 +624,9 @@ impl<B: Backend> EventLoop<B> {
         // The requester may have gone away; nothing to do then.
         let _ = reply.send(answer);
         if exit.is_some() {
-            // Let the control server write the reply before the process exits.
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            // The process exits next: let the control server hand the reply to the socket
+            // first. The bound only matters if a requester stops reading its socket.
+            let _ = tokio::time::timeout(REPLY_FLUSH_LIMIT, written).await;
         }
         exit
     }

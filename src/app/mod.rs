@@ -14,6 +14,7 @@ mod setup;
 mod status_scope;
 mod xfrm_watch;
 
+pub use event_loop::STATUS_UPDATED;
 pub use setup::main_entry;
 
 /// Seconds between periodic reconcile passes (`RECONCILIATION_INTERVAL` in the Python monitor).

@@ -28,6 +28,10 @@ impl DryRun {
     }
 }
 
+/// How the log lines of [`DryAction`]s start (tests look for their absence).
+pub const WOULD_LOAD: &str = "dry run: would load connection";
+pub const WOULD_UNLOAD: &str = "dry run: would unload connection";
+
 /// A connection to load or unload, by name.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DryAction {
@@ -38,8 +42,8 @@ pub enum DryAction {
 impl fmt::Display for DryAction {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            DryAction::Load(c) => write!(f, "dry run: would load connection {c}"),
-            DryAction::Unload(c) => write!(f, "dry run: would unload connection {c}"),
+            DryAction::Load(c) => write!(f, "{WOULD_LOAD} {c}"),
+            DryAction::Unload(c) => write!(f, "{WOULD_UNLOAD} {c}"),
         }
     }
 }

@@ -27,6 +27,10 @@ pub enum AppCommand {
 pub struct ControlRequest {
     pub command: AppCommand,
     pub reply: oneshot::Sender<Result<String, String>>,
+    /// Resolves (with an error: the server drops its end) once the reply has been written to
+    /// the requester's socket or cannot be; a main loop that exits after replying waits for it
+    /// so that `ovs-appctl exit` gets its answer.
+    pub written: oneshot::Receiver<()>,
 }
 
 /// A parsed, argument-checked command.

@@ -13,6 +13,7 @@
 //! let (server, mut requests) = control::bind(&path, log_handle)?;
 //! tokio::spawn(server.run());
 //! // in the main loop's select!: Some(req) = requests.recv() => answer req.command on req.reply
+//! // (and, before exiting, await req.written: the reply has left)
 //! ```
 
 pub mod client;

@@ -176,11 +176,14 @@ async fn serve(mut stream: UnixStream, shared: Arc<Shared>) {
                 }
             };
             unanswered = 0;
-            let Some(reply) = answer(value, &shared).await else {
+            let Some((reply, written)) = answer(value, &shared).await else {
                 tracing::debug!("control connection closed: not a JSON-RPC request");
                 return;
             };
-            if stream.write_all(&reply.to_bytes()).await.is_err() {
+            let sent = stream.write_all(&reply.to_bytes()).await;
+            // The main loop may be waiting for this reply to leave before it exits.
+            drop(written);
+            if sent.is_err() {
                 return;
             }
         }
@@ -197,8 +200,12 @@ async fn serve(mut stream: UnixStream, shared: Arc<Shared>) {
     }
 }
 
+/// Dropped once a main loop's reply has been written (or cannot be): see
+/// [`ControlRequest::written`].
+type Written = Option<oneshot::Sender<()>>;
+
 /// The reply to one message; `None` when it is not a request.
-async fn answer(value: Value, shared: &Shared) -> Option<Message> {
+async fn answer(value: Value, shared: &Shared) -> Option<(Message, Written)> {
     let Ok(Message::Request { method, params, id }) = Message::from_value(value) else {
         return None;
     };
@@ -209,11 +216,14 @@ async fn answer(value: Value, shared: &Shared) -> Option<Message> {
             _ => None,
         })
         .collect();
-    let outcome = match args {
+    let (outcome, written) = match args {
         Some(args) => execute(&method, &args, shared).await,
-        None => Err(format!("\"{method}\" command has non-string argument")),
+        None => (
+            Err(format!("\"{method}\" command has non-string argument")),
+            None,
+        ),
     };
-    Some(match outcome {
+    let reply = match outcome {
         Ok(text) => Message::Reply {
             result: Value::String(with_newline(text)),
             id,
@@ -222,7 +232,8 @@ async fn answer(value: Value, shared: &Shared) -> Option<Message> {
             error: Value::String(with_newline(text)),
             id,
         },
-    })
+    };
+    Some((reply, written))
 }
 
 /// `ovs-appctl` prints replies as they are; like OVS, end non-empty ones with a newline.
@@ -233,9 +244,17 @@ fn with_newline(mut text: String) -> String {
     text
 }
 
-async fn execute(method: &str, args: &[String], shared: &Shared) -> Result<String, String> {
+async fn execute(
+    method: &str,
+    args: &[String],
+    shared: &Shared,
+) -> (Result<String, String>, Written) {
     let log = &shared.log;
-    match commands::parse(method, args)? {
+    let command = match commands::parse(method, args) {
+        Ok(command) => command,
+        Err(e) => return (Err(e), None),
+    };
+    let outcome = match command {
         Command::ListCommands => Ok(commands::help_text()),
         // ovs-ctl's stop_daemon sends "exit" only when the last word of this line is a
         // version >= 2.5.90 (otherwise it falls back to SIGTERM, skipping the cleanup).
@@ -244,29 +263,42 @@ async fn execute(method: &str, args: &[String], shared: &Shared) -> Result<Strin
             env!("CARGO_PKG_VERSION")
         )),
         Command::VlogList => Ok(log.list()),
-        Command::VlogSet(specs) => {
-            for s in &specs {
-                log.set(s)?;
-            }
-            Ok(String::new())
-        }
+        Command::VlogSet(specs) => specs
+            .iter()
+            .try_for_each(|s| log.set(s))
+            .map(|()| String::new()),
         Command::VlogReopen => log.reopen().map(|()| String::new()),
         Command::VlogClose => {
             log.close();
             Ok(String::new())
         }
-        Command::App(command) => forward(command, &shared.tx).await,
-    }
+        Command::App(command) => {
+            let (outcome, written) = forward(command, &shared.tx).await;
+            return (outcome, Some(written));
+        }
+    };
+    (outcome, None)
 }
 
-/// Hands `command` to the main loop and waits for its answer.
-async fn forward(command: AppCommand, tx: &mpsc::Sender<ControlRequest>) -> Result<String, String> {
+/// Hands `command` to the main loop and waits for its answer; the returned sender is to be
+/// dropped once the answer is written.
+async fn forward(
+    command: AppCommand,
+    tx: &mpsc::Sender<ControlRequest>,
+) -> (Result<String, String>, oneshot::Sender<()>) {
     let gone = || "ovs-monitor-ipsec is not running its main loop (shutting down?)".to_string();
     let (reply, rx) = oneshot::channel();
-    tx.send(ControlRequest { command, reply })
-        .await
-        .map_err(|_| gone())?;
-    rx.await.map_err(|_| gone())?
+    let (written, written_rx) = oneshot::channel();
+    let request = ControlRequest {
+        command,
+        reply,
+        written: written_rx,
+    };
+    if tx.send(request).await.is_err() {
+        return (Err(gone()), written);
+    }
+    let outcome = rx.await.unwrap_or_else(|_| Err(gone()));
+    (outcome, written)
 }
 
 /// The socket file, removed on drop if it is still the one this server created.

@@ -208,11 +208,14 @@ async fn answer(
         scrape: true,
     };
     let unavailable = |why: &str| reply(StatusCode::SERVICE_UNAVAILABLE, TEXT, format!("{why}\n"));
-    if requests
-        .send(ControlRequest { command, reply: tx })
-        .await
-        .is_err()
-    {
+    // Only `exit` waits for its reply to be written; a scrape's is sent by this task.
+    let (_written, written) = oneshot::channel();
+    let request = ControlRequest {
+        command,
+        reply: tx,
+        written,
+    };
+    if requests.send(request).await.is_err() {
         return Ok(unavailable("the monitor is shutting down"));
     }
     Ok(match tokio::time::timeout(ANSWER_DEADLINE, rx).await {

@@ -82,13 +82,17 @@ impl ModelEvent {
     }
 }
 
+/// What the log line of [`ModelEvent::Changed`] says after the tunnel's name (OVS's tests grep
+/// it; ours look for its absence after a resync).
+pub const CONFIGURATION_CHANGED: &str = "configuration changed in OVSDB to";
+
 impl fmt::Display for ModelEvent {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::Appeared { name } => write!(f, "Tunnel {} appeared in OVSDB", shown_name(name)),
             Self::Changed { name, version } => write!(
                 f,
-                "Tunnel's '{}' configuration changed in OVSDB to {version}",
+                "Tunnel's '{}' {CONFIGURATION_CHANGED} {version}",
                 shown_name(name)
             ),
             Self::Disappeared { name } => {

@@ -83,6 +83,9 @@ pub enum DbEvent {
     Changed,
     /// An established connection was lost; the replica keeps its last content.
     Disconnected { reason: String },
+    /// An attempt to connect failed before the monitor was set up (server down, TLS refused,
+    /// no such database...); the client tries again after its back-off.
+    ConnectFailed { remote: String, reason: String },
 }
 
 #[derive(Clone)]
@@ -231,6 +234,10 @@ impl Task {
                 Outcome::Stopped => return,
                 Outcome::Failed(e) => {
                     tracing::info!("{remote}: connection attempt failed ({e})");
+                    self.emit(DbEvent::ConnectFailed {
+                        remote: remote.to_string(),
+                        reason: e.to_string(),
+                    });
                 }
                 Outcome::Dropped(e) => {
                     tracing::info!("{remote}: connection dropped ({e})");

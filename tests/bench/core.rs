@@ -1,26 +1,37 @@
 //! Core daemon benchmark: a real ovsdb-server loaded with N PSK tunnels, the real monitor
 //! binary (dry-run backend, so only the monitor's own work is measured), and our OVSDB client
-//! watching `ipsec-state` appear. Prints, per N: cold start to all statuses written, +1 tunnel
-//! and one modification (from `ovs-vsctl` returning to the status being in OVSDB), peak RSS and
-//! CPU time of the monitor.
+//! watching `ipsec-state` appear. Prints, per N: cold start (process start to all statuses
+//! written), +1 tunnel and one modification (each from `ovs-vsctl` returning to the status
+//! being in OVSDB), peak RSS, and the monitor's CPU time (utime + stime) over the cold start.
 //!
 //! `cargo bench --bench core` runs N ∈ {1, 100, 1000, 10000}; `cargo test` runs N = 10 once.
+//! Every wait has a deadline ([`LIMIT`], [`COLD_LIMIT`]): a regression fails the run, with
+//! what it was waiting for, instead of hanging it.
 
 #[path = "../common/mod.rs"]
 mod common;
-
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
-
 #[path = "fixture.rs"]
 mod fixture;
 
-use common::monitor::BIN;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc::UnboundedReceiver;
+
+use common::monitor::{BIN, Monitor};
 use common::ovsdb_server::OvsdbServer;
-use fixture::{cpu_ms, load, status_kb, watch};
-use ovs_monitor_ipsec::ovsdb::Client;
+use fixture::{cpu_ms, load, stat_ticks, status_kb, watch, with_state};
+use ovs_monitor_ipsec::ovsdb::{Client, DbEvent, Row};
+
+/// How long one step (connecting, loading 1,000 rows, +1, modify) may take.
+const LIMIT: Duration = Duration::from_secs(120);
+/// How long the cold start may take (N = 10,000 on a loaded machine).
+const COLD_LIMIT: Duration = Duration::from_secs(300);
 
 fn main() {
+    // What the CPU column read wrong before: a command name with spaces and `)`, no terminal.
+    let stat = "42 (a) b) S 1 42 42 0 -1 4194560 100 0 0 0 7 3 0 0 20 0 1 0 5 0 0";
+    assert_eq!(stat_ticks(stat), 7 + 3, "utime + stime of {stat}");
     let bench = std::env::args().any(|a| a == "--bench");
     let sizes: &[usize] = if bench { &[1, 100, 1000, 10000] } else { &[10] };
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -61,57 +72,69 @@ async fn run(n: usize) -> Result {
     db.vsctl(&["add-br", "br0"]);
     let watcher = watch(&db);
     let (client, mut events) = Client::spawn(watcher);
-    while !client.is_connected() {
-        let _ = events.recv().await;
-    }
+    let ev = &mut events;
+    until(
+        "the watcher connected",
+        LIMIT,
+        &client,
+        ev,
+        Client::is_connected,
+    )
+    .await;
     load(&client, n).await;
-    let count = fixture::with_state;
+    let count = with_state;
 
     let start = Instant::now();
-    let mut mon = spawn_monitor(&db);
-    while count(&client) < n {
-        let _ = tokio::time::timeout(Duration::from_secs(120), events.recv()).await;
-        assert!(
-            start.elapsed() < Duration::from_secs(300),
-            "cold start did not converge"
-        );
-    }
+    let mon = spawn_monitor(&db);
+    until("cold start", COLD_LIMIT, &client, ev, |c| count(c) >= n).await;
     let cold = start.elapsed();
-    let cpu_ms = cpu_ms(mon.id());
+    let cpu_ms = cpu_ms(mon.pid());
 
-    fixture::add_extra(&db);
-    while count(&client) < n + 1 {
-        let _ = events.recv().await;
-    }
-    let add = start.elapsed();
-
-    let start = Instant::now();
-    db.vsctl(&[
-        "set",
-        "interface",
-        "extra",
-        "options:remote_ip=10.255.255.2",
-    ]);
-    let version = |c: &Client| {
+    let extra = |c: &Client, done: &dyn Fn(&Row) -> bool| {
         c.with_replica(|r| {
-            r.table("Interface").any(|(_, row)| {
-                row.get("name").as_str() == Some("extra")
-                    && row
-                        .get("external_ids")
-                        .as_string_map()
-                        .get("ipsec-version")
-                        .map(String::as_str)
-                        == Some("2")
-            })
+            r.table("Interface")
+                .any(|(_, row)| row.get("name").as_str() == Some("extra") && done(row))
         })
     };
-    while !version(&client) {
-        let _ = events.recv().await;
-    }
-    let modify = start.elapsed();
-    let rss_kb = status_kb(mon.id(), "VmHWM");
-    let _ = mon.kill();
-    let _ = mon.wait();
+    let key = |row: &Row, column: &str, key: &str, value: &str| {
+        row.get(column).as_string_map().get(key).map(String::as_str) == Some(value)
+    };
+    let add = timed_change(
+        "+1 tunnel",
+        &db,
+        &[
+            "add-port",
+            "br0",
+            "extra",
+            "--",
+            "set",
+            "interface",
+            "extra",
+            "type=vxlan",
+            "options:remote_ip=10.255.255.1",
+            "options:psk=swordfish",
+        ],
+        (&client, ev),
+        |c| extra(c, &|_| true),
+        |c| count(c) > n,
+    )
+    .await;
+    let modify = timed_change(
+        "modify 1",
+        &db,
+        &[
+            "set",
+            "interface",
+            "extra",
+            "options:remote_ip=10.255.255.2",
+        ],
+        (&client, ev),
+        |c| extra(c, &|row| key(row, "options", "remote_ip", "10.255.255.2")),
+        |c| extra(c, &|row| key(row, "external_ids", "ipsec-version", "2")),
+    )
+    .await;
+    let rss_kb = status_kb(mon.pid(), "VmHWM");
+    drop(mon);
     Result {
         cold,
         add,
@@ -121,19 +144,76 @@ async fn run(n: usize) -> Result {
     }
 }
 
-fn spawn_monitor(db: &OvsdbServer) -> Child {
-    Command::new(BIN)
-        .args([
-            &db.unix_remote(),
-            "--ike-daemon=none",
-            "--dry-run",
-            "--no-restart-ike-daemon",
-            &format!("--unixctl={}", db.dir().join("m.ctl").display()),
-            "-vconsole:off",
-        ])
-        .env("OVS_RUNDIR", db.dir())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap()
+/// Runs `ovs-vsctl args` beside the watcher, which keeps reading updates meanwhile, and
+/// returns the time from the watcher seeing the commit (`committed`) to its seeing the
+/// monitor's status (`done`). Not from `ovs-vsctl` returning: the monitor has often written
+/// the status before that process has exited.
+async fn timed_change(
+    what: &str,
+    db: &OvsdbServer,
+    args: &[&str],
+    (client, events): (&Client, &mut UnboundedReceiver<DbEvent>),
+    committed: impl Fn(&Client) -> bool,
+    done: impl Fn(&Client) -> bool,
+) -> Duration {
+    let vsctl = tokio::process::Command::new("ovs-vsctl")
+        .arg(format!("--db={}", db.unix_remote()))
+        .args(["--no-wait", "--timeout=20"])
+        .args(args)
+        .output();
+    let vsctl = tokio::spawn(vsctl);
+    until(
+        &format!("{what}: the commit"),
+        LIMIT,
+        client,
+        events,
+        committed,
+    )
+    .await;
+    let start = Instant::now();
+    until(what, LIMIT, client, events, done).await;
+    let took = start.elapsed();
+    let out = vsctl
+        .await
+        .expect("the ovs-vsctl task")
+        .expect("run ovs-vsctl");
+    assert!(out.status.success(), "{what}: ovs-vsctl {args:?}: {out:?}");
+    took
+}
+
+/// Waits until `done` holds on the watcher's replica, checking again after each OVSDB event;
+/// panics naming `what` when `limit` has passed or the watcher's connection task has ended.
+async fn until(
+    what: &str,
+    limit: Duration,
+    client: &Client,
+    events: &mut UnboundedReceiver<DbEvent>,
+    done: impl Fn(&Client) -> bool,
+) {
+    let deadline = tokio::time::Instant::now() + limit;
+    while !done(client) {
+        match tokio::time::timeout_at(deadline, events.recv()).await {
+            Ok(Some(_)) => {}
+            Ok(None) => panic!("{what}: the watcher's OVSDB client stopped"),
+            Err(_) => panic!("{what}: not done after {limit:?}"),
+        }
+    }
+}
+
+/// The monitor without a log file (its logging is not what is measured); killed on drop, so
+/// a failed wait leaves no process behind.
+fn spawn_monitor(db: &OvsdbServer) -> Monitor {
+    let dir = db.dir().to_path_buf();
+    let ctl = dir.join("m.ctl");
+    let mut cmd = Command::new(BIN);
+    cmd.args([
+        &db.unix_remote(),
+        "--ike-daemon=none",
+        "--dry-run",
+        "--no-restart-ike-daemon",
+        &format!("--unixctl={}", ctl.display()),
+        "-vconsole:off",
+    ]);
+    let log = dir.join("monitor.log");
+    Monitor::spawn(cmd, dir, ctl, log)
 }

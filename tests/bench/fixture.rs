@@ -1,5 +1,7 @@
 //! What the process benchmarks share: N tunnels loaded into a real ovsdb-server, a client
 //! watching `ipsec-state`, and the monitor's memory and CPU from /proc.
+// Each benchmark uses part of it.
+#![allow(dead_code)]
 
 use serde_json::json;
 
@@ -48,7 +50,10 @@ pub async fn load(client: &Client, n: usize) {
             json!({"op": "mutate", "table": "Bridge", "where": [["name", "==", "br0"]],
             "mutations": [["ports", "insert", ["set", ports]]]}),
         );
-        client.transact(ops).await.expect("load tunnels");
+        tokio::time::timeout(std::time::Duration::from_secs(120), client.transact(ops))
+            .await
+            .expect("loading 1,000 tunnels timed out")
+            .expect("load tunnels");
     }
 }
 
@@ -59,7 +64,9 @@ pub fn watch(db: &OvsdbServer) -> ClientConfig {
         "Open_vSwitch",
         vec![TableSpec {
             table: "Interface".into(),
-            columns: vec!["name".into(), "external_ids".into()],
+            columns: ["name", "options", "external_ids"]
+                .map(String::from)
+                .to_vec(),
             conditions: None,
         }],
     )
@@ -74,20 +81,36 @@ pub fn status_kb(pid: u32, field: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// utime + stime of `pid`, from `/proc/PID/stat`.
 pub fn cpu_ms(pid: u32) -> f64 {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the ")" that ends the command name: utime is the 12th, stime the 13th.
-    let rest = s.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    // By position: skipping the fields that are not u64 (the state letter, a tpgid of -1
-    // without a terminal) would shift utime and stime to other fields.
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let field = |i: usize| f.get(i).and_then(|x| x.parse::<u64>().ok()).unwrap_or(0);
-    let ticks = field(11) + field(12);
-    let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("read /proc/PID/stat");
+    stat_ticks(&s) as f64 * 1000.0 / clock_ticks_per_sec() as f64
+}
+
+/// utime + stime, in clock ticks, of a `/proc/PID/stat` line: fields 14 and 15 of proc(5),
+/// counted by position after the `)` that ends the command name (which may hold spaces).
+/// Fields before them may be negative (`tpgid` is -1 without a terminal) or letters (`state`),
+/// so every field keeps its place whether it parses or not.
+pub fn stat_ticks(stat: &str) -> u64 {
+    let rest = stat
+        .rsplit_once(')')
+        .map(|(_, r)| r)
+        .expect("a /proc/PID/stat line");
+    let field = |i: usize| -> u64 {
+        let f = rest.split_whitespace().nth(i);
+        f.and_then(|f| f.parse().ok())
+            .unwrap_or_else(|| panic!("/proc/PID/stat field {} is {f:?}", i + 3))
+    };
+    // After ")": state is field 3 of proc(5), so utime (14) and stime (15) are at 11 and 12.
+    field(11) + field(12)
+}
+
+fn clock_ticks_per_sec() -> u64 {
+    nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
         .ok()
         .flatten()
-        .unwrap_or(100);
-    ticks as f64 * 1000.0 / hz as f64
+        .and_then(|hz| u64::try_from(hz).ok())
+        .unwrap_or(100)
 }
 
 /// Interfaces whose `ipsec-state` the watching client has seen.

@@ -58,6 +58,10 @@ pub struct Observed {
     pub lost: BTreeSet<String>,
 }
 
+/// What the log line of [`Action::DownNb`] says after the SA's name (tests look for its
+/// absence).
+pub const OUTDATED: &str = "is outdated";
+
 /// One step of a pass, in the order it runs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
@@ -96,8 +100,8 @@ impl fmt::Display for Action {
                 conns.len()
             ),
             Action::DownNb { sa, version } => match version {
-                Some(v) => write!(f, "{sa} is outdated {v}"),
-                None => write!(f, "{sa} is outdated"),
+                Some(v) => write!(f, "{sa} {OUTDATED} {v}"),
+                None => write!(f, "{sa} {OUTDATED}"),
             },
         }
     }

@@ -39,18 +39,23 @@ pub enum Action {
     UnloadCred(CredKey),
 }
 
+/// How the log lines of [`Action::LoadConn`] and [`Action::UnloadConn`] start (tests count
+/// them and look for their absence).
+pub const LOAD_CONNECTION: &str = "load connection";
+pub const UNLOAD_CONNECTION: &str = "unload connection";
+
 impl fmt::Display for Action {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Action::LoadCred(k) => write!(f, "load {}", cred_label(k)),
-            Action::LoadConn(c) => write!(f, "load connection {}", c.name),
+            Action::LoadConn(c) => write!(f, "{LOAD_CONNECTION} {}", c.name),
             Action::Initiate { conn, .. } => {
                 write!(
                     f,
                     "initiate connection {conn} unless the peer's address is lower"
                 )
             }
-            Action::UnloadConn(c) => write!(f, "unload connection {c}"),
+            Action::UnloadConn(c) => write!(f, "{UNLOAD_CONNECTION} {c}"),
             Action::UnloadCred(k) => write!(f, "unload {}", cred_label(k)),
         }
     }

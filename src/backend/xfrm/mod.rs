@@ -52,6 +52,9 @@ use crate::cli::Cli;
 use crate::daemon::paths;
 use crate::model::Desired;
 
+/// The warning when a targeted observation fails and the pass falls back to a full dump.
+pub const READ_BACK_FAILED: &str = "cannot read back the changed tunnels' XFRM state";
+
 /// The generation file, in the run directory (a tmpfs).
 const GENERATION_FILE: &str = "ovs-monitor-ipsec.generation";
 /// Grace-period deadlines of retiring SAs, beside it.
@@ -339,7 +342,7 @@ impl XfrmBackend {
             return self.observe().await;
         };
         if let Err(e) = self.read_back(&mut kernel, &targets).await {
-            warn!("cannot read back the changed tunnels' XFRM state ({e}): dumping everything");
+            warn!("{READ_BACK_FAILED} ({e}): dumping everything");
             return self.observe().await;
         }
         debug!(

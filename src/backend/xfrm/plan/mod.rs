@@ -50,6 +50,12 @@ pub enum Action {
     DelSa(SaId),
 }
 
+/// What the log line of every [`Action::SetPolicy`] holds between the tunnel and the policy
+/// (`<tunnel>: set <policy> policy (spi ...)`), and how a guard change's starts: tests that
+/// expect nothing to be changed look for their absence.
+pub const SET_POLICY: &str = ": set ";
+pub const GUARD_CHANGED: &str = "nftables guard:";
+
 impl fmt::Display for Action {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -59,11 +65,11 @@ impl fmt::Display for Action {
             ),
             Action::AddSa { tunnel, dir, sa } => write!(f, "{tunnel}: add {dir} SA {}", sa.id),
             Action::SetPolicy { tunnel, id, spi } => {
-                write!(f, "{tunnel}: set {id} policy (spi 0x{spi:08x})")
+                write!(f, "{tunnel}{SET_POLICY}{id} policy (spi 0x{spi:08x})")
             }
             Action::Guard { create, add, del } => write!(
                 f,
-                "nftables guard: {}{} added, {} removed",
+                "{GUARD_CHANGED} {}{} added, {} removed",
                 if *create { "table created, " } else { "" },
                 add.len(),
                 del.len()
