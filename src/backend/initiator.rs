@@ -35,7 +35,7 @@ pub fn we_initiate(local: Option<IpAddr>, remote: IpAddr) -> bool {
 
 /// The kernel's source address for packets to `remote`: a connected UDP socket sends nothing,
 /// it only looks up the route.
-fn source_address(remote: IpAddr) -> Option<IpAddr> {
+pub fn source_address(remote: IpAddr) -> Option<IpAddr> {
     let any: IpAddr = match remote {
         IpAddr::V4(_) => Ipv4Addr::UNSPECIFIED.into(),
         IpAddr::V6(_) => Ipv6Addr::UNSPECIFIED.into(),

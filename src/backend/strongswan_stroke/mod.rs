@@ -55,6 +55,7 @@ use self::render::Rendered;
 use self::statusall::Status;
 use super::command::{Cmd, CommandError};
 use super::files::{CONFIG_MODE, FileError, SECRET_MODE, under_root, write_if_changed};
+use super::ike_view::IkeView;
 use super::templates::{TemplateError, Templates};
 use super::{ApplyReport, Backend, BackendError, BackendKind, LiveStatus, Scope, StartOptions};
 use crate::cli::Cli;
@@ -553,6 +554,13 @@ impl Backend for StrongSwanStroke {
                 &render::rejections(desired),
                 scope,
             ),
+        }
+    }
+
+    async fn diagnose_view(&mut self, desired: &Desired) -> IkeView {
+        match self.statusall(&Scope::All).await {
+            Ok(st) => IkeView::Tunnels(live::views(desired, &st)),
+            Err(e) => IkeView::Unreachable(e.to_string()),
         }
     }
 

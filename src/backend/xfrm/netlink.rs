@@ -65,7 +65,7 @@ impl fmt::Display for Op<'_> {
 
 /// Our XFRM requests over one [`Socket`].
 pub struct Xfrm {
-    socket: Socket,
+    pub(super) socket: Socket,
 }
 
 impl Xfrm {
@@ -268,7 +268,7 @@ fn selector(flow: &Flow) -> Selector {
     }
 }
 
-fn ip_of(a: &Address, fam: u16) -> Option<IpAddr> {
+pub(super) fn ip_of(a: &Address, fam: u16) -> Option<IpAddr> {
     match fam {
         AF_INET => Some(IpAddr::V4(a.to_ipv4())),
         AF_INET6 => Some(IpAddr::V6(a.to_ipv6())),

@@ -1,0 +1,37 @@
+//! What an IKE daemon holds for each tunnel, broken down per connection, for `diagnose`
+//! ([`super::Backend::diagnose_view`]). Plain data: the backend fills it from a read-only
+//! look at its daemon, diagnose turns it into findings.
+
+use std::collections::BTreeMap;
+
+/// The state of an IKE SA (or of a Child SA) as the daemon lists it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SaState {
+    Established,
+    /// Being set up (IKE_SA_INIT/IKE_AUTH sent or received, or rekeying).
+    Negotiating,
+    Absent,
+}
+
+/// One connection of a tunnel in the IKE daemon.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnView {
+    pub name: String,
+    pub loaded: bool,
+    pub ike: SaState,
+    pub child: SaState,
+    /// The daemon's last reason for a failure of this connection, if it gave one.
+    pub reason: Option<String>,
+}
+
+/// What [`super::Backend::diagnose_view`] returns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IkeView {
+    /// The backend has no IKE daemon (static keys), or does not break its state down per
+    /// connection: diagnose relies on the tunnel's live status.
+    NotReported,
+    /// The daemon could not be asked, with the reason.
+    Unreachable(String),
+    /// Each desired tunnel's connections, by tunnel name.
+    Tunnels(BTreeMap<String, Vec<ConnView>>),
+}
