@@ -161,3 +161,6 @@ fn finish(t: &TunnelInput<'_>, state: &str, checks: Checks) -> Diagnosis {
         findings,
     }
 }
+
+#[cfg(test)]
+mod tests;
