@@ -163,13 +163,13 @@ fn the_lowest_priority_value_wins_and_ties_go_to_the_older_policy() {
 
 #[test]
 fn a_policy_that_cannot_match_the_tunnel_traffic_is_ignored() {
-    let variants: Vec<Box<dyn Fn(&mut HostPolicy)>> = vec![
-        Box::new(|p| p.mark = (1, 0xff)),
-        Box::new(|p| p.if_id = 3),
-        Box::new(|p| p.selector.dport = 4789),
-        Box::new(|p| p.selector.proto = 47),
-        Box::new(|p| p.selector.dst = host_prefix("192.0.2.3")),
-        Box::new(|p| p.dir = PolicyDir::Fwd),
+    let variants: [fn(&mut HostPolicy); 6] = [
+        |p| p.mark = (1, 0xff),
+        |p| p.if_id = 3,
+        |p| p.selector.dport = 4789,
+        |p| p.selector.proto = 47,
+        |p| p.selector.dst = host_prefix("192.0.2.3"),
+        |p| p.dir = PolicyDir::Fwd,
     ];
     for f in variants {
         let mut foreign = policy(PolicyDir::Out, 1, 1, 7);
