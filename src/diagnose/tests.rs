@@ -392,10 +392,7 @@ fn reports_in_text_and_json_never_show_the_psk() {
 #[test]
 fn the_documentation_lists_every_code_in_order_and_nothing_else() {
     let doc = include_str!("../../docs/troubleshooting.md");
-    let documented: Vec<&str> = doc
-        .lines()
-        .filter_map(|l| l.strip_prefix("### "))
-        .collect();
+    let documented: Vec<&str> = doc.lines().filter_map(|l| l.strip_prefix("### ")).collect();
     let codes: Vec<&str> = Code::ALL.iter().map(|c| c.as_str()).collect();
     assert_eq!(documented, codes);
     for entry in doc.split("\n### ").skip(1) {
