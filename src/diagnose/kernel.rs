@@ -274,7 +274,8 @@ fn policies(f: &Flows, dir: PolicyDir, all: &[HostPolicy], host: &Host<'_>, out:
 fn sas(f: &Flows, all: &[HostSa], host: &Host<'_>, out: &mut Checks) {
     let of = |src: IpAddr, dst: IpAddr| -> Vec<&HostSa> {
         all.iter()
-            .filter(|s| s.proto == IPPROTO_ESP && s.src == src && s.dst == dst)
+            // SPI 0: the larval state of a pending acquire, not an SA.
+            .filter(|s| s.proto == IPPROTO_ESP && s.spi != 0 && s.src == src && s.dst == dst)
             .collect()
     };
     let (sa_out, sa_in) = (of(f.local, f.remote), of(f.remote, f.local));
