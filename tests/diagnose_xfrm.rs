@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use common::monitor::{CTL_BIN, Monitor, wait_for};
 use common::ovsdb_server::OvsdbServer;
-use common::xfrm::{LOCAL4, Netns};
+use common::xfrm::{LOCAL4, Netns, add_geneve_6090};
 use serde_json::Value;
 
 const T: Duration = Duration::from_secs(20);
@@ -18,17 +18,7 @@ const REMOTE: &str = "192.0.2.2";
 fn started(ns: &Netns) -> (OvsdbServer, Monitor) {
     let db = OvsdbServer::start();
     let mon = ns.monitor(&db, "monitor.log", &[]);
-    db.add_tunnel(
-        "gnv0",
-        "geneve",
-        &[
-            format!("remote_ip={REMOTE}"),
-            format!("local_ip={LOCAL4}"),
-            "dst_port=6090".to_owned(),
-            "psk=swordfish-diag".to_owned(),
-            "ipsec_peer_generation=0123456789abcdef0123456789abcdef".to_owned(),
-        ],
-    );
+    add_geneve_6090(&db, REMOTE, "swordfish-diag");
     wait_for("our two policies", T, || {
         ns.ip(&["xfrm", "policy"]).matches("dport 6090").count() >= 2
     });

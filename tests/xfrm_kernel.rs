@@ -8,27 +8,16 @@ use std::time::Duration;
 
 use common::monitor::{iface_key, wait_for};
 use common::ovsdb_server::OvsdbServer;
-use common::xfrm::{LOCAL4, Netns, all_text};
+use common::xfrm::{LOCAL4, Netns, PEER_GEN, add_geneve_6090, all_text};
 use ovs_monitor_ipsec::backend::xfrm::derive::{Context, derive};
 use ovs_monitor_ipsec::backend::xfrm::types::{Flow, Proto};
 
 const T: Duration = Duration::from_secs(20);
 const REMOTE: &str = "192.0.2.2";
 const PSK: &str = "swordfish-static";
-const PEER_GEN: &str = "0123456789abcdef0123456789abcdef";
 
 fn add_tunnel(db: &OvsdbServer) {
-    db.add_tunnel(
-        "gnv0",
-        "geneve",
-        &[
-            format!("remote_ip={REMOTE}"),
-            format!("local_ip={LOCAL4}"),
-            "dst_port=6090".to_owned(),
-            format!("psk={PSK}"),
-            format!("ipsec_peer_generation={PEER_GEN}"),
-        ],
-    );
+    add_geneve_6090(db, REMOTE, PSK);
 }
 
 /// `ip xfrm policy` lines of our tunnel's selectors, with the volatile parts left out.

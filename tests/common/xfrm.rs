@@ -14,6 +14,25 @@ use super::ovsdb_server::OvsdbServer;
 pub const LOCAL4: &str = "192.0.2.1";
 pub const LOCAL6: &str = "2001:db8::1";
 
+/// The peer generation the static-key tests relay to their tunnel.
+pub const PEER_GEN: &str = "0123456789abcdef0123456789abcdef";
+
+/// Adds the geneve tunnel `gnv0` from [`LOCAL4`] to `remote` on port 6090 with `psk` and
+/// [`PEER_GEN`], the static-key tests' usual tunnel.
+pub fn add_geneve_6090(db: &OvsdbServer, remote: &str, psk: &str) {
+    db.add_tunnel(
+        "gnv0",
+        "geneve",
+        &[
+            format!("remote_ip={remote}"),
+            format!("local_ip={LOCAL4}"),
+            "dst_port=6090".to_owned(),
+            format!("psk={psk}"),
+            format!("ipsec_peer_generation={PEER_GEN}"),
+        ],
+    );
+}
+
 pub struct Netns {
     pub name: String,
 }
