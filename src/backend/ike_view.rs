@@ -13,6 +13,19 @@ pub enum SaState {
     Absent,
 }
 
+impl SaState {
+    /// The state of a connection that has these SAs: established if one is, negotiating if
+    /// any other is listed, absent if none is.
+    pub fn best(states: impl IntoIterator<Item = SaState>) -> SaState {
+        states
+            .into_iter()
+            .fold(SaState::Absent, |acc, s| match (acc, s) {
+                (SaState::Established, _) | (_, SaState::Established) => SaState::Established,
+                _ => SaState::Negotiating,
+            })
+    }
+}
+
 /// One connection of a tunnel in the IKE daemon.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConnView {

@@ -178,12 +178,6 @@ pub fn views(desired: &Desired, st: &Status) -> BTreeMap<String, Vec<ConnView>> 
             SaState::Negotiating
         }
     };
-    let best = |states: &mut dyn Iterator<Item = SaState>| {
-        states.fold(SaState::Absent, |acc, s| match (acc, s) {
-            (SaState::Established, _) | (_, SaState::Established) => SaState::Established,
-            _ => SaState::Negotiating,
-        })
-    };
     desired
         .tunnels
         .iter()
@@ -193,10 +187,9 @@ pub fn views(desired: &Desired, st: &Status) -> BTreeMap<String, Vec<ConnView>> 
                 .into_iter()
                 .map(|conn| {
                     let sas = ix.ike_sas_for(&conn);
-                    let ike = best(&mut sas.iter().map(|s| state(&s.state)));
-                    let child = best(
-                        &mut sas
-                            .iter()
+                    let ike = SaState::best(sas.iter().map(|s| state(&s.state)));
+                    let child = SaState::best(
+                        sas.iter()
                             .flat_map(|s| &s.children)
                             .filter(|c| c.name == conn)
                             .map(|c| state(&c.state)),
