@@ -38,7 +38,7 @@ pub mod render;
 mod scope_tests;
 pub mod statusall;
 #[cfg(test)]
-mod testutil;
+pub(crate) mod testutil;
 
 use std::collections::BTreeMap;
 use std::io::ErrorKind;
