@@ -12,6 +12,7 @@ use crate::backend::xfrm::error::XfrmError;
 use crate::backend::xfrm::host::{HostSa, HostXfrm};
 use crate::backend::xfrm::netlink::Xfrm;
 use crate::backend::{Backend, BackendKind, initiator};
+use crate::diagnose::kernel::XfrmIndex;
 use crate::diagnose::{self, Diagnosis, Host, TunnelInput, report};
 use crate::model::registry::Registry;
 
@@ -44,11 +45,13 @@ pub async fn run<B: Backend>(
         backend.diagnose_view(registry.desired()).await
     };
     let (first, later) = sample().await;
+    let (sampled, later) = later.map_or((None, Vec::new()), |(s, d)| (Some(d), s));
+    let index = first.as_ref().map(|x| XfrmIndex::new(x, &later));
     let host = Host {
         kind,
         ike: &ike,
-        xfrm: first.as_ref().map_err(String::as_str),
-        later: later.as_ref().map(|(s, d)| (s.as_slice(), *d)),
+        xfrm: index.as_ref().map_err(|e| e.as_str()),
+        sampled,
         packet_mark: registry.global().skb_mark.map_or(0, |m| m.value),
     };
     let diagnoses: Vec<Diagnosis> = tunnels

@@ -13,11 +13,12 @@
 //! policies our connections make the daemon install. Any other matching policy is foreign.
 //! Pure.
 
+use std::collections::HashMap;
 use std::net::IpAddr;
 
 use super::{Checks, Code, Finding, Host, Severity};
 use crate::backend::BackendKind;
-use crate::backend::xfrm::host::{HostPolicy, HostSa, PolicyDir, Prefix};
+use crate::backend::xfrm::host::{HostPolicy, HostSa, HostXfrm, PolicyDir, Prefix};
 use crate::backend::xfrm::types::{PRIORITY, REQID};
 use crate::model::{TunnelConf, TunnelType};
 
@@ -172,6 +173,69 @@ pub fn describe(p: &HostPolicy) -> String {
     out
 }
 
+/// The host's XFRM state indexed once per `diagnose`, so that N tunnels cost N look-ups and
+/// not N scans of every policy and SA: policies on an exact host pair by direction and
+/// addresses, the others (wider selectors, which may take any tunnel's traffic) in one list,
+/// SAs by their addresses, and the second sample's SAs by identity.
+#[derive(Debug, Default)]
+pub struct XfrmIndex<'a> {
+    exact: HashMap<(PolicyDir, IpAddr, IpAddr), Vec<&'a HostPolicy>>,
+    wide: Vec<&'a HostPolicy>,
+    sas: HashMap<(IpAddr, IpAddr), Vec<&'a HostSa>>,
+    later: HashMap<(IpAddr, IpAddr, u32), &'a HostSa>,
+}
+
+impl<'a> XfrmIndex<'a> {
+    /// `later`: the SAs dumped again after the counter sample.
+    pub fn new(x: &'a HostXfrm, later: &'a [HostSa]) -> Self {
+        let mut ix = XfrmIndex::default();
+        let full = |p: &Prefix| p.addr.filter(|a| u32::from(p.len) == width(*a));
+        for p in &x.policies {
+            match (full(&p.selector.src), full(&p.selector.dst)) {
+                (Some(s), Some(d)) => ix.exact.entry((p.dir, s, d)).or_default().push(p),
+                _ => ix.wide.push(p),
+            }
+        }
+        // SPI 0: the larval state of a pending acquire, not an SA.
+        for sa in x
+            .sas
+            .iter()
+            .filter(|s| s.proto == IPPROTO_ESP && s.spi != 0)
+        {
+            ix.sas.entry((sa.src, sa.dst)).or_default().push(sa);
+        }
+        ix.later = later
+            .iter()
+            .filter(|s| s.proto == IPPROTO_ESP)
+            .map(|s| ((s.src, s.dst, s.spi), s))
+            .collect();
+        ix
+    }
+
+    /// Every policy that may take traffic from `src` to `dst` in `dir`.
+    fn policies(
+        &self,
+        dir: PolicyDir,
+        src: IpAddr,
+        dst: IpAddr,
+    ) -> impl Iterator<Item = &'a HostPolicy> {
+        self.exact
+            .get(&(dir, src, dst))
+            .into_iter()
+            .flatten()
+            .chain(&self.wide)
+            .copied()
+    }
+
+    fn sas(&self, src: IpAddr, dst: IpAddr) -> &[&'a HostSa] {
+        self.sas.get(&(src, dst)).map_or(&[], Vec::as_slice)
+    }
+}
+
+fn width(a: IpAddr) -> u32 {
+    if a.is_ipv4() { 32 } else { 128 }
+}
+
 /// Adds the kernel layers for the tunnel's `flows`.
 pub fn check(f: &Flows, host: &Host<'_>, out: &mut Checks) {
     let xfrm = match host.xfrm {
@@ -182,26 +246,27 @@ pub fn check(f: &Flows, host: &Host<'_>, out: &mut Checks) {
         }
     };
     for dir in [PolicyDir::Out, PolicyDir::In] {
-        policies(f, dir, &xfrm.policies, host, out);
+        policies(f, dir, xfrm, host, out);
     }
+    let (src, dst) = f.ends(PolicyDir::Fwd);
     let ours_fwd = xfrm
-        .policies
-        .iter()
+        .policies(PolicyDir::Fwd, src, dst)
         .filter(|p| takes(p, f, PolicyDir::Fwd, host.packet_mark) == Some(true))
         .any(|p| ours(p, f, PolicyDir::Fwd, host.kind));
     if ours_fwd {
         out.layer("policy fwd", true, "present");
     }
-    sas(f, &xfrm.sas, host, out);
+    sas(f, xfrm, host, out);
 }
 
-fn policies(f: &Flows, dir: PolicyDir, all: &[HostPolicy], host: &Host<'_>, out: &mut Checks) {
+fn policies(f: &Flows, dir: PolicyDir, xfrm: &XfrmIndex<'_>, host: &Host<'_>, out: &mut Checks) {
     let name = match dir {
         PolicyDir::Out => "policy out",
         _ => "policy in",
     };
-    let matching: Vec<(&HostPolicy, bool)> = all
-        .iter()
+    let (src, dst) = f.ends(dir);
+    let matching: Vec<(&HostPolicy, bool)> = xfrm
+        .policies(dir, src, dst)
         .filter_map(|p| takes(p, f, dir, host.packet_mark).map(|whole| (p, whole)))
         .collect();
     let mine = matching
@@ -271,21 +336,15 @@ fn policies(f: &Flows, dir: PolicyDir, all: &[HostPolicy], host: &Host<'_>, out:
     }
 }
 
-fn sas(f: &Flows, all: &[HostSa], host: &Host<'_>, out: &mut Checks) {
-    let of = |src: IpAddr, dst: IpAddr| -> Vec<&HostSa> {
-        all.iter()
-            // SPI 0: the larval state of a pending acquire, not an SA.
-            .filter(|s| s.proto == IPPROTO_ESP && s.spi != 0 && s.src == src && s.dst == dst)
-            .collect()
-    };
-    let (sa_out, sa_in) = (of(f.local, f.remote), of(f.remote, f.local));
+fn sas(f: &Flows, xfrm: &XfrmIndex<'_>, host: &Host<'_>, out: &mut Checks) {
+    let (sa_out, sa_in) = (xfrm.sas(f.local, f.remote), xfrm.sas(f.remote, f.local));
     let spis = |v: &[&HostSa]| {
         v.iter()
             .map(|s| format!("0x{:08x}", s.spi))
             .collect::<Vec<_>>()
             .join(", ")
     };
-    for (dir, v) in [("out", &sa_out), ("in", &sa_in)] {
+    for (dir, v) in [("out", sa_out), ("in", sa_in)] {
         let name = if dir == "out" { "SA out" } else { "SA in" };
         if v.is_empty() {
             out.layer(name, false, "missing");
@@ -299,15 +358,14 @@ fn sas(f: &Flows, all: &[HostSa], host: &Host<'_>, out: &mut Checks) {
             out.layer(name, true, format!("spi {}", spis(v)));
         }
     }
-    let Some((later, after)) = host.later else {
+    let Some(after) = host.sampled else {
         return;
     };
     let grew = |v: &[&HostSa]| -> u64 {
         v.iter()
             .map(|s| {
-                later
-                    .iter()
-                    .find(|l| (l.src, l.dst, l.spi, l.proto) == (s.src, s.dst, s.spi, s.proto))
+                xfrm.later
+                    .get(&(s.src, s.dst, s.spi))
                     .map_or(0, |l| l.packets.saturating_sub(s.packets))
             })
             .sum()
@@ -315,7 +373,7 @@ fn sas(f: &Flows, all: &[HostSa], host: &Host<'_>, out: &mut Checks) {
     if sa_out.is_empty() {
         return;
     }
-    let (o, i) = (grew(&sa_out), grew(&sa_in));
+    let (o, i) = (grew(sa_out), grew(sa_in));
     let secs = after.as_secs_f64();
     let text = format!("+{o} packets out, +{i} in over {secs:.1} s");
     if o > 0 && i == 0 {

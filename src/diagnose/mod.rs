@@ -23,7 +23,6 @@ use std::time::Duration;
 pub use finding::{Code, Finding, Severity};
 
 use crate::backend::ike_view::IkeView;
-use crate::backend::xfrm::host::{HostSa, HostXfrm};
 use crate::backend::{BackendKind, LiveStatus};
 use crate::model::{Tunnel, Validity};
 
@@ -79,10 +78,11 @@ impl Checks {
 pub struct Host<'a> {
     pub kind: BackendKind,
     pub ike: &'a IkeView,
-    /// The XFRM dump, or why it could not be read.
-    pub xfrm: Result<&'a HostXfrm, &'a str>,
-    /// The SAs dumped again after the counter sample, and how long after.
-    pub later: Option<(&'a [HostSa], Duration)>,
+    /// The XFRM dump (with the SAs of a second dump, if one was taken), or why it could not
+    /// be read.
+    pub xfrm: Result<&'a kernel::XfrmIndex<'a>, &'a str>,
+    /// How long after the first dump the second was taken; `None`: no counter sample.
+    pub sampled: Option<Duration>,
     /// The mark OVS puts on tunnel packets (`ipsec_skb_mark`), which policy marks match.
     pub packet_mark: u32,
 }

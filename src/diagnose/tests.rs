@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use super::*;
 use crate::backend::ike_view::{ConnView, SaState};
-use crate::backend::xfrm::host::{HostPolicy, HostSelector, HostTemplate, PolicyDir, Prefix};
+use crate::backend::xfrm::host::{
+    HostPolicy, HostSa, HostSelector, HostTemplate, HostXfrm, PolicyDir, Prefix,
+};
 use crate::backend::xfrm::types::{PRIORITY, REQID};
 use crate::backend::{LiveState, LiveStatus};
 use crate::model::{Auth, RawTunnel, Secret, TunnelConf, TunnelType};
@@ -101,11 +103,12 @@ fn sa(src: &str, dst: &str, spi: u32, packets: u64) -> HostSa {
 fn run(kind: BackendKind, ike: &IkeView, xfrm: &HostXfrm, later: Option<&[HostSa]>) -> Diagnosis {
     let t = tunnel(true);
     let live = LiveStatus::new(LiveState::Up);
+    let index = kernel::XfrmIndex::new(xfrm, later.unwrap_or_default());
     let host = Host {
         kind,
         ike,
-        xfrm: Ok(xfrm),
-        later: later.map(|l| (l, Duration::from_secs(1))),
+        xfrm: Ok(&index),
+        sampled: later.map(|_| Duration::from_secs(1)),
         packet_mark: 0,
     };
     diagnose(
@@ -345,7 +348,7 @@ fn reports_in_text_and_json_never_show_the_psk() {
         kind: BackendKind::None,
         ike: &IkeView::NotReported,
         xfrm: Err("no XFRM"),
-        later: None,
+        sampled: None,
         packet_mark: 0,
     };
     let bad = diagnose(
