@@ -9,7 +9,6 @@ use std::time::Duration;
 use common::monitor::wait_for;
 use common::netns::NetnsPair;
 use common::strongswan_netns::Node;
-use serde_json::Value;
 
 const T: Duration = Duration::from_secs(40);
 
@@ -21,25 +20,12 @@ fn psk_tunnel(node: &Node, peer: &str, psk: &str) {
     );
 }
 
-/// The codes of `vx`'s findings (diagnose --json through the real ovs-appctl).
-fn codes(node: &Node) -> Vec<String> {
-    let out = node.mon.appctl_ok(&["diagnose", "vx", "--json"]);
-    let v: Value = serde_json::from_str(&out).expect("JSON");
-    assert_eq!(v[0]["interface"], "vx", "{v}");
-    v[0]["findings"]
-        .as_array()
-        .expect("findings")
-        .iter()
-        .map(|f| f["code"].as_str().unwrap_or_default().to_owned())
-        .collect()
-}
-
 /// Retries `setup` then `diagnose` until `code` shows: the monitor repairs what a test breaks
 /// by hand at its next periodic pass, which may come in between.
 fn broken_by_hand(node: &Node, code: &str, setup: impl Fn()) -> String {
     for _ in 0..3 {
         setup();
-        let c = codes(node);
+        let c = node.mon.diagnose_codes("vx");
         if c.iter().any(|x| x == code) {
             return node.mon.appctl_ok(&["diagnose", "vx"]);
         }
@@ -72,7 +58,7 @@ fn wrong_psk_deleted_connection_and_stopped_charon() {
         std::thread::sleep(Duration::from_millis(300));
         left.charon_log().contains("AUTHENTICATION_FAILED")
     });
-    let c = codes(&left);
+    let c = left.mon.diagnose_codes("vx");
     assert!(c.contains(&"ike-sa-missing".to_owned()), "{c:?}");
     assert!(!c.contains(&"conn-not-loaded".to_owned()), "{c:?}");
     let text = left.mon.appctl_ok(&["diagnose", "vx"]);
@@ -97,7 +83,7 @@ fn wrong_psk_deleted_connection_and_stopped_charon() {
 
     // charon stopped: the daemon layer fails.
     left.ipsec("stop");
-    let c = codes(&left);
+    let c = left.mon.diagnose_codes("vx");
     assert_eq!(
         c.first().map(String::as_str),
         Some("ike-daemon-down"),
@@ -119,7 +105,7 @@ fn ike_up_without_a_child_sa_on_a_kernel_without_esp() {
         std::thread::sleep(Duration::from_millis(300));
         left.ipsec("statusall").contains("ESTABLISHED")
     });
-    let c = codes(&left);
+    let c = left.mon.diagnose_codes("vx");
     assert!(
         c.iter().filter(|c| *c == "sa-missing").count() == 2
             && c.contains(&"child-sa-missing".to_owned())

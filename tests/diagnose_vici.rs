@@ -9,20 +9,8 @@ use std::time::Duration;
 use common::monitor::wait_for;
 use common::netns::NetnsPair;
 use common::vici::{Node, require_strongswan};
-use serde_json::Value;
 
 const T: Duration = Duration::from_secs(40);
-
-fn codes(node: &Node) -> Vec<String> {
-    let out = node.mon.appctl_ok(&["diagnose", "tun", "--json"]);
-    let v: Value = serde_json::from_str(&out).expect("JSON");
-    v[0]["findings"]
-        .as_array()
-        .expect("findings")
-        .iter()
-        .map(|f| f["code"].as_str().unwrap_or_default().to_owned())
-        .collect()
-}
 
 #[test]
 fn child_sa_missing_and_dead_charon() {
@@ -38,7 +26,7 @@ fn child_sa_missing_and_dead_charon() {
         );
     }
     wait_for("the IKE SA", T, || left.ike_established());
-    let c = codes(&left);
+    let c = left.mon.diagnose_codes("tun");
     assert!(
         c.contains(&"child-sa-missing".to_owned())
             && !c.contains(&"ike-sa-missing".to_owned())
@@ -55,7 +43,7 @@ fn child_sa_missing_and_dead_charon() {
 
     // charon gone: the daemon layer fails first.
     left.charon.kill();
-    let c = codes(&left);
+    let c = left.mon.diagnose_codes("tun");
     assert_eq!(
         c.first().map(String::as_str),
         Some("ike-daemon-down"),

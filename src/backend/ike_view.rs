@@ -4,6 +4,8 @@
 
 use std::collections::BTreeMap;
 
+use crate::model::{Desired, DesiredTunnel};
+
 /// The state of an IKE SA (or of a Child SA) as the daemon lists it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SaState {
@@ -14,6 +16,15 @@ pub enum SaState {
 }
 
 impl SaState {
+    /// A listed SA: established when `up`, else being negotiated.
+    pub fn listed(up: bool) -> SaState {
+        if up {
+            SaState::Established
+        } else {
+            SaState::Negotiating
+        }
+    }
+
     /// The state of a connection that has these SAs: established if one is, negotiating if
     /// any other is listed, absent if none is.
     pub fn best(states: impl IntoIterator<Item = SaState>) -> SaState {
@@ -47,4 +58,19 @@ pub enum IkeView {
     Unreachable(String),
     /// Each desired tunnel's connections, by tunnel name.
     Tunnels(BTreeMap<String, Vec<ConnView>>),
+}
+
+/// The view of every desired tunnel: `conn(tunnel, name)` describes its connection `name`.
+pub fn per_tunnel(
+    desired: &Desired,
+    mut conn: impl FnMut(&DesiredTunnel, String) -> ConnView,
+) -> BTreeMap<String, Vec<ConnView>> {
+    desired
+        .tunnels
+        .iter()
+        .map(|(name, t)| {
+            let conns = t.conn_names().into_iter().map(|c| conn(t, c)).collect();
+            (name.clone(), conns)
+        })
+        .collect()
 }

@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 
 use super::plan::Observed;
 use super::status::PlutoStatus;
-use crate::backend::ike_view::{ConnView, SaState};
+use crate::backend::ike_view::{ConnView, SaState, per_tunnel};
 use crate::backend::{LiveState, LiveStatus, Scope};
 use crate::model::{Desired, DesiredTunnel};
 
@@ -118,41 +118,31 @@ fn tunnel(t: &DesiredTunnel, observed: &Observed) -> LiveStatus {
 /// Each desired tunnel's conns as pluto lists them, for `diagnose`. A conn with an ESP SA has
 /// its Child SA; pluto shares one IKE SA per peer, which `ike_up` already accounts for.
 pub fn views(desired: &Desired, st: &PlutoStatus) -> BTreeMap<String, Vec<ConnView>> {
-    desired
-        .tunnels
-        .iter()
-        .map(|(name, t)| {
-            let conns = t
-                .conn_names()
-                .into_iter()
-                .map(|c| {
-                    let negotiating = st.negotiating.contains_key(&c);
-                    let ike = if st.ike_up.contains(&c) || st.active.contains(&c) {
-                        SaState::Established
-                    } else if negotiating {
-                        SaState::Negotiating
-                    } else {
-                        SaState::Absent
-                    };
-                    let child = if st.active.contains(&c) {
-                        SaState::Established
-                    } else if negotiating && ike == SaState::Established {
-                        SaState::Negotiating
-                    } else {
-                        SaState::Absent
-                    };
-                    ConnView {
-                        loaded: st.loaded.contains(&c),
-                        name: c,
-                        ike,
-                        child,
-                        reason: None,
-                    }
-                })
-                .collect();
-            (name.clone(), conns)
-        })
-        .collect()
+    per_tunnel(desired, |_, c| {
+        let negotiating = st.negotiating.contains_key(&c);
+        let active = st.active.contains(&c);
+        let ike = if st.ike_up.contains(&c) || active {
+            SaState::Established
+        } else if negotiating {
+            SaState::Negotiating
+        } else {
+            SaState::Absent
+        };
+        let child = if active {
+            SaState::Established
+        } else if negotiating && ike == SaState::Established {
+            SaState::Negotiating
+        } else {
+            SaState::Absent
+        };
+        ConnView {
+            loaded: st.loaded.contains(&c),
+            name: c,
+            ike,
+            child,
+            reason: None,
+        }
+    })
 }
 
 #[cfg(test)]

@@ -8,7 +8,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::statusall::{IkeSa, Status};
-use crate::backend::ike_view::{ConnView, SaState};
+use crate::backend::ike_view::{ConnView, SaState, per_tunnel};
 use crate::backend::{LiveState, LiveStatus, Scope};
 use crate::model::{Desired, DesiredTunnel};
 
@@ -171,41 +171,22 @@ pub fn status_in(
 /// Each desired tunnel's connections as charon lists them, for `diagnose`.
 pub fn views(desired: &Desired, st: &Status) -> BTreeMap<String, Vec<ConnView>> {
     let ix = Index::new(st);
-    let state = |s: &str| {
-        if matches!(s, "ESTABLISHED" | "INSTALLED") {
-            SaState::Established
-        } else {
-            SaState::Negotiating
+    let state = |s: &str| SaState::listed(matches!(s, "ESTABLISHED" | "INSTALLED"));
+    per_tunnel(desired, |_, conn| {
+        let sas = ix.ike_sas_for(&conn);
+        ConnView {
+            loaded: ix.loaded.contains(conn.as_str()),
+            ike: SaState::best(sas.iter().map(|s| state(&s.state))),
+            child: SaState::best(
+                sas.iter()
+                    .flat_map(|s| &s.children)
+                    .filter(|c| c.name == conn)
+                    .map(|c| state(&c.state)),
+            ),
+            name: conn,
+            reason: None,
         }
-    };
-    desired
-        .tunnels
-        .iter()
-        .map(|(name, t)| {
-            let conns = t
-                .conn_names()
-                .into_iter()
-                .map(|conn| {
-                    let sas = ix.ike_sas_for(&conn);
-                    let ike = SaState::best(sas.iter().map(|s| state(&s.state)));
-                    let child = SaState::best(
-                        sas.iter()
-                            .flat_map(|s| &s.children)
-                            .filter(|c| c.name == conn)
-                            .map(|c| state(&c.state)),
-                    );
-                    ConnView {
-                        loaded: ix.loaded.contains(conn.as_str()),
-                        name: conn,
-                        ike,
-                        child,
-                        reason: None,
-                    }
-                })
-                .collect();
-            (name.clone(), conns)
-        })
-        .collect()
+    })
 }
 
 #[cfg(test)]

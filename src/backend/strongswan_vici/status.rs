@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use super::conns::{ConnMemo, ike_conn_name};
 use super::observe::{IkeSa, Observed, ObservedConn};
-use crate::backend::ike_view::{ConnView, SaState};
+use crate::backend::ike_view::{ConnView, SaState, per_tunnel};
 use crate::backend::{LiveState, LiveStatus, Scope};
 use crate::model::{Desired, DesiredTunnel};
 
@@ -163,40 +163,27 @@ pub fn views(
     conns: &BTreeMap<String, ObservedConn>,
     sas: &[IkeSa],
 ) -> BTreeMap<String, Vec<ConnView>> {
-    let state = |s: &str, up: &str| {
-        if s == up {
-            SaState::Established
-        } else {
-            SaState::Negotiating
+    per_tunnel(desired, |t, child| {
+        let conn = ike_conn_name(t);
+        let ike: Vec<&IkeSa> = sas.iter().filter(|sa| sa.conn == conn).collect();
+        ConnView {
+            loaded: conns
+                .get(&conn)
+                .is_some_and(|c| c.children.contains_key(&child)),
+            ike: SaState::best(
+                ike.iter()
+                    .map(|sa| SaState::listed(sa.state == "ESTABLISHED")),
+            ),
+            child: SaState::best(
+                ike.iter()
+                    .flat_map(|sa| &sa.children)
+                    .filter(|c| c.name == child)
+                    .map(|c| SaState::listed(c.state == "INSTALLED")),
+            ),
+            name: child,
+            reason: None,
         }
-    };
-    desired
-        .tunnels
-        .iter()
-        .map(|(name, t)| {
-            let conn = ike_conn_name(t);
-            let ike: Vec<&IkeSa> = sas.iter().filter(|sa| sa.conn == conn).collect();
-            let views = t
-                .conn_names()
-                .into_iter()
-                .map(|child| ConnView {
-                    loaded: conns
-                        .get(&conn)
-                        .is_some_and(|c| c.children.contains_key(&child)),
-                    ike: SaState::best(ike.iter().map(|sa| state(&sa.state, "ESTABLISHED"))),
-                    child: SaState::best(
-                        ike.iter()
-                            .flat_map(|sa| &sa.children)
-                            .filter(|c| c.name == child)
-                            .map(|c| state(&c.state, "INSTALLED")),
-                    ),
-                    name: child,
-                    reason: None,
-                })
-                .collect();
-            (name.clone(), views)
-        })
-        .collect()
+    })
 }
 
 #[cfg(test)]
