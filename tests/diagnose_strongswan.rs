@@ -72,6 +72,17 @@ fn wrong_psk_deleted_connection_and_stopped_charon() {
         "{text}"
     );
 
+    // The trap policies of a connection removed by hand: the outbound traffic has none.
+    let text = broken_by_hand(&left, "policy-missing", || {
+        left.ipsec("stroke unroute vx-out-1");
+    });
+    assert!(
+        text.contains(
+            "error policy-missing: no out policy of the tunnel for 192.0.2.1 -> 192.0.2.2 udp dport 4789"
+        ),
+        "{text}"
+    );
+
     // A connection deleted behind the monitor's back: not loaded.
     let text = broken_by_hand(&left, "conn-not-loaded", || {
         left.ipsec("stroke delete vx-out-1");

@@ -16,6 +16,7 @@ use std::time::Duration;
 use common::monitor::{iface_key, wait_for};
 use common::netns::NetnsPair;
 use common::vici::{Node, make_pki, policies, require_strongswan};
+use common::xfrm_events::{median_max, policy_ids, timed_delete};
 
 const T: Duration = Duration::from_secs(20);
 
@@ -222,4 +223,36 @@ fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
         }
     }
     out
+}
+
+/// The end that leaves initiation to its peer holds the tunnel's trap policies, installed by
+/// charon; one deleted by hand is noticed within a second and only that tunnel is reconciled
+/// (charon keeps the connection routed, so there is nothing to repair). The SAs, which this
+/// kernel cannot hold, need the QEMU tier.
+#[test]
+fn a_trap_policy_deleted_by_hand_is_noticed_within_a_second() {
+    require_strongswan();
+    let net = NetnsPair::new("vc");
+    let tmp = tempfile::tempdir().unwrap();
+    let right = Node::start(&net.right, &tmp.path().join("right"));
+    right.add_tunnel(
+        "geneve",
+        &["remote_ip=192.0.2.1".into(), "psk=swordfish".into()],
+    );
+    wait_for("trap policies", T, || {
+        policy_ids(&net.right, "6081").len() == 4
+    });
+    // charon's removals right after a pass of ours changed a tunnel are our own doing.
+    std::thread::sleep(Duration::from_secs(6));
+    let times: Vec<Duration> = policy_ids(&net.right, "6081")
+        .iter()
+        .map(|id| timed_delete(&net.right, &right.mon, id, "was deleted: reconciling tun"))
+        .collect();
+    let (median, max) = median_max(&times);
+    eprintln!(
+        "strongSwan VICI, trap policy deleted by hand: noticed median {median:?} max {max:?}"
+    );
+    assert!(median < Duration::from_secs(1), "{times:?}");
+    let show = right.mon.appctl_ok(&["tunnels/show"]);
+    assert!(show.contains("policy vanished: 4"), "{show}");
 }

@@ -14,6 +14,7 @@ use std::time::Duration;
 use common::monitor::{iface_key, wait_for};
 use common::netns::NetnsPair;
 use common::vici::{Node, make_pki, make_self_signed, policies, require_strongswan};
+use ovs_monitor_ipsec::backend::vici::{Connection, Message, check};
 
 const T: Duration = Duration::from_secs(20);
 
@@ -293,4 +294,65 @@ fn reissue(dir: &Path, name: &str) {
 fn ip(args: &[&str]) {
     let out = Command::new("ip").args(args).output().unwrap();
     assert!(out.status.success(), "ip {args:?}: {out:?}");
+}
+
+/// Issue 22 in VICI mode: a connection charon lost (`swanctl --unload-conn`) is loaded again
+/// within 20 s (the periodic pass lists charon's connections), and the established IKE_SA of
+/// another tunnel, to another peer address, keeps its unique id.
+#[test]
+fn a_lost_connection_is_back_within_20_s_and_another_ike_sa_is_untouched() {
+    let p = pair();
+    for (ns, dev, addr) in [
+        (&p.net.left, "v0", "192.0.2.11/24"),
+        (&p.net.right, "v1", "192.0.2.12/24"),
+    ] {
+        ip(&["-n", ns, "addr", "add", addr, "dev", dev]);
+    }
+    for (node, peer, me, peer2) in [
+        (&p.right, "192.0.2.1", "192.0.2.12", "192.0.2.11"),
+        (&p.left, "192.0.2.2", "192.0.2.11", "192.0.2.12"),
+    ] {
+        node.add_tunnel(
+            "gre",
+            &[format!("remote_ip={peer}"), "psk=swordfish".into()],
+        );
+        node.add_iface(
+            "t2",
+            "gre",
+            &[
+                format!("remote_ip={peer2}"),
+                format!("local_ip={me}"),
+                "psk=marlin".into(),
+            ],
+        );
+    }
+    wait_for("both IKE_SAs on the left", T, || {
+        p.left.ike_sa_id("tun-1").is_some() && p.left.ike_sa_id("t2-1").is_some()
+    });
+    let id = p.left.ike_sa_id("tun-1");
+    // swanctl 5.9 has no --unload-conn: the VICI command itself, through our client.
+    let socket = p.left.charon.socket();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let mut c = Connection::connect(&socket, Duration::from_secs(5))
+            .await
+            .unwrap();
+        let answer = c
+            .request("unload-conn", Message::new().kv("name", "t2-1"))
+            .await
+            .unwrap();
+        check("unload-conn", &answer).unwrap();
+    });
+    let lost = std::time::Instant::now();
+    assert!(!p.left.conns().contains("{t2-1 {"));
+    wait_for("t2-1 loaded again", 2 * T, || {
+        p.left.conns().contains("{t2-1 {")
+    });
+    let took = lost.elapsed();
+    println!("VICI with charon: t2-1 restored after {took:?}");
+    assert!(took < T, "took {took:?}:\n{}", p.left.mon.log());
+    assert_eq!(p.left.ike_sa_id("tun-1"), id, "tun's IKE_SA untouched");
 }

@@ -262,3 +262,31 @@ fn log_time(mon: &Monitor, pat: &str) -> Option<f64> {
     let s: f64 = parts.next()?.parse().ok()?;
     Some(h * 3600.0 + m * 60.0 + s)
 }
+
+/// Issue 22 in VICI mode: spelling out the default port (as OVN does) is no change: no
+/// message about the tunnel, its `ipsec-version` stays 1.
+#[test]
+fn an_explicit_default_port_sends_nothing_and_keeps_the_version() {
+    let tmp = tempfile::tempdir().unwrap();
+    let fake = FakeCharon::start(tmp.path());
+    let db = OvsdbServer::start();
+    add_tunnels(&db, 0..1);
+    let mon = start_monitor(&db, &fake);
+    wait_for("t0 started", T, || fake.count("initiate") == 2);
+    let n = fake.calls().len();
+    // Then a new tunnel: updates arrive in order, so its load shows the edit was processed.
+    db.vsctl(&["set", "interface", "t0", "options:dst_port=4789"]);
+    add_tunnels(&db, 1..2);
+    wait_for("t1 started", T, || fake.count("initiate") == 4);
+    let sent = changes(&fake, n);
+    assert!(!sent.iter().any(|c| c.contains("t0")), "{sent:?}");
+    assert_eq!(
+        common::monitor::iface_key(&db, "t0", "ipsec-version").as_deref(),
+        Some("1")
+    );
+    assert!(
+        !mon.log().contains("configuration changed"),
+        "{}",
+        mon.log()
+    );
+}

@@ -8,16 +8,19 @@ use std::time::Duration;
 
 use common::monitor::{iface_key, wait_for};
 use common::ovsdb_server::OvsdbServer;
-use common::xfrm::{LOCAL4, Netns, PEER_GEN, add_geneve_6090, all_text};
+use common::xfrm::{LOCAL4, Netns, all_text, geneve_6090};
 use ovs_monitor_ipsec::backend::xfrm::derive::{Context, derive};
 use ovs_monitor_ipsec::backend::xfrm::types::{Flow, Proto};
 
 const T: Duration = Duration::from_secs(20);
 const REMOTE: &str = "192.0.2.2";
 const PSK: &str = "swordfish-static";
+const PEER_GEN: &str = "0123456789abcdef0123456789abcdef";
 
 fn add_tunnel(db: &OvsdbServer) {
-    add_geneve_6090(db, REMOTE, PSK);
+    let mut opts = geneve_6090(REMOTE, PSK);
+    opts.push(format!("ipsec_peer_generation={PEER_GEN}"));
+    db.add_tunnel("gnv0", "geneve", &opts);
 }
 
 /// `ip xfrm policy` lines of our tunnel's selectors, with the volatile parts left out.
@@ -67,24 +70,7 @@ fn kernel_state_is_installed_adopted_kept_and_removed_and_keys_never_leak() {
     let ns = Netns::new();
     let db = OvsdbServer::start();
     // A foreign policy, placed by hand: it must survive everything below.
-    ns.ip(&[
-        "xfrm",
-        "policy",
-        "add",
-        "src",
-        "198.51.100.1",
-        "dst",
-        "198.51.100.2",
-        "proto",
-        "gre",
-        "dir",
-        "out",
-        "tmpl",
-        "proto",
-        "esp",
-        "mode",
-        "transport",
-    ]);
+    ns.add_foreign_policy("198.51.100.1", "198.51.100.2", &["proto", "gre"]);
     let mut mon = ns.monitor(&db, "monitor1.log", &[]);
     add_tunnel(&db);
 
@@ -223,26 +209,7 @@ fn a_change_reads_back_only_its_tunnel_and_a_foreign_policy_found_by_get_stays_f
     });
     // Placed by hand after the monitor's start-up dump, on the selector of a tunnel to come.
     let foreign = "192.0.2.7";
-    ns.ip(&[
-        "xfrm",
-        "policy",
-        "add",
-        "src",
-        LOCAL4,
-        "dst",
-        foreign,
-        "proto",
-        "udp",
-        "dport",
-        "6081",
-        "dir",
-        "out",
-        "tmpl",
-        "proto",
-        "esp",
-        "mode",
-        "transport",
-    ]);
+    ns.add_foreign_policy(LOCAL4, foreign, &["proto", "udp", "dport", "6081"]);
     db.add_tunnel(
         "gnv1",
         "geneve",

@@ -11,7 +11,9 @@ use tracing::{Level, debug, error, info, warn};
 use super::monitor_keys::MonitorKeys;
 use super::pass::{self, PassOutcome};
 use super::status_scope::StatusScope;
+use super::xfrm_watch::XfrmWatch;
 use crate::backend::files;
+use crate::backend::xfrm::events::XfrmEvent;
 use crate::backend::{Backend, BackendEvent, Scope, StartOptions};
 use crate::control::show;
 use crate::control::{AppCommand, ControlRequest};
@@ -53,6 +55,9 @@ pub struct EventLoop<B: Backend> {
     db_events: mpsc::UnboundedReceiver<DbEvent>,
     control: mpsc::Receiver<ControlRequest>,
     backend_events: Option<mpsc::Receiver<BackendEvent>>,
+    /// The kernel's XFRM notifications (see `xfrm_watch`); `None` without them.
+    xfrm_events: Option<mpsc::Receiver<XfrmEvent>>,
+    xfrm_watch: XfrmWatch,
     signals: Signals,
     daemon: Daemon,
     log: LogHandle,
@@ -125,6 +130,8 @@ impl<B: Backend> EventLoop<B> {
             db_events,
             control,
             backend_events: None,
+            xfrm_events: None,
+            xfrm_watch: XfrmWatch::new(!dry_run),
             signals,
             daemon,
             log,
@@ -151,6 +158,7 @@ impl<B: Backend> EventLoop<B> {
             error!("cannot start {} backend: {e}", self.backend.kind());
         }
         self.backend_events = self.backend.events();
+        self.xfrm_events = self.xfrm_watch.subscribe();
         loop {
             let retry_at = self.status_retry.map(tokio::time::Instant::from_std);
             // Biased, OVSDB first: after a long pass the timer is ready again, and a random
@@ -170,6 +178,7 @@ impl<B: Backend> EventLoop<B> {
                         Work::FULL_PASS
                     }
                 },
+                Some(ev) = recv_opt(&mut self.xfrm_events) => self.on_xfrm_event(ev),
                 _ = self.tick.tick() => Work::FULL_PASS,
                 _ = sleep_until_opt(retry_at) => Work { status: true, ..Work::default() },
                 Some(sig) = self.signals.recv() => match sig {
@@ -222,6 +231,9 @@ impl<B: Backend> EventLoop<B> {
             };
             let outcome = pass::run(&mut self.backend, self.registry.desired(), scope).await;
             let changed = outcome.applied > 0;
+            if changed {
+                self.xfrm_watch.applied(&outcome.covered, Instant::now());
+            }
             // A repeated pass planned nothing and computed no status: the last outcome stands.
             if !outcome.repeated {
                 self.merge(outcome);
@@ -242,6 +254,37 @@ impl<B: Backend> EventLoop<B> {
         }
         if work.status {
             self.write_status().await;
+        }
+    }
+
+    /// Reacts to `first` and the XFRM events queued behind it: a pass over the tunnels
+    /// whose objects vanished (see `xfrm_watch`).
+    fn on_xfrm_event(&mut self, first: XfrmEvent) -> Work {
+        // At most a receive buffer's worth, so the other sources are not starved.
+        let mut events = vec![first];
+        while let Some(rx) = self.xfrm_events.as_mut()
+            && events.len() < 4096
+            && let Ok(ev) = rx.try_recv()
+        {
+            events.push(ev);
+        }
+        let backend = &self.backend;
+        let reaction = self.xfrm_watch.on_events(
+            &events,
+            |ev| backend.xfrm_origin(ev),
+            self.registry.desired(),
+            self.registry.generation(),
+            Instant::now(),
+        );
+        if reaction.tunnels.is_empty() {
+            return Work::default();
+        }
+        if let Some(scope) = &mut self.pass_scope {
+            scope.extend(reaction.tunnels);
+        }
+        Work {
+            pass: true,
+            ..Work::default()
         }
     }
 
@@ -419,12 +462,16 @@ impl<B: Backend> EventLoop<B> {
         let ControlRequest { command, reply } = req;
         let (answer, exit) = match command {
             AppCommand::TunnelsShow { json } => {
-                let tunnels: Vec<show::ShowTunnel<'_>> = self
-                    .registry
-                    .tunnels()
-                    .map(|t| show::ShowTunnel {
+                let events: Vec<_> = (self.registry.tunnels())
+                    .map(|t| {
+                        let live = self.outcome.live.get(&t.name);
+                        (t, live, self.xfrm_watch.show(&t.name, live))
+                    })
+                    .collect();
+                let tunnels: Vec<show::ShowTunnel<'_>> = (events.iter())
+                    .map(|(t, live, with_events)| show::ShowTunnel {
                         tunnel: t,
-                        live: self.outcome.live.get(&t.name),
+                        live: with_events.as_ref().or(*live),
                     })
                     .collect();
                 (

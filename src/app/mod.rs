@@ -11,6 +11,7 @@ mod monitor_keys;
 mod pass;
 mod setup;
 mod status_scope;
+mod xfrm_watch;
 
 pub use setup::main_entry;
 

@@ -17,6 +17,8 @@ pub mod files;
 pub mod ike_view;
 pub mod initiator;
 pub mod libreswan;
+#[cfg(test)]
+mod noop_edit_tests;
 pub mod secrets;
 pub mod strongswan_stroke;
 pub mod strongswan_vici;
@@ -32,6 +34,7 @@ use thiserror::Error;
 use tokio::sync::mpsc;
 
 use crate::model::Desired;
+use xfrm::events::XfrmEvent;
 
 /// Which backend `--ike-daemon` selects.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -159,6 +162,21 @@ pub enum BackendEvent {
     DaemonRestarted,
 }
 
+/// Whose doing a kernel XFRM change on one of our tunnels' selectors is (see `xfrm::events`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// Not an object of ours: never reacted to.
+    Foreign,
+    /// Our own write (the static-key backend's apply): nothing to repair.
+    Ourselves,
+    /// An object of ours that someone else changed: reconcile its tunnel.
+    Others,
+    /// An object our IKE daemon installed. The daemon also removes its objects itself (rekeys,
+    /// a peer going away, our own unloads): reconcile the tunnel, unless the SA was replaced
+    /// by a newer one or a pass of ours just changed the tunnel.
+    Daemon,
+}
+
 /// Which tunnels a pass must look at. A pass caused by an OVSDB change looks only at the
 /// tunnels that change touched, so that it costs what it changed, not the number of tunnels;
 /// the periodic pass, backend events, `refresh` and the first pass look at everything (and
@@ -280,6 +298,14 @@ pub trait Backend: Send + 'static {
 
     /// `exit` with cleanup: remove everything this monitor created.
     fn cleanup(&mut self) -> impl Future<Output = Result<(), BackendError>> + Send;
+
+    /// Whose doing a kernel XFRM notification is. The default suits the IKE backends, whose
+    /// daemon installs the kernel objects and picks their reqids: any object on a tunnel's
+    /// selector is the daemon's.
+    fn xfrm_origin(&self, event: &XfrmEvent) -> Origin {
+        let _ = event;
+        Origin::Daemon
+    }
 
     /// Events that should trigger a new observation; `None` when the backend has none and
     /// relies on the periodic pass.

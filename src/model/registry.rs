@@ -415,7 +415,7 @@ impl Registry {
                 // A tunnel the previous run knew keeps its version if nothing changed, and
                 // gets the next one if it changed while the monitor was down.
                 let version = match self.seed.remove(name) {
-                    Some(s) if s.digest == versions::digest(&validity) => s.version,
+                    Some(s) if versions::matches(&s.digest, &validity) => s.version,
                     Some(s) => {
                         let version = s.version + 1;
                         events.push(ModelEvent::Changed {

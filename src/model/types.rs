@@ -169,7 +169,8 @@ pub struct TunnelConf {
     pub local_ip: Option<IpAddr>,
     pub remote_ip: IpAddr,
     pub family: Family,
-    /// `options:dst_port` when set; see [`TunnelConf::udp_port`].
+    /// `options:dst_port` when set to another port than the type's default (the default
+    /// spelled out is `None`, the same tunnel); see [`TunnelConf::udp_port`].
     pub dst_port: Option<u16>,
     pub auth: Auth,
     /// The global PKI this tunnel uses (certificate modes only), so that a PKI change gives a

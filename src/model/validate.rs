@@ -15,7 +15,10 @@
 //!   are checked against it and only the 'certificate' reason remains.
 //!
 //! A [`TunnelConf`] carries `pki: Some(..)` only in certificate modes, so a PKI change gives
-//! a new configuration (and version) to exactly the tunnels that depend on it.
+//! a new configuration (and version) to exactly the tunnels that depend on it. It holds the
+//! *effective* configuration, one value per meaning: addresses are parsed, and a `dst_port`
+//! equal to the type's default is stored as unset, so spelling out a default (as OVN does)
+//! changes neither the version nor any connection name.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -207,7 +210,8 @@ fn tunnel_conf(
         .transpose()
         .map_err(reason)?;
     check_family(local_ip, remote_ip)?;
-    // GRE has no ports: dst_port is ignored there, as OVS ignores it.
+    // GRE has no ports: dst_port is ignored there, as OVS ignores it. The type's default
+    // port spelled out is the same tunnel as no port: one configuration, one version.
     let dst_port = match kind {
         TunnelType::Gre => None,
         TunnelType::Geneve | TunnelType::Vxlan => row
@@ -215,7 +219,8 @@ fn tunnel_conf(
             .get("dst_port")
             .map(|v| grammar::dst_port(v))
             .transpose()
-            .map_err(reason)?,
+            .map_err(reason)?
+            .filter(|p| Some(*p) != kind.default_udp_port()),
     };
     let static_keying = static_keying(&opt, matches!(mode, Mode::Psk(_)))?;
     let (auth, pki) = match mode {
@@ -607,6 +612,24 @@ mod tests {
                 remote_name: "host2".to_owned()
             }
         );
+    }
+
+    /// Issue 22: OVN spells out `dst_port=6081`; that must be the tunnel without it.
+    #[test]
+    fn an_explicit_default_port_is_the_same_configuration_as_none() {
+        let base = [("remote_ip", "192.0.2.2"), ("psk", "k")];
+        for (kind, default, other) in [("geneve", "6081", 4789), ("vxlan", "04789", 6081)] {
+            let plain = conf_of(&row("t", kind, &base), None);
+            let mut opts = base.to_vec();
+            opts.push(("dst_port", default));
+            assert_eq!(conf_of(&row("t", kind, &opts), None), plain, "{kind}");
+            let other_port = other.to_string();
+            opts.pop();
+            opts.push(("dst_port", &other_port));
+            let moved = conf_of(&row("t", kind, &opts), None);
+            assert_eq!(moved.udp_port(), Some(other));
+            assert_ne!(moved, plain, "{kind}: another port is another tunnel");
+        }
     }
 
     #[test]

@@ -40,6 +40,26 @@ pub fn digest(v: &Validity) -> String {
         .collect()
 }
 
+/// True when `saved` (a digest from the versions file) describes `v`. Builds before the
+/// effective configuration stored a default `dst_port` spelled out as unset digested it as
+/// that port; such a digest matches too, so the first start of a newer monitor keeps every
+/// version (and connection name) instead of renaming the tunnels that spelled the default.
+pub fn matches(saved: &str, v: &Validity) -> bool {
+    if saved == digest(v) {
+        return true;
+    }
+    match v {
+        Validity::Valid(conf) if conf.dst_port.is_none() => {
+            conf.kind.default_udp_port().is_some_and(|port| {
+                let mut spelled = TunnelConf::clone(conf);
+                spelled.dst_port = Some(port);
+                saved == digest(&Validity::Valid(spelled.into()))
+            })
+        }
+        _ => false,
+    }
+}
+
 /// Every field of the effective configuration, one per line, in a fixed order.
 fn canonical(c: &TunnelConf) -> String {
     let opt = |o: Option<String>| o.unwrap_or_default();
@@ -113,6 +133,57 @@ mod tests {
         assert_ne!(digest(&conf("a")), digest(&conf("b")));
         assert_ne!(digest(&conf("a")), digest(&Validity::Invalid(": x".into())));
         assert_eq!(digest(&conf("a")).len(), 64);
+    }
+
+    /// A digest saved by a build that kept `dst_port=6081` apart from an unset port still
+    /// matches the same tunnel, now stored without a port; another port does not.
+    #[test]
+    fn a_digest_of_the_default_port_spelled_out_matches_the_tunnel_without_it() {
+        let plain = conf("a");
+        let Validity::Valid(c) = &plain else {
+            unreachable!()
+        };
+        let with_port = |p: u16| {
+            let mut spelled = TunnelConf::clone(c);
+            spelled.dst_port = Some(p);
+            digest(&Validity::Valid(Arc::new(spelled)))
+        };
+        assert!(matches(&digest(&plain), &plain));
+        assert!(matches(&with_port(6081), &plain));
+        assert!(!matches(&with_port(4789), &plain));
+        assert!(!matches(&with_port(6081), &conf("b")));
+    }
+
+    /// The first start after an upgrade: a tunnel that spelled out its default port, saved
+    /// with the old digest, keeps its version whether the port is still spelled out or not.
+    #[test]
+    fn an_upgrade_keeps_the_version_of_a_tunnel_with_the_default_port_spelled_out() {
+        use crate::model::cert::fake::FakeCerts;
+        use crate::model::registry::{ModelEvent, Registry};
+        use crate::model::rows::InterfaceRow;
+        let Validity::Valid(c) = conf("a") else {
+            unreachable!()
+        };
+        let mut old = TunnelConf::clone(&c);
+        old.dst_port = Some(6081);
+        let saved = SavedVersions::from([(
+            "t".to_string(),
+            SavedVersion {
+                version: 3,
+                digest: digest(&Validity::Valid(Arc::new(old))),
+            },
+        )]);
+        let base = [("remote_ip", "192.0.2.2"), ("psk", "a")];
+        for opts in [base.to_vec(), [&base[..], &[("dst_port", "6081")]].concat()] {
+            let mut reg = Registry::new();
+            reg.seed(saved.clone());
+            let row = InterfaceRow::for_test("t", "geneve", &opts);
+            let events = reg.update(None, [&row], &mut FakeCerts::with(&[]));
+            assert_eq!(events, [ModelEvent::Appeared { name: "t".into() }]);
+            assert_eq!(reg.desired().tunnels["t"].version, 3, "{opts:?}");
+            // The file is saved again with today's digest.
+            assert_eq!(reg.saved_versions()["t"].digest, digest(&conf("a")));
+        }
     }
 
     #[test]

@@ -301,6 +301,11 @@ impl Pluto {
         sh(&[&["ip"], all.as_slice()].concat())
     }
 
+    /// Deletes `conn` from pluto behind the monitor's back (`ipsec auto --delete`).
+    pub fn delete_conn(&self, conn: &str) {
+        self.whack(&["--delete", "--name", conn]);
+    }
+
     /// `ipsec status` as pluto prints it.
     pub fn status(&self) -> String {
         String::from_utf8_lossy(&self.whack(&["--status"]).stdout).into_owned()

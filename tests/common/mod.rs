@@ -13,6 +13,7 @@ pub mod strongswan_netns;
 pub mod strongswan_stroke;
 pub mod vici;
 pub mod xfrm;
+pub mod xfrm_events;
 
 use std::time::{Duration, Instant};
 

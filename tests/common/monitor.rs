@@ -196,6 +196,15 @@ pub fn appctl_target(rundir: &Path, target: &str, args: &[&str]) -> Output {
 }
 
 /// `external_ids:key` of interface `iface`, or None.
+/// Waits until each of `names` has `ipsec-state=up`.
+pub fn wait_up(db: &OvsdbServer, names: &[&str], timeout: Duration) {
+    for n in names {
+        wait_for(&format!("{n} up"), timeout, || {
+            iface_key(db, n, "ipsec-state").as_deref() == Some("up")
+        });
+    }
+}
+
 pub fn iface_key(db: &OvsdbServer, iface: &str, key: &str) -> Option<String> {
     let v = db.vsctl(&[
         "--if-exists",

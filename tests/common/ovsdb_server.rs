@@ -128,6 +128,32 @@ impl OvsdbServer {
 
     /// Adds tunnel port `name` of type `kind` to `br-ipsec` (created if missing) with
     /// `options:<opt>` for each `key=value` of `opts`.
+    /// Issue 22's edit that changes nothing effective: `dst_port` set to each type's default
+    /// on geneve `g1` and vxlan `v1`, in one transaction with a new GRE tunnel `x1` (to
+    /// 192.0.2.4) whose arrival shows that the monitor has processed the edit.
+    pub fn spell_out_default_ports_and_add_x1(&self) {
+        let mut args: Vec<String> = [
+            "set",
+            "interface",
+            "g1",
+            "options:dst_port=6081",
+            "--",
+            "set",
+            "interface",
+            "v1",
+            "options:dst_port=4789",
+            "--",
+        ]
+        .map(String::from)
+        .to_vec();
+        args.extend(tunnel_port_args(
+            "x1",
+            "gre",
+            &["remote_ip=192.0.2.4", "psk=k"],
+        ));
+        self.vsctl(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    }
+
     pub fn add_tunnel(&self, name: &str, kind: &str, opts: &[impl AsRef<str>]) {
         let args = tunnel_port_args(name, kind, opts);
         let refs: Vec<&str> = args.iter().map(String::as_str).collect();

@@ -68,6 +68,18 @@ impl StubRoot {
         text.lines().map(str::to_owned).collect()
     }
 
+    /// The connections the stub's charon holds.
+    pub fn conns(&self) -> Vec<String> {
+        self.read("stub-conns").lines().map(str::to_owned).collect()
+    }
+
+    /// charon loses connection `conn` behind the monitor's back (as `ipsec stroke delete`
+    /// or a crash the starter does not replay); its SAs stay.
+    pub fn lose(&self, conn: &str) {
+        let kept: Vec<String> = self.conns().into_iter().filter(|c| c != conn).collect();
+        std::fs::write(self.file("stub-conns"), kept.join("\n") + "\n").unwrap();
+    }
+
     /// The SAs the stub holds, `name id` per line.
     pub fn sas(&self) -> Vec<String> {
         self.read("stub-sas").lines().map(str::to_owned).collect()

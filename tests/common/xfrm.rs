@@ -14,27 +14,18 @@ use super::ovsdb_server::OvsdbServer;
 pub const LOCAL4: &str = "192.0.2.1";
 pub const LOCAL6: &str = "2001:db8::1";
 
-/// The peer generation the static-key tests relay to their tunnel.
-pub const PEER_GEN: &str = "0123456789abcdef0123456789abcdef";
-
-/// Adds the geneve tunnel `gnv0` from [`LOCAL4`] to `remote` on port 6090 with `psk` and
-/// [`PEER_GEN`], the static-key tests' usual tunnel.
-pub fn add_geneve_6090(db: &OvsdbServer, remote: &str, psk: &str) {
-    db.add_tunnel(
-        "gnv0",
-        "geneve",
-        &[
-            format!("remote_ip={remote}"),
-            format!("local_ip={LOCAL4}"),
-            "dst_port=6090".to_owned(),
-            format!("psk={psk}"),
-            format!("ipsec_peer_generation={PEER_GEN}"),
-        ],
-    );
-}
-
 pub struct Netns {
     pub name: String,
+}
+
+/// Options of a static-key geneve tunnel from [`LOCAL4`] to `remote` on port 6090.
+pub fn geneve_6090(remote: &str, psk: &str) -> Vec<String> {
+    vec![
+        format!("remote_ip={remote}"),
+        format!("local_ip={LOCAL4}"),
+        "dst_port=6090".to_owned(),
+        format!("psk={psk}"),
+    ]
 }
 
 impl Netns {
@@ -60,6 +51,15 @@ impl Netns {
         let mut all = vec!["-n", self.name.as_str()];
         all.extend_from_slice(args);
         run("ip", &all)
+    }
+
+    /// Adds by hand a foreign policy (no tags of ours) from `src` to `dst`, out, selecting
+    /// `selector` (e.g. `["proto", "gre"]`).
+    pub fn add_foreign_policy(&self, src: &str, dst: &str, selector: &[&str]) {
+        let mut args = vec!["xfrm", "policy", "add", "src", src, "dst", dst];
+        args.extend_from_slice(selector);
+        args.extend(["dir", "out", "tmpl", "proto", "esp", "mode", "transport"]);
+        self.ip(&args);
     }
 
     /// `ip netns exec <ns> nft args...`: (success, stdout).

@@ -15,9 +15,8 @@
 //! A pass caused by an OVSDB change covers only the tunnels it touched ([`Scope::Tunnels`]):
 //! charon's output is scanned but only those tunnels' entries are parsed
 //! ([`statusall::parse_in`]), only their sections of our file are split out, the plan
-//! reloads and brings down only their connections, and the files are rendered and adopted
-//! once per pass (plan keeps its result for apply and status), with the versions adopted
-//! for the other tunnels kept from earlier passes. `ipsec statusall <name>` is not used:
+//! reloads and brings down only their connections, and the files are rendered once per
+//! pass (plan keeps its result for apply and status). `ipsec statusall <name>` is not used:
 //! it filters on the peer configuration's name, and charon merges the connections of
 //! several tunnels to one peer into one peer configuration, so a connection's own name may
 //! list nothing. The periodic pass and the first one cover everything.
@@ -26,10 +25,16 @@
 //! start of 1,000 tunnels is one `update`, one `rereadsecrets` and two `statusall`, where the
 //! Python monitor ran one `down-nb` per connection on every change.
 //!
+//! Connection names always carry the tunnel's published version (`ipsec-version`), as in
+//! the other backends: across restarts the model keeps versions in its versions file, so
+//! nothing here renumbers them.
+//!
+//! A connection charon lost (see [`plan`]) is noticed by remembering which of ours it was
+//! seen holding since our last `update`/`reload`.
+//!
 //! Paths are the Python monitor's: `--root-prefix` + `/etc/ipsec.conf`, `/etc/ipsec.secrets`,
 //! `/etc/strongswan.d/ovs.conf` (written before a restart only) and `/usr/sbin/ipsec`.
 
-pub mod adopt;
 pub mod conffile;
 pub mod live;
 pub mod plan;
@@ -40,7 +45,7 @@ pub mod statusall;
 #[cfg(test)]
 pub(crate) mod testutil;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::ErrorKind;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -62,12 +67,14 @@ use crate::cli::Cli;
 use crate::model::Desired;
 use crate::model::cert::FsCertSource;
 
-/// How long apply waits for starter to load the connections of an `update` or `reload`.
+/// How long apply waits for starter to load the connections of an `update` or `reload`;
+/// unless they all showed up, a missing connection is not reloaded for that long after one
+/// (starter may still be busy).
 const SETTLE_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long charon may take to answer after `ipsec restart`.
 const START_TIMEOUT: Duration = Duration::from_secs(10);
-/// Connections still missing this long after our last `update`/`reload` are drift and are
-/// reloaded; a connection charon refuses is then retried at most this often.
+/// A connection charon has not loaded since our last `update`/`reload` (it may refuse it) is
+/// reloaded again at most this often; one it held and lost is reloaded at once.
 const RECONCILE_BACKOFF: Duration = Duration::from_secs(60);
 
 /// What `ipsec` prints on stderr when all goes well.
@@ -138,8 +145,6 @@ struct Planned {
     /// The desired state it was computed from.
     input: Desired,
     scope: Scope,
-    /// `input` with adopted versions, and its rendering.
-    desired: Desired,
     rendered: Rendered,
 }
 
@@ -156,8 +161,11 @@ pub struct StrongSwanStroke {
     fresh: Option<(Scope, Status)>,
     /// When we last ran `update` or `reload`.
     last_reload: Option<Instant>,
-    /// The versions adopted from our file (see [`adopt`]), by tunnel.
-    adopted: Mutex<BTreeMap<String, u64>>,
+    /// charon held every connection that `update` or `reload` was for when apply finished
+    /// waiting for it: starter is done with it.
+    settled: bool,
+    /// Our connections charon was seen holding since then (see [`Observed::lost`]).
+    seen: BTreeSet<String>,
     /// The last plan's rendering.
     planned: Mutex<Option<Planned>>,
 }
@@ -196,7 +204,8 @@ impl StrongSwanStroke {
             certs: FsCertSource::new(),
             fresh: None,
             last_reload: None,
-            adopted: Mutex::new(BTreeMap::new()),
+            settled: true,
+            seen: BTreeSet::new(),
             planned: Mutex::new(None),
         }
     }
@@ -304,9 +313,14 @@ impl StrongSwanStroke {
             secret_lines,
             cert_changed: conffile::changed(&stamps, &mut self.certs),
             status: Status::default(),
-            settling: self
+            settling: !self.settled
+                && self
+                    .last_reload
+                    .is_some_and(|t| t.elapsed() < SETTLE_TIMEOUT),
+            backoff: self
                 .last_reload
                 .is_some_and(|t| t.elapsed() < RECONCILE_BACKOFF),
+            lost: BTreeSet::new(),
         })
     }
 
@@ -325,35 +339,35 @@ impl StrongSwanStroke {
         Ok(())
     }
 
-    /// `desired` with adopted versions (see [`adopt`]) and its rendering. A pass over
-    /// `scope` decides the versions of its tunnels and keeps those adopted before for the
-    /// others.
-    fn effective(
-        &self,
-        desired: &Desired,
-        obs: &Observed,
-        scope: &Scope,
-    ) -> Result<(Desired, Rendered), TemplateError> {
-        let mut adopted = self.adopted.lock().unwrap_or_else(PoisonError::into_inner);
-        let kept: BTreeMap<String, u64> = match scope {
-            Scope::All => BTreeMap::new(),
-            Scope::Tunnels(_) => adopted
+    fn render(&self, desired: &Desired) -> Result<Rendered, TemplateError> {
+        render::render(&self.templates, &self.sections, desired)
+    }
+
+    /// Compares charon's connections with those it was seen holding: the ones it dropped
+    /// since are lost (for `obs`), and the ones of `desired` it holds now are remembered.
+    fn note_loaded(&mut self, desired: &Desired, scope: &Scope, obs: &mut Observed) {
+        let loaded = obs.status.loaded();
+        let gone = |c: &String| self.seen.contains(c) && !loaded.contains(c.as_str());
+        // A pass over a few tunnels looks at their connections only, not at all it saw.
+        obs.lost = match scope {
+            Scope::All => self.seen.iter().filter(|c| gone(c)).cloned().collect(),
+            Scope::Tunnels(names) => names
                 .iter()
-                .filter(|(name, _)| !scope.covers(name) && desired.tunnels.contains_key(*name))
-                .map(|(name, v)| (name.clone(), *v))
+                .filter_map(|n| desired.tunnels.get(n))
+                .flat_map(|t| t.conn_names())
+                .filter(gone)
                 .collect(),
         };
-        let base = adopt::with_versions(desired, &kept);
-        let r = render::render(&self.templates, &self.sections, &base)?;
-        let versions = adopt::versions(&base, &r, obs, scope);
-        if versions.is_empty() {
-            *adopted = kept;
-            return Ok((base, r));
-        }
-        let d = adopt::with_versions(&base, &versions);
-        let r = render::render(&self.templates, &self.sections, &d)?;
-        *adopted = kept.into_iter().chain(versions).collect();
-        Ok((d, r))
+        let ours = |c: &&str| {
+            plan::tunnel_candidates(c).iter().any(|t| {
+                desired
+                    .tunnels
+                    .get(*t)
+                    .is_some_and(|dt| dt.conn_names().iter().any(|n| n == c))
+            })
+        };
+        self.seen
+            .extend(loaded.into_iter().filter(ours).map(str::to_owned));
     }
 
     /// The rendering the last plan made for `desired`, if it was for that state.
@@ -370,16 +384,11 @@ impl StrongSwanStroke {
         // The files have not changed since plan read them: its rendering is still right.
         let planned = match self.take_planned(desired) {
             Some(p) => p,
-            None => {
-                let obs = self.observe_files(desired, &Scope::All)?;
-                let (d, rendered) = self.effective(desired, &obs, &Scope::All)?;
-                Planned {
-                    input: desired.clone(),
-                    scope: Scope::All,
-                    desired: d,
-                    rendered,
-                }
-            }
+            None => Planned {
+                input: desired.clone(),
+                scope: Scope::All,
+                rendered: self.render(desired)?,
+            },
         };
         let r = &planned.rendered;
         let mut report = ApplyReport {
@@ -408,7 +417,11 @@ impl StrongSwanStroke {
                     self.reload().await?;
                     reloaded = true;
                 }
-                Action::Reconcile(_) => {
+                Action::Reconcile(conns) => {
+                    // If charon drops them again, this reload is the one the back-off counts.
+                    for c in conns {
+                        self.seen.remove(c);
+                    }
                     self.reload().await?;
                     reloaded = true;
                 }
@@ -429,6 +442,19 @@ impl StrongSwanStroke {
             self.last_reload = Some(Instant::now());
             let scope = planned.scope.clone();
             let st = self.settle(&r.conns, SETTLE_TIMEOUT, &scope).await?;
+            let loaded = st.loaded();
+            self.settled = r
+                .conns
+                .iter()
+                .filter(|c| plan::covers(&scope, c))
+                .all(|c| loaded.contains(c.as_str()));
+            self.seen.retain(|c| r.conns.contains(c));
+            self.seen.extend(
+                loaded
+                    .into_iter()
+                    .filter(|c| r.conns.contains(*c))
+                    .map(str::to_owned),
+            );
             self.fresh = Some((scope, st));
         }
         // For the status of this pass.
@@ -498,6 +524,7 @@ impl Backend for StrongSwanStroke {
         };
         let mut obs = self.observe_files(desired, scope)?;
         obs.status = status;
+        self.note_loaded(desired, scope, &mut obs);
         Ok(obs)
     }
 
@@ -506,13 +533,12 @@ impl Backend for StrongSwanStroke {
     }
 
     fn plan_in(&self, desired: &Desired, observed: &Observed, scope: &Scope) -> Vec<Action> {
-        let (actions, planned) = match self.effective(desired, observed, scope) {
-            Ok((d, r)) => (
-                plan::plan(&d, &r, observed, scope),
+        let (actions, planned) = match self.render(desired) {
+            Ok(r) => (
+                plan::plan(desired, &r, observed, scope),
                 Some(Planned {
                     input: desired.clone(),
                     scope: scope.clone(),
-                    desired: d,
                     rendered: r,
                 }),
             ),
@@ -543,11 +569,11 @@ impl Backend for StrongSwanStroke {
     ) -> BTreeMap<String, LiveStatus> {
         let planned = self.planned.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(p) = planned.as_ref().filter(|p| p.input == *desired) {
-            return live::status_in(&p.desired, &observed.status, &p.rendered.rejected, scope);
+            return live::status_in(desired, &observed.status, &p.rendered.rejected, scope);
         }
         drop(planned);
-        match self.effective(desired, observed, scope) {
-            Ok((d, r)) => live::status_in(&d, &observed.status, &r.rejected, scope),
+        match self.render(desired) {
+            Ok(r) => live::status_in(desired, &observed.status, &r.rejected, scope),
             Err(_) => live::status_in(
                 desired,
                 &observed.status,

@@ -7,7 +7,11 @@
 //!   connections; established SAs stay up and re-authenticate with the new certificate.
 //! - Drift: a connection of an unchanged file that charon does not have (deleted by hand,
 //!   lost by a crash) gives `ipsec reload`, since `ipsec update` only acts on file changes.
-//!   Not right after our own update, which starter applies asynchronously.
+//!   Not while our own update or reload may still be in progress in starter (it applies them
+//!   asynchronously). A connection charon was seen holding since then and no longer holds
+//!   was *lost*: it is reloaded at the first full pass after that, so a lost connection is
+//!   back within one period. One charon never loaded after our last reload is probably
+//!   refused by it: that is retried at most once a minute, so nothing reloads in a loop.
 //! - `ipsec stroke down-nb` only for SAs of connections that are really outdated: ours (named
 //!   in our file, or with a tunnel's name) and not in the desired set. An IKE_SA is named after
 //!   the first connection merged into its peer configuration, which may carry connections of
@@ -46,6 +50,12 @@ pub struct Observed {
     pub status: Status,
     /// Our last `ipsec update`/`reload` may still be in progress in starter.
     pub settling: bool,
+    /// Our last `ipsec update`/`reload` was less than a minute ago: a connection charon has
+    /// not loaded since is not reloaded again yet.
+    pub backoff: bool,
+    /// Our connections charon was seen holding since our last `update`/`reload` and no
+    /// longer holds: evidence that it lost them, which overrides the back-off.
+    pub lost: BTreeSet<String>,
 }
 
 /// One step of a pass, in the order it runs.
@@ -179,9 +189,8 @@ pub fn outdated(desired: &Desired, r: &Rendered, obs: &Observed, scope: &Scope) 
     actions
 }
 
-/// The actions that make charon and the files match `r`, rendered from `desired` (with the
-/// versions of `super::adopt` applied), for the tunnels of `scope`: `obs` may hold only
-/// their part of charon's status.
+/// The actions that make charon and the files match `r`, rendered from `desired`, for the
+/// tunnels of `scope`: `obs` may hold only their part of charon's status.
 pub fn plan(desired: &Desired, r: &Rendered, obs: &Observed, scope: &Scope) -> Vec<Action> {
     let conf_differs = obs.conf.as_deref() != Some(r.conf.as_str());
     let secrets_differ = obs.secrets
@@ -214,7 +223,8 @@ pub fn plan(desired: &Desired, r: &Rendered, obs: &Observed, scope: &Scope) -> V
         if conf_differs {
             actions.push(Action::Update);
         }
-        if !conf_differs && !obs.settling && !missing.is_empty() {
+        let lost = missing.iter().any(|c| obs.lost.contains(c));
+        if !conf_differs && !obs.settling && !missing.is_empty() && (lost || !obs.backoff) {
             actions.push(Action::Reconcile(missing));
         }
     }
@@ -240,6 +250,8 @@ mod tests {
             cert_changed: BTreeSet::new(),
             status: parse(status),
             settling: false,
+            backoff: false,
+            lost: BTreeSet::new(),
         }
     }
 
@@ -382,6 +394,31 @@ Security Associations (2 up, 0 connecting):
         );
         obs.settling = true;
         assert_eq!(plan(&d, &r, &obs, &Scope::All), vec![]);
+    }
+
+    /// Issue 22: within a minute of our last reload, a connection charon never loaded waits
+    /// (it may refuse it: no reload loop), but one it held and lost is reloaded at once.
+    #[test]
+    fn a_lost_connection_overrides_the_back_off_a_refused_one_does_not() {
+        let d = two(1, 1);
+        let r = render(&templates(), &Sections::default(), &d).unwrap();
+        let mut obs = converged(
+            &r,
+            &UP.replace("      gre1-1:   child", "      xxx:   child"),
+        );
+        obs.backoff = true;
+        assert_eq!(plan(&d, &r, &obs, &Scope::All), vec![], "never loaded");
+        obs.lost.insert("gre1-1".into());
+        assert_eq!(
+            plan(&d, &r, &obs, &Scope::All),
+            vec![Action::Reconcile(vec!["gre1-1".into()])]
+        );
+        obs.settling = true;
+        assert_eq!(
+            plan(&d, &r, &obs, &Scope::All),
+            vec![],
+            "starter still busy"
+        );
     }
 
     #[test]

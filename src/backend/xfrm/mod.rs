@@ -12,6 +12,7 @@
 
 pub mod derive;
 pub mod error;
+pub mod events;
 pub mod generation;
 pub mod host;
 pub mod netlink;
@@ -34,6 +35,7 @@ use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
 use self::error::XfrmError;
+use self::events::XfrmEvent;
 use self::generation::GenerationStore;
 use self::netlink::{Op, Xfrm};
 use self::observe::{Seen, Targets};
@@ -44,7 +46,8 @@ use self::want::{WantCache, Wants};
 use super::command::Cmd;
 use super::files::under_root;
 use super::{
-    ApplyReport, Backend, BackendError, BackendEvent, BackendKind, LiveStatus, Scope, StartOptions,
+    ApplyReport, Backend, BackendError, BackendEvent, BackendKind, LiveStatus, Origin, Scope,
+    StartOptions,
 };
 use crate::cli::Cli;
 use crate::daemon::paths;
@@ -413,9 +416,10 @@ impl Backend for XfrmBackend {
     }
 
     /// Reads back only what changed since the last observation (tunnels whose configuration
-    /// changed, objects the last pass wrote), whatever `scope` says: the kernel view is cached
-    /// and the full dump's timing is this backend's own (below). An observation over every
-    /// tunnel (the periodic pass) with nothing new since the last one is marked `repeated`.
+    /// changed, objects the last pass wrote) and the objects of the scope's tunnels (a pass an
+    /// XFRM event drove reads back what vanished): the kernel view is cached and the full
+    /// dump's timing is this backend's own (below). An observation over every tunnel (the
+    /// periodic pass) with nothing new since the last one is marked `repeated`.
     async fn observe_in(
         &mut self,
         desired: &Desired,
@@ -425,6 +429,13 @@ impl Backend for XfrmBackend {
         self.seen.remember(desired);
         let mut targets = std::mem::take(&mut self.verify);
         targets.extend(Targets::of_confs(&changed, &self.generation.generations));
+        if let Scope::Tunnels(names) = scope {
+            let confs: Vec<_> = (names.iter())
+                .filter_map(|n| desired.tunnels.get(n))
+                .map(|t| Arc::clone(&t.conf))
+                .collect();
+            targets.extend(Targets::of_confs(&confs, &self.generation.generations));
+        }
         self.news |= !changed.is_empty() || targets.count() > 0 || self.applied;
         self.applied = false;
         let mut obs = self.observe_targets(targets).await?;
@@ -609,6 +620,18 @@ impl Backend for XfrmBackend {
         }
         // Our SAs are gone: the next start must not re-create them under the same keys.
         self.generation.forget().map_err(io_error)
+    }
+
+    /// Ours when it carries our ownership tags; our own doing when our request socket sent
+    /// the request that caused it.
+    fn xfrm_origin(&self, event: &XfrmEvent) -> Origin {
+        if !event.tagged_static() {
+            Origin::Foreign
+        } else if self.xfrm.as_ref().is_some_and(|x| x.port() == event.sender) {
+            Origin::Ourselves
+        } else {
+            Origin::Others
+        }
     }
 
     fn events(&mut self) -> Option<mpsc::Receiver<BackendEvent>> {

@@ -115,6 +115,11 @@ impl Xfrm {
         })
     }
 
+    /// The sender the kernel names in its notifications about our requests.
+    pub fn port(&self) -> u32 {
+        self.socket.port()
+    }
+
     /// Runs `ops` in batches; one result per op, in order.
     pub async fn run<'a>(
         &mut self,
