@@ -54,10 +54,12 @@ fn show_text(json: bool) -> String {
 /// Answers AppCommands like the daemon would, recording what it was asked.
 async fn fake_main_loop(mut rx: mpsc::Receiver<ControlRequest>, seen: Arc<Mutex<Vec<AppCommand>>>) {
     while let Some(req) = rx.recv().await {
-        seen.lock().unwrap().push(req.command);
+        seen.lock().unwrap().push(req.command.clone());
         let reply = match req.command {
             AppCommand::TunnelsShow { json } => Ok(show_text(json)),
-            AppCommand::Refresh | AppCommand::Exit { .. } => Ok(String::new()),
+            AppCommand::Refresh | AppCommand::Exit { .. } | AppCommand::Diagnose { .. } => {
+                Ok(String::new())
+            }
             AppCommand::MetricsShow { .. } => Ok("ovs_ipsec_ovsdb_connected 1\n".into()),
         };
         let _ = req.reply.send(reply);
@@ -182,6 +184,7 @@ fn appctl_builtins() {
     let list = stdout(&d.appctl(&["list-commands"]));
     assert!(list.starts_with("The available commands are:\n"), "{list}");
     for c in [
+        "diagnose",
         "exit",
         "tunnels/show",
         "refresh",

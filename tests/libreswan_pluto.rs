@@ -234,6 +234,17 @@ fn psk_tunnels(pair: Pair) {
     // Both tunnels share the one IKE SA pluto negotiates with the peer.
     pair.wait_negotiating("tun");
     pair.wait_negotiating("gnv");
+    // diagnose reads pluto's status: conns loaded, the IKE SA up, no Child SA (no ESP here).
+    for m in &pair.monitors {
+        let text = m.appctl_ok(&["diagnose", "tun"]);
+        assert!(
+            text.contains("ok   connections  loaded: tun-in-1, tun-out-1")
+                && text.contains("ok   IKE SA       established")
+                && text.contains("error child-sa-missing: tun-in-1")
+                && !text.contains("swordfish"),
+            "{text}"
+        );
+    }
     for (p, m) in pair.plutos.iter().zip(&pair.monitors) {
         let show = m.appctl_ok(&["tunnels/show"]);
         assert!(

@@ -579,6 +579,17 @@ impl<B: Backend> EventLoop<B> {
                     None,
                 )
             }
+            AppCommand::Diagnose { interface, json } => (
+                super::diagnose::run(
+                    &mut self.backend,
+                    &self.registry,
+                    &self.outcome,
+                    interface.as_deref(),
+                    json,
+                )
+                .await,
+                None,
+            ),
             AppCommand::Refresh => {
                 self.perform(Work {
                     model: true,

@@ -6,6 +6,7 @@
 //! guard it; the OVSDB replica is the only shared structure.
 
 mod cert_alerts;
+mod diagnose;
 mod event_loop;
 mod metrics_feed;
 mod monitor_keys;

@@ -75,7 +75,7 @@ pub fn probe(remote: IpAddr) -> Option<RouteProbe> {
     Some(RouteProbe { source, mtu })
 }
 
-fn source_address(remote: IpAddr) -> Option<IpAddr> {
+pub fn source_address(remote: IpAddr) -> Option<IpAddr> {
     probe(remote).map(|p| p.source)
 }
 

@@ -14,6 +14,7 @@
 pub mod command;
 pub mod dry_run;
 pub mod files;
+pub mod ike_view;
 pub mod initiator;
 pub mod libreswan;
 #[cfg(test)]
@@ -282,6 +283,17 @@ pub trait Backend: Send + 'static {
             live.retain(|name, _| names.contains(name));
         }
         live
+    }
+
+    /// Read-only, for `diagnose`: what the IKE daemon holds now for each desired tunnel (each
+    /// connection loaded or not, its IKE and Child SA). Never changes state. The default
+    /// reports nothing, and diagnose relies on the live status.
+    fn diagnose_view(
+        &mut self,
+        desired: &Desired,
+    ) -> impl Future<Output = ike_view::IkeView> + Send {
+        let _ = desired;
+        std::future::ready(ike_view::IkeView::NotReported)
     }
 
     /// `exit` with cleanup: remove everything this monitor created.

@@ -13,7 +13,7 @@ use ovs_monitor_ipsec::control::client;
 /// TARGET is a socket path if it contains a '/'; otherwise the process ID is read from
 /// $OVS_RUNDIR/TARGET.pid (OVS_RUNDIR defaults to /var/run/openvswitch) and the socket is
 /// $OVS_RUNDIR/TARGET.<pid>.ctl. Use the command "list-commands" to see every command, e.g.
-/// "tunnels/show [--json]", "refresh", "vlog/set ovsdb:file:dbg", "exit [--no-cleanup]".
+/// "tunnels/show [--json]", "diagnose [INTERFACE] [--json]", "refresh", "vlog/set ovsdb:file:dbg", "exit [--no-cleanup]".
 ///
 /// Exit status: 0 on success; 1 if the daemon cannot be reached; 2 if it answered with an
 /// error (printed on stderr).

@@ -8,8 +8,13 @@
 use tokio::sync::oneshot;
 
 /// A command the daemon's main loop answers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AppCommand {
+    /// `diagnose [INTERFACE] [--json]`: read-only, per-layer findings (see `diagnose`).
+    Diagnose {
+        interface: Option<String>,
+        json: bool,
+    },
     /// `tunnels/show [--json]`.
     TunnelsShow { json: bool },
     /// `refresh`: observe and reconcile now.
@@ -66,6 +71,7 @@ const fn spec(name: &'static str, usage: &'static str, min: usize, max: usize) -
 
 /// Every command, sorted by name (the order `list-commands` prints).
 pub const COMMANDS: &[CommandSpec] = &[
+    spec("diagnose", "[INTERFACE] [--json]", 0, 2),
     spec("exit", "[--no-cleanup]", 0, 1),
     spec("help", "", 0, 0),
     spec("list-commands", "", 0, 0),
@@ -127,10 +133,27 @@ pub fn parse(method: &str, args: &[String]) -> Result<Command, String> {
         "tunnels/show" => Command::App(AppCommand::TunnelsShow {
             json: flag("--json")?,
         }),
+        "diagnose" => diagnose(args)?,
         _ => Command::App(AppCommand::Exit {
             cleanup: !flag("--no-cleanup")?,
         }),
     })
+}
+
+/// `diagnose [INTERFACE] [--json]`, the two in either order.
+fn diagnose(args: &[String]) -> Result<Command, String> {
+    let mut interface = None;
+    let mut json = false;
+    for a in args {
+        if a == "--json" && !json {
+            json = true;
+        } else if a.starts_with('-') || interface.is_some() {
+            return Err(format!("unrecognized parameter: {a}"));
+        } else {
+            interface = Some(a.clone());
+        }
+    }
+    Ok(Command::App(AppCommand::Diagnose { interface, json }))
 }
 
 #[cfg(test)]
@@ -168,6 +191,27 @@ mod tests {
         assert_eq!(
             p("tunnels/show", &["--json"]),
             Ok(Command::App(AppCommand::TunnelsShow { json: true }))
+        );
+    }
+
+    #[test]
+    fn diagnose_takes_an_interface_and_json_in_any_order() {
+        let d = |interface: Option<&str>, json| {
+            Ok(Command::App(AppCommand::Diagnose {
+                interface: interface.map(str::to_owned),
+                json,
+            }))
+        };
+        assert_eq!(p("diagnose", &[]), d(None, false));
+        assert_eq!(p("diagnose", &["tun0", "--json"]), d(Some("tun0"), true));
+        assert_eq!(p("diagnose", &["--json", "tun0"]), d(Some("tun0"), true));
+        assert_eq!(
+            p("diagnose", &["a", "b"]),
+            Err("unrecognized parameter: b".into())
+        );
+        assert_eq!(
+            p("diagnose", &["--jsn"]),
+            Err("unrecognized parameter: --jsn".into())
         );
     }
 

@@ -63,6 +63,19 @@ impl Monitor {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// The codes of `iface`'s findings, from `diagnose IFACE --json` through ovs-appctl.
+    pub fn diagnose_codes(&self, iface: &str) -> Vec<String> {
+        let out = self.appctl_ok(&["diagnose", iface, "--json"]);
+        let v: serde_json::Value = serde_json::from_str(&out).expect("diagnose --json is JSON");
+        assert_eq!(v[0]["interface"], iface, "{v}");
+        v[0]["findings"]
+            .as_array()
+            .expect("findings")
+            .iter()
+            .map(|f| f["code"].as_str().unwrap_or_default().to_owned())
+            .collect()
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }

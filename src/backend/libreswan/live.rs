@@ -10,6 +10,8 @@
 use std::collections::BTreeMap;
 
 use super::plan::Observed;
+use super::status::PlutoStatus;
+use crate::backend::ike_view::{ConnView, SaState, per_tunnel};
 use crate::backend::{LiveState, LiveStatus, Scope};
 use crate::model::{Desired, DesiredTunnel};
 
@@ -111,4 +113,76 @@ fn tunnel(t: &DesiredTunnel, observed: &Observed) -> LiveStatus {
             .collect(),
     ));
     live
+}
+
+/// Each desired tunnel's conns as pluto lists them, for `diagnose`. A conn with an ESP SA has
+/// its Child SA; pluto shares one IKE SA per peer, which `ike_up` already accounts for.
+pub fn views(desired: &Desired, st: &PlutoStatus) -> BTreeMap<String, Vec<ConnView>> {
+    per_tunnel(desired, |_, c| {
+        let negotiating = st.negotiating.contains_key(&c);
+        let active = st.active.contains(&c);
+        let ike = if st.ike_up.contains(&c) || active {
+            SaState::Established
+        } else if negotiating {
+            SaState::Negotiating
+        } else {
+            SaState::Absent
+        };
+        let child = if active {
+            SaState::Established
+        } else if negotiating && ike == SaState::Established {
+            SaState::Negotiating
+        } else {
+            SaState::Absent
+        };
+        ConnView {
+            loaded: st.loaded.contains(&c),
+            name: c,
+            ike,
+            child,
+            reason: None,
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::strongswan_stroke::testutil::{desired, psk_tunnel};
+
+    #[test]
+    fn views_follow_pluto_s_status() {
+        let d = desired(vec![psk_tunnel("tun", "geneve", "192.0.2.2", "k", 1)]);
+        let mut st = PlutoStatus::default();
+        st.loaded.insert("tun-in-1".into());
+        st.loaded.insert("tun-out-1".into());
+        st.negotiating
+            .insert("tun-out-1".into(), "STATE_V2_PARENT_I1".into());
+        let v = &views(&d, &st)["tun"];
+        let got: Vec<_> = v.iter().map(|c| (c.loaded, c.ike, c.child)).collect();
+        assert_eq!(
+            got,
+            [
+                (true, SaState::Absent, SaState::Absent),
+                (true, SaState::Negotiating, SaState::Absent)
+            ]
+        );
+        st.ike_up.insert("tun-in-1".into());
+        st.ike_up.insert("tun-out-1".into());
+        st.active.insert("tun-in-1".into());
+        let v = &views(&d, &st)["tun"];
+        assert_eq!(
+            (v[0].ike, v[0].child),
+            (SaState::Established, SaState::Established)
+        );
+        assert_eq!(
+            (v[1].ike, v[1].child),
+            (SaState::Established, SaState::Negotiating)
+        );
+        assert!(
+            views(&d, &PlutoStatus::default())["tun"]
+                .iter()
+                .all(|c| !c.loaded)
+        );
+    }
 }

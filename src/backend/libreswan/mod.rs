@@ -36,6 +36,7 @@ use self::status::PlutoStatus;
 use self::version::{Commands, Version};
 use super::command::{Cmd, CommandError};
 use super::files::{FileError, sha256, sha256_of, under_root};
+use super::ike_view::IkeView;
 use super::initiator;
 use super::templates::{TemplateError, Templates};
 use super::{ApplyReport, Backend, BackendError, BackendKind, LiveStatus, Scope, StartOptions};
@@ -280,6 +281,28 @@ impl Libreswan {
             }
         }
     }
+
+    /// `ipsec status` (read-only).
+    async fn status_text(&self) -> Result<String, BackendError> {
+        let out = self
+            .ipsec("read the IPsec status", self.cmds.status())
+            .collect_stdout()
+            .run()
+            .await
+            .map_err(LibreswanError::from)?;
+        if out.code != 0 {
+            return Err(BackendError::Unavailable(
+                "pluto".into(),
+                out.stderr
+                    .trim()
+                    .lines()
+                    .next()
+                    .unwrap_or("ipsec status failed")
+                    .into(),
+            ));
+        }
+        Ok(out.stdout)
+    }
 }
 
 impl Backend for Libreswan {
@@ -311,24 +334,8 @@ impl Backend for Libreswan {
         desired: &Desired,
         scope: &Scope,
     ) -> Result<Observed, BackendError> {
-        let out = self
-            .ipsec("read the IPsec status", self.cmds.status())
-            .collect_stdout()
-            .run()
-            .await
-            .map_err(LibreswanError::from)?;
-        if out.code != 0 {
-            return Err(BackendError::Unavailable(
-                "pluto".into(),
-                out.stderr
-                    .trim()
-                    .lines()
-                    .next()
-                    .unwrap_or("ipsec status failed")
-                    .into(),
-            ));
-        }
-        let pluto = PlutoStatus::parse_in(&out.stdout, |c| {
+        let out = self.status_text().await?;
+        let pluto = PlutoStatus::parse_in(&out, |c| {
             crate::backend::strongswan_stroke::plan::covers(scope, c)
         });
         self.pending.retain(|c, _| !pluto.active.contains(c));
@@ -406,6 +413,13 @@ impl Backend for Libreswan {
         let live = live::status_in(desired, observed, scope);
         self.announce(desired, &live, scope);
         live
+    }
+
+    async fn diagnose_view(&mut self, desired: &Desired) -> IkeView {
+        match self.status_text().await {
+            Ok(text) => IkeView::Tunnels(live::views(desired, &PlutoStatus::parse(&text))),
+            Err(e) => IkeView::Unreachable(e.to_string()),
+        }
     }
 
     async fn cleanup(&mut self) -> Result<(), BackendError> {

@@ -8,6 +8,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::statusall::{IkeSa, Status};
+use crate::backend::ike_view::{ConnView, SaState, per_tunnel};
 use crate::backend::{LiveState, LiveStatus, Scope};
 use crate::model::{Desired, DesiredTunnel};
 
@@ -167,6 +168,27 @@ pub fn status_in(
         .collect()
 }
 
+/// Each desired tunnel's connections as charon lists them, for `diagnose`.
+pub fn views(desired: &Desired, st: &Status) -> BTreeMap<String, Vec<ConnView>> {
+    let ix = Index::new(st);
+    let state = |s: &str| SaState::listed(matches!(s, "ESTABLISHED" | "INSTALLED"));
+    per_tunnel(desired, |_, conn| {
+        let sas = ix.ike_sas_for(&conn);
+        ConnView {
+            loaded: ix.loaded.contains(conn.as_str()),
+            ike: SaState::best(sas.iter().map(|s| state(&s.state))),
+            child: SaState::best(
+                sas.iter()
+                    .flat_map(|s| &s.children)
+                    .filter(|c| c.name == conn)
+                    .map(|c| state(&c.state)),
+            ),
+            name: conn,
+            reason: None,
+        }
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::statusall::{parse, tests::SAMPLE};
@@ -201,6 +223,22 @@ mod tests {
         assert_eq!(st["gre9"].state, LiveState::Negotiating);
         assert_eq!(st["old"].state, LiveState::Negotiating);
         assert_eq!(st["gone"].state, LiveState::Error);
+        let v = views(&d, &parse(&sample));
+        let tun_in = &v["tun"][0];
+        assert_eq!(
+            (
+                tun_in.name.as_str(),
+                tun_in.loaded,
+                tun_in.ike,
+                tun_in.child
+            ),
+            ("tun-in-1", true, SaState::Established, SaState::Established)
+        );
+        assert_eq!(
+            (v["gre9"][0].ike, v["gre9"][0].child),
+            (SaState::Established, SaState::Absent)
+        );
+        assert!(views(&d, &parse("")).values().flatten().all(|c| !c.loaded));
         let none = status(&d, &parse(""), &BTreeMap::new());
         assert_eq!(none["tun"].state, LiveState::Down);
         assert_eq!(

@@ -43,7 +43,7 @@ pub mod render;
 mod scope_tests;
 pub mod statusall;
 #[cfg(test)]
-mod testutil;
+pub(crate) mod testutil;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::ErrorKind;
@@ -60,6 +60,7 @@ use self::render::Rendered;
 use self::statusall::Status;
 use super::command::{Cmd, CommandError};
 use super::files::{CONFIG_MODE, FileError, SECRET_MODE, under_root, write_if_changed};
+use super::ike_view::IkeView;
 use super::templates::{TemplateError, Templates};
 use super::{ApplyReport, Backend, BackendError, BackendKind, LiveStatus, Scope, StartOptions};
 use crate::cli::Cli;
@@ -579,6 +580,13 @@ impl Backend for StrongSwanStroke {
                 &render::rejections(desired),
                 scope,
             ),
+        }
+    }
+
+    async fn diagnose_view(&mut self, desired: &Desired) -> IkeView {
+        match self.statusall(&Scope::All).await {
+            Ok(st) => IkeView::Tunnels(live::views(desired, &st)),
+            Err(e) => IkeView::Unreachable(e.to_string()),
         }
     }
 

@@ -50,6 +50,7 @@ use self::conns::ike_conn_name;
 use self::creds::{CredKey, CredSource, Sha, load_request, psk_source, unload_request, users};
 use self::observe::{IkeSa, Loaded, Observed, ObservedConn, parse_conns, parse_sas};
 use self::plan::{Action, body_digest};
+use super::ike_view::IkeView;
 use super::initiator;
 use super::vici::{Connection, Message, ViciError, check};
 use super::{
@@ -342,6 +343,18 @@ impl Backend for StrongSwanVici {
             clock: self.epoch.elapsed(),
             answers,
         })
+    }
+
+    /// A fresh `list-sas` and `list-conns`, read-only.
+    async fn diagnose_view(&mut self, desired: &Desired) -> IkeView {
+        let sas = match self.listing("list-sas", "list-sa", &[]).await {
+            Ok(sas) => parse_sas(&sas),
+            Err(e) => return IkeView::Unreachable(backend_error(e).to_string()),
+        };
+        match self.listing("list-conns", "list-conn", &[]).await {
+            Ok(conns) => IkeView::Tunnels(status::views(desired, &parse_conns(&conns), &sas)),
+            Err(e) => IkeView::Unreachable(backend_error(e).to_string()),
+        }
     }
 
     fn plan(&self, desired: &Desired, observed: &Observed) -> Vec<Action> {

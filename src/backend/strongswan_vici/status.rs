@@ -9,7 +9,8 @@
 use std::collections::{BTreeMap, HashMap};
 
 use super::conns::{ConnMemo, ike_conn_name};
-use super::observe::{IkeSa, Observed};
+use super::observe::{IkeSa, Observed, ObservedConn};
+use crate::backend::ike_view::{ConnView, SaState, per_tunnel};
 use crate::backend::{LiveState, LiveStatus, Scope};
 use crate::model::{Desired, DesiredTunnel};
 
@@ -156,6 +157,35 @@ fn tunnel_status(
     st
 }
 
+/// Each desired tunnel's connections (its children) as charon lists them, for `diagnose`.
+pub fn views(
+    desired: &Desired,
+    conns: &BTreeMap<String, ObservedConn>,
+    sas: &[IkeSa],
+) -> BTreeMap<String, Vec<ConnView>> {
+    per_tunnel(desired, |t, child| {
+        let conn = ike_conn_name(t);
+        let ike: Vec<&IkeSa> = sas.iter().filter(|sa| sa.conn == conn).collect();
+        ConnView {
+            loaded: conns
+                .get(&conn)
+                .is_some_and(|c| c.children.contains_key(&child)),
+            ike: SaState::best(
+                ike.iter()
+                    .map(|sa| SaState::listed(sa.state == "ESTABLISHED")),
+            ),
+            child: SaState::best(
+                ike.iter()
+                    .flat_map(|sa| &sa.children)
+                    .filter(|c| c.name == child)
+                    .map(|c| SaState::listed(c.state == "INSTALLED")),
+            ),
+            name: child,
+            reason: None,
+        }
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -217,6 +247,16 @@ mod tests {
         assert_eq!(st.details[0].1, ["vx-1: children vx-in-1, vx-out-1"]);
         assert_eq!(st.details[1].1, ["vx-1: ESTABLISHED ..."]);
         assert_eq!(st.details[2].1.len(), 2);
+        let v = &views(&d, &o.conns, &o.sas)["vx"];
+        assert_eq!(
+            v.iter()
+                .map(|c| (c.name.as_str(), c.loaded, c.ike, c.child))
+                .collect::<Vec<_>>(),
+            [
+                ("vx-in-1", true, SaState::Established, SaState::Established),
+                ("vx-out-1", true, SaState::Established, SaState::Established)
+            ]
+        );
 
         // A CHILD_SA of that name under someone else's IKE_SA is not ours.
         let mut other = o.clone();
@@ -226,6 +266,13 @@ mod tests {
         // IKE up but the CHILD_SAs could not be installed: down, and the details say why.
         o.sas[0].children.clear();
         assert_eq!(status(&d, &o)["vx"].state, LiveState::Down);
+        let v = &views(&d, &o.conns, &o.sas)["vx"];
+        assert_eq!(
+            (v[0].ike, v[0].child),
+            (SaState::Established, SaState::Absent)
+        );
+        let v = &views(&d, &Default::default(), &[])["vx"];
+        assert!(v.iter().all(|c| !c.loaded && c.ike == SaState::Absent));
     }
 
     #[test]

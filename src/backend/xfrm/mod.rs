@@ -14,6 +14,7 @@ pub mod derive;
 pub mod error;
 pub mod events;
 pub mod generation;
+pub mod host;
 pub mod netlink;
 pub mod nft;
 pub mod observe;

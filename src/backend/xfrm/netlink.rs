@@ -80,7 +80,7 @@ impl fmt::Display for Op<'_> {
 
 /// Our XFRM requests over one [`Socket`].
 pub struct Xfrm {
-    socket: Socket,
+    pub(super) socket: Socket,
 }
 
 impl Xfrm {
