@@ -14,6 +14,7 @@ pub struct NetnsPair {
 impl NetnsPair {
     /// `prefix` keeps each harness's namespaces recognisable in `ip netns`.
     pub fn new(prefix: &str) -> Self {
+        super::kernel::has_esp();
         static SEQ: AtomicU32 = AtomicU32::new(0);
         let base = format!(
             "{prefix}{}x{}",
