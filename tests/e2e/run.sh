@@ -58,6 +58,11 @@ else
     done
 fi
 
+# The test binaries run the monitor cargo builds with them (its path is compiled in).
+if [ -n "$cargo_tier" ]; then
+    cargo_build "$cache/cargo.$$" "$@" || die "cannot build the test binaries"
+    export E2E_BIN=$repo/target/debug/ovs-monitor-ipsec
+fi
 bin=${E2E_BIN:-}
 if [ -z "$bin" ]; then
     for b in "$repo/target/release/ovs-monitor-ipsec" "$repo/target/debug/ovs-monitor-ipsec"; do
@@ -84,7 +89,7 @@ mkdir -p "$out/scripts" && cp "$here"/*.sh "$here"/*.py "$out/scripts/"
 cp "$bin" "$out/ovs-monitor-ipsec" || die "cannot copy $bin"
 cargo_env=""
 if [ -n "$cargo_tier" ]; then
-    cargo_build "$out/cargo" "$@" || die "cannot build the test binaries"
+    mv "$cache/cargo.$$" "$out/cargo" || die "cannot move the test binaries"
     cargo_env="export E2E_CARGO_DIR='$repo' OVS_TEST_TIME_SCALE='${E2E_CARGO_SCALE:-4}' E2E_CARGO_THREADS='${E2E_CARGO_THREADS:-2}'"
 fi
 cat > "$out/boot.sh" <<EOF
