@@ -35,8 +35,11 @@ main() {
         limit=$(scenario_limit "$s")
         echo "E2E-GUEST: scenario $s at ${start}s"
         if [ -n "${E2E_CARGO_DIR:-}" ]; then
-            (cd "$E2E_CARGO_DIR" && timeout --kill-after=5 "$limit" "$out/cargo/$s" \
-                --test-threads="$E2E_CARGO_THREADS") > "$out/$s/trace.txt" 2>&1
+            # NAME or NAME:F1,F2... (only NAME's tests whose names contain one of them).
+            filter=()
+            [ "${s#*:}" = "$s" ] || IFS=, read -ra filter <<< "${s#*:}"
+            (cd "$E2E_CARGO_DIR" && timeout --kill-after=5 "$limit" "$out/cargo/${s%%:*}" \
+                --test-threads="$E2E_CARGO_THREADS" "${filter[@]}") > "$out/$s/trace.txt" 2>&1
             rc=$?
             grep -o -m1 'kernel ESP probe:.*' "$out/$s/trace.txt" > "$out/$s/probe.txt"
             [ $rc -eq 0 ] || echo "exit $rc: $(grep '^test .* FAILED$' "$out/$s/trace.txt" | tr '\n' ' ')" \

@@ -10,7 +10,8 @@
 # holds table.txt, results.tsv, the serial console and, for each failed scenario, its logs.
 #
 # --cargo-tier runs the cargo integration tests that touch the kernel and the IKE daemons
-# (TEST: the name of a tests/*.rs binary; default E2E_CARGO_TESTS below) in the guest instead:
+# (TEST: the name of a tests/*.rs binary, or NAME:F1,F2... to run only its tests whose names
+# contain F1 or F2...; default E2E_CARGO_TESTS below) in the guest instead:
 # built on the host (cargo test --no-run), copied into the results share, each run as one row
 # of the table with OVS_TEST_TIME_SCALE=E2E_CARGO_SCALE (default 4: TCG is slow) and
 # --test-threads=E2E_CARGO_THREADS (default 2). Each test binary prints the kernel ESP probe's
@@ -21,8 +22,9 @@
 # load; the mesh gets twice that, see scenario_limit), E2E_SMP / E2E_MEM (guest size).
 # Exit status: 0 when every scenario passed, 1 when one failed, 2 when the harness could not run.
 set -uo pipefail
-# The cargo tier: every integration test binary whose tests create network namespaces.
-E2E_CARGO_TESTS="xfrm_kernel xfrm_families xfrm_idle xfrm_netlink strongswan_vici strongswan_vici_cases strongswan_stroke_netns libreswan_pluto"
+# The cargo tier: every integration test binary whose tests create network namespaces
+# (libreswan_pluto in two rows, Libreswan 4 and 5, each within E2E_TIMEOUT under TCG).
+E2E_CARGO_TESTS="xfrm_kernel xfrm_families xfrm_idle xfrm_netlink strongswan_vici strongswan_vici_cases strongswan_stroke_netns libreswan_pluto:v4_ libreswan_pluto:v5_"
 # The body is one function so that bash has parsed all of it before running any of it.
 main() {
 here=$(cd "$(dirname "$0")" && pwd)
@@ -49,7 +51,7 @@ if [ "${1:-}" = --cargo-tier ]; then
     shift
     if [ $# -eq 0 ]; then set -- $E2E_CARGO_TESTS; fi
     for s in "$@"; do
-        [ -f "$repo/tests/$s.rs" ] || die "unknown test binary '$s' (tests/$s.rs does not exist)"
+        [ -f "$repo/tests/${s%%:*}.rs" ] || die "unknown test binary '$s' (tests/${s%%:*}.rs does not exist)"
     done
 else
     if [ $# -eq 0 ]; then set -- $E2E_ALL_SCENARIOS; fi
@@ -152,12 +154,13 @@ if grep -q '	FAIL	' "$out/results.tsv"; then
 fi
 exit 0
 }
-# cargo_build DIR TEST...: builds the test binaries TEST (and the monitor they run) and copies
+# cargo_build DIR TEST...: builds the test binaries TEST (FILTER parts ignored) (and the monitor they run) and copies
 # each to DIR/TEST, so that a build on the host during the run changes nothing in the guest.
 # They still run the monitor from target/debug (its path is compiled into them).
 cargo_build() {
     local dir=$1 list
     shift
+    set -- $(printf '%s\n' "${@%%:*}" | sort -u)
     mkdir -p "$dir"
     list=$(cd "$repo" && PATH="$HOME/.cargo/bin:$PATH" cargo test --locked --no-run \
         --message-format=json $(printf -- '--test %s ' "$@")) || return 1
