@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod fake_charon;
+pub mod kernel;
 pub mod libreswan;
 pub mod monitor;
 pub mod netns;
@@ -18,8 +19,23 @@ pub mod xfrm_events;
 
 use std::time::{Duration, Instant};
 
-/// Polls `cond` every 20 ms until it holds; panics with `what` after `timeout`.
+/// `d` stretched by `OVS_TEST_TIME_SCALE` (a whole number, default 1): the QEMU guest's cargo
+/// tier (tests/e2e/run.sh --cargo-tier) runs every process under TCG, several times slower
+/// than a host, and sets it so that the tests' deadlines stay generous there.
+pub fn scaled(d: Duration) -> Duration {
+    static SCALE: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    d * *SCALE.get_or_init(|| {
+        std::env::var("OVS_TEST_TIME_SCALE")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .filter(|&n| n >= 1)
+            .unwrap_or(1)
+    })
+}
+
+/// Polls `cond` every 20 ms until it holds; panics with `what` after `timeout` ([`scaled`]).
 pub async fn eventually(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
+    let timeout = scaled(timeout);
     let start = Instant::now();
     while !cond() {
         assert!(

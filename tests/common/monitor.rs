@@ -6,12 +6,14 @@ use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use super::ovsdb_server::OvsdbServer;
+use super::scaled;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_ovs-monitor-ipsec");
 pub const CTL_BIN: &str = env!("CARGO_BIN_EXE_ovs-monitor-ipsec-ctl");
 
-/// Polls `cond` every 20 ms until it holds; panics with `what` after `timeout`.
+/// Polls `cond` every 20 ms until it holds; panics with `what` after `timeout` ([`scaled`]).
 pub fn wait_for(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
+    let timeout = scaled(timeout);
     let start = Instant::now();
     while !cond() {
         assert!(
@@ -108,7 +110,7 @@ impl Monitor {
                 return st;
             }
             assert!(
-                start.elapsed() < Duration::from_secs(20),
+                start.elapsed() < scaled(Duration::from_secs(20)),
                 "monitor did not exit"
             );
             std::thread::sleep(Duration::from_millis(20));

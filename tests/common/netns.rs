@@ -15,6 +15,7 @@ pub struct NetnsPair {
 impl NetnsPair {
     /// `prefix` keeps each harness's namespaces recognisable in `ip netns`.
     pub fn new(prefix: &str) -> Self {
+        super::kernel::has_esp();
         static SEQ: AtomicU32 = AtomicU32::new(0);
         let base = format!(
             "{prefix}{}x{}",
@@ -52,6 +53,30 @@ impl NetnsPair {
             ip(&["-n", ns, "route", "add", "default", "via", peer]);
         }
         pair
+    }
+
+    /// `ip xfrm state` records in `ns`, one string each with whitespace collapsed.
+    pub fn xfrm_sas(ns: &str) -> Vec<String> {
+        super::xfrm::records(&String::from_utf8_lossy(
+            &ip(&["-n", ns, "xfrm", "state"]).stdout,
+        ))
+    }
+
+    /// Asserts that `ns` holds an ESP transport SA in each direction between the pair's
+    /// addresses whose selector names `proto` (e.g. `proto udp`), as an IKE daemon installs
+    /// them once both ends negotiated the Child SA on a kernel with ESP.
+    pub fn assert_esp_sas(ns: &str, proto: &str) {
+        let sas = Self::xfrm_sas(ns);
+        for (a, b) in [("192.0.2.1", "192.0.2.2"), ("192.0.2.2", "192.0.2.1")] {
+            assert!(
+                sas.iter().any(|sa| {
+                    sa.starts_with(&format!("src {a} dst {b} proto esp "))
+                        && sa.contains("mode transport")
+                        && sa.contains(&format!("sel src {a}/32 dst {b}/32 {proto}"))
+                }),
+                "{ns}: no ESP SA {a} -> {b} on {proto}: {sas:#?}"
+            );
+        }
     }
 
     /// `ip xfrm policy` in `ns`.

@@ -239,7 +239,7 @@ impl OvsdbServer {
                 return;
             }
             assert!(
-                start.elapsed() < START_TIMEOUT,
+                start.elapsed() < super::scaled(START_TIMEOUT),
                 "ovsdb-server not ready after {START_TIMEOUT:?}; log:\n{log}"
             );
             sleep(Duration::from_millis(20));

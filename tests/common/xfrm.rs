@@ -6,7 +6,10 @@ use std::path::Path;
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use super::monitor::{Monitor, launch};
+use std::time::Duration;
+
+use super::kernel;
+use super::monitor::{Monitor, iface_key, launch, wait_for};
 use super::ovsdb_server::OvsdbServer;
 
 /// Our tunnel endpoints inside every namespace.
@@ -31,6 +34,7 @@ impl Netns {
     /// A namespace with `lo` up holding [`LOCAL4`] and [`LOCAL6`] (this kernel has no dummy
     /// devices).
     pub fn new() -> Self {
+        super::kernel::has_esp();
         static N: AtomicU32 = AtomicU32::new(0);
         let name = format!(
             "ovsx-{}-{}",
@@ -59,6 +63,62 @@ impl Netns {
         args.extend_from_slice(selector);
         args.extend(["dir", "out", "tmpl", "proto", "esp", "mode", "transport"]);
         self.ip(&args);
+    }
+
+    /// `ip xfrm state` records, one string each with whitespace collapsed.
+    pub fn sas(&self) -> Vec<String> {
+        records(&self.ip(&["xfrm", "state"]))
+    }
+
+    /// Waits for the outcome of tunnel `iface` (from `local` to `remote`, selector protocol
+    /// `proto` as `ip xfrm` prints it, e.g. `proto udp dport 6090`) on this kernel: with ESP it
+    /// is `up`, with an ESP transport SA in each direction on the tunnel's selector; without,
+    /// it is in error with the kernel's refusal of the SA.
+    pub fn wait_sa_outcome(
+        &self,
+        db: &OvsdbServer,
+        iface: &str,
+        local: &str,
+        remote: &str,
+        proto: &str,
+    ) {
+        let state = || iface_key(db, iface, "ipsec-state");
+        if !kernel::has_esp() {
+            wait_for(&format!("{iface}: ipsec-state=error (no ESP)"), T, || {
+                state().as_deref() == Some("error")
+            });
+            let err = iface_key(db, iface, "ipsec-error").unwrap_or_default();
+            assert!(
+                err.contains("cannot add in SA") && err.contains("os error"),
+                "{iface}: {err}"
+            );
+            return;
+        }
+        wait_for(&format!("{iface}: ipsec-state=up"), T, || {
+            state().as_deref() == Some("up")
+        });
+        let sas = self.sas();
+        for (src, dst) in [(local, remote), (remote, local)] {
+            let host = |a: &str| format!("{a}/{}", if a.contains(':') { 128 } else { 32 });
+            let sel = format!("sel src {} dst {} {proto}", host(src), host(dst));
+            assert!(
+                sas.iter().any(|sa| {
+                    sa.starts_with(&format!("src {src} dst {dst} proto esp "))
+                        && sa.contains("mode transport")
+                        && sa.contains(&sel)
+                }),
+                "{iface}: no SA {src} -> {dst} with {sel}: {sas:#?}"
+            );
+        }
+    }
+
+    /// No SA whose `ip xfrm state` record contains `what` (e.g. a selector) is left.
+    pub fn assert_no_sa(&self, what: &str) {
+        let sas = self.sas();
+        assert!(
+            !sas.iter().any(|sa| sa.contains(what)),
+            "SAs with {what:?} survived: {sas:#?}"
+        );
     }
 
     /// `ip netns exec <ns> nft args...`: (success, stdout).
@@ -137,6 +197,28 @@ impl Drop for Netns {
             .args(["netns", "del", &self.name])
             .status();
     }
+}
+
+/// How long a tunnel may take to reach its outcome.
+const T: Duration = Duration::from_secs(20);
+
+/// The records of `ip xfrm state` or `ip xfrm policy` output (a record starts at column 0 with
+/// `src `, its other lines are indented), each with whitespace collapsed.
+pub fn records(text: &str) -> Vec<String> {
+    let mut records: Vec<String> = Vec::new();
+    for line in text.lines() {
+        match records.last_mut() {
+            Some(r) if !line.starts_with("src ") => {
+                r.push(' ');
+                r.push_str(line);
+            }
+            _ => records.push(line.to_owned()),
+        }
+    }
+    records
+        .iter()
+        .map(|r| r.split_whitespace().collect::<Vec<_>>().join(" "))
+        .collect()
 }
 
 fn run(prog: &str, args: &[&str]) -> String {

@@ -3,6 +3,8 @@
 # scenarios need, runs each scenario in its own bash under a timeout (so a hung scenario cannot
 # take the run with it), tears the nodes down after a failure, appends one line to results.tsv,
 # and powers off. Everything it writes for the host goes to /e2e-out (the 9p results share).
+# In the cargo tier (E2E_CARGO_DIR set, run.sh --cargo-tier) each "scenario" is a cargo test
+# binary in /e2e-out/cargo, run from the repository as cargo would, with its probe line kept.
 # The body is one function so that bash has parsed all of it before running any of it (bash
 # reads a script as it goes).
 main() {
@@ -32,12 +34,24 @@ main() {
         start=$(up)
         limit=$(scenario_limit "$s")
         echo "E2E-GUEST: scenario $s at ${start}s"
-        timeout --kill-after=5 "$limit" bash -c '. ./lib.sh && . ./scenarios.sh && e2e_run "$1"' _ "$s" \
-            > "$out/$s/trace.txt" 2>&1
-        rc=$?
+        if [ -n "${E2E_CARGO_DIR:-}" ]; then
+            # NAME or NAME:F1,F2... (only NAME's tests whose names contain one of them).
+            filter=()
+            [ "${s#*:}" = "$s" ] || IFS=, read -ra filter <<< "${s#*:}"
+            (cd "$E2E_CARGO_DIR" && timeout --kill-after=5 "$limit" "$out/cargo/${s%%:*}" \
+                --test-threads="$E2E_CARGO_THREADS" "${filter[@]}") > "$out/$s/trace.txt" 2>&1
+            rc=$?
+            grep -o -m1 'kernel ESP probe:.*' "$out/$s/trace.txt" > "$out/$s/probe.txt"
+            [ $rc -eq 0 ] || echo "exit $rc: $(grep '^test .* FAILED$' "$out/$s/trace.txt" | tr '\n' ' ')" \
+                > "$out/$s/failure.txt"
+        else
+            timeout --kill-after=5 "$limit" bash -c '. ./lib.sh && . ./scenarios.sh && e2e_run "$1"' _ "$s" \
+                > "$out/$s/trace.txt" 2>&1
+            rc=$?
+        fi
         # A scenario killed by the timeout could not keep its logs itself. After a failure the
         # next scenario starts from fresh nodes; after a success it may reuse them (lib.sh).
-        [ $rc -eq 124 ] && E2E_OUT=$out/$s bash -c '. ./lib.sh && collect_logs left; collect_logs right'
+        [ $rc -eq 124 ] && [ -z "${E2E_CARGO_DIR:-}" ] && E2E_OUT=$out/$s bash -c '. ./lib.sh && collect_logs left; collect_logs right'
         [ $rc -eq 0 ] || bash -c '. ./lib.sh && teardown' >> "$out/$s/trace.txt" 2>&1
         secs=$(awk -v a="$start" -v b="$(up)" 'BEGIN{printf "%.0f", b-a}')
         if [ $rc -eq 0 ]; then
