@@ -17,9 +17,13 @@
 use std::time::Duration;
 
 use netlink_packet_core::{
-    NLM_F_ACK, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage, NetlinkPayload,
+    NLM_F_ACK, NLM_F_REQUEST, NLMSG_DONE, NLMSG_ERROR, NLMSG_NOOP, NetlinkHeader, NetlinkMessage,
+    NetlinkPayload,
 };
-use netlink_packet_xfrm::XfrmMessage;
+use netlink_packet_xfrm::{
+    XFRM_MSG_NEWPOLICY, XFRM_MSG_NEWSA, XFRM_USER_POLICY_INFO_LEN, XFRM_USER_SA_INFO_LEN,
+    XfrmMessage,
+};
 use netlink_sys::{AsyncSocket, AsyncSocketExt, TokioSocket, protocols::NETLINK_XFRM};
 use tracing::debug;
 
@@ -235,32 +239,58 @@ impl Socket {
         }
     }
 
-    /// One datagram, split into messages. Dumped SAs carry their keys: callers keep only
-    /// what they need and drop the rest at once. A message we cannot parse (another
-    /// program's state in a shape netlink-packet-xfrm does not know) is skipped, never fatal.
+    /// One datagram, split into messages ([`split`]). Dumped SAs carry their keys: callers
+    /// keep only what they need and drop the rest at once.
     async fn recv(&mut self) -> Result<Vec<NetlinkMessage<XfrmMessage>>, XfrmError> {
         let mut buf = Vec::with_capacity(RECV_BYTES);
         self.sock
             .recv(&mut buf)
             .await
             .map_err(|e| XfrmError::Netlink(format!("receive: {e}")))?;
-        let mut out = Vec::new();
-        let mut rest = buf.as_slice();
-        while let Some(len) = rest
-            .first_chunk::<4>()
-            .and_then(|b| usize::try_from(u32::from_ne_bytes(*b)).ok())
-            .filter(|len| (HEADER_LEN..=rest.len()).contains(len))
+        Ok(split(&buf))
+    }
+}
+
+/// The messages of one received datagram. A message we cannot parse (another program's
+/// state in a shape netlink-packet-xfrm does not know) is skipped, never fatal; a length
+/// that does not fit ends the datagram.
+pub(crate) fn split(datagram: &[u8]) -> Vec<NetlinkMessage<XfrmMessage>> {
+    let mut out = Vec::new();
+    let mut rest = datagram;
+    while let Some(len) = rest
+        .first_chunk::<4>()
+        .and_then(|b| usize::try_from(u32::from_ne_bytes(*b)).ok())
+        .filter(|len| (HEADER_LEN..=rest.len()).contains(len))
+    {
+        match rest
+            .get(..len)
+            .filter(|m| parseable(m))
+            .map(NetlinkMessage::<XfrmMessage>::deserialize)
         {
-            match rest
-                .get(..len)
-                .map(NetlinkMessage::<XfrmMessage>::deserialize)
-            {
-                Some(Ok(m)) => out.push(m),
-                _ => debug!("skipped an XFRM netlink message we cannot parse"),
-            }
-            rest = rest.get(align(len)..).unwrap_or_default();
+            Some(Ok(m)) => out.push(m),
+            _ => debug!("skipped an XFRM netlink message we cannot parse"),
         }
-        Ok(out)
+        rest = rest.get(align(len)..).unwrap_or_default();
+    }
+    out
+}
+
+/// Whether `msg` (header included) is a message we read and is long enough for its fixed
+/// part. netlink-packet-xfrm 0.5 slices a message's fixed part (`struct xfrm_usersa_info`,
+/// `struct xfrm_userpolicy_info`, ...) without checking its length, so a short one would
+/// panic, and the daemon aborts on a panic: only the types the backend reads are parsed, and
+/// only when they are whole. Netlink's own messages (error, done) are parsed with checks.
+fn parseable(msg: &[u8]) -> bool {
+    let kind = msg
+        .get(4..6)
+        .and_then(|b| b.try_into().ok())
+        .map_or(0, u16::from_ne_bytes);
+    let payload = msg.len().saturating_sub(HEADER_LEN);
+    match kind {
+        NLMSG_NOOP | NLMSG_ERROR | NLMSG_DONE => true,
+        XFRM_MSG_NEWSA => payload >= XFRM_USER_SA_INFO_LEN,
+        XFRM_MSG_NEWPOLICY => payload >= XFRM_USER_POLICY_INFO_LEN,
+        _ => false,
     }
 }
 
@@ -272,5 +302,50 @@ fn align(len: usize) -> usize {
 fn kernel(code: i32) -> XfrmError {
     XfrmError::Kernel {
         errno: code.saturating_abs(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use netlink_packet_xfrm::policy;
+
+    fn whole_policy() -> Vec<u8> {
+        let msg = XfrmMessage::AddPolicy(policy::ModifyMessage::default());
+        let mut m =
+            NetlinkMessage::new(NetlinkHeader::default(), NetlinkPayload::InnerMessage(msg));
+        m.finalize();
+        let mut buf = vec![0; m.buffer_len()];
+        m.serialize(&mut buf);
+        buf
+    }
+
+    /// Found by the `xfrm_netlink` fuzz target: a `XFRM_MSG_NEWPOLICY` shorter than its
+    /// fixed part made netlink-packet-xfrm panic (the daemon aborts on a panic).
+    #[test]
+    fn short_messages_are_skipped_not_parsed() {
+        let whole = whole_policy();
+        for kind in [
+            XFRM_MSG_NEWPOLICY,
+            XFRM_MSG_NEWSA,
+            0x11, /* DELSA */
+            0x14, /* DELPOLICY */
+        ] {
+            let mut short = whole[..45].to_vec();
+            short[..4].copy_from_slice(&45u32.to_ne_bytes());
+            short[4..6].copy_from_slice(&kind.to_ne_bytes());
+            short.resize(48, 0);
+            short.extend_from_slice(&whole);
+            let got = split(&short);
+            assert_eq!(
+                got.len(),
+                1,
+                "kind {kind}: the whole message after it is kept"
+            );
+            assert!(matches!(
+                got[0].payload,
+                NetlinkPayload::InnerMessage(XfrmMessage::AddPolicy(_))
+            ));
+        }
     }
 }
