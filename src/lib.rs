@@ -17,6 +17,9 @@ pub mod cli;
 pub mod control;
 pub mod daemon;
 pub mod diagnose;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod jsonrpc;
 pub mod logging;
 pub mod metrics;

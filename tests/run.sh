@@ -7,14 +7,17 @@
 # (tests/e2e/ci.sh) and the integration tests that touch the kernel (run.sh --cargo-tier).
 # Usage: sudo tests/run.sh [extra cargo test arguments]
 #   With arguments, only `cargo test ARGS` runs (to pick tests); the QEMU tiers run without.
+# Without arguments, every fuzz target also runs for 30 s before the guest runs
+# (tests/fuzz/run.sh, docs/reliability.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 tests/install-deps.sh
 export PATH="$HOME/.cargo/bin:$PATH"
 cargo test --locked --all-targets "$@"
 if [ $# -eq 0 ]; then
-    # Both guest runs, whatever the first one found.
     rc=0
+    tests/fuzz/run.sh || rc=$?
+    # Both guest runs, whatever the ones before found.
     tests/e2e/ci.sh || rc=$?
     # The cargo tier's CI subset (docs/e2e.md): the static-key tests whose expectation
     # depends on ESP, one per strongSwan mode, Libreswan 4 and 5 with PSK, and a Libreswan

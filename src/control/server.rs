@@ -23,8 +23,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use serde_json::Value;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{UnixListener, UnixStream};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::UnixListener;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
 
@@ -49,9 +49,9 @@ pub struct ControlServer {
 }
 
 #[derive(Debug)]
-struct Shared {
-    log: LogHandle,
-    tx: mpsc::Sender<ControlRequest>,
+pub(crate) struct Shared {
+    pub(crate) log: LogHandle,
+    pub(crate) tx: mpsc::Sender<ControlRequest>,
 }
 
 /// Binds the control socket at `path`. The receiver yields the commands the main loop must
@@ -161,7 +161,7 @@ impl ControlServer {
 }
 
 /// Serves one connection until EOF or a protocol violation.
-async fn serve(mut stream: UnixStream, shared: Arc<Shared>) {
+pub(crate) async fn serve(mut stream: impl AsyncRead + AsyncWrite + Unpin, shared: Arc<Shared>) {
     let mut framer = Framer::new();
     let mut buf = vec![0u8; 4096];
     let mut unanswered = 0usize;

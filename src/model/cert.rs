@@ -177,7 +177,7 @@ pub(super) fn read_limited(file: File) -> std::io::Result<Vec<u8>> {
 }
 
 /// The first `CERTIFICATE` PEM block, or else the whole file as DER.
-fn parse(bytes: &[u8], shown_path: impl Fn() -> String) -> Result<CertInfo, CertError> {
+pub(crate) fn parse(bytes: &[u8], shown_path: impl Fn() -> String) -> Result<CertInfo, CertError> {
     let pem_der = Pem::iter_from_buffer(bytes)
         .map_while(Result::ok)
         .find(|pem| pem.label == "CERTIFICATE" || pem.label == "X509 CERTIFICATE")

@@ -450,20 +450,11 @@ impl Task {
 
     /// Applies an update notification, decoded from its bytes straight into typed rows.
     fn notification(&mut self, method: &str, frame: &[u8]) -> Result<(), OvsdbError> {
-        let (monitor, txn, updates) = match method {
-            "update3" => {
-                let (id, txn, u): Update3Params = decode_params("update3", frame)?;
-                (id, Some(txn), Updates::Diffs(u))
-            }
-            "update2" => {
-                let (id, u): UpdateParams<RowUpdate2> = decode_params("update2", frame)?;
-                (id, None, Updates::Diffs(u))
-            }
-            _ => {
-                let (id, u): UpdateParams<RowUpdate> = decode_params("update", frame)?;
-                (id, None, Updates::Rows(u))
-            }
-        };
+        let Update {
+            monitor,
+            txn,
+            updates,
+        } = decode_update(method, frame)?;
         if monitor.as_str() != Some(MONITOR_ID) {
             tracing::debug!("ignoring {method:?} notification not for our monitor");
             return Ok(());
@@ -475,6 +466,45 @@ impl Task {
         self.emit(DbEvent::Changed);
         Ok(())
     }
+}
+
+/// An update notification, decoded.
+pub(crate) struct Update {
+    pub monitor: Value,
+    /// `update3` only: the transaction the update brings the replica to.
+    pub txn: Option<String>,
+    pub updates: Updates,
+}
+
+/// Decodes the params of an `update3`, `update2` or (any other `method`) `update`
+/// notification from its bytes straight into typed rows.
+pub(crate) fn decode_update(method: &str, frame: &[u8]) -> Result<Update, OvsdbError> {
+    Ok(match method {
+        "update3" => {
+            let (monitor, txn, u): Update3Params = decode_params("update3", frame)?;
+            Update {
+                monitor,
+                txn: Some(txn),
+                updates: Updates::Diffs(u),
+            }
+        }
+        "update2" => {
+            let (monitor, u): UpdateParams<RowUpdate2> = decode_params("update2", frame)?;
+            Update {
+                monitor,
+                txn: None,
+                updates: Updates::Diffs(u),
+            }
+        }
+        _ => {
+            let (monitor, u): UpdateParams<RowUpdate> = decode_params("update", frame)?;
+            Update {
+                monitor,
+                txn: None,
+                updates: Updates::Rows(u),
+            }
+        }
+    })
 }
 
 /// A reply of a method without transaction ids: a whole new replica.

@@ -11,7 +11,7 @@ pub mod monitor;
 pub mod remote;
 pub mod replica;
 pub mod schema;
-mod session;
+pub(crate) mod session;
 pub mod transact;
 pub mod transport;
 pub mod updates;

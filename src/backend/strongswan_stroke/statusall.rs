@@ -200,13 +200,18 @@ pub fn parse_in(out: &str, keep: impl Fn(&str) -> bool) -> Status {
     }
     let mut st = Status::default();
     let mut kept_peers = BTreeSet::new();
+    // A name listed in more than one place is one peer configuration: decide on all of it.
+    let mut groups: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
     for (peer, kids) in peers {
+        groups.entry(peer).or_default().extend(kids);
+    }
+    for (peer, kids) in groups {
         if keep(peer) || kids.iter().any(|k| keep(k)) {
             kept_peers.insert(peer);
-            st.peers
-                .entry(peer.to_owned())
-                .or_default()
-                .extend(kids.iter().map(|k| (*k).to_owned()));
+            st.peers.insert(
+                peer.to_owned(),
+                kids.iter().map(|k| (*k).to_owned()).collect(),
+            );
         }
     }
     st.routed = routed
@@ -277,6 +282,27 @@ Security Associations (1 up, 0 connecting):
     tun-in-1{4}:  INSTALLED, TRANSPORT, reqid 1, ESP SPIs: c0dc3410_i cb107296_o
     old-in-1[2]: CONNECTING, 192.0.2.1[%any]...192.0.2.3[%any]
 ";
+
+    /// Found by the `stroke_statusall` fuzz target: a peer configuration listed in two places
+    /// was kept by a filtered parse with only the children of the place that matched, so a
+    /// scoped pass saw other connections loaded than a full one.
+    #[test]
+    fn a_peer_listed_twice_is_kept_whole() {
+        let out = "Connections:\n\
+                   \x20   peer-a:  %any...192.0.2.2  IKEv2\n\
+                   \x20   peer-a:   child:  dynamic[gre] === dynamic[gre] TRANSPORT\n\
+                   \x20   gre9-1:   child:  dynamic[gre] === dynamic[gre] TRANSPORT\n\
+                   \x20   peer-b:  %any...192.0.2.3  IKEv2\n\
+                   \x20   peer-a:  %any...192.0.2.2  IKEv2\n\
+                   \x20 tun-in-4:   child:  dynamic[udp/4789] === dynamic[udp] TRANSPORT\n";
+        let all = parse(out);
+        assert_eq!(all.peers["peer-a"], ["peer-a", "gre9-1", "tun-in-4"]);
+        for kept in ["gre9-1", "tun-in-4", "peer-a"] {
+            let some = parse_in(out, |n| n == kept);
+            assert_eq!(some.peers.get("peer-a"), all.peers.get("peer-a"), "{kept}");
+            assert!(!some.peers.contains_key("peer-b"));
+        }
+    }
 
     #[test]
     fn in_out_names_are_kept_exactly() {

@@ -181,28 +181,8 @@ impl XfrmBackend {
             .await
             .map_err(|e| dump_err("policies", e))?;
         let sas = xfrm.dump_sas().await.map_err(|e| dump_err("SAs", e))?;
-        let mut obs = Observed {
-            xfrm_stat: xfrm_stat(),
-            ..Default::default()
-        };
-        for p in policies {
-            match (p.id, p.ours) {
-                (Some(id), true) => {
-                    obs.policies.insert(id, p.spi);
-                }
-                (Some(id), false) => {
-                    obs.foreign_policies.insert(id);
-                }
-                (None, _) => {}
-            }
-        }
-        for s in sas {
-            if s.ours {
-                obs.sas.insert(s.id, s.stats);
-            } else {
-                obs.foreign_sas.insert((s.id.dst, s.id.spi));
-            }
-        }
+        let mut obs = observe::of_dump(policies, sas);
+        obs.xfrm_stat = xfrm_stat();
         match self.observe_guards().await {
             Ok(Some(l)) => (obs.guards, obs.esp_seen) = (Some(l.guards), l.esp_seen),
             Ok(None) => {}

@@ -94,10 +94,7 @@ impl Xfrm {
     pub async fn dump_policies(&mut self) -> Result<Vec<DumpedPolicy>, XfrmError> {
         let msg = XfrmMessage::GetPolicy(policy::DelGetMessage::default());
         self.socket
-            .dump(msg, NLM_F_REQUEST | NLM_F_DUMP, |m| match m {
-                XfrmMessage::AddPolicy(p) => Some(dumped_policy(&p.user_policy_info, &p.nlas)),
-                _ => None,
-            })
+            .dump(msg, NLM_F_REQUEST | NLM_F_DUMP, policy_of)
             .await
     }
 
@@ -105,10 +102,7 @@ impl Xfrm {
     pub async fn dump_sas(&mut self) -> Result<Vec<DumpedSa>, XfrmError> {
         let msg = XfrmMessage::GetDumpSa(state::GetDumpMessage::default());
         self.socket
-            .dump(msg, NLM_F_REQUEST | NLM_F_DUMP, |m| match m {
-                XfrmMessage::AddSa(s) => dumped_sa(&s.user_sa_info, &s.nlas),
-                _ => None,
-            })
+            .dump(msg, NLM_F_REQUEST | NLM_F_DUMP, sa_of)
             .await
     }
 
@@ -126,19 +120,13 @@ impl Xfrm {
     /// The object the kernel holds under our SA's identity (dst, SPI, ESP), ours or not.
     pub async fn get_sa(&mut self, id: &SaId) -> Result<Option<DumpedSa>, XfrmError> {
         let msg = XfrmMessage::GetSa(sa_id(id));
-        Ok(match self.socket.get(msg).await? {
-            Some(XfrmMessage::AddSa(s)) => dumped_sa(&s.user_sa_info, &s.nlas),
-            _ => None,
-        })
+        Ok(self.socket.get(msg).await?.and_then(sa_of))
     }
 
     /// The policy the kernel holds on this selector and direction, ours or not.
     pub async fn get_policy(&mut self, id: &PolicyId) -> Result<Option<DumpedPolicy>, XfrmError> {
         let msg = XfrmMessage::GetPolicy(policy_id(id));
-        Ok(match self.socket.get(msg).await? {
-            Some(XfrmMessage::AddPolicy(p)) => Some(dumped_policy(&p.user_policy_info, &p.nlas)),
-            _ => None,
-        })
+        Ok(self.socket.get(msg).await?.and_then(policy_of))
     }
 
     /// The sender the kernel names in its notifications about our requests.
@@ -323,6 +311,22 @@ fn flow_of(s: &Selector) -> Option<Flow> {
         dst: ip_of(&s.daddr, s.family)?,
         proto,
     })
+}
+
+/// What we keep of a policy the kernel sent (in a dump or a `GETPOLICY` answer).
+pub(crate) fn policy_of(m: XfrmMessage) -> Option<DumpedPolicy> {
+    match m {
+        XfrmMessage::AddPolicy(p) => Some(dumped_policy(&p.user_policy_info, &p.nlas)),
+        _ => None,
+    }
+}
+
+/// What we keep of an SA the kernel sent (in a dump or a `GETSA` answer): no key bytes.
+pub(crate) fn sa_of(m: XfrmMessage) -> Option<DumpedSa> {
+    match m {
+        XfrmMessage::AddSa(s) => dumped_sa(&s.user_sa_info, &s.nlas),
+        _ => None,
+    }
 }
 
 fn dumped_policy(info: &UserPolicyInfo, nlas: &[XfrmAttrs]) -> DumpedPolicy {

@@ -130,6 +130,32 @@ pub fn same_kernel(a: &Observed, b: &Observed) -> bool {
         && a.xfrm_stat == b.xfrm_stat
 }
 
+/// The kernel's part of a full observation, from its dumps: our objects with what we read of
+/// them, other programs' only as the identities they occupy. A policy on a selector we could
+/// never want is left out.
+pub fn of_dump(policies: Vec<DumpedPolicy>, sas: Vec<DumpedSa>) -> Observed {
+    let mut obs = Observed::default();
+    for p in policies {
+        match (p.id, p.ours) {
+            (Some(id), true) => {
+                obs.policies.insert(id, p.spi);
+            }
+            (Some(id), false) => {
+                obs.foreign_policies.insert(id);
+            }
+            (None, _) => {}
+        }
+    }
+    for s in sas {
+        if s.ours {
+            obs.sas.insert(s.id, s.stats);
+        } else {
+            obs.foreign_sas.insert((s.id.dst, s.id.spi));
+        }
+    }
+    obs
+}
+
 /// Puts what a GET of `id` found (or that nothing is there) into the observation.
 pub fn patch_sa(obs: &mut Observed, id: &SaId, found: Option<DumpedSa>) {
     obs.sas.remove(id);

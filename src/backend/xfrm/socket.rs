@@ -21,9 +21,15 @@
 use std::time::Duration;
 
 use netlink_packet_core::{
-    NLM_F_ACK, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage, NetlinkPayload,
+    NLM_F_ACK, NLM_F_REQUEST, NLMSG_DONE, NLMSG_ERROR, NLMSG_NOOP, NetlinkHeader, NetlinkMessage,
+    NetlinkPayload,
 };
-use netlink_packet_xfrm::XfrmMessage;
+use netlink_packet_xfrm::{
+    XFRM_MSG_DELPOLICY, XFRM_MSG_DELSA, XFRM_MSG_EXPIRE, XFRM_MSG_FLUSHPOLICY, XFRM_MSG_FLUSHSA,
+    XFRM_MSG_NEWPOLICY, XFRM_MSG_NEWSA, XFRM_MSG_POLEXPIRE, XFRM_MSG_UPDPOLICY, XFRM_MSG_UPDSA,
+    XFRM_USER_EXPIRE_LEN, XFRM_USER_POLICY_EXPIRE_LEN, XFRM_USER_POLICY_ID_LEN,
+    XFRM_USER_POLICY_INFO_LEN, XFRM_USER_SA_ID_LEN, XFRM_USER_SA_INFO_LEN, XfrmMessage,
+};
 use netlink_sys::{AsyncSocket, AsyncSocketExt, TokioSocket, protocols::NETLINK_XFRM};
 use tracing::debug;
 
@@ -255,7 +261,7 @@ impl Socket {
         }
     }
 
-    /// One datagram, split into messages (see [`split`]).
+    /// One datagram, split into messages ([`split`]).
     async fn recv(&mut self) -> Result<Vec<NetlinkMessage<XfrmMessage>>, XfrmError> {
         let mut buf = Vec::with_capacity(RECV_BYTES);
         self.sock
@@ -263,6 +269,58 @@ impl Socket {
             .await
             .map_err(|e| XfrmError::Netlink(format!("receive: {e}")))?;
         Ok(split(&buf))
+    }
+}
+
+/// The messages of one received datagram (a dump's or a notification's). Dumped SAs and SA
+/// notifications carry keys: callers keep only what they need and drop the rest at once. A
+/// message we cannot parse (another program's state in a shape netlink-packet-xfrm does not
+/// know) is skipped, never fatal; a length that does not fit ends the datagram.
+pub(crate) fn split(datagram: &[u8]) -> Vec<NetlinkMessage<XfrmMessage>> {
+    let mut out = Vec::new();
+    let mut rest = datagram;
+    while let Some(len) = rest
+        .first_chunk::<4>()
+        .and_then(|b| usize::try_from(u32::from_ne_bytes(*b)).ok())
+        .filter(|len| (HEADER_LEN..=rest.len()).contains(len))
+    {
+        match rest
+            .get(..len)
+            .filter(|m| parseable(m))
+            .map(NetlinkMessage::<XfrmMessage>::deserialize)
+        {
+            Some(Ok(m)) => out.push(m),
+            _ => debug!("skipped an XFRM netlink message we cannot parse"),
+        }
+        rest = rest.get(align(len)..).unwrap_or_default();
+    }
+    out
+}
+
+/// Whether `msg` (header included) is a message we read and is long enough for its fixed
+/// part. netlink-packet-xfrm 0.5 slices a message's fixed part (`struct xfrm_usersa_info`,
+/// `struct xfrm_userpolicy_info`, ...) without checking its length, so a short one would
+/// panic, and the daemon aborts on a panic: only the types the backend reads (dump replies
+/// and the notifications `events` reacts to) are parsed, and only when they are whole.
+/// Netlink's own messages (error, done) are parsed with checks.
+fn parseable(msg: &[u8]) -> bool {
+    let kind = msg
+        .get(4..6)
+        .and_then(|b| b.try_into().ok())
+        .map_or(0, u16::from_ne_bytes);
+    let payload = msg.len().saturating_sub(HEADER_LEN);
+    match kind {
+        NLMSG_NOOP | NLMSG_ERROR | NLMSG_DONE => true,
+        XFRM_MSG_NEWSA | XFRM_MSG_UPDSA => payload >= XFRM_USER_SA_INFO_LEN,
+        XFRM_MSG_NEWPOLICY | XFRM_MSG_UPDPOLICY => payload >= XFRM_USER_POLICY_INFO_LEN,
+        XFRM_MSG_DELSA => payload >= XFRM_USER_SA_ID_LEN,
+        XFRM_MSG_DELPOLICY => payload >= XFRM_USER_POLICY_ID_LEN,
+        XFRM_MSG_EXPIRE => payload >= XFRM_USER_EXPIRE_LEN,
+        XFRM_MSG_POLEXPIRE => payload >= XFRM_USER_POLICY_EXPIRE_LEN,
+        // `struct xfrm_usersa_flush` is one byte; a policy flush has no fixed part.
+        XFRM_MSG_FLUSHSA => payload >= 1,
+        XFRM_MSG_FLUSHPOLICY => true,
+        _ => false,
     }
 }
 
@@ -305,29 +363,6 @@ impl Subscription {
     }
 }
 
-/// One datagram's messages. Dumped SAs and SA notifications carry keys: callers keep only
-/// what they need and drop the rest at once. A message we cannot parse (another program's
-/// state in a shape netlink-packet-xfrm does not know) is skipped, never fatal.
-fn split(buf: &[u8]) -> Vec<NetlinkMessage<XfrmMessage>> {
-    let mut out = Vec::new();
-    let mut rest = buf;
-    while let Some(len) = rest
-        .first_chunk::<4>()
-        .and_then(|b| usize::try_from(u32::from_ne_bytes(*b)).ok())
-        .filter(|len| (HEADER_LEN..=rest.len()).contains(len))
-    {
-        match rest
-            .get(..len)
-            .map(NetlinkMessage::<XfrmMessage>::deserialize)
-        {
-            Some(Ok(m)) => out.push(m),
-            _ => debug!("skipped an XFRM netlink message we cannot parse"),
-        }
-        rest = rest.get(align(len)..).unwrap_or_default();
-    }
-    out
-}
-
 fn align(len: usize) -> usize {
     (len + 3) & !3
 }
@@ -336,5 +371,55 @@ fn align(len: usize) -> usize {
 fn kernel(code: i32) -> XfrmError {
     XfrmError::Kernel {
         errno: code.saturating_abs(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use netlink_packet_xfrm::policy;
+
+    fn whole_policy() -> Vec<u8> {
+        let msg = XfrmMessage::AddPolicy(policy::ModifyMessage::default());
+        let mut m =
+            NetlinkMessage::new(NetlinkHeader::default(), NetlinkPayload::InnerMessage(msg));
+        m.finalize();
+        let mut buf = vec![0; m.buffer_len()];
+        m.serialize(&mut buf);
+        buf
+    }
+
+    /// Found by the `xfrm_netlink` fuzz target: a `XFRM_MSG_NEWPOLICY` shorter than its
+    /// fixed part made netlink-packet-xfrm panic (the daemon aborts on a panic). Every type
+    /// we parse, one byte short of its fixed part, is skipped and the message after it kept.
+    #[test]
+    fn short_messages_are_skipped_not_parsed() {
+        let whole = whole_policy();
+        for (kind, fixed) in [
+            (XFRM_MSG_NEWPOLICY, XFRM_USER_POLICY_INFO_LEN),
+            (XFRM_MSG_UPDPOLICY, XFRM_USER_POLICY_INFO_LEN),
+            (XFRM_MSG_NEWSA, XFRM_USER_SA_INFO_LEN),
+            (XFRM_MSG_UPDSA, XFRM_USER_SA_INFO_LEN),
+            (XFRM_MSG_DELSA, XFRM_USER_SA_ID_LEN),
+            (XFRM_MSG_DELPOLICY, XFRM_USER_POLICY_ID_LEN),
+            (XFRM_MSG_EXPIRE, XFRM_USER_EXPIRE_LEN),
+            (XFRM_MSG_POLEXPIRE, XFRM_USER_POLICY_EXPIRE_LEN),
+        ] {
+            let len = HEADER_LEN + fixed - 1;
+            let mut short = vec![0u8; align(len)];
+            short[..4].copy_from_slice(&u32::try_from(len).unwrap_or(0).to_ne_bytes());
+            short[4..6].copy_from_slice(&kind.to_ne_bytes());
+            short.extend_from_slice(&whole);
+            let got = split(&short);
+            assert_eq!(
+                got.len(),
+                1,
+                "kind {kind}: the whole message after it is kept"
+            );
+            assert!(matches!(
+                got[0].payload,
+                NetlinkPayload::InnerMessage(XfrmMessage::AddPolicy(_))
+            ));
+        }
     }
 }
