@@ -30,6 +30,11 @@ pub struct CertAlerts {
 }
 
 impl CertAlerts {
+    /// `--cert-expiry-warning-days`, which `diagnose` judges expiry by too.
+    pub fn warning_days(&self) -> u32 {
+        self.warning_days
+    }
+
     pub fn new(warning_days: u32) -> Self {
         Self {
             warning_days,

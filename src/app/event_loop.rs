@@ -584,6 +584,11 @@ impl<B: Backend> EventLoop<B> {
                     &mut self.backend,
                     &self.registry,
                     &self.outcome,
+                    super::diagnose::Sources {
+                        rows: &self.rows,
+                        certs: &mut self.certs,
+                        warning_days: self.cert_alerts.warning_days(),
+                    },
                     interface.as_deref(),
                     json,
                 )

@@ -12,11 +12,14 @@
 //!
 //! [`Backend::diagnose_view`]: crate::backend::Backend::diagnose_view
 //!
-//! The host checks (`mtu`, `nft`, `route`, `certs`) are each a pure `check` over explicit
-//! inputs plus a small gatherer that reads them.
+//! The host checks (`route`, `mtu`, `nft`, `certs`) are each a pure `check` over explicit
+//! inputs plus a small gatherer that reads them; the shell gathers (the ruleset and the
+//! datapath's ports once per command, the route and certificate files per tunnel) and
+//! `host` turns their findings into the last four layers.
 
 pub mod certs;
 pub mod finding;
+pub mod host;
 pub mod ike;
 pub mod kernel;
 pub mod mtu;
@@ -92,6 +95,8 @@ pub struct Host<'a> {
     pub sampled: Option<Duration>,
     /// The mark OVS puts on tunnel packets (`ipsec_skb_mark`), which policy marks match.
     pub packet_mark: u32,
+    /// The nftables ruleset, or why it could not be read.
+    pub nft: Result<&'a nft::Ruleset, &'a str>,
 }
 
 /// What the pipeline holds about one tunnel.
@@ -103,6 +108,8 @@ pub struct TunnelInput<'a> {
     /// `options:local_ip`, or the kernel's source address toward `remote_ip`; `None` when
     /// there is no route.
     pub local: Option<IpAddr>,
+    /// What the shell read for the host layers (route, MTU, certificates).
+    pub reads: &'a host::HostReads,
 }
 
 /// Diagnoses one tunnel: every layer in order, each failure a finding.
@@ -153,6 +160,11 @@ pub fn diagnose(t: &TunnelInput<'_>, host: &Host<'_>) -> Diagnosis {
             format!("not checked: no local address toward {}", conf.remote_ip),
         ),
     }
+    let ends = nft::Endpoints {
+        local: t.local,
+        remote: conf.remote_ip,
+    };
+    host::check(conf, ends, t.reads, host, &mut checks);
     let state = t.live.map_or("configured", |l| l.state.as_str()).to_owned();
     finish(t, &state, checks)
 }

@@ -100,16 +100,41 @@ fn sa(src: &str, dst: &str, spi: u32, packets: u64) -> HostSa {
     }
 }
 
+/// Host reads of a routed peer with no datapath port and no certificate.
+fn quiet_reads(t: &Tunnel) -> host::HostReads {
+    let route = route::Route {
+        dev: "eth0".into(),
+        source: Some(L.parse().unwrap()),
+        gateway: None,
+        route_mtu: None,
+        dev_mtu: Some(1500),
+        from_local_ip: None,
+    };
+    let conf = t.conf().unwrap();
+    host::HostReads {
+        route: Ok(route::RouteAnswer::Route(route)),
+        mtu: Ok(mtu::input_for(
+            conf,
+            &BTreeMap::new(),
+            Some(1500),
+            Vec::new(),
+        )),
+        certs: None,
+    }
+}
+
 fn run(kind: BackendKind, ike: &IkeView, xfrm: &HostXfrm, later: Option<&[HostSa]>) -> Diagnosis {
     let t = tunnel(true);
     let live = LiveStatus::new(LiveState::Up);
     let index = kernel::XfrmIndex::new(xfrm, later.unwrap_or_default());
+    let rules = nft::Ruleset::default();
     let host = Host {
         kind,
         ike,
         xfrm: Ok(&index),
         sampled: later.map(|_| Duration::from_secs(1)),
         packet_mark: 0,
+        nft: Ok(&rules),
     };
     diagnose(
         &TunnelInput {
@@ -117,9 +142,62 @@ fn run(kind: BackendKind, ike: &IkeView, xfrm: &HostXfrm, later: Option<&[HostSa
             live: Some(&live),
             apply_error: None,
             local: Some(L.parse().unwrap()),
+            reads: &quiet_reads(&t),
         },
         &host,
     )
+}
+
+#[test]
+fn host_layers_follow_the_kernel_and_a_failed_read_is_not_a_finding() {
+    let t = tunnel(true);
+    let x = HostXfrm {
+        policies: ours(),
+        sas: vec![sa(L, R, 1, 0), sa(R, L, 2, 0)],
+    };
+    let index = kernel::XfrmIndex::new(&x, &[]);
+    let host = Host {
+        kind: BackendKind::None,
+        ike: &IkeView::NotReported,
+        xfrm: Ok(&index),
+        sampled: None,
+        packet_mark: 0,
+        nft: Err("cannot run nft"),
+    };
+    let mut reads = quiet_reads(&t);
+    reads.route = Ok(route::RouteAnswer::NoRoute("Network is unreachable".into()));
+    reads.mtu = Err("cannot list the datapath's ports".into());
+    let d = diagnose(
+        &TunnelInput {
+            tunnel: &t,
+            live: None,
+            apply_error: None,
+            local: Some(L.parse().unwrap()),
+            reads: &reads,
+        },
+        &host,
+    );
+    assert_eq!(codes(&d), ["peer-unreachable"]);
+    let last: Vec<_> = (d.layers.iter().rev().take(4).rev())
+        .map(|l| (l.name, l.ok, l.text.as_str()))
+        .collect();
+    assert_eq!(
+        last,
+        [
+            (
+                "route",
+                false,
+                "no route to 192.0.2.2: Network is unreachable"
+            ),
+            (
+                "MTU",
+                false,
+                "not checked: cannot list the datapath's ports"
+            ),
+            ("firewall/NAT", false, "not checked: cannot run nft"),
+            ("certificates", true, "none (pre-shared key)"),
+        ]
+    );
 }
 
 fn codes(d: &Diagnosis) -> Vec<&'static str> {
@@ -350,6 +428,7 @@ fn reports_in_text_and_json_never_show_the_psk() {
         xfrm: Err("no XFRM"),
         sampled: None,
         packet_mark: 0,
+        nft: Err("no nft"),
     };
     let bad = diagnose(
         &TunnelInput {
@@ -357,6 +436,7 @@ fn reports_in_text_and_json_never_show_the_psk() {
             live: None,
             apply_error: None,
             local: None,
+            reads: &quiet_reads(&tunnel(true)),
         },
         &host,
     );
@@ -366,7 +446,7 @@ fn reports_in_text_and_json_never_show_the_psk() {
     let all = [good.clone(), bad.clone()];
     let text = report::render(&all, false, false);
     assert!(
-        text.starts_with("gnv0: up, no problem found (6 layers checked)\ngnv0: invalid\n  FAIL OVSDB row  invalid: remote_ip is not an IP address\n  error invalid-config: "),
+        text.starts_with("gnv0: up, no problem found (10 layers checked)\ngnv0: invalid\n  FAIL OVSDB row  invalid: remote_ip is not an IP address\n  error invalid-config: "),
         "{text}"
     );
     let one = report::render(std::slice::from_ref(&good), false, true);
