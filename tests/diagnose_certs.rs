@@ -347,3 +347,72 @@ fn the_monitor_warns_of_an_expiring_certificate_and_fails_an_expired_one() {
     assert_eq!(iface_key(&db, "gnv0", "ipsec-error"), None);
     assert_eq!(iface_key(&db, "gnv0", "ipsec-warning"), None);
 }
+
+#[test]
+fn diagnose_through_appctl_judges_expiry_by_the_flag_and_names_a_readable_key() {
+    // The local certificate expires in 20 days, the peer's in 3, and the key is 0644. With
+    // `--cert-expiry-warning-days=10` only the peer's is close enough to warn about (the
+    // default of 30 would name both).
+    let pki = Pkid::new();
+    pki.self_signed("me", "me", 20)
+        .self_signed("soon", "peer", 3);
+    std::fs::set_permissions(pki.path("me.key"), std::fs::Permissions::from_mode(0o644)).unwrap();
+    let key_text = std::fs::read_to_string(pki.path("me.key")).unwrap();
+    let db = OvsdbServer::start();
+    let p = |f: &str| pki.path(f).display().to_string();
+    db.vsctl(&[
+        "set",
+        "Open_vSwitch",
+        ".",
+        &format!("other_config:certificate={}", p("me.pem")),
+        &format!("other_config:private_key={}", p("me.key")),
+    ]);
+    db.add_tunnel(
+        "gnv0",
+        "geneve",
+        &[
+            "remote_ip=192.0.2.2",
+            "remote_name=peer",
+            &format!("remote_cert={}", p("soon.pem")),
+        ],
+    );
+    let mon = Monitor::start(&db, &["--cert-expiry-warning-days=10"]);
+    wait_for("the tunnel in diagnose", Duration::from_secs(60), || {
+        mon.diagnose_codes("gnv0")
+            .contains(&"cert-expiring".to_owned())
+    });
+    let json: serde_json::Value =
+        serde_json::from_str(&mon.appctl_ok(&["diagnose", "gnv0", "--json"])).unwrap();
+    let findings = json[0]["findings"].as_array().unwrap();
+    let of = |code: &str| -> Vec<String> {
+        (findings.iter())
+            .filter(|f| f["code"] == code)
+            .map(|f| f["message"].as_str().unwrap_or_default().to_owned())
+            .collect()
+    };
+    let expiring = of("cert-expiring");
+    assert_eq!(expiring.len(), 1, "{json}");
+    assert!(
+        expiring[0].contains("peer certificate") && expiring[0].contains("soon.pem"),
+        "{json}"
+    );
+    let readable = of("key-file-readable-by-others");
+    assert_eq!(readable.len(), 1, "{json}");
+    assert!(readable[0].contains("me.key"), "{json}");
+
+    let text = mon.appctl_ok(&["diagnose", "gnv0"]);
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("  FAIL certificate ") && l.contains("me valid until "))
+            && text.contains("warning cert-expiring: the peer certificate")
+            && text.contains("key-file-readable-by-others: "),
+        "{text}"
+    );
+    // The key's bytes appear nowhere.
+    let body: String = (key_text.lines())
+        .filter(|l| !l.starts_with("-----"))
+        .collect();
+    for out in [&text, &json.to_string()] {
+        assert!(!out.contains(&body[..32]), "{out}");
+    }
+}

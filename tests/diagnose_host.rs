@@ -335,3 +335,97 @@ fn tunnels_show_reports_the_inner_mtu_of_the_path() {
         .collect();
     assert_eq!(mtus, [&serde_json::json!(1316), &serde_json::json!(1324)]);
 }
+
+#[test]
+fn diagnose_through_appctl_shows_route_mtu_nat_and_firewall_findings() {
+    // The static backend in the left namespace: an uplink of MTU 1400, a datapath stand-in
+    // with a 1500 port, a NAT rule on the peer's subnet and a drop of IKE, no route to
+    // 198.51.100.0/24.
+    let pair = NetnsPair::new("dgd");
+    let ns = pair.left.as_str();
+    ip(&["-n", ns, "link", "set", "v0", "mtu", "1400"]);
+    ip(&["-n", ns, "link", "add", "ovs-system", "type", "bridge"]);
+    ip(&[
+        "-n", ns, "link", "add", "vm1", "type", "veth", "peer", "name", "vm1p",
+    ]);
+    ip(&["-n", ns, "link", "set", "vm1", "master", "ovs-system"]);
+    ip(&["-n", ns, "route", "add", "unreachable", "198.51.100.0/24"]);
+    nft_load(
+        ns,
+        "table ip nat {
+           chain post { type nat hook postrouting priority 100;
+             ip daddr 192.0.2.0/24 masquerade
+           }
+         }
+         table inet filter {
+           chain input { type filter hook input priority 0; policy accept;
+             udp dport 500 drop
+           }
+         }",
+    );
+    let db = OvsdbServer::start();
+    let opts = |remote: &str| {
+        [
+            format!("remote_ip={remote}"),
+            "psk=swordfish-host".to_owned(),
+        ]
+    };
+    db.add_tunnel("gnv0", "geneve", &opts("192.0.2.2"));
+    db.add_tunnel("gnv1", "geneve", &opts("198.51.100.7"));
+    let mon = launch(
+        &db,
+        &["ip", "netns", "exec", ns],
+        "monitor.log",
+        &["--ike-daemon=none"],
+    );
+    wait_for("both tunnels in diagnose", TIMEOUT, || {
+        mon.appctl(&["diagnose", "gnv1"]).status.success()
+    });
+
+    let near = mon.diagnose_codes("gnv0");
+    for code in [
+        "mtu-exceeds-path",
+        "nat-on-tunnel-port",
+        "firewall-blocks-ike",
+    ] {
+        assert!(near.iter().any(|c| c == code), "{code} not in {near:?}");
+    }
+    assert!(!near.iter().any(|c| c == "peer-unreachable"), "{near:?}");
+    let far = mon.diagnose_codes("gnv1");
+    assert!(far.iter().any(|c| c == "peer-unreachable"), "{far:?}");
+    assert!(!far.iter().any(|c| c == "nat-on-tunnel-port"), "{far:?}");
+
+    let text = mon.appctl_ok(&["diagnose", "gnv0"]);
+    let line = |name: &str| {
+        (text.lines())
+            .find(|l| l.get(7..).is_some_and(|l| l.starts_with(name)))
+            .unwrap_or_else(|| panic!("no {name} layer in {text}"))
+            .to_owned()
+    };
+    assert!(line("route").starts_with("  ok   route"), "{text}");
+    assert!(
+        line("route").contains("dev v0 src 192.0.2.1, path MTU 1400"),
+        "{text}"
+    );
+    assert!(line("MTU").starts_with("  FAIL MTU"), "{text}");
+    assert!(
+        line("MTU").contains("carries 1316 inside (path MTU 1400)"),
+        "{text}"
+    );
+    assert!(line("firewall").starts_with("  FAIL firewall"), "{text}");
+    assert!(
+        text.contains("error mtu-exceeds-path: vm1 has MTU 1500")
+            && text.contains("table ip nat chain post"),
+        "{text}"
+    );
+    assert!(!text.contains("swordfish"), "{text}");
+    let text = mon.appctl_ok(&["diagnose", "gnv1"]);
+    assert!(
+        text.contains("FAIL route")
+            && text.contains("no route to 198.51.100.7")
+            && text.contains("FAIL MTU")
+            && text.contains("not checked: no path MTU toward 198.51.100.7")
+            && text.contains("error peer-unreachable: no route to the peer 198.51.100.7"),
+        "{text}"
+    );
+}

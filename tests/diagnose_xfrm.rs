@@ -15,7 +15,9 @@ const T: Duration = Duration::from_secs(20);
 const REMOTE: &str = "192.0.2.2";
 
 /// A geneve tunnel on port 6090 to [`REMOTE`], its policies installed (its SAs cannot be).
+/// The peer is routed (over `lo`, the namespace's only device) so the route layer passes.
 fn started(ns: &Netns) -> (OvsdbServer, Monitor) {
+    ns.ip(&["route", "add", "192.0.2.0/24", "dev", "lo", "src", LOCAL4]);
     let db = OvsdbServer::start();
     let mon = ns.monitor(&db, "monitor.log", &[]);
     let mut opts = geneve_6090(REMOTE, "swordfish-diag");

@@ -176,3 +176,16 @@ async fn sample() -> (Result<HostXfrm, String>, Option<(Vec<HostSa>, Duration)>)
     };
     (first, later)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::{CMD_TIMEOUT, HOST_BUDGET};
+
+    #[test]
+    fn the_troubleshooting_guide_states_the_host_read_bounds() {
+        let doc = include_str!("../../docs/troubleshooting.md").replace('\n', " ");
+        let cmd = format!("{}-second timeout", CMD_TIMEOUT.as_secs());
+        let all = format!("at most {} seconds", HOST_BUDGET.as_secs());
+        assert!(doc.contains(&cmd) && doc.contains(&all), "{cmd} / {all}");
+    }
+}

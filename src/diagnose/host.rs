@@ -1,5 +1,5 @@
-//! The host layers of a diagnosis, after the kernel's: route, MTU, firewall/NAT and
-//! certificates. Each runs the pure `check` of its module (`route`, `mtu`, `nft`, `certs`)
+//! The host layers of a diagnosis, after the kernel's: route, MTU, firewall (NAT and IKE) and
+//! certificate. Each runs the pure `check` of its module (`route`, `mtu`, `nft`, `certs`)
 //! over what the shell read ([`HostReads`] per tunnel, the nftables ruleset once per
 //! command in [`Host`]) and adds one layer line and its findings. A read that failed or ran
 //! out of time shows as "not checked" with the reason, never as a finding.
@@ -24,7 +24,7 @@ pub struct HostReads {
     pub certs: Option<Result<CertsInput, String>>,
 }
 
-/// Adds the route, MTU, firewall/NAT and certificate layers of `conf`.
+/// Adds the route, MTU, firewall and certificate layers of `conf`.
 pub fn check(
     conf: &TunnelConf,
     ends: Endpoints,
@@ -61,7 +61,10 @@ pub fn check(
             ),
         },
     };
-    let found = reads.mtu.as_ref().map(|i| mtu::check(conf, i));
+    let found = match &reads.mtu {
+        Ok(input) if input.inner_mtu().is_some() => Ok(mtu::check(conf, input)),
+        _ => Err(()),
+    };
     add(out, "MTU", mtu_text, found);
 
     let (nft_text, found) = match host.nft {
@@ -76,7 +79,7 @@ pub fn check(
             (text, Ok(found))
         }
     };
-    add(out, "firewall/NAT", nft_text, found);
+    add(out, "firewall", nft_text, found);
 
     let (cert_text, found) = match &reads.certs {
         None => ("none (pre-shared key)".to_owned(), Ok(Vec::new())),
@@ -91,7 +94,7 @@ pub fn check(
             (text, Ok(found))
         }
     };
-    add(out, "certificates", cert_text, found);
+    add(out, "certificate", cert_text, found);
 }
 
 /// One layer line: failed when it was not checked or a finding is a warning or worse.

@@ -194,8 +194,8 @@ fn host_layers_follow_the_kernel_and_a_failed_read_is_not_a_finding() {
                 false,
                 "not checked: cannot list the datapath's ports"
             ),
-            ("firewall/NAT", false, "not checked: cannot run nft"),
-            ("certificates", true, "none (pre-shared key)"),
+            ("firewall", false, "not checked: cannot run nft"),
+            ("certificate", true, "none (pre-shared key)"),
         ]
     );
 }
