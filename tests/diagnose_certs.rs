@@ -43,6 +43,20 @@ impl Pkid {
         self.0.path().join(f)
     }
 
+    /// An OVSDB server whose `other_config` points at `name.pem` and `name.key`.
+    fn ovsdb_with_own(&self, name: &str) -> OvsdbServer {
+        let db = OvsdbServer::start();
+        let p = |ext: &str| self.path(&format!("{name}.{ext}")).display().to_string();
+        db.vsctl(&[
+            "set",
+            "Open_vSwitch",
+            ".",
+            &format!("other_config:certificate={}", p("pem")),
+            &format!("other_config:private_key={}", p("key")),
+        ]);
+        db
+    }
+
     /// A self-signed certificate `name.pem` (CN `cn`, valid `days`), key `name.key` (0600).
     fn self_signed(&self, name: &str, cn: &str, days: u32) -> &Self {
         let (key, pem) = (format!("{name}.key"), format!("{name}.pem"));
@@ -285,15 +299,8 @@ fn the_monitor_warns_of_an_expiring_certificate_and_fails_an_expired_one() {
         .self_signed("fresh", "peer", 365)
         .self_signed("ca", "ca", 365);
     pki.signed("old", "peer", "ca", &stamp(-10), &stamp(-1));
-    let db = OvsdbServer::start();
+    let db = pki.ovsdb_with_own("me");
     let p = |f: &str| pki.path(f).display().to_string();
-    db.vsctl(&[
-        "set",
-        "Open_vSwitch",
-        ".",
-        &format!("other_config:certificate={}", p("me.pem")),
-        &format!("other_config:private_key={}", p("me.key")),
-    ]);
     let cert_of = |f: &str| format!("remote_cert={}", p(f));
     db.add_tunnel(
         "gnv0",
@@ -358,15 +365,8 @@ fn diagnose_through_appctl_judges_expiry_by_the_flag_and_names_a_readable_key() 
         .self_signed("soon", "peer", 3);
     std::fs::set_permissions(pki.path("me.key"), std::fs::Permissions::from_mode(0o644)).unwrap();
     let key_text = std::fs::read_to_string(pki.path("me.key")).unwrap();
-    let db = OvsdbServer::start();
+    let db = pki.ovsdb_with_own("me");
     let p = |f: &str| pki.path(f).display().to_string();
-    db.vsctl(&[
-        "set",
-        "Open_vSwitch",
-        ".",
-        &format!("other_config:certificate={}", p("me.pem")),
-        &format!("other_config:private_key={}", p("me.key")),
-    ]);
     db.add_tunnel(
         "gnv0",
         "geneve",

@@ -117,18 +117,24 @@ fn gather(ns: &str, c: &TunnelConf) -> MtuInput {
     mtu::input_for(c, &BTreeMap::new(), path, ports)
 }
 
-#[test]
-fn mtu_exceeds_path_from_real_device_and_route_mtus() {
-    let pair = NetnsPair::new("dgm");
-    let ns = pair.left.as_str();
-    // The uplink is 1400; a datapath stand-in (a bridge named like the kernel datapath) with
-    // one port at 1500 and one of the datapath's own tunnel devices at 65000.
+/// The uplink `v0` of `ns` at MTU 1400, and a datapath stand-in (a bridge named like the
+/// kernel datapath, so no ovs-vswitchd is needed) with one port `vm1` at 1500.
+fn narrow_uplink_and_datapath(ns: &str) {
     ip(&["-n", ns, "link", "set", "v0", "mtu", "1400"]);
     ip(&["-n", ns, "link", "add", "ovs-system", "type", "bridge"]);
     ip(&[
         "-n", ns, "link", "add", "vm1", "type", "veth", "peer", "name", "vm1p",
     ]);
     ip(&["-n", ns, "link", "set", "vm1", "master", "ovs-system"]);
+}
+
+#[test]
+fn mtu_exceeds_path_from_real_device_and_route_mtus() {
+    let pair = NetnsPair::new("dgm");
+    let ns = pair.left.as_str();
+    // The uplink is 1400; a datapath stand-in with one port at 1500 and one of the
+    // datapath's own tunnel devices at 65000.
+    narrow_uplink_and_datapath(ns);
     ip(&[
         "-n",
         ns,
@@ -343,12 +349,7 @@ fn diagnose_through_appctl_shows_route_mtu_nat_and_firewall_findings() {
     // 198.51.100.0/24.
     let pair = NetnsPair::new("dgd");
     let ns = pair.left.as_str();
-    ip(&["-n", ns, "link", "set", "v0", "mtu", "1400"]);
-    ip(&["-n", ns, "link", "add", "ovs-system", "type", "bridge"]);
-    ip(&[
-        "-n", ns, "link", "add", "vm1", "type", "veth", "peer", "name", "vm1p",
-    ]);
-    ip(&["-n", ns, "link", "set", "vm1", "master", "ovs-system"]);
+    narrow_uplink_and_datapath(ns);
     ip(&["-n", ns, "route", "add", "unreachable", "198.51.100.0/24"]);
     nft_load(
         ns,
