@@ -8,20 +8,24 @@ use serde_json::json;
 use super::common::ovsdb_server::OvsdbServer;
 use ovs_monitor_ipsec::ovsdb::{Client, ClientConfig, Remote, TableSpec};
 
-/// Adds the one more tunnel ("extra") whose status the benchmarks wait for.
+/// The `ovs-vsctl` arguments that add the one more tunnel ("extra") whose status the
+/// benchmarks wait for.
+pub const ADD_EXTRA: &[&str] = &[
+    "add-port",
+    "br0",
+    "extra",
+    "--",
+    "set",
+    "interface",
+    "extra",
+    "type=vxlan",
+    "options:remote_ip=10.255.255.1",
+    "options:psk=swordfish",
+];
+
+/// Adds the one more tunnel ("extra").
 pub fn add_extra(db: &OvsdbServer) {
-    db.vsctl(&[
-        "add-port",
-        "br0",
-        "extra",
-        "--",
-        "set",
-        "interface",
-        "extra",
-        "type=vxlan",
-        "options:remote_ip=10.255.255.1",
-        "options:psk=swordfish",
-    ]);
+    db.vsctl(ADD_EXTRA);
 }
 
 /// Inserts `n` vxlan PSK tunnels on br0 with our own client, 1,000 per transaction
