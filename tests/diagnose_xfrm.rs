@@ -1,11 +1,13 @@
 //! `diagnose` through the real `ovs-appctl` on the static-key backend, in a fresh network
-//! namespace of this machine's kernel (XFRM policies, no esp4): every finding below comes from
-//! real kernel state, placed by the monitor or by hand with `ip xfrm`, and a real OVSDB row.
+//! namespace of the kernel under test (with ESP its SAs install, without it they cannot): every
+//! finding below comes from real kernel state, placed by the monitor or by hand with `ip xfrm`,
+//! and a real OVSDB row.
 
 mod common;
 
 use std::time::Duration;
 
+use common::kernel;
 use common::monitor::{CTL_BIN, Monitor, wait_for};
 use common::ovsdb_server::OvsdbServer;
 use common::xfrm::{LOCAL4, Netns, geneve_6090};
@@ -14,8 +16,9 @@ use serde_json::Value;
 const T: Duration = Duration::from_secs(20);
 const REMOTE: &str = "192.0.2.2";
 
-/// A geneve tunnel on port 6090 to [`REMOTE`], its policies installed (its SAs cannot be).
-/// The peer is routed (over `lo`, the namespace's only device) so the route layer passes.
+/// A geneve tunnel on port 6090 to [`REMOTE`], its policies installed and its SAs as this
+/// kernel allows (installed and `up`, or refused and `error`). The peer is routed (over `lo`,
+/// the namespace's only device) so the route layer passes.
 fn started(ns: &Netns) -> (OvsdbServer, Monitor) {
     ns.ip(&["route", "add", "192.0.2.0/24", "dev", "lo", "src", LOCAL4]);
     let db = OvsdbServer::start();
@@ -26,6 +29,7 @@ fn started(ns: &Netns) -> (OvsdbServer, Monitor) {
     wait_for("our two policies", T, || {
         ns.ip(&["xfrm", "policy"]).matches("dport 6090").count() >= 2
     });
+    ns.wait_sa_outcome(&db, "gnv0", LOCAL4, REMOTE, "proto udp dport 6090");
     (db, mon)
 }
 
@@ -60,6 +64,34 @@ fn has(v: &[(String, String)], code: &str) -> bool {
     v.iter().any(|(c, _)| c == code)
 }
 
+/// The SA findings of the healthy tunnel on this kernel: none with ESP; without, an
+/// `sa-missing` error in each direction.
+fn sa_findings() -> Vec<(String, String)> {
+    let missing = || ("sa-missing".to_owned(), "error".to_owned());
+    kernel::expect(vec![], vec![missing(), missing()])
+}
+
+/// `diagnose gnv0`'s text for the tunnel's SAs on this kernel: with ESP it is `up` and both
+/// SA layers are ok; without, it is in error with the outbound SA missing.
+fn assert_sa_layers(text: &str) {
+    let layer_ok = |name: &str| {
+        text.lines()
+            .any(|l| l.trim_start().starts_with(&format!("ok   {name} ")) && l.contains("spi 0x"))
+    };
+    let ok = if kernel::has_esp() {
+        text.starts_with("gnv0: up\n")
+            && layer_ok("SA out")
+            && layer_ok("SA in")
+            && text.contains("no problem found")
+    } else {
+        text.starts_with("gnv0: error\n")
+            && text.contains("FAIL SA out")
+            && text.contains("error sa-missing: no outbound ESP SA")
+            && text.contains("      fix: ")
+    };
+    assert!(ok, "ESP: {}\n{text}", kernel::has_esp());
+}
+
 fn xfrm_policy(ns: &Netns, args: &str) {
     let all: Vec<&str> = args.split_whitespace().collect();
     ns.ip(&all);
@@ -70,27 +102,18 @@ fn kernel_layers_a_foreign_policy_and_an_invalid_row() {
     let ns = Netns::new();
     let (db, mon) = started(&ns);
 
-    // Our policies are there, no ESP here: both SAs are missing, nothing else.
+    // Our policies are there; the SAs are what this kernel allows, nothing else is found.
     let v = diagnose(&mon, &["gnv0"]);
-    let c = codes(&v, "gnv0");
-    assert_eq!(
-        c,
-        [("sa-missing", "error"), ("sa-missing", "error")]
-            .map(|(a, b)| (a.to_owned(), b.to_owned())),
-        "{v}"
-    );
+    assert_eq!(codes(&v, "gnv0"), sa_findings(), "{v}");
     let text = mon.appctl_ok(&["diagnose", "gnv0"]);
-    assert!(text.starts_with("gnv0: error\n"), "{text}");
     assert!(
         text.contains("ok   policy out")
             && text.contains(&format!(
                 "src {LOCAL4}/32 dst {REMOTE}/32 proto udp dport 6090 dir out priority 20310"
-            ))
-            && text.contains("FAIL SA out")
-            && text.contains("error sa-missing: no outbound ESP SA")
-            && text.contains("      fix: "),
+            )),
         "{text}"
     );
+    assert_sa_layers(&text);
     assert!(!text.contains("swordfish"), "{text}");
 
     // A host VPN's policy on our traffic with a larger priority value loses: no finding.

@@ -230,6 +230,8 @@ fn idle_clients_delay_no_pass_and_per_tunnel_families_can_be_dropped() {
     let sock = db.dir().join("metrics.sock");
     let arg = format!("--metrics=unix:{}", sock.display());
     let mon = Monitor::start(&db, &[&arg, "--metrics-per-tunnel=false"]);
+    // The endpoint listens once the monitor has started (later under a slow guest).
+    wait_for("the metrics socket", T, || sock.exists());
     // More half-open clients than the endpoint serves at once, each sending nothing.
     let idle: Vec<_> = (0..12)
         .map(|_| std::os::unix::net::UnixStream::connect(&sock).unwrap())

@@ -78,6 +78,33 @@ impl Monitor {
             .collect()
     }
 
+    /// Waits until `diagnose IFACE` reports, for a tunnel whose IKE SA is established, what
+    /// this kernel allows: with ESP the Child SA and an ESP SA each way are installed (no
+    /// `child-sa-missing`, no `sa-missing`); without, `child-sa-missing` and `sa-missing` in
+    /// each direction. Either way the IKE SA is not missing. Returns the codes.
+    pub fn wait_negotiated_findings(&self, iface: &str, timeout: Duration) -> Vec<String> {
+        let count = |c: &[String], code: &str| c.iter().filter(|x| *x == code).count();
+        let want = |c: &[String]| {
+            let (child, sa) = (count(c, "child-sa-missing"), count(c, "sa-missing"));
+            count(c, "ike-sa-missing") == 0
+                && super::kernel::expect(child == 0 && sa == 0, child > 0 && sa == 2)
+        };
+        let deadline = Instant::now() + scaled(timeout);
+        loop {
+            let codes = self.diagnose_codes(iface);
+            if want(&codes) {
+                return codes;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{iface}: diagnose's Child SA findings on this kernel (ESP: {}): {codes:?}\n{}",
+                super::kernel::has_esp(),
+                self.appctl_ok(&["diagnose", iface])
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
