@@ -12,6 +12,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
+use std::sync::Arc;
 use std::sync::OnceLock;
 
 use libfuzzer_sys::arbitrary::{self, Arbitrary};
@@ -149,8 +150,13 @@ impl CertSource for NamedCerts {
             .filter(|n| !n.is_empty())
             .ok_or_else(|| "no such certificate".to_owned())?;
         Ok(CertInfo {
+            subject: format!("CN={cn}"),
             cn,
             sha256: [0; 32],
+            not_before: 0,
+            not_after: i64::MAX,
+            sans: Vec::new(),
+            der: Arc::from(&[][..]),
         })
     }
 }
