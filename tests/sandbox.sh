@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Sandbox demo: a private ovsdb-server, tunnels created with the real ovs-vsctl, the monitor,
 # then `ovs-appctl tunnels/show`, the status the monitor wrote to OVSDB and its Prometheus
-# metrics (`metrics/show`, and a scrape of --metrics with curl). Touches nothing
-# outside a temporary directory.
+# metrics (`metrics/show`, and a scrape of --metrics with curl), then `diagnose` of the
+# invalid tunnel (the layer that failed, why, and the fix). Touches nothing outside a temporary
+# directory.
 # Usage: sudo tests/sandbox.sh        (IKE_DAEMON=strongswan|libreswan|none, default strongswan)
 #        KEEP=1 sudo tests/sandbox.sh (leave it running and print how to use it)
 # The monitor runs with --dry-run: it validates, versions, plans and reports, but touches no IKE
@@ -63,6 +64,8 @@ ovs-appctl -t ovs-monitor-ipsec metrics/show | grep -E '^ovs_ipsec_(tunnels|tunn
 say "curl -s --unix-socket $D/metrics.sock http://localhost/metrics | promtool check metrics"
 curl -s --unix-socket "$D/metrics.sock" http://localhost/metrics | promtool check metrics \
     && echo "promtool: the exposition is valid"
+say "ovs-appctl -t ovs-monitor-ipsec diagnose bad0"
+ovs-appctl -t ovs-monitor-ipsec diagnose bad0
 say "grep -v DBG $D/ovs-monitor-ipsec.log"
 grep -v '|DBG|' "$D/ovs-monitor-ipsec.log" || true
 
@@ -74,6 +77,7 @@ The sandbox keeps running in $D. Try:
   ovs-vsctl --db=unix:$D/db.sock --no-wait set interface gnv0 options:remote_ip=192.0.2.9
   ovs-appctl -t ovs-monitor-ipsec tunnels/show
   ovs-appctl -t ovs-monitor-ipsec metrics/show
+  ovs-appctl -t ovs-monitor-ipsec diagnose gnv0 --json
   curl -s --unix-socket $D/metrics.sock http://localhost/metrics
   ovs-appctl -t ovs-monitor-ipsec exit        # removes what the monitor created
 EOT
