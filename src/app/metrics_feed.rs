@@ -39,9 +39,9 @@ impl Feed {
             return;
         }
         let sas = match self.xfrm.as_mut() {
-            Some(x) => x.dump_sa_traffic().await,
+            Some(x) => x.dump_host_sas().await,
             None => match Xfrm::open(Duration::from_secs(5)) {
-                Ok(x) => self.xfrm.insert(x).dump_sa_traffic().await,
+                Ok(x) => self.xfrm.insert(x).dump_host_sas().await,
                 Err(e) => Err(e),
             },
         };

@@ -95,6 +95,9 @@ fn sa(src: &str, dst: &str, spi: u32, packets: u64) -> HostSa {
         spi,
         proto: 50,
         reqid: REQID,
+        sel_proto: 0,
+        sel_sport: 0,
+        sel_dport: 0,
         packets,
         bytes: packets * 100,
     }

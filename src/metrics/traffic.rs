@@ -17,11 +17,12 @@
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 
-use crate::backend::xfrm::netlink::SaTraffic;
+use crate::backend::xfrm::host::HostSa;
 use crate::model::{Desired, TunnelType};
 
 const IPPROTO_UDP: u8 = 17;
 const IPPROTO_GRE: u8 = 47;
+const IPPROTO_ESP: u8 = 50;
 
 /// Bytes and packets in one direction.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -91,7 +92,7 @@ struct Candidate<'a> {
 }
 
 impl Candidate<'_> {
-    fn selects(&self, sa: &SaTraffic) -> bool {
+    fn selects(&self, sa: &HostSa) -> bool {
         match sa.sel_proto {
             IPPROTO_GRE => self.kind == TunnelType::Gre,
             IPPROTO_UDP => self
@@ -103,7 +104,7 @@ impl Candidate<'_> {
 }
 
 /// The one tunnel among `cands` that `sa` belongs to, if it can be told.
-fn pick<'a>(cands: &[&Candidate<'a>], sa: &SaTraffic) -> Option<&'a str> {
+fn pick<'a>(cands: &[&Candidate<'a>], sa: &HostSa) -> Option<&'a str> {
     match cands {
         [only] => Some(only.name),
         _ => {
@@ -117,8 +118,9 @@ fn pick<'a>(cands: &[&Candidate<'a>], sa: &SaTraffic) -> Option<&'a str> {
 }
 
 impl KernelView {
-    /// Takes in a dump of every SA; returns the tunnels that rekeyed since the last one.
-    pub fn update_sas(&mut self, desired: &Desired, sas: &[SaTraffic]) -> Vec<String> {
+    /// Takes in a dump of every SA (ESP ones count); returns the tunnels that rekeyed since
+    /// the last one.
+    pub fn update_sas(&mut self, desired: &Desired, sas: &[HostSa]) -> Vec<String> {
         let mut by_remote: HashMap<IpAddr, Vec<Candidate<'_>>> = HashMap::new();
         for (name, t) in &desired.tunnels {
             by_remote
@@ -146,7 +148,7 @@ impl KernelView {
         let mut rekeyed = Vec::new();
         self.totals
             .retain(|name, _| desired.tunnels.contains_key(name));
-        for sa in sas {
+        for sa in sas.iter().filter(|s| s.proto == IPPROTO_ESP) {
             let (tunnel, outbound) = match pick(&matching(&sa.dst, &sa.src), sa) {
                 Some(t) => (t, true),
                 None => match pick(&matching(&sa.src, &sa.dst), sa) {

@@ -92,6 +92,10 @@ pub struct HostSa {
     pub spi: u32,
     pub proto: u8,
     pub reqid: u32,
+    /// The selector's IP protocol (0: any) and ports (0: any).
+    pub sel_proto: u8,
+    pub sel_sport: u16,
+    pub sel_dport: u16,
     pub packets: u64,
     pub bytes: u64,
 }
@@ -121,7 +125,7 @@ impl Xfrm {
         Ok(HostXfrm { policies, sas })
     }
 
-    /// Dumps every SA of the host (for a second counter sample).
+    /// Dumps every SA of the host (diagnose's second counter sample, the metrics' traffic).
     pub async fn dump_host_sas(&mut self) -> Result<Vec<HostSa>, XfrmError> {
         self.socket
             .dump(
@@ -196,6 +200,9 @@ fn host_sa(info: &UserSaInfo) -> Option<HostSa> {
         spi: info.id.spi,
         proto: info.id.proto,
         reqid: info.reqid,
+        sel_proto: info.selector.proto,
+        sel_sport: info.selector.sport,
+        sel_dport: info.selector.dport,
         packets: info.lifetime_cur.packets,
         bytes: info.lifetime_cur.bytes,
     })

@@ -42,21 +42,6 @@ pub struct DumpedSa {
     pub stats: SaStats,
 }
 
-/// Any ESP SA's addresses, selector and counters, whoever installed it (charon and pluto
-/// install theirs in the kernel too): what the traffic metrics match to tunnels.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct SaTraffic {
-    pub src: IpAddr,
-    pub dst: IpAddr,
-    pub spi: u32,
-    /// The selector's IP protocol (0: any) and ports (0: any).
-    pub sel_proto: u8,
-    pub sel_sport: u16,
-    pub sel_dport: u16,
-    pub bytes: u64,
-    pub packets: u64,
-}
-
 /// One write to the kernel. Its `Display` (what failed, in an error) is only formatted when
 /// it fails: a cold start of 10,000 tunnels is 40,000 writes.
 #[derive(Debug)]
@@ -103,17 +88,6 @@ impl Xfrm {
         let msg = XfrmMessage::GetDumpSa(state::GetDumpMessage::default());
         self.socket
             .dump(msg, NLM_F_REQUEST | NLM_F_DUMP, sa_of)
-            .await
-    }
-
-    /// Every ESP SA's traffic counters; key bytes are dropped as each reply arrives.
-    pub async fn dump_sa_traffic(&mut self) -> Result<Vec<SaTraffic>, XfrmError> {
-        let msg = XfrmMessage::GetDumpSa(state::GetDumpMessage::default());
-        self.socket
-            .dump(msg, NLM_F_REQUEST | NLM_F_DUMP, |m| match m {
-                XfrmMessage::AddSa(s) => sa_traffic(&s.user_sa_info),
-                _ => None,
-            })
             .await
     }
 
@@ -377,22 +351,6 @@ fn dumped_sa(info: &UserSaInfo, nlas: &[XfrmAttrs]) -> Option<DumpedSa> {
             replay_drops: info.stats.replay,
             integrity_failed: info.stats.integrity_failed,
         },
-    })
-}
-
-fn sa_traffic(info: &UserSaInfo) -> Option<SaTraffic> {
-    if info.id.proto != IPPROTO_ESP {
-        return None;
-    }
-    Some(SaTraffic {
-        src: ip_of(&info.saddr, info.family)?,
-        dst: ip_of(&info.id.daddr, info.family)?,
-        spi: info.id.spi,
-        sel_proto: info.selector.proto,
-        sel_sport: info.selector.sport,
-        sel_dport: info.selector.dport,
-        bytes: info.lifetime_cur.bytes,
-        packets: info.lifetime_cur.packets,
     })
 }
 

@@ -24,11 +24,13 @@ fn desired(tunnels: &[(&str, TunnelType, &str)]) -> Desired {
     d
 }
 
-fn sa(src: &str, dst: &str, spi: u32, proto: u8, dport: u16, bytes: u64) -> SaTraffic {
-    SaTraffic {
+fn sa(src: &str, dst: &str, spi: u32, proto: u8, dport: u16, bytes: u64) -> HostSa {
+    HostSa {
         src: src.parse().unwrap(),
         dst: dst.parse().unwrap(),
         spi,
+        proto: 50,
+        reqid: 0,
         sel_proto: proto,
         sel_sport: 0,
         sel_dport: dport,
