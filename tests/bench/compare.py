@@ -31,7 +31,8 @@ Static-key mode (`--ike-daemon=none`, ours only: Python has no such mode) runs t
 fresh network namespace and converges when `ip xfrm policy` shows the expected count; its floor
 is `ip -batch` installing the same policies and states. Before each step the monitor must be
 quiet (under 2 % of a core for QUIET s); "idle" is its CPU over XFRM_IDLE s in which nothing
-changes, and each step's CPU is the monitor's across that step; how long `ovs-vsctl` itself
+changes, and each step's CPU is the monitor's across that step (started just after a periodic
+pass, as in the other modes); how long `ovs-vsctl` itself
 took (it reads every bridge, port and interface) is shown beside it. -1 ends when the policies are
 gone (the SAs stay for the grace period by design). XFRM_BENCH_LOG=DIR keeps the monitor's
 debug log there (what each pass did and how long it took).
@@ -404,6 +405,16 @@ def settle(pid, limit=180.0):
             return
 
 
+def after_periodic_pass(pid):
+    """Waits for the next periodic pass (our CPU moving after it settled, at most PERIOD s
+    away) and its end: a step started then has no periodic pass inside its CPU window."""
+    settle(pid)
+    c, deadline = cpu_ns(pid), time.time() + PERIOD + 5
+    while cpu_ns(pid) - c < 2e6 and time.time() < deadline:
+        time.sleep(0.05)
+    settle(pid)
+
+
 def floor_batches(dump, n):
     """`ip -batch` inputs doing what our cold start does: an inbound and an outbound SA per
     tunnel (same algorithm, ESN, replay window, selector; dummy keys and SPIs), then the very
@@ -455,7 +466,7 @@ def bench_xfrm(n, ours, floor=True):
         r["idle"] = (cpu_ns(pid) - c) / 1e9
 
         def step(key, wait, *vsctl):
-            settle(pid)
+            after_periodic_pass(pid)
             c, t = cpu_ns(pid), time.time()
             db.vsctl(*vsctl)
             r[key + "-vsctl"] = time.time() - t  # the client's own share of the step
@@ -638,13 +649,7 @@ def bench_vici(n, ours):
 
         def step(key, done, *vsctl):
             nonlocal seen
-            # Start right after a periodic pass (seen as our CPU moving after it settled), so
-            # that none falls inside the step's CPU window.
-            settle(mon_pid)
-            c, deadline = cpu_ns(mon_pid), time.time() + PERIOD + 5
-            while cpu_ns(mon_pid) - c < 2e6 and time.time() < deadline:
-                time.sleep(0.05)
-            settle(mon_pid)
+            after_periodic_pass(mon_pid)
             seen = len(log_events(log))
             cpu0, charon0 = cpu_ns(mon_pid), cpu_ns(charon.pid)
             t = time.time()
