@@ -169,20 +169,29 @@ fn ca_bundle_members_are_all_trusted_and_renewed_certificates_load_without_teard
     assert_eq!(left.ike_sa_id("tun-1").as_deref(), Some(ike.as_str()));
     reauth(&right, &left, "ca2");
 
-    // A malformed bundle is reported on the tunnel and changes nothing in charon.
+    // A malformed bundle makes the tunnel invalid, naming the file and the member; the
+    // other node's bundle is untouched, and the fixed file brings the tunnel back without an
+    // OVSDB change.
     std::fs::write(
         p("left-ca.pem"),
         "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
     )
     .unwrap();
-    wait_for("the bundle's error on the tunnel", T, || {
-        iface_key(&left.db, "tun", "ipsec-error").is_some_and(|e| e.contains("CA bundle"))
+    wait_for("the tunnel invalid", T, || {
+        iface_key(&left.db, "tun", "ipsec-state").as_deref() == Some("invalid")
     });
     let err = iface_key(&left.db, "tun", "ipsec-error").unwrap();
-    assert!(
-        err.contains("left-ca.pem") && err.contains("member 1"),
-        "{err}"
+    assert_eq!(
+        err,
+        format!(
+            "CA bundle '{}': member 1 is not a valid X.509 certificate",
+            p("left-ca.pem").display()
+        )
     );
+    assert_eq!(authorities(&right), kept);
+    bundle(&p("left-ca.pem"), &[&ca2]);
+    wait_for("the tunnel back with the fixed bundle", T, || {
+        left.ike_established() && right.ike_established()
+    });
     assert_eq!(authorities(&left), kept);
-    assert!(left.ike_established());
 }

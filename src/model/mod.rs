@@ -8,6 +8,8 @@
 pub mod bundle;
 pub mod cert;
 pub mod grammar;
+pub mod key;
+mod pki_check;
 pub mod registry;
 pub mod rows;
 pub mod types;

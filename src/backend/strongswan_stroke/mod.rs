@@ -53,7 +53,7 @@ use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use thiserror::Error;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 use self::plan::{Action, Observed};
 use self::render::Rendered;
@@ -98,6 +98,11 @@ pub enum StrokeError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("cannot remove {path}: {source}")]
+    Remove {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("charon does not answer: `ipsec statusall` exited with code {0}")]
     NotRunning(i32),
 }
@@ -124,6 +129,8 @@ impl From<StrokeError> for BackendError {
 pub struct Paths {
     pub conf: PathBuf,
     pub secrets: PathBuf,
+    /// One file per CA of the `ca_cert` bundle (see [`render`]).
+    pub ca_dir: PathBuf,
     pub ovs_conf: PathBuf,
     pub ipsec: PathBuf,
 }
@@ -134,6 +141,7 @@ impl Paths {
         Self {
             conf: p("/etc/ipsec.conf"),
             secrets: p("/etc/ipsec.secrets"),
+            ca_dir: p("/etc/ipsec.d/ovs-cacerts"),
             ovs_conf: p("/etc/strongswan.d/ovs.conf"),
             ipsec: p("/usr/sbin/ipsec"),
         }
@@ -336,11 +344,46 @@ impl StrongSwanStroke {
             CONFIG_MODE,
         )?;
         write_if_changed(&self.paths.secrets, r.secrets.as_bytes(), SECRET_MODE)?;
+        self.write_cas(&r.cas)
+    }
+
+    /// The CA directory holds exactly `cas`: new members are written before `ipsec update`
+    /// adds their sections; the files of members gone are removed (charon keeps what it
+    /// loaded until `update` deletes their sections).
+    fn write_cas(&self, cas: &BTreeMap<PathBuf, Vec<u8>>) -> Result<(), StrokeError> {
+        for (path, der) in cas {
+            write_if_changed(path, der, CONFIG_MODE)?;
+        }
+        let Ok(dir) = std::fs::read_dir(&self.paths.ca_dir) else {
+            return Ok(());
+        };
+        for entry in dir.flatten() {
+            let path = entry.path();
+            let ours = entry
+                .file_name()
+                .to_str()
+                .is_some_and(|n| n.starts_with(render::CA_PREFIX) && n.ends_with(".der"));
+            if ours && !cas.contains_key(&path) {
+                std::fs::remove_file(&path).map_err(|source| StrokeError::Remove {
+                    path: path.clone(),
+                    source,
+                })?;
+            }
+        }
         Ok(())
     }
 
+    /// A private key readable by group or others is used, with a warning (once per load).
+    fn warn_exposed_keys(r: &Rendered) {
+        for key in &r.keys {
+            if let Some(w) = crate::backend::files::exposed_key(key) {
+                warn!("{w}");
+            }
+        }
+    }
+
     fn render(&self, desired: &Desired) -> Result<Rendered, TemplateError> {
-        render::render(&self.templates, &self.sections, desired)
+        render::render(&self.paths.ca_dir, &self.templates, &self.sections, desired)
     }
 
     /// Compares charon's connections with those it was seen holding: the ones it dropped
@@ -406,15 +449,22 @@ impl StrongSwanStroke {
                     reloaded = true;
                 }
                 Action::RereadSecrets => {
+                    Self::warn_exposed_keys(r);
                     self.ipsec(["rereadsecrets"], "reread the IPsec secrets")
                         .run_checked()
                         .await?;
                 }
                 Action::ReloadCredentials(_) => {
+                    Self::warn_exposed_keys(r);
                     self.ipsec(["rereadall"], "reread the IPsec credentials")
                         .run_checked()
                         .await?;
                     self.reload().await?;
+                    // charon caches the certificates it verified or sent: without this a
+                    // re-authentication could still present the old one.
+                    self.ipsec(["purgecerts"], "purge the cached certificates")
+                        .run_checked()
+                        .await?;
                     reloaded = true;
                 }
                 Action::Reconcile(conns) => {

@@ -38,3 +38,8 @@ pub fn with(mut t: DesiredTunnel, f: impl FnOnce(&mut TunnelConf)) -> DesiredTun
     f(Arc::make_mut(&mut t.conf));
     t
 }
+
+/// The CA directory the unit tests render with.
+pub fn ca_dir() -> &'static std::path::Path {
+    std::path::Path::new("/etc/ipsec.d/ovs-cacerts")
+}
