@@ -143,7 +143,7 @@ fn expected_secrets(case: &str) -> Vec<String> {
                 let hex: String = key.bytes().map(|b| format!("{b:02x}")).collect();
                 format!("{sel} : PSK 0x{hex}")
             }
-            None => l.to_owned(),
+            None => l.replace(" : RSA ", " : PKCS8 "),
         })
         .filter(|l| !l.trim().is_empty())
         .collect::<Vec<_>>();

@@ -104,3 +104,12 @@ pub fn replace(path: &Path, bytes: &[u8]) {
     std::fs::write(&tmp, bytes).expect("write");
     std::fs::rename(&tmp, path).expect("rename");
 }
+
+/// Rewrites the private key at `key` in its algorithm's traditional format (PKCS#1 for RSA,
+/// SEC1 for EC), as older tools write keys.
+pub fn traditional(key: &Path) {
+    let tmp = key.with_extension("trad");
+    let (k, t) = (key.display().to_string(), tmp.display().to_string());
+    openssl(&["pkey", "-traditional", "-in", &k, "-out", &t]);
+    std::fs::rename(&tmp, key).expect("rename");
+}

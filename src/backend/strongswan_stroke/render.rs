@@ -268,7 +268,9 @@ fn secret_for(t: &DesiredTunnel, pki: Option<&Pki>) -> Option<(String, &'static 
     match &t.conf.auth {
         Auth::Psk(psk) => Some((selectors, "PSK", psk_hex(psk))),
         Auth::SelfSigned { .. } | Auth::CaSigned { .. } => {
-            Some((selectors, "RSA", p_display(&pki?.private_key)))
+            // `PKCS8` lets charon find the key's type (RSA or EC, PKCS#8, PKCS#1 or SEC1):
+            // with the Python monitor's `RSA` an EC key fails to load.
+            Some((selectors, "PKCS8", p_display(&pki?.private_key)))
         }
     }
 }
