@@ -35,6 +35,7 @@
 //! Paths are the Python monitor's: `--root-prefix` + `/etc/ipsec.conf`, `/etc/ipsec.secrets`,
 //! `/etc/strongswan.d/ovs.conf` (written before a restart only) and `/usr/sbin/ipsec`.
 
+mod cafiles;
 pub mod conffile;
 pub mod live;
 pub mod plan;
@@ -344,33 +345,7 @@ impl StrongSwanStroke {
             CONFIG_MODE,
         )?;
         write_if_changed(&self.paths.secrets, r.secrets.as_bytes(), SECRET_MODE)?;
-        self.write_cas(&r.cas)
-    }
-
-    /// The CA directory holds exactly `cas`: new members are written before `ipsec update`
-    /// adds their sections; the files of members gone are removed (charon keeps what it
-    /// loaded until `update` deletes their sections).
-    fn write_cas(&self, cas: &BTreeMap<PathBuf, Vec<u8>>) -> Result<(), StrokeError> {
-        for (path, der) in cas {
-            write_if_changed(path, der, CONFIG_MODE)?;
-        }
-        let Ok(dir) = std::fs::read_dir(&self.paths.ca_dir) else {
-            return Ok(());
-        };
-        for entry in dir.flatten() {
-            let path = entry.path();
-            let ours = entry
-                .file_name()
-                .to_str()
-                .is_some_and(|n| n.starts_with(render::CA_PREFIX) && n.ends_with(".der"));
-            if ours && !cas.contains_key(&path) {
-                std::fs::remove_file(&path).map_err(|source| StrokeError::Remove {
-                    path: path.clone(),
-                    source,
-                })?;
-            }
-        }
-        Ok(())
+        cafiles::write(&self.paths.ca_dir, &r.cas)
     }
 
     /// A private key readable by group or others is used, with a warning (once per load).

@@ -10,11 +10,10 @@
 //! - identical secrets lines are written once;
 //! - the `ca` sections have `auto=add`: without it charon ignores a section (the default is
 //!   `auto=ignore`), so the Python monitor's CA mode never loaded the CA;
-//! - every CA of a `ca_cert` bundle is trusted: charon's `cacert=` reads only the first
-//!   certificate of a file, so each member gets its own file (`ovs-ca-<id>.der` in the CA
-//!   directory, DER) and its own `ca ovs-ca-<id>` section. The name follows the member's
-//!   content, so a changed bundle changes only the sections of the members added or removed,
-//!   and `ipsec update` adds and deletes exactly those CAs (checked with charon 5.9).
+//! - every CA of a `ca_cert` bundle is trusted, each from its own file and section
+//!   ([`super::cafiles`]);
+//! - private keys are `: PKCS8 <file>`, which lets charon find the key's type: with the
+//!   Python monitor's `: RSA` every EC key failed to load.
 //!
 //! The on-disk file may also carry certificate stamps (see [`super::stamps`]); they are
 //! appended by the caller and are not part of what is rendered here.
@@ -24,6 +23,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use serde::Serialize;
+
+use super::cafiles::{self, CaSection};
 
 use crate::backend::secrets::psk_hex;
 use crate::backend::templates::{SectionCache, TemplateError, Templates, assemble};
@@ -94,16 +95,6 @@ struct SecretLine {
     /// `0x…` for a PSK: never written verbatim.
     value: String,
 }
-
-/// One CA of the bundle: its section name and its file.
-#[derive(Clone, Serialize)]
-struct CaSection {
-    name: String,
-    file: String,
-}
-
-/// The prefix of the CA sections and of their files in the CA directory.
-pub const CA_PREFIX: &str = "ovs-ca-";
 
 #[derive(Serialize)]
 struct ConfCtx<'a> {
@@ -268,8 +259,6 @@ fn secret_for(t: &DesiredTunnel, pki: Option<&Pki>) -> Option<(String, &'static 
     match &t.conf.auth {
         Auth::Psk(psk) => Some((selectors, "PSK", psk_hex(psk))),
         Auth::SelfSigned { .. } | Auth::CaSigned { .. } => {
-            // `PKCS8` lets charon find the key's type (RSA or EC, PKCS#8, PKCS#1 or SEC1):
-            // with the Python monitor's `RSA` an EC key fails to load.
             Some((selectors, "PKCS8", p_display(&pki?.private_key)))
         }
     }
@@ -402,22 +391,7 @@ pub fn render(
     let members = (desired.global.ca_bundle.as_ref())
         .filter(|b| Some(&b.path) == ca_cert)
         .map_or(&[][..], |b| &b.members[..]);
-    let cas: BTreeMap<PathBuf, Vec<u8>> = members
-        .iter()
-        .map(|m| {
-            (
-                ca_dir.join(format!("{CA_PREFIX}{}.der", m.id())),
-                m.der.clone(),
-            )
-        })
-        .collect();
-    let ca_sections: Vec<CaSection> = members
-        .iter()
-        .map(|m| CaSection {
-            name: format!("{CA_PREFIX}{}", m.id()),
-            file: p_display(&ca_dir.join(format!("{CA_PREFIX}{}.der", m.id()))),
-        })
-        .collect();
+    let (ca_sections, cas) = cafiles::sections(ca_dir, members);
     let ca_cert = ca_cert.map(|p| p_display(p));
     let sections: Vec<&str> = accepted().map(|(_, text)| text.conf.as_str()).collect();
     let conf = assemble(&sections, |sections| {
