@@ -142,7 +142,7 @@ pub fn diff<'a>(
 mod tests {
     use super::*;
     use crate::model::cert::{CertSource, FsCertSource};
-    use std::process::Command;
+    use crate::model::test_pki::{EC, self_signed};
 
     fn read_bundle(path: &Path) -> Result<Vec<BundleCa>, BundleError> {
         FsCertSource::new()
@@ -150,25 +150,9 @@ mod tests {
             .map(|b| b.members.clone())
     }
 
-    /// A self-signed CA made by the real `openssl` (PEM), with its key next to it.
+    /// A self-signed CA (PEM), with its key next to it.
     fn make_ca(dir: &Path, cn: &str) -> PathBuf {
-        let cert = dir.join(format!("{cn}.pem"));
-        let out = Command::new("openssl")
-            .args(["req", "-x509", "-newkey", "ec", "-pkeyopt"])
-            .args(["ec_paramgen_curve:prime256v1", "-nodes", "-days", "1"])
-            .args(["-subj", &format!("/CN={cn}")])
-            .arg("-keyout")
-            .arg(dir.join(format!("{cn}.key")))
-            .arg("-out")
-            .arg(&cert)
-            .output()
-            .expect("openssl must be installed (/usr/bin/openssl) for these tests");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        cert
+        self_signed(dir, cn, cn, &EC).0
     }
 
     fn cat(dir: &Path, name: &str, parts: &[&Path]) -> PathBuf {

@@ -53,38 +53,21 @@ pub fn belongs(cert: &CertInfo, key_spki: &[u8]) -> Option<bool> {
 mod tests {
     use super::*;
     use crate::model::cert::parse;
+    use crate::model::test_pki::{EC, self_signed};
     use std::path::Path;
     use std::process::Command;
 
-    /// A self-signed certificate and its key, made by the real `openssl`.
+    /// A self-signed certificate and its key (their bytes).
     fn make(dir: &Path, name: &str, newkey: &[&str]) -> (Vec<u8>, Vec<u8>) {
-        let (cert, key) = (
-            dir.join(format!("{name}.pem")),
-            dir.join(format!("{name}.key")),
-        );
-        let out = Command::new("openssl")
-            .args(["req", "-x509", "-nodes", "-days", "1", "-subj", "/CN=k"])
-            .args(newkey)
-            .arg("-keyout")
-            .arg(&key)
-            .arg("-out")
-            .arg(&cert)
-            .output()
-            .expect("openssl must be installed (/usr/bin/openssl) for these tests");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let (cert, key) = self_signed(dir, name, "k", newkey);
         (std::fs::read(cert).unwrap(), std::fs::read(key).unwrap())
     }
 
     #[test]
     fn a_key_belongs_to_its_certificate_only() {
         let dir = tempfile::tempdir().unwrap();
-        let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"];
-        let (cert_a, mut key_a) = make(dir.path(), "a", &ec);
-        let (_, mut key_b) = make(dir.path(), "b", &ec);
+        let (cert_a, mut key_a) = make(dir.path(), "a", &EC);
+        let (_, mut key_b) = make(dir.path(), "b", &EC);
         let (cert_r, _) = make(dir.path(), "r", &["-newkey", "rsa:2048"]);
         let cert_a = parse(&cert_a, String::new).unwrap();
         let cert_r = parse(&cert_r, String::new).unwrap();

@@ -12,6 +12,8 @@ pub mod key;
 mod pki_check;
 pub mod registry;
 pub mod rows;
+#[cfg(test)]
+mod test_pki;
 pub mod types;
 pub mod validate;
 pub mod versions;

@@ -37,8 +37,8 @@ mod tests {
     use crate::model::bundle::BundleError;
     use crate::model::cert::FsCertSource;
     use crate::model::cert::fake::FakeCerts;
+    use crate::model::test_pki::{EC, self_signed};
     use std::path::{Path, PathBuf};
-    use std::process::Command;
 
     fn ca_signed() -> Auth {
         Auth::CaSigned {
@@ -55,23 +55,9 @@ mod tests {
         }
     }
 
-    /// A self-signed certificate `<name>.pem` and its key `<name>.key`, by the real `openssl`.
+    /// A self-signed certificate `<name>.pem` (CN `k`) and its key `<name>.key`.
     fn make(dir: &Path, name: &str) -> PathBuf {
-        let out = Command::new("openssl")
-            .args(["req", "-x509", "-nodes", "-days", "1", "-subj", "/CN=k"])
-            .args(["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"])
-            .arg("-keyout")
-            .arg(dir.join(format!("{name}.key")))
-            .arg("-out")
-            .arg(dir.join(format!("{name}.pem")))
-            .output()
-            .expect("openssl must be installed (/usr/bin/openssl) for these tests");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        dir.join(format!("{name}.key"))
+        self_signed(dir, name, "k", &EC).1
     }
 
     #[test]

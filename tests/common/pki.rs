@@ -113,3 +113,16 @@ pub fn traditional(key: &Path) {
     openssl(&["pkey", "-traditional", "-in", &k, "-out", &t]);
     std::fs::rename(&tmp, key).expect("rename");
 }
+
+/// Replaces the bundle at `path` with one whose first member is not a certificate, and
+/// returns the `ipsec-error` the monitor must give its tunnels.
+pub fn break_bundle(path: &Path) -> String {
+    replace(
+        path,
+        b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+    );
+    format!(
+        "CA bundle '{}': member 1 is not a valid X.509 certificate",
+        path.display()
+    )
+}

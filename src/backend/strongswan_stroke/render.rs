@@ -433,7 +433,7 @@ pub fn ovs_conf(templates: &Templates) -> Result<String, TemplateError> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::testutil::{ca_dir, desired, psk_tunnel, templates, with};
+    use super::super::testutil::{ca_dir, desired, psk_tunnel, rendered, templates, with};
     use super::*;
     use crate::model::SkbMark;
 
@@ -453,13 +453,7 @@ mod tests {
             c.local_ip = Some("192.0.2.1".parse().unwrap());
             c.dst_port = Some(6090);
         });
-        let r = render(
-            ca_dir(),
-            &templates(),
-            &Sections::default(),
-            &desired(vec![t]),
-        )
-        .unwrap();
+        let r = rendered(&desired(vec![t]));
         assert_eq!(
             section(&r.conf, "gnv-in-3"),
             [
@@ -483,13 +477,7 @@ mod tests {
     #[test]
     fn hostile_psk_cannot_leave_its_field() {
         let t = psk_tunnel("g", "gre", "192.0.2.9", "x\"\nconn evil\n#", 1);
-        let r = render(
-            ca_dir(),
-            &templates(),
-            &Sections::default(),
-            &desired(vec![t]),
-        )
-        .unwrap();
+        let r = rendered(&desired(vec![t]));
         assert!(!r.secrets.contains("evil") && !r.conf.contains("evil"));
         assert_eq!(r.secrets.lines().count(), 3, "{}", r.secrets);
     }
@@ -499,13 +487,7 @@ mod tests {
         let a = psk_tunnel("a", "vxlan", "192.0.2.2", "one", 1);
         let b = psk_tunnel("b", "gre", "192.0.2.2", "two", 1);
         let c = psk_tunnel("c", "geneve", "192.0.2.2", "one", 1);
-        let r = render(
-            ca_dir(),
-            &templates(),
-            &Sections::default(),
-            &desired(vec![a, b, c]),
-        )
-        .unwrap();
+        let r = rendered(&desired(vec![a, b, c]));
         assert_eq!(r.rejected.keys().collect::<Vec<_>>(), ["b"]);
         assert!(
             r.rejected["b"].contains("tunnel 'a'"),
@@ -524,7 +506,7 @@ mod tests {
         });
         let mut d = desired(vec![t]);
         d.global.skb_mark = Some(SkbMark { value: 0, mask: 1 });
-        let r = render(ca_dir(), &templates(), &Sections::default(), &d).unwrap();
+        let r = rendered(&d);
         for (name, pp) in [
             ("prevent_unencrypted_gre", "gre"),
             ("prevent_unencrypted_geneve", "udp/6081"),
