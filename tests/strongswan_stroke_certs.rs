@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use common::monitor::{iface_key, wait_for};
 use common::netns::NetnsPair;
-use common::pki::{break_bundle, bundle, issue, make_ca, replace, traditional};
+use common::pki::{break_bundle, bundle, issue, replace, traditional, two_hosts_trusting_both_cas};
 use common::strongswan_netns::Node;
 
 const T: Duration = Duration::from_secs(45);
@@ -140,15 +140,8 @@ fn stroke_trusts_every_bundle_member_and_loads_renewed_certificates_without_tear
     let net = NetnsPair::new("scrt");
     let tmp = tempfile::tempdir().unwrap();
     let pki = tmp.path();
-    let (ca1, ca2) = (make_ca(pki, "ca1"), make_ca(pki, "ca2"));
+    let ca2 = two_hosts_trusting_both_cas(pki);
     let p = |f: &str| pki.join(f);
-    for host in ["left", "right"] {
-        let key = p(&format!("{host}-key.pem"));
-        issue(pki, "ca1", host, &key, &p(&format!("{host}-cert.pem")));
-        // CA2 first: a charon that read only a bundle's first member would reject CA1's
-        // certificates.
-        bundle(&p(&format!("{host}-ca.pem")), &[&ca2, &ca1]);
-    }
     let left = Node::start(&net.left);
     let right = Node::start(&net.right);
     for (node, me, peer, peer_ip) in [

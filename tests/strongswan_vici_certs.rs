@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use common::monitor::{iface_key, wait_for};
 use common::netns::NetnsPair;
-use common::pki::{break_bundle, bundle, issue, make_ca, replace};
+use common::pki::{break_bundle, bundle, issue, replace, two_hosts_trusting_both_cas};
 use common::vici::{Node, require_strongswan};
 
 const T: Duration = Duration::from_secs(45);
@@ -59,15 +59,8 @@ fn ca_bundle_members_are_all_trusted_and_renewed_certificates_load_without_teard
     let tmp = tempfile::tempdir().unwrap();
     let pki = tmp.path().join("pki");
     std::fs::create_dir_all(&pki).unwrap();
-    let (ca1, ca2) = (make_ca(&pki, "ca1"), make_ca(&pki, "ca2"));
+    let ca2 = two_hosts_trusting_both_cas(&pki);
     let p = |f: &str| pki.join(f);
-    for host in ["left", "right"] {
-        let key = p(&format!("{host}-key.pem"));
-        issue(&pki, "ca1", host, &key, &p(&format!("{host}-cert.pem")));
-        // CA2 first: a daemon that read only a bundle's first member would reject CA1's
-        // certificates.
-        bundle(&p(&format!("{host}-ca.pem")), &[&ca2, &ca1]);
-    }
     let left = Node::start(&net.left, &tmp.path().join("left"));
     let right = Node::start(&net.right, &tmp.path().join("right"));
     let set_pki = |node: &Node, cert: &Path, key: &Path, ca: &Path| {

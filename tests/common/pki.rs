@@ -126,3 +126,23 @@ pub fn break_bundle(path: &Path) -> String {
         path.display()
     )
 }
+
+/// The start of a CA rotation in `dir`: CAs `ca1` and `ca2` ([`make_ca`]); `left` and
+/// `right` with `<host>-cert.pem` issued by CA1 (keys `<host>-key.pem`); each host's bundle
+/// `<host>-ca.pem` with CA2 first, so that a daemon reading only a bundle's first member
+/// would reject CA1's certificates. Returns CA2's certificate.
+pub fn two_hosts_trusting_both_cas(dir: &Path) -> PathBuf {
+    let (ca1, ca2) = (make_ca(dir, "ca1"), make_ca(dir, "ca2"));
+    for host in ["left", "right"] {
+        let key = dir.join(format!("{host}-key.pem"));
+        issue(
+            dir,
+            "ca1",
+            host,
+            &key,
+            &dir.join(format!("{host}-cert.pem")),
+        );
+        bundle(&dir.join(format!("{host}-ca.pem")), &[&ca2, &ca1]);
+    }
+    ca2
+}
