@@ -5,12 +5,11 @@
 //! written in place, reach the running charon without touching the established IKE_SA; a
 //! malformed bundle or a key of another certificate makes the tunnel `invalid`.
 //!
-//! This kernel has no esp4, so the CHILD_SAs cannot install here and their SPIs cannot be
-//! compared: the QEMU tier (tests/e2e) proves the Child SA survives. Here the proof is the
-//! IKE_SA's unique id, unchanged while credentials are reloaded, and the peer's log naming
-//! the CA that vouched for the new certificate at the next authentication (the IKE_SA taken
-//! down with `ipsec down` and brought up again by the trap policy: stroke has no re-auth
-//! command, and without a CHILD_SA a re-authentication closes the IKE_SA anyway).
+//! The proof is the IKE_SA's unique id and, where the kernel has ESP (the QEMU tier's cargo
+//! run, `tests/e2e/run.sh --cargo-tier strongswan_stroke_certs`), the Child SAs' SPIs,
+//! unchanged while credentials are reloaded; and the peer's log naming the CA that vouched
+//! for the new certificate at the next authentication (the IKE_SA taken down with
+//! `ipsec down` and initiated again: stroke has no re-auth command).
 
 mod common;
 
@@ -18,6 +17,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
+use common::kernel;
 use common::monitor::{iface_key, wait_for};
 use common::netns::NetnsPair;
 use common::pki::{break_bundle, bundle, issue, replace, traditional, two_hosts_trusting_both_cas};
@@ -54,17 +54,34 @@ fn ike_sas(node: &Node) -> Vec<String> {
         .collect()
 }
 
-/// Sends a datagram from each node to both addresses: the one to the peer hits the trap
-/// policy, the one to itself stays local.
-fn poke(a: &Node, b: &Node) {
-    for node in [a, b] {
-        for ip in ["192.0.2.1", "192.0.2.2"] {
-            node.poke_udp(ip, 6081);
-        }
+/// What must survive a credential reload: the established IKE_SAs and, on a kernel with ESP,
+/// the Child SAs' SPIs.
+fn sas(node: &Node) -> (Vec<String>, Vec<String>) {
+    let mut spis: Vec<String> = NetnsPair::xfrm_sas(&node.ns)
+        .iter()
+        .filter(|sa| sa.contains(" proto esp "))
+        .filter_map(|sa| {
+            sa.split(" spi ")
+                .nth(1)?
+                .split(' ')
+                .next()
+                .map(str::to_owned)
+        })
+        .collect();
+    spis.sort();
+    (ike_sas(node), spis)
+}
+
+/// Sends a datagram from `node` to both addresses: the one to the peer hits the trap policy,
+/// the one to itself stays local. Only one side pokes: two initiating at once would make two
+/// IKE_SAs.
+fn poke(node: &Node) {
+    for ip in ["192.0.2.1", "192.0.2.2"] {
+        node.poke_udp(ip, 6081);
     }
 }
 
-/// Pokes both nodes until `done`; on timeout the panic shows both charons' logs.
+/// Pokes from `a` until `done`; on timeout the panic shows both charons' logs.
 fn poke_until(a: &Node, b: &Node, what: &str, mut done: impl FnMut() -> bool) {
     let start = std::time::Instant::now();
     while !done() {
@@ -76,7 +93,7 @@ fn poke_until(a: &Node, b: &Node, what: &str, mut done: impl FnMut() -> bool) {
             b.ns,
             b.charon_log(),
         );
-        poke(a, b);
+        poke(a);
         std::thread::sleep(Duration::from_millis(200));
     }
 }
@@ -168,11 +185,16 @@ fn stroke_trusts_every_bundle_member_and_loads_renewed_certificates_without_tear
         &right,
         "IKE_SA established through the bundle's second CA",
     );
+    if kernel::has_esp() {
+        poke_until(&left, &right, "the Child SAs", || {
+            sas(&left).1.len() == 2 && sas(&right).1.len() == 2
+        });
+    }
     assert!(trusted_by(&left, "ca1") >= 1 && trusted_by(&left, "ca2") == 0);
     assert_eq!(cacerts(&left), ["CN=ca1", "CN=ca2"]);
 
     // Right renewed by CA2, same key, written in place: reloaded without touching the IKE_SA.
-    let (lsa, rsa) = (ike_sas(&left), ike_sas(&right));
+    let (lsa, rsa) = (sas(&left), sas(&right));
     let before = reloads(&right);
     let renewed = p("right-cert.new");
     issue(pki, "ca2", "right", &p("right-key.pem"), &renewed);
@@ -181,10 +203,7 @@ fn stroke_trusts_every_bundle_member_and_loads_renewed_certificates_without_tear
         right.mon.appctl_ok(&["refresh"]);
         reloads(&right) > before
     });
-    assert_eq!(
-        (ike_sas(&left), ike_sas(&right)),
-        (lsa.clone(), rsa.clone())
-    );
+    assert_eq!((sas(&left), sas(&right)), (lsa.clone(), rsa.clone()));
     // The next authentication uses it: left now trusts right through CA2.
     reauth(&right, &left, "ca2");
 
@@ -207,7 +226,7 @@ fn stroke_trusts_every_bundle_member_and_loads_renewed_certificates_without_tear
     issue(pki, "ca2", "left", &key2, &cert2);
     // In SEC1, as older tools write EC keys: charon finds the type itself (`: PKCS8`).
     traditional(&key2);
-    let rsa = ike_sas(&right);
+    let rsa = sas(&right);
     let before = reloads(&left);
     replace(&p("left-key.pem"), &std::fs::read(&key2).unwrap());
     replace(&p("left-cert.pem"), &std::fs::read(&cert2).unwrap());
@@ -215,7 +234,7 @@ fn stroke_trusts_every_bundle_member_and_loads_renewed_certificates_without_tear
         left.mon.appctl_ok(&["refresh"]);
         reloads(&left) > before
     });
-    assert_eq!(ike_sas(&right), rsa);
+    assert_eq!(sas(&right), rsa);
     // The new key file was written 0644: named in a warning, its content nowhere in the log.
     left.mon.wait_log(&format!(
         "private key {} is readable by group or others (mode 0644)",
@@ -227,7 +246,7 @@ fn stroke_trusts_every_bundle_member_and_loads_renewed_certificates_without_tear
     reauth(&left, &right, "ca2");
 
     // Both drop CA1: only its section goes, CA2's stays, the IKE_SA stays.
-    let (lsa, rsa) = (ike_sas(&left), ike_sas(&right));
+    let (lsa, rsa) = (sas(&left), sas(&right));
     let ca_files = |node: &Node| {
         let mut v: Vec<String> = std::fs::read_dir(node.root.join("etc/ipsec.d/ovs-cacerts"))
             .unwrap()
@@ -248,7 +267,7 @@ fn stroke_trusts_every_bundle_member_and_loads_renewed_certificates_without_tear
     });
     let kept = ca_files(&left);
     assert!(kept.len() == 1 && both.contains(&kept[0]), "{kept:?}");
-    assert_eq!((ike_sas(&left), ike_sas(&right)), (lsa, rsa));
+    assert_eq!((sas(&left), sas(&right)), (lsa, rsa));
     reauth(&right, &left, "ca2");
 
     // A malformed bundle makes the tunnel invalid, naming the file and the member; the CAs
