@@ -435,11 +435,6 @@ impl StrongSwanStroke {
                         .run_checked()
                         .await?;
                     self.reload().await?;
-                    // charon caches the certificates it verified or sent: without this a
-                    // re-authentication could still present the old one.
-                    self.ipsec(["purgecerts"], "purge the cached certificates")
-                        .run_checked()
-                        .await?;
                     reloaded = true;
                 }
                 Action::Reconcile(conns) => {
