@@ -226,7 +226,12 @@ impl<B: Backend> EventLoop<B> {
                     if self.metrics_endpoint {
                         self.refresh_metrics(Duration::ZERO).await;
                     }
-                    Work::full_pass(Trigger::Timer)
+                    // The model too: certificate tunnels depend on files (a CA bundle, a
+                    // key) that change without OVSDB noticing.
+                    Work {
+                        model: true,
+                        ..Work::full_pass(Trigger::Timer)
+                    }
                 }
                 _ = sleep_until_opt(retry_at) => Work { status: true, ..Work::default() },
                 Some(sig) = self.signals.recv() => match sig {

@@ -26,6 +26,7 @@ use std::sync::Arc;
 
 use super::cert::CertSource;
 use super::grammar::{self, CUSTOM_PREFIX, GrammarError};
+use super::pki_check;
 use super::rows::InterfaceRow;
 use super::types::{Auth, Family, Pki, RawTunnel, StaticKeying, TunnelConf, TunnelType, Validity};
 
@@ -225,7 +226,11 @@ fn tunnel_conf(
     let static_keying = static_keying(&opt, matches!(mode, Mode::Psk(_)))?;
     let (auth, pki) = match mode {
         Mode::Psk(psk) => (Auth::Psk(grammar::psk(psk).map_err(reason)?), None),
-        Mode::Cert { pki, peer } => (cert_auth(peer, certs)?, Some(Arc::clone(pki))),
+        Mode::Cert { pki, peer } => {
+            let auth = cert_auth(peer, certs)?;
+            pki_check::check(pki, &auth, certs)?;
+            (auth, Some(Arc::clone(pki)))
+        }
     };
     let custom = custom_options(row)
         .map(|(k, v)| grammar::custom_option(k, v))

@@ -104,6 +104,7 @@ fn cert_desired(ca: bool) -> Desired {
         global: Global {
             pki: Some(p),
             skb_mark: None,
+            ca_bundle: None,
         },
         tunnels: BTreeMap::from([("gnv1".into(), t)]),
     }

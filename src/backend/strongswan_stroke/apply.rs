@@ -7,12 +7,14 @@ use std::time::{Duration, Instant};
 
 use std::sync::PoisonError;
 
-use tracing::info;
+use tracing::{info, warn};
 
 use super::plan::{self, Action};
 use super::render::{self, Rendered};
 use super::statusall::Status;
-use super::{Planned, SETTLE_TIMEOUT, START_TIMEOUT, StrokeError, StrongSwanStroke, conffile};
+use super::{
+    Planned, SETTLE_TIMEOUT, START_TIMEOUT, StrokeError, StrongSwanStroke, cafiles, conffile,
+};
 use crate::backend::files::{CONFIG_MODE, SECRET_MODE, write_if_changed};
 use crate::backend::{ApplyReport, Scope};
 use crate::model::Desired;
@@ -59,7 +61,16 @@ impl StrongSwanStroke {
             CONFIG_MODE,
         )?;
         write_if_changed(&self.paths.secrets, r.secrets.as_bytes(), SECRET_MODE)?;
-        Ok(())
+        cafiles::write(&self.paths.ca_dir, &r.cas)
+    }
+
+    /// A private key readable by group or others is used, with a warning (once per load).
+    fn warn_exposed_keys(r: &Rendered) {
+        for key in &r.keys {
+            if let Some(w) = crate::backend::files::exposed_key(key) {
+                warn!("{w}");
+            }
+        }
     }
 
     pub(super) async fn run_actions(
@@ -92,11 +103,13 @@ impl StrongSwanStroke {
                     reloaded = true;
                 }
                 Action::RereadSecrets => {
+                    Self::warn_exposed_keys(r);
                     self.ipsec(["rereadsecrets"], "reread the IPsec secrets")
                         .run_checked()
                         .await?;
                 }
                 Action::ReloadCredentials(_) => {
+                    Self::warn_exposed_keys(r);
                     self.ipsec(["rereadall"], "reread the IPsec credentials")
                         .run_checked()
                         .await?;

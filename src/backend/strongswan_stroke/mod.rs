@@ -36,6 +36,7 @@
 //! `/etc/strongswan.d/ovs.conf` (written before a restart only) and `/usr/sbin/ipsec`.
 
 mod apply;
+mod cafiles;
 pub mod conffile;
 pub mod live;
 pub mod plan;
@@ -98,6 +99,11 @@ pub enum StrokeError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("cannot remove {path}: {source}")]
+    Remove {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("charon does not answer: `ipsec statusall` exited with code {0}")]
     NotRunning(i32),
 }
@@ -135,6 +141,8 @@ pub struct Config {
 pub struct Paths {
     pub conf: PathBuf,
     pub secrets: PathBuf,
+    /// One file per CA of the `ca_cert` bundle (see [`cafiles`]).
+    pub ca_dir: PathBuf,
     pub ovs_conf: PathBuf,
     pub ipsec: PathBuf,
 }
@@ -145,6 +153,7 @@ impl Paths {
         Self {
             conf: p("/etc/ipsec.conf"),
             secrets: p("/etc/ipsec.secrets"),
+            ca_dir: p("/etc/ipsec.d/ovs-cacerts"),
             ovs_conf: p("/etc/strongswan.d/ovs.conf"),
             ipsec: p("/usr/sbin/ipsec"),
         }
@@ -307,7 +316,7 @@ impl StrongSwanStroke {
     }
 
     fn render(&self, desired: &Desired) -> Result<Rendered, TemplateError> {
-        render::render(&self.templates, &self.sections, desired)
+        render::render(&self.paths.ca_dir, &self.templates, &self.sections, desired)
     }
 
     /// Compares charon's connections with those it was seen holding: the ones it dropped

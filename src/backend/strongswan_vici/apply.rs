@@ -67,18 +67,14 @@ impl StrongSwanVici {
         for action in actions {
             match action {
                 Action::LoadCred(CredKey::Authority(path)) => {
-                    let loaded = Arc::make_mut(&mut self.loaded);
-                    match bundles::load(loaded, &path).await {
-                        Ok(list) => {
-                            for (cmd, body, member) in list {
-                                requests.push((cmd, body));
-                                pending.push(Pending::Member(member));
-                            }
-                        }
-                        Err(e) => {
-                            for t in users(desired, &CredKey::Authority(path.clone())) {
-                                report.errors.insert(t, e.clone());
-                            }
+                    // The model reads bundles: a CA-signed tunnel is only desired while its
+                    // bundle parses, so the bundle in force is the one its tunnels name.
+                    let bundle = desired.global.ca_bundle.as_ref().filter(|b| b.path == path);
+                    if let Some(bundle) = bundle {
+                        let loaded = Arc::make_mut(&mut self.loaded);
+                        for (cmd, body, member) in bundles::load(loaded, bundle) {
+                            requests.push((cmd, body));
+                            pending.push(Pending::Member(member));
                         }
                     }
                 }
