@@ -97,19 +97,23 @@ fn vouched(l: &str, ca: &str) -> bool {
     l.contains(AUTHENTICATED) && l.contains("issued by") && l.contains(&format!("'CN={ca}'"))
 }
 
-/// Deletes `from`'s IKE SAs (and their Child SAs): the monitors bring the tunnel up again
-/// with a full IKE_AUTH, in which each side presents its certificate as NSS holds it now.
-/// Waits until both plutos authenticated their peer again, `from`'s peer vouched for by
-/// `ca` (pluto names the CA that issued the peer's certificate).
+/// Deletes every IKE SA of both plutos (and their Child SAs; one left behind would carry the
+/// next Child SA without an IKE_AUTH): the tunnel comes up again with a full IKE_AUTH, in which
+/// each side presents its certificate as NSS holds it now. Waits until both plutos
+/// authenticated their peer again, `from`'s peer vouched for by `ca` (pluto names the CA that
+/// issued the peer's certificate).
 fn reauthenticate(pair: &Pair, from: usize, ca: &str) {
     let marks: Vec<usize> = pair.plutos.iter().map(|p| p.log().len()).collect();
     // Without ESP the monitor replaces the conns that never come up, so a state may be gone
     // by the time it is deleted; with ESP the tunnel's IKE SA must be there to delete.
-    let deleted = pair.plutos[from].ike_sas().iter().any(|serial| {
-        let out = pair.plutos[from].try_whack(&["--deletestate", serial.trim_start_matches('#')]);
-        out.status.success()
-    });
-    assert!(deleted || !kernel::has_esp(), "no IKE SA to delete");
+    let mut deleted = 0;
+    for p in &pair.plutos {
+        for serial in p.ike_sas() {
+            let out = p.try_whack(&["--deletestate", serial.trim_start_matches('#')]);
+            deleted += usize::from(out.status.success());
+        }
+    }
+    assert!(deleted > 0 || !kernel::has_esp(), "no IKE SA to delete");
     pair.wait_authenticated_since(&marks, &format!("re-authenticated through {ca}"));
     let peer = &pair.plutos[1 - from];
     let since = peer
@@ -124,14 +128,19 @@ fn reauthenticate(pair: &Pair, from: usize, ca: &str) {
     pair.wait_outcome("tun");
 }
 
-/// Runs `step` and returns the NSS calls the monitors made meanwhile, once each monitor ran
-/// a pass after it and the database of every side is as `settled` wants.
+/// Runs `step` and returns the NSS calls the monitors made meanwhile, once the database of
+/// every side is as `settled` wants (each monitor is asked for a pass while waiting) and each
+/// monitor that changed its database has made pluto reread it.
 fn nss_calls_during(
     pair: &Pair,
     step: impl FnOnce(),
     mut settled: impl FnMut() -> bool,
 ) -> Vec<String> {
-    let marks: Vec<usize> = pair.plutos.iter().map(|p| p.nss_calls().len()).collect();
+    let marks: Vec<(usize, usize)> = pair
+        .plutos
+        .iter()
+        .map(|p| (p.nss_calls().len(), p.calls().len()))
+        .collect();
     step();
     wait_for("the NSS databases to settle", T, || {
         for m in &pair.monitors {
@@ -139,11 +148,19 @@ fn nss_calls_during(
         }
         settled()
     });
-    pair.plutos
-        .iter()
-        .zip(marks)
-        .flat_map(|(p, m)| p.nss_calls().split_off(m))
-        .collect()
+    let mut all = Vec::new();
+    for (p, (nss, ipsec)) in pair.plutos.iter().zip(marks) {
+        let calls = p.nss_calls().split_off(nss);
+        if !changes(&calls).is_empty() {
+            wait_for("pluto to reread its certificates", T, || {
+                p.calls()
+                    .get(ipsec..)
+                    .is_some_and(|c| c.iter().any(|c| c.contains("--rereadcerts")))
+            });
+        }
+        all.extend(calls);
+    }
+    all
 }
 
 /// NSS calls that are more than the listing every pass makes.
