@@ -42,6 +42,21 @@ pub fn make_ca_at(cn: &str, cert: &Path, key: &Path) {
     openssl(&args);
 }
 
+/// A new RSA key at `key` (mode 0600), for [`issue`] to use: pluto's conns
+/// (`leftrsasigkey=%cert`) sign with RSA.
+pub fn rsa_key(key: &Path) {
+    let k = key.display().to_string();
+    openssl(&[
+        "genpkey",
+        "-algorithm",
+        "RSA",
+        "-pkeyopt",
+        "rsa_keygen_bits:2048",
+        "-out",
+        &k,
+    ]);
+}
+
 /// A certificate for `host` signed by CA `ca` (from [`make_ca`] in `dir`), written to `out`.
 /// Its key is `key`, created when the file does not exist yet and reused when it does.
 pub fn issue(dir: &Path, ca: &str, host: &str, key: &Path, out: &Path) {

@@ -11,6 +11,7 @@
 //! `keyingtries` is written, and the NSS directory default ([`version`]).
 
 pub mod apply;
+pub mod certs;
 pub mod live;
 pub mod nss;
 pub mod plan;
@@ -18,6 +19,8 @@ pub mod render;
 pub mod status;
 pub mod version;
 
+#[cfg(test)]
+mod certs_tests;
 #[cfg(test)]
 mod tests;
 
@@ -40,6 +43,7 @@ use super::ike_view::IkeView;
 use super::initiator;
 use super::templates::{TemplateError, Templates};
 use super::{ApplyReport, Backend, BackendError, BackendKind, LiveStatus, Scope, StartOptions};
+use crate::model::bundle::read_bundle;
 use crate::model::{Desired, TunnelType};
 
 /// The stderr line Libreswan 5.3 prints for every conn loaded with `auto=route` by an
@@ -145,7 +149,8 @@ pub struct Libreswan {
     nss: Nss,
     memory: Memory,
     pending: HashMap<String, (Pending, Instant)>,
-    /// Whether `certutil -L` runs at observe time (certificates configured now or before).
+    /// Whether `certutil -L` runs at observe time (certificates configured now or before,
+    /// and at start-up, to find what a previous run left).
     nss_wanted: bool,
     /// The tunnel count for which "Connections for all(N) … are Up." was logged.
     announced: Mutex<Option<usize>>,
@@ -187,7 +192,7 @@ impl Libreswan {
             paths,
             memory: Memory::default(),
             pending: HashMap::new(),
-            nss_wanted: false,
+            nss_wanted: true,
             announced: Mutex::new(None),
             up: Mutex::new(BTreeSet::new()),
             last_token: 0,
@@ -389,8 +394,14 @@ impl Backend for Libreswan {
                 .memory
                 .synced
                 .iter()
-                .map(|(nick, (src, _))| (nick.clone(), sha256_of(src.cert_path())))
+                .filter_map(|(nick, (src, _))| Some((nick.clone(), sha256_of(src.cert_path()?))))
                 .collect(),
+            ca_bundle: desired
+                .global
+                .pki
+                .as_ref()
+                .and_then(|p| p.ca_cert.as_deref())
+                .map(|path| read_bundle(path).map_err(|e| e.to_string())),
             pending: self
                 .pending
                 .iter()
