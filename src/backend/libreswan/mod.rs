@@ -43,7 +43,6 @@ use super::ike_view::IkeView;
 use super::initiator;
 use super::templates::{TemplateError, Templates};
 use super::{ApplyReport, Backend, BackendError, BackendKind, LiveStatus, Scope, StartOptions};
-use crate::model::bundle::read_bundle;
 use crate::model::{Desired, TunnelType};
 
 /// The stderr line Libreswan 5.3 prints for every conn loaded with `auto=route` by an
@@ -396,12 +395,13 @@ impl Backend for Libreswan {
                 .iter()
                 .filter_map(|(nick, (src, _))| Some((nick.clone(), sha256_of(src.cert_path()?))))
                 .collect(),
+            // As the model read it: a malformed bundle makes the CA-signed tunnels invalid
+            // there and leaves the last good one here, so NSS keeps the CAs it holds.
             ca_bundle: desired
                 .global
-                .pki
+                .ca_bundle
                 .as_ref()
-                .and_then(|p| p.ca_cert.as_deref())
-                .map(|path| read_bundle(path).map_err(|e| e.to_string())),
+                .map(|b| Ok(b.members.clone())),
             pending: self
                 .pending
                 .iter()
