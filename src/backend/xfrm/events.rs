@@ -238,12 +238,10 @@ pub fn parse(msg: NetlinkMessage<XfrmMessage>) -> Option<XfrmEvent> {
                 XfrmAttrs::PolicyInfo(i) => Some(i),
                 _ => None,
             });
-            let p = policy_ref(
-                &d.user_policy_id.selector,
-                d.user_policy_id.direction,
-                info,
-                &d.nlas,
-            )?;
+            // The policy itself comes along; the id's selector is all zeros when the policy
+            // was deleted by index (`ip xfrm policy delete dir out index N`).
+            let sel = info.map_or(&d.user_policy_id.selector, |i| &i.selector);
+            let p = policy_ref(sel, d.user_policy_id.direction, info, &d.nlas)?;
             Change::PolicyGone(p, Gone::Deleted)
         }
         XfrmMessage::PolicyExpire(e) if e.expire.hard != 0 => {
@@ -407,6 +405,33 @@ mod tests {
             "out policy 192.0.2.1 -> 192.0.2.2 udp dport 6081"
         );
         assert!(p.selector.hosts);
+    }
+
+    #[test]
+    fn a_policy_deleted_by_index_is_known_by_the_policy_it_carries() {
+        let info = UserPolicyInfo {
+            selector: sel(),
+            direction: XFRM_POLICY_OUT,
+            index: 17,
+            ..Default::default()
+        };
+        // The kernel's notification of a deletion by index: the id has the index only.
+        let m = XfrmMessage::DeletePolicy(policy::DelGetMessage {
+            user_policy_id: UserPolicyId {
+                selector: Selector::default(),
+                index: 17,
+                direction: XFRM_POLICY_OUT,
+            },
+            nlas: vec![XfrmAttrs::PolicyInfo(info)],
+        });
+        let ev = wire(m, 0).unwrap();
+        let Change::PolicyGone(p, Gone::Deleted) = &ev.change else {
+            panic!("{ev:?}")
+        };
+        assert_eq!(
+            p.to_string(),
+            "out policy 192.0.2.1 -> 192.0.2.2 udp dport 6081"
+        );
     }
 
     #[test]
