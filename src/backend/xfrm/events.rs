@@ -280,9 +280,11 @@ fn selector(s: &Selector) -> Option<EventSelector> {
     })
 }
 
-/// Only ESP SAs: the only kind any backend installs.
+/// Only ESP SAs: the only kind any backend installs. SPI 0 is the kernel's larval state for an
+/// ACQUIRE (an IKE daemon is asked to negotiate an SA), which expires by itself and was never a
+/// tunnel's SA.
 fn sa_ref(info: &UserSaInfo, nlas: &[XfrmAttrs]) -> Option<SaRef> {
-    if info.id.proto != IPPROTO_ESP {
+    if info.id.proto != IPPROTO_ESP || info.id.spi == 0 {
         return None;
     }
     Some(SaRef {
@@ -462,6 +464,19 @@ mod tests {
                 "{ev:?}"
             );
         }
+    }
+
+    #[test]
+    fn larval_acquire_states_are_no_sas() {
+        let mut larval = sa_info(0);
+        larval.id.spi = 0;
+        let m = XfrmMessage::Expire(ExpireMessage {
+            expire: UserExpire {
+                state: larval,
+                hard: 1,
+            },
+        });
+        assert_eq!(wire(m, 0), None);
     }
 
     #[test]
