@@ -6,8 +6,8 @@
 //! - scrape wall time and body size;
 //! - +1 tunnel latency (ovs-vsctl to `ipsec-state` in OVSDB) while a client scrapes ten times
 //!   a second: a scrape must delay no pass;
-//! - RSS after convergence without `--metrics`, and with it after the sequential scrapes and
-//!   after bursts of concurrent scrapes of both formats (one render at a time: a burst must
+//! - RSS after convergence without `--metrics`, and with it before the scrapes, after the
+//!   sequential scrapes and after bursts of concurrent scrapes of both formats (one render at a time: a burst must
 //!   not cost a body per request).
 //!
 //! The host has no SAs (no esp4 here), so the process runs export no SA traffic; the
@@ -57,21 +57,22 @@ fn main() {
         .build()
         .unwrap();
     println!(
-        "| N | CPU per scrape | scrape wall | body | +1 tunnel, idle | +1 tunnel, scraped | RSS without --metrics | RSS with, after scrapes | after bursts | render, all tunnels with SA traffic |"
+        "| N | CPU per scrape | scrape wall | body | +1 tunnel, idle | +1 tunnel, scraped | RSS without --metrics | RSS with, before scrapes | after scrapes | after bursts | render, all tunnels with SA traffic |"
     );
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for &n in &sizes {
         let base = rt.block_on(run(n, false));
         let with = rt.block_on(run(n, true));
         let (render_ms, render_kb) = render_full(n);
         println!(
-            "| {n} | {:.1} ms | {:.1} ms | {} kB | {:.0} ms | {:.0} ms | {:.1} MB | {:.1} MB | {:.1} MB | {render_ms:.1} ms ({render_kb} kB) |",
+            "| {n} | {:.1} ms | {:.1} ms | {} kB | {:.0} ms | {:.0} ms | {:.1} MB | {:.1} MB | {:.1} MB | {:.1} MB | {render_ms:.1} ms ({render_kb} kB) |",
             with.cpu_per_scrape_ms,
             with.scrape_wall_ms,
             with.body_kb,
             base.add_ms,
             with.add_ms,
             base.rss_kb as f64 / 1024.0,
+            with.rss_before_kb as f64 / 1024.0,
             with.rss_kb as f64 / 1024.0,
             with.rss_burst_kb as f64 / 1024.0,
         );
@@ -85,6 +86,7 @@ struct Run {
     body_kb: usize,
     add_ms: f64,
     rss_kb: u64,
+    rss_before_kb: u64,
     rss_burst_kb: u64,
 }
 
@@ -135,6 +137,7 @@ async fn run(n: usize, metrics: bool) -> Run {
     }
     let mut r = Run::default();
     if metrics {
+        r.rss_before_kb = status_kb(mon.id(), "VmRSS");
         // The first scrape also reads the kernel once; the others are what a Prometheus sees.
         scrape(&sock);
         let cpu0 = cpu_ms(mon.id());
