@@ -108,6 +108,7 @@ async fn run(
             return 1;
         }
     };
+    let renderer = crate::metrics::renderer::Renderer::default();
     let metrics_task = match cli.metrics.as_ref().map(crate::metrics::http::bind) {
         Some(Ok(endpoint)) => {
             info!(
@@ -116,7 +117,9 @@ async fn run(
                     .as_ref()
                     .map_or(String::new(), |l| l.to_string())
             );
-            Some(tokio::spawn(endpoint.run(server.requests())))
+            Some(tokio::spawn(
+                endpoint.run(server.requests(), renderer.clone()),
+            ))
         }
         Some(Err(e)) => {
             error!("{e}");
@@ -139,6 +142,7 @@ async fn run(
         log,
         metrics_per_tunnel: cli.metrics_per_tunnel,
         metrics_endpoint: cli.metrics.is_some(),
+        renderer,
         cert_expiry_warning_days: cli.cert_expiry_warning_days,
     };
     let start = StartOptions {
@@ -208,6 +212,7 @@ struct Parts {
     log: LogHandle,
     metrics_per_tunnel: bool,
     metrics_endpoint: bool,
+    renderer: crate::metrics::renderer::Renderer,
     cert_expiry_warning_days: u32,
 }
 
@@ -223,7 +228,7 @@ async fn run_with<B: Backend>(backend: B, dry_run: bool, p: Parts, start: StartO
         dry_run,
         p.cert_expiry_warning_days,
     )
-    .with_metrics(p.metrics_per_tunnel, p.metrics_endpoint)
+    .with_metrics(p.metrics_per_tunnel, p.metrics_endpoint, p.renderer)
     .run(start)
     .await
 }

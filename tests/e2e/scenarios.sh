@@ -71,6 +71,8 @@ matrix vici "geneve vxlan gre" ipv4 "psk self ca"
 matrix vici "geneve vxlan" ipv6 "psk self ca"
 extra vici-monitor-restart
 extra vici-ike-restart
+# The observability scenarios (diagnose and the XFRM notifications on a broken kernel state).
+. "$(dirname "${BASH_SOURCE[0]}")/observe.sh"
 
 # e2e_run NAME: runs one scenario with its results directory.
 e2e_run() {
