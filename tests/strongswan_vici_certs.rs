@@ -38,14 +38,12 @@ fn authorities(node: &Node) -> Vec<String> {
         .collect()
 }
 
-/// Re-authenticates the tunnel's IKE_SA from `node` and waits until it is up again on both
+/// Re-authenticates IKE_SA `ike` from `node` and waits until it is up again on both
 /// nodes with `peer_ca` having vouched for the peer once more on `node`. (Without ESP the
 /// IKE_SA has no CHILD_SA to recreate, so charon closes it and the monitor starts a new one.)
-fn reauth(node: &Node, peer: &Node, peer_ca: &str) {
+fn reauth(node: &Node, ike: &str, peer: &Node, peer_ca: &str) {
     let before = trusted_by(node, peer_ca);
-    let out = node
-        .charon
-        .swanctl(&["--rekey", "--ike", "tun-1", "--reauth"]);
+    let out = node.charon.swanctl(&["--rekey", "--ike", ike, "--reauth"]);
     assert!(out.status.success(), "{out:?}");
     wait_for(&format!("re-authentication trusting {peer_ca}"), T, || {
         trusted_by(node, peer_ca) > before && node.ike_established() && peer.ike_established()
@@ -124,7 +122,7 @@ fn ca_bundle_members_are_all_trusted_and_renewed_certificates_load_without_teard
     assert_eq!(left.ike_sa_id("tun-1").as_deref(), Some(ike.as_str()));
     assert_eq!((left.ike_sa_count(), right.ike_sa_count()), (1, 1));
     // The next authentication uses it: left now trusts right through CA2.
-    reauth(&right, &left, "ca1");
+    reauth(&right, "tun-1", &left, "ca1");
     wait_for("left vouched for right through CA2", T, || {
         trusted_by(&left, "ca2") >= 1
     });
@@ -153,7 +151,7 @@ fn ca_bundle_members_are_all_trusted_and_renewed_certificates_load_without_teard
     let key_text = std::fs::read_to_string(p("left-key.pem")).unwrap();
     let log = left.mon.log();
     assert!(key_text.lines().skip(1).all(|l| !log.contains(l)));
-    reauth(&left, &right, "ca2");
+    reauth(&left, "tun-1", &right, "ca2");
     wait_for("right vouched for left through CA2", T, || {
         trusted_by(&right, "ca2") > before
     });
@@ -167,7 +165,7 @@ fn ca_bundle_members_are_all_trusted_and_renewed_certificates_load_without_teard
     let kept = authorities(&left);
     assert!(both.contains(&kept[0]), "{kept:?} not among {both:?}");
     assert_eq!(left.ike_sa_id("tun-1").as_deref(), Some(ike.as_str()));
-    reauth(&right, &left, "ca2");
+    reauth(&right, "tun-1", &left, "ca2");
 
     // A malformed bundle is reported on the tunnel and changes nothing in charon.
     std::fs::write(
@@ -185,4 +183,85 @@ fn ca_bundle_members_are_all_trusted_and_renewed_certificates_load_without_teard
     );
     assert_eq!(authorities(&left), kept);
     assert!(left.ike_established());
+}
+
+/// Authorities an earlier run of the monitor left in charon (it was killed: no clean-up).
+/// The restarted monitor adopts them: a member its bundle still lists is kept as it is (not
+/// loaded again), one the bundle no longer lists is unloaded; the IKE_SA is untouched. Then
+/// the bundle moves to a new path: its member, already in charon, is claimed for the new path
+/// and kept when the old path is dropped (never unloaded and loaded again).
+#[test]
+fn authorities_already_in_charon_are_claimed_and_those_no_bundle_lists_are_unloaded() {
+    require_strongswan();
+    let net = NetnsPair::new("vadp");
+    let tmp = tempfile::tempdir().unwrap();
+    let pki = tmp.path().join("pki");
+    std::fs::create_dir_all(&pki).unwrap();
+    let (ca1, ca2) = (make_ca(&pki, "ca1"), make_ca(&pki, "ca2"));
+    let p = |f: &str| pki.join(f);
+    for host in ["left", "right"] {
+        issue(
+            &pki,
+            "ca1",
+            host,
+            &p(&format!("{host}-key.pem")),
+            &p(&format!("{host}-cert.pem")),
+        );
+    }
+    bundle(&p("left-ca.pem"), &[&ca1, &ca2]);
+    bundle(&p("right-ca.pem"), &[&ca1]);
+    let mut left = Node::start(&net.left, &tmp.path().join("left"));
+    let right = Node::start(&net.right, &tmp.path().join("right"));
+    for (node, me, peer, peer_ip) in [
+        (&left, "left", "right", "192.0.2.2"),
+        (&right, "right", "left", "192.0.2.1"),
+    ] {
+        node.set_global(&[
+            format!("certificate={}", p(&format!("{me}-cert.pem")).display()),
+            format!("private_key={}", p(&format!("{me}-key.pem")).display()),
+            format!("ca_cert={}", p(&format!("{me}-ca.pem")).display()),
+        ]);
+        node.add_tunnel(
+            "geneve",
+            &[
+                format!("remote_ip={peer_ip}"),
+                format!("remote_name={peer}"),
+            ],
+        );
+    }
+    wait_for("IKE_SA established", T, || {
+        left.ike_established() && right.ike_established()
+    });
+    assert_eq!(authorities(&left).len(), 2);
+    // Right trusts CA1 only: its one authority is CA1's (the name is the member's digest).
+    let ca1_only = authorities(&right);
+    assert_eq!(ca1_only.len(), 1);
+    let ike = left.ike_sa_id("tun-1").expect("left IKE_SA");
+
+    left.restart_monitor(|| bundle(&p("left-ca.pem"), &[&ca1]));
+    wait_for("CA2's authority unloaded", T, || {
+        authorities(&left) == ca1_only
+    });
+    left.mon.wait_log(&format!(
+        "is in charon already as {}: not loaded again",
+        ca1_only[0]
+    ));
+    assert_eq!(left.ike_sa_id("tun-1").as_deref(), Some(ike.as_str()));
+    // CA1 still vouches for right.
+    reauth(&left, "tun-1", &right, "ca1");
+
+    let moved = p("left-ca-moved.pem");
+    bundle(&moved, &[&ca1]);
+    left.set_global(&[format!("ca_cert={}", moved.display())]);
+    left.mon.wait_log(&format!(
+        "of {} is in charon already as {}: not loaded again",
+        moved.display(),
+        ca1_only[0]
+    ));
+    // The path is part of the tunnel's PKI: the tunnel gets its next version (`tun-2`).
+    wait_for("the tunnel up again after the move", T, || {
+        left.ike_sa_id("tun-2").is_some() && right.ike_established()
+    });
+    assert_eq!(authorities(&left), ca1_only);
+    reauth(&left, "tun-2", &right, "ca1");
 }

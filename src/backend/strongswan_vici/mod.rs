@@ -48,7 +48,9 @@ use tracing::{debug, info, warn};
 use self::conns::ConnMemo;
 use self::conns::ike_conn_name;
 use self::creds::{CredKey, CredSource, Sha, load_request, psk_source, unload_request, users};
-use self::observe::{IkeSa, Loaded, Observed, ObservedConn, parse_conns, parse_sas};
+use self::observe::{
+    IkeSa, Loaded, Observed, ObservedConn, parse_authorities, parse_conns, parse_sas,
+};
 use self::plan::{Action, body_digest};
 use super::ike_view::IkeView;
 use super::initiator;
@@ -231,6 +233,8 @@ enum Pending {
     Flush,
     /// A change to a CA bundle's authorities.
     Member(bundles::Member),
+    /// An authority an earlier run left, unloaded.
+    Stale,
 }
 
 /// `terminate` for every IKE_SA of connection `name`: forced (charon sends the DELETE and
@@ -321,6 +325,16 @@ impl Backend for StrongSwanVici {
                 .map_err(backend_error)?;
             self.listed = Some((Arc::new(parse_conns(&conns)), Instant::now()));
         }
+        if !self.loaded.authorities_listed {
+            // Once per charon: the authorities an earlier run of the monitor left there.
+            let listed = self
+                .listing("list-authorities", "list-authority", &[])
+                .await
+                .map_err(backend_error)?;
+            let loaded = Arc::make_mut(&mut self.loaded);
+            loaded.adoptable = parse_authorities(&listed);
+            loaded.authorities_listed = true;
+        }
         let mut files = BTreeMap::new();
         for path in self.loaded.creds.keys().filter_map(CredKey::path) {
             let digest = tokio::fs::read(path)
@@ -379,6 +393,8 @@ impl Backend for StrongSwanVici {
         let mut requests = Vec::new();
         let mut pending = Vec::new();
         let mut renewed = false;
+        // A bundle that could not be read or parsed may list authorities an earlier run left.
+        let mut bundle_failed = false;
         for action in actions {
             match action {
                 Action::LoadCred(CredKey::Authority(path)) => {
@@ -391,10 +407,18 @@ impl Backend for StrongSwanVici {
                             }
                         }
                         Err(e) => {
+                            bundle_failed = true;
                             for t in users(desired, &CredKey::Authority(path.clone())) {
                                 report.errors.insert(t, e.clone());
                             }
                         }
+                    }
+                }
+                Action::UnloadStaleAuthorities(_) if bundle_failed => {}
+                Action::UnloadStaleAuthorities(_) => {
+                    for (cmd, body) in bundles::unload_stale(Arc::make_mut(&mut self.loaded)) {
+                        requests.push((cmd, body));
+                        pending.push(Pending::Stale);
                     }
                 }
                 Action::UnloadCred(CredKey::Authority(path)) => {
@@ -590,6 +614,11 @@ impl Backend for StrongSwanVici {
                         for t in users(desired, &key) {
                             report.errors.insert(t, e.clone());
                         }
+                    }
+                }
+                Pending::Stale => {
+                    if let Err(e) = check("unload-authority", &answer) {
+                        warn!("{e}");
                     }
                 }
                 Pending::UnloadCred(key) => {
