@@ -174,15 +174,7 @@ pub fn answered(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use sha2::{Digest, Sha256};
-
-    fn member(tag: &[u8]) -> BundleCa {
-        BundleCa {
-            der: tag.to_vec(),
-            sha256: Sha256::digest(tag).into(),
-            subject: String::new(),
-        }
-    }
+    use crate::backend::strongswan_vici::test_support::member;
 
     /// Members charon holds already (left by an earlier run, or for another bundle file) are
     /// claimed without a request; the rest are loaded, and what no bundle claimed is unloaded.

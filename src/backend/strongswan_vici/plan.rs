@@ -304,7 +304,9 @@ mod tests {
     use super::*;
     use crate::backend::strongswan_vici::conns::desired_conns;
     use crate::backend::strongswan_vici::observe::IkeSa;
-    use crate::backend::strongswan_vici::test_support::{cert_tunnel, desired, psk_tunnel};
+    use crate::backend::strongswan_vici::test_support::{
+        cert_tunnel, desired, pki_files, psk_tunnel,
+    };
     use crate::model::TunnelType;
     use std::collections::BTreeMap;
     use std::sync::Arc;
@@ -505,14 +507,7 @@ mod tests {
     fn renewed_certificate_content_reloads_only_that_credential() {
         let d = desired(vec![cert_tunnel("t", "192.0.2.2", "right", true)], None);
         let mut o = Observed::default();
-        for p in [
-            "/pki/left-cert.pem",
-            "/pki/left-privkey.pem",
-            "/pki/cacert.pem",
-        ] {
-            o.files
-                .insert(p.into(), Some(crate::backend::files::sha256(p.as_bytes())));
-        }
+        pki_files(&mut o);
         let o = converge(&d, o.clone(), &plan(&d, &o));
         assert!(plan(&d, &o).is_empty());
         let mut renewed = o.clone();
@@ -536,14 +531,7 @@ mod tests {
     fn authorities_left_by_an_earlier_run_are_unloaded_after_the_bundles_load() {
         let d = desired(vec![cert_tunnel("t", "192.0.2.2", "right", true)], None);
         let mut o = Observed::default();
-        for p in [
-            "/pki/left-cert.pem",
-            "/pki/left-privkey.pem",
-            "/pki/cacert.pem",
-        ] {
-            o.files
-                .insert(p.into(), Some(crate::backend::files::sha256(p.as_bytes())));
-        }
+        pki_files(&mut o);
         Arc::make_mut(&mut o.loaded).adoptable = ["0011223344556677".to_owned()].into();
         let a = plan(&d, &o);
         let ca = a
