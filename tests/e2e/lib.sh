@@ -464,9 +464,13 @@ collect_logs() {
         vsctl "$s" list interface tun
         ovs-appctl -t "$b/mon.ctl" tunnels/show
         ip -n "$s" xfrm policy
-        ip -n "$s" xfrm state
+        ip -n "$s" -s xfrm state
+        nx "$s" cat /proc/net/xfrm_stat
         nx "$s" nft list ruleset
         ip -n "$s" -s link
+        ip -n "$s" route
+        ovs-appctl -t "$b/vswitchd.ctl" dpctl/dump-flows
+        ovs-appctl -t "$b/mon.ctl" diagnose tun
     } 2>&1 | sed -E "$redact" > "$d/state.txt"
     # Only the running daemon's view (each command is slow under TCG).
     case "$(cat "$E2E_WORK/kind" 2> /dev/null)" in
