@@ -5,8 +5,10 @@ use std::path::PathBuf;
 
 use tracing::{error, info};
 
+use super::backend_config;
 use super::event_loop::{EventLoop, Exit};
 use crate::backend::dry_run::DryRun;
+use crate::backend::libreswan::Libreswan;
 use crate::backend::strongswan_stroke::StrongSwanStroke;
 use crate::backend::strongswan_vici::StrongSwanVici;
 use crate::backend::strongswan_vici::mode::{self, StrongSwanMode};
@@ -149,14 +151,14 @@ async fn run(
             info!("--dry-run: planning only, nothing is applied");
             run_with(DryRun::new(kind), true, parts, start).await
         }
-        BackendKind::None => match XfrmBackend::new(&cli) {
+        BackendKind::None => match XfrmBackend::new(&backend_config::xfrm(&cli)) {
             Ok(b) => run_with(b, false, parts, start).await,
             Err(e) => {
                 error!("{e}");
                 return 1;
             }
         },
-        BackendKind::Libreswan => match crate::backend::libreswan::Libreswan::new(&cli) {
+        BackendKind::Libreswan => match Libreswan::new(&backend_config::libreswan(&cli)) {
             Ok(b) => run_with(b, false, parts, start).await,
             Err(e) => {
                 error!("cannot set up the libreswan backend: {e}");
@@ -164,16 +166,15 @@ async fn run(
             }
         },
         BackendKind::StrongSwan => {
-            let socket = cli.vici_socket();
-            match mode::resolve(cli.strongswan_mode, &socket).await {
+            let vici = backend_config::vici(&cli);
+            match mode::resolve(cli.strongswan_mode, &vici.socket).await {
                 StrongSwanMode::Vici => {
-                    info!("strongSwan mode: vici ({})", socket.display());
-                    let timeout = std::time::Duration::from_secs(cli.command_timeout);
-                    run_with(StrongSwanVici::new(socket, timeout), false, parts, start).await
+                    info!("strongSwan mode: vici ({})", vici.socket.display());
+                    run_with(StrongSwanVici::new(&vici), false, parts, start).await
                 }
                 StrongSwanMode::Stroke | StrongSwanMode::Auto => {
                     info!("strongSwan mode: stroke (ipsec.conf)");
-                    match StrongSwanStroke::new(&cli) {
+                    match StrongSwanStroke::new(&backend_config::stroke(&cli)) {
                         Ok(b) => run_with(b, false, parts, start).await,
                         Err(e) => {
                             error!("cannot set up the strongSwan backend: {e}");

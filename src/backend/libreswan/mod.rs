@@ -40,7 +40,6 @@ use super::ike_view::IkeView;
 use super::initiator;
 use super::templates::{TemplateError, Templates};
 use super::{ApplyReport, Backend, BackendError, BackendKind, LiveStatus, Scope, StartOptions};
-use crate::cli::Cli;
 use crate::model::{Desired, TunnelType};
 
 /// The stderr line Libreswan 5.3 prints for every conn loaded with `auto=route` by an
@@ -73,6 +72,25 @@ impl From<LibreswanError> for BackendError {
     }
 }
 
+/// What the backend takes from the command line; `app::setup` builds it.
+#[derive(Debug, Clone, Default)]
+pub struct Config {
+    /// `--root-prefix`.
+    pub root: PathBuf,
+    /// `--ipsec-conf`, `--root-ipsec-conf`, `--ipsec-secrets`, `--ipsec-ctl`, `--ipsec-d`.
+    pub ipsec_conf: Option<PathBuf>,
+    pub root_ipsec_conf: Option<PathBuf>,
+    pub ipsec_secrets: Option<PathBuf>,
+    pub ipsec_ctl: Option<PathBuf>,
+    pub ipsec_d: Option<PathBuf>,
+    /// `--template-dir`, already below the root prefix.
+    pub template_dir: PathBuf,
+    /// `--command-timeout`: the limit of every `ipsec` command.
+    pub timeout: Duration,
+    /// `--use-default-crypto`.
+    pub use_default_crypto: bool,
+}
+
 /// Files and sockets, `--root-prefix` applied (except to `--root-ipsec-conf`, as in the
 /// Python monitor: it names the host's main config).
 #[derive(Debug, Clone)]
@@ -88,19 +106,22 @@ pub struct Paths {
 }
 
 impl Paths {
-    pub fn from_cli(cli: &Cli) -> Self {
-        let root = PathBuf::from(&cli.root_prefix);
+    pub fn new(config: &Config) -> Self {
+        let root = config.root.clone();
         let at = |p: Option<&PathBuf>, default: &str| {
             under_root(&root, p.map(PathBuf::as_path).unwrap_or(Path::new(default)))
         };
-        let conf = at(cli.ipsec_conf.as_ref(), "/etc/ipsec.conf");
+        let conf = at(config.ipsec_conf.as_ref(), "/etc/ipsec.conf");
         Self {
             ipsec: under_root(&root, Path::new("/usr/sbin/ipsec")),
-            root_conf: cli.root_ipsec_conf.clone().unwrap_or_else(|| conf.clone()),
+            root_conf: config
+                .root_ipsec_conf
+                .clone()
+                .unwrap_or_else(|| conf.clone()),
             conf,
-            secrets: at(cli.ipsec_secrets.as_ref(), "/etc/ipsec.secrets"),
-            ctl: at(cli.ipsec_ctl.as_ref(), "/run/pluto/pluto.ctl"),
-            nss_dir: cli.ipsec_d.as_ref().map(|d| under_root(&root, d)),
+            secrets: at(config.ipsec_secrets.as_ref(), "/etc/ipsec.secrets"),
+            ctl: at(config.ipsec_ctl.as_ref(), "/run/pluto/pluto.ctl"),
+            nss_dir: config.ipsec_d.as_ref().map(|d| under_root(&root, d)),
             root,
         }
     }
@@ -137,16 +158,16 @@ pub struct Libreswan {
 }
 
 impl Libreswan {
-    pub fn new(cli: &Cli) -> Result<Self, LibreswanError> {
-        let paths = Paths::from_cli(cli);
-        let templates = Templates::load(Some(&cli.template_dir()), render::DEFAULTS)?;
+    pub fn new(config: &Config) -> Result<Self, LibreswanError> {
+        let paths = Paths::new(config);
+        let templates = Templates::load(Some(&config.template_dir), render::DEFAULTS)?;
         for name in templates.overridden() {
             info!("using template override {name}");
         }
-        let timeout = Duration::from_secs(cli.command_timeout);
+        let timeout = config.timeout;
         let version = Version::unknown();
         Ok(Self {
-            layout: Layout::new(paths.own_root(), cli.use_default_crypto, &version),
+            layout: Layout::new(paths.own_root(), config.use_default_crypto, &version),
             nss: Nss::new(
                 paths
                     .nss_dir
@@ -159,7 +180,7 @@ impl Libreswan {
                 ctl: paths.ctl.clone(),
                 config: paths.root_conf.clone(),
             },
-            default_crypto: cli.use_default_crypto,
+            default_crypto: config.use_default_crypto,
             timeout,
             templates,
             sections: render::Sections::default(),
