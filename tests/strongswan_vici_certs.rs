@@ -11,12 +11,12 @@
 
 mod common;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use common::monitor::{iface_key, wait_for};
 use common::netns::NetnsPair;
-use common::pki::{break_bundle, bundle, issue, replace, two_hosts_trusting_both_cas};
+use common::pki::{break_bundle, bundle, issue, make_ca, replace};
 use common::vici::{Node, require_strongswan};
 
 const T: Duration = Duration::from_secs(45);
@@ -38,63 +38,92 @@ fn authorities(node: &Node) -> Vec<String> {
         .collect()
 }
 
-/// Re-authenticates the tunnel's IKE_SA from `node` and waits until it is up again on both
+/// Re-authenticates IKE_SA `ike` from `node` and waits until it is up again on both
 /// nodes with `peer_ca` having vouched for the peer once more on `node`. (Without ESP the
 /// IKE_SA has no CHILD_SA to recreate, so charon closes it and the monitor starts a new one.)
-fn reauth(node: &Node, peer: &Node, peer_ca: &str) {
+fn reauth(node: &Node, ike: &str, peer: &Node, peer_ca: &str) {
     let before = trusted_by(node, peer_ca);
-    let out = node
-        .charon
-        .swanctl(&["--rekey", "--ike", "tun-1", "--reauth"]);
+    let out = node.charon.swanctl(&["--rekey", "--ike", ike, "--reauth"]);
     assert!(out.status.success(), "{out:?}");
     wait_for(&format!("re-authentication trusting {peer_ca}"), T, || {
         trusted_by(node, peer_ca) > before && node.ike_established() && peer.ike_established()
     });
 }
 
+/// Two nodes whose certificates CA1 issued (`pki/<host>-cert.pem`, `pki/<host>-key.pem`), each
+/// trusting its bundle `pki/<host>-ca.pem`, with a geneve tunnel authenticated by the CA
+/// (`remote_name`) established between them. Fields drop in order: nodes, namespaces, files.
+struct Pair {
+    left: Node,
+    right: Node,
+    _net: NetnsPair,
+    tmp: tempfile::TempDir,
+}
+
+impl Pair {
+    /// The bundles list the CAs named (`ca1`, `ca2`), in that order.
+    fn start(tag: &str, left_cas: &[&str], right_cas: &[&str]) -> Self {
+        let net = NetnsPair::new(tag);
+        let tmp = tempfile::tempdir().unwrap();
+        let pki = tmp.path().join("pki");
+        std::fs::create_dir_all(&pki).unwrap();
+        make_ca(&pki, "ca1");
+        make_ca(&pki, "ca2");
+        let p = |f: &str| pki.join(f);
+        for (host, cas) in [("left", left_cas), ("right", right_cas)] {
+            let key = p(&format!("{host}-key.pem"));
+            issue(&pki, "ca1", host, &key, &p(&format!("{host}-cert.pem")));
+            let members: Vec<_> = cas.iter().map(|ca| p(&format!("{ca}.pem"))).collect();
+            let members: Vec<&Path> = members.iter().map(PathBuf::as_path).collect();
+            bundle(&p(&format!("{host}-ca.pem")), &members);
+        }
+        let left = Node::start(&net.left, &tmp.path().join("left"));
+        let right = Node::start(&net.right, &tmp.path().join("right"));
+        for (node, me, peer, peer_ip) in [
+            (&left, "left", "right", "192.0.2.2"),
+            (&right, "right", "left", "192.0.2.1"),
+        ] {
+            node.set_global(&[
+                format!("certificate={}", p(&format!("{me}-cert.pem")).display()),
+                format!("private_key={}", p(&format!("{me}-key.pem")).display()),
+                format!("ca_cert={}", p(&format!("{me}-ca.pem")).display()),
+            ]);
+            node.add_tunnel(
+                "geneve",
+                &[
+                    format!("remote_ip={peer_ip}"),
+                    format!("remote_name={peer}"),
+                ],
+            );
+        }
+        wait_for("IKE_SA established", T, || {
+            left.ike_established() && right.ike_established()
+        });
+        Self {
+            left,
+            right,
+            _net: net,
+            tmp,
+        }
+    }
+
+    /// A file of the PKI directory (`ca1.pem`, `ca1.key`, `left-cert.pem`...).
+    fn p(&self, f: &str) -> PathBuf {
+        self.tmp.path().join("pki").join(f)
+    }
+}
+
 #[test]
 fn ca_bundle_members_are_all_trusted_and_renewed_certificates_load_without_teardown() {
     require_strongswan();
-    let net = NetnsPair::new("vcrt");
-    let tmp = tempfile::tempdir().unwrap();
-    let pki = tmp.path().join("pki");
-    std::fs::create_dir_all(&pki).unwrap();
-    let ca2 = two_hosts_trusting_both_cas(&pki);
-    let p = |f: &str| pki.join(f);
-    let left = Node::start(&net.left, &tmp.path().join("left"));
-    let right = Node::start(&net.right, &tmp.path().join("right"));
-    let set_pki = |node: &Node, cert: &Path, key: &Path, ca: &Path| {
-        node.set_global(&[
-            format!("certificate={}", cert.display()),
-            format!("private_key={}", key.display()),
-            format!("ca_cert={}", ca.display()),
-        ]);
-    };
-    for (node, me, peer, peer_ip) in [
-        (&left, "left", "right", "192.0.2.2"),
-        (&right, "right", "left", "192.0.2.1"),
-    ] {
-        set_pki(
-            node,
-            &p(&format!("{me}-cert.pem")),
-            &p(&format!("{me}-key.pem")),
-            &p(&format!("{me}-ca.pem")),
-        );
-        node.add_tunnel(
-            "geneve",
-            &[
-                format!("remote_ip={peer_ip}"),
-                format!("remote_name={peer}"),
-            ],
-        );
-    }
-    wait_for(
-        "IKE_SA established through the bundle's second CA",
-        T,
-        || left.ike_established() && right.ike_established(),
-    );
-    assert!(trusted_by(&left, "ca1") >= 1 && trusted_by(&left, "ca2") == 0);
-    let both = authorities(&left);
+    // CA2 first: a daemon that read only a bundle's first member would reject CA1's
+    // certificates.
+    let pair = Pair::start("vcrt", &["ca2", "ca1"], &["ca2", "ca1"]);
+    let (left, right) = (&pair.left, &pair.right);
+    let pki = pair.p("");
+    let p = |f: &str| pair.p(f);
+    assert!(trusted_by(left, "ca1") >= 1 && trusted_by(left, "ca2") == 0);
+    let both = authorities(left);
     assert_eq!(both.len(), 2, "{both:?}");
 
     // Right renewed by CA2, same key, written in place: loaded without touching the IKE_SA.
@@ -106,27 +135,27 @@ fn ca_bundle_members_are_all_trusted_and_renewed_certificates_load_without_teard
             .matches("\"CN=right\"")
             .count()
     };
-    let before = rights(&right);
+    let before = rights(right);
     let renewed = p("right-cert.new");
     issue(&pki, "ca2", "right", &p("right-key.pem"), &renewed);
     replace(&p("right-cert.pem"), &std::fs::read(&renewed).unwrap());
     wait_for("the renewed certificate in right's charon", T, || {
-        rights(&right) > before
+        rights(right) > before
     });
     assert_eq!(right.ike_sa_id("tun-1").as_deref(), Some(rike.as_str()));
     assert_eq!(left.ike_sa_id("tun-1").as_deref(), Some(ike.as_str()));
     assert_eq!((left.ike_sa_count(), right.ike_sa_count()), (1, 1));
     // The next authentication uses it: left now trusts right through CA2.
-    reauth(&right, &left, "ca1");
+    reauth(right, "tun-1", left, "ca1");
     wait_for("left vouched for right through CA2", T, || {
-        trusted_by(&left, "ca2") >= 1
+        trusted_by(left, "ca2") >= 1
     });
 
     // Left renewed by CA2 with a new key, both files replaced in place.
     let (cert2, key2) = (p("left-cert.new"), p("left-key.new"));
     issue(&pki, "ca2", "left", &key2, &cert2);
     let rike = right.ike_sa_id("tun-1").expect("right IKE_SA");
-    let before = trusted_by(&right, "ca2");
+    let before = trusted_by(right, "ca2");
     replace(&p("left-key.pem"), &std::fs::read(&key2).unwrap());
     replace(&p("left-cert.pem"), &std::fs::read(&cert2).unwrap());
     wait_for("the new certificate in left's charon", T, || {
@@ -137,7 +166,7 @@ fn ca_bundle_members_are_all_trusted_and_renewed_certificates_load_without_teard
             >= 2
     });
     assert_eq!(right.ike_sa_id("tun-1").as_deref(), Some(rike.as_str()));
-    assert_eq!(trusted_by(&right, "ca2"), before);
+    assert_eq!(trusted_by(right, "ca2"), before);
     // The new key file was written 0644: named in a warning, its content nowhere in the log.
     left.mon.wait_log(&format!(
         "private key {} is readable by group or others (mode 0644)",
@@ -146,21 +175,21 @@ fn ca_bundle_members_are_all_trusted_and_renewed_certificates_load_without_teard
     let key_text = std::fs::read_to_string(p("left-key.pem")).unwrap();
     let log = left.mon.log();
     assert!(key_text.lines().skip(1).all(|l| !log.contains(l)));
-    reauth(&left, &right, "ca2");
+    reauth(left, "tun-1", right, "ca2");
     wait_for("right vouched for left through CA2", T, || {
-        trusted_by(&right, "ca2") > before
+        trusted_by(right, "ca2") > before
     });
 
     // Both drop CA1: only its authority goes, CA2's stays as it was.
     let ike = left.ike_sa_id("tun-1").expect("left IKE_SA");
     for host in ["left", "right"] {
-        bundle(&p(&format!("{host}-ca.pem")), &[&ca2]);
+        bundle(&p(&format!("{host}-ca.pem")), &[&p("ca2.pem")]);
     }
-    wait_for("CA1 unloaded", T, || authorities(&left).len() == 1);
-    let kept = authorities(&left);
+    wait_for("CA1 unloaded", T, || authorities(left).len() == 1);
+    let kept = authorities(left);
     assert!(both.contains(&kept[0]), "{kept:?} not among {both:?}");
     assert_eq!(left.ike_sa_id("tun-1").as_deref(), Some(ike.as_str()));
-    reauth(&right, &left, "ca2");
+    reauth(right, "tun-1", left, "ca2");
 
     // A malformed bundle makes the tunnel invalid, naming the file and the member; the
     // other node's bundle is untouched, and the fixed file brings the tunnel back without an
@@ -170,10 +199,57 @@ fn ca_bundle_members_are_all_trusted_and_renewed_certificates_load_without_teard
         iface_key(&left.db, "tun", "ipsec-state").as_deref() == Some("invalid")
     });
     assert_eq!(iface_key(&left.db, "tun", "ipsec-error"), Some(reason));
-    assert_eq!(authorities(&right), kept);
-    bundle(&p("left-ca.pem"), &[&ca2]);
+    assert_eq!(authorities(right), kept);
+    bundle(&p("left-ca.pem"), &[&p("ca2.pem")]);
     wait_for("the tunnel back with the fixed bundle", T, || {
         left.ike_established() && right.ike_established()
     });
-    assert_eq!(authorities(&left), kept);
+    assert_eq!(authorities(left), kept);
+}
+
+/// Authorities an earlier run of the monitor left in charon (it was killed: no clean-up).
+/// The restarted monitor adopts them: a member its bundle still lists is kept as it is (not
+/// loaded again), one the bundle no longer lists is unloaded; the IKE_SA is untouched. Then
+/// the bundle moves to a new path: its member, already in charon, is claimed for the new path
+/// and kept when the old path is dropped (never unloaded and loaded again).
+#[test]
+fn authorities_already_in_charon_are_claimed_and_those_no_bundle_lists_are_unloaded() {
+    require_strongswan();
+    let mut pair = Pair::start("vadp", &["ca1", "ca2"], &["ca1"]);
+    let pki = pair.p("");
+    let p = |f: &str| pki.join(f);
+    let ca1 = p("ca1.pem");
+    let Pair { left, right, .. } = &mut pair;
+    assert_eq!(authorities(left).len(), 2);
+    // Right trusts CA1 only: its one authority is CA1's (the name is the member's digest).
+    let ca1_only = authorities(right);
+    assert_eq!(ca1_only.len(), 1);
+    let ike = left.ike_sa_id("tun-1").expect("left IKE_SA");
+
+    left.restart_monitor(|| bundle(&p("left-ca.pem"), &[&ca1]));
+    wait_for("CA2's authority unloaded", T, || {
+        authorities(left) == ca1_only
+    });
+    left.mon.wait_log(&format!(
+        "is in charon already as {}: not loaded again",
+        ca1_only[0]
+    ));
+    assert_eq!(left.ike_sa_id("tun-1").as_deref(), Some(ike.as_str()));
+    // CA1 still vouches for right.
+    reauth(left, "tun-1", right, "ca1");
+
+    let moved = p("left-ca-moved.pem");
+    bundle(&moved, &[&ca1]);
+    left.set_global(&[format!("ca_cert={}", moved.display())]);
+    left.mon.wait_log(&format!(
+        "of {} is in charon already as {}: not loaded again",
+        moved.display(),
+        ca1_only[0]
+    ));
+    // The path is part of the tunnel's PKI: the tunnel gets its next version (`tun-2`).
+    wait_for("the tunnel up again after the move", T, || {
+        left.ike_sa_id("tun-2").is_some() && right.ike_established()
+    });
+    assert_eq!(authorities(left), ca1_only);
+    reauth(left, "tun-2", right, "ca1");
 }

@@ -316,6 +316,9 @@ fn converge(
             Action::UnloadCred(k) => {
                 Arc::make_mut(&mut o.loaded).creds.remove(k);
             }
+            Action::UnloadStaleAuthorities(_) => {
+                Arc::make_mut(&mut o.loaded).adoptable.clear();
+            }
         }
     }
 }

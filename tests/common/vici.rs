@@ -188,10 +188,16 @@ impl Node {
     pub fn start(ns: &str, dir: &Path) -> Self {
         let charon = Charon::start(ns, dir);
         let db = OvsdbServer::start();
+        let mon = Self::monitor(&charon, &db);
+        Self { charon, db, mon }
+    }
+
+    /// The node's monitor, in charon's network namespace.
+    fn monitor(charon: &Charon, db: &OvsdbServer) -> Monitor {
         let socket = format!("--vici-socket={}", charon.socket().display());
-        let mon = launch(
-            &db,
-            &["ip", "netns", "exec", ns],
+        launch(
+            db,
+            &["ip", "netns", "exec", &charon.ns],
             "monitor.log",
             &[
                 "--ike-daemon=strongswan",
@@ -199,8 +205,18 @@ impl Node {
                 "--strongswan-mode=vici",
                 &socket,
             ],
-        );
-        Self { charon, db, mon }
+        )
+    }
+
+    /// Kills the monitor (SIGKILL: no clean-up) and starts a new one on the same charon and
+    /// database; `meanwhile` runs while no monitor runs.
+    pub fn restart_monitor(&mut self, meanwhile: impl FnOnce()) {
+        let pid = i32::try_from(self.mon.pid()).expect("pid");
+        // SAFETY: kill(2) on our own child's pid.
+        assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
+        self.mon.wait_exit();
+        meanwhile();
+        self.mon = Self::monitor(&self.charon, &self.db);
     }
 
     /// Creates (or updates) interface `name` of type `kind` with `options:<opts>`.

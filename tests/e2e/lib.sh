@@ -235,10 +235,11 @@ expect_log() {
     wait_until 60 "$1: the monitor to log \"$3\"" log_has "$@"
 }
 
-# pki_config SIDE AUTH: the node's certificate settings in Open_vSwitch other_config
-# (psk: none; self: own certificate and key; ca: also the CA). The files were made by prepare.sh.
+# pki_config SIDE AUTH [DIR]: the node's certificate settings in Open_vSwitch other_config
+# (psk: none; self: own certificate and key; ca: also the CA): DIR/SIDE-cert.pem,
+# DIR/SIDE-privkey.pem, DIR/cacert.pem, by default the files prepare.sh made for AUTH.
 pki_config() {
-    local s=$1 auth=$2 d=$E2E_PKI/$2
+    local s=$1 auth=$2 d=${3:-$E2E_PKI/$2}
     vsctl "$s" --no-wait remove Open_vSwitch . other_config certificate private_key ca_cert || fail "$s: clear pki"
     case "$auth" in
         psk) ;;
@@ -421,21 +422,32 @@ ping_wait_more() {
     wait_until 120 "$2 more replies to the running ping" ping_has_more "$1" "$want"
 }
 
-# ping_stop NAME: stops the ping and fails if any echo request before the last answered one went
-# unanswered (a request still in flight when ping is stopped is not a loss).
+# ping_seqs NAME: the icmp_seq of every answered request so far, in order.
+ping_seqs() { sed -n '/bytes from/s/.*icmp_seq=\([0-9]*\) .*/\1/p' "$E2E_OUT/ping-$1.txt" | sort -n -u; }
+ping_last() { ping_seqs "$1" | tail -n 1; }
+
+# ping_stop NAME [FROM-TO...]: stops the ping and fails if any echo request before the last
+# answered one went unanswered (a request still in flight when ping is stopped is not a loss),
+# except within the icmp_seq ranges given, whose losses are counted apart. ping-NAME.result gets
+# "SENT LOST APART": the requests up to the last answered one, how many of them were lost
+# outside the ranges, and how many within.
 ping_stop() {
-    local f=$E2E_OUT/ping-$1.txt
-    kill -INT "$(cat "$E2E_WORK/ping-$1.pid")" 2> /dev/null
-    wait "$(cat "$E2E_WORK/ping-$1.pid")" 2> /dev/null
-    local seqs last n lost
-    seqs=$(sed -n '/bytes from/s/.*icmp_seq=\([0-9]*\) .*/\1/p' "$f" | sort -n -u)
-    n=$(echo "$seqs" | grep -c .)
+    local name=$1 f=$E2E_OUT/ping-$1.txt seqs last missing apart lost
+    shift
+    kill -INT "$(cat "$E2E_WORK/ping-$name.pid")" 2> /dev/null
+    wait "$(cat "$E2E_WORK/ping-$name.pid")" 2> /dev/null
+    seqs=$(ping_seqs "$name")
     last=$(echo "$seqs" | tail -n 1)
-    lost=$((${last:-0} - n))
-    t "ping $1: $n replies up to icmp_seq=${last:-none}, $lost lost; $(grep 'packets transmitted' "$f")"
-    [ "$n" -gt 0 ] && [ "$lost" -eq 0 ] ||
-        fail "the running ping lost $lost of ${last:-0} echo requests (missing: $(echo "$seqs" |
-            awk 'BEGIN{e=1} {while (e < $1) printf "%d ", e++; e = $1 + 1}'))"
+    last=${last:-0}
+    missing=$(echo "$seqs" | awk 'BEGIN{e=1} NF {while (e < $1) print e++; e = $1 + 1}')
+    apart=$(echo "$missing" | awk -v r="$*" 'BEGIN{n = split(r, rs, " ")}
+        NF { for (i = 1; i <= n; i++) { split(rs[i], b, "-"); if ($1 >= b[1] && $1 <= b[2]) { c++; next } } }
+        END { print c + 0 }')
+    lost=$(($(echo "$missing" | awk 'NF { c++ } END { print c + 0 }') - apart))
+    t "ping $name: $((last - lost - apart)) replies up to icmp_seq=$last, $lost lost${*:+, $apart more within $*}; $(grep 'packets transmitted' "$f")"
+    echo "$last $lost $apart" > "$E2E_OUT/ping-$name.result"
+    [ "$last" -gt 0 ] && [ "$lost" -eq 0 ] ||
+        fail "the running ping lost $lost of $last echo requests${*:+ outside $*} (missing: $(echo $missing))"
 }
 
 # collect_logs SIDE: what is needed to debug a failure (keys and PSKs redacted).

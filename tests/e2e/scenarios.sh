@@ -73,6 +73,8 @@ extra vici-monitor-restart
 extra vici-ike-restart
 # The observability scenarios (diagnose and the XFRM notifications on a broken kernel state).
 . "$(dirname "${BASH_SOURCE[0]}")/observe.sh"
+# The CA rotation, one scenario per IKE mode (rotation.sh).
+. "$(dirname "${BASH_SOURCE[0]}")/rotation.sh"
 
 # e2e_run NAME: runs one scenario with its results directory.
 e2e_run() {
@@ -111,10 +113,12 @@ node_static() {
     monitor_up "$1" --ike-daemon=none --static-rekey-grace=20
 }
 
-# A charon drop-in that logs to the node's directory (flush_line: otherwise empty until exit).
+# A charon drop-in that logs to the node's directory (flush_line: otherwise empty until exit),
+# and re-authenticates make-before-break, as docs/howto.md advises for a CA rotation (charon
+# 5.9's default deletes the CHILD_SAs before the new IKE_SA has its own: packets get lost).
 charon_log_conf() {
     local s=$1
-    nx "$s" sh -c "printf 'charon {\n filelog {\n  e2e {\n   path = %s/charon.log\n   flush_line = yes\n   default = 1\n   ike = 2\n   knl = 2\n  }\n }\n}\n' '$(bdir "$s")' > /etc/strongswan.d/zz-e2e-log.conf"
+    nx "$s" sh -c "printf 'charon {\n make_before_break = yes\n filelog {\n  e2e {\n   path = %s/charon.log\n   flush_line = yes\n   default = 1\n   ike = 2\n   knl = 2\n  }\n }\n}\n' '$(bdir "$s")' > /etc/strongswan.d/zz-e2e-log.conf"
 }
 
 # strongSwan legacy mode, as on Debian: the monitor writes /etc/ipsec.conf and restarts

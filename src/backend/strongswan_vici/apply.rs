@@ -37,6 +37,8 @@ enum Pending {
     Flush,
     /// A change to a CA bundle's authorities.
     Member(bundles::Member),
+    /// An authority an earlier run left, unloaded.
+    Stale,
 }
 
 /// `terminate` for every IKE_SA of connection `name`: forced (charon sends the DELETE and
@@ -64,6 +66,11 @@ impl StrongSwanVici {
         let mut requests = Vec::new();
         let mut pending = Vec::new();
         let mut renewed = false;
+        // While the configured bundle has never parsed (the model holds no reading of that
+        // path), it may list authorities an earlier run left: none is unloaded as stale.
+        let ca_cert = desired.global.pki.as_ref().and_then(|p| p.ca_cert.as_ref());
+        let bundle_failed = ca_cert
+            .is_some_and(|path| desired.global.ca_bundle.as_ref().map(|b| &b.path) != Some(path));
         for action in actions {
             match action {
                 Action::LoadCred(CredKey::Authority(path)) => {
@@ -76,6 +83,13 @@ impl StrongSwanVici {
                             requests.push((cmd, body));
                             pending.push(Pending::Member(member));
                         }
+                    }
+                }
+                Action::UnloadStaleAuthorities(_) if bundle_failed => {}
+                Action::UnloadStaleAuthorities(_) => {
+                    for (cmd, body) in bundles::unload_stale(Arc::make_mut(&mut self.loaded)) {
+                        requests.push((cmd, body));
+                        pending.push(Pending::Stale);
                     }
                 }
                 Action::UnloadCred(CredKey::Authority(path)) => {
@@ -271,6 +285,11 @@ impl StrongSwanVici {
                         for t in users(desired, &key) {
                             report.errors.insert(t, e.clone());
                         }
+                    }
+                }
+                Pending::Stale => {
+                    if let Err(e) = check("unload-authority", &answer) {
+                        warn!("{e}");
                     }
                 }
                 Pending::UnloadCred(key) => {

@@ -241,7 +241,7 @@ pub fn users(desired: &Desired, key: &CredKey) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backend::strongswan_vici::test_support::{cert_tunnel, desired, psk_tunnel};
+    use crate::backend::strongswan_vici::test_support::{cert_tunnel, desired, member, psk_tunnel};
     use crate::model::TunnelType;
 
     #[test]
@@ -295,14 +295,6 @@ mod tests {
         ));
         assert!(ca.contains_key(&CredKey::Authority("/pki/cacert.pem".into())));
         assert!(!ca.contains_key(&CredKey::Cert("/pki/right-cert.pem".into())));
-    }
-
-    fn member(tag: &[u8]) -> BundleCa {
-        BundleCa {
-            der: tag.to_vec(),
-            sha256: Sha256::digest(tag).into(),
-            subject: String::new(),
-        }
     }
 
     #[test]

@@ -49,7 +49,9 @@ use tracing::{debug, info};
 use self::conns::ConnMemo;
 use self::conns::ike_conn_name;
 use self::creds::CredKey;
-use self::observe::{IkeSa, Loaded, Observed, ObservedConn, parse_conns, parse_sas};
+use self::observe::{
+    IkeSa, Loaded, Observed, ObservedConn, parse_authorities, parse_conns, parse_sas,
+};
 use self::plan::Action;
 use super::ike_view::IkeView;
 use super::initiator;
@@ -298,6 +300,16 @@ impl Backend for StrongSwanVici {
                 .await
                 .map_err(backend_error)?;
             self.listed = Some((Arc::new(parse_conns(&conns)), Instant::now()));
+        }
+        if !self.loaded.authorities_listed {
+            // Once per charon: the authorities an earlier run of the monitor left there.
+            let listed = self
+                .listing("list-authorities", "list-authority", &[])
+                .await
+                .map_err(backend_error)?;
+            let loaded = Arc::make_mut(&mut self.loaded);
+            loaded.adoptable = parse_authorities(&listed);
+            loaded.authorities_listed = true;
         }
         let mut files = BTreeMap::new();
         for path in self.loaded.creds.keys().filter_map(CredKey::path) {

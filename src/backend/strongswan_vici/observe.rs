@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::creds::{CredKey, Sha};
+use super::creds::{CA_AUTHORITY, CredKey, Sha};
 use crate::backend::vici::Message;
 
 /// One loaded connection: its children and their modes (`TRANSPORT`, `DROP`, ...).
@@ -48,6 +48,12 @@ pub struct Loaded {
     pub key_ids: BTreeMap<PathBuf, String>,
     /// CA bundle file → the ids of its members loaded as authorities.
     pub authorities: BTreeMap<PathBuf, BTreeSet<String>>,
+    /// Whether charon's authorities were listed since we connected to it.
+    pub authorities_listed: bool,
+    /// Ids of our authorities (`ovs-ca-<id>`) charon held when we connected, left by an
+    /// earlier run of the monitor, that no bundle has claimed yet: a bundle member among
+    /// them is not loaded again, and the others are unloaded (see [`super::bundles`]).
+    pub adoptable: BTreeSet<String>,
     /// Tunnel connection → [`Observed::clock`] of its last initiation (or decision to leave
     /// it to the peer).
     pub attempts: BTreeMap<String, Duration>,
@@ -88,6 +94,18 @@ pub fn parse_conns(events: &[Message]) -> BTreeMap<String, ObservedConn> {
                 .unwrap_or_default();
             (name.to_owned(), ObservedConn { children })
         })
+        .collect()
+}
+
+/// The ids of our authorities among `list-authority` events (one section per authority).
+pub fn parse_authorities(events: &[Message]) -> BTreeSet<String> {
+    let prefix = format!("{CA_AUTHORITY}-");
+    events
+        .iter()
+        .flat_map(Message::sections)
+        .filter_map(|(name, _)| name.strip_prefix(&prefix))
+        .filter(|id| !id.is_empty())
+        .map(str::to_owned)
         .collect()
 }
 
@@ -170,5 +188,18 @@ mod tests {
         assert_eq!(sas[0].remote, "192.0.2.2[192.0.2.2]");
         assert_eq!(sas[0].children[0].name, "vx1-in-1");
         assert_eq!(sas[0].children[0].local_ts, ["192.0.2.1/32[udp/4789]"]);
+    }
+
+    #[test]
+    fn only_our_authorities_are_adoptable() {
+        let events = [
+            Message::new().section("ovs-ca-0123abcd", Message::new().kv("cacert", "x")),
+            Message::new().section("corp-root", Message::new().kv("cacert", "y")),
+            Message::new().section("ovs-ca-", Message::new()),
+        ];
+        assert_eq!(
+            parse_authorities(&events),
+            BTreeSet::from(["0123abcd".to_owned()])
+        );
     }
 }

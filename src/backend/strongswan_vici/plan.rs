@@ -37,6 +37,9 @@ pub enum Action {
     },
     UnloadConn(String),
     UnloadCred(CredKey),
+    /// Unload the authorities (by id) an earlier run of the monitor left in charon, unless a
+    /// bundle loaded before this action in the same pass claims them (`super::bundles`).
+    UnloadStaleAuthorities(Vec<String>),
 }
 
 /// How the log lines of [`Action::LoadConn`] and [`Action::UnloadConn`] start (tests count
@@ -57,6 +60,14 @@ impl fmt::Display for Action {
             }
             Action::UnloadConn(c) => write!(f, "{UNLOAD_CONNECTION} {c}"),
             Action::UnloadCred(k) => write!(f, "unload {}", cred_label(k)),
+            Action::UnloadStaleAuthorities(ids) => write!(
+                f,
+                "unload the CA authorities an earlier run left in charon unless a bundle lists them: {}",
+                ids.iter()
+                    .map(|id| super::creds::authority_name(id))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
         }
     }
 }
@@ -125,6 +136,11 @@ pub fn plan_with(memo: &ConnMemo, desired: &Desired, observed: &Observed) -> Vec
         if !creds.contains_key(key) {
             actions.push(Action::UnloadCred(key.clone()));
         }
+    }
+    // Last: the bundles loaded above claim the members they list first.
+    if !observed.loaded.adoptable.is_empty() {
+        let ids = observed.loaded.adoptable.iter().cloned().collect();
+        actions.push(Action::UnloadStaleAuthorities(ids));
     }
     actions
 }
@@ -288,7 +304,9 @@ mod tests {
     use super::*;
     use crate::backend::strongswan_vici::conns::desired_conns;
     use crate::backend::strongswan_vici::observe::IkeSa;
-    use crate::backend::strongswan_vici::test_support::{cert_tunnel, desired, psk_tunnel};
+    use crate::backend::strongswan_vici::test_support::{
+        cert_tunnel, desired, pki_files, psk_tunnel,
+    };
     use crate::model::TunnelType;
     use std::collections::BTreeMap;
     use std::sync::Arc;
@@ -329,6 +347,9 @@ mod tests {
                 }
                 Action::UnloadCred(k) => {
                     Arc::make_mut(&mut o.loaded).creds.remove(k);
+                }
+                Action::UnloadStaleAuthorities(_) => {
+                    Arc::make_mut(&mut o.loaded).adoptable.clear();
                 }
             }
         }
@@ -486,14 +507,7 @@ mod tests {
     fn renewed_certificate_content_reloads_only_that_credential() {
         let d = desired(vec![cert_tunnel("t", "192.0.2.2", "right", true)], None);
         let mut o = Observed::default();
-        for p in [
-            "/pki/left-cert.pem",
-            "/pki/left-privkey.pem",
-            "/pki/cacert.pem",
-        ] {
-            o.files
-                .insert(p.into(), Some(crate::backend::files::sha256(p.as_bytes())));
-        }
+        pki_files(&mut o);
         let o = converge(&d, o.clone(), &plan(&d, &o));
         assert!(plan(&d, &o).is_empty());
         let mut renewed = o.clone();
@@ -509,6 +523,33 @@ mod tests {
         let mut gone = o;
         gone.files.insert("/pki/cacert.pem".into(), None);
         assert!(plan(&d, &gone).is_empty());
+    }
+
+    /// Authorities an earlier run left are unloaded last, after the bundles that may claim
+    /// them were loaded; with none left, nothing is planned for them.
+    #[test]
+    fn authorities_left_by_an_earlier_run_are_unloaded_after_the_bundles_load() {
+        let d = desired(vec![cert_tunnel("t", "192.0.2.2", "right", true)], None);
+        let mut o = Observed::default();
+        pki_files(&mut o);
+        Arc::make_mut(&mut o.loaded).adoptable = ["0011223344556677".to_owned()].into();
+        let a = plan(&d, &o);
+        let ca = a
+            .iter()
+            .position(|a| a.to_string() == "load CA certificate /pki/cacert.pem");
+        assert!(ca.is_some_and(|i| i + 1 < a.len()), "{a:?}");
+        assert_eq!(
+            a.last(),
+            Some(&Action::UnloadStaleAuthorities(vec![
+                "0011223344556677".to_owned()
+            ]))
+        );
+        let o = converge(&d, o.clone(), &a);
+        assert!(
+            !plan(&d, &o)
+                .iter()
+                .any(|a| matches!(a, Action::UnloadStaleAuthorities(_)))
+        );
     }
 
     #[test]

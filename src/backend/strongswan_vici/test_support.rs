@@ -2,6 +2,10 @@
 
 use std::sync::Arc;
 
+use sha2::{Digest, Sha256};
+
+use super::observe::Observed;
+use crate::model::bundle::BundleCa;
 use crate::model::{
     Auth, Desired, DesiredTunnel, Global, Pki, Secret, SkbMark, TunnelConf, TunnelType,
 };
@@ -53,5 +57,26 @@ pub fn desired(tunnels: Vec<DesiredTunnel>, skb_mark: Option<SkbMark>) -> Desire
             .into_iter()
             .map(|t| (t.conf.name.clone(), t))
             .collect(),
+    }
+}
+
+/// A bundle member whose DER is `tag` (enough for the digests and ids the plan compares).
+pub fn member(tag: &[u8]) -> BundleCa {
+    BundleCa {
+        der: tag.to_vec(),
+        sha256: Sha256::digest(tag).into(),
+        subject: String::new(),
+    }
+}
+
+/// `o` sees the files of [`cert_tunnel`]'s PKI (each with a digest of its path as content).
+pub fn pki_files(o: &mut Observed) {
+    for p in [
+        "/pki/left-cert.pem",
+        "/pki/left-privkey.pem",
+        "/pki/cacert.pem",
+    ] {
+        o.files
+            .insert(p.into(), Some(crate::backend::files::sha256(p.as_bytes())));
     }
 }

@@ -1,0 +1,186 @@
+# The CA rotation scenarios (sourced by scenarios.sh): KIND-ca-rotation for each IKE mode.
+#
+# Two nodes with certificates from CA1 (prepare.sh's `ca`) and a geneve tunnel authenticated
+# by the CA (remote_name) go through the rotation of docs/howto.md ("Rotate the CA"), every
+# file replaced as that section says (a new file renamed over the old one, same paths):
+#   1. both trust CA1 and CA2 (other_config:ca_cert becomes a bundle of the two);
+#   2. left is re-issued by CA2 (new certificate and key, prepare.sh's `ca2`);
+#   3. right is re-issued by CA2;
+#   4. both trust CA2 only.
+# A `ping -i 0.2` over the overlay runs throughout and must lose nothing to the rotation's steps;
+# what it loses while a forced re-authentication replaces the SAs (measured with charon 5.9 and
+# make_before_break: a few requests each time) is counted apart and reported. After each step, once
+# the changed nodes' monitors have handed the new credentials to their IKE daemon: both nodes
+# still show ipsec-state=up and both hold exactly the kernel SAs (src, dst, SPI) they had
+# before the step (loading credentials tore nothing down); then left forces a
+# re-authentication of its IKE SAs, which must succeed with each node's daemon naming the CA
+# that now vouches for the peer (the new credentials are really in use). The figures (pings
+# sent and lost, the SPIs around each step) go to rotation.txt in the scenario's directory.
+
+extra vici-ca-rotation
+
+# rot_put SRC DST: DST gets SRC's content the way the howto says: a new file renamed over it.
+rot_put() { cp "$1" "$2.tmp" && mv "$2.tmp" "$2" || fail "cannot write $2"; }
+
+# rot_dir SIDE: the node's certificate, key and CA bundle during the rotation.
+rot_dir() { echo "$E2E_WORK/rotation/$1"; }
+
+# rot_record TEXT: a line of the scenario's figures (also in the trace).
+rot_record() {
+    t "$*"
+    echo "$*" >> "$E2E_OUT/rotation.txt"
+}
+
+# ---- per IKE mode: the proof that the monitor handed over the credentials, and re-auth -----
+
+# rot_cred_line KIND: what the monitor logs when it hands a changed credential to the daemon.
+rot_cred_line() {
+    case "$1" in
+        vici) echo 'load (certificate|private key|CA certificate) ' ;;
+    esac
+}
+
+# rot_applied SIDE MARK: since MARK the monitor logged a credential change and then the end
+# of a pass that applied actions (the line pass.rs logs after the backend's apply).
+rot_applied() {
+    log_since "$1" "$2" | awk -v re="$(rot_cred_line "$(cat "$E2E_WORK/kind")")" '
+        $0 ~ re { seen = 1 } seen && /actions planned, [0-9]+ applied/ { ok = 1 } END { exit !ok }'
+}
+
+# rot_vouched SIDE CA: how often the node's IKE daemon has accepted a peer certificate
+# issued by CA (prepare.sh names them e2e-ca and e2e-ca2).
+rot_vouched() {
+    case "$(cat "$E2E_WORK/kind")" in
+        vici) grep -c "using trusted ca certificate \"CN=e2e-$2\"" "$(bdir "$1")/charon.log" ;;
+    esac
+}
+
+# ike_sas SIDE: the names of the node's established IKE SAs (charon).
+ike_sas() { nx "$1" swanctl --list-sas 2> /dev/null | awk -F: '/^[^ ].*ESTABLISHED/ { print $1 }' | sort -u; }
+
+# rot_reauth: left re-authenticates every IKE SA it has with right.
+rot_reauth() {
+    local sa n=0
+    case "$(cat "$E2E_WORK/kind")" in
+        vici)
+            for sa in $(ike_sas left); do
+                nx left swanctl --rekey --reauth --ike "$sa" > /dev/null || fail "left: swanctl --rekey --reauth --ike $sa"
+                n=$((n + 1))
+            done
+            ;;
+    esac
+    [ "$n" -gt 0 ] || fail "left: no IKE SA to re-authenticate"
+    t "left: re-authentication of $n IKE SA(s) requested"
+}
+
+vouched_more() { [ "$(rot_vouched "$1" "$2")" -gt "$3" ]; }
+
+# rot_watch_start / rot_watch_stop: samples both nodes' ipsec-state about once a second for
+# the whole sequence; any sample other than `up` is kept in rotation-states.txt and fails the
+# scenario at the end.
+rot_watch_start() {
+    : > "$E2E_OUT/rotation-states.txt"
+    (
+        while kill -0 $$ 2> /dev/null; do
+            l=$(ext_id left ipsec-state)
+            r=$(ext_id right ipsec-state)
+            [ "$l/$r" = up/up ] || echo "$(t "left $l, right $r")" >> "$E2E_OUT/rotation-states.txt"
+            sleep 1
+        done
+    ) &
+    echo $! > "$E2E_WORK/rotation-watch.pid"
+}
+rot_watch_stop() {
+    kill "$(cat "$E2E_WORK/rotation-watch.pid")" 2> /dev/null
+    wait "$(cat "$E2E_WORK/rotation-watch.pid")" 2> /dev/null
+    [ ! -s "$E2E_OUT/rotation-states.txt" ] ||
+        fail "ipsec-state left up during the rotation: $(head -n 3 "$E2E_OUT/rotation-states.txt" | tr '\n' ';')"
+    rot_record "ipsec-state was up on both nodes at every sample of the rotation"
+}
+
+# ---- the sequence --------------------------------------------------------------------------
+
+# rot_pki SIDE CERT_CA BUNDLE...: the node's certificate and key become CERT_CA's (ca or ca2)
+# and its ca_cert the bundle of the CAs named (in that order).
+rot_pki() {
+    local s=$1 d ca
+    d=$(rot_dir "$s")
+    rot_put "$E2E_PKI/$2/$s-privkey.pem" "$d/$s-privkey.pem"
+    rot_put "$E2E_PKI/$2/$s-cert.pem" "$d/$s-cert.pem"
+    shift 2
+    for ca in "$@"; do cat "$E2E_PKI/$ca/cacert.pem"; done > "$d/cacert.pem.new" &&
+        mv "$d/cacert.pem.new" "$d/cacert.pem" || fail "$s: cannot write the CA bundle"
+}
+
+# rot_step WHAT LEFT_CA RIGHT_CA "LEFT_SPEC" "RIGHT_SPEC": one step of the rotation. A SPEC is
+# empty (the node is not changed) or rot_pki's arguments after SIDE; LEFT_CA and RIGHT_CA are
+# the CAs that vouch for left's and right's certificates after the step.
+rot_step() {
+    local what=$1 lca=$2 rca=$3 sl sr s spec m ml mr nl nr from
+    sl=$(spis left)
+    sr=$(spis right)
+    ml=$(log_mark left)
+    mr=$(log_mark right)
+    for s in left right; do
+        [ "$s" = left ] && spec=$4 || spec=$5
+        [ -n "$spec" ] || continue
+        # shellcheck disable=SC2086
+        rot_pki "$s" $spec
+    done
+    t "step: $what"
+    for s in left right; do
+        [ "$s" = left ] && { spec=$4; m=$ml; } || { spec=$5; m=$mr; }
+        [ -n "$spec" ] || continue
+        wait_until 120 "$s: the monitor to hand the new credentials to its IKE daemon" rot_applied "$s" "$m"
+    done
+    both_up || fail "$what: ipsec-state not up on both nodes after the credentials changed"
+    [ "$(spis left)" = "$sl" ] || fail "$what: left's SAs changed: [$(echo $sl)] -> [$(echo $(spis left))]"
+    [ "$(spis right)" = "$sr" ] || fail "$what: right's SAs changed: [$(echo $sr)] -> [$(echo $(spis right))]"
+    rot_record "$what: SAs unchanged by the credential change: left [$(echo $sl)], right [$(echo $sr)]"
+    # left checks right's certificate (issued by RIGHT_CA) and right checks left's.
+    nl=$(rot_vouched left "$rca")
+    nr=$(rot_vouched right "$lca")
+    ping_wait_more rotation 2
+    from=$(($(ping_last rotation) + 1))
+    rot_reauth
+    wait_until 180 "left: a re-authentication accepting right's certificate from $rca" vouched_more left "$rca" "$nl"
+    wait_until 180 "right: a re-authentication accepting left's certificate from $lca" vouched_more right "$lca" "$nr"
+    wait_until 120 "ipsec-state=up on both nodes after the re-authentication" both_up
+    ping_wait_more rotation 5
+    echo "$from-$(ping_last rotation)" >> "$E2E_WORK/rotation-reauth-seqs"
+    rot_record "$what: re-authenticated (left accepted right's certificate from $rca, right left's from $lca) during icmp_seq $from-$(ping_last rotation); SAs now left [$(echo $(spis left))], right [$(echo $(spis right))]"
+}
+
+ca_rotation() {
+    export E2E_FAMILY=ipv4
+    nodes_for "$(kind_of "$1")"
+    local s d sent lost
+    for s in left right; do
+        d=$(rot_dir "$s")
+        mkdir -p "$d" || fail "cannot create $d"
+        rot_pki "$s" ca ca
+        pki_config "$s" ca "$d"
+    done
+    tunnels_add geneve ca
+    wait_converged
+    assert_esp_ping geneve 6081
+    : > "$E2E_WORK/rotation-reauth-seqs"
+    ping_start left rotation
+    ping_wait_more rotation 5
+    rot_watch_start
+    rot_step "1. both trust CA1+CA2" ca ca "ca ca ca2" "ca ca ca2"
+    rot_step "2. left re-issued by CA2" ca2 ca "ca2 ca ca2" ""
+    rot_step "3. right re-issued by CA2" ca2 ca2 "" "ca2 ca ca2"
+    rot_step "4. both trust CA2 only" ca2 ca2 "ca2 ca2" "ca2 ca2"
+    ping_wait_more rotation 5
+    rot_watch_stop
+    # shellcheck disable=SC2046
+    ping_stop rotation $(cat "$E2E_WORK/rotation-reauth-seqs")
+    read -r sent lost apart < "$E2E_OUT/ping-rotation.result"
+    rot_record "$1: pings sent $sent, lost $lost (the rotation's steps), $apart more during the forced re-authentications (icmp_seq $(echo $(cat "$E2E_WORK/rotation-reauth-seqs")))"
+    assert_esp_ping geneve 6081
+    tunnel_remove
+    for s in left right; do pki_config "$s" psk; done
+}
+
+scenario_vici_ca_rotation() { ca_rotation vici-ca-rotation; }
