@@ -20,7 +20,7 @@ use tokio::sync::mpsc::UnboundedReceiver;
 
 use common::monitor::{BIN, Monitor};
 use common::ovsdb_server::OvsdbServer;
-use fixture::{cpu_ms, load, stat_ticks, status_kb, watch, with_state};
+use fixture::{cpu_ms, load, stat_ticks, status_kb, until, watch, with_state};
 use ovs_monitor_ipsec::ovsdb::{Client, DbEvent, Row};
 
 /// How long one step (connecting, loading 1,000 rows, +1, modify) may take.
@@ -168,25 +168,6 @@ async fn timed_change(
         .expect("run ovs-vsctl");
     assert!(out.status.success(), "{what}: ovs-vsctl {args:?}: {out:?}");
     took
-}
-
-/// Waits until `done` holds on the watcher's replica, checking again after each OVSDB event;
-/// panics naming `what` when `limit` has passed or the watcher's connection task has ended.
-async fn until(
-    what: &str,
-    limit: Duration,
-    client: &Client,
-    events: &mut UnboundedReceiver<DbEvent>,
-    done: impl Fn(&Client) -> bool,
-) {
-    let deadline = tokio::time::Instant::now() + limit;
-    while !done(client) {
-        match tokio::time::timeout_at(deadline, events.recv()).await {
-            Ok(Some(_)) => {}
-            Ok(None) => panic!("{what}: the watcher's OVSDB client stopped"),
-            Err(_) => panic!("{what}: not done after {limit:?}"),
-        }
-    }
 }
 
 /// The monitor without a log file (its logging is not what is measured); killed on drop, so
