@@ -10,6 +10,7 @@ pub mod cert;
 pub mod grammar;
 pub mod registry;
 pub mod rows;
+pub mod string_map;
 pub mod types;
 pub mod validate;
 pub mod versions;
