@@ -20,7 +20,7 @@ use tokio::sync::mpsc::UnboundedReceiver;
 
 use common::monitor::{BIN, Monitor};
 use common::ovsdb_server::OvsdbServer;
-use fixture::{cpu_ms, load, stat_ticks, status_kb, until, watch, with_state};
+use fixture::{cpu_ms, load, stat_ticks, status_kb, until, watched_db, with_state};
 use ovs_monitor_ipsec::ovsdb::{Client, DbEvent, Row};
 
 /// How long one step (connecting, loading 1,000 rows, +1, modify) may take.
@@ -68,19 +68,8 @@ fn ms(d: Duration) -> f64 {
 }
 
 async fn run(n: usize) -> Result {
-    let db = OvsdbServer::start();
-    db.vsctl(&["add-br", "br0"]);
-    let watcher = watch(&db);
-    let (client, mut events) = Client::spawn(watcher);
+    let (db, client, mut events) = watched_db().await;
     let ev = &mut events;
-    until(
-        "the watcher connected",
-        LIMIT,
-        &client,
-        ev,
-        Client::is_connected,
-    )
-    .await;
     load(&client, n).await;
     let count = with_state;
 

@@ -147,6 +147,23 @@ pub fn with_state(c: &Client) -> usize {
     })
 }
 
+/// A fresh ovsdb-server with br0, and a connected client watching its Interface rows.
+pub async fn watched_db() -> (OvsdbServer, Client, UnboundedReceiver<DbEvent>) {
+    let db = OvsdbServer::start();
+    db.vsctl(&["add-br", "br0"]);
+    let (client, mut events) = Client::spawn(watch(&db));
+    let limit = Duration::from_secs(120);
+    until(
+        "the watcher connected",
+        limit,
+        &client,
+        &mut events,
+        Client::is_connected,
+    )
+    .await;
+    (db, client, events)
+}
+
 /// Waits until `done` holds on the watcher's replica, checking again after each OVSDB event;
 /// panics naming `what` when `limit` has passed or the watcher's connection task has ended.
 pub async fn until(

@@ -31,7 +31,7 @@ use common::fake_charon::FakeCharon;
 use common::monitor::{Monitor, launch_rooted};
 use common::netns::NetnsPair;
 use common::ovsdb_server::OvsdbServer;
-use fixture::{cpu_ms, load_with, remote_ip, status_kb, until, watch, with_state};
+use fixture::{cpu_ms, load_with, remote_ip, status_kb, until, watched_db, with_state};
 use ovs_monitor_ipsec::ovsdb::Client;
 
 /// How long the cold start may take (N = 10,000 on a loaded machine).
@@ -91,18 +91,8 @@ struct Figures {
 type Daemon = Option<Box<dyn std::any::Any>>;
 
 async fn run(mode: &str, n: usize, burst: usize) -> Figures {
-    let db = OvsdbServer::start();
-    db.vsctl(&["add-br", "br0"]);
-    let (client, mut events) = Client::spawn(watch(&db));
+    let (db, client, mut events) = watched_db().await;
     let ev = &mut events;
-    until(
-        "the watcher connected",
-        LIMIT,
-        &client,
-        ev,
-        Client::is_connected,
-    )
-    .await;
     let extra = mode_options(mode);
     load_with(&client, n, &extra).await;
 
