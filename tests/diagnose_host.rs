@@ -4,7 +4,6 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use common::monitor::{launch, wait_for};
@@ -114,7 +113,7 @@ fn gather(ns: &str, c: &TunnelConf) -> MtuInput {
     // The socket probe `tunnels/show` uses sees the same path MTU as `ip route get`.
     let probe = run_inside(ns, || initiator::probe(c.remote_ip));
     assert_eq!(probe.and_then(|p| p.mtu), path);
-    mtu::input_for(c, &BTreeMap::new(), path, ports)
+    mtu::input_for(c, &Default::default(), path, ports)
 }
 
 /// The uplink `v0` of `ns` at MTU 1400, and a datapath stand-in (a bridge named like the

@@ -115,7 +115,7 @@ async fn host_reads(
         HOST_BUDGET.as_secs()
     );
     let now = unix_now();
-    let no_options = std::collections::BTreeMap::new();
+    let no_options = crate::model::string_map::StringMap::default();
     let mut out = Vec::with_capacity(tunnels.len());
     for t in tunnels {
         let Some(conf) = t.conf() else {

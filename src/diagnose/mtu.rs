@@ -32,12 +32,12 @@
 //! ovs-system`; the datapath's own tunnel devices (`genev_sys_*`, `vxlan_sys_*`, `gre_sys`) are
 //! not behind the tunnel and are skipped.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use super::route::{Link, parse_links};
 use super::{Code, Finding, Severity};
 use crate::backend::command::{Cmd, CommandError};
+use crate::model::string_map::StringMap;
 use crate::model::{Family, TunnelConf, TunnelType};
 
 /// Bytes of the inner Ethernet header (no VLAN tag).
@@ -137,7 +137,7 @@ pub struct GreFlags {
 impl GreFlags {
     /// From an Interface's options: a transmitted key (`key` or `out_key`, any value,
     /// including `flow`), `csum=true`, `seq=true`.
-    pub fn from_options(options: &BTreeMap<String, String>) -> Self {
+    pub fn from_options(options: &StringMap) -> Self {
         let on = |k: &str| options.get(k).is_some_and(|v| v == "true");
         Self {
             key: options.contains_key("key") || options.contains_key("out_key"),
@@ -232,7 +232,7 @@ pub fn check(conf: &TunnelConf, input: &MtuInput) -> Vec<Finding> {
 /// compared with `ports`; Geneve options are not counted (see the module docs).
 pub fn input_for(
     conf: &TunnelConf,
-    options: &BTreeMap<String, String>,
+    options: &StringMap,
     path_mtu: Option<u32>,
     ports: Vec<(String, u32)>,
 ) -> MtuInput {

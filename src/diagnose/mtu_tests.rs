@@ -219,12 +219,12 @@ fn configuration_gives_the_transform_and_forced_natt() {
         configured(&conf(vx, &[("encapsulation", "no")])),
         (GCM, false, false)
     );
-    let opts: BTreeMap<String, String> = [("key", "flow"), ("csum", "true"), ("seq", "false")]
+    let opts: StringMap = [("key", "flow"), ("csum", "true"), ("seq", "false")]
         .into_iter()
         .map(|(k, v)| (k.into(), v.into()))
         .collect();
     assert_eq!(GreFlags::from_options(&opts), KEY_CSUM);
-    assert_eq!(GreFlags::from_options(&BTreeMap::new()), NONE);
+    assert_eq!(GreFlags::from_options(&StringMap::default()), NONE);
 }
 
 #[test]

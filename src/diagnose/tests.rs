@@ -118,7 +118,7 @@ fn quiet_reads(t: &Tunnel) -> host::HostReads {
         route: Ok(route::RouteAnswer::Route(route)),
         mtu: Ok(mtu::input_for(
             conf,
-            &BTreeMap::new(),
+            &Default::default(),
             Some(1500),
             Vec::new(),
         )),

@@ -12,6 +12,7 @@ pub mod key;
 mod pki_check;
 pub mod registry;
 pub mod rows;
+pub mod string_map;
 #[cfg(test)]
 mod test_pki;
 pub mod types;

@@ -7,6 +7,8 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
+use super::string_map::StringMap;
+use crate::ovsdb::datum::Datum;
 use crate::ovsdb::replica::{Changes, Replica, Row};
 
 /// An `Interface` row, with the columns the monitor reads.
@@ -15,8 +17,8 @@ pub struct InterfaceRow {
     pub uuid: String,
     pub name: String,
     pub kind: String,
-    pub options: BTreeMap<String, String>,
-    pub external_ids: BTreeMap<String, String>,
+    pub options: StringMap,
+    pub external_ids: StringMap,
     pub cfm_fault: Option<bool>,
     pub ofport: Option<i64>,
 }
@@ -26,7 +28,7 @@ pub struct InterfaceRow {
 pub struct OpenVSwitchRow {
     pub uuid: String,
     pub other_config: BTreeMap<String, String>,
-    pub external_ids: BTreeMap<String, String>,
+    pub external_ids: StringMap,
 }
 
 /// All Interface rows of the replica.
@@ -42,10 +44,21 @@ fn interface(uuid: &str, row: &Row) -> InterfaceRow {
         uuid: uuid.to_owned(),
         name: row.get("name").as_str().unwrap_or_default().to_owned(),
         kind: row.get("type").as_str().unwrap_or_default().to_owned(),
-        options: row.get("options").as_string_map(),
-        external_ids: row.get("external_ids").as_string_map(),
+        options: string_map(row.get("options")),
+        external_ids: string_map(row.get("external_ids")),
         cfm_fault: row.get("cfm_fault").as_opt_bool(),
         ofport: row.get("ofport").as_opt_int(),
+    }
+}
+
+/// A map column's string pairs (others are not in our columns' types).
+fn string_map(datum: &Datum) -> StringMap {
+    match datum {
+        Datum::Map(pairs) => pairs
+            .iter()
+            .filter_map(|(k, v)| Some((k.as_str()?.to_owned(), v.as_str()?.to_owned())))
+            .collect(),
+        Datum::Set(_) => StringMap::default(),
     }
 }
 
@@ -154,7 +167,7 @@ pub fn open_vswitch(replica: &Replica) -> Option<OpenVSwitchRow> {
         .map(|(uuid, row)| OpenVSwitchRow {
             uuid: uuid.to_owned(),
             other_config: row.get("other_config").as_string_map(),
-            external_ids: row.get("external_ids").as_string_map(),
+            external_ids: string_map(row.get("external_ids")),
         })
 }
 

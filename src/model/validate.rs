@@ -46,7 +46,7 @@ const AUTH_KEYS: [&str; 3] = ["psk", "remote_cert", "remote_name"];
 /// True when the row is an IPsec tunnel: a gre, geneve or vxlan interface whose options
 /// have `psk`, `remote_cert` or `remote_name` (key presence is enough).
 pub fn is_ipsec_tunnel(row: &InterfaceRow) -> bool {
-    TunnelType::parse(&row.kind).is_some() && AUTH_KEYS.iter().any(|k| row.options.contains_key(*k))
+    TunnelType::parse(&row.kind).is_some() && AUTH_KEYS.iter().any(|k| row.options.contains_key(k))
 }
 
 /// The row as configured, for display; the PSK is reduced to whether it is set.

@@ -17,6 +17,7 @@ use std::collections::BTreeMap;
 
 use crate::backend::{LiveState, LiveStatus};
 use crate::model::rows::{InterfaceRow, OpenVSwitchRow};
+use crate::model::string_map::StringMap;
 use crate::model::{Tunnel, Validity};
 
 pub use mutation::Mutation;
@@ -119,7 +120,7 @@ pub fn cleared(names: &[&'static str]) -> Keys {
 pub fn row_mutation(
     table: &'static str,
     uuid: &str,
-    current: &BTreeMap<String, String>,
+    current: &StringMap,
     wanted: &Keys,
 ) -> Option<Mutation> {
     let mut delete = Vec::new();

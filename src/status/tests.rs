@@ -195,7 +195,7 @@ fn cleanup_removes_every_key_we_own_and_nothing_else() {
     let ovs = OpenVSwitchRow {
         uuid: "o".into(),
         other_config: BTreeMap::new(),
-        external_ids: BTreeMap::from([
+        external_ids: StringMap::from([
             (
                 "ipsec-monitor-backend".to_string(),
                 "strongswan".to_string(),

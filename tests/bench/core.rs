@@ -20,7 +20,7 @@ use tokio::sync::mpsc::UnboundedReceiver;
 
 use common::monitor::{BIN, Monitor};
 use common::ovsdb_server::OvsdbServer;
-use fixture::{cpu_ms, load, stat_ticks, status_kb, watch, with_state};
+use fixture::{cpu_ms, load, stat_ticks, status_kb, until, watched_db, with_state};
 use ovs_monitor_ipsec::ovsdb::{Client, DbEvent, Row};
 
 /// How long one step (connecting, loading 1,000 rows, +1, modify) may take.
@@ -68,19 +68,8 @@ fn ms(d: Duration) -> f64 {
 }
 
 async fn run(n: usize) -> Result {
-    let db = OvsdbServer::start();
-    db.vsctl(&["add-br", "br0"]);
-    let watcher = watch(&db);
-    let (client, mut events) = Client::spawn(watcher);
+    let (db, client, mut events) = watched_db().await;
     let ev = &mut events;
-    until(
-        "the watcher connected",
-        LIMIT,
-        &client,
-        ev,
-        Client::is_connected,
-    )
-    .await;
     load(&client, n).await;
     let count = with_state;
 
@@ -168,25 +157,6 @@ async fn timed_change(
         .expect("run ovs-vsctl");
     assert!(out.status.success(), "{what}: ovs-vsctl {args:?}: {out:?}");
     took
-}
-
-/// Waits until `done` holds on the watcher's replica, checking again after each OVSDB event;
-/// panics naming `what` when `limit` has passed or the watcher's connection task has ended.
-async fn until(
-    what: &str,
-    limit: Duration,
-    client: &Client,
-    events: &mut UnboundedReceiver<DbEvent>,
-    done: impl Fn(&Client) -> bool,
-) {
-    let deadline = tokio::time::Instant::now() + limit;
-    while !done(client) {
-        match tokio::time::timeout_at(deadline, events.recv()).await {
-            Ok(Some(_)) => {}
-            Ok(None) => panic!("{what}: the watcher's OVSDB client stopped"),
-            Err(_) => panic!("{what}: not done after {limit:?}"),
-        }
-    }
 }
 
 /// The monitor without a log file (its logging is not what is measured); killed on drop, so

@@ -3,10 +3,13 @@
 // Each benchmark uses part of it.
 #![allow(dead_code)]
 
+use std::time::Duration;
+
 use serde_json::json;
+use tokio::sync::mpsc::UnboundedReceiver;
 
 use super::common::ovsdb_server::OvsdbServer;
-use ovs_monitor_ipsec::ovsdb::{Client, ClientConfig, Remote, TableSpec};
+use ovs_monitor_ipsec::ovsdb::{Client, ClientConfig, DbEvent, Remote, TableSpec};
 
 /// The `ovs-vsctl` arguments that add the one more tunnel ("extra") whose status the
 /// benchmarks wait for.
@@ -31,15 +34,29 @@ pub fn add_extra(db: &OvsdbServer) {
 /// Inserts `n` vxlan PSK tunnels on br0 with our own client, 1,000 per transaction
 /// (ovs-vsctl re-reads the whole database per call and times out at 10,000 ports).
 pub async fn load(client: &Client, n: usize) {
+    load_with(client, n, &[]).await;
+}
+
+/// The remote address of tunnel `t<i>`.
+pub fn remote_ip(i: usize) -> String {
+    format!("10.{}.{}.{}", i / 62500 % 250, i / 250 % 250, i % 250 + 1)
+}
+
+/// [`load`], with `extra` options on every tunnel (a backend's `local_ip`, ...).
+pub async fn load_with(client: &Client, n: usize, extra: &[(&str, &str)]) {
     let ids: Vec<usize> = (0..n).collect();
     for chunk in ids.chunks(1000) {
         let mut ops = Vec::new();
         for &i in chunk {
-            let ip = format!("10.{}.{}.{}", i / 62500 % 250, i / 250 % 250, i % 250 + 1);
+            let mut options = vec![
+                json!(["remote_ip", remote_ip(i)]),
+                json!(["psk", "swordfish"]),
+            ];
+            options.extend(extra.iter().map(|(k, v)| json!([k, v])));
             ops.push(
                 json!({"op": "insert", "table": "Interface", "uuid-name": format!("i{i}"),
                 "row": {"name": format!("t{i}"), "type": "vxlan",
-                        "options": ["map", [["remote_ip", ip], ["psk", "swordfish"]]]}}),
+                        "options": ["map", options]}}),
             );
             ops.push(
                 json!({"op": "insert", "table": "Port", "uuid-name": format!("p{i}"),
@@ -128,4 +145,40 @@ pub fn with_state(c: &Client) -> usize {
             })
             .count()
     })
+}
+
+/// A fresh ovsdb-server with br0, and a connected client watching its Interface rows.
+pub async fn watched_db() -> (OvsdbServer, Client, UnboundedReceiver<DbEvent>) {
+    let db = OvsdbServer::start();
+    db.vsctl(&["add-br", "br0"]);
+    let (client, mut events) = Client::spawn(watch(&db));
+    let limit = Duration::from_secs(120);
+    until(
+        "the watcher connected",
+        limit,
+        &client,
+        &mut events,
+        Client::is_connected,
+    )
+    .await;
+    (db, client, events)
+}
+
+/// Waits until `done` holds on the watcher's replica, checking again after each OVSDB event;
+/// panics naming `what` when `limit` has passed or the watcher's connection task has ended.
+pub async fn until(
+    what: &str,
+    limit: Duration,
+    client: &Client,
+    events: &mut UnboundedReceiver<DbEvent>,
+    done: impl Fn(&Client) -> bool,
+) {
+    let deadline = tokio::time::Instant::now() + limit;
+    while !done(client) {
+        match tokio::time::timeout_at(deadline, events.recv()).await {
+            Ok(Some(_)) => {}
+            Ok(None) => panic!("{what}: the watcher's OVSDB client stopped"),
+            Err(_) => panic!("{what}: not done after {limit:?}"),
+        }
+    }
 }

@@ -139,7 +139,7 @@ impl<B: Backend> EventLoop<B> {
     fn inner_mtu(&self, t: &crate::model::Tunnel) -> Option<u32> {
         let conf = t.conf()?;
         let path = crate::backend::initiator::probe(conf.remote_ip)?.mtu;
-        let no_options = std::collections::BTreeMap::new();
+        let no_options = crate::model::string_map::StringMap::default();
         let options = self
             .rows
             .named(&t.name)

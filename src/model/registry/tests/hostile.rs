@@ -148,7 +148,8 @@ fn hostile_values_are_rejected() {
         if key == "name" {
             bad.name = value.clone();
         } else {
-            bad.options.insert(key.clone(), value.clone());
+            let pairs = bad.options.iter().map(|(k, v)| (k.clone(), v.clone()));
+            bad.options = pairs.chain([(key.clone(), value.clone())]).collect();
         }
         let mut reg = Registry::new();
         let mut c = certs();
@@ -333,7 +334,7 @@ proptest! {
         let mut options: BTreeMap<String, String> =
             base.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
         options.extend(extra);
-        let r = InterfaceRow { name, kind: kind.to_owned(), options, ..Default::default() };
+        let r = InterfaceRow { name, kind: kind.to_owned(), options: options.into(), ..Default::default() };
         let global = if with_pki { ovs(PKI_A) } else { ovs(&[]) };
         let mut reg = Registry::new();
         let events = reg.update(Some(&global), [&r], &mut certs());
