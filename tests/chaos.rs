@@ -1,18 +1,21 @@
 //! Fault-injection soak: a seeded random mix of tunnel changes and faults against real
 //! daemons, with the invariants checked after every step (docs/reliability.md, "Soak").
 //!
-//! Each mode runs two nodes in a pair of network namespaces, so that IKE really negotiates:
-//! per node an ovsdb-server, the IKE daemon and our monitor (tests/common starts all of them;
-//! this binary only adds the soak's own driving, checks and figures). Every step is one
-//! operation (add, change or delete a tunnel, a hostile row) or one fault (kill -9 of
-//! ovsdb-server, of the IKE daemon or of the monitor, SIGHUP, `refresh`, a connection deleted
-//! behind the monitor's back); after it, every invariant of `chaos/check.rs` must hold again
-//! within the step's deadline. The convergence time is recorded per step kind.
+//! Each mode (charon over VICI, charon under starter over stroke, pluto) runs two nodes in a
+//! pair of network namespaces, so that IKE really negotiates: per node an ovsdb-server, the
+//! IKE daemon and our monitor (tests/common starts all of them; this binary only adds the
+//! soak's own driving, checks and figures). Every step is one operation (add, change or
+//! delete a tunnel, a hostile row) or one fault (kill -9 of ovsdb-server, of the IKE daemon
+//! or of the monitor, SIGHUP, `refresh`, a connection deleted behind the monitor's back,
+//! `ipsec` commands that hang, a full config filesystem); after it, every invariant of
+//! `chaos/check.rs` must hold again within the step's deadline. The convergence time is
+//! recorded per step kind.
 //!
 //! Configuration comes from the environment (tests/chaos/run.sh sets it from its options):
 //! `CHAOS_SECS` (duration), `CHAOS_SEED` (the seed, printed first so that a failure
-//! replays), `CHAOS_MODE` (`vici`; `all` runs every mode), `CHAOS_TUNNELS` (tunnel slots, 8 by default),
-//! `CHAOS_RECOVERY=N` (N tunnels at once, then only the faults whose recovery is measured).
+//! replays), `CHAOS_MODE` (`vici`, `stroke`, `libreswan`; `all` runs each for an equal
+//! share), `CHAOS_TUNNELS` (tunnel slots, 8 by default), `CHAOS_RECOVERY=N` (N tunnels at
+//! once, then only the faults whose recovery is measured).
 //!
 //! Why a `harness = false` target: the soak is one long process with its own report, not a
 //! set of independent tests, and its duration is a parameter. Under a plain
@@ -24,6 +27,8 @@ mod common;
 
 #[path = "chaos/check.rs"]
 mod check;
+#[path = "chaos/faults.rs"]
+mod faults;
 #[path = "chaos/node.rs"]
 mod node;
 #[path = "chaos/report.rs"]

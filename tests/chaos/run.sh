@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Fault-injection soak with real daemons (tests/chaos.rs, docs/reliability.md "Soak").
-# Usage: sudo tests/chaos/run.sh [--duration 30m] [--seed N] [--mode vici|all] [--tunnels N]
-#                                [--recovery N]
+# Usage: sudo tests/chaos/run.sh [--duration 30m] [--seed N] [--mode vici|stroke|libreswan|all]
+#                                [--tunnels N] [--recovery N]
 #   --duration  how long (s, m or h suffix; default 30m); split evenly between the modes
 #   --seed      replay a run: the seed is printed first, and again with a failure
 #   --mode      one mode, or all (the default)

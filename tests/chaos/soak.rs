@@ -2,44 +2,50 @@
 //! generator, do it, and wait until every invariant holds again on both nodes (or the step's
 //! deadline passes: a violation). Faults that have a recovery target also measure it.
 
-use std::path::Path;
 use std::time::{Duration, Instant};
-
-use ovs_monitor_ipsec::backend::strongswan_vici::plan::{LOAD_CONNECTION, UNLOAD_CONNECTION};
 
 use crate::check::{Checker, FileWatch};
 use crate::common::netns::{NetnsPair, ip};
 use crate::common::vici::{make_pki, require_strongswan};
+use crate::faults::signal;
 use crate::node::{Node, iface_args};
 use crate::report::Report;
 use crate::tunnels::{Auth, Desired, HOSTILE, NAMES, Slot, Tunnel, V6};
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Mode {
+    /// Real charons, driven over VICI.
     Vici,
+    /// Real charons under starter, driven through the legacy `ipsec` interface (stroke).
+    Stroke,
+    /// Real plutos (Libreswan 4), driven with `ipsec` commands and config files.
+    Libreswan,
 }
 
 impl Mode {
-    pub const ALL: [Mode; 1] = [Mode::Vici];
-    pub const NAMES: [&str; 1] = ["vici"];
+    pub const ALL: [Mode; 3] = [Mode::Vici, Mode::Stroke, Mode::Libreswan];
+    pub const NAMES: [&str; 3] = ["vici", "stroke", "libreswan"];
 
     pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "vici" => Some(Mode::Vici),
-            _ => None,
-        }
+        Self::NAMES
+            .iter()
+            .position(|n| *n == s)
+            .map(|i| Self::ALL[i])
     }
 }
 
 /// How long the invariants may take to hold again after a step. Generous: the machine is
 /// shared and loaded. A connection unloaded behind the monitor's back is only noticed when a
 /// periodic pass lists charon's connections (docs/strongswan-vici.md: one or two passes).
-fn deadline(kind: &str) -> Duration {
+pub fn deadline(kind: &str) -> Duration {
     match kind {
-        "behind-back" => Duration::from_secs(90),
+        "behind-back" | "hang" | "disk-full" => Duration::from_secs(90),
         _ => Duration::from_secs(60),
     }
 }
+
+/// What a step takes at most when nothing is wrong (see [`run`]).
+const LONGEST_STEP: Duration = Duration::from_secs(20);
 
 /// A seeded generator (SplitMix64): the same seed replays the same steps.
 pub struct Rng(u64);
@@ -57,7 +63,7 @@ impl Rng {
         (self.next() % n.max(1) as u64) as usize
     }
 
-    fn chance(&mut self, percent: usize) -> bool {
+    pub fn chance(&mut self, percent: usize) -> bool {
         self.below(100) < percent
     }
 }
@@ -75,6 +81,8 @@ const STEPS: &[(&str, usize)] = &[
     ("sighup", 1),
     ("refresh", 1),
     ("behind-back", 1),
+    ("hang", 1),
+    ("disk-full", 1),
 ];
 
 /// The steps that measure recovery (a `--recovery` run does only these).
@@ -89,6 +97,10 @@ pub struct Soak {
     slots: usize,
     pki: std::path::PathBuf,
     psk_seq: u64,
+    /// stroke: the PSK of every tunnel of a family (IPv4, IPv6), because charon's secrets
+    /// are per pair of endpoints, and the monitor refuses two tunnels to one peer address
+    /// with different PSKs. A change there draws a new one for the whole family.
+    family_psk: Option<[String; 2]>,
     watch: FileWatch,
     // Dropped last: the namespaces hold every process the nodes started.
     _net: NetnsPair,
@@ -96,19 +108,19 @@ pub struct Soak {
 }
 
 impl Soak {
-    pub fn new(seed: u64, slots: usize) -> Self {
+    pub fn new(mode: Mode, seed: u64, slots: usize) -> Self {
         require_strongswan();
         let net = NetnsPair::new("ch");
-        for (ns, dev, me) in [(&net.left, "v0", V6[0]), (&net.right, "v1", V6[1])] {
+        // IPv6 beside the pair's IPv4, with a default route to the peer as for IPv4 (pluto's
+        // `%defaultroute` needs one per family).
+        for (ns, dev, me, peer) in [
+            (&net.left, "v0", V6[0], V6[1]),
+            (&net.right, "v1", V6[1], V6[0]),
+        ] {
+            let addr = format!("{me}/64");
+            ip(&["-n", ns, "addr", "add", &addr, "dev", dev, "nodad"]);
             ip(&[
-                "-n",
-                ns,
-                "addr",
-                "add",
-                &format!("{me}/64"),
-                "dev",
-                dev,
-                "nodad",
+                "-n", ns, "-6", "route", "add", "default", "via", peer, "dev", dev,
             ]);
         }
         let tmp = tempfile::tempdir().expect("temp dir");
@@ -120,7 +132,7 @@ impl Soak {
             .iter()
             .enumerate()
             // One monitor under --monitor, one without; monitor-kill steps switch them.
-            .map(|(i, ns)| Node::start(i, ns, &tmp.path().join(NAMES[i]), i == 0))
+            .map(|(i, ns)| Node::start(mode, i, ns, &tmp.path().join(NAMES[i]), i == 0))
             .collect();
         for name in NAMES {
             let key = pki.join(format!("{name}-privkey.pem"));
@@ -138,30 +150,55 @@ impl Soak {
             rng: Rng(seed),
             check,
             report: Report {
-                mode: "vici".into(),
+                mode: Mode::NAMES[mode as usize].into(),
                 seed,
                 ..Default::default()
             },
             slots,
             pki,
             psk_seq: 0,
+            family_psk: None,
             watch,
             _net: net,
             _tmp: tmp,
         }
     }
 
-    fn new_tunnel(&mut self) -> Tunnel {
-        let auth = if self.want.pki {
-            Auth::Cert
-        } else {
-            self.psk_seq += 1;
-            let k = format!("chaos{:016x}k{}", self.rng.next(), self.psk_seq);
-            self.check.add_psk(&k);
-            Auth::Psk(k)
+    fn new_psk(&mut self) -> String {
+        self.psk_seq += 1;
+        let k = format!("chaos{:016x}k{}", self.rng.next(), self.psk_seq);
+        self.check.add_psk(&k);
+        k
+    }
+
+    /// A new version of the tunnel in slot `i`: a new PSK (or, where PSKs are per family,
+    /// that family's), a new pass-through option.
+    fn new_tunnel(&mut self, i: usize) -> Tunnel {
+        let auth = match (&self.family_psk, self.want.pki) {
+            (_, true) => Auth::Cert,
+            (Some(f), _) => Auth::Psk(f[Slot { i }.v6() as usize].clone()),
+            (None, _) => Auth::Psk(self.new_psk()),
         };
         let dpd = self.rng.chance(20).then(|| 10 + self.rng.below(50) as u32);
         Tunnel { auth, dpd }
+    }
+
+    /// A new PSK for every tunnel of a family (where PSKs are per family): each of them
+    /// changes.
+    fn new_family_psk(&mut self, v6: bool) {
+        let k = self.new_psk();
+        if let Some(f) = &mut self.family_psk {
+            f[v6 as usize] = k.clone();
+        }
+        let slots: Vec<usize> = (self.want.tunnels.keys().copied())
+            .filter(|&i| Slot { i }.v6() == v6)
+            .collect();
+        for i in slots {
+            if let Some(t) = self.want.tunnels.get_mut(&i) {
+                t.auth = Auth::Psk(k.clone());
+            }
+            self.write_slot(i);
+        }
     }
 
     /// Writes slot `i` as `want` says on both nodes.
@@ -186,7 +223,7 @@ impl Soak {
             .filter(|i| (n == 0) == self.want.tunnels.contains_key(i) && (n == 0 || *i < n))
             .collect();
         for i in slots {
-            let t = self.new_tunnel();
+            let t = self.new_tunnel(i);
             self.want.tunnels.insert(i, t);
         }
         for node in &self.nodes {
@@ -254,7 +291,7 @@ impl Soak {
     }
 
     /// The end of each monitor's log, for the report of a violation.
-    fn dump_logs(&mut self) {
+    pub fn dump_logs(&mut self) {
         for node in &self.nodes {
             let log = node.log_since(0);
             let lines: Vec<&str> = log.lines().collect();
@@ -283,7 +320,7 @@ impl Soak {
     }
 
     /// Does one step of kind `kind`; returns the kind actually done.
-    fn step(&mut self, kind: &'static str) -> &'static str {
+    pub fn step(&mut self, kind: &'static str) -> &'static str {
         let free: Vec<usize> = (0..self.slots)
             .filter(|i| !self.want.tunnels.contains_key(i))
             .collect();
@@ -291,16 +328,20 @@ impl Soak {
         match kind {
             "add" if !free.is_empty() => {
                 let i = free[self.rng.below(free.len())];
-                let t = self.new_tunnel();
+                let t = self.new_tunnel(i);
                 self.want.tunnels.insert(i, t);
                 self.write_slot(i);
                 "add"
             }
             "change" | "add" if !used.is_empty() => {
                 let i = used[self.rng.below(used.len())];
-                let t = self.new_tunnel();
-                self.want.tunnels.insert(i, t);
-                self.write_slot(i);
+                if self.family_psk.is_some() && !self.want.pki && self.rng.chance(50) {
+                    self.new_family_psk(Slot { i }.v6());
+                } else {
+                    let t = self.new_tunnel(i);
+                    self.want.tunnels.insert(i, t);
+                    self.write_slot(i);
+                }
                 "change"
             }
             "delete" if !used.is_empty() => {
@@ -359,168 +400,18 @@ impl Soak {
                     return self.step("add");
                 }
                 let c = &conns[self.rng.below(conns.len())];
-                self.nodes[n].charon.unload_conn(c);
+                self.nodes[n].delete_behind_back(c);
                 "behind-back"
             }
+            "hang" if self.nodes[0].hang_flag().is_some() => {
+                self.hang();
+                "hang"
+            }
+            "disk-full" if self.nodes[0].config_dir().is_some() => {
+                self.disk_full();
+                "disk-full"
+            }
             _ => self.step("add"),
-        }
-    }
-
-    /// ovsdb-server killed with SIGKILL and started again on the same database: the monitor
-    /// reconnects and resyncs without a single action for tunnels that did not change.
-    fn ovsdb_kill(&mut self) {
-        let n = self.rng.below(self.nodes.len());
-        let from = self.nodes[n].log_len();
-        self.nodes[n].db.restart();
-        let back = Instant::now();
-        let node = &self.nodes[n];
-        match node.wait_log_since(from, ": connected", deadline("ovsdb-kill")) {
-            Some(_) => self
-                .report
-                .figure("ovsdb-server restart -> reconnected", back.elapsed()),
-            None => self.report.violations.push(format!(
-                "node {n}: no reconnection to the restarted ovsdb-server"
-            )),
-        }
-        self.converge("ovsdb-kill");
-        let redone = connection_actions(&self.nodes[n].log_since(from));
-        self.report.count(
-            "connections (un)loaded after an ovsdb-server restart",
-            redone,
-        );
-        if redone > 0 {
-            self.report.violations.push(format!(
-                "node {n}: {redone} connections loaded or unloaded after an ovsdb-server restart, none changed"
-            ));
-        }
-    }
-
-    /// charon killed with SIGKILL: the monitor notices (the event connection closes), and
-    /// once charon is started again it loads every tunnel again.
-    fn ike_kill(&mut self) {
-        let n = self.rng.below(self.nodes.len());
-        let from = self.nodes[n].log_len();
-        let killed = Instant::now();
-        self.nodes[n].charon.kill();
-        match self.nodes[n].wait_log_since(from, "lost the VICI connection", deadline("ike-kill")) {
-            Some(_) => self
-                .report
-                .figure("IKE daemon killed -> detected", killed.elapsed()),
-            None => self
-                .report
-                .violations
-                .push(format!("node {n}: charon's death not noticed")),
-        }
-        // Down for a while, as under a service manager's restart delay.
-        std::thread::sleep(Duration::from_millis(200 + self.rng.below(1500) as u64));
-        self.nodes[n].charon.restart();
-        let back = Instant::now();
-        let want = self.want.tunnels.len();
-        let restored = loop {
-            if self.nodes[n].loaded().map(|c| c.len()) == Some(want) {
-                break Some(back.elapsed());
-            }
-            if back.elapsed() > deadline("ike-kill") {
-                break None;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        match restored {
-            Some(t) => {
-                self.report
-                    .figure("IKE daemon back -> every connection loaded", t);
-                self.report.most_tunnels_restored = self.report.most_tunnels_restored.max(want);
-            }
-            None => self.report.violations.push(format!(
-                "node {n}: {want} connections not all loaded into the restarted charon"
-            )),
-        }
-    }
-
-    /// The monitor killed: without `--monitor` by SIGKILL, and the soak starts it again (with
-    /// or without `--monitor`); under `--monitor` by SIGKILL too (a deliberate stop for the
-    /// supervisor, as for Open vSwitch's daemons: it exits and the soak starts the monitor
-    /// again) or by SIGABRT (a crash, what a panic becomes: the supervisor starts a new worker). The restarted
-    /// monitor adopts what charon holds: the same connection names, the same IKE_SAs, nothing
-    /// loaded anew.
-    fn monitor_kill(&mut self) {
-        use nix::sys::signal::Signal::{SIGABRT, SIGKILL};
-        let n = self.rng.below(self.nodes.len());
-        let supervised_next = self.rng.chance(50);
-        let crash = self.nodes[n].supervised && self.rng.chance(50);
-        let before_conns = sorted(self.nodes[n].loaded().unwrap_or_default());
-        let before_sas = sorted(self.nodes[n].ike_sas());
-        let charon_from = self.nodes[n].charon.log().len();
-        let from = self.nodes[n].log_len();
-        let Some(pid) = self.nodes[n].worker_pid() else {
-            self.report.violations.push(format!("node {n}: no pidfile"));
-            return;
-        };
-        let killed = Instant::now();
-        signal(pid, if crash { SIGABRT } else { SIGKILL });
-        let node = &mut self.nodes[n];
-        let label = if crash {
-            let ok = wait(deadline("monitor-kill"), || {
-                node.worker_pid().is_some_and(|p| p != pid)
-            });
-            if !ok {
-                self.report.violations.push(format!(
-                    "node {n}: --monitor did not restart the crashed worker"
-                ));
-                return;
-            }
-            "SIGABRT, restarted by --monitor"
-        } else {
-            let supervisor = node.mon.child.as_mut().map(|c| c.id());
-            // The spawned process (the worker, or its supervisor) must end and be reaped
-            // before /proc shows the worker gone.
-            let gone = wait(Duration::from_secs(20), || {
-                let reaped = node
-                    .mon
-                    .child
-                    .as_mut()
-                    .is_none_or(|c| c.try_wait().ok().flatten().is_some());
-                reaped && !Path::new(&format!("/proc/{pid}")).exists()
-            });
-            if !gone {
-                self.report.violations.push(format!(
-                    "node {n}: after SIGKILL of worker {pid}, it or its supervisor {supervisor:?} is still there"
-                ));
-                return;
-            }
-            node.relaunch(supervised_next);
-            "SIGKILL, restarted"
-        };
-        let adopted = node.wait_log_since(from, "first pass applied", deadline("monitor-kill"));
-        if adopted.is_some() {
-            self.report
-                .figure(&format!("monitor {label} -> first pass"), killed.elapsed());
-        }
-        self.converge("monitor-kill");
-        let node = &self.nodes[n];
-        let after_conns = sorted(node.loaded().unwrap_or_default());
-        let after_sas = sorted(node.ike_sas());
-        let charon_log = node.charon.log();
-        let reloaded = charon_log
-            .get(charon_from..)
-            .unwrap_or_default()
-            .lines()
-            .filter(|l| {
-                l.contains("added vici connection") || l.contains("replaced vici connection")
-            })
-            .count() as u64;
-        self.report
-            .count("connections re-created after a monitor restart", reloaded);
-        let kept = before_sas.iter().filter(|s| after_sas.contains(s)).count();
-        self.report
-            .count("IKE_SAs before a monitor restart", before_sas.len() as u64);
-        self.report
-            .count("IKE_SAs kept across a monitor restart", kept as u64);
-        if reloaded > 0 || before_conns != after_conns || kept < before_sas.len() {
-            self.report.violations.push(format!(
-                "node {n}: the restarted monitor did not adopt charon's state: {reloaded} connections \
-                 re-created, connections {before_conns:?} -> {after_conns:?}, IKE_SAs {before_sas:?} -> {after_sas:?}"
-            ));
         }
     }
 
@@ -533,47 +424,23 @@ impl Soak {
     }
 }
 
-fn sorted(mut v: Vec<String>) -> Vec<String> {
-    v.sort();
-    v
-}
-
-/// Connections the monitor loaded or unloaded according to `log` (its debug lines, one per
-/// action).
-fn connection_actions(log: &str) -> u64 {
-    log.lines()
-        .filter(|l| l.contains(LOAD_CONNECTION) || l.contains(UNLOAD_CONNECTION))
-        .count() as u64
-}
-
-fn wait(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let start = Instant::now();
-    while start.elapsed() < timeout {
-        if cond() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    false
-}
-
-fn signal(pid: i32, sig: nix::sys::signal::Signal) {
-    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig);
-}
-
 /// One soak of `mode` for `duration` on `slots` tunnel slots. With `recovery`, every slot
 /// gets its tunnel first and only the faults with a recovery figure run (a run that measures
 /// those figures at scale).
 pub fn run(mode: Mode, seed: u64, duration: Duration, slots: usize, recovery: bool) -> Report {
     let started = Instant::now();
-    let mut soak = Soak::new(seed, slots);
-    soak.report.mode = Mode::NAMES[mode as usize].into();
+    let mut soak = Soak::new(mode, seed, slots);
+    if mode == Mode::Stroke {
+        soak.family_psk = Some([soak.new_psk(), soak.new_psk()]);
+    }
     if recovery {
         soak.rewrite_all(slots);
     }
     let took = soak.converge("start");
     soak.report.step("start", took);
-    while started.elapsed() < duration && soak.report.violations.is_empty() {
+    // No new step once the longest regular one (a hang or a full filesystem waits for a
+    // periodic pass) would end past the duration: the run's wall time stays within it.
+    while started.elapsed() + LONGEST_STEP < duration && soak.report.violations.is_empty() {
         let kind = soak.pick(recovery);
         let done = soak.step(kind);
         let took = soak.converge(done);

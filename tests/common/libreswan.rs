@@ -231,13 +231,15 @@ impl Pluto {
             std::fs::create_dir_all(root.join(d)).expect("mkdir");
         }
         let wrapper = root.join("usr/sbin/ipsec");
-        // Logs each call, like the stub, so tests can count what the monitor ran.
+        // Logs each call, like the stub, so tests can count what the monitor ran; while the
+        // file `hang` exists beside `calls.log`, every call hangs (a wedged pluto).
         let calls = root.join("calls.log");
         std::fs::write(
             &wrapper,
             format!(
-                "#!/bin/sh\necho \"ipsec $*\" >> {}\nexec {ipsec} \"$@\"\n",
-                calls.display()
+                "#!/bin/sh\necho \"ipsec $*\" >> {}\n[ -e {} ] && exec sleep 3600\nexec {ipsec} \"$@\"\n",
+                calls.display(),
+                root.join("hang").display()
             ),
         )
         .expect("wrapper");
@@ -248,8 +250,21 @@ impl Pluto {
         std::fs::write(root.join("etc/ipsec.secrets"), "").expect("secrets");
         let p = |s: &str| root.join(s).display().to_string();
         sh(&[ipsec, "initnss", "--nssdir", &p("etc/ipsec.d")]);
-        let log_path = dir.join("pluto.log");
-        let log = log_path.display().to_string();
+        let pluto = Self {
+            root,
+            netns: netns.to_owned(),
+            ipsec,
+            log: dir.join("pluto.log"),
+        };
+        pluto.launch();
+        pluto
+    }
+
+    /// Starts pluto on the files prepared by [`Pluto::start`] and waits until it listens.
+    fn launch(&self) {
+        let p = |s: &str| self.root.join(s).display().to_string();
+        let (ipsec, netns) = (self.ipsec, self.netns.as_str());
+        let log = self.log.display().to_string();
         sh(&[
             "ip",
             "netns",
@@ -270,19 +285,40 @@ impl Pluto {
             "--rundir",
             &p("run/pluto"),
         ]);
-        let pluto = Self {
-            root,
-            netns: netns.to_owned(),
-            ipsec,
-            log: log_path,
-        };
         wait_for("pluto's control socket", Duration::from_secs(10), || {
-            pluto.root.join("run/pluto/pluto.ctl").exists()
+            self.root.join("run/pluto/pluto.ctl").exists()
         });
         // What `ipsec start` does after pluto is up. pluto 5 waits for it: at start it runs
         // its compiled-in /usr/libexec/ipsec/addconn, which here is 4.10's.
-        pluto.whack(&["--listen"]);
-        pluto
+        self.whack(&["--listen"]);
+    }
+
+    /// pluto's pid, from its pid file.
+    pub fn pid(&self) -> Option<i32> {
+        std::fs::read_to_string(self.root.join("run/pluto/pluto.pid"))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    }
+
+    /// Kills pluto with SIGKILL (a crash), waits until it is gone and removes what it leaves
+    /// (its pid file and control socket), as a service manager's restart would find them.
+    pub fn kill9(&self) {
+        if let Some(pid) = self.pid() {
+            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+            wait_for("pluto gone", Duration::from_secs(10), || {
+                !Path::new(&format!("/proc/{pid}")).exists()
+            });
+        }
+        for f in ["run/pluto/pluto.pid", "run/pluto/pluto.ctl"] {
+            let _ = std::fs::remove_file(self.root.join(f));
+        }
+    }
+
+    /// Starts pluto again after [`Pluto::kill9`].
+    pub fn restart(&self) {
+        self.launch();
     }
 
     /// `ipsec whack --ctlsocket <ctl> ARGS` in pluto's namespace.
