@@ -384,6 +384,30 @@ tunnel_remove() {
     t "tunnel removed, no SA or policy left"
 }
 
+# assert_diagnose_healthy: with an overlay ping running, `diagnose tun` on both nodes (at once:
+# each takes seconds under TCG) finds no error and sees ESP packets both ways in its counter
+# sample. The replies are printed to the trace and kept (diagnose-SIDE.txt).
+diagnose_to() { ovs-appctl -t "$(bdir "$1")/mon.ctl" diagnose tun > "$E2E_OUT/diagnose-$1.txt" 2>&1; }
+assert_diagnose_healthy() {
+    local s t0=$SECONDS pl pr
+    ping_start left diagnose
+    ping_wait_more diagnose 3
+    diagnose_to left &
+    pl=$!
+    diagnose_to right &
+    pr=$!
+    wait "$pl" || fail "left: diagnose: $(cat "$E2E_OUT/diagnose-left.txt")"
+    wait "$pr" || fail "right: diagnose: $(cat "$E2E_OUT/diagnose-right.txt")"
+    ping_stop diagnose
+    for s in left right; do
+        sed "s/^/$s diagnose: /" "$E2E_OUT/diagnose-$s.txt"
+        ! grep -q '^  error ' "$E2E_OUT/diagnose-$s.txt" || fail "$s: diagnose reports an error"
+        grep -Eq '^  ok   traffic +\+[1-9][0-9]* packets out, \+[1-9][0-9]* in' "$E2E_OUT/diagnose-$s.txt" ||
+            fail "$s: diagnose did not see traffic both ways"
+    done
+    t "diagnose on both nodes: no error, traffic both ways ($((SECONDS - t0)) s with the ping)"
+}
+
 # A ping over the overlay running in the background (ping -i 0.2), for "0 lost" checks.
 # ping_start SIDE NAME; ping_replies NAME; ping_wait_more NAME N; ping_stop NAME.
 ping_start() {
@@ -428,9 +452,13 @@ collect_logs() {
         vsctl "$s" list interface tun
         ovs-appctl -t "$b/mon.ctl" tunnels/show
         ip -n "$s" xfrm policy
-        ip -n "$s" xfrm state
+        ip -n "$s" -s xfrm state
+        nx "$s" cat /proc/net/xfrm_stat
         nx "$s" nft list ruleset
         ip -n "$s" -s link
+        ip -n "$s" route
+        ovs-appctl -t "$b/vswitchd.ctl" dpctl/dump-flows
+        ovs-appctl -t "$b/mon.ctl" diagnose tun
     } 2>&1 | sed -E "$redact" > "$d/state.txt"
     # Only the running daemon's view (each command is slow under TCG).
     case "$(cat "$E2E_WORK/kind" 2> /dev/null)" in

@@ -260,6 +260,7 @@ cell() {
     tunnels_add "$type" "$auth"
     wait_converged
     assert_esp_ping "$type" "$(default_port "$type")"
+    assert_diagnose_healthy
     [ -z "$variant" ] || variant_check "$variant" "$type"
     expect_log left "$ml" "tun appeared"
     expect_log right "$mr" "tun appeared"

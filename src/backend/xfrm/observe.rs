@@ -157,15 +157,23 @@ pub fn of_dump(policies: Vec<DumpedPolicy>, sas: Vec<DumpedSa>) -> Observed {
 }
 
 /// Puts what a GET of `id` found (or that nothing is there) into the observation.
+///
+/// An SA that was there and is gone (the grace period of a rotation ended, or the tunnel was
+/// removed) also leaves the ESP seen from the peer: that set is read with the full
+/// observation, before the removal, so its entry for the SA is stale. Kept, it would make the
+/// status call the removed SA's SPI one "for which no key is installed here" until the next
+/// full observation, and put a working tunnel down for up to one period.
 pub fn patch_sa(obs: &mut Observed, id: &SaId, found: Option<DumpedSa>) {
-    obs.sas.remove(id);
-    obs.foreign_sas.remove(&(id.dst, id.spi));
+    let was_there = obs.sas.remove(id).is_some() | obs.foreign_sas.remove(&(id.dst, id.spi));
     match found {
         Some(s) if s.ours => {
             obs.sas.insert(s.id, s.stats);
         }
         Some(s) => {
             obs.foreign_sas.insert((s.id.dst, s.id.spi));
+        }
+        None if was_there => {
+            obs.esp_seen.remove(id);
         }
         None => {}
     }
@@ -275,5 +283,23 @@ mod tests {
         patch_policy(&mut obs, &pid, None);
         patch_sa(&mut obs, &sid, None);
         assert!(obs.foreign_policies.is_empty() && obs.foreign_sas.is_empty());
+    }
+
+    #[test]
+    fn an_sa_read_back_as_gone_takes_its_stale_esp_seen_entry_with_it() {
+        let sa = |spi| SaId {
+            src: "192.0.2.2".parse().unwrap(),
+            dst: "192.0.2.1".parse().unwrap(),
+            spi,
+        };
+        let (retired, never_ours) = (sa(0x1111), sa(0x2222));
+        let mut obs = Observed::default();
+        obs.sas.insert(retired, SaStats::default());
+        obs.esp_seen.extend([retired, never_ours]);
+        patch_sa(&mut obs, &retired, None);
+        patch_sa(&mut obs, &never_ours, None);
+        // The removed SA's entry predates its removal; an SPI that never had an SA here is
+        // still what the peer sends with (the unknown-key diagnosis needs it).
+        assert_eq!(obs.esp_seen.iter().collect::<Vec<_>>(), [&never_ours]);
     }
 }
