@@ -56,6 +56,9 @@ pub struct Checker {
     /// Per (node, tunnel): since when a valid tunnel's connection is missing, where that is
     /// churn of a kernel without ESP ([`CHURN_GRACE`]).
     missing_since: BTreeMap<(usize, String), Instant>,
+    /// Per (node, tunnel) changed by the current step: the `ipsec-version` OVSDB published
+    /// before, which must change (the monitor took the change in) before the step is done.
+    pending: BTreeMap<(usize, String), Option<String>>,
     /// The largest figures seen, for the report.
     pub max_fds: usize,
     pub max_rss_kb: u64,
@@ -82,6 +85,18 @@ impl Checker {
         {
             self.secrets.insert(l.to_owned());
         }
+    }
+
+    /// Tunnel `name` on node `n` is about to change: its published version must move.
+    pub fn expect_new_version(&mut self, n: usize, name: &str, published: Option<String>) {
+        self.pending
+            .entry((n, name.to_owned()))
+            .or_insert(published);
+    }
+
+    /// Every invariant held: the changes of the step are taken in.
+    pub fn settled(&mut self) {
+        self.pending.clear();
     }
 
     /// Problems that, once seen, stay violations whatever happens next: secrets in a log.
@@ -126,6 +141,17 @@ impl Checker {
             }
         }
         bad.extend(ovsdb_problems(n, &rows, want, churn));
+        for ((_, name), old) in self
+            .pending
+            .range((n, String::new())..(n + 1, String::new()))
+        {
+            let now = rows.get(name).and_then(|r| r.get("ipsec-version"));
+            if now == old.as_ref() {
+                bad.push(format!(
+                    "node {n}: {name} still published as version {now:?}: the change is not taken in"
+                ));
+            }
+        }
         if bad.is_empty() {
             bad.extend(self.resources(node));
         }

@@ -25,7 +25,9 @@ impl Soak {
         let from = self.nodes[n].log_len();
         let filler = etc.join("filler");
         fill(&filler);
-        self.step("change");
+        // A tunnel added or deleted: the config files must change.
+        let full = self.want.tunnels.len() >= self.slots;
+        self.step(if full { "delete" } else { "add" });
         let seen =
             self.nodes[n].wait_log_since(from, "No space left on device", deadline("disk-full"));
         let after: Vec<Option<Vec<u8>>> = CONFIG_FILES
@@ -255,10 +257,25 @@ impl Soak {
                  re-created, connections {before_conns:?} -> {after_conns:?}, IKE_SAs {before_sas:?} -> {after_sas:?}"
             ));
             let log = node.log_since(from);
-            let lines: Vec<&str> = log.lines().filter(|l| !l.contains("|DBG|status")).collect();
+            let lines: Vec<&str> = log
+                .lines()
+                .filter(|l| !l.contains("|DBG|status") && !l.contains("appeared in OVSDB"))
+                .collect();
             let tail = lines[..lines.len().min(60)].join("\n    ");
             self.report.notes.push(format!(
                 "node {n} monitor log from the kill on:\n    {tail}"
+            ));
+            // The model's history before the kill: what each tunnel went through.
+            let log = node.log_since(0);
+            let history: Vec<&str> = log
+                .get(..from)
+                .unwrap_or_default()
+                .lines()
+                .filter(|l| l.contains("|INFO|") || l.contains("|WARN|"))
+                .collect();
+            let history = history[history.len().saturating_sub(80)..].join("\n    ");
+            self.report.notes.push(format!(
+                "node {n} monitor log before the kill (INFO, WARN):\n    {history}"
             ));
         }
     }

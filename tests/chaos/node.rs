@@ -135,7 +135,7 @@ impl Node {
             Ike::Starter(s) => Some(stroke_conns(&s.statusall()?)),
             Ike::Pluto(p) => {
                 p.pid()?;
-                let mut names: Vec<String> = pluto_lines(&p.status())
+                let mut names: Vec<String> = pluto_lines(&p.try_status()?)
                     .filter_map(|l| Some(l.split('"').nth(1)?.to_owned()))
                     .collect();
                 names.sort();
@@ -161,7 +161,7 @@ impl Node {
                     .collect()
             }
             Ike::Starter(s) => stroke_sas(&s.statusall().unwrap_or_default()),
-            Ike::Pluto(p) => pluto_lines(&p.status())
+            Ike::Pluto(p) => pluto_lines(&p.try_status().unwrap_or_default())
                 .filter(|l| {
                     l.contains("ESTABLISHED_IKE_SA") || l.contains("STATE_V2_ESTABLISHED_IKE_SA")
                 })

@@ -5,6 +5,7 @@
 use std::time::{Duration, Instant};
 
 use crate::check::{Checker, FileWatch};
+use crate::common::monitor::iface_key;
 use crate::common::netns::{NetnsPair, ip};
 use crate::common::vici::{make_pki, require_strongswan};
 use crate::faults::signal;
@@ -94,7 +95,7 @@ pub struct Soak {
     pub rng: Rng,
     pub check: Checker,
     pub report: Report,
-    slots: usize,
+    pub slots: usize,
     pki: std::path::PathBuf,
     psk_seq: u64,
     /// stroke: the PSK of every tunnel of a family (IPv4, IPv6), because charon's secrets
@@ -202,11 +203,15 @@ impl Soak {
     }
 
     /// Writes slot `i` as `want` says on both nodes.
-    pub fn write_slot(&self, i: usize) {
+    pub fn write_slot(&mut self, i: usize) {
         let s = Slot { i };
         for node in &self.nodes {
             match self.want.tunnels.get(&i) {
-                Some(t) => node.set_iface(&s.name(), s.kind(), &s.options(node.idx, t)),
+                Some(t) => {
+                    let old = iface_key(&node.db, &s.name(), "ipsec-version");
+                    self.check.expect_new_version(node.idx, &s.name(), old);
+                    node.set_iface(&s.name(), s.kind(), &s.options(node.idx, t))
+                }
                 None => node.del_iface(&s.name()),
             }
         }
@@ -222,7 +227,7 @@ impl Soak {
         let slots: Vec<usize> = (0..n.max(self.slots))
             .filter(|i| (n == 0) == self.want.tunnels.contains_key(i) && (n == 0 || *i < n))
             .collect();
-        for i in slots {
+        for &i in &slots {
             let t = self.new_tunnel(i);
             self.want.tunnels.insert(i, t);
         }
@@ -254,6 +259,10 @@ impl Soak {
             }
             for (&i, t) in &self.want.tunnels {
                 let s = Slot { i };
+                if slots.contains(&i) {
+                    let old = iface_key(&node.db, &s.name(), "ipsec-version");
+                    self.check.expect_new_version(node.idx, &s.name(), old);
+                }
                 args.push("--".into());
                 args.extend(iface_args(&s.name(), s.kind(), &s.options(node.idx, t)));
             }
@@ -277,6 +286,7 @@ impl Soak {
                 .violations
                 .extend(self.watch.take().into_iter().map(|f| format!("file: {f}")));
             if bad.is_empty() {
+                self.check.settled();
                 return start.elapsed();
             }
             if start.elapsed() > limit {
@@ -338,7 +348,15 @@ impl Soak {
                 if self.family_psk.is_some() && !self.want.pki && self.rng.chance(50) {
                     self.new_family_psk(Slot { i }.v6());
                 } else {
-                    let t = self.new_tunnel(i);
+                    let mut t = self.new_tunnel(i);
+                    // With certificates (or a family's PSK) only the option can differ: a
+                    // change always changes something.
+                    if self.want.tunnels.get(&i) == Some(&t) {
+                        t.dpd = match t.dpd {
+                            Some(_) => None,
+                            None => Some(10 + self.rng.below(50) as u32),
+                        };
+                    }
                     self.want.tunnels.insert(i, t);
                     self.write_slot(i);
                 }

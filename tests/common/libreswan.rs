@@ -337,6 +337,27 @@ impl Pluto {
         sh(&[&["ip"], all.as_slice()].concat())
     }
 
+    /// `ipsec status`, or None when pluto does not answer (killed, crashed, starting).
+    pub fn try_status(&self) -> Option<String> {
+        let ctl = self.root.join("run/pluto/pluto.ctl");
+        let out = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &self.netns,
+                self.ipsec,
+                "whack",
+                "--ctlsocket",
+            ])
+            .arg(&ctl)
+            .arg("--status")
+            .output()
+            .ok()?;
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
     /// Deletes `conn` from pluto behind the monitor's back (`ipsec auto --delete`).
     pub fn delete_conn(&self, conn: &str) {
         self.whack(&["--delete", "--name", conn]);

@@ -71,18 +71,7 @@ impl Node {
             ctl = ctl.display(),
             log = log.display(),
         );
-        let mut cmd = Command::new("ip");
-        cmd.args([
-            "netns",
-            "exec",
-            ns,
-            "unshare",
-            "-m",
-            "--propagation",
-            "private",
-        ])
-        .args(["sh", "-c", &script]);
-        let mon = Monitor::spawn(cmd, dir, ctl, log);
+        let mon = Monitor::spawn(in_namespaces(ns, &script), dir, ctl, log);
         wait_for("the monitor's first pass", Duration::from_secs(30), || {
             mon.log_count("first pass applied") > 0
         });
@@ -116,6 +105,22 @@ impl Node {
     pub fn charon_log(&self) -> String {
         std::fs::read_to_string(self.mon.dir.join("charon.log")).unwrap_or_default()
     }
+}
+
+/// `sh -c script` in network namespace `ns` and a private mount namespace of its own.
+fn in_namespaces(ns: &str, script: &str) -> Command {
+    let mut cmd = Command::new("ip");
+    cmd.args([
+        "netns",
+        "exec",
+        ns,
+        "unshare",
+        "-m",
+        "--propagation",
+        "private",
+    ])
+    .args(["sh", "-c", script]);
+    cmd
 }
 
 /// Prepares `<dir>/root` for a charon driven through `ipsec` (stroke): a copy of
@@ -196,17 +201,7 @@ impl Starter {
             "mount -t tmpfs tmpfs /run && mount --bind {}/etc/strongswan.d /etc/strongswan.d && exec sleep infinity",
             root.display()
         );
-        let holder = Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                ns,
-                "unshare",
-                "-m",
-                "--propagation",
-                "private",
-            ])
-            .args(["sh", "-c", &script])
+        let holder = in_namespaces(ns, &script)
             .spawn()
             .expect("spawn the namespace holder");
         let s = Self {
