@@ -25,7 +25,7 @@ use ovs_monitor_ipsec::model::Secret;
 use crate::common::kernel;
 use crate::node::Node;
 use crate::soak::Mode;
-use crate::tunnels::Desired;
+use crate::tunnels::{Desired, Slot};
 
 /// Growth of the worker's open descriptors over its baseline that is a leak.
 const FD_SLACK: usize = 16;
@@ -132,9 +132,9 @@ impl Checker {
         match node.loaded() {
             None => bad.push(format!("node {n}: the IKE daemon does not answer")),
             Some(conns) => {
-                let problems = conn_problems(n, &conns, want);
+                let problems = conn_problems(n, &conns, want, node.mode != Mode::Vici);
                 bad.extend(match churn {
-                    true => self.beyond_churn(n, problems, &conns, want),
+                    true => self.beyond_churn(n, problems, want),
                     false => problems,
                 });
                 bad.extend(version_problems(n, &conns, &rows));
@@ -165,19 +165,12 @@ impl Checker {
 
     /// `problems` without the valid tunnels whose connection has been missing for less than
     /// [`CHURN_GRACE`].
-    fn beyond_churn(
-        &mut self,
-        n: usize,
-        problems: Vec<String>,
-        conns: &[String],
-        want: &Desired,
-    ) -> Vec<String> {
-        let loaded: BTreeSet<&str> = conns.iter().filter_map(|c| Some(tunnel_of(c)?.0)).collect();
+    fn beyond_churn(&mut self, n: usize, problems: Vec<String>, want: &Desired) -> Vec<String> {
         let now = Instant::now();
         let mut young = BTreeSet::new();
         for t in want.valid_names() {
             let key = (n, t.clone());
-            if loaded.contains(t.as_str()) {
+            if !problems.contains(&missing(n, &t)) {
                 self.missing_since.remove(&key);
             } else if now.duration_since(*self.missing_since.entry(key).or_insert(now))
                 < CHURN_GRACE
@@ -239,17 +232,21 @@ fn tunnel_of(conn: &str) -> Option<(&str, &str)> {
     v.chars().all(|c| c.is_ascii_digit()).then_some((b, v))
 }
 
-/// What is wrong with the connections `conns` an IKE daemon holds for `want`.
-pub fn conn_problems(n: usize, conns: &[String], want: &Desired) -> Vec<String> {
-    // Per tunnel, the versions loaded.
-    let mut per: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
+/// What is wrong with the connections `conns` an IKE daemon holds for `want`. With `split`
+/// (stroke, Libreswan) a UDP tunnel has two connections, `X-in-N` and `X-out-N`; otherwise
+/// every tunnel has one.
+pub fn conn_problems(n: usize, conns: &[String], want: &Desired, split: bool) -> Vec<String> {
+    // Per tunnel, the versions loaded and how many connections.
+    let mut per: BTreeMap<&str, (BTreeSet<&str>, usize)> = BTreeMap::new();
     for c in conns {
         let (t, v) = tunnel_of(c).unwrap_or((c, ""));
-        per.entry(t).or_default().insert(v);
+        let e = per.entry(t).or_default();
+        e.0.insert(v);
+        e.1 += 1;
     }
     let valid: BTreeSet<String> = want.valid_names().into_iter().collect();
     let mut bad = Vec::new();
-    for (b, names) in &per {
+    for (b, (names, count)) in &per {
         if !valid.contains(*b) {
             bad.push(format!(
                 "node {n}: the IKE daemon holds {b} {names:?}, not a valid tunnel"
@@ -258,6 +255,9 @@ pub fn conn_problems(n: usize, conns: &[String], want: &Desired) -> Vec<String> 
             bad.push(format!(
                 "node {n}: the IKE daemon holds versions {names:?} of {b}"
             ));
+        } else if *count != expected_conns(b, split) {
+            // One direction of the tunnel is missing.
+            bad.push(missing(n, b));
         }
     }
     for v in &valid {
@@ -266,6 +266,15 @@ pub fn conn_problems(n: usize, conns: &[String], want: &Desired) -> Vec<String> 
         }
     }
     bad
+}
+
+/// How many connections tunnel `name` (a slot's `cN`) has.
+fn expected_conns(name: &str, split: bool) -> usize {
+    let slot = name.strip_prefix('c').and_then(|i| i.parse().ok());
+    match slot {
+        Some(i) if split && Slot { i }.kind() != "gre" => 2,
+        _ => 1,
+    }
 }
 
 fn missing(n: usize, tunnel: &str) -> String {

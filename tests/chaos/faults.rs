@@ -135,7 +135,7 @@ impl Soak {
         let want = &self.want;
         let restored = wait(limit, || {
             node.loaded()
-                .is_some_and(|c| conn_problems(n, &c, want).is_empty())
+                .is_some_and(|c| conn_problems(n, &c, want, node.mode != Mode::Vici).is_empty())
         });
         let count = want.tunnels.len();
         if restored {
