@@ -181,17 +181,12 @@ fn tunnel(pki: &Pkid, auth: Auth, local: &str, key: &str, ca: Option<&str>) -> T
 }
 
 fn diagnose(c: &TunnelConf) -> Vec<Finding> {
-    let input: CertsInput = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-        .block_on(certs::gather(
-            c,
-            &mut FsCertSource::new(),
-            now(),
-            certs::DEFAULT_WARNING_DAYS,
-            Duration::from_secs(30),
-        ));
+    let input: CertsInput = certs::gather(
+        c,
+        &mut FsCertSource::new(),
+        now(),
+        certs::DEFAULT_WARNING_DAYS,
+    );
     certs::check(c, &input)
 }
 
@@ -377,6 +372,10 @@ fn diagnose_through_appctl_judges_expiry_by_the_flag_and_names_a_readable_key() 
         ],
     );
     let mon = Monitor::start(&db, &["--cert-expiry-warning-days=10"]);
+    // The monitor answers before it has read the tunnel.
+    wait_for("the tunnel known", Duration::from_secs(60), || {
+        mon.appctl(&["diagnose", "gnv0"]).status.success()
+    });
     wait_for("the tunnel in diagnose", Duration::from_secs(60), || {
         mon.diagnose_codes("gnv0")
             .contains(&"cert-expiring".to_owned())

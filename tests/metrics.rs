@@ -11,7 +11,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use common::monitor::{BIN, CTL_BIN, Monitor, iface_key, wait_for};
-use common::ovsdb_server::OvsdbServer;
+use common::ovsdb_server::{OvsdbServer, tunnel_port_args};
 
 const T: Duration = Duration::from_secs(30);
 const PSK: &str = "swordfish-metrics";
@@ -415,4 +415,98 @@ fn certificate_expiry_of_the_local_ca_and_peer_certificates() {
             .contains("role=\"ca\",subject=\"test-ca\"")
     });
     expiry(&mon.appctl_ok(&["metrics/show"]), "ca", "test-ca");
+}
+
+/// The per-tunnel sample keys (name and labels) of a body: a truncated or mixed-up body lacks
+/// some of them.
+fn tunnel_keys(body: &str) -> BTreeSet<String> {
+    series(body)
+        .into_keys()
+        .filter(|k| k.contains("interface=\""))
+        .collect()
+}
+
+#[test]
+fn concurrent_scrapes_of_both_formats_all_get_complete_bodies() {
+    const TUNNELS: usize = 100;
+    const EACH: usize = 10;
+    let db = OvsdbServer::start();
+    let sock = db.dir().join("metrics.sock");
+    let arg = format!("--metrics=unix:{}", sock.display());
+    let mon = Monitor::start(&db, &[&arg]);
+    let mut args: Vec<String> = Vec::new();
+    for i in 0..TUNNELS {
+        if i > 0 {
+            args.push("--".into());
+        }
+        let opts = [format!("remote_ip=192.0.2.{}", i + 1), format!("psk={PSK}")];
+        args.extend(tunnel_port_args(&format!("gnv{i}"), "geneve", &opts));
+    }
+    db.vsctl(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    wait_for("every tunnel configured", T, || {
+        let body = mon.appctl_ok(&["metrics/show"]);
+        value(&body, "ovs_ipsec_tunnels{state=\"configured\"}") == Some(TUNNELS.to_string())
+    });
+    let reference = mon.appctl_ok(&["metrics/show"]);
+    let keys = tunnel_keys(&reference);
+    for i in 0..TUNNELS {
+        assert!(
+            reference.contains(&format!("interface=\"gnv{i}\"")),
+            "{reference}"
+        );
+    }
+    let families = types(&reference).len();
+    // EACH scrapes of each format and EACH metrics/show at once (more than the endpoint's 8
+    // connections: the rest wait in the backlog).
+    let accept_om = "Accept: application/openmetrics-text;version=1.0.0";
+    let (texts, oms, shows) = std::thread::scope(|s| {
+        let scrape = |accept: Option<&'static str>| {
+            let sock = &sock;
+            s.spawn(move || {
+                let mut extra = vec!["-w", "\n%{http_code} %{content_type}"];
+                if let Some(a) = accept {
+                    extra.extend(["-H", a]);
+                }
+                curl(Some(sock), &extra, "http://localhost/metrics")
+            })
+        };
+        let texts: Vec<_> = (0..EACH).map(|_| scrape(None)).collect();
+        let oms: Vec<_> = (0..EACH).map(|_| scrape(Some(accept_om))).collect();
+        let shows: Vec<_> = (0..EACH)
+            .map(|_| s.spawn(|| mon.appctl_ok(&["metrics/show"])))
+            .collect();
+        let join = |v: Vec<std::thread::ScopedJoinHandle<'_, String>>| -> Vec<String> {
+            v.into_iter().map(|h| h.join().unwrap()).collect()
+        };
+        (join(texts), join(oms), join(shows))
+    });
+    // curl's -w line: status and content type after the body.
+    let split = |out: &str| -> (String, String) {
+        let (body, status) = out.rsplit_once('\n').unwrap();
+        (body.to_owned(), status.to_owned())
+    };
+    for out in &texts {
+        let (body, status) = split(out);
+        assert_eq!(status, "200 text/plain; version=0.0.4; charset=utf-8");
+        promtool_check(&body);
+        assert!(!body.contains("# EOF"), "{body}");
+        assert_eq!(types(&body).len(), families, "{body}");
+        assert_eq!(tunnel_keys(&body), keys, "{body}");
+    }
+    for out in &oms {
+        let (body, status) = split(out);
+        assert_eq!(
+            status,
+            "200 application/openmetrics-text; version=1.0.0; charset=utf-8"
+        );
+        assert!(body.ends_with("\n# EOF\n"), "{body}");
+        assert_eq!(body.matches("# EOF").count(), 1, "{body}");
+        assert_eq!(types(&body).len(), families, "{body}");
+        assert_eq!(tunnel_keys(&body), keys, "{body}");
+    }
+    for show in &shows {
+        promtool_check(show);
+        assert_eq!(types(show).len(), families, "{show}");
+        assert_eq!(tunnel_keys(show), keys, "{show}");
+    }
 }

@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -14,11 +14,16 @@ use common::strongswan_stroke::{StubRoot, mode, start_monitor};
 use ovs_monitor_ipsec::backend::strongswan_stroke::plan::OUTDATED;
 use ovs_monitor_ipsec::backend::strongswan_stroke::render::{self, DEFAULTS};
 use ovs_monitor_ipsec::backend::templates::Templates;
+use ovs_monitor_ipsec::model::bundle::{BundleCa, CaBundle};
 use ovs_monitor_ipsec::model::{
     Auth, Desired, DesiredTunnel, Pki, Secret, SkbMark, TunnelConf, TunnelType,
 };
 
 const T: Duration = Duration::from_secs(20);
+
+/// The CA directory the golden files are rendered with, and the id of the one CA there.
+const CA_DIR: &str = "/etc/ipsec.d/ovs-cacerts";
+const CA_ID: &str = "1111111111111111";
 
 // ---------------------------------------------------------------- golden rendering
 
@@ -107,7 +112,8 @@ fn golden(case: &str, file: &str) -> String {
 
 /// The Python output with our deliberate changes: PSKs in hex, no stt shunt, and the CA
 /// section loaded (`auto=add`: a `ca` section defaults to `auto=ignore`, so charon never
-/// loaded the Python monitor's CA and CA-signed peers failed with "no trusted RSA public key").
+/// loaded the Python monitor's CA and CA-signed peers failed with "no trusted RSA public key"),
+/// one per member of the bundle, from its own file in the CA directory.
 fn expected_conf(case: &str) -> (String, Vec<Vec<String>>) {
     let (first, s) = sections(&golden(case, "ipsec.conf"));
     let mut s: Vec<Vec<String>> = s
@@ -115,7 +121,11 @@ fn expected_conf(case: &str) -> (String, Vec<Vec<String>>) {
         .filter(|sec| sec[0] != "conn prevent_unencrypted_stt")
         .map(|mut sec| {
             if sec[0] == "ca ca_auth" {
-                sec.push("auto=add".into());
+                sec = vec![
+                    format!("ca ovs-ca-{CA_ID}"),
+                    format!("cacert={CA_DIR}/ovs-ca-{CA_ID}.der"),
+                    "auto=add".into(),
+                ];
             }
             sec
         })
@@ -133,7 +143,7 @@ fn expected_secrets(case: &str) -> Vec<String> {
                 let hex: String = key.bytes().map(|b| format!("{b:02x}")).collect();
                 format!("{sel} : PSK 0x{hex}")
             }
-            None => l.to_owned(),
+            None => l.replace(" : RSA ", " : PKCS8 "),
         })
         .filter(|l| !l.trim().is_empty())
         .collect::<Vec<_>>();
@@ -143,7 +153,7 @@ fn expected_secrets(case: &str) -> Vec<String> {
 
 fn check(case: &str, d: &Desired) {
     let t = Templates::load(None, DEFAULTS).unwrap();
-    let r = render::render(&t, &render::Sections::default(), d).unwrap();
+    let r = render::render(Path::new(CA_DIR), &t, &render::Sections::default(), d).unwrap();
     let ours = sections(&r.conf);
     assert_eq!(
         duplicated_headers(&ours.1),
@@ -197,6 +207,17 @@ fn golden_ca_signed() {
         },
         Some(p.clone()),
     )]);
+    d.global.ca_bundle = p.ca_cert.clone().map(|path| {
+        Arc::new(CaBundle {
+            path,
+            sha256: [0; 32],
+            members: vec![BundleCa {
+                der: b"the CA".to_vec(),
+                sha256: [0x11; 32],
+                subject: "CN=right".into(),
+            }],
+        })
+    });
     d.global.pki = Some(p);
     check("cert-ca", &d);
 }

@@ -12,6 +12,7 @@ use common::kernel;
 use common::monitor::{iface_key, wait_for};
 
 use common::netns::NetnsPair;
+use common::pki::traditional;
 use common::strongswan_netns::{Node, make_pki};
 use common::xfrm_events::{median_max, policy_ids, timed_delete};
 
@@ -113,6 +114,8 @@ fn ca_signed_geneve_establishes_ike() {
     let right = Node::start(&pair.right);
     let pki = tempfile::tempdir().unwrap();
     make_pki(pki.path());
+    // Left's RSA key in PKCS#1, right's in PKCS#8: charon reads both (`: PKCS8`).
+    traditional(&pki.path().join("left-key.pem"));
     let p = |f: &str| pki.path().join(f).display().to_string();
     for (node, me, peer, peer_ip) in [
         (&left, "left", "right", "192.0.2.2"),

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use common::monitor::{iface_key, wait_for};
 use common::netns::NetnsPair;
-use common::pki::{bundle, issue, make_ca, replace};
+use common::pki::{break_bundle, bundle, issue, replace, two_hosts_trusting_both_cas};
 use common::vici::{Node, require_strongswan};
 
 const T: Duration = Duration::from_secs(45);
@@ -59,15 +59,8 @@ fn ca_bundle_members_are_all_trusted_and_renewed_certificates_load_without_teard
     let tmp = tempfile::tempdir().unwrap();
     let pki = tmp.path().join("pki");
     std::fs::create_dir_all(&pki).unwrap();
-    let (ca1, ca2) = (make_ca(&pki, "ca1"), make_ca(&pki, "ca2"));
+    let ca2 = two_hosts_trusting_both_cas(&pki);
     let p = |f: &str| pki.join(f);
-    for host in ["left", "right"] {
-        let key = p(&format!("{host}-key.pem"));
-        issue(&pki, "ca1", host, &key, &p(&format!("{host}-cert.pem")));
-        // CA2 first: a daemon that read only a bundle's first member would reject CA1's
-        // certificates.
-        bundle(&p(&format!("{host}-ca.pem")), &[&ca2, &ca1]);
-    }
     let left = Node::start(&net.left, &tmp.path().join("left"));
     let right = Node::start(&net.right, &tmp.path().join("right"));
     let set_pki = |node: &Node, cert: &Path, key: &Path, ca: &Path| {
@@ -169,20 +162,18 @@ fn ca_bundle_members_are_all_trusted_and_renewed_certificates_load_without_teard
     assert_eq!(left.ike_sa_id("tun-1").as_deref(), Some(ike.as_str()));
     reauth(&right, &left, "ca2");
 
-    // A malformed bundle is reported on the tunnel and changes nothing in charon.
-    std::fs::write(
-        p("left-ca.pem"),
-        "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
-    )
-    .unwrap();
-    wait_for("the bundle's error on the tunnel", T, || {
-        iface_key(&left.db, "tun", "ipsec-error").is_some_and(|e| e.contains("CA bundle"))
+    // A malformed bundle makes the tunnel invalid, naming the file and the member; the
+    // other node's bundle is untouched, and the fixed file brings the tunnel back without an
+    // OVSDB change.
+    let reason = break_bundle(&p("left-ca.pem"));
+    wait_for("the tunnel invalid", T, || {
+        iface_key(&left.db, "tun", "ipsec-state").as_deref() == Some("invalid")
     });
-    let err = iface_key(&left.db, "tun", "ipsec-error").unwrap();
-    assert!(
-        err.contains("left-ca.pem") && err.contains("member 1"),
-        "{err}"
-    );
+    assert_eq!(iface_key(&left.db, "tun", "ipsec-error"), Some(reason));
+    assert_eq!(authorities(&right), kept);
+    bundle(&p("left-ca.pem"), &[&ca2]);
+    wait_for("the tunnel back with the fixed bundle", T, || {
+        left.ike_established() && right.ike_established()
+    });
     assert_eq!(authorities(&left), kept);
-    assert!(left.ike_established());
 }

@@ -123,3 +123,60 @@ fn a_policy_deleted_by_hand_is_noticed_within_a_second_and_put_back() {
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(mon.log_count(": reconciling "), RUNS, "{}", mon.log());
 }
+
+/// The index of the outbound policy in `ns` whose selector contains `filter`.
+fn out_policy_index(ns: &str, filter: &str) -> String {
+    let out = std::process::Command::new("ip")
+        .args(["-n", ns, "-s", "xfrm", "policy"])
+        .output()
+        .expect("run ip");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let mut mine = false;
+    for line in text.lines() {
+        if line.starts_with("src ") {
+            mine = line.contains(filter);
+        } else if mine && line.trim_start().starts_with("dir out ") {
+            let words: Vec<&str> = line.split_whitespace().collect();
+            if let Some(i) = words.iter().position(|w| *w == "index") {
+                return words[i + 1].to_owned();
+            }
+        }
+    }
+    panic!("no outbound policy with {filter:?}:\n{text}");
+}
+
+#[test]
+fn a_policy_deleted_by_index_is_noticed_and_put_back() {
+    let ns = Netns::new();
+    let db = OvsdbServer::start();
+    let mon = ns.monitor(&db, "monitor.log", &[]);
+    db.add_tunnel("gnv0", "geneve", &geneve_6090(REMOTE, "swordfish-events"));
+    let long = Duration::from_secs(30);
+    wait_for("both policies", long, || {
+        policy_ids(&ns.name, "dport 6090").len() == 2
+    });
+    // The kernel's notification then names the policy by index; the policy comes with it.
+    let seen = mon.log_count(NOTICED);
+    ns.ip(&[
+        "xfrm",
+        "policy",
+        "delete",
+        "dir",
+        "out",
+        "index",
+        &out_policy_index(&ns.name, "dport 6090"),
+    ]);
+    wait_for("the log line", Duration::from_secs(10), || {
+        mon.log_count(NOTICED) > seen
+    });
+    let log = mon.log();
+    assert!(
+        log.contains(&format!(
+            "gnv0: XFRM out policy {LOCAL4} -> {REMOTE} udp dport 6090 was deleted behind our back"
+        )),
+        "{log}"
+    );
+    wait_for("the policy put back", Duration::from_secs(10), || {
+        policy_ids(&ns.name, "dport 6090").len() == 2
+    });
+}

@@ -107,6 +107,8 @@ pub struct EventLoop<B: Backend> {
     metrics_feed: Feed,
     /// `--metrics` is on: refresh the metrics' kernel observation on the periodic timer.
     metrics_endpoint: bool,
+    /// Encodes the snapshots for scrapes and `metrics/show`, one at a time.
+    renderer: metrics::renderer::Renderer,
 }
 
 impl Work {
@@ -184,13 +186,21 @@ impl<B: Backend> EventLoop<B> {
             metrics,
             metrics_feed: Feed::default(),
             metrics_endpoint: false,
+            renderer: metrics::renderer::Renderer::default(),
         }
     }
 
-    /// Metrics options: per-tunnel families, and whether `--metrics` serves them.
-    pub fn with_metrics(mut self, per_tunnel: bool, endpoint: bool) -> Self {
+    /// Metrics options: per-tunnel families, whether `--metrics` serves them, and the
+    /// renderer the endpoint shares.
+    pub fn with_metrics(
+        mut self,
+        per_tunnel: bool,
+        endpoint: bool,
+        renderer: metrics::renderer::Renderer,
+    ) -> Self {
         self.metrics = Metrics::new(self.backend.kind(), per_tunnel);
         self.metrics_endpoint = endpoint;
+        self.renderer = renderer;
         self
     }
 
@@ -226,7 +236,12 @@ impl<B: Backend> EventLoop<B> {
                     if self.metrics_endpoint {
                         self.refresh_metrics(Duration::ZERO).await;
                     }
-                    Work::full_pass(Trigger::Timer)
+                    // The model too: certificate tunnels depend on files (a CA bundle, a
+                    // key) that change without OVSDB noticing.
+                    Work {
+                        model: true,
+                        ..Work::full_pass(Trigger::Timer)
+                    }
                 }
                 _ = sleep_until_opt(retry_at) => Work { status: true, ..Work::default() },
                 Some(sig) = self.signals.recv() => match sig {

@@ -5,6 +5,7 @@
 //! server, and [`event_loop::EventLoop`]. The main loop owns all daemon state, so no locks
 //! guard it; the OVSDB replica is the only shared structure.
 
+mod backend_config;
 mod cert_alerts;
 mod diagnose;
 mod event_loop;

@@ -5,8 +5,10 @@ use std::path::PathBuf;
 
 use tracing::{error, info};
 
+use super::backend_config;
 use super::event_loop::{EventLoop, Exit};
 use crate::backend::dry_run::DryRun;
+use crate::backend::libreswan::Libreswan;
 use crate::backend::strongswan_stroke::StrongSwanStroke;
 use crate::backend::strongswan_vici::StrongSwanVici;
 use crate::backend::strongswan_vici::mode::{self, StrongSwanMode};
@@ -106,6 +108,7 @@ async fn run(
             return 1;
         }
     };
+    let renderer = crate::metrics::renderer::Renderer::default();
     let metrics_task = match cli.metrics.as_ref().map(crate::metrics::http::bind) {
         Some(Ok(endpoint)) => {
             info!(
@@ -114,7 +117,9 @@ async fn run(
                     .as_ref()
                     .map_or(String::new(), |l| l.to_string())
             );
-            Some(tokio::spawn(endpoint.run(server.requests())))
+            Some(tokio::spawn(
+                endpoint.run(server.requests(), renderer.clone()),
+            ))
         }
         Some(Err(e)) => {
             error!("{e}");
@@ -137,6 +142,7 @@ async fn run(
         log,
         metrics_per_tunnel: cli.metrics_per_tunnel,
         metrics_endpoint: cli.metrics.is_some(),
+        renderer,
         cert_expiry_warning_days: cli.cert_expiry_warning_days,
     };
     let start = StartOptions {
@@ -149,14 +155,14 @@ async fn run(
             info!("--dry-run: planning only, nothing is applied");
             run_with(DryRun::new(kind), true, parts, start).await
         }
-        BackendKind::None => match XfrmBackend::new(&cli) {
+        BackendKind::None => match XfrmBackend::new(&backend_config::xfrm(&cli)) {
             Ok(b) => run_with(b, false, parts, start).await,
             Err(e) => {
                 error!("{e}");
                 return 1;
             }
         },
-        BackendKind::Libreswan => match crate::backend::libreswan::Libreswan::new(&cli) {
+        BackendKind::Libreswan => match Libreswan::new(&backend_config::libreswan(&cli)) {
             Ok(b) => run_with(b, false, parts, start).await,
             Err(e) => {
                 error!("cannot set up the libreswan backend: {e}");
@@ -164,16 +170,15 @@ async fn run(
             }
         },
         BackendKind::StrongSwan => {
-            let socket = cli.vici_socket();
-            match mode::resolve(cli.strongswan_mode, &socket).await {
+            let vici = backend_config::vici(&cli);
+            match mode::resolve(cli.strongswan_mode, &vici.socket).await {
                 StrongSwanMode::Vici => {
-                    info!("strongSwan mode: vici ({})", socket.display());
-                    let timeout = std::time::Duration::from_secs(cli.command_timeout);
-                    run_with(StrongSwanVici::new(socket, timeout), false, parts, start).await
+                    info!("strongSwan mode: vici ({})", vici.socket.display());
+                    run_with(StrongSwanVici::new(&vici), false, parts, start).await
                 }
                 StrongSwanMode::Stroke | StrongSwanMode::Auto => {
                     info!("strongSwan mode: stroke (ipsec.conf)");
-                    match StrongSwanStroke::new(&cli) {
+                    match StrongSwanStroke::new(&backend_config::stroke(&cli)) {
                         Ok(b) => run_with(b, false, parts, start).await,
                         Err(e) => {
                             error!("cannot set up the strongSwan backend: {e}");
@@ -207,6 +212,7 @@ struct Parts {
     log: LogHandle,
     metrics_per_tunnel: bool,
     metrics_endpoint: bool,
+    renderer: crate::metrics::renderer::Renderer,
     cert_expiry_warning_days: u32,
 }
 
@@ -222,7 +228,7 @@ async fn run_with<B: Backend>(backend: B, dry_run: bool, p: Parts, start: StartO
         dry_run,
         p.cert_expiry_warning_days,
     )
-    .with_metrics(p.metrics_per_tunnel, p.metrics_endpoint)
+    .with_metrics(p.metrics_per_tunnel, p.metrics_endpoint, p.renderer)
     .run(start)
     .await
 }

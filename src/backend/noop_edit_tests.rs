@@ -23,6 +23,7 @@ type Opts = Vec<(String, String)>;
 /// VICI (connections and their children), each sorted.
 fn names(desired: &Desired) -> [BTreeSet<String>; 3] {
     let stroke_names = stroke::render(
+        std::path::Path::new("/"),
         &Templates::load(None, stroke::DEFAULTS).unwrap(),
         &stroke::Sections::default(),
         desired,

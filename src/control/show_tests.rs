@@ -161,6 +161,7 @@ fn cert_tunnel_golden_with_error_and_skb_mark() {
     let global = Global {
         pki: None,
         skb_mark: Some(SkbMark { value: 0, mask: 1 }),
+        ca_bundle: None,
     };
     let text = render_text(
         &global,
@@ -284,6 +285,7 @@ fn json_shape() {
         &Global {
             pki: None,
             skb_mark: Some(SkbMark { value: 2, mask: 3 }),
+            ca_bundle: None,
         },
         &[
             ShowTunnel {

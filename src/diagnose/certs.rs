@@ -5,9 +5,9 @@
 //! What it reads: the tunnel's own certificate, private key and CA certificate
 //! (`Open_vSwitch:other_config:certificate`, `private_key`, `ca_cert`) and, for a
 //! self-signed peer, `options:remote_cert`, through `model::cert` (x509-parser, the same
-//! cache the model uses). The private key's public half comes from `openssl pkey -pubout`
-//! (the key's path is the only argument; the key itself never leaves openssl, and only its
-//! public key is read back); its permission bits from `stat`. The peer's certificate of a
+//! cache the model uses). The private key's public half comes from `model::key`, which the
+//! model's own key check uses too (a mismatch also makes the tunnel `invalid`); its
+//! permission bits from `stat`. The peer's certificate of a
 //! CA-signed tunnel is only seen by the IKE daemon, so its name is not checked here.
 //!
 //! Expiry is judged at `now` against `--cert-expiry-warning-days`. A PSK tunnel has no
@@ -17,11 +17,9 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, UNIX_EPOCH};
 
-use x509_parser::pem::Pem;
-
 use super::{Code, Finding, Severity};
-use crate::backend::command::Cmd;
-use crate::model::cert::{CertInfo, FsCertSource};
+use crate::model::cert::{CertInfo, CertSource, FsCertSource};
+use crate::model::key;
 use crate::model::{Auth, TunnelConf};
 use crate::status::time::rfc3339;
 
@@ -164,7 +162,7 @@ fn key_findings(local: &CertFile, key: &KeyFile) -> Vec<Finding> {
         ));
     }
     match (&local.info, &key.public_key) {
-        (Ok(cert), Ok(public)) if cert.spki().as_ref() != Some(public) => {
+        (Ok(cert), Ok(public)) if key::belongs(cert, public) != Some(true) => {
             out.push(Finding::new(
                 Code::CertKeyMismatch,
                 Severity::Error,
@@ -187,14 +185,13 @@ fn key_findings(local: &CertFile, key: &KeyFile) -> Vec<Finding> {
     out
 }
 
-/// Reads what [`check`] needs for `conf`: the certificates through `certs`, the key's mode
-/// and public key (`openssl pkey -pubout`).
-pub async fn gather(
+/// Reads what [`check`] needs for `conf`: the certificates, the key's mode and public key
+/// through `certs`.
+pub fn gather(
     conf: &TunnelConf,
     certs: &mut FsCertSource,
     now: i64,
     warning_days: u32,
-    timeout: Duration,
 ) -> CertsInput {
     let mut read = |path: &Path| CertFile {
         path: path.to_owned(),
@@ -207,16 +204,13 @@ pub async fn gather(
         Auth::SelfSigned { remote_cert, .. } => Some(read(remote_cert)),
         _ => None,
     };
-    let key = match pki {
-        Some(p) => Some(KeyFile {
-            path: p.private_key.clone(),
-            mode: std::fs::metadata(&p.private_key)
-                .map(|m| m.permissions().mode())
-                .map_err(|e| e.to_string()),
-            public_key: public_key_of(&p.private_key, timeout).await,
-        }),
-        None => None,
-    };
+    let key = pki.map(|p| KeyFile {
+        path: p.private_key.clone(),
+        mode: std::fs::metadata(&p.private_key)
+            .map(|m| m.permissions().mode())
+            .map_err(|e| e.to_string()),
+        public_key: certs.key_public(&p.private_key),
+    });
     CertsInput {
         now,
         warning_days,
@@ -225,29 +219,6 @@ pub async fn gather(
         peer,
         key,
     }
-}
-
-/// The DER SPKI of the private key at `path`, from `openssl pkey -pubout` (PEM on stdout;
-/// an encrypted key fails instead of prompting).
-async fn public_key_of(path: &Path, timeout: Duration) -> Result<Vec<u8>, String> {
-    let out = Cmd::new("openssl", "read the private key's public key", timeout)
-        .args(["pkey", "-pubout", "-passin", "pass:", "-in"])
-        .arg(path.to_string_lossy())
-        .run()
-        .await
-        .map_err(|e| e.to_string())?;
-    if out.code != 0 {
-        let first = out.stderr.lines().next().unwrap_or("").trim().to_owned();
-        return Err(format!(
-            "openssl pkey failed (exit code {}): {first}",
-            out.code
-        ));
-    }
-    Pem::iter_from_buffer(out.stdout.as_bytes())
-        .map_while(Result::ok)
-        .find(|p| p.label == "PUBLIC KEY")
-        .map(|p| p.contents)
-        .ok_or_else(|| "openssl pkey gave no public key".to_owned())
 }
 
 #[cfg(test)]

@@ -1,7 +1,8 @@
 //! The `--metrics` endpoint: HTTP/1 with hyper on the daemon's runtime, `GET /metrics` only.
 //!
-//! A scrape asks the event loop for the exposition text (as `metrics/show` does, between
-//! passes) and then only writes finished bytes. Each connection serves one request and has a
+//! A scrape waits for a body from the [`Renderer`]: the render of its format already pending,
+//! or one it asks the event loop to start (with a snapshot taken between passes, as for
+//! `metrics/show`); then it only writes finished bytes. Each connection serves one request and has a
 //! deadline for all of it ([`CONNECTION_DEADLINE`]), headers included, and at most
 //! [`MAX_CONNECTIONS`] are served at once: a slow or half-open client costs a socket until its
 //! deadline, never a pass.
@@ -26,6 +27,7 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 use tracing::{debug, warn};
 
 use super::Format;
+use super::renderer::Renderer;
 use crate::control::{AppCommand, ControlRequest};
 
 /// Longest a connection may take, from accept to the last byte of the answer.
@@ -116,7 +118,7 @@ pub fn bind(listen: &Listen) -> Result<Endpoint, MetricsError> {
 
 impl Endpoint {
     /// Serves scrapes until the task is dropped; `requests` reaches the event loop.
-    pub async fn run(self, requests: mpsc::Sender<ControlRequest>) {
+    pub async fn run(self, requests: mpsc::Sender<ControlRequest>, renderer: Renderer) {
         let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
         loop {
             let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
@@ -127,8 +129,8 @@ impl Endpoint {
                 Endpoint::Unix(l, _) => l.accept().await.map(|(s, _)| Conn::Unix(s)),
             };
             match accepted {
-                Ok(Conn::Tcp(s)) => spawn_conn(s, requests.clone(), slot),
-                Ok(Conn::Unix(s)) => spawn_conn(s, requests.clone(), slot),
+                Ok(Conn::Tcp(s)) => spawn_conn(s, (requests.clone(), renderer.clone()), slot),
+                Ok(Conn::Unix(s)) => spawn_conn(s, (requests.clone(), renderer.clone()), slot),
                 Err(e) => {
                     warn!("metrics: cannot accept a connection: {e}");
                     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -151,15 +153,15 @@ enum Conn {
     Unix(tokio::net::UnixStream),
 }
 
-fn spawn_conn<S>(
-    stream: S,
-    requests: mpsc::Sender<ControlRequest>,
-    slot: tokio::sync::OwnedSemaphorePermit,
-) where
+/// Where a scrape's body comes from: the event loop (which starts renders) and the renderer.
+type Source = (mpsc::Sender<ControlRequest>, Renderer);
+
+fn spawn_conn<S>(stream: S, source: Source, slot: tokio::sync::OwnedSemaphorePermit)
+where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     tokio::spawn(async move {
-        let service = hyper::service::service_fn(move |req| answer(req, requests.clone()));
+        let service = hyper::service::service_fn(move |req| answer(req, source.clone()));
         let conn = hyper::server::conn::http1::Builder::new()
             .timer(TokioTimer::new())
             .header_read_timeout(CONNECTION_DEADLINE)
@@ -174,8 +176,12 @@ fn spawn_conn<S>(
     });
 }
 
-fn reply(status: StatusCode, content_type: &'static str, body: String) -> Response<Full<Bytes>> {
-    let mut r = Response::new(Full::new(Bytes::from(body)));
+fn reply(
+    status: StatusCode,
+    content_type: &'static str,
+    body: impl Into<Bytes>,
+) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(body.into()));
     *r.status_mut() = status;
     r.headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
@@ -184,44 +190,45 @@ fn reply(status: StatusCode, content_type: &'static str, body: String) -> Respon
 
 async fn answer(
     req: Request<Incoming>,
-    requests: mpsc::Sender<ControlRequest>,
+    (requests, renderer): Source,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     const TEXT: &str = "text/plain; charset=utf-8";
     if req.uri().path() != "/metrics" {
         return Ok(reply(
             StatusCode::NOT_FOUND,
             TEXT,
-            "Not found: try /metrics\n".into(),
+            "Not found: try /metrics\n",
         ));
     }
     if req.method() != Method::GET && req.method() != Method::HEAD {
-        return Ok(reply(
-            StatusCode::METHOD_NOT_ALLOWED,
-            TEXT,
-            "Use GET\n".into(),
-        ));
+        return Ok(reply(StatusCode::METHOD_NOT_ALLOWED, TEXT, "Use GET\n"));
     }
     let format = Format::from_accept(req.headers().get(ACCEPT).and_then(|v| v.to_str().ok()));
-    let (tx, rx) = oneshot::channel();
-    let command = AppCommand::MetricsShow {
-        openmetrics: format == Format::OpenMetrics,
-        scrape: true,
-    };
     let unavailable = |why: &str| reply(StatusCode::SERVICE_UNAVAILABLE, TEXT, format!("{why}\n"));
-    // Only `exit` waits for its reply to be written; a scrape's is sent by this task.
-    let (_written, written) = oneshot::channel();
-    let request = ControlRequest {
-        command,
-        reply: tx,
-        written,
+    const GONE: &str = "the monitor is shutting down";
+    let (body, start) = renderer.subscribe(format);
+    let body = async move {
+        if start {
+            let (tx, rx) = oneshot::channel();
+            // Only `exit` waits for its reply to be written; a scrape's is sent by this task.
+            let (_written, written) = oneshot::channel();
+            let request = ControlRequest {
+                command: AppCommand::MetricsShow {
+                    openmetrics: format == Format::OpenMetrics,
+                    scrape: true,
+                },
+                reply: tx,
+                written,
+            };
+            requests.send(request).await.map_err(|_| GONE.to_owned())?;
+            // The loop acknowledges once the render is queued (or says why not).
+            rx.await.map_err(|_| GONE.to_owned())??;
+        }
+        body.await.map_err(|_| GONE.to_owned())?
     };
-    if requests.send(request).await.is_err() {
-        return Ok(unavailable("the monitor is shutting down"));
-    }
-    Ok(match tokio::time::timeout(ANSWER_DEADLINE, rx).await {
-        Ok(Ok(Ok(body))) => reply(StatusCode::OK, format.content_type(), body),
-        Ok(Ok(Err(e))) => unavailable(&e),
-        Ok(Err(_)) => unavailable("the monitor is shutting down"),
+    Ok(match tokio::time::timeout(ANSWER_DEADLINE, body).await {
+        Ok(Ok(body)) => reply(StatusCode::OK, format.content_type(), body),
+        Ok(Err(e)) => unavailable(&e),
         Err(_) => unavailable("the monitor is busy; try again"),
     })
 }

@@ -5,9 +5,10 @@
 //! ([`traffic`]: SA counters matched to tunnels, `/proc/net/xfrm_stat`, certificate expiry),
 //! which the shell refreshes on the periodic timer, never per scrape. A scrape or
 //! `metrics/show` asks the event loop for a [`families::Snapshot`], built between passes from
-//! that state and the registry's tunnels, which a blocking-pool thread encodes with
-//! `prometheus-client` ([`exposition`] also gives the Prometheus 0.0.4 text): the loop pays
-//! for the snapshot only, not for the O(series) encoding. The HTTP endpoint ([`http`]) only
+//! that state and the registry's tunnels, which the [`renderer`]'s thread encodes with
+//! `prometheus-client`, one body at a time shared by every request of its format that is
+//! waiting ([`exposition`] also gives the Prometheus 0.0.4 text): the loop pays for the
+//! snapshot only, not for the O(series) encoding. The HTTP endpoint ([`http`]) only
 //! moves finished bytes, so a slow client never holds anything the event loop needs.
 //!
 //! The metric names are a contract, listed in `docs/metrics.md` ([`families::FAMILIES`]).
@@ -17,6 +18,7 @@ mod contract_tests;
 pub mod exposition;
 pub mod families;
 pub mod http;
+pub mod renderer;
 pub mod traffic;
 
 use std::collections::BTreeMap;

@@ -13,9 +13,7 @@
 //! position, never its content (a private key pasted by mistake must not reach a log).
 
 use std::collections::BTreeSet;
-use std::fs::OpenOptions;
-use std::os::unix::fs::OpenOptionsExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 use thiserror::Error;
@@ -23,7 +21,6 @@ use x509_parser::certificate::X509Certificate;
 use x509_parser::pem::Pem;
 use x509_parser::prelude::FromDer;
 
-use super::cert::read_limited;
 use super::grammar::shown;
 
 /// One CA of a bundle.
@@ -47,6 +44,15 @@ impl BundleCa {
     }
 }
 
+/// A bundle file as read: its members and the file's SHA-256 (what a backend records as
+/// loaded).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CaBundle {
+    pub path: PathBuf,
+    pub sha256: [u8; 32],
+    pub members: Vec<BundleCa>,
+}
+
 /// Why a bundle was rejected. Paths are shown escaped when unusual.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum BundleError {
@@ -65,8 +71,8 @@ pub enum BundleError {
 }
 
 /// The CAs of a bundle file, in file order, duplicates dropped. A file without any PEM block
-/// is read as one DER certificate.
-pub fn parse_bundle(bytes: &[u8], path: &Path) -> Result<Vec<BundleCa>, BundleError> {
+/// is read as one DER certificate. The shell reads the file (`cert::FsCertSource`).
+pub fn parse_bundle(bytes: &[u8], path: &Path) -> Result<CaBundle, BundleError> {
     let shown_path = || shown(&path.to_string_lossy()).into_owned();
     let mut ders = Vec::new();
     for (i, pem) in Pem::iter_from_buffer(bytes).enumerate() {
@@ -110,27 +116,11 @@ pub fn parse_bundle(bytes: &[u8], path: &Path) -> Result<Vec<BundleCa>, BundleEr
             });
         }
     }
-    Ok(out)
-}
-
-/// [`parse_bundle`] of the file at `path` (a regular file of bounded size, opened
-/// non-blocking like certificates are).
-pub fn read_bundle(path: &Path) -> Result<Vec<BundleCa>, BundleError> {
-    let read_error = |detail: String| BundleError::Read {
-        path: shown(&path.to_string_lossy()).into_owned(),
-        detail,
-    };
-    let file = OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK)
-        .open(path)
-        .map_err(|e| read_error(e.to_string()))?;
-    let meta = file.metadata().map_err(|e| read_error(e.to_string()))?;
-    if !meta.is_file() {
-        return Err(read_error("not a regular file".to_owned()));
-    }
-    let bytes = read_limited(file).map_err(|e| read_error(e.to_string()))?;
-    parse_bundle(&bytes, path)
+    Ok(CaBundle {
+        path: path.to_owned(),
+        sha256: Sha256::digest(bytes).into(),
+        members: out,
+    })
 }
 
 /// What to change so that the members loaded (by [`BundleCa::id`]) become `wanted`: the
@@ -151,28 +141,18 @@ pub fn diff<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::path::PathBuf;
-    use std::process::Command;
+    use crate::model::cert::{CertSource, FsCertSource};
+    use crate::model::test_pki::{EC, self_signed};
 
-    /// A self-signed CA made by the real `openssl` (PEM), with its key next to it.
+    fn read_bundle(path: &Path) -> Result<Vec<BundleCa>, BundleError> {
+        FsCertSource::new()
+            .ca_bundle(path)
+            .map(|b| b.members.clone())
+    }
+
+    /// A self-signed CA (PEM), with its key next to it.
     fn make_ca(dir: &Path, cn: &str) -> PathBuf {
-        let cert = dir.join(format!("{cn}.pem"));
-        let out = Command::new("openssl")
-            .args(["req", "-x509", "-newkey", "ec", "-pkeyopt"])
-            .args(["ec_paramgen_curve:prime256v1", "-nodes", "-days", "1"])
-            .args(["-subj", &format!("/CN={cn}")])
-            .arg("-keyout")
-            .arg(dir.join(format!("{cn}.key")))
-            .arg("-out")
-            .arg(&cert)
-            .output()
-            .expect("openssl must be installed (/usr/bin/openssl) for these tests");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        cert
+        self_signed(dir, cn, cn, &EC).0
     }
 
     fn cat(dir: &Path, name: &str, parts: &[&Path]) -> PathBuf {

@@ -28,6 +28,7 @@ use x509_parser::extensions::GeneralName;
 use x509_parser::pem::Pem;
 use x509_parser::prelude::FromDer;
 
+use super::bundle::{BundleError, CaBundle, parse_bundle};
 use super::grammar::shown;
 
 /// Largest certificate file we read. Real certificates are a few KiB.
@@ -80,6 +81,10 @@ impl CertInfo {
 /// Reads certificate facts; errors are human-readable reasons ("cannot read /x: No such file").
 pub trait CertSource {
     fn cert_info(&mut self, path: &Path) -> Result<CertInfo, String>;
+    /// The DER public key of the private key at `path` (see [`super::key`]).
+    fn key_public(&mut self, path: &Path) -> Result<Vec<u8>, String>;
+    /// The CA bundle at `path` (see [`super::bundle`]).
+    fn ca_bundle(&mut self, path: &Path) -> Result<Arc<CaBundle>, BundleError>;
 }
 
 /// Why a certificate could not give a CN. Paths are shown escaped when unusual.
@@ -115,10 +120,54 @@ impl FileId {
     }
 }
 
-/// Reads certificates from the file system, caching each path's last outcome.
+/// A path's last outcome and the identity of the file it came from.
+type Cache<T> = HashMap<PathBuf, (FileId, T)>;
+
+/// Reads certificates, private keys (their public half only) and CA bundles from the file
+/// system, caching each path's last outcome.
 #[derive(Debug, Default)]
 pub struct FsCertSource {
-    cache: HashMap<PathBuf, (FileId, Result<CertInfo, CertError>)>,
+    cache: Cache<Result<CertInfo, CertError>>,
+    keys: Cache<Result<Vec<u8>, String>>,
+    bundles: Cache<Result<Arc<CaBundle>, BundleError>>,
+}
+
+/// `path` opened non-blocking, if it is a regular file, and its identity.
+fn open_regular(path: &Path) -> Result<(File, FileId), String> {
+    let file = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| e.to_string())?;
+    let meta = file.metadata().map_err(|e| e.to_string())?;
+    if !meta.is_file() {
+        return Err("not a regular file".to_owned());
+    }
+    Ok((file, FileId::of(&meta)))
+}
+
+/// The cached outcome for `path` if its file is unchanged, else `parse` of its bytes (cached).
+fn cached<T: Clone>(
+    cache: &mut Cache<T>,
+    path: &Path,
+    read_error: impl Fn(String) -> T,
+    parse: impl FnOnce(Vec<u8>) -> T,
+) -> T {
+    let (file, id) = match open_regular(path) {
+        Ok(f) => f,
+        Err(e) => return read_error(e),
+    };
+    if let Some((cached_id, outcome)) = cache.get(path)
+        && *cached_id == id
+    {
+        return outcome.clone();
+    }
+    let outcome = match read_limited(file) {
+        Ok(bytes) => parse(bytes),
+        Err(e) => read_error(e.to_string()),
+    };
+    cache.insert(path.to_owned(), (id, outcome.clone()));
+    outcome
 }
 
 impl FsCertSource {
@@ -130,39 +179,51 @@ impl FsCertSource {
     /// changed since the last call.
     pub fn read(&mut self, path: &Path) -> Result<CertInfo, CertError> {
         let shown_path = || shown(&path.to_string_lossy()).into_owned();
-        let read_error = |e: std::io::Error| CertError::Read {
-            path: shown_path(),
-            detail: e.to_string(),
-        };
-        let file = OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NONBLOCK)
-            .open(path)
-            .map_err(read_error)?;
-        let meta = file.metadata().map_err(read_error)?;
-        if !meta.is_file() {
-            return Err(CertError::Read {
-                path: shown_path(),
-                detail: "not a regular file".to_owned(),
-            });
-        }
-        let id = FileId::of(&meta);
-        if let Some((cached_id, outcome)) = self.cache.get(path)
-            && *cached_id == id
-        {
-            return outcome.clone();
-        }
-        let outcome = read_limited(file)
-            .map_err(read_error)
-            .and_then(|bytes| parse(&bytes, shown_path));
-        self.cache.insert(path.to_owned(), (id, outcome.clone()));
-        outcome
+        cached(
+            &mut self.cache,
+            path,
+            |detail| {
+                Err(CertError::Read {
+                    path: shown_path(),
+                    detail,
+                })
+            },
+            |bytes| parse(&bytes, shown_path),
+        )
     }
 }
 
 impl CertSource for FsCertSource {
     fn cert_info(&mut self, path: &Path) -> Result<CertInfo, String> {
         self.read(path).map_err(|e| e.to_string())
+    }
+
+    fn key_public(&mut self, path: &Path) -> Result<Vec<u8>, String> {
+        cached(
+            &mut self.keys,
+            path,
+            |detail| {
+                Err(format!(
+                    "cannot read '{}': {detail}",
+                    shown(&path.to_string_lossy())
+                ))
+            },
+            |mut bytes| super::key::public_key(&mut bytes),
+        )
+    }
+
+    fn ca_bundle(&mut self, path: &Path) -> Result<Arc<CaBundle>, BundleError> {
+        cached(
+            &mut self.bundles,
+            path,
+            |detail| {
+                Err(BundleError::Read {
+                    path: shown(&path.to_string_lossy()).into_owned(),
+                    detail,
+                })
+            },
+            |bytes| parse_bundle(&bytes, path).map(Arc::new),
+        )
     }
 }
 
@@ -384,10 +445,13 @@ mod tests {
 pub(crate) mod fake {
     use super::*;
 
+    /// Keys are unknown (nothing to check); bundles are empty unless `bad_bundles` holds their
+    /// path.
     #[derive(Debug, Default)]
     pub(crate) struct FakeCerts {
         pub cns: HashMap<PathBuf, String>,
         pub lookups: usize,
+        pub bad_bundles: HashMap<PathBuf, BundleError>,
     }
 
     impl FakeCerts {
@@ -397,7 +461,7 @@ pub(crate) mod fake {
                     .iter()
                     .map(|(p, cn)| (PathBuf::from(p), (*cn).to_owned()))
                     .collect(),
-                lookups: 0,
+                ..Self::default()
             }
         }
     }
@@ -419,6 +483,21 @@ pub(crate) mod fake {
                     "cannot read '{}': No such file or directory (os error 2)",
                     path.display()
                 )),
+            }
+        }
+
+        fn key_public(&mut self, _: &Path) -> Result<Vec<u8>, String> {
+            Err("a fake key".to_owned())
+        }
+
+        fn ca_bundle(&mut self, path: &Path) -> Result<Arc<CaBundle>, BundleError> {
+            match self.bad_bundles.get(path) {
+                Some(e) => Err(e.clone()),
+                None => Ok(Arc::new(CaBundle {
+                    path: path.to_owned(),
+                    sha256: Sha256::digest(path.as_os_str().as_encoded_bytes()).into(),
+                    members: Vec::new(),
+                })),
             }
         }
     }

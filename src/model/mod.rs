@@ -8,8 +8,12 @@
 pub mod bundle;
 pub mod cert;
 pub mod grammar;
+pub mod key;
+mod pki_check;
 pub mod registry;
 pub mod rows;
+#[cfg(test)]
+mod test_pki;
 pub mod types;
 pub mod validate;
 pub mod versions;

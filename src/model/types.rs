@@ -123,6 +123,10 @@ pub struct Pki {
 pub struct Global {
     pub pki: Option<Arc<Pki>>,
     pub skb_mark: Option<SkbMark>,
+    /// The members of `pki.ca_cert` as last read whole: a malformed bundle makes the
+    /// CA-signed tunnels invalid and leaves the previous members here, so backends never
+    /// read a bundle themselves and never see a broken one.
+    pub ca_bundle: Option<Arc<super::bundle::CaBundle>>,
 }
 
 /// How a tunnel authenticates its peer.

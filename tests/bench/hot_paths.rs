@@ -181,7 +181,8 @@ fn one_change(n: usize, reps: u32) -> Change {
     let templates = Templates::load(None, render::DEFAULTS).unwrap();
     let desired = model.registry.desired();
     let sections = render::Sections::default();
-    let rendered = render::render(&templates, &sections, desired).unwrap();
+    let rendered =
+        render::render(std::path::Path::new("/"), &templates, &sections, desired).unwrap();
     let mut observed = Observed {
         conf: Some(rendered.conf),
         ..Default::default()
@@ -193,7 +194,8 @@ fn one_change(n: usize, reps: u32) -> Change {
         let desired = model.registry.desired();
         phases[0].push(t.elapsed());
         let t = Instant::now();
-        let rendered = render::render(&templates, &sections, desired).unwrap();
+        let rendered =
+            render::render(std::path::Path::new("/"), &templates, &sections, desired).unwrap();
         phases[1].push(t.elapsed());
         let t = Instant::now();
         let actions = plan::plan(desired, &rendered, &observed, &Scope::All);

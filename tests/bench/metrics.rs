@@ -6,7 +6,9 @@
 //! - scrape wall time and body size;
 //! - +1 tunnel latency (ovs-vsctl to `ipsec-state` in OVSDB) while a client scrapes ten times
 //!   a second: a scrape must delay no pass;
-//! - RSS after convergence without `--metrics` and after the scrapes with it.
+//! - RSS after convergence without `--metrics`, and with it before the scrapes, after the
+//!   sequential scrapes and after bursts of concurrent scrapes of both formats (one render at a time: a burst must
+//!   not cost a body per request).
 //!
 //! The host has no SAs (no esp4 here), so the process runs export no SA traffic; the
 //! in-process part renders a snapshot whose N tunnels all carry traffic (7 series per tunnel)
@@ -55,22 +57,24 @@ fn main() {
         .build()
         .unwrap();
     println!(
-        "| N | CPU per scrape | scrape wall | body | +1 tunnel, idle | +1 tunnel, scraped | RSS without --metrics | RSS with, after scrapes | render, all tunnels with SA traffic |"
+        "| N | CPU per scrape | scrape wall | body | +1 tunnel, idle | +1 tunnel, scraped | RSS without --metrics | RSS with, before scrapes | after scrapes | after bursts | render, all tunnels with SA traffic |"
     );
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for &n in &sizes {
         let base = rt.block_on(run(n, false));
         let with = rt.block_on(run(n, true));
         let (render_ms, render_kb) = render_full(n);
         println!(
-            "| {n} | {:.1} ms | {:.1} ms | {} kB | {:.0} ms | {:.0} ms | {:.1} MB | {:.1} MB | {render_ms:.1} ms ({render_kb} kB) |",
+            "| {n} | {:.1} ms | {:.1} ms | {} kB | {:.0} ms | {:.0} ms | {:.1} MB | {:.1} MB | {:.1} MB | {:.1} MB | {render_ms:.1} ms ({render_kb} kB) |",
             with.cpu_per_scrape_ms,
             with.scrape_wall_ms,
             with.body_kb,
             base.add_ms,
             with.add_ms,
             base.rss_kb as f64 / 1024.0,
+            with.rss_before_kb as f64 / 1024.0,
             with.rss_kb as f64 / 1024.0,
+            with.rss_burst_kb as f64 / 1024.0,
         );
     }
 }
@@ -82,10 +86,24 @@ struct Run {
     body_kb: usize,
     add_ms: f64,
     rss_kb: u64,
+    rss_before_kb: u64,
+    rss_burst_kb: u64,
 }
 
+/// Bursts of concurrent scrapes, and scrapes per burst (half of them OpenMetrics).
+const BURSTS: usize = 5;
+const BURST: usize = 8;
+
 fn scrape(sock: &Path) -> String {
-    let out = Command::new("curl")
+    scrape_as(sock, None)
+}
+
+fn scrape_as(sock: &Path, accept: Option<&str>) -> String {
+    let mut cmd = Command::new("curl");
+    if let Some(a) = accept {
+        cmd.args(["-H", a]);
+    }
+    let out = cmd
         .args(["-sS", "--max-time", "30", "--unix-socket"])
         .arg(sock)
         .arg("http://localhost/metrics")
@@ -119,6 +137,7 @@ async fn run(n: usize, metrics: bool) -> Run {
     }
     let mut r = Run::default();
     if metrics {
+        r.rss_before_kb = status_kb(mon.id(), "VmRSS");
         // The first scrape also reads the kernel once; the others are what a Prometheus sees.
         scrape(&sock);
         let cpu0 = cpu_ms(mon.id());
@@ -131,8 +150,20 @@ async fn run(n: usize, metrics: bool) -> Run {
         r.cpu_per_scrape_ms = (cpu_ms(mon.id()) - cpu0) / f64::from(SCRAPES);
         r.body_kb = body.len() / 1024;
         assert!(body.contains("ovs_ipsec_tunnels{state=\"configured\"}"));
+        r.rss_kb = status_kb(mon.id(), "VmRSS");
+        let om = "Accept: application/openmetrics-text;version=1.0.0";
+        for _ in 0..BURSTS {
+            std::thread::scope(|s| {
+                for i in 0..BURST {
+                    let sock = &sock;
+                    s.spawn(move || scrape_as(sock, (i % 2 == 1).then_some(om)));
+                }
+            });
+        }
+        r.rss_burst_kb = status_kb(mon.id(), "VmRSS");
+    } else {
+        r.rss_kb = status_kb(mon.id(), "VmRSS");
     }
-    r.rss_kb = status_kb(mon.id(), "VmRSS");
 
     // +1 tunnel, with a scraper hammering the endpoint meanwhile (bounded: stops at the end).
     let stop = Arc::new(AtomicBool::new(false));

@@ -164,9 +164,19 @@ pub fn start_monitor(
     extra: &[&str],
 ) -> Monitor {
     let wrapper = netns.map_or_else(Vec::new, |ns| vec!["ip", "netns", "exec", ns]);
+    start_monitor_wrapped(db, root, &wrapper, extra)
+}
+
+/// [`start_monitor`] behind `wrapper` (e.g. `ip netns exec NS env PATH=…`).
+fn start_monitor_wrapped(
+    db: &OvsdbServer,
+    root: &Path,
+    wrapper: &[&str],
+    extra: &[&str],
+) -> Monitor {
     let mut args = vec!["--ike-daemon=libreswan", "--no-restart-ike-daemon"];
     args.extend_from_slice(extra);
-    launch_rooted(db, &wrapper, "monitor.log", root, &args)
+    launch_rooted(db, wrapper, "monitor.log", root, &args)
 }
 
 /// A self-signed RSA certificate with CN `cn` (what `ovs-pki self-sign` makes), as
@@ -210,6 +220,21 @@ fn sh(args: &[&str]) -> std::process::Output {
     out
 }
 
+/// An executable script at `path` that appends `<label> ARGS` to `log`, then runs `target`
+/// with the same arguments; while a file `hang` exists beside `log`, it hangs instead (a
+/// wedged daemon, for the soak).
+fn logging_wrapper(path: &Path, label: &str, target: &str, log: &Path) {
+    let script = format!(
+        "#!/bin/sh\necho \"{label} $*\" >> {}\n[ -e {} ] && exec sleep 3600\nexec {target} \"$@\"\n",
+        log.display(),
+        log.with_file_name("hang").display()
+    );
+    std::fs::write(path, script).expect("write wrapper");
+    let mut perm = std::fs::metadata(path).expect("stat").permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut perm, 0o755);
+    std::fs::set_permissions(path, perm).expect("chmod");
+}
+
 /// A real pluto in `netns`, files under `<dir>/root` at the paths our monitor gets, killed
 /// on drop.
 pub struct Pluto {
@@ -230,22 +255,14 @@ impl Pluto {
         for d in ["etc/ipsec.d", "usr/sbin", "run/pluto"] {
             std::fs::create_dir_all(root.join(d)).expect("mkdir");
         }
-        let wrapper = root.join("usr/sbin/ipsec");
         // Logs each call, like the stub, so tests can count what the monitor ran; while the
         // file `hang` exists beside `calls.log`, every call hangs (a wedged pluto).
-        let calls = root.join("calls.log");
-        std::fs::write(
-            &wrapper,
-            format!(
-                "#!/bin/sh\necho \"ipsec $*\" >> {}\n[ -e {} ] && exec sleep 3600\nexec {ipsec} \"$@\"\n",
-                calls.display(),
-                root.join("hang").display()
-            ),
-        )
-        .expect("wrapper");
-        let mut perm = std::fs::metadata(&wrapper).expect("stat").permissions();
-        std::os::unix::fs::PermissionsExt::set_mode(&mut perm, 0o755);
-        std::fs::set_permissions(&wrapper, perm).expect("chmod");
+        logging_wrapper(
+            &root.join("usr/sbin/ipsec"),
+            "ipsec",
+            ipsec,
+            &root.join("calls.log"),
+        );
         std::fs::write(root.join("etc/ipsec.conf"), "").expect("conf");
         std::fs::write(root.join("etc/ipsec.secrets"), "").expect("secrets");
         let p = |s: &str| root.join(s).display().to_string();
@@ -321,20 +338,34 @@ impl Pluto {
         self.launch();
     }
 
-    /// `ipsec whack --ctlsocket <ctl> ARGS` in pluto's namespace.
-    fn whack(&self, args: &[&str]) -> std::process::Output {
-        let ctl = self.root.join("run/pluto/pluto.ctl").display().to_string();
-        let mut all = vec![
-            "netns",
-            "exec",
-            &self.netns,
-            self.ipsec,
-            "whack",
-            "--ctlsocket",
-            &ctl,
-        ];
-        all.extend_from_slice(args);
-        sh(&[&["ip"], all.as_slice()].concat())
+    /// `ipsec whack --ctlsocket <ctl> ARGS` in pluto's namespace (it must succeed).
+    pub fn whack(&self, args: &[&str]) -> std::process::Output {
+        let out = self.try_whack(args);
+        assert!(
+            out.status.success(),
+            "whack {args:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    }
+
+    /// [`Pluto::whack`] that may fail (e.g. on a state that has just gone).
+    pub fn try_whack(&self, args: &[&str]) -> std::process::Output {
+        let ctl = self.root.join("run/pluto/pluto.ctl");
+        Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &self.netns,
+                self.ipsec,
+                "whack",
+                "--ctlsocket",
+            ])
+            .arg(ctl)
+            .args(args)
+            .output()
+            .expect("ip netns exec")
     }
 
     /// `ipsec status`, or None when pluto does not answer (killed, crashed, starting).
@@ -386,6 +417,44 @@ impl Pluto {
     pub fn nss_nicknames(&self) -> String {
         let db = format!("sql:{}", self.root.join("etc/ipsec.d").display());
         String::from_utf8_lossy(&sh(&["certutil", "-L", "-d", &db]).stdout).into_owned()
+    }
+
+    /// Our monitor for this pluto ([`Pluto::MONITOR_ARGS`]) in its namespace, with `certutil`
+    /// and `pk12util` found first in a directory of wrappers that log each call
+    /// ([`Pluto::nss_calls`]) before running the real tool.
+    pub fn start_monitor(&self, db: &OvsdbServer) -> Monitor {
+        let tools = self.root.join("nss-tools");
+        std::fs::create_dir_all(&tools).expect("mkdir");
+        let log = self.root.join("nss-calls.log");
+        for tool in ["certutil", "pk12util"] {
+            logging_wrapper(&tools.join(tool), tool, &format!("/usr/bin/{tool}"), &log);
+        }
+        let path = format!(
+            "PATH={}:{}",
+            tools.display(),
+            std::env::var("PATH").unwrap_or_default()
+        );
+        let wrapper = ["ip", "netns", "exec", &self.netns, "env", &path];
+        start_monitor_wrapped(db, &self.root, &wrapper, Self::MONITOR_ARGS)
+    }
+
+    /// Every `certutil`/`pk12util` call of the monitor started by [`Pluto::start_monitor`].
+    pub fn nss_calls(&self) -> Vec<String> {
+        std::fs::read_to_string(self.root.join("nss-calls.log"))
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// The state numbers of the established IKE SAs (`#N`) in pluto's status.
+    pub fn ike_sas(&self) -> Vec<String> {
+        self.status()
+            .lines()
+            .filter(|l| l.contains("ESTABLISHED_IKE_SA"))
+            .filter_map(|l| l.split_whitespace().find(|w| w.starts_with('#')))
+            .map(|w| w.trim_end_matches(':').to_owned())
+            .collect()
     }
 
     /// The monitor options that point at this pluto's files (below `--root-prefix`).

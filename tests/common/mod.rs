@@ -7,6 +7,7 @@
 pub mod fake_charon;
 pub mod kernel;
 pub mod libreswan;
+pub mod libreswan_pair;
 pub mod monitor;
 pub mod netns;
 pub mod ovsdb_server;

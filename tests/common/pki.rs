@@ -42,6 +42,21 @@ pub fn make_ca_at(cn: &str, cert: &Path, key: &Path) {
     openssl(&args);
 }
 
+/// A new RSA key at `key` (mode 0600), for [`issue`] to use: pluto's conns
+/// (`leftrsasigkey=%cert`) sign with RSA.
+pub fn rsa_key(key: &Path) {
+    let k = key.display().to_string();
+    openssl(&[
+        "genpkey",
+        "-algorithm",
+        "RSA",
+        "-pkeyopt",
+        "rsa_keygen_bits:2048",
+        "-out",
+        &k,
+    ]);
+}
+
 /// A certificate for `host` signed by CA `ca` (from [`make_ca`] in `dir`), written to `out`.
 /// Its key is `key`, created when the file does not exist yet and reused when it does.
 pub fn issue(dir: &Path, ca: &str, host: &str, key: &Path, out: &Path) {
@@ -103,4 +118,46 @@ pub fn replace(path: &Path, bytes: &[u8]) {
     let tmp = path.with_extension("tmp");
     std::fs::write(&tmp, bytes).expect("write");
     std::fs::rename(&tmp, path).expect("rename");
+}
+
+/// Rewrites the private key at `key` in its algorithm's traditional format (PKCS#1 for RSA,
+/// SEC1 for EC), as older tools write keys.
+pub fn traditional(key: &Path) {
+    let tmp = key.with_extension("trad");
+    let (k, t) = (key.display().to_string(), tmp.display().to_string());
+    openssl(&["pkey", "-traditional", "-in", &k, "-out", &t]);
+    std::fs::rename(&tmp, key).expect("rename");
+}
+
+/// Replaces the bundle at `path` with one whose first member is not a certificate, and
+/// returns the `ipsec-error` the monitor must give its tunnels.
+pub fn break_bundle(path: &Path) -> String {
+    replace(
+        path,
+        b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+    );
+    format!(
+        "CA bundle '{}': member 1 is not a valid X.509 certificate",
+        path.display()
+    )
+}
+
+/// The start of a CA rotation in `dir`: CAs `ca1` and `ca2` ([`make_ca`]); `left` and
+/// `right` with `<host>-cert.pem` issued by CA1 (keys `<host>-key.pem`); each host's bundle
+/// `<host>-ca.pem` with CA2 first, so that a daemon reading only a bundle's first member
+/// would reject CA1's certificates. Returns CA2's certificate.
+pub fn two_hosts_trusting_both_cas(dir: &Path) -> PathBuf {
+    let (ca1, ca2) = (make_ca(dir, "ca1"), make_ca(dir, "ca2"));
+    for host in ["left", "right"] {
+        let key = dir.join(format!("{host}-key.pem"));
+        issue(
+            dir,
+            "ca1",
+            host,
+            &key,
+            &dir.join(format!("{host}-cert.pem")),
+        );
+        bundle(&dir.join(format!("{host}-ca.pem")), &[&ca2, &ca1]);
+    }
+    ca2
 }

@@ -25,7 +25,7 @@ set -uo pipefail
 # The cargo tier: every integration test binary whose tests create network namespaces and
 # run the monitor's kernel or IKE path there
 # (libreswan_pluto in two rows, Libreswan 4 and 5, each within E2E_TIMEOUT under TCG).
-E2E_CARGO_TESTS="xfrm_kernel xfrm_families xfrm_idle xfrm_netlink xfrm_events diagnose_xfrm strongswan_vici strongswan_vici_cases strongswan_vici_certs diagnose_vici strongswan_stroke_netns diagnose_strongswan libreswan_pluto:v4_ libreswan_pluto:v5_"
+E2E_CARGO_TESTS="xfrm_kernel xfrm_families xfrm_idle xfrm_netlink xfrm_events diagnose_xfrm strongswan_vici strongswan_vici_cases strongswan_vici_certs diagnose_vici strongswan_stroke_netns strongswan_stroke_certs diagnose_strongswan libreswan_pluto:v4_ libreswan_pluto:v5_"
 # The body is one function so that bash has parsed all of it before running any of it.
 main() {
 here=$(cd "$(dirname "$0")" && pwd)

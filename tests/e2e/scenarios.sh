@@ -71,6 +71,8 @@ matrix vici "geneve vxlan gre" ipv4 "psk self ca"
 matrix vici "geneve vxlan" ipv6 "psk self ca"
 extra vici-monitor-restart
 extra vici-ike-restart
+# The observability scenarios (diagnose and the XFRM notifications on a broken kernel state).
+. "$(dirname "${BASH_SOURCE[0]}")/observe.sh"
 
 # e2e_run NAME: runs one scenario with its results directory.
 e2e_run() {
@@ -857,7 +859,7 @@ nss_matches() {
 # OVS case 17: CA-signed tunnel up; the left monitor is killed; the CA and every certificate
 # and key are replaced in place (same paths: the second CA of prepare.sh); the monitor restarts
 # (--no-restart-ike-daemon). It reports all(1) tunnels up, the ping works, no SA changed on
-# either node, and left's NSS database holds exactly the two new ovs_cert* entries.
+# either node, and left's NSS database holds exactly the new CA and certificate.
 scenario_libreswan_cert_update() {
     export E2E_FAMILY=ipv4
     nodes_for libreswan
@@ -886,10 +888,13 @@ scenario_libreswan_cert_update() {
     [ "$(lsw_serials right)" = "$sr" ] || fail "right's SAs changed: [$sr] -> [$(lsw_serials right)]"
     # Peer certificates of earlier self-signed cells on these nodes stay while pluto runs
     # (docs/libreswan.md): only the CA and our own certificate are checked.
-    nicks=$(nx left certutil -L -d "sql:$(lsw_conf left ipsec.d)" | awk '$1 ~ /^ovs_cert(_cacert|key_)/ { print $1 }' | sort | tr '\n' ' ')
+    # The CA is one bundle member, `ovs-ca-<id>`: the old CA's nickname (and that of earlier
+    # versions, ovs_cert_cacert) must be gone.
+    nicks=$(nx left certutil -L -d "sql:$(lsw_conf left ipsec.d)" | awk '$1 ~ /^(ovs-ca-|ovs_cert_cacert|ovs_certkey_)/ { print $1 }' | sort | tr '\n' ' ')
     t "left NSS: $nicks"
-    [ "$nicks" = "ovs_cert_cacert ovs_certkey_left " ] || fail "left's NSS database holds [$nicks]"
-    nss_matches ovs_cert_cacert "$d/cacert.pem" || fail "ovs_cert_cacert is not the new CA"
+    set -- $nicks
+    [ $# = 2 ] && [ "${1#ovs-ca-}" != "$1" ] && [ "$2" = ovs_certkey_left ] || fail "left's NSS database holds [$nicks]"
+    nss_matches "$1" "$d/cacert.pem" || fail "$1 is not the new CA"
     nss_matches ovs_certkey_left "$d/left-cert.pem" || fail "ovs_certkey_left is not the new certificate"
     tunnel_remove
     for s in left right; do pki_config "$s" psk; done

@@ -70,19 +70,27 @@ impl<B: Backend> EventLoop<B> {
                     true => metrics::Format::OpenMetrics,
                     false => metrics::Format::Prometheus,
                 };
-                let mut snapshot = self.metrics.snapshot(&metrics_view(
-                    &self.registry,
-                    &self.outcome,
-                    &self.cert_alerts,
-                ));
-                if snapshot.per_tunnel {
-                    snapshot.vanished = self.xfrm_watch.vanished_series().collect();
+                let snapshot = || {
+                    let mut snapshot = self.metrics.snapshot(&metrics_view(
+                        &self.registry,
+                        &self.outcome,
+                        &self.cert_alerts,
+                    ));
+                    if snapshot.per_tunnel {
+                        snapshot.vanished = self.xfrm_watch.vanished_series().collect();
+                    }
+                    snapshot
+                };
+                // Encoding is O(series): the renderer's thread does it, one body at a time, so
+                // that the loop (and the next pass) waits only for the snapshot. A scrape
+                // subscribed to the renderer before asking (its body comes from there).
+                match scrape {
+                    true => {
+                        self.renderer.start(format, snapshot);
+                        let _ = reply.send(Ok(String::new()));
+                    }
+                    false => self.renderer.show(format, reply, snapshot),
                 }
-                // Encoding is O(series): done on a blocking-pool thread, so that the loop
-                // (and the next pass) waits only for the snapshot.
-                tokio::task::spawn_blocking(move || {
-                    let _ = reply.send(Ok(metrics::exposition::render(snapshot, format)));
-                });
                 return None;
             }
             AppCommand::Exit { cleanup: false } => (Ok(String::new()), Some(Exit::NoCleanup)),

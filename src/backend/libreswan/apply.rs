@@ -17,13 +17,14 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use tokio::task::JoinSet;
 use tracing::{error, warn};
 
-use super::plan::{Action, Pending, wanted_certs};
+use super::certs::uses_certs;
+use super::nss::CertSource;
+use super::plan::{Action, Pending};
 use super::render::{self, START_PREFIX};
 use super::{Libreswan, LibreswanError};
 use crate::backend::ApplyReport;
 use crate::backend::command::{Cmd, CmdOutput, CommandError};
-use crate::backend::files::sha256_of;
-use crate::backend::files::{CONFIG_MODE, SECRET_MODE, write_if_changed};
+use crate::backend::files::{CONFIG_MODE, SECRET_MODE, exposed_key, sha256_of, write_if_changed};
 use crate::model::{Auth, Desired};
 
 /// Names per `addconn` call: far below any argv limit, and a failing batch is retried one
@@ -43,7 +44,8 @@ struct Batches {
     write_files: bool,
     remove_certs: Vec<String>,
     keep_certs: Vec<String>,
-    import_certs: Vec<(String, super::nss::CertSource)>,
+    import_certs: Vec<(String, CertSource)>,
+    bad_bundle: Option<String>,
     deletes: Vec<String>,
     delete_shunts: Vec<String>,
     load_shunts: Vec<String>,
@@ -63,6 +65,7 @@ impl Batches {
                 Action::WriteFiles => b.write_files = true,
                 Action::RemoveCert { nick } => b.remove_certs.push(nick),
                 Action::KeepCert { nick } => b.keep_certs.push(nick),
+                Action::BadBundle { reason } => b.bad_bundle = Some(reason),
                 Action::ImportCert { nick, source } => b.import_certs.push((nick, source)),
                 Action::Delete { conn, .. } => b.deletes.push(conn),
                 Action::DeleteShunt { conn } => b.delete_shunts.push(conn),
@@ -78,39 +81,49 @@ impl Batches {
     }
 }
 
-/// Which tunnel each conn belongs to, and which tunnels need each nickname.
+/// Which tunnel each conn belongs to, and which tunnels need which certificates.
 struct Owners {
     conn: BTreeMap<String, String>,
-    nick: BTreeMap<String, Vec<String>>,
+    /// The tunnels authenticated by certificates (they need ours and the CAs).
+    certs: Vec<String>,
+    /// The CA-signed tunnels (they need the CAs).
+    ca_signed: Vec<String>,
+    /// The tunnels that need each peer's nickname.
+    peers: BTreeMap<String, Vec<String>>,
 }
 
 impl Owners {
     fn new(desired: &Desired) -> Self {
-        let mut conn = BTreeMap::new();
-        let mut nick: BTreeMap<String, Vec<String>> = BTreeMap::new();
-        let local = desired.global.pki.as_ref().map(|p| {
-            [
-                format!("{}{}", super::nss::CERTKEY_PREFIX, p.local_name),
-                super::nss::CA_NICK.to_owned(),
-            ]
-        });
+        let mut o = Self {
+            conn: BTreeMap::new(),
+            certs: Vec::new(),
+            ca_signed: Vec::new(),
+            peers: BTreeMap::new(),
+        };
         for (name, t) in &desired.tunnels {
             for c in t.conn_names() {
-                conn.insert(c, name.clone());
+                o.conn.insert(c, name.clone());
             }
-            if matches!(t.conf.auth, Auth::Psk(_)) {
-                continue;
-            }
-            for n in local.iter().flatten() {
-                nick.entry(n.clone()).or_default().push(name.clone());
-            }
-            if let Auth::SelfSigned { remote_name, .. } = &t.conf.auth {
-                nick.entry(format!("{}{remote_name}", super::nss::CERT_PREFIX))
+            match &t.conf.auth {
+                Auth::Psk(_) => continue,
+                Auth::CaSigned { .. } => o.ca_signed.push(name.clone()),
+                Auth::SelfSigned { remote_name, .. } => o
+                    .peers
+                    .entry(format!("{}{remote_name}", super::nss::CERT_PREFIX))
                     .or_default()
-                    .push(name.clone());
+                    .push(name.clone()),
             }
+            o.certs.push(name.clone());
         }
-        Self { conn, nick }
+        o
+    }
+
+    /// The tunnels that need `nick`, which holds `source`.
+    fn users(&self, nick: &str, source: &CertSource) -> &[String] {
+        match source {
+            CertSource::Peer(_) => self.peers.get(nick).map_or(&[], Vec::as_slice),
+            CertSource::Local { .. } | CertSource::Ca(_) => &self.certs,
+        }
     }
 
     fn tunnel(&self, conn: &str) -> String {
@@ -256,6 +269,11 @@ impl Libreswan {
             applied,
             ..ApplyReport::default()
         };
+        if let Some(reason) = &b.bad_bundle {
+            for t in &owners.ca_signed {
+                report.errors.insert(t.clone(), reason.clone());
+            }
+        }
         let (blocked, imported) = self.import_certs(&b, &owners, &mut report).await;
         let skip = |c: &String| blocked.contains(&owners.tunnel(c));
         let starts: Vec<String> = b.starts.iter().filter(|c| !skip(c)).cloned().collect();
@@ -282,7 +300,7 @@ impl Libreswan {
             self.memory.synced.remove(nick);
             self.memory.kept.insert(nick.clone());
         }
-        self.nss_wanted = !wanted_certs(desired).is_empty() || !self.memory.synced.is_empty();
+        self.nss_wanted = uses_certs(desired) || !self.memory.synced.is_empty();
         if imported || removed {
             self.reload_certs().await;
         }
@@ -338,18 +356,23 @@ impl Libreswan {
         let mut blocked = BTreeSet::new();
         let mut changed = false;
         for (nick, source) in &b.import_certs {
+            if let CertSource::Local { key, .. } = source
+                && let Some(w) = exposed_key(key)
+            {
+                warn!("{w}");
+            }
             match self.nss.ensure(nick, source).await {
                 Ok(imported) => {
                     changed |= imported;
                     self.memory.kept.remove(nick);
-                    let hash = sha256_of(source.cert_path());
+                    let hash = source.cert_path().and_then(sha256_of);
                     self.memory
                         .synced
                         .insert(nick.clone(), (source.clone(), hash));
                 }
                 Err(e) => {
                     self.memory.synced.remove(nick);
-                    for t in owners.nick.get(nick).into_iter().flatten() {
+                    for t in owners.users(nick, source) {
                         report
                             .errors
                             .insert(t.clone(), format!("cannot import {nick}: {e}"));

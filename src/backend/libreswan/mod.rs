@@ -11,6 +11,7 @@
 //! `keyingtries` is written, and the NSS directory default ([`version`]).
 
 pub mod apply;
+pub mod certs;
 pub mod live;
 pub mod nss;
 pub mod plan;
@@ -19,6 +20,8 @@ pub mod status;
 pub mod version;
 pub mod watch;
 
+#[cfg(test)]
+mod certs_tests;
 #[cfg(test)]
 mod tests;
 
@@ -44,7 +47,6 @@ use super::templates::{TemplateError, Templates};
 use super::{
     ApplyReport, Backend, BackendError, BackendEvent, BackendKind, LiveStatus, Scope, StartOptions,
 };
-use crate::cli::Cli;
 use crate::model::{Desired, TunnelType};
 
 /// The stderr line Libreswan 5.3 prints for every conn loaded with `auto=route` by an
@@ -77,6 +79,25 @@ impl From<LibreswanError> for BackendError {
     }
 }
 
+/// What the backend takes from the command line; `app::setup` builds it.
+#[derive(Debug, Clone, Default)]
+pub struct Config {
+    /// `--root-prefix`.
+    pub root: PathBuf,
+    /// `--ipsec-conf`, `--root-ipsec-conf`, `--ipsec-secrets`, `--ipsec-ctl`, `--ipsec-d`.
+    pub ipsec_conf: Option<PathBuf>,
+    pub root_ipsec_conf: Option<PathBuf>,
+    pub ipsec_secrets: Option<PathBuf>,
+    pub ipsec_ctl: Option<PathBuf>,
+    pub ipsec_d: Option<PathBuf>,
+    /// `--template-dir`, already below the root prefix.
+    pub template_dir: PathBuf,
+    /// `--command-timeout`: the limit of every `ipsec` command.
+    pub timeout: Duration,
+    /// `--use-default-crypto`.
+    pub use_default_crypto: bool,
+}
+
 /// Files and sockets, `--root-prefix` applied (except to `--root-ipsec-conf`, as in the
 /// Python monitor: it names the host's main config).
 #[derive(Debug, Clone)]
@@ -92,19 +113,22 @@ pub struct Paths {
 }
 
 impl Paths {
-    pub fn from_cli(cli: &Cli) -> Self {
-        let root = PathBuf::from(&cli.root_prefix);
+    pub fn new(config: &Config) -> Self {
+        let root = config.root.clone();
         let at = |p: Option<&PathBuf>, default: &str| {
             under_root(&root, p.map(PathBuf::as_path).unwrap_or(Path::new(default)))
         };
-        let conf = at(cli.ipsec_conf.as_ref(), "/etc/ipsec.conf");
+        let conf = at(config.ipsec_conf.as_ref(), "/etc/ipsec.conf");
         Self {
             ipsec: under_root(&root, Path::new("/usr/sbin/ipsec")),
-            root_conf: cli.root_ipsec_conf.clone().unwrap_or_else(|| conf.clone()),
+            root_conf: config
+                .root_ipsec_conf
+                .clone()
+                .unwrap_or_else(|| conf.clone()),
             conf,
-            secrets: at(cli.ipsec_secrets.as_ref(), "/etc/ipsec.secrets"),
-            ctl: at(cli.ipsec_ctl.as_ref(), "/run/pluto/pluto.ctl"),
-            nss_dir: cli.ipsec_d.as_ref().map(|d| under_root(&root, d)),
+            secrets: at(config.ipsec_secrets.as_ref(), "/etc/ipsec.secrets"),
+            ctl: at(config.ipsec_ctl.as_ref(), "/run/pluto/pluto.ctl"),
+            nss_dir: config.ipsec_d.as_ref().map(|d| under_root(&root, d)),
             root,
         }
     }
@@ -128,7 +152,8 @@ pub struct Libreswan {
     nss: Nss,
     memory: Memory,
     pending: HashMap<String, (Pending, Instant)>,
-    /// Whether `certutil -L` runs at observe time (certificates configured now or before).
+    /// Whether `certutil -L` runs at observe time (certificates configured now or before,
+    /// and at start-up, to find what a previous run left).
     nss_wanted: bool,
     /// The tunnel count for which "Connections for all(N) … are Up." was logged.
     announced: Mutex<Option<usize>>,
@@ -141,16 +166,16 @@ pub struct Libreswan {
 }
 
 impl Libreswan {
-    pub fn new(cli: &Cli) -> Result<Self, LibreswanError> {
-        let paths = Paths::from_cli(cli);
-        let templates = Templates::load(Some(&cli.template_dir()), render::DEFAULTS)?;
+    pub fn new(config: &Config) -> Result<Self, LibreswanError> {
+        let paths = Paths::new(config);
+        let templates = Templates::load(Some(&config.template_dir), render::DEFAULTS)?;
         for name in templates.overridden() {
             info!("using template override {name}");
         }
-        let timeout = Duration::from_secs(cli.command_timeout);
+        let timeout = config.timeout;
         let version = Version::unknown();
         Ok(Self {
-            layout: Layout::new(paths.own_root(), cli.use_default_crypto, &version),
+            layout: Layout::new(paths.own_root(), config.use_default_crypto, &version),
             nss: Nss::new(
                 paths
                     .nss_dir
@@ -163,14 +188,14 @@ impl Libreswan {
                 ctl: paths.ctl.clone(),
                 config: paths.root_conf.clone(),
             },
-            default_crypto: cli.use_default_crypto,
+            default_crypto: config.use_default_crypto,
             timeout,
             templates,
             sections: render::Sections::default(),
             paths,
             memory: Memory::default(),
             pending: HashMap::new(),
-            nss_wanted: false,
+            nss_wanted: true,
             announced: Mutex::new(None),
             up: Mutex::new(BTreeSet::new()),
             last_token: 0,
@@ -372,8 +397,15 @@ impl Backend for Libreswan {
                 .memory
                 .synced
                 .iter()
-                .map(|(nick, (src, _))| (nick.clone(), sha256_of(src.cert_path())))
+                .filter_map(|(nick, (src, _))| Some((nick.clone(), sha256_of(src.cert_path()?))))
                 .collect(),
+            // As the model read it: a malformed bundle makes the CA-signed tunnels invalid
+            // there and leaves the last good one here, so NSS keeps the CAs it holds.
+            ca_bundle: desired
+                .global
+                .ca_bundle
+                .as_ref()
+                .map(|b| Ok(b.members.clone())),
             pending: self
                 .pending
                 .iter()

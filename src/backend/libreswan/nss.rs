@@ -1,9 +1,11 @@
 //! Pluto's NSS certificate database, driven with `certutil` and `pk12util` (called by bare
 //! name, as the Python monitor does) and `openssl` for the PKCS#12 bundle of our key.
 //!
-//! Nicknames are the ones OVS's tests and operators expect: `ovs_certkey_<CN>` for our
-//! certificate and key, `ovs_cert_cacert` for the CA, `ovs_cert_<CN>` for a peer's
-//! self-signed certificate. Only nicknames with these prefixes are ever touched.
+//! Nicknames: `ovs_certkey_<CN>` for our certificate and key and `ovs_cert_<CN>` for a peer's
+//! self-signed certificate (the ones OVS's tests and operators expect), `ovs-ca-<id>` for
+//! each CA of the `ca_cert` bundle (`super::certs`). Only nicknames with these prefixes, and
+//! `ovs_cert_cacert` (the single CA of earlier versions, removed when found), are ever
+//! touched.
 //!
 //! An import first compares what the database holds under the nickname with the file (the
 //! set of base64 certificate bodies) and replaces it only when they differ; a stale entry
@@ -26,6 +28,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use thiserror::Error;
+use x509_parser::pem::Pem;
 
 use crate::backend::command::{Cmd, CommandError};
 
@@ -33,8 +36,10 @@ use crate::backend::command::{Cmd, CommandError};
 pub const CERT_PREFIX: &str = "ovs_cert_";
 /// Nickname prefix of our certificate with its private key.
 pub const CERTKEY_PREFIX: &str = "ovs_certkey_";
-/// Nickname of the CA certificate.
-pub const CA_NICK: &str = "ovs_cert_cacert";
+/// Nickname prefix of the CAs of a bundle (the member's id follows).
+pub const CA_PREFIX: &str = "ovs-ca-";
+/// Nickname of the CA certificate in earlier versions (one CA, not a bundle).
+pub const OLD_CA_NICK: &str = "ovs_cert_cacert";
 
 /// How often a mismatched nickname is deleted before giving up.
 const MAX_DELETES: usize = 8;
@@ -48,6 +53,11 @@ pub enum NssError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("cannot write {path}: {source}")]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("cannot create a private temporary file in {dir}: {source}")]
     Temp { dir: PathBuf, source: nix::Error },
     #[error("{nick} still differs from {path} after {MAX_DELETES} deletions")]
@@ -56,7 +66,7 @@ pub enum NssError {
 
 /// Is `nick` one of ours?
 pub fn is_ours(nick: &str) -> bool {
-    nick.starts_with(CERT_PREFIX) || nick.starts_with(CERTKEY_PREFIX)
+    nick.starts_with(CERT_PREFIX) || nick.starts_with(CERTKEY_PREFIX) || nick.starts_with(CA_PREFIX)
 }
 
 /// Is `nick` a peer's self-signed certificate (`ovs_cert_<CN>`, not the CA)? A peer sends
@@ -65,7 +75,7 @@ pub fn is_ours(nick: &str) -> bool {
 /// importing the same certificate again leaves pluto unable to use it ("could not extract
 /// CKAID") until it restarts. Such nicknames are therefore never deleted while pluto runs.
 pub fn is_peer(nick: &str) -> bool {
-    nick.starts_with(CERT_PREFIX) && nick != CA_NICK
+    nick.starts_with(CERT_PREFIX) && nick != OLD_CA_NICK
 }
 
 /// What a nickname holds and where it comes from.
@@ -73,19 +83,41 @@ pub fn is_peer(nick: &str) -> bool {
 pub enum CertSource {
     /// Our certificate and private key (`ovs_certkey_<CN>`).
     Local { cert: PathBuf, key: PathBuf },
-    /// The CA (`ovs_cert_cacert`), trusted for peers' certificates.
-    Ca(PathBuf),
+    /// One CA of the bundle (`ovs-ca-<id>`), DER, trusted for peers' certificates.
+    Ca(Vec<u8>),
     /// A peer's self-signed certificate (`ovs_cert_<CN>`).
     Peer(PathBuf),
 }
 
 impl CertSource {
-    /// The certificate file (for content comparison).
-    pub fn cert_path(&self) -> &Path {
+    /// The certificate file whose content the nickname follows; `None` for a bundle member
+    /// (its nickname names its content).
+    pub fn cert_path(&self) -> Option<&Path> {
         match self {
-            Self::Local { cert, .. } => cert,
-            Self::Ca(p) | Self::Peer(p) => p,
+            Self::Local { cert, .. } => Some(cert),
+            Self::Peer(p) => Some(p),
+            Self::Ca(_) => None,
         }
+    }
+
+    /// The certificates (DER) the nickname must hold.
+    fn bodies(&self) -> Result<BTreeSet<Vec<u8>>, NssError> {
+        match self {
+            Self::Ca(der) => Ok(BTreeSet::from([der.clone()])),
+            Self::Local { cert: path, .. } | Self::Peer(path) => {
+                let text = std::fs::read(path).map_err(|e| NssError::Read {
+                    path: path.clone(),
+                    source: e,
+                })?;
+                Ok(pem_bodies(&text))
+            }
+        }
+    }
+
+    /// What the source is, for errors.
+    fn shown(&self) -> PathBuf {
+        self.cert_path()
+            .map_or_else(|| PathBuf::from("the CA bundle"), Path::to_owned)
     }
 }
 
@@ -123,11 +155,7 @@ impl Nss {
     /// Makes `nick` hold exactly the certificate(s) of `source`; returns whether the database
     /// changed.
     pub async fn ensure(&self, nick: &str, source: &CertSource) -> Result<bool, NssError> {
-        let path = source.cert_path();
-        let want = pem_bodies(&std::fs::read_to_string(path).map_err(|e| NssError::Read {
-            path: path.to_owned(),
-            source: e,
-        })?);
+        let want = source.bodies()?;
         for _ in 0..MAX_DELETES {
             let have = self.bodies(nick).await?;
             if have.is_empty() {
@@ -142,12 +170,12 @@ impl Nss {
         }
         Err(NssError::Stuck {
             nick: nick.to_owned(),
-            path: path.to_owned(),
+            path: source.shown(),
         })
     }
 
     /// Certificate bodies under `nick`; empty when the nickname is absent.
-    async fn bodies(&self, nick: &str) -> Result<BTreeSet<String>, NssError> {
+    async fn bodies(&self, nick: &str) -> Result<BTreeSet<Vec<u8>>, NssError> {
         let out = self
             .certutil(format!("read certificate {nick}"))
             .args(["-L", "-d", &self.db, "-a", "-n", nick])
@@ -155,7 +183,7 @@ impl Nss {
             .await?;
         // certutil exits 255 with "could not find certificate named" when it is absent.
         Ok(if out.code == 0 {
-            pem_bodies(&out.stdout)
+            pem_bodies(out.stdout.as_bytes())
         } else {
             BTreeSet::new()
         })
@@ -163,7 +191,7 @@ impl Nss {
 
     async fn import(&self, nick: &str, source: &CertSource) -> Result<(), NssError> {
         match source {
-            CertSource::Ca(p) => self.add_cert(nick, p, "CT,,").await,
+            CertSource::Ca(der) => self.add_der(nick, der, "CT,,").await,
             CertSource::Peer(p) => self.add_cert(nick, p, "P,P,P").await,
             CertSource::Local { cert, key } => self.add_certkey(nick, cert, key).await,
         }
@@ -173,6 +201,24 @@ impl Nss {
         self.certutil(format!("import certificate {nick}"))
             .args(["-A", "-a", "-i"])
             .arg(path.display().to_string())
+            .args(["-d", &self.db, "-n", nick, "-t", trust])
+            .run_checked()
+            .await?;
+        Ok(())
+    }
+
+    /// Imports one DER certificate through a private temporary file (`certutil -A` reads
+    /// only the first certificate of a file, so bundle members go one by one).
+    async fn add_der(&self, nick: &str, der: &[u8], trust: &str) -> Result<(), NssError> {
+        let tmp = TempFile::new(&self.tmp_dir)?;
+        std::fs::write(&tmp.0, der).map_err(|e| NssError::Write {
+            path: tmp.0.clone(),
+            source: e,
+        })?;
+        self.certutil(format!("import certificate {nick}"))
+            .arg("-A")
+            .arg("-i")
+            .arg(tmp.0.display().to_string())
             .args(["-d", &self.db, "-n", nick, "-t", trust])
             .run_checked()
             .await?;
@@ -254,20 +300,13 @@ fn parse_list(text: &str) -> BTreeSet<String> {
         .collect()
 }
 
-/// The base64 bodies of the PEM certificates in `text`, whitespace removed.
-pub fn pem_bodies(text: &str) -> BTreeSet<String> {
-    let mut out = BTreeSet::new();
-    let mut cur: Option<String> = None;
-    for line in text.lines().map(str::trim) {
-        if line.starts_with("-----BEGIN CERTIFICATE") {
-            cur = Some(String::new());
-        } else if line.starts_with("-----END CERTIFICATE") {
-            out.extend(cur.take());
-        } else if let Some(c) = cur.as_mut() {
-            c.push_str(line);
-        }
-    }
-    out
+/// The certificates (DER) of the PEM blocks in `text`; other blocks are ignored.
+fn pem_bodies(text: &[u8]) -> BTreeSet<Vec<u8>> {
+    Pem::iter_from_buffer(text)
+        .filter_map(Result::ok)
+        .filter(|p| p.label == "CERTIFICATE")
+        .map(|p| p.contents)
+        .collect()
 }
 
 #[cfg(test)]
@@ -276,17 +315,22 @@ mod tests {
 
     #[test]
     fn list_keeps_only_our_nicknames() {
-        let text = "\nCertificate Nickname                                         Trust Attributes\n                                                             SSL,S/MIME,JAR/XPI\n\novs_certkey_left                                             u,u,u\novs_cert_cacert                                              CT,, \nadmin cert                                                   CT,C,C\n";
+        let text = "\nCertificate Nickname                                         Trust Attributes\n                                                             SSL,S/MIME,JAR/XPI\n\novs_certkey_left                                             u,u,u\novs_cert_cacert                                              CT,, \novs-ca-0123456789abcdef                                      CT,, \nadmin cert                                                   CT,C,C\n";
         assert_eq!(
             parse_list(text).into_iter().collect::<Vec<_>>(),
-            ["ovs_cert_cacert", "ovs_certkey_left"]
+            [
+                "ovs-ca-0123456789abcdef",
+                "ovs_cert_cacert",
+                "ovs_certkey_left"
+            ]
         );
     }
 
     #[test]
     fn only_peer_certificates_are_peers() {
         assert!(is_peer("ovs_cert_right"));
-        assert!(!is_peer(CA_NICK));
+        assert!(!is_peer(OLD_CA_NICK));
+        assert!(!is_peer("ovs-ca-0123456789abcdef"));
         assert!(!is_peer("ovs_certkey_left"));
         assert!(!is_peer("admin cert"));
     }
@@ -294,8 +338,10 @@ mod tests {
     #[test]
     fn pem_bodies_ignore_layout() {
         let a = "-----BEGIN CERTIFICATE-----\nAAAA\nBBBB\n-----END CERTIFICATE-----\n";
-        let b = "junk\n-----BEGIN CERTIFICATE-----\r\nAAAABBBB\r\n-----END CERTIFICATE-----";
-        assert_eq!(pem_bodies(a), pem_bodies(b));
-        assert_eq!(pem_bodies(a).len(), 1);
+        let b = "junk\n-----BEGIN CERTIFICATE-----\r\nAAAABBBB\r\n-----END CERTIFICATE-----\n";
+        let key = "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n";
+        assert_eq!(pem_bodies(a.as_bytes()), pem_bodies(b.as_bytes()));
+        assert_eq!(pem_bodies(a.as_bytes()).len(), 1);
+        assert!(pem_bodies(key.as_bytes()).is_empty());
     }
 }

@@ -35,12 +35,13 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::time::Duration;
 
-use super::nss::{self, CertSource};
+use super::certs::CaBundle;
+use super::nss::CertSource;
 use super::render::SHUNT_PREFIX;
 use super::status::PlutoStatus;
 use crate::backend::Scope;
 use crate::backend::strongswan_stroke::plan::{covers, tunnel_candidates};
-use crate::model::{Auth, Desired, DesiredTunnel, SkbMark, TunnelType};
+use crate::model::{Desired, DesiredTunnel, SkbMark, TunnelType};
 
 /// A started or added connection gets this long to come up (the Python monitor's
 /// `RECONCILIATION_INTERVAL`).
@@ -80,6 +81,8 @@ pub struct Observed {
     pub nss: Option<BTreeSet<String>>,
     /// SHA-256 of the certificate files we imported, by nickname, as they are now.
     pub cert_hashes: BTreeMap<String, Option<[u8; 32]>>,
+    /// The members of `ca_cert` as read now; `None` without a CA.
+    pub ca_bundle: Option<CaBundle>,
     pub pending: BTreeMap<String, (Pending, Duration)>,
     /// GRE tunnels whose peer has the lower address: this end only answers (see
     /// `backend::initiator`). Filled for tunnels that are not up.
@@ -124,6 +127,11 @@ pub enum Action {
     /// A peer's certificate no tunnel wants any more, left in NSS (see `nss::is_peer`).
     KeepCert {
         nick: String,
+    },
+    /// `ca_cert` cannot be used: the members imported stay, the CA-signed tunnels get the
+    /// reason (see `certs`).
+    BadBundle {
+        reason: String,
     },
     Delete {
         conn: String,
@@ -180,6 +188,9 @@ impl fmt::Display for Action {
                 f,
                 "Keeping unused certificate {nick} in the NSS database: pluto may hold a copy"
             ),
+            Self::BadBundle { reason } => {
+                write!(f, "{reason}; the CAs in the NSS database stay as they are")
+            }
             Self::Delete {
                 conn,
                 why: DeleteWhy::Outdated,
@@ -218,36 +229,6 @@ impl fmt::Display for Action {
             Self::DeleteShunt { conn } => write!(f, "Removing shunt connection {conn}"),
         }
     }
-}
-
-/// The nicknames `desired` needs, with their source.
-pub fn wanted_certs(desired: &Desired) -> BTreeMap<String, CertSource> {
-    let mut out = BTreeMap::new();
-    if let Some(pki) = &desired.global.pki {
-        out.insert(
-            format!("{}{}", nss::CERTKEY_PREFIX, pki.local_name),
-            CertSource::Local {
-                cert: pki.certificate.clone(),
-                key: pki.private_key.clone(),
-            },
-        );
-        if let Some(ca) = &pki.ca_cert {
-            out.insert(nss::CA_NICK.to_owned(), CertSource::Ca(ca.clone()));
-        }
-    }
-    for t in desired.tunnels.values() {
-        if let Auth::SelfSigned {
-            remote_cert,
-            remote_name,
-        } = &t.conf.auth
-        {
-            out.insert(
-                format!("{}{remote_name}", nss::CERT_PREFIX),
-                CertSource::Peer(remote_cert.clone()),
-            );
-        }
-    }
-    out
 }
 
 /// The inbound conn of a UDP tunnel is only added, and so is a GRE tunnel's single conn on
@@ -296,7 +277,7 @@ pub fn plan_in(
     if files_differ {
         actions.push(Action::WriteFiles);
     }
-    plan_certs(desired, observed, memory, &mut actions);
+    super::certs::plan_certs(desired, observed, memory, &mut actions);
 
     let st = &observed.pluto;
     let in_scope = || {
@@ -332,42 +313,6 @@ pub fn plan_in(
         plan_tunnel(t, observed, memory, &mut actions);
     }
     actions
-}
-
-fn plan_certs(desired: &Desired, observed: &Observed, memory: &Memory, out: &mut Vec<Action>) {
-    let wanted = wanted_certs(desired);
-    let present: BTreeSet<&String> = observed
-        .nss
-        .iter()
-        .flatten()
-        .chain(memory.synced.keys())
-        .collect();
-    // A peer's self-signed certificate is CA:TRUE, and pluto takes every such certificate in
-    // NSS as a trust anchor for CA-signed peers: while a CA is trusted, one kept after its
-    // tunnel would vouch for certificates its key signs. Then it is removed (and a tunnel
-    // added back with it needs a pluto restart, see `nss::is_peer`).
-    let keep_peers = !wanted.contains_key(nss::CA_NICK);
-    for nick in present {
-        if wanted.contains_key(nick) || (keep_peers && memory.kept.contains(nick)) {
-            continue;
-        }
-        let nick = nick.clone();
-        out.push(if keep_peers && nss::is_peer(&nick) {
-            Action::KeepCert { nick }
-        } else {
-            Action::RemoveCert { nick }
-        });
-    }
-    for (nick, source) in wanted {
-        let in_sync = memory.synced.get(&nick).is_some_and(|(src, hash)| {
-            *src == source
-                && observed.cert_hashes.get(&nick) == Some(hash)
-                && observed.nss.as_ref().is_none_or(|n| n.contains(&nick))
-        });
-        if !in_sync {
-            out.push(Action::ImportCert { nick, source });
-        }
-    }
 }
 
 fn plan_shunts(desired: &Desired, observed: &Observed, memory: &Memory, out: &mut Vec<Action>) {

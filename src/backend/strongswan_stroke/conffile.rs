@@ -4,7 +4,8 @@
 //! this monitor created (so a deleted tunnel's SAs are known to be ours even after a monitor
 //! restart), and its trailing *certificate stamps* record the SHA-256 of each certificate file
 //! at the time charon loaded it. charon reads `leftcert=`/`rightcert=`/`cacert=` files only
-//! when a connection is added, so a certificate replaced at the same path changes nothing in
+//! when a connection is added (and private keys on `rereadsecrets`), so a certificate or key
+//! replaced at the same path changes nothing in
 //! the text and `ipsec update` would ignore it; comparing stamps with the files' current
 //! digests finds it, also when the change happened while the monitor was not running.
 //!
@@ -14,7 +15,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
-use crate::model::cert::FsCertSource;
+use crate::model::cert::{CertSource, FsCertSource};
 
 const STAMP: &str = "# ovs-monitor-ipsec sha256 ";
 
@@ -96,11 +97,15 @@ pub fn secret_lines_in(text: &str, keep: impl Fn(&str) -> bool) -> BTreeMap<Stri
         .collect()
 }
 
-/// The SHA-256 (hex) of the certificate at `path`, `None` when it cannot be read (the model
-/// reports unreadable certificates itself). Cached by file identity, so cheap per pass.
+/// The SHA-256 (hex) of the certificate at `path` or, for a private key, of its public key
+/// (nothing derived from the secret part is written); `None` when it cannot be read (the
+/// model reports unreadable certificates itself). Cached by file identity, so cheap per pass.
 pub fn fingerprint(certs: &mut FsCertSource, path: &Path) -> Option<String> {
-    let info = certs.read(path).ok()?;
-    Some(info.sha256.iter().map(|b| format!("{b:02x}")).collect())
+    let digest = match certs.read(path) {
+        Ok(info) => info.sha256,
+        Err(_) => crate::backend::files::sha256(&certs.key_public(path).ok()?),
+    };
+    Some(digest.iter().map(|b| format!("{b:02x}")).collect())
 }
 
 /// Stamped certificates whose file changed since the stamp was written.

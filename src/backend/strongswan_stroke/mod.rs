@@ -6,7 +6,7 @@
 //!   stamps ([`conffile`]);
 //! - **plan** (pure, [`plan`]): render the files ([`render`]) and compare; an unchanged
 //!   desired state on a converged charon plans nothing, so established SAs are never touched;
-//! - **apply**: write files only on change (atomically, secrets 0600), one `ipsec update`,
+//! - **apply** (`apply.rs`): write files only on change (atomically, secrets 0600), one `ipsec update`,
 //!   one `ipsec rereadsecrets`, then `ipsec stroke down-nb` for outdated SAs only; then wait
 //!   (bounded) until starter, which applies `update` asynchronously, has loaded the
 //!   connections, so the status written to OVSDB describes the new state;
@@ -35,6 +35,8 @@
 //! Paths are the Python monitor's: `--root-prefix` + `/etc/ipsec.conf`, `/etc/ipsec.secrets`,
 //! `/etc/strongswan.d/ovs.conf` (written before a restart only) and `/usr/sbin/ipsec`.
 
+mod apply;
+mod cafiles;
 pub mod conffile;
 pub mod live;
 pub mod plan;
@@ -59,11 +61,10 @@ use self::plan::{Action, Observed};
 use self::render::Rendered;
 use self::statusall::Status;
 use super::command::{Cmd, CommandError};
-use super::files::{CONFIG_MODE, FileError, SECRET_MODE, under_root, write_if_changed};
+use super::files::{FileError, under_root};
 use super::ike_view::IkeView;
 use super::templates::{TemplateError, Templates};
 use super::{ApplyReport, Backend, BackendError, BackendKind, LiveStatus, Scope, StartOptions};
-use crate::cli::Cli;
 use crate::model::Desired;
 use crate::model::cert::FsCertSource;
 
@@ -98,6 +99,11 @@ pub enum StrokeError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("cannot remove {path}: {source}")]
+    Remove {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("charon does not answer: `ipsec statusall` exited with code {0}")]
     NotRunning(i32),
 }
@@ -119,11 +125,24 @@ impl From<StrokeError> for BackendError {
     }
 }
 
+/// What the backend takes from the command line; `app::setup` builds it.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// `--root-prefix`.
+    pub root: PathBuf,
+    /// `--template-dir`, already below the root prefix.
+    pub template_dir: PathBuf,
+    /// `--command-timeout`: the limit of every `ipsec` command.
+    pub timeout: Duration,
+}
+
 /// The files and the program the backend uses, below `--root-prefix`.
 #[derive(Debug, Clone)]
 pub struct Paths {
     pub conf: PathBuf,
     pub secrets: PathBuf,
+    /// One file per CA of the `ca_cert` bundle (see [`cafiles`]).
+    pub ca_dir: PathBuf,
     pub ovs_conf: PathBuf,
     pub ipsec: PathBuf,
 }
@@ -134,6 +153,7 @@ impl Paths {
         Self {
             conf: p("/etc/ipsec.conf"),
             secrets: p("/etc/ipsec.secrets"),
+            ca_dir: p("/etc/ipsec.d/ovs-cacerts"),
             ovs_conf: p("/etc/strongswan.d/ovs.conf"),
             ipsec: p("/usr/sbin/ipsec"),
         }
@@ -180,15 +200,15 @@ impl std::fmt::Debug for StrongSwanStroke {
 }
 
 impl StrongSwanStroke {
-    pub fn new(cli: &Cli) -> Result<Self, StrokeError> {
-        let templates = Templates::load(Some(&cli.template_dir()), render::DEFAULTS)?;
+    pub fn new(config: &Config) -> Result<Self, StrokeError> {
+        let templates = Templates::load(Some(&config.template_dir), render::DEFAULTS)?;
         for name in templates.overridden() {
             info!("using the administrator's template {name}");
         }
         Ok(Self::with(
-            Paths::new(Path::new(&cli.root_prefix)),
+            Paths::new(&config.root),
             templates,
-            Duration::from_secs(cli.command_timeout),
+            config.timeout,
         ))
     }
 
@@ -231,35 +251,6 @@ impl StrongSwanStroke {
             return Err(StrokeError::NotRunning(out.code));
         }
         Ok(statusall::parse_in(&out.stdout, |c| plan::covers(scope, c)))
-    }
-
-    /// Polls `statusall` until charon has loaded the `conns` of `scope` (or the time is up).
-    async fn settle(
-        &self,
-        conns: &std::collections::BTreeSet<String>,
-        limit: Duration,
-        scope: &Scope,
-    ) -> Result<Status, StrokeError> {
-        let start = Instant::now();
-        let mut delay = Duration::from_millis(20);
-        loop {
-            let st = self.statusall(scope).await;
-            let done = match &st {
-                Ok(s) => {
-                    let loaded = s.loaded();
-                    conns
-                        .iter()
-                        .filter(|c| plan::covers(scope, c))
-                        .all(|c| loaded.contains(c.as_str()))
-                }
-                Err(_) => false,
-            };
-            if done || start.elapsed() >= limit {
-                return st;
-            }
-            tokio::time::sleep(delay).await;
-            delay = (delay * 2).min(Duration::from_millis(500));
-        }
     }
 
     /// Our files as they are on disk; only the sections and secrets lines of `scope`'s
@@ -324,23 +315,8 @@ impl StrongSwanStroke {
         })
     }
 
-    fn write_files(&mut self, r: &Rendered) -> Result<(), StrokeError> {
-        let stamps: conffile::Stamps = r
-            .certs
-            .iter()
-            .filter_map(|p| Some((p.clone(), conffile::fingerprint(&mut self.certs, p)?)))
-            .collect();
-        write_if_changed(
-            &self.paths.conf,
-            conffile::join(&r.conf, &stamps).as_bytes(),
-            CONFIG_MODE,
-        )?;
-        write_if_changed(&self.paths.secrets, r.secrets.as_bytes(), SECRET_MODE)?;
-        Ok(())
-    }
-
     fn render(&self, desired: &Desired) -> Result<Rendered, TemplateError> {
-        render::render(&self.templates, &self.sections, desired)
+        render::render(&self.paths.ca_dir, &self.templates, &self.sections, desired)
     }
 
     /// Compares charon's connections with those it was seen holding: the ones it dropped
@@ -374,122 +350,6 @@ impl StrongSwanStroke {
     fn take_planned(&self, desired: &Desired) -> Option<Planned> {
         let mut planned = self.planned.lock().unwrap_or_else(PoisonError::into_inner);
         planned.take().filter(|p| p.input == *desired)
-    }
-
-    async fn run_actions(
-        &mut self,
-        desired: &Desired,
-        actions: Vec<Action>,
-    ) -> Result<ApplyReport, StrokeError> {
-        // The files have not changed since plan read them: its rendering is still right.
-        let planned = match self.take_planned(desired) {
-            Some(p) => p,
-            None => Planned {
-                input: desired.clone(),
-                scope: Scope::All,
-                rendered: self.render(desired)?,
-            },
-        };
-        let r = &planned.rendered;
-        let mut report = ApplyReport {
-            errors: r.rejected.clone(),
-            applied: 0,
-        };
-        let mut reloaded = false;
-        for action in actions {
-            match &action {
-                Action::WriteFiles => self.write_files(r)?,
-                Action::Update => {
-                    self.ipsec(["update"], "update the IPsec configuration")
-                        .run_checked()
-                        .await?;
-                    reloaded = true;
-                }
-                Action::RereadSecrets => {
-                    self.ipsec(["rereadsecrets"], "reread the IPsec secrets")
-                        .run_checked()
-                        .await?;
-                }
-                Action::ReloadCredentials(_) => {
-                    self.ipsec(["rereadall"], "reread the IPsec credentials")
-                        .run_checked()
-                        .await?;
-                    self.reload().await?;
-                    reloaded = true;
-                }
-                Action::Reconcile(conns) => {
-                    // If charon drops them again, this reload is the one the back-off counts.
-                    for c in conns {
-                        self.seen.remove(c);
-                    }
-                    self.reload().await?;
-                    reloaded = true;
-                }
-                Action::DownNb { sa, .. } => {
-                    // Already logged with its command line; the next pass sees it again.
-                    let _ = self
-                        .ipsec(
-                            ["stroke", "down-nb", sa.as_str()],
-                            "bring down an outdated SA",
-                        )
-                        .run_checked()
-                        .await;
-                }
-            }
-            report.applied += 1;
-        }
-        if reloaded {
-            self.last_reload = Some(Instant::now());
-            let scope = planned.scope.clone();
-            let st = self.settle(&r.conns, SETTLE_TIMEOUT, &scope).await?;
-            let loaded = st.loaded();
-            self.settled = r
-                .conns
-                .iter()
-                .filter(|c| plan::covers(&scope, c))
-                .all(|c| loaded.contains(c.as_str()));
-            self.seen.retain(|c| r.conns.contains(c));
-            self.seen.extend(
-                loaded
-                    .into_iter()
-                    .filter(|c| r.conns.contains(*c))
-                    .map(str::to_owned),
-            );
-            self.fresh = Some((scope, st));
-        }
-        // For the status of this pass.
-        *self.planned.lock().unwrap_or_else(PoisonError::into_inner) = Some(planned);
-        Ok(report)
-    }
-
-    async fn reload(&self) -> Result<(), StrokeError> {
-        self.ipsec(["reload"], "reload the IPsec connections")
-            .run_checked()
-            .await?;
-        Ok(())
-    }
-
-    async fn restart(&mut self) -> Result<(), StrokeError> {
-        info!("Restarting StrongSwan");
-        write_if_changed(
-            &self.paths.ovs_conf,
-            render::ovs_conf(&self.templates)?.as_bytes(),
-            CONFIG_MODE,
-        )?;
-        // charon starts with no connection; the first pass loads them.
-        let empty = render::empty(&self.templates)?;
-        write_if_changed(&self.paths.conf, empty.conf.as_bytes(), CONFIG_MODE)?;
-        write_if_changed(&self.paths.secrets, empty.secrets.as_bytes(), SECRET_MODE)?;
-        self.ipsec(["restart"], "restart the IKE daemon")
-            // `ipsec stop` complains when nothing was running; the start is what matters.
-            .ignore_stderr("starter is not running")
-            .run_checked()
-            .await?;
-        let st = self
-            .settle(&Default::default(), START_TIMEOUT, &Scope::All)
-            .await?;
-        self.fresh = Some((Scope::All, st));
-        Ok(())
     }
 }
 

@@ -238,9 +238,8 @@ pub fn plan(desired: &Desired, r: &Rendered, obs: &Observed, scope: &Scope) -> V
 
 #[cfg(test)]
 mod tests {
-    use super::super::render::{Sections, render};
     use super::super::statusall::parse;
-    use super::super::testutil::{desired, psk_tunnel, templates};
+    use super::super::testutil::{desired, psk_tunnel, rendered};
     use super::*;
     use crate::backend::files::SECRET_MODE;
 
@@ -286,19 +285,16 @@ Security Associations (2 up, 0 connecting):
     #[test]
     fn converged_plans_nothing_and_keeps_in_out_sas() {
         let d = two(1, 1);
-        let r = render(&templates(), &Sections::default(), &d).unwrap();
+        let r = rendered(&d);
         assert_eq!(plan(&d, &r, &converged(&r, UP), &Scope::All), vec![]);
     }
 
     #[test]
     fn version_bump_downs_only_the_outdated_children_of_a_shared_ike_sa() {
         let old = two(1, 1);
-        let obs = converged(
-            &render(&templates(), &Sections::default(), &old).unwrap(),
-            UP,
-        );
+        let obs = converged(&rendered(&old), UP);
         let d = two(2, 1);
-        let r = render(&templates(), &Sections::default(), &d).unwrap();
+        let r = rendered(&d);
         assert_eq!(
             plan(&d, &r, &obs, &Scope::All),
             vec![
@@ -320,12 +316,9 @@ Security Associations (2 up, 0 connecting):
     #[test]
     fn deleting_every_tunnel_downs_their_ike_sa_and_never_a_foreign_one() {
         let old = two(1, 1);
-        let obs = converged(
-            &render(&templates(), &Sections::default(), &old).unwrap(),
-            UP,
-        );
+        let obs = converged(&rendered(&old), UP);
         let d = desired(vec![]);
-        let r = render(&templates(), &Sections::default(), &d).unwrap();
+        let r = rendered(&d);
         assert_eq!(
             plan(&d, &r, &obs, &Scope::All),
             vec![
@@ -355,7 +348,7 @@ Security Associations (2 up, 0 connecting):
             "      gre1-1:  %any...192.0.2.3  IKEv2\n      gre1-1:   child",
         );
         let d = two(1, 1);
-        let r = render(&templates(), &Sections::default(), &d).unwrap();
+        let r = rendered(&d);
         let obs = part(&r, &apart);
         assert!(!obs.status.loaded().contains("gre1-1"));
         assert_eq!(plan(&d, &r, &obs, &scope), vec![]);
@@ -363,7 +356,7 @@ Security Associations (2 up, 0 connecting):
         // (in the original sample) is kept whole in the partial status, so it stays up.
         let obs = part(&r, UP);
         let d2 = two(2, 1);
-        let r2 = render(&templates(), &Sections::default(), &d2).unwrap();
+        let r2 = rendered(&d2);
         let full = converged(&r, UP);
         assert_eq!(
             plan(&d2, &r2, &obs, &scope),
@@ -373,7 +366,7 @@ Security Associations (2 up, 0 connecting):
         assert!(!covers(&scope, "vx1") && !covers(&scope, "vx12-in-1"));
         // A removed tunnel is in the scope through its name.
         let gone = desired(vec![psk_tunnel("gre1", "gre", "192.0.2.2", "k", 1)]);
-        let r3 = render(&templates(), &Sections::default(), &gone).unwrap();
+        let r3 = rendered(&gone);
         let downs = plan(&gone, &r3, &obs, &scope);
         assert!(
             downs.contains(&Action::DownNb {
@@ -387,7 +380,7 @@ Security Associations (2 up, 0 connecting):
     #[test]
     fn a_connection_lost_by_charon_is_reloaded_once_things_settled() {
         let d = two(1, 1);
-        let r = render(&templates(), &Sections::default(), &d).unwrap();
+        let r = rendered(&d);
         let mut obs = converged(
             &r,
             &UP.replace("      gre1-1:   child", "      xxx:   child"),
@@ -405,7 +398,7 @@ Security Associations (2 up, 0 connecting):
     #[test]
     fn a_lost_connection_overrides_the_back_off_a_refused_one_does_not() {
         let d = two(1, 1);
-        let r = render(&templates(), &Sections::default(), &d).unwrap();
+        let r = rendered(&d);
         let mut obs = converged(
             &r,
             &UP.replace("      gre1-1:   child", "      xxx:   child"),
@@ -428,7 +421,7 @@ Security Associations (2 up, 0 connecting):
     #[test]
     fn certificate_changed_in_place_reloads_credentials_without_down() {
         let d = two(1, 1);
-        let r = render(&templates(), &Sections::default(), &d).unwrap();
+        let r = rendered(&d);
         let mut obs = converged(&r, UP);
         obs.cert_changed.insert("/etc/c.pem".into());
         assert_eq!(
@@ -443,7 +436,7 @@ Security Associations (2 up, 0 connecting):
     #[test]
     fn secrets_with_a_wrong_mode_are_rewritten_and_reread() {
         let d = two(1, 1);
-        let r = render(&templates(), &Sections::default(), &d).unwrap();
+        let r = rendered(&d);
         let mut obs = converged(&r, UP);
         obs.secrets = obs.secrets.map(|(h, _)| (h, 0o644));
         assert_eq!(

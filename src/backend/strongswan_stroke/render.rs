@@ -8,17 +8,23 @@
 //! - two tunnels whose PSK lines would have the same selectors but different keys are
 //!   rejected with a reason instead of letting charon pick one of the keys silently;
 //! - identical secrets lines are written once;
-//! - the `ca` section has `auto=add`: without it charon ignores the section (the default is
-//!   `auto=ignore`), so the Python monitor's CA mode never loaded the CA.
+//! - the `ca` sections have `auto=add`: without it charon ignores a section (the default is
+//!   `auto=ignore`), so the Python monitor's CA mode never loaded the CA;
+//! - every CA of a `ca_cert` bundle is trusted, each from its own file and section
+//!   ([`super::cafiles`]);
+//! - private keys are `: PKCS8 <file>`, which lets charon find the key's type: with the
+//!   Python monitor's `: RSA` every EC key failed to load.
 //!
 //! The on-disk file may also carry certificate stamps (see [`super::stamps`]); they are
 //! appended by the caller and are not part of what is rendered here.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use serde::Serialize;
+
+use super::cafiles::{self, CaSection};
 
 use crate::backend::secrets::psk_hex;
 use crate::backend::templates::{SectionCache, TemplateError, Templates, assemble};
@@ -93,7 +99,9 @@ struct SecretLine {
 #[derive(Serialize)]
 struct ConfCtx<'a> {
     shunts: Vec<Shunt>,
+    /// The bundle file itself (kept for administrators' templates written before bundles).
     ca_cert: Option<String>,
+    cas: Vec<CaSection>,
     /// The tunnels' `conn` sections, already rendered through [`CONN_TEMPLATE`].
     sections: Vec<&'a str>,
 }
@@ -139,8 +147,13 @@ pub struct Rendered {
     pub secrets: String,
     /// Every connection the file defines (tunnels and shunts): what charon must have loaded.
     pub conns: BTreeSet<String>,
-    /// Certificate files the connections load, to stamp (see [`super::stamps`]).
+    /// Certificate and private key files the connections load, to stamp (see
+    /// [`super::conffile`]).
     pub certs: BTreeSet<PathBuf>,
+    /// The private keys `ipsec.secrets` names.
+    pub keys: BTreeSet<PathBuf>,
+    /// The CA files the `ca` sections name, with their content (DER).
+    pub cas: BTreeMap<PathBuf, Vec<u8>>,
     /// Tunnels left out of the files, with the reason.
     pub rejected: BTreeMap<String, String>,
 }
@@ -246,7 +259,7 @@ fn secret_for(t: &DesiredTunnel, pki: Option<&Pki>) -> Option<(String, &'static 
     match &t.conf.auth {
         Auth::Psk(psk) => Some((selectors, "PSK", psk_hex(psk))),
         Auth::SelfSigned { .. } | Auth::CaSigned { .. } => {
-            Some((selectors, "RSA", p_display(&pki?.private_key)))
+            Some((selectors, "PKCS8", p_display(&pki?.private_key)))
         }
     }
 }
@@ -322,8 +335,10 @@ fn tunnel_text(templates: &Templates, i: &SectionInput) -> Result<Arc<TunnelText
     Ok(Arc::new(TunnelText { conf, secret }))
 }
 
-/// Renders the files for `desired`, reusing the text of unchanged tunnels from `sections`.
+/// Renders the files for `desired`, reusing the text of unchanged tunnels from `sections`;
+/// the CA files are in `ca_dir`.
 pub fn render(
+    ca_dir: &Path,
     templates: &Templates,
     sections: &Sections,
     desired: &Desired,
@@ -350,13 +365,17 @@ pub fn render(
     let shunts = shunts(desired);
     let mut names: BTreeSet<String> = shunts.iter().map(|s| s.name.clone()).collect();
     let pki = desired.global.pki.as_ref();
-    let mut certs: BTreeSet<PathBuf> = pki.and_then(|p| p.ca_cert.clone()).into_iter().collect();
+    let mut certs = BTreeSet::new();
+    let mut keys = BTreeSet::new();
     let mut written = BTreeSet::new();
     let mut lines = Vec::new();
     for ((_, t), text) in accepted() {
         names.extend(t.conn_names());
-        if t.conf.auth.remote_name().is_some() {
-            certs.extend(pki_of(t, desired).map(|p| p.certificate.clone()));
+        if t.conf.auth.remote_name().is_some()
+            && let Some(p) = pki_of(t, desired)
+        {
+            certs.insert(p.certificate.clone());
+            keys.insert(p.private_key.clone());
         }
         if let Auth::SelfSigned { remote_cert, .. } = &t.conf.auth {
             certs.insert(remote_cert.clone());
@@ -367,12 +386,19 @@ pub fn render(
             lines.push(line.as_str());
         }
     }
-    let ca_cert = pki.and_then(|p| p.ca_cert.as_ref()).map(|p| p_display(p));
+    let ca_cert = pki.and_then(|p| p.ca_cert.as_ref());
+    // The bundle the model read for that path (see `model::Global::ca_bundle`).
+    let members = (desired.global.ca_bundle.as_ref())
+        .filter(|b| Some(&b.path) == ca_cert)
+        .map_or(&[][..], |b| &b.members[..]);
+    let (ca_sections, cas) = cafiles::sections(ca_dir, members);
+    let ca_cert = ca_cert.map(|p| p_display(p));
     let sections: Vec<&str> = accepted().map(|(_, text)| text.conf.as_str()).collect();
     let conf = assemble(&sections, |sections| {
         let ctx = ConfCtx {
             shunts: shunts.clone(),
             ca_cert: ca_cert.clone(),
+            cas: ca_sections.clone(),
             sections,
         };
         templates.render(CONF_TEMPLATE, &ctx)
@@ -383,14 +409,21 @@ pub fn render(
             templates.render(SECRETS_TEMPLATE, &SecretsCtx { lines })
         })?,
         conns: names,
-        certs,
+        certs: certs.union(&keys).cloned().collect(),
+        keys,
+        cas,
         rejected,
     })
 }
 
 /// The files as they are before any tunnel exists (restart and cleanup).
 pub fn empty(templates: &Templates) -> Result<Rendered, TemplateError> {
-    render(templates, &Sections::default(), &Desired::default())
+    render(
+        Path::new("/"),
+        templates,
+        &Sections::default(),
+        &Desired::default(),
+    )
 }
 
 /// The charon drop-in written before a restart.
@@ -400,7 +433,7 @@ pub fn ovs_conf(templates: &Templates) -> Result<String, TemplateError> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::testutil::{desired, psk_tunnel, templates, with};
+    use super::super::testutil::{ca_dir, desired, psk_tunnel, rendered, templates, with};
     use super::*;
     use crate::model::SkbMark;
 
@@ -420,7 +453,7 @@ mod tests {
             c.local_ip = Some("192.0.2.1".parse().unwrap());
             c.dst_port = Some(6090);
         });
-        let r = render(&templates(), &Sections::default(), &desired(vec![t])).unwrap();
+        let r = rendered(&desired(vec![t]));
         assert_eq!(
             section(&r.conf, "gnv-in-3"),
             [
@@ -444,7 +477,7 @@ mod tests {
     #[test]
     fn hostile_psk_cannot_leave_its_field() {
         let t = psk_tunnel("g", "gre", "192.0.2.9", "x\"\nconn evil\n#", 1);
-        let r = render(&templates(), &Sections::default(), &desired(vec![t])).unwrap();
+        let r = rendered(&desired(vec![t]));
         assert!(!r.secrets.contains("evil") && !r.conf.contains("evil"));
         assert_eq!(r.secrets.lines().count(), 3, "{}", r.secrets);
     }
@@ -454,7 +487,7 @@ mod tests {
         let a = psk_tunnel("a", "vxlan", "192.0.2.2", "one", 1);
         let b = psk_tunnel("b", "gre", "192.0.2.2", "two", 1);
         let c = psk_tunnel("c", "geneve", "192.0.2.2", "one", 1);
-        let r = render(&templates(), &Sections::default(), &desired(vec![a, b, c])).unwrap();
+        let r = rendered(&desired(vec![a, b, c]));
         assert_eq!(r.rejected.keys().collect::<Vec<_>>(), ["b"]);
         assert!(
             r.rejected["b"].contains("tunnel 'a'"),
@@ -473,7 +506,7 @@ mod tests {
         });
         let mut d = desired(vec![t]);
         d.global.skb_mark = Some(SkbMark { value: 0, mask: 1 });
-        let r = render(&templates(), &Sections::default(), &d).unwrap();
+        let r = rendered(&d);
         for (name, pp) in [
             ("prevent_unencrypted_gre", "gre"),
             ("prevent_unencrypted_geneve", "udp/6081"),
@@ -493,7 +526,13 @@ mod tests {
         let sections = Sections::default();
         let a = psk_tunnel("a", "vxlan", "192.0.2.2", "one", 1);
         let b = psk_tunnel("b", "gre", "192.0.2.3", "two", 1);
-        let r = render(&templates(), &sections, &desired(vec![a.clone(), b])).unwrap();
+        let r = render(
+            ca_dir(),
+            &templates(),
+            &sections,
+            &desired(vec![a.clone(), b]),
+        )
+        .unwrap();
         let tail = "conn a-in-1\n    left=%any\n    right=192.0.2.2\n    authby=psk\n    \
                     leftprotoport=udp/4789\n    rightprotoport=udp\n\n\
                     conn a-out-1\n    left=%any\n    right=192.0.2.2\n    authby=psk\n    \
@@ -508,7 +547,7 @@ mod tests {
         );
         // b changes (new remote, new version): its section follows, a's is reused as is.
         let b2 = psk_tunnel("b", "gre", "192.0.2.4", "two", 2);
-        let r2 = render(&templates(), &sections, &desired(vec![a, b2])).unwrap();
+        let r2 = render(ca_dir(), &templates(), &sections, &desired(vec![a, b2])).unwrap();
         assert!(
             r2.conf
                 .contains("conn b-2\n    left=%any\n    right=192.0.2.4\n")

@@ -8,8 +8,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 
 use super::plan::Action;
-use super::render::{self, Sections};
-use super::testutil::{desired, psk_tunnel, templates};
+use super::testutil::{desired, psk_tunnel, rendered, templates};
 use super::{Paths, StrongSwanStroke};
 use crate::backend::files::{CONFIG_MODE, SECRET_MODE, write_if_changed};
 use crate::backend::{Backend, Scope};
@@ -41,7 +40,7 @@ fn root() -> tempfile::TempDir {
 
 /// Writes the files a monitor that wanted `d` left behind.
 fn disk(root: &std::path::Path, d: &Desired) {
-    let r = render::render(&templates(), &Sections::default(), d).unwrap();
+    let r = rendered(d);
     let p = Paths::new(root);
     write_if_changed(&p.conf, r.conf.as_bytes(), CONFIG_MODE).unwrap();
     write_if_changed(&p.secrets, r.secrets.as_bytes(), SECRET_MODE).unwrap();

@@ -38,3 +38,19 @@ pub fn with(mut t: DesiredTunnel, f: impl FnOnce(&mut TunnelConf)) -> DesiredTun
     f(Arc::make_mut(&mut t.conf));
     t
 }
+
+/// The CA directory the unit tests render with.
+pub fn ca_dir() -> &'static std::path::Path {
+    std::path::Path::new("/etc/ipsec.d/ovs-cacerts")
+}
+
+/// The files for `d`, rendered from scratch with the default templates.
+pub fn rendered(d: &Desired) -> super::render::Rendered {
+    super::render::render(
+        ca_dir(),
+        &templates(),
+        &super::render::Sections::default(),
+        d,
+    )
+    .unwrap()
+}

@@ -10,7 +10,7 @@ use tracing::warn;
 use super::creds::{CredKey, Sha, bundle_changes};
 use super::observe::Loaded;
 use crate::backend::vici::{Message, check};
-use crate::model::bundle::parse_bundle;
+use crate::model::bundle::CaBundle;
 
 /// One member change sent to charon; `done` (the bundle file's digest) on the last request of
 /// a bundle's load.
@@ -24,22 +24,19 @@ pub struct Member {
 /// A request and what it was for.
 pub type Request = (String, Message, Member);
 
-/// The requests that load bundle `path` as it is now. A bundle already as loaded needs none
-/// and is recorded in `loaded` at once. The error is the reason for the tunnels using it.
-pub async fn load(loaded: &mut Loaded, path: &Path) -> Result<Vec<Request>, String> {
-    let bytes = tokio::fs::read(path)
-        .await
-        .map_err(|e| format!("cannot read CA bundle {}: {e}", path.display()))?;
-    let cas = parse_bundle(&bytes, path).map_err(|e| e.to_string())?;
-    let digest = crate::backend::files::sha256(&bytes);
-    let changes = bundle_changes(&loaded.authorities, path, &cas);
+/// The requests that load `bundle` (the model's reading of it, see
+/// `model::Global::ca_bundle`). A bundle already as loaded needs none and is recorded in
+/// `loaded` at once.
+pub fn load(loaded: &mut Loaded, bundle: &CaBundle) -> Vec<Request> {
+    let path = &bundle.path;
+    let changes = bundle_changes(&loaded.authorities, path, &bundle.members);
     if changes.is_empty() {
         loaded
             .creds
-            .insert(CredKey::Authority(path.to_owned()), digest);
+            .insert(CredKey::Authority(path.to_owned()), bundle.sha256);
     }
     let n = changes.len();
-    Ok(changes
+    changes
         .into_iter()
         .enumerate()
         .map(|(i, c)| {
@@ -47,11 +44,11 @@ pub async fn load(loaded: &mut Loaded, path: &Path) -> Result<Vec<Request>, Stri
                 path: path.to_owned(),
                 id: c.id,
                 load: c.load,
-                done: (i + 1 == n).then_some(digest),
+                done: (i + 1 == n).then_some(bundle.sha256),
             };
             (c.cmd.to_owned(), c.body, member)
         })
-        .collect())
+        .collect()
 }
 
 /// The requests that unload bundle `path`, which is forgotten at once.

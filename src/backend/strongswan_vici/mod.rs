@@ -7,7 +7,7 @@
 //! - `plan` (pure, [`plan`]): credentials and connections to (re)load — one connection, so
 //!   one IKE_SA, per tunnel ([`conns`]) —, tunnels to initiate, our stale connections and
 //!   credentials to unload;
-//! - `apply`: every request of the plan pipelined on the same connection (a cold start of
+//! - `apply` (`apply.rs`): every request of the plan pipelined on the same connection (a cold start of
 //!   1,000 tunnels is one stream of ~4,000 messages, one tunnel change is O(1) messages); an
 //!   initiation is sent only by the end with the lower address ([`initiator`]);
 //! - `status` (pure, [`status`]): per-tunnel state from the SAs;
@@ -24,6 +24,7 @@
 //! `list-sas` and O(1) messages, and a connection someone unloaded by hand is still restored
 //! within one periodic pass.
 
+mod apply;
 pub mod bundles;
 pub mod conns;
 pub mod creds;
@@ -43,20 +44,20 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
-use tracing::{debug, info, warn};
+use tracing::{debug, info};
 
 use self::conns::ConnMemo;
 use self::conns::ike_conn_name;
-use self::creds::{CredKey, CredSource, Sha, load_request, psk_source, unload_request, users};
+use self::creds::CredKey;
 use self::observe::{IkeSa, Loaded, Observed, ObservedConn, parse_conns, parse_sas};
-use self::plan::{Action, body_digest};
+use self::plan::Action;
 use super::ike_view::IkeView;
 use super::initiator;
-use super::vici::{Connection, Message, ViciError, check};
+use super::vici::{Connection, Message, ViciError};
 use super::{
     ApplyReport, Backend, BackendError, BackendEvent, BackendKind, LiveStatus, Scope, StartOptions,
 };
-use crate::model::{Auth, Desired};
+use crate::model::Desired;
 
 /// How old the kept `list-conns` may get before a pass lists again (below the 15 s periodic
 /// pass, so every periodic pass lists).
@@ -64,6 +65,15 @@ pub const RELIST_CONNS: Duration = Duration::from_secs(10);
 
 /// charon's default VICI socket (below `--root-prefix`).
 pub const DEFAULT_SOCKET: &str = "/var/run/charon.vici";
+
+/// What the backend takes from the command line; `app::setup` builds it.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// `--vici-socket`, or charon's default below `--root-prefix`.
+    pub socket: PathBuf,
+    /// `--command-timeout`: the limit of every VICI exchange.
+    pub timeout: Duration,
+}
 
 /// The VICI backend.
 #[derive(Debug)]
@@ -100,11 +110,11 @@ impl Drop for StrongSwanVici {
 }
 
 impl StrongSwanVici {
-    /// A backend for the VICI socket at `socket`; `timeout` bounds every VICI exchange.
-    pub fn new(socket: PathBuf, timeout: Duration) -> Self {
+    /// A backend for the VICI socket and time limit of `config`.
+    pub fn new(config: &Config) -> Self {
         Self {
-            socket,
-            timeout,
+            socket: config.socket.clone(),
+            timeout: config.timeout,
             conn: None,
             loaded: Arc::default(),
             events: None,
@@ -208,38 +218,6 @@ fn backend_error(e: ViciError) -> BackendError {
             detail: other.to_string(),
         },
     }
-}
-
-/// What a request of the batch was for, to account for its answer.
-enum Pending {
-    Cred(CredKey, Sha),
-    Conn {
-        name: String,
-        digest: Sha,
-        tunnel: Option<String>,
-        /// As `list-conns` would show it once loaded.
-        listed: ObservedConn,
-    },
-    Initiate {
-        conn: String,
-        child: String,
-    },
-    Terminate(String),
-    UnloadConn(String),
-    UnloadCred(CredKey),
-    /// `flush-certs` after a renewed certificate was loaded.
-    Flush,
-    /// A change to a CA bundle's authorities.
-    Member(bundles::Member),
-}
-
-/// `terminate` for every IKE_SA of connection `name`: forced (charon sends the DELETE and
-/// destroys the SA without waiting for the answer) and without blocking (`timeout -1`).
-fn terminate_request(name: &str) -> Message {
-    Message::new()
-        .kv("ike", name)
-        .kv("force", "yes")
-        .kv("timeout", "-1")
 }
 
 impl Backend for StrongSwanVici {
@@ -370,240 +348,7 @@ impl Backend for StrongSwanVici {
         desired: &Desired,
         actions: Vec<Action>,
     ) -> Result<ApplyReport, BackendError> {
-        let mut report = ApplyReport::default();
-        // A PSK's source, looked up for the credentials loaded only.
-        let psk = |key: &CredKey| match key {
-            CredKey::Shared(t) => desired.tunnels.get(t).and_then(psk_source),
-            _ => None,
-        };
-        let mut requests = Vec::new();
-        let mut pending = Vec::new();
-        let mut renewed = false;
-        for action in actions {
-            match action {
-                Action::LoadCred(CredKey::Authority(path)) => {
-                    let loaded = Arc::make_mut(&mut self.loaded);
-                    match bundles::load(loaded, &path).await {
-                        Ok(list) => {
-                            for (cmd, body, member) in list {
-                                requests.push((cmd, body));
-                                pending.push(Pending::Member(member));
-                            }
-                        }
-                        Err(e) => {
-                            for t in users(desired, &CredKey::Authority(path.clone())) {
-                                report.errors.insert(t, e.clone());
-                            }
-                        }
-                    }
-                }
-                Action::UnloadCred(CredKey::Authority(path)) => {
-                    let loaded = Arc::make_mut(&mut self.loaded);
-                    for (cmd, body, member) in bundles::unload(loaded, &path) {
-                        requests.push((cmd, body));
-                        pending.push(Pending::Member(member));
-                    }
-                }
-                Action::LoadCred(key) => {
-                    let source = psk(&key);
-                    let (secret, owner) = match (&key, &source) {
-                        (CredKey::Shared(t), Some(CredSource::Psk { owner, .. })) => {
-                            let psk = desired.tunnels.get(t).and_then(|t| match &t.conf.auth {
-                                Auth::Psk(p) => Some(p.expose().as_bytes().to_vec()),
-                                _ => None,
-                            });
-                            (psk, Some(owner.clone()))
-                        }
-                        (k, _) => match k.path() {
-                            Some(p) => match tokio::fs::read(p).await {
-                                Ok(b) if matches!(k, CredKey::Key(_)) => {
-                                    if let Some(w) = crate::backend::files::exposed_key(p) {
-                                        warn!("{w}");
-                                    }
-                                    (Some(b), None)
-                                }
-                                Ok(b) => (Some(b), None),
-                                Err(e) => {
-                                    for t in users(desired, &key) {
-                                        report
-                                            .errors
-                                            .insert(t, format!("cannot read {}: {e}", p.display()));
-                                    }
-                                    continue;
-                                }
-                            },
-                            None => (None, None),
-                        },
-                    };
-                    let Some(secret) = secret else { continue };
-                    let digest = match &source {
-                        Some(CredSource::Psk { digest, .. }) => *digest,
-                        _ => crate::backend::files::sha256(&secret),
-                    };
-                    let (cmd, body) = load_request(&key, &secret, owner.as_deref());
-                    renewed |=
-                        matches!(key, CredKey::Cert(_)) && self.loaded.creds.contains_key(&key);
-                    requests.push((cmd.to_owned(), body));
-                    pending.push(Pending::Cred(key, digest));
-                }
-                Action::LoadConn(c) => {
-                    let digest = body_digest(&c.body);
-                    let listed = c.listed();
-                    requests.push(("load-conn".to_owned(), c.body));
-                    pending.push(Pending::Conn {
-                        name: c.name,
-                        digest,
-                        tunnel: c.tunnel,
-                        listed,
-                    });
-                }
-                Action::Initiate { conn, start } => {
-                    Arc::make_mut(&mut self.loaded)
-                        .attempts
-                        .insert(conn.clone(), self.epoch.elapsed());
-                    // Every child in the same IKE_SA: charon reuses the IKE_SA of the
-                    // connection for the second one even while it is still connecting.
-                    for child in start.children {
-                        let body = Message::new()
-                            .kv("child", child.as_str())
-                            .kv("ike", conn.as_str())
-                            .kv("timeout", "-1")
-                            .kv("init-limits", "no");
-                        requests.push(("initiate".to_owned(), body));
-                        pending.push(Pending::Initiate {
-                            conn: conn.clone(),
-                            child,
-                        });
-                    }
-                }
-                Action::UnloadConn(name) => {
-                    // unload-conn removes the config and its trap policies but leaves its
-                    // established IKE_SA and CHILD_SAs (and their kernel SAs and policies)
-                    // in place: close them first, without waiting for the peer.
-                    requests.push(("terminate".to_owned(), terminate_request(&name)));
-                    pending.push(Pending::Terminate(name.clone()));
-                    requests.push((
-                        "unload-conn".to_owned(),
-                        Message::new().kv("name", name.as_str()),
-                    ));
-                    pending.push(Pending::UnloadConn(name));
-                }
-                Action::UnloadCred(key) => {
-                    let key_id = key
-                        .path()
-                        .and_then(|p| self.loaded.key_ids.get(p))
-                        .map(String::as_str);
-                    match unload_request(&key, key_id) {
-                        Some((cmd, body)) => {
-                            requests.push((cmd.to_owned(), body));
-                            pending.push(Pending::UnloadCred(key));
-                        }
-                        None => {
-                            // charon cannot unload it; forget it so it is loaded again if needed.
-                            Arc::make_mut(&mut self.loaded).creds.remove(&key);
-                        }
-                    }
-                }
-            }
-        }
-        if renewed {
-            // charon's certificate cache would keep presenting (and trusting) the old one.
-            requests.push(("flush-certs".to_owned(), Message::new()));
-            pending.push(Pending::Flush);
-        }
-        let answers = self.batch(requests).await.map_err(backend_error)?;
-        self.reopened = false;
-        // Bundles with a member that failed to load: not recorded as loaded, so retried.
-        let mut failed = BTreeSet::new();
-        for (p, answer) in pending.into_iter().zip(answers) {
-            // A terminate is part of its unload, not an action of its own.
-            if !matches!(p, Pending::Terminate(_)) {
-                report.applied += 1;
-            }
-            match p {
-                Pending::Cred(key, digest) => match check("load credential", &answer) {
-                    Ok(()) => {
-                        if let (CredKey::Key(path), Some(id)) = (&key, answer.str("id")) {
-                            Arc::make_mut(&mut self.loaded)
-                                .key_ids
-                                .insert(path.clone(), id.to_owned());
-                        }
-                        Arc::make_mut(&mut self.loaded).creds.insert(key, digest);
-                    }
-                    Err(e) => {
-                        for t in users(desired, &key) {
-                            report.errors.insert(t, e.to_string());
-                        }
-                    }
-                },
-                Pending::Conn {
-                    name,
-                    digest,
-                    tunnel,
-                    listed,
-                } => match check("load-conn", &answer) {
-                    Ok(()) => {
-                        if let Some((conns, _)) = &mut self.listed {
-                            Arc::make_mut(conns).insert(name.clone(), listed);
-                        }
-                        Arc::make_mut(&mut self.loaded).conns.insert(name, digest);
-                    }
-                    Err(e) => {
-                        let who = tunnel.unwrap_or_else(|| name.clone());
-                        warn!("cannot load connection {name}: {e}");
-                        report
-                            .errors
-                            .insert(who, format!("cannot load connection {name}: {e}"));
-                    }
-                },
-                Pending::Initiate { conn, child } => {
-                    // The trap policy starts it on the first packet anyway; status shows it.
-                    if let Err(e) = check("initiate", &answer) {
-                        debug!("initiate {child} of {conn}: {e}");
-                    }
-                }
-                Pending::Terminate(name) => {
-                    // "no matching SAs to terminate found" when none was up: nothing to do.
-                    if let Err(e) = check("terminate", &answer) {
-                        debug!("terminate {name}: {e}");
-                    }
-                }
-                Pending::UnloadConn(name) => {
-                    if let Err(e) = check("unload-conn", &answer) {
-                        warn!("cannot unload connection {name}: {e}");
-                    }
-                    if let Some((conns, _)) = &mut self.listed {
-                        Arc::make_mut(conns).remove(&name);
-                    }
-                    Arc::make_mut(&mut self.loaded).conns.remove(&name);
-                    Arc::make_mut(&mut self.loaded).attempts.remove(&name);
-                }
-                Pending::Flush => {
-                    if let Err(e) = check("flush-certs", &answer) {
-                        warn!("{e}");
-                    }
-                }
-                Pending::Member(member) => {
-                    let loaded = Arc::make_mut(&mut self.loaded);
-                    if let Err((key, e)) = bundles::answered(loaded, member, &answer, &mut failed) {
-                        warn!("{e}");
-                        for t in users(desired, &key) {
-                            report.errors.insert(t, e.clone());
-                        }
-                    }
-                }
-                Pending::UnloadCred(key) => {
-                    if let Err(e) = check("unload credential", &answer) {
-                        warn!("{e}");
-                    }
-                    if let Some(p) = key.path() {
-                        Arc::make_mut(&mut self.loaded).key_ids.remove(p);
-                    }
-                    Arc::make_mut(&mut self.loaded).creds.remove(&key);
-                }
-            }
-        }
-        Ok(report)
+        self.apply_actions(desired, actions).await
     }
 
     fn status(&self, desired: &Desired, observed: &Observed) -> BTreeMap<String, LiveStatus> {

@@ -47,6 +47,7 @@ pub fn desired(tunnels: Vec<DesiredTunnel>, skb_mark: Option<SkbMark>) -> Desire
         global: Global {
             pki: tunnels.iter().find_map(|t| t.conf.pki.clone()),
             skb_mark,
+            ca_bundle: None,
         },
         tunnels: tunnels
             .into_iter()

@@ -238,12 +238,10 @@ pub fn parse(msg: NetlinkMessage<XfrmMessage>) -> Option<XfrmEvent> {
                 XfrmAttrs::PolicyInfo(i) => Some(i),
                 _ => None,
             });
-            let p = policy_ref(
-                &d.user_policy_id.selector,
-                d.user_policy_id.direction,
-                info,
-                &d.nlas,
-            )?;
+            // The policy itself comes along; the id's selector is all zeros when the policy
+            // was deleted by index (`ip xfrm policy delete dir out index N`).
+            let sel = info.map_or(&d.user_policy_id.selector, |i| &i.selector);
+            let p = policy_ref(sel, d.user_policy_id.direction, info, &d.nlas)?;
             Change::PolicyGone(p, Gone::Deleted)
         }
         XfrmMessage::PolicyExpire(e) if e.expire.hard != 0 => {
@@ -282,9 +280,11 @@ fn selector(s: &Selector) -> Option<EventSelector> {
     })
 }
 
-/// Only ESP SAs: the only kind any backend installs.
+/// Only ESP SAs: the only kind any backend installs. SPI 0 is the kernel's larval state for an
+/// ACQUIRE (an IKE daemon is asked to negotiate an SA), which expires by itself and was never a
+/// tunnel's SA.
 fn sa_ref(info: &UserSaInfo, nlas: &[XfrmAttrs]) -> Option<SaRef> {
-    if info.id.proto != IPPROTO_ESP {
+    if info.id.proto != IPPROTO_ESP || info.id.spi == 0 {
         return None;
     }
     Some(SaRef {
@@ -410,6 +410,33 @@ mod tests {
     }
 
     #[test]
+    fn a_policy_deleted_by_index_is_known_by_the_policy_it_carries() {
+        let info = UserPolicyInfo {
+            selector: sel(),
+            direction: XFRM_POLICY_OUT,
+            index: 17,
+            ..Default::default()
+        };
+        // The kernel's notification of a deletion by index: the id has the index only.
+        let m = XfrmMessage::DeletePolicy(policy::DelGetMessage {
+            user_policy_id: UserPolicyId {
+                selector: Selector::default(),
+                index: 17,
+                direction: XFRM_POLICY_OUT,
+            },
+            nlas: vec![XfrmAttrs::PolicyInfo(info)],
+        });
+        let ev = wire(m, 0).unwrap();
+        let Change::PolicyGone(p, Gone::Deleted) = &ev.change else {
+            panic!("{ev:?}")
+        };
+        assert_eq!(
+            p.to_string(),
+            "out policy 192.0.2.1 -> 192.0.2.2 udp dport 6081"
+        );
+    }
+
+    #[test]
     fn sa_deletes_and_expires_are_read_and_foreign_reqids_are_not_tagged() {
         let m = XfrmMessage::DeleteSa(state::DelGetMessage {
             user_sa_id: Default::default(),
@@ -437,6 +464,19 @@ mod tests {
                 "{ev:?}"
             );
         }
+    }
+
+    #[test]
+    fn larval_acquire_states_are_no_sas() {
+        let mut larval = sa_info(0);
+        larval.id.spi = 0;
+        let m = XfrmMessage::Expire(ExpireMessage {
+            expire: UserExpire {
+                state: larval,
+                hard: 1,
+            },
+        });
+        assert_eq!(wire(m, 0), None);
     }
 
     #[test]

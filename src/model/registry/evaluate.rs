@@ -180,6 +180,16 @@ impl Registry {
             }
             Err(reason) => Some(reason),
         };
+        match self.global.pki.as_ref().and_then(|p| p.ca_cert.as_ref()) {
+            None => self.global.ca_bundle = None,
+            Some(ca) => {
+                if let Ok(bundle) = certs.ca_bundle(ca)
+                    && self.global.ca_bundle.as_ref() != Some(&bundle)
+                {
+                    self.global.ca_bundle = Some(bundle);
+                }
+            }
+        }
         let mark = other_config
             .get("ipsec_skb_mark")
             .map(|m| grammar::skb_mark(m));
