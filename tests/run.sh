@@ -7,8 +7,8 @@
 # (tests/e2e/ci.sh) and the integration tests that touch the kernel (run.sh --cargo-tier).
 # Usage: sudo tests/run.sh [extra cargo test arguments]
 #   With arguments, only `cargo test ARGS` runs (to pick tests); the QEMU tiers run without.
-# Without arguments, every fuzz target also runs for 30 s before the guest runs
-# (tests/fuzz/run.sh, docs/reliability.md).
+# Without arguments, the fault-injection soak runs for 3 minutes (tests/chaos/run.sh) and
+# every fuzz target for 30 s (tests/fuzz/run.sh) before the guest runs (docs/reliability.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 tests/install-deps.sh
@@ -16,6 +16,7 @@ export PATH="$HOME/.cargo/bin:$PATH"
 cargo test --locked --all-targets "$@"
 if [ $# -eq 0 ]; then
     rc=0
+    tests/chaos/run.sh --duration 3m || rc=$?
     tests/fuzz/run.sh || rc=$?
     # Both guest runs, whatever the ones before found.
     tests/e2e/ci.sh || rc=$?

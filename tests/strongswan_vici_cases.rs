@@ -15,7 +15,6 @@ use common::monitor::{iface_key, wait_for};
 use common::netns::NetnsPair;
 use common::vici::{Node, make_pki, make_self_signed, policies, require_strongswan};
 use ovs_monitor_ipsec::backend::strongswan_vici::plan::UNLOAD_CONNECTION;
-use ovs_monitor_ipsec::backend::vici::{Connection, Message, check};
 
 const T: Duration = Duration::from_secs(20);
 
@@ -311,22 +310,7 @@ fn a_lost_connection_is_back_within_20_s_and_another_ike_sa_is_untouched() {
         p.left.ike_sa_id("tun-1").is_some() && p.left.ike_sa_id("t2-1").is_some()
     });
     let id = p.left.ike_sa_id("tun-1");
-    // swanctl 5.9 has no --unload-conn: the VICI command itself, through our client.
-    let socket = p.left.charon.socket();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        let mut c = Connection::connect(&socket, Duration::from_secs(5))
-            .await
-            .unwrap();
-        let answer = c
-            .request("unload-conn", Message::new().kv("name", "t2-1"))
-            .await
-            .unwrap();
-        check("unload-conn", &answer).unwrap();
-    });
+    p.left.charon.unload_conn("t2-1");
     let lost = std::time::Instant::now();
     assert!(!p.left.conns().contains("{t2-1 {"));
     wait_for("t2-1 loaded again", 2 * T, || {

@@ -221,11 +221,13 @@ fn sh(args: &[&str]) -> std::process::Output {
 }
 
 /// An executable script at `path` that appends `<label> ARGS` to `log`, then runs `target`
-/// with the same arguments.
+/// with the same arguments; while a file `hang` exists beside `log`, it hangs instead (a
+/// wedged daemon, for the soak).
 fn logging_wrapper(path: &Path, label: &str, target: &str, log: &Path) {
     let script = format!(
-        "#!/bin/sh\necho \"{label} $*\" >> {}\nexec {target} \"$@\"\n",
-        log.display()
+        "#!/bin/sh\necho \"{label} $*\" >> {}\n[ -e {} ] && exec sleep 3600\nexec {target} \"$@\"\n",
+        log.display(),
+        log.with_file_name("hang").display()
     );
     std::fs::write(path, script).expect("write wrapper");
     let mut perm = std::fs::metadata(path).expect("stat").permissions();
@@ -253,7 +255,8 @@ impl Pluto {
         for d in ["etc/ipsec.d", "usr/sbin", "run/pluto"] {
             std::fs::create_dir_all(root.join(d)).expect("mkdir");
         }
-        // Logs each call, like the stub, so tests can count what the monitor ran.
+        // Logs each call, like the stub, so tests can count what the monitor ran; while the
+        // file `hang` exists beside `calls.log`, every call hangs (a wedged pluto).
         logging_wrapper(
             &root.join("usr/sbin/ipsec"),
             "ipsec",
@@ -264,8 +267,21 @@ impl Pluto {
         std::fs::write(root.join("etc/ipsec.secrets"), "").expect("secrets");
         let p = |s: &str| root.join(s).display().to_string();
         sh(&[ipsec, "initnss", "--nssdir", &p("etc/ipsec.d")]);
-        let log_path = dir.join("pluto.log");
-        let log = log_path.display().to_string();
+        let pluto = Self {
+            root,
+            netns: netns.to_owned(),
+            ipsec,
+            log: dir.join("pluto.log"),
+        };
+        pluto.launch();
+        pluto
+    }
+
+    /// Starts pluto on the files prepared by [`Pluto::start`] and waits until it listens.
+    fn launch(&self) {
+        let p = |s: &str| self.root.join(s).display().to_string();
+        let (ipsec, netns) = (self.ipsec, self.netns.as_str());
+        let log = self.log.display().to_string();
         sh(&[
             "ip",
             "netns",
@@ -286,19 +302,40 @@ impl Pluto {
             "--rundir",
             &p("run/pluto"),
         ]);
-        let pluto = Self {
-            root,
-            netns: netns.to_owned(),
-            ipsec,
-            log: log_path,
-        };
         wait_for("pluto's control socket", Duration::from_secs(10), || {
-            pluto.root.join("run/pluto/pluto.ctl").exists()
+            self.root.join("run/pluto/pluto.ctl").exists()
         });
         // What `ipsec start` does after pluto is up. pluto 5 waits for it: at start it runs
         // its compiled-in /usr/libexec/ipsec/addconn, which here is 4.10's.
-        pluto.whack(&["--listen"]);
-        pluto
+        self.whack(&["--listen"]);
+    }
+
+    /// pluto's pid, from its pid file.
+    pub fn pid(&self) -> Option<i32> {
+        std::fs::read_to_string(self.root.join("run/pluto/pluto.pid"))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    }
+
+    /// Kills pluto with SIGKILL (a crash), waits until it is gone and removes what it leaves
+    /// (its pid file and control socket), as a service manager's restart would find them.
+    pub fn kill9(&self) {
+        if let Some(pid) = self.pid() {
+            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+            wait_for("pluto gone", Duration::from_secs(10), || {
+                !Path::new(&format!("/proc/{pid}")).exists()
+            });
+        }
+        for f in ["run/pluto/pluto.pid", "run/pluto/pluto.ctl"] {
+            let _ = std::fs::remove_file(self.root.join(f));
+        }
+    }
+
+    /// Starts pluto again after [`Pluto::kill9`].
+    pub fn restart(&self) {
+        self.launch();
     }
 
     /// `ipsec whack --ctlsocket <ctl> ARGS` in pluto's namespace (it must succeed).
@@ -329,6 +366,27 @@ impl Pluto {
             .args(args)
             .output()
             .expect("ip netns exec")
+    }
+
+    /// `ipsec status`, or None when pluto does not answer (killed, crashed, starting).
+    pub fn try_status(&self) -> Option<String> {
+        let ctl = self.root.join("run/pluto/pluto.ctl");
+        let out = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &self.netns,
+                self.ipsec,
+                "whack",
+                "--ctlsocket",
+            ])
+            .arg(&ctl)
+            .arg("--status")
+            .output()
+            .ok()?;
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
     /// Deletes `conn` from pluto behind the monitor's back (`ipsec auto --delete`).

@@ -143,6 +143,26 @@ impl Charon {
             .expect("run swanctl")
     }
 
+    /// Unloads connection `name` behind the monitor's back. swanctl 5.9 has no
+    /// `--unload-conn`: the VICI command itself, through our client.
+    pub fn unload_conn(&self, name: &str) {
+        use ovs_monitor_ipsec::backend::vici::{Connection, Message, check};
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("tokio runtime");
+        rt.block_on(async {
+            let mut c = Connection::connect(&self.socket(), Duration::from_secs(5))
+                .await
+                .expect("connect to charon's VICI socket");
+            let answer = c
+                .request("unload-conn", Message::new().kv("name", name))
+                .await
+                .expect("unload-conn");
+            check("unload-conn", &answer).expect("unload-conn accepted");
+        });
+    }
+
     pub fn swanctl_out(&self, args: &[&str]) -> String {
         String::from_utf8_lossy(&self.swanctl(args).stdout).into_owned()
     }

@@ -18,6 +18,7 @@ pub mod plan;
 pub mod render;
 pub mod status;
 pub mod version;
+pub mod watch;
 
 #[cfg(test)]
 mod certs_tests;
@@ -30,6 +31,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use thiserror::Error;
+use tokio::sync::mpsc;
 use tracing::{error, info, warn};
 
 use self::nss::Nss;
@@ -42,7 +44,9 @@ use super::files::{FileError, sha256, sha256_of, under_root};
 use super::ike_view::IkeView;
 use super::initiator;
 use super::templates::{TemplateError, Templates};
-use super::{ApplyReport, Backend, BackendError, BackendKind, LiveStatus, Scope, StartOptions};
+use super::{
+    ApplyReport, Backend, BackendError, BackendEvent, BackendKind, LiveStatus, Scope, StartOptions,
+};
 use crate::model::{Desired, TunnelType};
 
 /// The stderr line Libreswan 5.3 prints for every conn loaded with `auto=route` by an
@@ -452,6 +456,14 @@ impl Backend for Libreswan {
             Ok(text) => IkeView::Tunnels(live::views(desired, &PlutoStatus::parse(&text))),
             Err(e) => IkeView::Unreachable(e.to_string()),
         }
+    }
+
+    /// pluto's death and return, from its pid file beside the control socket ([`watch`]).
+    fn events(&mut self) -> Option<mpsc::Receiver<BackendEvent>> {
+        Some(watch::spawn(
+            self.paths.ctl.with_file_name("pluto.pid"),
+            watch::PERIOD,
+        ))
     }
 
     async fn cleanup(&mut self) -> Result<(), BackendError> {

@@ -22,8 +22,10 @@
 //!   initiated by the end with the lower address only (`backend::initiator`);
 //! - loaded or active, ours, not desired: delete it ("is outdated").
 //!
-//! "Ours" means named in the config file we found at start-up or loaded by this process:
-//! an admin's own conns in the root config are never touched.
+//! "Ours" means named in the config file we found at start-up or loaded by this process, or
+//! named as another version of a desired tunnel's conn (a run killed after writing the new
+//! file leaves the old version's conns, which the file no longer names): an admin's own
+//! conns in the root config are never touched.
 //!
 //! A pass over a few tunnels ([`Scope::Tunnels`]) sees only their part of pluto's status
 //! (`PlutoStatus::parse_in`) and plans only their conns; shunts are left to full passes (a
@@ -38,7 +40,7 @@ use super::nss::CertSource;
 use super::render::SHUNT_PREFIX;
 use super::status::PlutoStatus;
 use crate::backend::Scope;
-use crate::backend::strongswan_stroke::plan::covers;
+use crate::backend::strongswan_stroke::plan::{covers, tunnel_candidates};
 use crate::model::{Desired, DesiredTunnel, SkbMark, TunnelType};
 
 /// A started or added connection gets this long to come up (the Python monitor's
@@ -286,8 +288,18 @@ pub fn plan_in(
             .map(|(_, t)| t)
     };
     let wanted: BTreeSet<String> = in_scope().flat_map(|t| t.conn_names()).collect();
+    // Ours also: another version of a desired tunnel's conn (`X-N`, `X-in-N`, `X-out-N`),
+    // which a run killed between writing the file and deleting it leaves behind.
+    let other_version = |c: &str| {
+        tunnel_candidates(c)
+            .iter()
+            .any(|t| desired.tunnels.contains_key(*t))
+    };
     for conn in st.loaded.union(&st.active) {
-        if covers(scope, conn) && !wanted.contains(conn) && memory.owned.contains(conn) {
+        if covers(scope, conn)
+            && !wanted.contains(conn)
+            && (memory.owned.contains(conn) || other_version(conn))
+        {
             actions.push(Action::Delete {
                 conn: conn.clone(),
                 why: DeleteWhy::Outdated,

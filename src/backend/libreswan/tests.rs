@@ -461,6 +461,32 @@ fn modify_deletes_the_old_version_we_own_only() {
     assert_eq!(a[0].to_string(), "vx1-in-1 is outdated, removing");
 }
 
+/// Found by the fault-injection soak (tests/chaos): a monitor killed after writing the new
+/// version's file, before deleting the old version's conns, left them in pluto for good: the
+/// restarted monitor knew only the conns named in the file it found.
+#[test]
+fn an_old_version_a_killed_run_left_is_deleted() {
+    let o = observed(&["vx1-in-1", "vx1-out-1", "admin-1", "vx1x-in-1"], &[]);
+    let a = plan::plan(&vx(2), &o, &Memory::default(), FILES);
+    let deleted: Vec<&Action> = a
+        .iter()
+        .filter(|a| matches!(a, Action::Delete { .. }))
+        .collect();
+    assert_eq!(
+        deleted,
+        [
+            &Action::Delete {
+                conn: conn("vx1-in-1"),
+                why: DeleteWhy::Outdated
+            },
+            &Action::Delete {
+                conn: conn("vx1-out-1"),
+                why: DeleteWhy::Outdated
+            },
+        ]
+    );
+}
+
 #[test]
 fn pending_conns_wait_then_are_brought_up_or_found_defunct() {
     let mut o = observed(&["vx1-in-1", "vx1-out-1"], &[]);
