@@ -236,13 +236,8 @@ fn stroke_trusts_every_bundle_member_and_loads_renewed_certificates_without_tear
     });
     assert_eq!(sas(&right), rsa);
     // The new key file was written 0644: named in a warning, its content nowhere in the log.
-    left.mon.wait_log(&format!(
-        "private key {} is readable by group or others (mode 0644)",
-        p("left-key.pem").display()
-    ));
-    let key_text = std::fs::read_to_string(p("left-key.pem")).unwrap();
-    let log = left.mon.log();
-    assert!(key_text.lines().skip(1).all(|l| !log.contains(l)));
+    left.mon
+        .assert_exposed_key_warned_not_logged(&p("left-key.pem"));
     reauth(&left, &right, "ca2");
 
     // Both drop CA1: only its section goes, CA2's stays, the IKE_SA stays.

@@ -168,13 +168,8 @@ fn ca_bundle_members_are_all_trusted_and_renewed_certificates_load_without_teard
     assert_eq!(right.ike_sa_id("tun-1").as_deref(), Some(rike.as_str()));
     assert_eq!(trusted_by(right, "ca2"), before);
     // The new key file was written 0644: named in a warning, its content nowhere in the log.
-    left.mon.wait_log(&format!(
-        "private key {} is readable by group or others (mode 0644)",
-        p("left-key.pem").display()
-    ));
-    let key_text = std::fs::read_to_string(p("left-key.pem")).unwrap();
-    let log = left.mon.log();
-    assert!(key_text.lines().skip(1).all(|l| !log.contains(l)));
+    left.mon
+        .assert_exposed_key_warned_not_logged(&p("left-key.pem"));
     reauth(left, "tun-1", right, "ca2");
     wait_for("right vouched for left through CA2", T, || {
         trusted_by(right, "ca2") > before

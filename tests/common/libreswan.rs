@@ -370,20 +370,7 @@ impl Pluto {
 
     /// `ipsec status`, or None when pluto does not answer (killed, crashed, starting).
     pub fn try_status(&self) -> Option<String> {
-        let ctl = self.root.join("run/pluto/pluto.ctl");
-        let out = Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &self.netns,
-                self.ipsec,
-                "whack",
-                "--ctlsocket",
-            ])
-            .arg(&ctl)
-            .arg("--status")
-            .output()
-            .ok()?;
+        let out = self.try_whack(&["--status"]);
         out.status
             .success()
             .then(|| String::from_utf8_lossy(&out.stdout).into_owned())

@@ -114,6 +114,18 @@ impl Monitor {
         self.log().lines().filter(|l| l.contains(pat)).count()
     }
 
+    /// Waits for the warning that `key` is readable by group or others (written 0644), and
+    /// checks that no line of the key's content is in the log.
+    pub fn assert_exposed_key_warned_not_logged(&self, key: &std::path::Path) {
+        self.wait_log(&format!(
+            "private key {} is readable by group or others (mode 0644)",
+            key.display()
+        ));
+        let key_text = std::fs::read_to_string(key).expect("read the key");
+        let log = self.log();
+        assert!(key_text.lines().skip(1).all(|l| !log.contains(l)));
+    }
+
     pub fn wait_log(&self, pat: &str) {
         self.wait_log_for(pat, Duration::from_secs(20));
     }
