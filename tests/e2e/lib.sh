@@ -166,6 +166,15 @@ node_remove() {
     t "$1: node removed"
 }
 
+# OVS 3.1.0 (Debian 12's) sizes its upcall handler threads from a CPU count it reads only once
+# its monotonic clock has passed 10 s. An ovs-vswitchd started earlier in the guest's life (the
+# first scenario of a quickly booted guest) starts with no handler: its kernel datapath loses
+# every upcall for good (dpctl/show "lost" = "missed", no flow is ever installed, the overlay
+# stays dark however correct the SAs), even after it later starts handlers. So no node's
+# ovs-vswitchd starts before the clock has passed 12 s, and node_up fails at once if one still
+# started without handlers (its log says "n-handler-threads to 0").
+ovs_clock_ok() { [ "$(cut -d. -f1 /proc/uptime)" -ge 12 ]; }
+
 # node_up SIDE: the anchor (private /run and /etc), ovsdb-server, ovs-vswitchd and br-ipsec.
 node_up() {
     local s=$1 b
@@ -183,9 +192,12 @@ node_up() {
         --unixctl="$b/ovsdb-server.ctl" --log-file="$b/ovsdb-server.log" --detach --no-chdir ||
         fail "$s: ovsdb-server did not start"
     vsctl "$s" --no-wait init || fail "$s: ovs-vsctl init"
+    wait_until 30 "the guest's clock to pass 12 s (see ovs_clock_ok)" ovs_clock_ok
     nx "$s" ovs-vswitchd unix:"$b/db.sock" --pidfile="$b/vswitchd.pid" --unixctl="$b/vswitchd.ctl" \
         --log-file="$b/vswitchd.log" --detach --no-chdir || fail "$s: ovs-vswitchd did not start"
     vsctl "$s" add-br br-ipsec || fail "$s: add-br"
+    ! grep -q 'n-handler-threads to 0' "$b/vswitchd.log" ||
+        fail "$s: ovs-vswitchd started without upcall handler threads (its datapath would drop every packet)"
     ip -n "$s" addr add "$(overlay_ip "$s")/24" dev br-ipsec && ip -n "$s" link set br-ipsec up ||
         fail "$s: br-ipsec has no overlay address"
     t "$s: node up"
@@ -469,7 +481,8 @@ collect_logs() {
         nx "$s" nft list ruleset
         ip -n "$s" -s link
         ip -n "$s" route
-        ovs-appctl -t "$b/vswitchd.ctl" dpctl/dump-flows
+        ovs-appctl -t "$b/vswitchd.ctl" dpctl/show -s
+        ovs-appctl -t "$b/vswitchd.ctl" dpctl/dump-flows -m
         ovs-appctl -t "$b/mon.ctl" diagnose tun
     } 2>&1 | sed -E "$redact" > "$d/state.txt"
     # Only the running daemon's view (each command is slow under TCG).
