@@ -9,7 +9,8 @@ use sha2::{Digest, Sha256};
 use super::certs::{ca_nick, wanted_certs};
 use super::nss::{CertSource, OLD_CA_NICK};
 use super::plan::{self, Action, Memory, Observed};
-use super::tests::{cert_desired, observed};
+use super::plan_tests::observed;
+use super::tests::cert_desired;
 use crate::model::Desired;
 use crate::model::bundle::BundleCa;
 

@@ -23,6 +23,8 @@ pub mod watch;
 #[cfg(test)]
 mod certs_tests;
 #[cfg(test)]
+mod plan_tests;
+#[cfg(test)]
 mod tests;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
