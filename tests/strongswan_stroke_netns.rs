@@ -6,7 +6,7 @@
 
 mod common;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::kernel;
 use common::monitor::{iface_key, wait_for};
@@ -286,4 +286,55 @@ fn a_connection_deleted_in_charon_is_restored_within_20_s_without_touching_anoth
     let st = left.ipsec("statusall");
     assert_eq!(ike(&st), before, "tunnel a's IKE_SA untouched:\n{st}");
     assert!(st.contains("ESTABLISHED"), "{st}");
+}
+
+/// A charon killed with SIGKILL (starter with it, as a crash of the service) is noticed from
+/// its pid file within a second or two, not at the next periodic pass (15 s): every tunnel
+/// reports that charon does not answer. Started again, it is noticed as well, and the
+/// tunnel's connections are in the new charon with the error gone.
+#[test]
+fn a_killed_charon_is_noticed_at_once_and_the_tunnels_recover_when_it_returns() {
+    let pair = NetnsPair::new("ssk");
+    let left = Node::start(&pair.left);
+    add_tunnel(
+        &left,
+        "tun",
+        "geneve",
+        &["remote_ip=192.0.2.2".into(), "psk=swordfish".into()],
+    );
+    wait_for("tun's connections in charon", T, || {
+        left.ipsec("statusall").contains("tun-out-1")
+    });
+    // Let the pass that loaded them finish, so that the next one is the watch's.
+    std::thread::sleep(Duration::from_secs(2));
+    let dead = "charon does not answer";
+    let before = left.mon.log_count(dead);
+    assert_eq!(left.ike_pids().len(), 2, "starter and charon pids");
+    let killed = Instant::now();
+    left.kill_ike();
+    wait_for("the monitor noticing charon's death", T, || {
+        left.mon.log_count(dead) > before
+    });
+    let noticed = killed.elapsed();
+    eprintln!("strongSwan stroke, charon killed: noticed in {noticed:?}");
+    assert!(
+        noticed < Duration::from_secs(3),
+        "noticed after {noticed:?}: {}",
+        left.mon.log()
+    );
+    wait_for("the tunnel's status naming the dead charon", T, || {
+        iface_key(&left.db, "tun", "ipsec-error").is_some_and(|e| e.contains(dead))
+    });
+    let started = Instant::now();
+    left.start_ike();
+    wait_for("the error gone once charon is back", T, || {
+        iface_key(&left.db, "tun", "ipsec-error").is_none()
+    });
+    let back = started.elapsed();
+    eprintln!("strongSwan stroke, charon back: status clean after {back:?}");
+    // The watch's pass, not the periodic one (every 15 s).
+    assert!(back < Duration::from_secs(10), "clean after {back:?}");
+    assert!(left.ipsec("statusall").contains("tun-out-1"));
+    let log = left.mon.log();
+    assert!(!log.contains("swordfish"), "the PSK was logged");
 }

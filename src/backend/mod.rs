@@ -19,6 +19,7 @@ pub mod initiator;
 pub mod libreswan;
 #[cfg(test)]
 mod noop_edit_tests;
+pub mod pidwatch;
 pub mod secrets;
 pub mod strongswan_stroke;
 pub mod strongswan_vici;

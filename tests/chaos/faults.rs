@@ -102,8 +102,9 @@ impl Soak {
     }
 
     /// The IKE daemon killed with SIGKILL: the monitor notices (VICI: its event connection
-    /// closes; Libreswan: a pass finds pluto gone and the tunnels get an error), and once
-    /// the daemon is started again every tunnel is loaded again.
+    /// closes; stroke and Libreswan: the pass its watch of the daemon's pid file starts finds
+    /// the daemon gone and the tunnels get an error), and once the daemon is started again
+    /// every tunnel is loaded again.
     pub fn ike_kill(&mut self) {
         let n = self.rng.below(self.nodes.len());
         let from = self.nodes[n].log_len();
@@ -112,7 +113,7 @@ impl Soak {
         let node = &self.nodes[n];
         let limit = deadline("ike-kill");
         // VICI: the event connection closes. The others have no channel to their daemon
-        // that stays open: the next pass finds it gone.
+        // that stays open: the pass the pid watch starts finds it gone.
         let sign = match node.mode {
             Mode::Vici => "lost the VICI connection",
             Mode::Stroke => "cannot observe strongswan",

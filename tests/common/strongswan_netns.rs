@@ -90,6 +90,33 @@ impl Node {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// The pids of starter and charon, from the node's private `/run`.
+    pub fn ike_pids(&self) -> Vec<i32> {
+        let run = PathBuf::from(format!("/proc/{}/root/run", self.mon.pid()));
+        ["starter.charon.pid", "charon.pid"]
+            .iter()
+            .filter_map(|f| std::fs::read_to_string(run.join(f)).ok())
+            .filter_map(|p| p.trim().parse().ok())
+            .collect()
+    }
+
+    /// Kills starter and charon with SIGKILL, as a crash of the service (what they leave in
+    /// `/run` stays, as after a real crash).
+    pub fn kill_ike(&self) {
+        for pid in self.ike_pids() {
+            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+        }
+    }
+
+    /// Starts starter and charon again (`ipsec start` through the root's wrapper).
+    pub fn start_ike(&self) {
+        let pid = self.mon.pid();
+        sh(&format!(
+            "nsenter -t {pid} -m -n {}/usr/sbin/ipsec start",
+            self.root.display()
+        ));
+    }
+
     pub fn xfrm_policies(&self) -> String {
         String::from_utf8_lossy(&sh(&format!("ip -n {} xfrm policy", self.ns)).stdout).into_owned()
     }

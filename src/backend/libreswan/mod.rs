@@ -18,7 +18,6 @@ pub mod plan;
 pub mod render;
 pub mod status;
 pub mod version;
-pub mod watch;
 
 #[cfg(test)]
 mod apply_tests;
@@ -47,6 +46,7 @@ use super::command::{Cmd, CommandError};
 use super::files::{FileError, sha256, sha256_of, under_root};
 use super::ike_view::IkeView;
 use super::initiator;
+use super::pidwatch;
 use super::templates::{TemplateError, Templates};
 use super::{
     ApplyReport, Backend, BackendError, BackendEvent, BackendKind, LiveStatus, Scope, StartOptions,
@@ -462,11 +462,11 @@ impl Backend for Libreswan {
         }
     }
 
-    /// pluto's death and return, from its pid file beside the control socket ([`watch`]).
+    /// pluto's death and return, from its pid file beside the control socket ([`pidwatch`]).
     fn events(&mut self) -> Option<mpsc::Receiver<BackendEvent>> {
-        Some(watch::spawn(
+        Some(pidwatch::spawn(
             self.paths.ctl.with_file_name("pluto.pid"),
-            watch::PERIOD,
+            pidwatch::PERIOD,
         ))
     }
 

@@ -1,15 +1,19 @@
-//! Noticing pluto's death and return between passes.
+//! Noticing an IKE daemon's death and return between passes, from its pid file.
 //!
-//! The monitor has no connection to pluto that stays open (every call is a short `ipsec`
-//! command), so without this a killed pluto is noticed only by the next periodic pass (up to
-//! 15 s), and the connections are loaded again into a restarted one only by the pass after.
-//! pluto writes its pid next to its control socket (`pluto.pid` beside `pluto.ctl`); a task
-//! reads it twice a second and checks that the process exists. A change of the running pid
-//! (gone, back, another one) is a [`BackendEvent`]: gone is `StateChanged` (the pass that
-//! follows fails to observe and says so in every tunnel's status), a new pid is
-//! `DaemonRestarted` (the pass loads every connection into it). A pid that cannot be checked
-//! (no pid file, pluto in another pid namespace) stays silent: the periodic pass still
-//! covers it.
+//! With stroke and Libreswan the monitor has no connection to the daemon that stays open
+//! (every call is a short `ipsec` command), so without this a killed charon or pluto is
+//! noticed only by the next periodic pass (up to 15 s), and its connections are loaded again
+//! into a restarted one only by the pass after. Both daemons write their pid to a file
+//! (`pluto.pid` beside `pluto.ctl`, charon's `charon.pid` in its run directory); a task reads
+//! it five times a second and checks that the process exists. A change of the running pid
+//! (gone, back, another one) is a [`BackendEvent`]: gone is `StateChanged` (the pass that follows
+//! fails to observe and says so in every tunnel's status), a new pid is `DaemonRestarted` (the
+//! pass loads every connection into it). A pid that cannot be checked (no pid file, the
+//! daemon in another pid namespace) stays silent: the periodic pass still covers it. VICI
+//! needs none of this: its socket closes when charon dies.
+//!
+//! charon writes its pid file after loading its plugins (the stroke socket among them), so a
+//! new charon pid belongs to a charon that answers.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -18,8 +22,8 @@ use tokio::sync::mpsc;
 
 use crate::backend::BackendEvent;
 
-/// How often the pid file is read.
-pub const PERIOD: Duration = Duration::from_millis(500);
+/// How often the pid file is read (a read and a signal 0: nothing next to a pass).
+pub const PERIOD: Duration = Duration::from_millis(200);
 
 /// The running pid the file at `path` names, if any: the file parses and the process
 /// exists (signal 0 reaches it, or it exists but belongs to someone else).
@@ -82,7 +86,7 @@ mod tests {
     #[test]
     fn a_running_pid_is_read_a_dead_or_missing_one_is_not() {
         let dir = tempfile::tempdir().unwrap();
-        let f = dir.path().join("pluto.pid");
+        let f = dir.path().join("daemon.pid");
         assert_eq!(running(&f), None);
         std::fs::write(&f, format!("{}\n", std::process::id())).unwrap();
         assert_eq!(running(&f), Some(std::process::id() as i32));
@@ -104,13 +108,13 @@ mod tests {
         );
     }
 
-    /// Found by the fault-injection soak (tests/chaos): a pluto killed with SIGKILL was
-    /// noticed only by the next periodic pass, up to 15 s later, and its connections loaded
-    /// again into the restarted one only by the pass after that.
+    /// Found by the fault-injection soak (tests/chaos): a pluto (and a charon under stroke)
+    /// killed with SIGKILL was noticed only by the next periodic pass, up to 15 s later, and
+    /// its connections loaded again into the restarted one only by the pass after that.
     #[tokio::test]
-    async fn the_watch_reports_a_killed_and_a_restarted_pluto_at_once() {
+    async fn the_watch_reports_a_killed_and_a_restarted_daemon_at_once() {
         let dir = tempfile::tempdir().unwrap();
-        let f = dir.path().join("pluto.pid");
+        let f = dir.path().join("daemon.pid");
         std::fs::write(&f, format!("{}\n", std::process::id())).unwrap();
         let mut rx = spawn(f.clone(), Duration::from_millis(20));
         let limit = Duration::from_secs(10);
