@@ -2,6 +2,7 @@
 //! random input in `hostile`.
 
 mod hostile;
+mod moved;
 
 use super::*;
 use crate::model::cert::fake::FakeCerts;
