@@ -18,7 +18,9 @@
 //! written in place: a new version would rename its connections and replace them with their
 //! SAs for nothing. The identities the files carry (`local_name`, `remote_name`) and whether a
 //! CA is configured at all still count. Digests saved by builds that hashed the paths still
-//! match ([`matches`]), so an upgrade renames nothing.
+//! match the same paths ([`matches`]), so an upgrade renames nothing; paths changed while an
+//! older build's digest was on file cannot be told from another configuration, and give the
+//! next version once.
 
 use std::collections::BTreeMap;
 
