@@ -3,11 +3,6 @@
 
 use super::*;
 
-const PKI_MOVED: &[(&str, &str)] = &[
-    ("certificate", "/c/cert.pem"),
-    ("private_key", "/c/key.pem"),
-    ("ca_cert", "/c/ca.pem"),
-];
 const PKI_NO_CA: &[(&str, &str)] = &[
     ("certificate", "/c/cert.pem"),
     ("private_key", "/c/key.pem"),
@@ -15,11 +10,7 @@ const PKI_NO_CA: &[(&str, &str)] = &[
 
 fn moved_certs() -> FakeCerts {
     let mut c = certs();
-    for (path, cn) in [
-        ("/c/cert.pem", "host1"),
-        ("/peer-renewed.pem", "host2"),
-        ("/other-peer.pem", "host3"),
-    ] {
+    for (path, cn) in [("/peer-renewed.pem", "host2"), ("/other-peer.pem", "host3")] {
         c.cns.insert(path.into(), cn.into());
     }
     c
@@ -47,7 +38,7 @@ fn new_pki_paths_with_the_same_identity_keep_every_version() {
     reg.update(Some(&ovs(PKI_A)), [&ca, &ss, &psk], &mut c);
     let (generation, saved) = (reg.generation(), reg.saved_versions().clone());
 
-    let events = reg.update(Some(&ovs(PKI_MOVED)), [&ca, &ss, &psk], &mut c);
+    let events = reg.update(Some(&ovs(PKI_A_MOVED)), [&ca, &ss, &psk], &mut c);
     assert_eq!(
         texts(&events),
         [
@@ -72,7 +63,7 @@ fn new_pki_paths_with_the_same_identity_keep_every_version() {
     // The same update again changes nothing.
     let g = reg.generation();
     assert!(
-        reg.update(Some(&ovs(PKI_MOVED)), [&ca, &ss, &psk], &mut c)
+        reg.update(Some(&ovs(PKI_A_MOVED)), [&ca, &ss, &psk], &mut c)
             .is_empty()
     );
     assert_eq!(reg.generation(), g);
