@@ -200,7 +200,10 @@ fn ca_bundle_members_are_all_trusted_and_renewed_certificates_load_without_teard
     wait_for(
         "the certificate at its new path in left's charon",
         T,
-        || certs(left) > loaded,
+        || {
+            left.mon.appctl_ok(&["refresh"]);
+            certs(left) > loaded
+        },
     );
     assert_eq!(left.ike_sa_id("tun-1").as_deref(), Some(ike.as_str()));
     assert_eq!(right.ike_sa_id("tun-1").as_deref(), Some(rike.as_str()));
@@ -223,7 +226,10 @@ fn ca_bundle_members_are_all_trusted_and_renewed_certificates_load_without_teard
     wait_for(
         "the certificate renewed at its new path in left's charon",
         T,
-        || certs(left) > loaded,
+        || {
+            left.mon.appctl_ok(&["refresh"]);
+            certs(left) > loaded
+        },
     );
     reauth(left, "tun-1", right, "ca2");
     wait_for("right vouched for left through CA2", T, || {
