@@ -1,8 +1,9 @@
 //! Certificate lifecycle against REAL plutos (Libreswan 4.10 and 5, network namespaces, one
 //! pluto, ovsdb-server and monitor per node): every CA of a `ca_cert` bundle is in pluto's
 //! NSS database under its own nickname with CA trust, and renewed certificates — the same key
-//! or a new one, written in place — are imported by content into the running pluto without
-//! touching its SAs; a forced re-authentication then uses them. Every `certutil`/`pk12util`
+//! or a new one, written in place or at new paths (ours, and a self-signed peer's
+//! `remote_cert`) — are imported by content into the running pluto without touching its SAs
+//! or renaming its conns; a forced re-authentication then uses them. Every `certutil`/`pk12util`
 //! call of the monitor is logged (`Pluto::start_monitor`), which proves that a changed bundle
 //! touches only its changed members and an unchanged file touched costs nothing.
 //!
@@ -30,6 +31,16 @@ fn v4_ca_bundle_members_in_nss_and_renewed_certificates_load_without_teardown() 
 #[test]
 fn v5_ca_bundle_members_in_nss_and_renewed_certificates_load_without_teardown() {
     bundle_and_renewal(REAL_IPSEC_V5, "lcrt5");
+}
+
+#[test]
+fn v4_self_signed_certificates_renewed_at_new_paths_keep_the_conns() {
+    self_signed_at_new_paths(REAL_IPSEC, "lmov4");
+}
+
+#[test]
+fn v5_self_signed_certificates_renewed_at_new_paths_keep_the_conns() {
+    self_signed_at_new_paths(REAL_IPSEC_V5, "lmov5");
 }
 
 /// Our CA nicknames in `p`'s NSS database, each with its trust flags.
@@ -230,6 +241,11 @@ fn bundle_and_renewal(ipsec: &'static str, prefix: &str) {
     }
     reauthenticate(&pair, 0, "ca2");
 
+    // Right re-issued by CA2 with a new key, written at NEW paths: the same conns (the tunnel
+    // keeps its version), the new certificate and key imported under the same nickname.
+    renew_at_new_paths(&pair, pki, 1, "ca2");
+    reauthenticate(&pair, 1, "ca2");
+
     // The bundle loses CA1: CA1's nickname is deleted, nothing else is touched.
     let before = sa_snapshot(&pair);
     let calls = nss_calls_during(
@@ -354,4 +370,119 @@ fn renew(pair: &Pair, pki: &Path, i: usize, ca: &str, new_key: bool) {
         assert!(!m.log().contains("is outdated"), "{}", m.log());
     }
     assert_eq!(sa_snapshot(pair), before, "{side} renewed by {ca}");
+}
+
+/// Re-issues side `i`'s certificate by `ca` with a new key, both at new paths set in OVSDB,
+/// waits until its monitor imported them into pluto's NSS under the same nickname and checks
+/// that no conn or SA changed meanwhile.
+fn renew_at_new_paths(pair: &Pair, pki: &Path, i: usize, ca: &str) {
+    let side = SIDES[i].0;
+    let (cert, key) = (
+        pki.join(format!("{side}-cert-2027.pem")),
+        pki.join(format!("{side}-key-2027.pem")),
+    );
+    rsa_key(&key);
+    issue(pki, ca, side, &key, &cert);
+    let pem = std::fs::read_to_string(&cert).unwrap();
+    let before = sa_snapshot(pair);
+    let nick = format!("ovs_certkey_{side}");
+    let pl = &pair.plutos[i];
+    let calls = nss_calls_during(
+        pair,
+        || {
+            pair.dbs[i].vsctl(&[
+                "set",
+                "Open_vSwitch",
+                ".",
+                &format!("other_config:certificate={}", cert.display()),
+                &format!("other_config:private_key={}", key.display()),
+            ]);
+        },
+        || body(&nss_pem(pl, &nick)) == body(&pem),
+    );
+    assert!(
+        changes(&calls)
+            .iter()
+            .any(|c| c.starts_with("pk12util -i ")),
+        "{calls:#?}"
+    );
+    pair.monitors[i].wait_log("credential files moved, keeping version");
+    for m in &pair.monitors {
+        assert!(!m.log().contains("is outdated"), "{}", m.log());
+    }
+    assert_eq!(
+        sa_snapshot(pair),
+        before,
+        "{side} renewed by {ca} at new paths"
+    );
+}
+
+/// Self-signed peers: right's certificate renewed (same key) and written at a new path,
+/// right's `certificate` and left's `remote_cert` pointed at it. Both monitors import it by
+/// content under the nicknames they had (ours with its key on right, the peer's on left), no
+/// conn is renamed, and a fresh IKE_AUTH authenticates with it.
+fn self_signed_at_new_paths(ipsec: &'static str, prefix: &str) {
+    let (tmp, pair) = Pair::self_signed_up(prefix, ipsec);
+    let pki = tmp.path();
+    pair.wait_outcome("tun");
+    // A new self-signed certificate for right, on its key, at a new path.
+    let renewed = pki.join("2027");
+    std::fs::create_dir_all(&renewed).unwrap();
+    std::fs::copy(
+        pki.join("right-privkey.pem"),
+        renewed.join("right-privkey.pem"),
+    )
+    .unwrap();
+    let out = std::process::Command::new("openssl")
+        .args(["req", "-x509", "-days", "3", "-subj", "/CN=right", "-key"])
+        .arg(renewed.join("right-privkey.pem"))
+        .arg("-out")
+        .arg(renewed.join("right-cert.pem"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let new_cert = renewed.join("right-cert.pem");
+    let pem = std::fs::read_to_string(&new_cert).unwrap();
+    assert_ne!(
+        body(&pem),
+        body(&std::fs::read_to_string(pki.join("right-cert.pem")).unwrap())
+    );
+    let before = sa_snapshot(&pair);
+    let (left, right) = (&pair.plutos[0], &pair.plutos[1]);
+    let calls = nss_calls_during(
+        &pair,
+        || {
+            pair.dbs[1].vsctl(&[
+                "set",
+                "Open_vSwitch",
+                ".",
+                &format!("other_config:certificate={}", new_cert.display()),
+            ]);
+            pair.dbs[0].vsctl(&[
+                "set",
+                "Interface",
+                "tun",
+                &format!("options:remote_cert={}", new_cert.display()),
+            ]);
+        },
+        || {
+            body(&nss_pem(right, "ovs_certkey_right")) == body(&pem)
+                && body(&nss_pem(left, "ovs_cert_right")) == body(&pem)
+        },
+    );
+    assert!(!changes(&calls).is_empty(), "{calls:#?}");
+    for m in &pair.monitors {
+        m.wait_log("credential files moved, keeping version");
+        assert!(!m.log().contains("is outdated"), "{}", m.log());
+    }
+    assert_eq!(sa_snapshot(&pair), before);
+    // A full IKE_AUTH with the new certificate on both sides.
+    let marks: Vec<usize> = pair.plutos.iter().map(|p| p.log().len()).collect();
+    for p in &pair.plutos {
+        for serial in p.ike_sas() {
+            p.try_whack(&["--deletestate", serial.trim_start_matches('#')]);
+        }
+    }
+    pair.wait_authenticated_since(&marks, "with right's certificate from its new path");
+    pair.wait_outcome("tun");
 }

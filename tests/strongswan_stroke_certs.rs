@@ -2,7 +2,8 @@
 //! namespaces, each with its own ovsdb-server, our monitor and the charon it restarts. A CA
 //! bundle trusts every member (charon's `cacert=` reads only a file's first certificate, so
 //! the monitor writes one `ca` section and file per member); renewed certificates and keys,
-//! written in place, reach the running charon without touching the established IKE_SA; a
+//! written in place or at new paths, reach the running charon without touching the
+//! established IKE_SA or renaming the conns; a
 //! malformed bundle or a key of another certificate makes the tunnel `invalid`.
 //!
 //! The proof is the IKE_SA's unique id and, where the kernel has ESP (the QEMU tier's cargo
@@ -238,6 +239,47 @@ fn stroke_trusts_every_bundle_member_and_loads_renewed_certificates_without_tear
     // The new key file was written 0644: named in a warning, its content nowhere in the log.
     left.mon
         .assert_exposed_key_warned_not_logged(&p("left-key.pem"));
+    reauth(&left, &right, "ca2");
+
+    // Left renewed by CA1 at NEW paths (the key copied as is): the tunnel keeps its version,
+    // so its conns keep their names and charon its IKE_SA; `ipsec update` re-adds the conns
+    // with the new `leftcert=`, and the next authentication presents the new certificate.
+    let (cert3, key3) = (p("left-cert-2027.pem"), p("left-key-2027.pem"));
+    std::fs::copy(p("left-key.pem"), &key3).unwrap();
+    issue(pki, "ca1", "left", &key3, &cert3);
+    let (lsa, rsa, conn) = (sas(&left), sas(&right), out_conn(&left));
+    let loaded_new = format!("loaded certificate \"CN=left\" from '{}'", cert3.display());
+    set_pki(&left, &cert3, &key3, &p("left-ca.pem"));
+    left.mon.wait_log("credential files moved, keeping version");
+    wait_for("charon to load the certificate at its new path", T, || {
+        left.mon.appctl_ok(&["refresh"]);
+        left.charon_log().contains(&loaded_new)
+    });
+    assert_eq!(out_conn(&left), conn);
+    assert_eq!((sas(&left), sas(&right)), (lsa, rsa));
+    assert!(
+        !left.mon.log().contains("is outdated"),
+        "{}",
+        left.mon.log()
+    );
+    // Right trusted left through CA2 so far: CA1 vouching now proves the new certificate.
+    reauth(&left, &right, "ca1");
+    // Renewed in place at its new path (by CA2 again, for the CA steps below): the stamps
+    // follow the new path, so charon reloads it as any renewal in place.
+    let before = reloads(&left);
+    let cert4 = p("left-cert-2027.new");
+    issue(pki, "ca2", "left", &key3, &cert4);
+    let rsa = sas(&right);
+    replace(&cert3, &std::fs::read(&cert4).unwrap());
+    wait_for(
+        "the certificate renewed at its new path reloaded",
+        T,
+        || {
+            left.mon.appctl_ok(&["refresh"]);
+            reloads(&left) > before
+        },
+    );
+    assert_eq!((sas(&right), out_conn(&left)), (rsa, conn));
     reauth(&left, &right, "ca2");
 
     // Both drop CA1: only its section goes, CA2's stays, the IKE_SA stays.

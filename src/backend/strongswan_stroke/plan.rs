@@ -5,6 +5,11 @@
 //! - A certificate replaced at the same path (see [`super::conffile`]) gives
 //!   `ipsec rereadall` + `ipsec reload`: charon re-reads the files and re-adds the
 //!   connections; established SAs stay up and re-authenticate with the new certificate.
+//! - A certificate or key at a new path keeps the tunnel's version (see
+//!   `model::versions::same_version`): only `leftcert=`/`rightcert=` and the secrets line
+//!   change, so `rereadsecrets` + `update` re-add those connections under the same names and
+//!   charon keeps their IKE_SAs (checked with real charons, `tests/strongswan_stroke_certs.rs`);
+//!   the stamps then follow the new path.
 //! - Drift: a connection of an unchanged file that charon does not have (deleted by hand,
 //!   lost by a crash) gives `ipsec reload`, since `ipsec update` only acts on file changes.
 //!   Not while our own update or reload may still be in progress in starter (it applies them

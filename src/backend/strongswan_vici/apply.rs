@@ -66,6 +66,11 @@ impl StrongSwanVici {
         let mut requests = Vec::new();
         let mut pending = Vec::new();
         let mut renewed = false;
+        // A certificate dropped at one path while one is loaded from another is a renewal
+        // written at a new path: the cache must forget the old one as for one in place.
+        let moved = actions
+            .iter()
+            .any(|a| matches!(a, Action::UnloadCred(CredKey::Cert(_))));
         // While the configured bundle has never parsed (the model holds no reading of that
         // path), it may list authorities an earlier run left: none is unloaded as stale.
         let ca_cert = desired.global.pki.as_ref().and_then(|p| p.ca_cert.as_ref());
@@ -136,8 +141,8 @@ impl StrongSwanVici {
                         _ => crate::backend::files::sha256(&secret),
                     };
                     let (cmd, body) = load_request(&key, &secret, owner.as_deref());
-                    renewed |=
-                        matches!(key, CredKey::Cert(_)) && self.loaded.creds.contains_key(&key);
+                    renewed |= matches!(key, CredKey::Cert(_))
+                        && (moved || self.loaded.creds.contains_key(&key));
                     requests.push((cmd.to_owned(), body));
                     pending.push(Pending::Cred(key, digest));
                 }

@@ -102,6 +102,17 @@ pub fn plan(desired: &Desired, observed: &Observed) -> Vec<Action> {
 pub fn plan_with(memo: &ConnMemo, desired: &Desired, observed: &Observed) -> Vec<Action> {
     let mut actions = Vec::new();
     let creds = desired_creds(desired);
+    // A private key no longer wanted at its path goes before the loads: the same key at a
+    // new path (a renewal with the same key, written elsewhere) gets the same key id from
+    // charon, and unloading that id after loading it would remove the key we still use.
+    let gone = |key: &&CredKey| !creds.contains_key(*key);
+    let (old_keys, old_others): (Vec<&CredKey>, Vec<&CredKey>) = observed
+        .loaded
+        .creds
+        .keys()
+        .filter(gone)
+        .partition(|k| matches!(k, CredKey::Key(_)));
+    actions.extend(old_keys.into_iter().cloned().map(Action::UnloadCred));
     for (key, source) in &creds {
         let loaded = observed.loaded.creds.get(key);
         let current = match source {
@@ -132,11 +143,7 @@ pub fn plan_with(memo: &ConnMemo, desired: &Desired, observed: &Observed) -> Vec
             actions.push(Action::UnloadConn(name.clone()));
         }
     }
-    for key in observed.loaded.creds.keys() {
-        if !creds.contains_key(key) {
-            actions.push(Action::UnloadCred(key.clone()));
-        }
-    }
+    actions.extend(old_others.into_iter().cloned().map(Action::UnloadCred));
     // Last: the bundles loaded above claim the members they list first.
     if !observed.loaded.adoptable.is_empty() {
         let ids = observed.loaded.adoptable.iter().cloned().collect();
@@ -523,6 +530,38 @@ mod tests {
         let mut gone = o;
         gone.files.insert("/pki/cacert.pem".into(), None);
         assert!(plan(&d, &gone).is_empty());
+    }
+
+    /// The certificate and key renewed at new paths under the same version: the old key is
+    /// unloaded before the new one is loaded (the same key gets the same id in charon), the
+    /// connection is not touched, and the old certificate is only forgotten.
+    #[test]
+    fn credentials_at_new_paths_reload_by_content_and_keep_the_connection() {
+        let d = desired(vec![cert_tunnel("t", "192.0.2.2", "right", true)], None);
+        let mut o = Observed::default();
+        pki_files(&mut o);
+        let o = converge(&d, o.clone(), &plan(&d, &o));
+        let mut moved = d.clone();
+        let t = moved.tunnels.get_mut("t").unwrap();
+        let conf = Arc::make_mut(&mut t.conf);
+        let pki = Arc::make_mut(conf.pki.as_mut().unwrap());
+        pki.certificate = "/pki/2027/left-cert.pem".into();
+        pki.private_key = "/pki/2027/left-privkey.pem".into();
+        moved.global.pki = conf.pki.clone();
+        let mut o2 = o.clone();
+        for p in ["/pki/2027/left-cert.pem", "/pki/2027/left-privkey.pem"] {
+            o2.files
+                .insert(p.into(), Some(crate::backend::files::sha256(p.as_bytes())));
+        }
+        assert_eq!(
+            names(&plan(&moved, &o2)),
+            [
+                "unload private key /pki/left-privkey.pem",
+                "load private key /pki/2027/left-privkey.pem",
+                "load certificate /pki/2027/left-cert.pem",
+                "unload certificate /pki/left-cert.pem",
+            ]
+        );
     }
 
     /// Authorities an earlier run left are unloaded last, after the bundles that may claim

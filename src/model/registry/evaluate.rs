@@ -228,12 +228,21 @@ impl Registry {
             Some(tunnel) => {
                 let changed = tunnel.validity != validity;
                 if changed {
-                    tunnel.version += 1;
+                    // New paths of the same credentials' kind keep the version: the
+                    // backends reload the files by content (see `versions::same_version`).
+                    if versions::same_version(&tunnel.validity, &validity) {
+                        events.push(ModelEvent::CredentialsMoved {
+                            name: name.to_owned(),
+                            version: tunnel.version,
+                        });
+                    } else {
+                        tunnel.version += 1;
+                        events.push(ModelEvent::Changed {
+                            name: name.to_owned(),
+                            version: tunnel.version,
+                        });
+                    }
                     tunnel.validity = validity;
-                    events.push(ModelEvent::Changed {
-                        name: name.to_owned(),
-                        version: tunnel.version,
-                    });
                 }
                 tunnel.uuid.clone_from(&row.uuid);
                 tunnel.raw = validate::raw(row);

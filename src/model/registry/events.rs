@@ -24,6 +24,12 @@ pub enum ModelEvent {
     Disappeared {
         name: String,
     },
+    /// Only the paths of the tunnel's credential files changed: it keeps `version` (and its
+    /// connections), and the backend reloads the files by content.
+    CredentialsMoved {
+        name: String,
+        version: u64,
+    },
     /// `reason` starts with ": ".
     Invalid {
         name: String,
@@ -45,6 +51,7 @@ impl ModelEvent {
         match self {
             Self::Appeared { name }
             | Self::Changed { name, .. }
+            | Self::CredentialsMoved { name, .. }
             | Self::Disappeared { name }
             | Self::Invalid { name, .. } => Some(name),
             Self::GlobalPkiInvalid { .. } | Self::SkbMarkInvalid { .. } => None,
@@ -53,7 +60,10 @@ impl ModelEvent {
 
     pub fn level(&self) -> Level {
         match self {
-            Self::Appeared { .. } | Self::Changed { .. } | Self::Disappeared { .. } => Level::INFO,
+            Self::Appeared { .. }
+            | Self::Changed { .. }
+            | Self::CredentialsMoved { .. }
+            | Self::Disappeared { .. } => Level::INFO,
             Self::Invalid { .. } | Self::GlobalPkiInvalid { .. } | Self::SkbMarkInvalid { .. } => {
                 Level::WARN
             }
@@ -64,6 +74,9 @@ impl ModelEvent {
 /// What the log line of [`ModelEvent::Changed`] says after the tunnel's name (OVS's tests grep
 /// it; ours look for its absence after a resync).
 pub const CONFIGURATION_CHANGED: &str = "configuration changed in OVSDB to";
+
+/// What the log line of [`ModelEvent::CredentialsMoved`] says after the tunnel's name.
+pub const CREDENTIALS_MOVED: &str = "credential files moved, keeping version";
 
 impl fmt::Display for ModelEvent {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -77,6 +90,11 @@ impl fmt::Display for ModelEvent {
             Self::Disappeared { name } => {
                 write!(f, "Tunnel {} disappeared from OVSDB", shown_name(name))
             }
+            Self::CredentialsMoved { name, version } => write!(
+                f,
+                "Tunnel's '{}' {CREDENTIALS_MOVED} {version}: reloading them by content",
+                shown_name(name)
+            ),
             Self::Invalid { name, reason } => {
                 write!(
                     f,

@@ -6,7 +6,9 @@
 //!   as in Python. `ipsec_skb_mark` is checked on its own, so a bad mark neither blocks a
 //!   good PKI nor is blocked by a bad one.
 //! - A tunnel's version starts at 1 and grows by one whenever its [`Validity`] changes
-//!   (an invalid reason included). The PKI is part of a certificate-mode tunnel's
+//!   (an invalid reason included), except when only the paths of its credential files do
+//!   ([`super::versions::same_version`]): the new paths reach the backends under the same
+//!   version, and each reloads the files by content, as for a renewal in place. The PKI is part of a certificate-mode tunnel's
 //!   configuration and absent from a PSK tunnel's, and the skb mark is part of none, so a
 //!   global change re-creates only the connections that depend on it (Python re-created all).
 //! - Events are produced only by changes: unchanged input yields no events and keeps every
@@ -31,7 +33,7 @@ use super::rows::{InterfaceRow, OpenVSwitchRow, Rows};
 use super::types::{Desired, DesiredTunnel, Global, Tunnel};
 use super::versions::SavedVersions;
 
-pub use events::{CONFIGURATION_CHANGED, GLOBAL_PKI_INVALID, ModelEvent};
+pub use events::{CONFIGURATION_CHANGED, CREDENTIALS_MOVED, GLOBAL_PKI_INVALID, ModelEvent};
 
 /// Known tunnels by name, plus the global settings in force.
 #[derive(Debug, Default)]

@@ -261,6 +261,14 @@ fn variant() -> impl Strategy<Value = Option<(&'static str, Vec<(&'static str, &
             "vxlan",
             vec![("remote_ip", "10.0.0.1"), ("remote_cert", "/peer.pem")],
         )),
+        // The same peer certificate at another path: the same version.
+        Some((
+            "vxlan",
+            vec![
+                ("remote_ip", "10.0.0.1"),
+                ("remote_cert", "/peer-moved.pem"),
+            ],
+        )),
         Some((
             "gre",
             vec![("remote_ip", "192.0.2.3"), ("remote_name", "host2")],
@@ -276,7 +284,7 @@ proptest! {
     #[test]
     fn incremental_updates_match_full_ones(
         steps in prop::collection::vec(
-            (0..4usize, prop::sample::select(vec!["a", "b", "c"]), variant(), 0..4usize),
+            (0..4usize, prop::sample::select(vec!["a", "b", "c"]), variant(), 0..5usize),
             1..16,
         ),
     ) {
@@ -294,8 +302,9 @@ proptest! {
                 update["Interface"][uuid.as_str()] = json!({"new": {
                     "name": name, "type": kind, "options": ["map", opts]}});
             }
-            let globals: [&[(&str, &str)]; 4] =
-                [&[], PKI_A, PKI_B, &[("ipsec_skb_mark", "1/1")]];
+            // PKI_A_MOVED: PKI_A's identity at other paths (the same versions).
+            let globals: [&[(&str, &str)]; 5] =
+                [&[], PKI_A, PKI_B, &[("ipsec_skb_mark", "1/1")], PKI_A_MOVED];
             let other = globals[pki];
             update["Open_vSwitch"] = json!({"o": {"new": {"other_config": ["map", other]}}});
             replica.apply_update(&update).unwrap();

@@ -2,6 +2,7 @@
 //! random input in `hostile`.
 
 mod hostile;
+mod moved;
 
 use super::*;
 use crate::model::cert::fake::FakeCerts;
@@ -38,11 +39,20 @@ const PKI_B: &[(&str, &str)] = &[
     ("ca_cert", "/a/ca.pem"),
 ];
 
+/// PKI_A's certificate (the same CN) and key at other paths.
+const PKI_A_MOVED: &[(&str, &str)] = &[
+    ("certificate", "/c/cert.pem"),
+    ("private_key", "/c/key.pem"),
+    ("ca_cert", "/c/ca.pem"),
+];
+
 fn certs() -> FakeCerts {
     FakeCerts::with(&[
         ("/a/cert.pem", "host1"),
+        ("/c/cert.pem", "host1"),
         ("/b/cert.pem", "host1-new"),
         ("/peer.pem", "host2"),
+        ("/peer-moved.pem", "host2"),
         ("/bad-cn.pem", "host\n2"),
     ])
 }
