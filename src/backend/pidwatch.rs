@@ -19,6 +19,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use tokio::sync::mpsc;
+use tracing::{info, warn};
 
 use crate::backend::BackendEvent;
 
@@ -26,7 +27,11 @@ use crate::backend::BackendEvent;
 pub const PERIOD: Duration = Duration::from_millis(200);
 
 /// The running pid the file at `path` names, if any: the file parses and the process
-/// exists (signal 0 reaches it, or it exists but belongs to someone else).
+/// exists (signal 0 reaches it, or it exists but belongs to someone else) and has not
+/// exited. A killed daemon stays a zombie until its parent reaps it, which for a daemon (its
+/// parent is init, or a container's init) may take seconds; it has exited once its main
+/// thread is a zombie and no other thread is left (until the last thread is gone, its
+/// sockets may still answer).
 pub fn running(path: &Path) -> Option<i32> {
     let pid: i32 = std::fs::read_to_string(path).ok()?.trim().parse().ok()?;
     if pid <= 0 {
@@ -34,9 +39,27 @@ pub fn running(path: &Path) -> Option<i32> {
     }
     use nix::errno::Errno;
     match nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None) {
-        Ok(()) | Err(Errno::EPERM) => Some(pid),
-        Err(_) => None,
+        Ok(()) | Err(Errno::EPERM) => {}
+        Err(_) => return None,
     }
+    match std::fs::read_to_string(format!("/proc/{pid}/status")) {
+        Ok(status) if exited(&status) => None,
+        _ => Some(pid),
+    }
+}
+
+/// Whether a `/proc/PID/status` text describes a process that has exited: state zombie
+/// (`Z`) or dead (`X`), and at most one thread (the zombie main thread) left.
+fn exited(status: &str) -> bool {
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(str::trim)
+    };
+    let zombie = field("State:").is_some_and(|s| s.starts_with('Z') || s.starts_with('X'));
+    let threads = field("Threads:").and_then(|t| t.parse::<u32>().ok());
+    zombie && threads.is_some_and(|t| t <= 1)
 }
 
 /// The event a change from `before` to `now` is, if any.
@@ -49,9 +72,18 @@ pub fn change(before: Option<i32>, now: Option<i32>) -> Option<BackendEvent> {
     }
 }
 
-/// Starts the task that watches the pid file at `path` every `period`; the receiver gets
-/// its events. The task ends when the receiver is dropped.
-pub fn spawn(path: PathBuf, period: Duration) -> mpsc::Receiver<BackendEvent> {
+/// What the watch logs when the daemon's process is gone (after "DAEMON (pid N)").
+pub const EXITED: &str = "has exited";
+
+/// Starts the task that watches `daemon`'s pid file at `path` every `period`; the receiver
+/// gets its events. The task logs each change itself, at once: a pass under way when the
+/// daemon dies delays the event's pass, not the operator's news. The task ends when the
+/// receiver is dropped.
+pub fn spawn(
+    daemon: &'static str,
+    path: PathBuf,
+    period: Duration,
+) -> mpsc::Receiver<BackendEvent> {
     let (tx, rx) = mpsc::channel(4);
     let mut last = running(&path);
     tokio::spawn(async move {
@@ -60,6 +92,11 @@ pub fn spawn(path: PathBuf, period: Duration) -> mpsc::Receiver<BackendEvent> {
         loop {
             tick.tick().await;
             let now = running(&path);
+            match (last, now) {
+                (Some(old), None) => warn!("{daemon} (pid {old}) {EXITED}"),
+                (_, Some(new)) if last != now => info!("{daemon} is running (pid {new})"),
+                _ => {}
+            }
             if let Some(ev) = change(last, now)
                 && tx.send(ev).await.is_err()
             {
@@ -116,7 +153,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let f = dir.path().join("daemon.pid");
         std::fs::write(&f, format!("{}\n", std::process::id())).unwrap();
-        let mut rx = spawn(f.clone(), Duration::from_millis(20));
+        let mut rx = spawn("pluto", f.clone(), Duration::from_millis(20));
         let limit = Duration::from_secs(10);
         // Killed: the pid file stays, naming a process that is gone.
         std::fs::write(&f, format!("{}\n", dead_pid())).unwrap();
@@ -125,5 +162,31 @@ mod tests {
         std::fs::write(&f, format!("{}\n", std::process::id())).unwrap();
         let ev = tokio::time::timeout(limit, rx.recv()).await.unwrap();
         assert_eq!(ev, Some(BackendEvent::DaemonRestarted));
+    }
+
+    #[test]
+    fn a_zombie_is_not_running_once_its_last_thread_is_gone() {
+        assert!(exited("Name:\tcharon\nState:\tZ (zombie)\nThreads:\t1\n"));
+        assert!(exited("State:\tX (dead)\nThreads:\t0\n"));
+        // The main thread has exited, others still run: its sockets may still answer.
+        assert!(!exited("State:\tZ (zombie)\nThreads:\t16\n"));
+        assert!(!exited(
+            "Name:\tcharon\nState:\tS (sleeping)\nThreads:\t16\n"
+        ));
+        assert!(!exited("garbage"));
+        // A real zombie: a child that exited and is not reaped yet.
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("daemon.pid");
+        let mut c = std::process::Command::new("true").spawn().unwrap();
+        std::fs::write(&f, format!("{}\n", c.id())).unwrap();
+        let zombie =
+            |p: u32| std::fs::read_to_string(format!("/proc/{p}/status")).is_ok_and(|s| exited(&s));
+        let start = std::time::Instant::now();
+        while !zombie(c.id()) && start.elapsed() < Duration::from_secs(10) {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(zombie(c.id()), "the child did not become a zombie");
+        assert_eq!(running(&f), None);
+        c.wait().unwrap();
     }
 }

@@ -102,8 +102,8 @@ impl Soak {
     }
 
     /// The IKE daemon killed with SIGKILL: the monitor notices (VICI: its event connection
-    /// closes; stroke and Libreswan: the pass its watch of the daemon's pid file starts finds
-    /// the daemon gone and the tunnels get an error), and once the daemon is started again
+    /// closes; stroke and Libreswan: the watch of the daemon's pid file logs its exit, and the
+    /// pass it starts gives the tunnels an error), and once the daemon is started again
     /// every tunnel is loaded again.
     pub fn ike_kill(&mut self) {
         let n = self.rng.below(self.nodes.len());
@@ -113,11 +113,10 @@ impl Soak {
         let node = &self.nodes[n];
         let limit = deadline("ike-kill");
         // VICI: the event connection closes. The others have no channel to their daemon
-        // that stays open: the pass the pid watch starts finds it gone.
+        // that stays open: the watch of its pid file logs "DAEMON (pid N) has exited".
         let sign = match node.mode {
             Mode::Vici => "lost the VICI connection",
-            Mode::Stroke => "cannot observe strongswan",
-            Mode::Libreswan => "cannot observe libreswan",
+            Mode::Stroke | Mode::Libreswan => "has exited",
         };
         match node.wait_log_since(from, sign, limit) {
             Some(_) => self

@@ -108,9 +108,16 @@ impl Node {
         }
     }
 
-    /// Starts starter and charon again (`ipsec start` through the root's wrapper).
+    /// Starts starter and charon again (`ipsec start` through the root's wrapper), after
+    /// [`Node::kill_ike`]: their pid files go first, as a service manager's restart finds
+    /// them (here the killed processes may stay unreaped zombies for a while, which `ipsec
+    /// start` would take for a running starter).
     pub fn start_ike(&self) {
         let pid = self.mon.pid();
+        let run = PathBuf::from(format!("/proc/{pid}/root/run"));
+        for f in ["starter.charon.pid", "charon.pid"] {
+            let _ = std::fs::remove_file(run.join(f));
+        }
         sh(&format!(
             "nsenter -t {pid} -m -n {}/usr/sbin/ipsec start",
             self.root.display()

@@ -465,6 +465,7 @@ impl Backend for Libreswan {
     /// pluto's death and return, from its pid file beside the control socket ([`pidwatch`]).
     fn events(&mut self) -> Option<mpsc::Receiver<BackendEvent>> {
         Some(pidwatch::spawn(
+            "pluto",
             self.paths.ctl.with_file_name("pluto.pid"),
             pidwatch::PERIOD,
         ))

@@ -117,6 +117,10 @@ pub enum StrokeError {
     },
     #[error("charon does not answer: `ipsec statusall` exited with code {0}")]
     NotRunning(i32),
+    /// `ipsec statusall` exits 0 while starter runs (or is a zombie) even when charon is
+    /// gone; only stroke's complaint on stderr says so.
+    #[error("charon does not answer: {0}")]
+    Unreachable(String),
 }
 
 impl From<StrokeError> for BackendError {
@@ -125,7 +129,7 @@ impl From<StrokeError> for BackendError {
             StrokeError::Command(CommandError::Timeout { what, secs }) => {
                 BackendError::Timeout { what, secs }
             }
-            StrokeError::NotRunning(_) => {
+            StrokeError::NotRunning(_) | StrokeError::Unreachable(_) => {
                 BackendError::Unavailable("strongSwan".into(), e.to_string())
             }
             e => BackendError::Io {
@@ -264,6 +268,9 @@ impl StrongSwanStroke {
         if out.code != 0 {
             return Err(StrokeError::NotRunning(out.code));
         }
+        if let Some(reason) = stroke_unreachable(&out.stderr) {
+            return Err(StrokeError::Unreachable(reason.to_owned()));
+        }
         Ok(statusall::parse_in(&out.stdout, |c| plan::covers(scope, c)))
     }
 
@@ -365,6 +372,16 @@ impl StrongSwanStroke {
         let mut planned = self.planned.lock().unwrap_or_else(PoisonError::into_inner);
         planned.take().filter(|p| p.input == *desired)
     }
+}
+
+/// stroke's own complaint that charon's socket does not answer, from `ipsec statusall`'s
+/// stderr: the `ipsec` script's exit code says only whether starter runs, so a dead charon
+/// under a live (or not yet reaped) starter reads as a charon holding nothing.
+fn stroke_unreachable(stderr: &str) -> Option<&str> {
+    stderr
+        .lines()
+        .map(str::trim)
+        .find(|l| l.starts_with("failed to connect to stroke socket"))
 }
 
 impl Backend for StrongSwanStroke {
@@ -470,6 +487,7 @@ impl Backend for StrongSwanStroke {
     /// either only at the next periodic pass.
     fn events(&mut self) -> Option<mpsc::Receiver<BackendEvent>> {
         Some(pidwatch::spawn(
+            "charon",
             self.paths.charon_pid.clone(),
             pidwatch::PERIOD,
         ))
@@ -484,5 +502,24 @@ impl Backend for StrongSwanStroke {
         }
         self.apply(&none, actions).await?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod unreachable_tests {
+    use super::stroke_unreachable;
+
+    #[test]
+    fn strokes_complaint_on_stderr_means_charon_does_not_answer() {
+        // strongSwan 5.9's stroke, charon killed while starter (or its zombie) remains:
+        // `ipsec statusall` exits 0 with this on stderr and nothing on stdout.
+        let dead = "connecting to 'unix:///var/run/charon.ctl' failed: Connection refused\n\
+                    failed to connect to stroke socket 'unix:///var/run/charon.ctl'\n";
+        assert_eq!(
+            stroke_unreachable(dead),
+            Some("failed to connect to stroke socket 'unix:///var/run/charon.ctl'")
+        );
+        assert_eq!(stroke_unreachable(""), None);
+        assert_eq!(stroke_unreachable("some warning\n"), None);
     }
 }
