@@ -62,6 +62,11 @@ fn exited(status: &str) -> bool {
     zombie && threads.is_some_and(|t| t <= 1)
 }
 
+/// Whether the daemon's `socket` accepts a connection (closed at once); true without one.
+fn answers(socket: Option<&Path>) -> bool {
+    socket.is_none_or(|s| std::os::unix::net::UnixStream::connect(s).is_ok())
+}
+
 /// The event a change from `before` to `now` is, if any.
 pub fn change(before: Option<i32>, now: Option<i32>) -> Option<BackendEvent> {
     match (before, now) {
@@ -75,13 +80,14 @@ pub fn change(before: Option<i32>, now: Option<i32>) -> Option<BackendEvent> {
 /// What the watch logs when the daemon's process is gone (after "DAEMON (pid N)").
 pub const EXITED: &str = "has exited";
 
-/// Starts the task that watches `daemon`'s pid file at `path` every `period`; the receiver
-/// gets its events. The task logs each change itself, at once: a pass under way when the
+/// Starts the task that watches `daemon`'s pid file at `path` (and, for a new pid, its
+/// `socket`) every `period`; the receiver gets its events. The task logs each change itself, at once: a pass under way when the
 /// daemon dies delays the event's pass, not the operator's news. The task ends when the
 /// receiver is dropped.
 pub fn spawn(
     daemon: &'static str,
     path: PathBuf,
+    socket: Option<PathBuf>,
     period: Duration,
 ) -> mpsc::Receiver<BackendEvent> {
     let (tx, rx) = mpsc::channel(4);
@@ -91,7 +97,8 @@ pub fn spawn(
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
-            let now = running(&path);
+            // A new pid waits until the daemon answers (see the module docs).
+            let now = running(&path).filter(|p| Some(*p) == last || answers(socket.as_deref()));
             match (last, now) {
                 (Some(old), None) => warn!("{daemon} (pid {old}) {EXITED}"),
                 (_, Some(new)) if last != now => info!("{daemon} is running (pid {new})"),
@@ -152,14 +159,31 @@ mod tests {
     async fn the_watch_reports_a_killed_and_a_restarted_daemon_at_once() {
         let dir = tempfile::tempdir().unwrap();
         let f = dir.path().join("daemon.pid");
+        let sock = dir.path().join("daemon.ctl");
+        let listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
         std::fs::write(&f, format!("{}\n", std::process::id())).unwrap();
-        let mut rx = spawn("pluto", f.clone(), Duration::from_millis(20));
+        let mut rx = spawn(
+            "pluto",
+            f.clone(),
+            Some(sock.clone()),
+            Duration::from_millis(20),
+        );
         let limit = Duration::from_secs(10);
-        // Killed: the pid file stays, naming a process that is gone.
+        // Killed: the pid file stays, naming a process that is gone, and so does its socket.
         std::fs::write(&f, format!("{}\n", dead_pid())).unwrap();
+        drop(listener);
         let ev = tokio::time::timeout(limit, rx.recv()).await.unwrap();
         assert_eq!(ev, Some(BackendEvent::StateChanged));
+        // A new pid whose socket does not answer yet (the stale file of the dead one): no
+        // restart until it does.
         std::fs::write(&f, format!("{}\n", std::process::id())).unwrap();
+        let early = tokio::time::timeout(Duration::from_millis(300), rx.recv()).await;
+        assert!(
+            early.is_err(),
+            "a restart reported before the socket answers: {early:?}"
+        );
+        std::fs::remove_file(&sock).unwrap();
+        let _listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
         let ev = tokio::time::timeout(limit, rx.recv()).await.unwrap();
         assert_eq!(ev, Some(BackendEvent::DaemonRestarted));
     }

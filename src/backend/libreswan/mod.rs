@@ -467,6 +467,7 @@ impl Backend for Libreswan {
         Some(pidwatch::spawn(
             "pluto",
             self.paths.ctl.with_file_name("pluto.pid"),
+            Some(self.paths.ctl.clone()),
             pidwatch::PERIOD,
         ))
     }

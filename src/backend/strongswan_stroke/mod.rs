@@ -489,6 +489,7 @@ impl Backend for StrongSwanStroke {
         Some(pidwatch::spawn(
             "charon",
             self.paths.charon_pid.clone(),
+            None,
             pidwatch::PERIOD,
         ))
     }
