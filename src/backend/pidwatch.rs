@@ -12,8 +12,14 @@
 //! daemon in another pid namespace) stays silent: the periodic pass still covers it. VICI
 //! needs none of this: its socket closes when charon dies.
 //!
-//! charon writes its pid file after loading its plugins (the stroke socket among them), so a
-//! new charon pid belongs to a charon that answers.
+//! A new pid counts only once the daemon answers: pluto writes its pid file before it creates
+//! its control socket, and a pass run in between would find it not answering and leave every
+//! connection unloaded until the next periodic pass. So the watch may name the daemon's
+//! socket, which must have been created no earlier than the pid file was written (the socket
+//! file the killed daemon left is older) before the restart is reported. Connecting to it
+//! would be a surer test, but pluto logs every connection that sends no request as an error.
+//! charon writes its pid file after loading its plugins (the stroke socket among them), so
+//! stroke needs no socket.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -62,9 +68,14 @@ fn exited(status: &str) -> bool {
     zombie && threads.is_some_and(|t| t <= 1)
 }
 
-/// Whether the daemon's `socket` accepts a connection (closed at once); true without one.
-fn answers(socket: Option<&Path>) -> bool {
-    socket.is_none_or(|s| std::os::unix::net::UnixStream::connect(s).is_ok())
+/// Whether the daemon whose pid file is `pid_file` has created its `socket` since it wrote
+/// the pid (modified no earlier); true without a socket to wait for.
+fn answers(pid_file: &Path, socket: Option<&Path>) -> bool {
+    let mtime = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    socket.is_none_or(|s| match (mtime(s), mtime(pid_file)) {
+        (Some(sock), Some(pid)) => sock >= pid,
+        _ => false,
+    })
 }
 
 /// The event a change from `before` to `now` is, if any.
@@ -98,7 +109,8 @@ pub fn spawn(
         loop {
             tick.tick().await;
             // A new pid waits until the daemon answers (see the module docs).
-            let now = running(&path).filter(|p| Some(*p) == last || answers(socket.as_deref()));
+            let now =
+                running(&path).filter(|p| Some(*p) == last || answers(&path, socket.as_deref()));
             match (last, now) {
                 (Some(old), None) => warn!("{daemon} (pid {old}) {EXITED}"),
                 (_, Some(new)) if last != now => info!("{daemon} is running (pid {new})"),
@@ -160,8 +172,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let f = dir.path().join("daemon.pid");
         let sock = dir.path().join("daemon.ctl");
-        let listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
         std::fs::write(&f, format!("{}\n", std::process::id())).unwrap();
+        let listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
         let mut rx = spawn(
             "pluto",
             f.clone(),
@@ -174,13 +186,14 @@ mod tests {
         drop(listener);
         let ev = tokio::time::timeout(limit, rx.recv()).await.unwrap();
         assert_eq!(ev, Some(BackendEvent::StateChanged));
-        // A new pid whose socket does not answer yet (the stale file of the dead one): no
-        // restart until it does.
+        // A new pid, and only the stale socket file of the dead one: no restart until the
+        // new daemon has created its own.
+        std::thread::sleep(Duration::from_millis(20));
         std::fs::write(&f, format!("{}\n", std::process::id())).unwrap();
         let early = tokio::time::timeout(Duration::from_millis(300), rx.recv()).await;
         assert!(
             early.is_err(),
-            "a restart reported before the socket answers: {early:?}"
+            "a restart reported before the socket: {early:?}"
         );
         std::fs::remove_file(&sock).unwrap();
         let _listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
