@@ -113,7 +113,12 @@ pub fn spawn(
                 running(&path).filter(|p| Some(*p) == last || answers(&path, socket.as_deref()));
             match (last, now) {
                 (Some(old), None) => warn!("{daemon} (pid {old}) {EXITED}"),
-                (_, Some(new)) if last != now => info!("{daemon} is running (pid {new})"),
+                (Some(old), Some(new)) if old != new => {
+                    // Gone and back between two looks (a busy event loop).
+                    warn!("{daemon} (pid {old}) {EXITED}");
+                    info!("{daemon} is running (pid {new})");
+                }
+                (None, Some(new)) => info!("{daemon} is running (pid {new})"),
                 _ => {}
             }
             if let Some(ev) = change(last, now)

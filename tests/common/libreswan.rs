@@ -324,8 +324,11 @@ impl Pluto {
     pub fn kill9(&self) {
         if let Some(pid) = self.pid() {
             let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+            // Gone, or a zombie its parent (init here) has not reaped yet.
             wait_for("pluto gone", Duration::from_secs(10), || {
                 !Path::new(&format!("/proc/{pid}")).exists()
+                    || std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                        .is_ok_and(|s| s.contains(") Z "))
             });
         }
         for f in ["run/pluto/pluto.pid", "run/pluto/pluto.ctl"] {
