@@ -15,11 +15,13 @@
 //! A new pid counts only once the daemon answers: pluto writes its pid file before it creates
 //! its control socket, and a pass run in between would find it not answering and leave every
 //! connection unloaded until the next periodic pass. So the watch may name the daemon's
-//! socket, which must have been created no earlier than the pid file was written (the socket
-//! file the killed daemon left is older) before the restart is reported. Connecting to it
-//! would be a surer test, but pluto logs every connection that sends no request as an error.
-//! charon writes its pid file after loading its plugins (the stroke socket among them), so
-//! stroke needs no socket.
+//! socket: a new pid counts once that socket is another file (inode and time) than the one the watch
+//! last saw, the killed daemon's (which stays behind until the new daemon replaces it).
+//! Connecting to it would be a surer test, but pluto logs a connection that sends no
+//! request as an error; timestamps do not order the two files (pluto creates its pid file
+//! first and may fill it after binding its socket, within one clock tick). charon writes its
+//! pid file after loading its plugins (the stroke socket among them), so stroke needs no
+//! socket.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -68,13 +70,32 @@ fn exited(status: &str) -> bool {
     zombie && threads.is_some_and(|t| t <= 1)
 }
 
-/// Whether the daemon whose pid file is `pid_file` has created its `socket` since it wrote
-/// the pid (modified no earlier); true without a socket to wait for.
-fn answers(pid_file: &Path, socket: Option<&Path>) -> bool {
-    let mtime = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
-    socket.is_none_or(|s| match (mtime(s), mtime(pid_file)) {
-        (Some(sock), Some(pid)) => sock >= pid,
-        _ => false,
+/// Which file is at `path`, if any: its inode and modification time (an inode number
+/// freed by the old socket may be reused by the new one; their times differ).
+fn identity(path: &Path) -> Option<(u64, std::time::SystemTime)> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(path).ok()?;
+    Some((m.ino(), m.modified().ok()?))
+}
+
+/// A socket file's [`identity`].
+type FileId = Option<(u64, std::time::SystemTime)>;
+
+/// Which pid counts as running: `pid` (from [`running`]) if it is the one already known
+/// (`last`), or if the daemon has no socket to wait for (`sock` is `None`), or if its
+/// socket is there and is not the file `seen` with the previous daemon.
+fn accepted(
+    pid: Option<i32>,
+    last: Option<i32>,
+    sock: Option<FileId>,
+    seen: FileId,
+) -> Option<i32> {
+    pid.filter(|p| {
+        Some(*p) == last
+            || match sock {
+                None => true,
+                Some(now) => now.is_some() && now != seen,
+            }
     })
 }
 
@@ -102,15 +123,21 @@ pub fn spawn(
     period: Duration,
 ) -> mpsc::Receiver<BackendEvent> {
     let (tx, rx) = mpsc::channel(4);
+    let sock_id = move || socket.as_deref().map(identity);
     let mut last = running(&path);
+    // The socket file that belongs to `last` (or, with no daemon, the one left behind).
+    let mut seen = sock_id().flatten();
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(period);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
             // A new pid waits until the daemon answers (see the module docs).
-            let now =
-                running(&path).filter(|p| Some(*p) == last || answers(&path, socket.as_deref()));
+            let sock = sock_id();
+            let now = accepted(running(&path), last, sock, seen);
+            if now.is_some() && now != last {
+                seen = sock.flatten();
+            }
             match (last, now) {
                 (Some(old), None) => warn!("{daemon} (pid {old}) {EXITED}"),
                 (Some(old), Some(new)) if old != new => {
@@ -230,5 +257,23 @@ mod tests {
         assert!(zombie(c.id()), "the child did not become a zombie");
         assert_eq!(running(&f), None);
         c.wait().unwrap();
+    }
+
+    #[test]
+    fn a_new_pid_counts_once_its_socket_is_not_the_old_one() {
+        let t0 = std::time::SystemTime::UNIX_EPOCH;
+        let t1 = t0 + Duration::from_secs(1);
+        let old = Some((7, t0));
+        // No socket to wait for (stroke): any running pid.
+        assert_eq!(accepted(Some(9), Some(5), None, old), Some(9));
+        // The known pid stays accepted whatever its socket.
+        assert_eq!(accepted(Some(5), Some(5), Some(None), old), Some(5));
+        // A new pid: not while its socket is missing or the old file, even with the old
+        // inode number; yes once it is a new file.
+        assert_eq!(accepted(Some(9), None, Some(None), old), None);
+        assert_eq!(accepted(Some(9), None, Some(old), old), None);
+        assert_eq!(accepted(Some(9), None, Some(Some((7, t1))), old), Some(9));
+        assert_eq!(accepted(Some(9), None, Some(Some((8, t0))), old), Some(9));
+        assert_eq!(accepted(None, Some(5), Some(old), old), None);
     }
 }
