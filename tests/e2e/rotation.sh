@@ -1,4 +1,7 @@
-# The CA rotation scenarios (sourced by scenarios.sh): KIND-ca-rotation for each IKE mode.
+# The CA rotation scenarios (sourced by scenarios.sh): KIND-ca-rotation for the strongSwan
+# modes (stroke, vici). Libreswan's is not here yet: its forced re-authentication (the IKE SAs
+# deleted) makes both plutos initiate at once, and pluto 4.10 then keeps crossed IKE SAs that
+# each end dropped on the other, dead for a retransmission timeout (a minute or more).
 #
 # Two nodes with certificates from CA1 (prepare.sh's `ca`) and a geneve tunnel authenticated
 # by the CA (remote_name) go through the rotation of docs/howto.md ("Rotate the CA"), every
@@ -8,15 +11,19 @@
 #   3. right is re-issued by CA2;
 #   4. both trust CA2 only.
 # A `ping -i 0.2` over the overlay runs throughout and must lose nothing to the rotation's steps;
-# what it loses while a forced re-authentication replaces the SAs (measured with charon 5.9 and
-# make_before_break: a few requests each time) is counted apart and reported. After each step, once
-# the changed nodes' monitors have handed the new credentials to their IKE daemon: both nodes
-# still show ipsec-state=up and both hold exactly the kernel SAs (src, dst, SPI) they had
-# before the step (loading credentials tore nothing down); then left forces a
-# re-authentication of its IKE SAs, which must succeed with each node's daemon naming the CA
-# that now vouches for the peer (the new credentials are really in use). The figures (pings
-# sent and lost, the SPIs around each step) go to rotation.txt in the scenario's directory.
+# what it loses while a forced re-authentication replaces the SAs is counted apart and reported.
+# After each step, once the changed nodes' monitors have handed the new credentials to their
+# IKE daemon: both nodes still show ipsec-state=up and both hold exactly the kernel SAs (src,
+# dst, SPI) they had before the step (loading credentials tore nothing down); then a
+# re-authentication is forced, which must succeed with each node's daemon naming the CA that
+# now vouches for the peer (the new credentials are really in use). How a re-authentication is
+# forced differs per mode (rot_reauth): VICI re-authenticates make-before-break and keeps
+# ipsec-state=up throughout; stroke (`ipsec down` + `stroke up-nb`) takes the SAs down first,
+# so there ipsec-state may leave `up` until the new SAs are installed: such samples are
+# counted apart like the pings. The figures (pings sent and lost, the SPIs around each step)
+# go to rotation.txt in the scenario's directory.
 
+extra stroke-ca-rotation
 extra vici-ca-rotation
 
 # rot_put SRC DST: DST gets SRC's content the way the howto says: a new file renamed over it.
@@ -37,6 +44,7 @@ rot_record() {
 rot_cred_line() {
     case "$1" in
         vici) echo 'load (certificate|private key|CA certificate) ' ;;
+        stroke) echo 'reloading StrongSwan credentials and connections|Refreshing StrongSwan configuration' ;;
     esac
 }
 
@@ -48,19 +56,30 @@ rot_applied() {
 }
 
 # rot_vouched SIDE CA: how often the node's IKE daemon has accepted a peer certificate
-# issued by CA (prepare.sh names them e2e-ca and e2e-ca2).
+# issued by CA (prepare.sh names them e2e-ca and e2e-ca2): charon's "using trusted ca
+# certificate".
 rot_vouched() {
     case "$(cat "$E2E_WORK/kind")" in
-        vici) grep -c "using trusted ca certificate \"CN=e2e-$2\"" "$(bdir "$1")/charon.log" ;;
+        vici | stroke) grep -c "using trusted ca certificate \"CN=e2e-$2\"" "$(bdir "$1")/charon.log" ;;
     esac
 }
 
-# ike_sas SIDE: the names of the node's established IKE SAs (charon).
-ike_sas() { nx "$1" swanctl --list-sas 2> /dev/null | awk -F: '/^[^ ].*ESTABLISHED/ { print $1 }' | sort -u; }
+# ike_sas SIDE: the node's established IKE SAs: charon's names (VICI: `tun-1`; stroke with the
+# unique id: `tun-out-1[3]`).
+ike_sas() {
+    case "$(cat "$E2E_WORK/kind")" in
+        vici) nx "$1" swanctl --list-sas 2> /dev/null | awk -F: '/^[^ ].*ESTABLISHED/ { print $1 }' ;;
+        stroke) nx "$1" ipsec statusall 2> /dev/null | awk -F: '/^ *[^ ]+\[[0-9]+\]: ESTABLISHED/ { gsub(/ /, "", $1); print $1 }' ;;
+    esac | sort -u
+}
 
-# rot_reauth: left re-authenticates every IKE SA it has with right.
+# rot_reauth: forces a re-authentication of the tunnel's IKE SAs, the mode's way:
+# - VICI: left re-authenticates every IKE SA it has (`swanctl --rekey --reauth`,
+#   make-before-break);
+# - stroke (no re-auth command): left takes each IKE SA down (`ipsec down NAME[ID]`) and
+#   initiates its outbound connection again (`ipsec stroke up-nb`).
 rot_reauth() {
-    local sa n=0
+    local sa n=0 conn
     case "$(cat "$E2E_WORK/kind")" in
         vici)
             for sa in $(ike_sas left); do
@@ -68,23 +87,42 @@ rot_reauth() {
                 n=$((n + 1))
             done
             ;;
+        stroke)
+            for sa in $(ike_sas left); do
+                nx left ipsec down "$sa" > /dev/null || fail "left: ipsec down $sa"
+                n=$((n + 1))
+            done
+            for conn in $(nx left awk '$1 == "conn" && $2 ~ /^tun-out-/ { print $2 }' /etc/ipsec.conf); do
+                nx left ipsec stroke up-nb "$conn" > /dev/null || fail "left: ipsec stroke up-nb $conn"
+            done
+            ;;
     esac
-    [ "$n" -gt 0 ] || fail "left: no IKE SA to re-authenticate"
-    t "left: re-authentication of $n IKE SA(s) requested"
+    [ "$n" -gt 0 ] || fail "no IKE SA to re-authenticate"
+    t "re-authentication of $n IKE SA(s) forced"
 }
+
+# rot_reauth_keeps_up: the mode's forced re-authentication keeps ipsec-state=up (VICI's is
+# make-before-break); in the others the watch counts non-up samples within it apart.
+rot_reauth_keeps_up() { [ "$(cat "$E2E_WORK/kind")" = vici ]; }
 
 vouched_more() { [ "$(rot_vouched "$1" "$2")" -gt "$3" ]; }
 
 # rot_watch_start / rot_watch_stop: samples both nodes' ipsec-state about once a second for
 # the whole sequence; any sample other than `up` is kept in rotation-states.txt and fails the
-# scenario at the end.
+# scenario at the end, except, where rot_reauth_keeps_up says no, one taken while a forced
+# re-authentication is under way (the file rotation-reauth exists in E2E_WORK): those go to
+# rotation-states-reauth.txt and are reported.
 rot_watch_start() {
     : > "$E2E_OUT/rotation-states.txt"
+    : > "$E2E_OUT/rotation-states-reauth.txt"
+    rm -f "$E2E_WORK/rotation-reauth"
     (
         while kill -0 $$ 2> /dev/null; do
+            f=$E2E_OUT/rotation-states.txt
+            [ -e "$E2E_WORK/rotation-reauth" ] && ! rot_reauth_keeps_up && f=$E2E_OUT/rotation-states-reauth.txt
             l=$(ext_id left ipsec-state)
             r=$(ext_id right ipsec-state)
-            [ "$l/$r" = up/up ] || echo "$(t "left $l, right $r")" >> "$E2E_OUT/rotation-states.txt"
+            [ "$l/$r" = up/up ] || echo "$(t "left $l, right $r")" >> "$f"
             sleep 1
         done
     ) &
@@ -95,7 +133,7 @@ rot_watch_stop() {
     wait "$(cat "$E2E_WORK/rotation-watch.pid")" 2> /dev/null
     [ ! -s "$E2E_OUT/rotation-states.txt" ] ||
         fail "ipsec-state left up during the rotation: $(head -n 3 "$E2E_OUT/rotation-states.txt" | tr '\n' ';')"
-    rot_record "ipsec-state was up on both nodes at every sample of the rotation"
+    rot_record "ipsec-state was up on both nodes at every sample of the rotation's steps; $(wc -l < "$E2E_OUT/rotation-states-reauth.txt") sample(s) not up during the forced re-authentications"
 }
 
 # ---- the sequence --------------------------------------------------------------------------
@@ -142,11 +180,13 @@ rot_step() {
     nr=$(rot_vouched right "$lca")
     ping_wait_more rotation 2
     from=$(($(ping_last rotation) + 1))
+    touch "$E2E_WORK/rotation-reauth"
     rot_reauth
     wait_until 180 "left: a re-authentication accepting right's certificate from $rca" vouched_more left "$rca" "$nl"
     wait_until 180 "right: a re-authentication accepting left's certificate from $lca" vouched_more right "$lca" "$nr"
     wait_until 120 "ipsec-state=up on both nodes after the re-authentication" both_up
     ping_wait_more rotation 5
+    rm -f "$E2E_WORK/rotation-reauth"
     echo "$from-$(ping_last rotation)" >> "$E2E_WORK/rotation-reauth-seqs"
     rot_record "$what: re-authenticated (left accepted right's certificate from $rca, right left's from $lca) during icmp_seq $from-$(ping_last rotation); SAs now left [$(echo $(spis left))], right [$(echo $(spis right))]"
 }
@@ -183,4 +223,5 @@ ca_rotation() {
     for s in left right; do pki_config "$s" psk; done
 }
 
+scenario_stroke_ca_rotation() { ca_rotation stroke-ca-rotation; }
 scenario_vici_ca_rotation() { ca_rotation vici-ca-rotation; }
