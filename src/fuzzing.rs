@@ -21,6 +21,7 @@ use crate::control::server::{Shared, serve};
 use crate::jsonrpc::Message;
 use crate::jsonrpc::codec::Framer;
 use crate::logging::{LogConfig, LogHandle};
+use crate::model::bundle::{BundleError, CaBundle};
 use crate::model::cert::{CertInfo, CertSource};
 use crate::model::registry::Registry;
 use crate::model::rows::{self, Rows};
@@ -36,6 +37,17 @@ struct NoCerts;
 impl CertSource for NoCerts {
     fn cert_info(&mut self, _: &Path) -> Result<CertInfo, String> {
         Err("no certificates while fuzzing".to_owned())
+    }
+
+    fn key_public(&mut self, _: &Path) -> Result<Vec<u8>, String> {
+        Err("no keys while fuzzing".to_owned())
+    }
+
+    fn ca_bundle(&mut self, path: &Path) -> Result<Arc<CaBundle>, BundleError> {
+        Err(BundleError::Read {
+            path: path.display().to_string(),
+            detail: "no files while fuzzing".to_owned(),
+        })
     }
 }
 

@@ -21,9 +21,13 @@ use ovs_monitor_ipsec::backend::libreswan::version::Version;
 use ovs_monitor_ipsec::backend::strongswan_stroke::render as stroke;
 use ovs_monitor_ipsec::backend::strongswan_vici::conns;
 use ovs_monitor_ipsec::backend::templates::Templates;
+use ovs_monitor_ipsec::model::bundle::{BundleError, CaBundle};
 use ovs_monitor_ipsec::model::cert::{CertInfo, CertSource};
 use ovs_monitor_ipsec::model::registry::Registry;
 use ovs_monitor_ipsec::model::rows::{InterfaceRow, OpenVSwitchRow};
+
+/// Where stroke writes a bundle's CA files (as the backend's default layout does).
+const STROKE_CA_DIR: &str = "/etc/ipsec.d/ovs-cacerts";
 
 const OPEN: char = '\u{1}';
 const CLOSE: char = '\u{2}';
@@ -158,6 +162,20 @@ impl CertSource for NamedCerts {
             sans: Vec::new(),
             der: Arc::from(&[][..]),
         })
+    }
+
+    /// No key is readable: the model then leaves the key to the IKE daemon.
+    fn key_public(&mut self, _: &Path) -> Result<Vec<u8>, String> {
+        Err("no keys while fuzzing".to_owned())
+    }
+
+    /// Every CA bundle parses (with no member): the CA-signed tunnels stay valid.
+    fn ca_bundle(&mut self, path: &Path) -> Result<Arc<CaBundle>, BundleError> {
+        Ok(Arc::new(CaBundle {
+            path: path.to_owned(),
+            sha256: [0; 32],
+            members: Vec::new(),
+        }))
     }
 }
 
@@ -298,9 +316,15 @@ libfuzzer_sys::fuzz_target!(|input: Input| {
     let sets = sets();
 
     let sections = stroke::Sections::default();
-    let plain = stroke::render(&sets.stroke, &sections, desired).expect("stroke renders");
-    let marked = stroke::render(&sets.stroke_marked, &stroke::Sections::default(), desired)
-        .expect("marked stroke renders");
+    let plain = stroke::render(Path::new(STROKE_CA_DIR), &sets.stroke, &sections, desired)
+        .expect("stroke renders");
+    let marked = stroke::render(
+        Path::new(STROKE_CA_DIR),
+        &sets.stroke_marked,
+        &stroke::Sections::default(),
+        desired,
+    )
+    .expect("marked stroke renders");
     check("stroke ipsec.conf", &plain.conf, &marked.conf);
     check("stroke ipsec.secrets", &plain.secrets, &marked.secrets);
     let names: BTreeSet<String> = plain.conns.clone();

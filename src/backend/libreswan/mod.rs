@@ -21,6 +21,8 @@ pub mod version;
 pub mod watch;
 
 #[cfg(test)]
+mod apply_tests;
+#[cfg(test)]
 mod certs_tests;
 #[cfg(test)]
 mod plan_tests;

@@ -15,6 +15,10 @@
 //!   it ourselves ("Bringing up ipsec connection"), unless the peer's negotiation of it is
 //!   in progress or the IKE SA with the peer is already up, so the peer's CREATE_CHILD_SA
 //!   is on its way (same wait and bound);
+//! - loaded, not active, untracked, and pluto negotiating it (or, on the end that answers,
+//!   the IKE SA with the peer up): track it from now instead of initiating a second
+//!   negotiation. A monitor restarted while its conns were being started or awaited finds
+//!   them so; initiating the inbound ones made the two peers' Child SA exchanges cross;
 //! - loaded, not active, untracked: it went down; initiate it (a GRE conn on the end that
 //!   answers waits one grace for the peer first);
 //! - not loaded: load it; the outbound side is also initiated, the inbound side only added,
@@ -161,6 +165,13 @@ pub enum Action {
     Await {
         conn: String,
     },
+    /// Track a loaded, untracked conn that pluto is already negotiating (or, on the end
+    /// that answers, whose Child SA the peer is about to create) as `pending` from now.
+    Adopt {
+        conn: String,
+        pending: Pending,
+        state: String,
+    },
     /// Initiate a loaded connection.
     BringUp {
         conn: String,
@@ -216,6 +227,10 @@ impl fmt::Display for Action {
             Self::Await { conn } => write!(
                 f,
                 "Connection {conn} went down, waiting for the peer to bring it up"
+            ),
+            Self::Adopt { conn, state, .. } => write!(
+                f,
+                "Connection {conn} is already negotiating ({state}), not starting it again"
             ),
             Self::BringUp {
                 conn,
@@ -392,6 +407,14 @@ fn plan_tunnel(t: &DesiredTunnel, observed: &Observed, memory: &Memory, out: &mu
                 went_down: false,
             }),
             (Some(_), _) => {}
+            (None, Some(state)) => out.push(Action::Adopt {
+                pending: match is_responder(t, &conn, observed) {
+                    true => Pending::Added,
+                    false => Pending::Started,
+                },
+                conn,
+                state,
+            }),
             (None, _) if observed.gre_answers.contains(&t.conf.name) => {
                 out.push(Action::Await { conn })
             }

@@ -512,3 +512,73 @@ fn a_gre_tunnel_is_started_by_the_lower_address_only() {
         ]
     );
 }
+
+#[test]
+fn a_restarted_monitor_adopts_what_pluto_is_negotiating() {
+    // A monitor killed 5 s after starting vx1-out-1 and adding vx1-in-1: the new one tracks
+    // nothing, pluto is negotiating the outbound Child SA over the IKE SA with the peer, and
+    // the peer is about to create the inbound one over it. Initiating either would start a
+    // second exchange (the inbound one crossing the peer's); both get a grace from now.
+    let mut o = observed(&["vx1-in-1", "vx1-out-1"], &[]);
+    o.pluto.ike_up = ["vx1-in-1", "vx1-out-1"].map(String::from).into();
+    o.pluto.negotiating = BTreeMap::from([(conn("vx1-out-1"), conn("STATE_V2_NEW_CHILD_I1"))]);
+    let memory = Memory {
+        owned: ["vx1-in-1", "vx1-out-1"].map(String::from).into(),
+        ..Memory::default()
+    };
+    let a = plan::plan(&vx(1), &o, &memory, FILES);
+    assert_eq!(
+        a[1..],
+        [
+            Action::Adopt {
+                conn: conn("vx1-in-1"),
+                pending: Pending::Added,
+                state: plan::PEER_CHILD_AWAITED.into()
+            },
+            Action::Adopt {
+                conn: conn("vx1-out-1"),
+                pending: Pending::Started,
+                state: conn("STATE_V2_NEW_CHILD_I1")
+            },
+        ]
+    );
+    assert!(matches!(a[0], Action::Reconcile { .. }), "{a:?}");
+    assert_eq!(
+        a[2].to_string(),
+        "Connection vx1-out-1 is already negotiating (STATE_V2_NEW_CHILD_I1), not starting it again"
+    );
+    // Once tracked, the usual rules: within the grace nothing, past it the peer's Child SA
+    // is still awaited and the outbound one still negotiating.
+    for (age, want) in [(5, 0), (20, 2)] {
+        o.pending = BTreeMap::from([
+            (conn("vx1-in-1"), (Pending::Added, Duration::from_secs(age))),
+            (
+                conn("vx1-out-1"),
+                (Pending::Started, Duration::from_secs(age)),
+            ),
+        ]);
+        let a = plan::plan(&vx(1), &o, &memory, FILES);
+        assert_eq!(a.len(), want, "{a:?}");
+        assert!(
+            a.iter().all(|a| matches!(a, Action::Negotiating { .. })),
+            "{a:?}"
+        );
+    }
+    // Nothing negotiating: down, brought up at once as before.
+    o.pending.clear();
+    o.pluto.negotiating.clear();
+    o.pluto.ike_up.clear();
+    let a = plan::plan(&vx(1), &o, &memory, FILES);
+    assert!(
+        a.iter()
+            .filter(|a| !matches!(a, Action::Reconcile { .. }))
+            .all(|a| matches!(
+                a,
+                Action::BringUp {
+                    went_down: true,
+                    ..
+                }
+            )),
+        "{a:?}"
+    );
+}
