@@ -25,6 +25,7 @@
 
 extra stroke-ca-rotation
 extra vici-ca-rotation
+extra libreswan-ca-rotation
 
 # rot_put SRC DST: DST gets SRC's content the way the howto says: a new file renamed over it.
 rot_put() { cp "$1" "$2.tmp" && mv "$2.tmp" "$2" || fail "cannot write $2"; }
@@ -45,6 +46,7 @@ rot_cred_line() {
     case "$1" in
         vici) echo 'load (certificate|private key|CA certificate) ' ;;
         stroke) echo 'reloading StrongSwan credentials and connections|Refreshing StrongSwan configuration' ;;
+        libreswan) echo '(Importing|Removing) certificate .* (into|from) the NSS database' ;;
     esac
 }
 
@@ -55,14 +57,18 @@ rot_applied() {
         $0 ~ re { seen = 1 } seen && /actions planned, [0-9]+ applied/ { ok = 1 } END { exit !ok }'
 }
 
-# rot_vouched SIDE CA: how often the node's IKE daemon has accepted a peer certificate
-# issued by CA (prepare.sh names them e2e-ca and e2e-ca2): charon's "using trusted ca
-# certificate".
-rot_vouched() {
+# rot_vouched_lines SIDE CA: the lines of the node's IKE daemon log saying it accepted a peer
+# certificate issued by CA (prepare.sh names them e2e-ca and e2e-ca2): charon's "using trusted
+# ca certificate", pluto's "established IKE SA; authenticated peer ... issued by CA" (4.10).
+# rot_vouched SIDE CA: how many there are.
+rot_vouched_lines() {
     case "$(cat "$E2E_WORK/kind")" in
-        vici | stroke) grep -c "using trusted ca certificate \"CN=e2e-$2\"" "$(bdir "$1")/charon.log" ;;
+        vici | stroke) grep "using trusted ca certificate \"CN=e2e-$2\"" "$(bdir "$1")/charon.log" ;;
+        libreswan) grep 'established IKE SA; authenticated peer' "$(bdir "$1")/pluto.log" |
+            grep "issued by CA 'CN=e2e-$2'" ;;
     esac
 }
+rot_vouched() { rot_vouched_lines "$@" | wc -l; }
 
 # ike_sas SIDE: the node's established IKE SAs: charon's names (VICI: `tun-1`; stroke with the
 # unique id: `tun-out-1[3]`).
@@ -70,16 +76,46 @@ ike_sas() {
     case "$(cat "$E2E_WORK/kind")" in
         vici) nx "$1" swanctl --list-sas 2> /dev/null | awk -F: '/^[^ ].*ESTABLISHED/ { print $1 }' ;;
         stroke) nx "$1" ipsec statusall 2> /dev/null | awk -F: '/^ *[^ ]+\[[0-9]+\]: ESTABLISHED/ { gsub(/ /, "", $1); print $1 }' ;;
+        libreswan) lsw "$1" status 2> /dev/null | awk '/ STATE_V2_ESTABLISHED_IKE_SA / {
+            for (i = 1; i <= NF; i++) if ($i ~ /^#[0-9]+:$/) { gsub(/[#:]/, "", $i); print $i; next } }' ;;
     esac | sort -u
+}
+
+# lsw_whack SIDE ARGS...: `ipsec whack ARGS` on the node's pluto, given up after 60 s.
+lsw_whack() {
+    local s=$1
+    shift
+    nx "$s" timeout 60 /opt/lsw/ipsec whack "$@" --ctlsocket "$(lsw_root "$s")/run/pluto/pluto.ctl"
+}
+
+# lsw_new_ikes SIDE OLD N: the node holds at least N established IKE SAs not among OLD.
+lsw_new_ikes() { [ "$(ike_sas "$1" | grep -cvxF -e "${2:-none}")" -ge "$3" ]; }
+
+# lsw_children_over SIDE CONNS IKES: each conn of CONNS has an established Child SA over one
+# of the IKE SAs IKES (pluto's serials), as `ipsec status` lists it ("...; IKE SA #N;").
+lsw_children_over() {
+    local st c
+    st=$(lsw "$1" status 2> /dev/null)
+    for c in $2; do
+        echo "$st" | grep " \"$c\":[0-9]* STATE_V2_ESTABLISHED_CHILD_SA " |
+            grep -qE "IKE SA #($(echo $3 | tr ' ' '|'));" || return 1
+    done
 }
 
 # rot_reauth: forces a re-authentication of the tunnel's IKE SAs, the mode's way:
 # - VICI: left re-authenticates every IKE SA it has (`swanctl --rekey --reauth`,
 #   make-before-break);
 # - stroke (no re-auth command): left takes each IKE SA down (`ipsec down NAME[ID]`) and
-#   initiates its outbound connection again (`ipsec stroke up-nb`).
+#   initiates its outbound connection again (`ipsec stroke up-nb`);
+# - Libreswan (an IKEv2 rekey does not authenticate again, and deleting the IKE SA makes both
+#   plutos revive the connection at once): left triggers pluto's re-authentication of its
+#   newest IKE SA (`whack --impair event-v2-reauth:N`: a new IKE SA from IKE_SA_INIT on, next
+#   to the old one), initiates its connections again over the new IKE SA (new Child SAs next
+#   to the old ones), then deletes the old IKE SAs (`whack --deletestate N`) and with them
+#   the old Child SAs.
+#   With an established IKE SA at hand, neither end initiates a new one when the old goes.
 rot_reauth() {
-    local sa n=0 conn
+    local sa n=0 conn old new conns
     case "$(cat "$E2E_WORK/kind")" in
         vici)
             for sa in $(ike_sas left); do
@@ -94,6 +130,28 @@ rot_reauth() {
             done
             for conn in $(nx left awk '$1 == "conn" && $2 ~ /^tun-out-/ { print $2 }' /etc/ipsec.conf); do
                 nx left ipsec stroke up-nb "$conn" > /dev/null || fail "left: ipsec stroke up-nb $conn"
+            done
+            ;;
+        libreswan)
+            old=$(ike_sas left)
+            conns=$(awk '$1 == "conn" && $2 ~ /^tun-(in|out)-/ { print $2 }' "$(lsw_root left)/etc/ipsec.conf")
+            [ -n "$conns" ] || fail "left: no conn of tun in its ipsec.conf"
+            # The newest IKE SA only: pluto expires an older one instead of re-authenticating
+            # it ("not re-authenticating stale IKE SA"). --asynchronous: without it whack
+            # waits on the new IKE SA, and a childless one (as here) never releases it.
+            sa=$(echo "$old" | sort -n | tail -n 1)
+            [ -n "$sa" ] && lsw_whack left --asynchronous --impair "event-v2-reauth:$sa" > /dev/null 2>&1
+            n=$(echo "$old" | grep -c .)
+            wait_until 120 "left: a re-authenticated IKE SA next to [$(echo $old)]" lsw_new_ikes left "$old" 1
+            new=$(ike_sas left | grep -vxF -e "${old:-none}")
+            t "left: IKE SA(s) [$(echo $old)] re-authenticated as [$(echo $new)]"
+            for conn in $conns; do
+                lsw_whack left --initiate --name "$conn" --asynchronous > /dev/null 2>&1
+            done
+            wait_until 120 "left: Child SAs of [$(echo $conns)] over the new IKE SA(s) [$(echo $new)]" \
+                lsw_children_over left "$conns" "$new"
+            for sa in $old; do
+                lsw_whack left --asynchronous --deletestate "$sa" > /dev/null 2>&1
             done
             ;;
     esac
@@ -188,6 +246,8 @@ rot_step() {
     ping_wait_more rotation 5
     rm -f "$E2E_WORK/rotation-reauth"
     echo "$from-$(ping_last rotation)" >> "$E2E_WORK/rotation-reauth-seqs"
+    rot_record "$what: left's $(rot_vouched_lines left "$rca" | tail -n 1)"
+    rot_record "$what: right's $(rot_vouched_lines right "$lca" | tail -n 1)"
     rot_record "$what: re-authenticated (left accepted right's certificate from $rca, right left's from $lca) during icmp_seq $from-$(ping_last rotation); SAs now left [$(echo $(spis left))], right [$(echo $(spis right))]"
 }
 
@@ -225,3 +285,4 @@ ca_rotation() {
 
 scenario_stroke_ca_rotation() { ca_rotation stroke-ca-rotation; }
 scenario_vici_ca_rotation() { ca_rotation vici-ca-rotation; }
+scenario_libreswan_ca_rotation() { ca_rotation libreswan-ca-rotation; }
