@@ -87,8 +87,26 @@ lsw_whack() {
     nx "$s" timeout 60 /opt/lsw/ipsec whack "$@" --ctlsocket "$(lsw_root "$s")/run/pluto/pluto.ctl"
 }
 
+# lsw_newest_ikes SIDE: the serials of the IKE SAs pluto marks "newest": one per conn that has
+# an established IKE SA (pluto lists an IKE SA under one conn). Not the highest serial: when
+# both ends initiated at once, the IKE SA established last is the conn's newest.
+lsw_newest_ikes() {
+    lsw "$1" status 2> /dev/null | awk '/ STATE_V2_ESTABLISHED_IKE_SA / && /; newest;/ {
+        for (i = 1; i <= NF; i++) if ($i ~ /^#[0-9]+:$/) { gsub(/[#:]/, "", $i); print $i; next } }'
+}
+
 # lsw_new_ikes SIDE OLD N: the node holds at least N established IKE SAs not among OLD.
 lsw_new_ikes() { [ "$(ike_sas "$1" | grep -cvxF -e "${2:-none}")" -ge "$3" ]; }
+
+# lsw_ikes_gone SIDE IKES: pluto lists none of the states IKES (serials) any more, in no state
+# (an IKE SA being deleted is listed as STATE_V2_IKE_SA_DELETE until the peer answers).
+lsw_ikes_gone() {
+    local st sa
+    st=$(lsw "$1" status 2> /dev/null) || return 1
+    for sa in $2; do
+        ! echo "$st" | grep -q "^000 #$sa: " || return 1
+    done
+}
 
 # lsw_children_over SIDE CONNS IKES: each conn of CONNS has an established Child SA over one
 # of the IKE SAs IKES (pluto's serials), as `ipsec status` lists it ("...; IKE SA #N;").
@@ -107,9 +125,9 @@ lsw_children_over() {
 # - stroke (no re-auth command): left takes each IKE SA down (`ipsec down NAME[ID]`) and
 #   initiates its outbound connection again (`ipsec stroke up-nb`);
 # - Libreswan (an IKEv2 rekey does not authenticate again, and deleting the IKE SA makes both
-#   plutos revive the connection at once): left triggers pluto's re-authentication of its
-#   newest IKE SA (`whack --impair event-v2-reauth:N`: a new IKE SA from IKE_SA_INIT on, next
-#   to the old one), initiates its connections again over the new IKE SA (new Child SAs next
+#   plutos revive the connection at once): left triggers pluto's re-authentication of the
+#   newest IKE SA of each conn (`whack --impair event-v2-reauth:N`: a new IKE SA from
+#   IKE_SA_INIT on, next to the old one), initiates its connections again over the new IKE SA (new Child SAs next
 #   to the old ones), then deletes the old IKE SAs (`whack --deletestate N`) and with them
 #   the old Child SAs.
 #   With an established IKE SA at hand, neither end initiates a new one when the old goes.
@@ -135,13 +153,20 @@ rot_reauth() {
             old=$(ike_sas left)
             conns=$(awk '$1 == "conn" && $2 ~ /^tun-(in|out)-/ { print $2 }' "$(lsw_root left)/etc/ipsec.conf")
             [ -n "$conns" ] || fail "left: no conn of tun in its ipsec.conf"
-            # The newest IKE SA only: pluto expires an older one instead of re-authenticating
-            # it ("not re-authenticating stale IKE SA"). --asynchronous: without it whack
-            # waits on the new IKE SA, and a childless one (as here) never releases it.
-            sa=$(echo "$old" | sort -n | tail -n 1)
-            [ -n "$sa" ] && lsw_whack left --asynchronous --impair "event-v2-reauth:$sa" > /dev/null 2>&1
+            # The newest IKE SA of each conn that has one (there may be two when both ends
+            # initiated at once): pluto expires another one instead of re-authenticating it
+            # ("not re-authenticating stale IKE SA"), and a conn whose IKE SA goes without a newer
+            # one is revived, over the new IKE SA, while the peer may do the same: Child SA
+            # requests crossing over the new IKE SA. --asynchronous: without it whack waits on
+            # the new IKE SA, and a childless one (as here) never releases it.
             n=$(echo "$old" | grep -c .)
-            wait_until 120 "left: a re-authenticated IKE SA next to [$(echo $old)]" lsw_new_ikes left "$old" 1
+            local reauth k
+            reauth=$(lsw_newest_ikes left)
+            k=$(echo "$reauth" | grep -c .)
+            for sa in $reauth; do
+                lsw_whack left --asynchronous --impair "event-v2-reauth:$sa" > /dev/null 2>&1
+            done
+            wait_until 120 "left: $k re-authenticated IKE SA(s) next to [$(echo $old)]" lsw_new_ikes left "$old" "$k"
             new=$(ike_sas left | grep -vxF -e "${old:-none}")
             t "left: IKE SA(s) [$(echo $old)] re-authenticated as [$(echo $new)]"
             for conn in $conns; do
@@ -152,6 +177,8 @@ rot_reauth() {
             for sa in $old; do
                 lsw_whack left --asynchronous --deletestate "$sa" > /dev/null 2>&1
             done
+            # Left forgets an IKE SA once right has answered its Delete: both are rid of it.
+            wait_until 120 "left: the old IKE SA(s) [$(echo $old)] deleted" lsw_ikes_gone left "$old"
             ;;
     esac
     [ "$n" -gt 0 ] || fail "no IKE SA to re-authenticate"
