@@ -163,6 +163,7 @@ rot_reauth() {
             local reauth k
             reauth=$(lsw_newest_ikes left)
             k=$(echo "$reauth" | grep -c .)
+            [ "$k" -gt 0 ] || fail "left: no IKE SA marked newest in ipsec status"
             for sa in $reauth; do
                 lsw_whack left --asynchronous --impair "event-v2-reauth:$sa" > /dev/null 2>&1
             done
