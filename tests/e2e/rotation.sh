@@ -157,8 +157,8 @@ rot_reauth() {
             # initiated at once): pluto expires another one instead of re-authenticating it
             # ("not re-authenticating stale IKE SA"), and a conn whose IKE SA goes without a newer
             # one is revived, over the new IKE SA, while the peer may do the same: Child SA
-            # requests crossing over the new IKE SA. --asynchronous: without it whack waits on
-            # the new IKE SA, and a childless one (as here) never releases it.
+            # requests crossing over the new IKE SA. --asynchronous: without it whack did not
+            # return (13 minutes, run 20261207-153332-3197) although the new IKE SA was up.
             n=$(echo "$old" | grep -c .)
             local reauth k
             reauth=$(lsw_newest_ikes left)
