@@ -354,22 +354,30 @@ fn renew(pair: &Pair, pki: &Path, i: usize, ca: &str, new_key: bool) {
         },
         || body(&nss_pem(pl, &nick)) == body(&pem),
     );
-    assert!(
-        changes(&calls)
-            .iter()
-            .any(|c| c.starts_with("pk12util -i ")),
-        "{calls:#?}"
-    );
+    assert_imported(&calls);
     assert!(
         !changes(&calls)
             .iter()
             .any(|c| c.contains("ovs-ca-") || c.contains(&format!("ovs_certkey_{}", other(side)))),
         "only {nick} touched: {calls:#?}"
     );
+    assert_nothing_replaced(pair, &before, &format!("{side} renewed by {ca}"));
+}
+
+/// The NSS calls of a renewal include a `pk12util` import.
+fn assert_imported(calls: &[String]) {
+    assert!(
+        changes(calls).iter().any(|c| c.starts_with("pk12util -i ")),
+        "{calls:#?}"
+    );
+}
+
+/// No monitor replaced an outdated conn, and the SAs are those of `before`.
+fn assert_nothing_replaced(pair: &Pair, before: &[String], what: &str) {
     for m in &pair.monitors {
         assert!(!m.log().contains("is outdated"), "{}", m.log());
     }
-    assert_eq!(sa_snapshot(pair), before, "{side} renewed by {ca}");
+    assert_eq!(sa_snapshot(pair), before, "{what}");
 }
 
 /// Re-issues side `i`'s certificate by `ca` with a new key, both at new paths set in OVSDB,
@@ -400,20 +408,12 @@ fn renew_at_new_paths(pair: &Pair, pki: &Path, i: usize, ca: &str) {
         },
         || body(&nss_pem(pl, &nick)) == body(&pem),
     );
-    assert!(
-        changes(&calls)
-            .iter()
-            .any(|c| c.starts_with("pk12util -i ")),
-        "{calls:#?}"
-    );
+    assert_imported(&calls);
     pair.monitors[i].wait_log("credential files moved, keeping version");
-    for m in &pair.monitors {
-        assert!(!m.log().contains("is outdated"), "{}", m.log());
-    }
-    assert_eq!(
-        sa_snapshot(pair),
-        before,
-        "{side} renewed by {ca} at new paths"
+    assert_nothing_replaced(
+        pair,
+        &before,
+        &format!("{side} renewed by {ca} at new paths"),
     );
 }
 
