@@ -15,9 +15,9 @@
 //! A new pid counts only once the daemon answers: pluto writes its pid file before it creates
 //! its control socket, and a pass run in between would find it not answering and leave every
 //! connection unloaded until the next periodic pass. So the watch may name the daemon's
-//! socket: a new pid counts once that socket is another file (inode and time) than the one the watch
-//! last saw, the killed daemon's (which stays behind until the new daemon replaces it).
-//! Connecting to it would be a surer test, but pluto logs a connection that sends no
+//! socket: a new pid counts once that socket is another file (inode and time) than the one
+//! the watch last saw, the killed daemon's (which stays behind until the new daemon replaces
+//! it). Connecting to it would be a surer test, but pluto logs a connection that sends no
 //! request as an error; timestamps do not order the two files (pluto creates its pid file
 //! first and may fill it after binding its socket, within one clock tick). charon writes its
 //! pid file after loading its plugins (the stroke socket among them), so stroke needs no
