@@ -70,25 +70,25 @@ fn exited(status: &str) -> bool {
     zombie && threads.is_some_and(|t| t <= 1)
 }
 
-/// Which file is at `path`, if any: its inode and modification time (an inode number
-/// freed by the old socket may be reused by the new one; their times differ).
-fn identity(path: &Path) -> Option<(u64, std::time::SystemTime)> {
+/// Which file a path names: its inode and modification time (an inode number freed by the
+/// old socket may be reused by the new one; their times differ).
+type FileId = (u64, std::time::SystemTime);
+
+/// The [`FileId`] of the file at `path`, if there is one.
+fn identity(path: &Path) -> Option<FileId> {
     use std::os::unix::fs::MetadataExt;
     let m = std::fs::metadata(path).ok()?;
     Some((m.ino(), m.modified().ok()?))
 }
 
-/// A socket file's [`identity`].
-type FileId = Option<(u64, std::time::SystemTime)>;
-
 /// Which pid counts as running: `pid` (from [`running`]) if it is the one already known
 /// (`last`), or if the daemon has no socket to wait for (`sock` is `None`), or if its
-/// socket is there and is not the file `seen` with the previous daemon.
+/// socket is there (`Some(Some(_))`) and is not the file `seen` with the previous daemon.
 fn accepted(
     pid: Option<i32>,
     last: Option<i32>,
-    sock: Option<FileId>,
-    seen: FileId,
+    sock: Option<Option<FileId>>,
+    seen: Option<FileId>,
 ) -> Option<i32> {
     pid.filter(|p| {
         Some(*p) == last
@@ -113,9 +113,9 @@ pub fn change(before: Option<i32>, now: Option<i32>) -> Option<BackendEvent> {
 pub const EXITED: &str = "has exited";
 
 /// Starts the task that watches `daemon`'s pid file at `path` (and, for a new pid, its
-/// `socket`) every `period`; the receiver gets its events. The task logs each change itself, at once: a pass under way when the
-/// daemon dies delays the event's pass, not the operator's news. The task ends when the
-/// receiver is dropped.
+/// `socket`) every `period`; the receiver gets its events. The task logs each change itself,
+/// at once: a pass under way when the daemon dies delays the event's pass, not the
+/// operator's news. The task ends when the receiver is dropped.
 pub fn spawn(
     daemon: &'static str,
     path: PathBuf,
