@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use common::kernel;
 use common::monitor::{iface_key, wait_for};
+use ovs_monitor_ipsec::backend::pidwatch;
 
 use common::netns::NetnsPair;
 use common::pki::traditional;
@@ -317,7 +318,7 @@ fn a_killed_charon_is_noticed_at_once_and_the_tunnels_recover_when_it_returns() 
         left.mon
             .log()
             .lines()
-            .any(|l| l.contains(exited) && l.contains("has exited"))
+            .any(|l| l.contains(exited) && l.contains(pidwatch::EXITED))
     });
     let noticed = killed.elapsed();
     wait_for("the pass after it", T, || left.mon.log_count(dead) > before);

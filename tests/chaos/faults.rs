@@ -116,7 +116,7 @@ impl Soak {
         // that stays open: the watch of its pid file logs "DAEMON (pid N) has exited".
         let sign = match node.mode {
             Mode::Vici => "lost the VICI connection",
-            Mode::Stroke | Mode::Libreswan => "has exited",
+            Mode::Stroke | Mode::Libreswan => ovs_monitor_ipsec::backend::pidwatch::EXITED,
         };
         match node.wait_log_since(from, sign, limit) {
             Some(_) => self

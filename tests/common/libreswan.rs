@@ -323,13 +323,7 @@ impl Pluto {
     /// (its pid file and control socket), as a service manager's restart would find them.
     pub fn kill9(&self) {
         if let Some(pid) = self.pid() {
-            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
-            // Gone, or a zombie its parent (init here) has not reaped yet.
-            wait_for("pluto gone", Duration::from_secs(10), || {
-                !Path::new(&format!("/proc/{pid}")).exists()
-                    || std::fs::read_to_string(format!("/proc/{pid}/stat"))
-                        .is_ok_and(|s| s.contains(") Z "))
-            });
+            super::kill9_and_wait(pid, "pluto gone");
         }
         for f in ["run/pluto/pluto.pid", "run/pluto/pluto.ctl"] {
             let _ = std::fs::remove_file(self.root.join(f));

@@ -20,6 +20,20 @@ pub mod xfrm_events;
 
 use std::time::{Duration, Instant};
 
+/// Sends SIGKILL to `pid` and waits (`what` names it in a timeout) until it is gone or a
+/// zombie its parent has not reaped yet (init here, which may take seconds): a crash, as the
+/// daemon's watchers see it.
+pub fn kill9_and_wait(pid: i32, what: &str) {
+    let _ = std::process::Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status();
+    monitor::wait_for(what, Duration::from_secs(10), || {
+        !std::path::Path::new(&format!("/proc/{pid}")).exists()
+            || std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .is_ok_and(|s| s.contains(") Z "))
+    });
+}
+
 /// `d` stretched by `OVS_TEST_TIME_SCALE` (a whole number, default 1): the QEMU guest's cargo
 /// tier (tests/e2e/run.sh --cargo-tier) runs every process under TCG, several times slower
 /// than a host, and sets it so that the tests' deadlines stay generous there.

@@ -92,12 +92,12 @@ impl Node {
 
     /// The pids of starter and charon, from the node's private `/run`.
     pub fn ike_pids(&self) -> Vec<i32> {
-        let run = PathBuf::from(format!("/proc/{}/root/run", self.mon.pid()));
-        ["starter.charon.pid", "charon.pid"]
-            .iter()
-            .filter_map(|f| std::fs::read_to_string(run.join(f)).ok())
-            .filter_map(|p| p.trim().parse().ok())
-            .collect()
+        ike_pids(&self.run_dir())
+    }
+
+    /// The node's private `/run`, seen from outside.
+    fn run_dir(&self) -> PathBuf {
+        PathBuf::from(format!("/proc/{}/root/run", self.mon.pid()))
     }
 
     /// Kills starter and charon with SIGKILL, as a crash of the service (what they leave in
@@ -114,9 +114,8 @@ impl Node {
     /// start` would take for a running starter).
     pub fn start_ike(&self) {
         let pid = self.mon.pid();
-        let run = PathBuf::from(format!("/proc/{pid}/root/run"));
-        for f in ["starter.charon.pid", "charon.pid"] {
-            let _ = std::fs::remove_file(run.join(f));
+        for f in IKE_PID_FILES {
+            let _ = std::fs::remove_file(self.run_dir().join(f));
         }
         sh(&format!(
             "nsenter -t {pid} -m -n {}/usr/sbin/ipsec start",
@@ -139,6 +138,18 @@ impl Node {
     pub fn charon_log(&self) -> String {
         std::fs::read_to_string(self.mon.dir.join("charon.log")).unwrap_or_default()
     }
+}
+
+/// starter's and charon's pid files in their run directory.
+const IKE_PID_FILES: [&str; 2] = ["starter.charon.pid", "charon.pid"];
+
+/// The pids in starter's and charon's pid files under `run`.
+fn ike_pids(run: &Path) -> Vec<i32> {
+    IKE_PID_FILES
+        .iter()
+        .filter_map(|f| std::fs::read_to_string(run.join(f)).ok())
+        .filter_map(|p| p.trim().parse().ok())
+        .collect()
 }
 
 /// `sh -c script` in network namespace `ns` and a private mount namespace of its own.
@@ -299,25 +310,16 @@ impl Starter {
 
     /// The pids of starter and charon.
     fn pids(&self) -> Vec<i32> {
-        ["starter.charon.pid", "charon.pid"]
-            .iter()
-            .filter_map(|f| std::fs::read_to_string(self.run_dir().join(f)).ok())
-            .filter_map(|p| p.trim().parse().ok())
-            .collect()
+        ike_pids(&self.run_dir())
     }
 
     /// Kills starter and charon with SIGKILL (a crash of the service) and removes what they
     /// leave in `/run`, as a service manager's restart finds it.
     pub fn kill9(&self) {
         for pid in self.pids() {
-            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
-            wait_for("charon gone", Duration::from_secs(10), || {
-                !Path::new(&format!("/proc/{pid}")).exists()
-                    || std::fs::read_to_string(format!("/proc/{pid}/stat"))
-                        .is_ok_and(|s| s.contains(") Z "))
-            });
+            super::kill9_and_wait(pid, "charon gone");
         }
-        for f in ["starter.charon.pid", "charon.pid", "charon.ctl"] {
+        for f in IKE_PID_FILES.iter().chain(&["charon.ctl"]) {
             let _ = std::fs::remove_file(self.run_dir().join(f));
         }
     }
