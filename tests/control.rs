@@ -27,11 +27,11 @@ fn tunnel() -> Tunnel {
         name: "gnv1".into(),
         version: 4,
         validity: Validity::Invalid(": 'remote_ip' is not set".into()),
-        raw: RawTunnel {
+        raw: Box::new(RawTunnel {
             kind: "geneve".into(),
             psk_set: true,
             ..RawTunnel::default()
-        },
+        }),
         ofport: Some(3),
         cfm_fault: None,
     }

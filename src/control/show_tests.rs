@@ -26,13 +26,13 @@ fn psk_tunnel() -> Tunnel {
         name: "gnv1".into(),
         version: 1,
         validity: Validity::Valid(Arc::new(conf)),
-        raw: RawTunnel {
+        raw: Box::new(RawTunnel {
             kind: "geneve".into(),
             remote_ip: Some("2001:db8::2".into()),
             psk_set: true,
             custom,
             ..RawTunnel::default()
-        },
+        }),
         ofport: None,
         cfm_fault: None,
     }
@@ -63,7 +63,7 @@ fn cert_tunnel() -> Tunnel {
         name: "gnv1".into(),
         version: 3,
         validity: Validity::Valid(Arc::new(conf)),
-        raw: RawTunnel::default(),
+        raw: Box::default(),
         ofport: Some(7),
         cfm_fault: Some(false),
     }
@@ -77,14 +77,14 @@ fn invalid_tunnel() -> Tunnel {
         validity: Validity::Invalid(
             ": 'certificate', 'private_key', 'ca_cert', 'remote_cert', and 'remote_name' must be unset with PSK".into(),
         ),
-        raw: RawTunnel {
+        raw: Box::new(RawTunnel {
             kind: "vxlan".into(),
             remote_ip: Some("192.0.2.9".into()),
             remote_name: Some("peer".into()),
             psk_set: true,
             custom: BTreeMap::from([("it's".to_string(), "a\\b".to_string())]),
             ..RawTunnel::default()
-        },
+        }),
         ofport: Some(-1),
         cfm_fault: Some(true),
     }

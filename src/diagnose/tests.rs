@@ -13,7 +13,7 @@ use crate::backend::xfrm::host::{
 };
 use crate::backend::xfrm::types::{PRIORITY, REQID};
 use crate::backend::{LiveState, LiveStatus};
-use crate::model::{Auth, RawTunnel, Secret, TunnelConf, TunnelType};
+use crate::model::{Auth, Secret, TunnelConf, TunnelType};
 
 const L: &str = "192.0.2.1";
 const R: &str = "192.0.2.2";
@@ -35,7 +35,7 @@ fn tunnel(valid: bool) -> Tunnel {
         } else {
             Validity::Invalid(": remote_ip is not an IP address".into())
         },
-        raw: RawTunnel::default(),
+        raw: Box::default(),
         ofport: None,
         cfm_fault: None,
     }

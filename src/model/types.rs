@@ -265,7 +265,9 @@ pub struct Tunnel {
     /// Starts at 1 and grows by one whenever the effective configuration changes.
     pub version: u64,
     pub validity: Validity,
-    pub raw: RawTunnel,
+    /// Boxed: only `tunnels/show` reads it, and inline it would be 176 of this struct's
+    /// bytes in every slot of the registry's map (see docs/performance.md, Memory).
+    pub raw: Box<RawTunnel>,
     pub ofport: Option<i64>,
     pub cfm_fault: Option<bool>,
 }

@@ -50,9 +50,9 @@ pub fn is_ipsec_tunnel(row: &InterfaceRow) -> bool {
 }
 
 /// The row as configured, for display; the PSK is reduced to whether it is set.
-pub fn raw(row: &InterfaceRow) -> RawTunnel {
+pub fn raw(row: &InterfaceRow) -> Box<RawTunnel> {
     let get = |key: &str| row.options.get(key).cloned();
-    RawTunnel {
+    Box::new(RawTunnel {
         kind: row.kind.clone(),
         local_ip: get("local_ip"),
         remote_ip: get("remote_ip"),
@@ -63,7 +63,7 @@ pub fn raw(row: &InterfaceRow) -> RawTunnel {
         custom: custom_options(row)
             .map(|(k, v)| (k.to_owned(), v.to_owned()))
             .collect(),
-    }
+    })
 }
 
 /// Validates an IPsec tunnel row against the PKI in force.

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use serde_json::{Value, json};
 
 use super::*;
-use crate::model::{Auth, RawTunnel, Secret, TunnelConf, TunnelType};
+use crate::model::{Auth, Secret, TunnelConf, TunnelType};
 
 fn psk_tunnel(name: &str, uuid: &str, version: u64) -> Tunnel {
     let conf = TunnelConf::new(
@@ -19,7 +19,7 @@ fn psk_tunnel(name: &str, uuid: &str, version: u64) -> Tunnel {
         name: name.into(),
         version,
         validity: Validity::Valid(Arc::new(conf)),
-        raw: RawTunnel::default(),
+        raw: Box::default(),
         ofport: None,
         cfm_fault: None,
     }
