@@ -8,7 +8,8 @@
 //! that its reader can refresh what it derives from one changed row instead of from all N:
 //! a one-tunnel change must not cost a pass over 10,000 rows.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
 use std::fmt;
 
@@ -30,10 +31,33 @@ pub enum UpdateError {
 /// One row: column name → value, sorted by name. Columns not monitored are absent.
 ///
 /// A sorted `Vec` rather than a `BTreeMap`: a row has half a dozen columns, and a map's node
-/// (~600 bytes) would cost more than the values at 10,000 rows.
+/// (~600 bytes) would cost more than the values at 10,000 rows. Column names are shared
+/// ([`column_name`]): every row names the same few columns, and a heap copy of each name in
+/// each row cost ~200 bytes a row.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Row {
-    columns: Vec<(String, Datum)>,
+    columns: Vec<(Arc<str>, Datum)>,
+}
+
+/// How many distinct column names are shared; past it (a server sending names we never asked
+/// for) each row keeps its own copy, so a hostile server cannot grow the table without bound.
+const SHARED_NAMES: usize = 256;
+
+/// The shared copy of a column name (see [`Row`]).
+fn column_name(name: String) -> Arc<str> {
+    static NAMES: OnceLock<Mutex<HashSet<Arc<str>>>> = OnceLock::new();
+    let mut names = NAMES
+        .get_or_init(Mutex::default)
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner);
+    if let Some(shared) = names.get(name.as_str()) {
+        return Arc::clone(shared);
+    }
+    let name: Arc<str> = Arc::from(name);
+    if names.len() < SHARED_NAMES {
+        names.insert(Arc::clone(&name));
+    }
+    name
 }
 
 impl<'de> Deserialize<'de> for Row {
@@ -55,7 +79,7 @@ impl<'de> Visitor<'de> for RowVisitor {
         let mut row = Row::default();
         while let Some((column, value)) = map.next_entry::<String, Datum>()? {
             // A repeated member: the last one wins, as in a JSON object decoded to a map.
-            if let Some(slot) = row.entry(column) {
+            if let Some(slot) = row.entry(column_name(column)) {
                 *slot = value;
             }
         }
@@ -70,14 +94,14 @@ impl Row {
     /// The column's value; an absent column reads as the empty set.
     pub fn get(&self, column: &str) -> &Datum {
         self.columns
-            .binary_search_by(|(c, _)| c.as_str().cmp(column))
+            .binary_search_by(|(c, _)| (**c).cmp(column))
             .ok()
             .and_then(|i| self.columns.get(i))
             .map_or(&EMPTY, |(_, d)| d)
     }
 
     /// The column's value, inserted empty if absent (always `Some`).
-    fn entry(&mut self, column: String) -> Option<&mut Datum> {
+    fn entry(&mut self, column: Arc<str>) -> Option<&mut Datum> {
         let i = match self.columns.binary_search_by(|(c, _)| c.cmp(&column)) {
             Ok(i) => i,
             Err(i) => {
@@ -222,7 +246,7 @@ impl Replica {
                     RowOp::Modify(diff) => {
                         let row = t.entry(uuid).or_default();
                         for (col, d) in diff.columns {
-                            let scalar = self.scalars.contains(&(table.clone(), col.clone()));
+                            let scalar = self.scalars.contains(&(table.clone(), col.to_string()));
                             if let Some(cur) = row.entry(col) {
                                 cur.apply_diff(d, scalar);
                             }
@@ -251,6 +275,24 @@ mod tests {
             .iter()
             .map(|(t, c)| (t.to_string(), c.to_string()))
             .collect()
+    }
+
+    #[test]
+    fn rows_share_their_column_names() {
+        let mut r = Replica::new(scalars());
+        r.apply_update2(&json!({"Interface": {
+            "u1": {"initial": {"name": "t1", "type": "gre"}},
+            "u2": {"initial": {"name": "t2", "type": "gre"}}}}))
+            .unwrap();
+        let name = |uuid: &str| {
+            let row = r.row("Interface", uuid).unwrap();
+            Arc::clone(&row.columns[0].0)
+        };
+        assert_eq!(&*name("u1"), "name");
+        assert!(
+            Arc::ptr_eq(&name("u1"), &name("u2")),
+            "one copy of a column name"
+        );
     }
 
     #[test]
