@@ -327,12 +327,11 @@ impl<B: Backend> EventLoop<B> {
             }
         }
         if work.status {
-            self.write_status().await;
-            self.metrics.track_states(&metrics_view(
-                &self.registry,
-                &self.outcome,
-                &self.cert_alerts,
-            ));
+            let changed = self.write_status().await;
+            self.metrics.track_states(
+                &metrics_view(&self.registry, &self.outcome, &self.cert_alerts),
+                changed.as_ref(),
+            );
         }
     }
 
@@ -506,7 +505,9 @@ impl<B: Backend> EventLoop<B> {
         }
     }
 
-    async fn write_status(&mut self) {
+    /// Writes the status of the rows that may need it; returns the tunnels whose state may
+    /// have changed since the last completed write (`None`: any), for the metrics.
+    async fn write_status(&mut self) -> Option<BTreeSet<String>> {
         self.status_retry = None;
         self.sync_rows();
         let error = self
@@ -522,6 +523,7 @@ impl<B: Backend> EventLoop<B> {
             status::time::unix_now(),
         );
         self.status_scope.tunnels_changed(Some(&changed));
+        let covered = self.status_scope.tunnels().cloned();
         let candidates = self.status_scope.candidates(&self.rows);
         let mut ops = status::plan(&status::StatusInput {
             interfaces: candidates.into_iter(),
@@ -539,11 +541,11 @@ impl<B: Backend> EventLoop<B> {
                 .map(status::forget),
         );
         if !self.client.is_connected() {
-            return;
+            return covered;
         }
         if ops.is_empty() {
             self.status_scope.written(&self.rows);
-            return;
+            return covered;
         }
         let n = ops.len();
         match self.client.transact(ops).await {
@@ -556,6 +558,7 @@ impl<B: Backend> EventLoop<B> {
                 self.status_retry = Some(Instant::now() + Duration::from_secs(2));
             }
         }
+        covered
     }
 }
 

@@ -65,6 +65,12 @@ impl StatusScope {
         }
     }
 
+    /// The tunnels whose configuration or live state changed since the last completed write
+    /// (`None`: any may have).
+    pub fn tunnels(&self) -> Option<&BTreeSet<String>> {
+        self.tunnels.as_ref()
+    }
+
     /// The rows whose keys may differ from what the last completed write left, by UUID.
     pub fn candidates<'a>(&self, rows: &'a Rows) -> Vec<&'a InterfaceRow> {
         let (Some(changed), Some(tunnels)) = (&self.rows, &self.tunnels) else {

@@ -19,9 +19,11 @@ pub mod exposition;
 pub mod families;
 pub mod http;
 pub mod renderer;
+#[cfg(test)]
+mod track_tests;
 pub mod traffic;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use prometheus_client::metrics::histogram::Histogram;
@@ -145,33 +147,51 @@ impl Metrics {
     }
 
     /// Notes each tunnel's current state (what `ipsec-state` says), counting changes, and
-    /// forgets removed tunnels so that their series disappear.
-    pub fn track_states(&mut self, view: &View<'_>) {
-        self.tunnels
-            .retain(|name, _| view.tunnels.contains_key(name));
-        for (name, t) in view.tunnels {
-            let state = crate::status::tunnel_state(
-                t,
-                view.live.get(name),
-                view.apply_errors.get(name).map(String::as_str),
-                view.cert_alerts.get(name),
-            );
-            match self.tunnels.get_mut(name) {
-                Some(track) if track.state != state => {
-                    track.state = state;
-                    track.changes += 1;
-                }
-                Some(_) => {}
+    /// forgets removed tunnels so that their series disappear. `changed` names the only
+    /// tunnels whose configuration, live state, apply error or certificate alert may differ
+    /// since the last call (`None`: any): a one-tunnel change then costs O(1) lookups, not a
+    /// pass over every tunnel.
+    pub fn track_states(&mut self, view: &View<'_>, changed: Option<&BTreeSet<String>>) {
+        let Some(changed) = changed else {
+            self.tunnels
+                .retain(|name, _| view.tunnels.contains_key(name));
+            for (name, t) in view.tunnels {
+                self.track(view, name, t);
+            }
+            return;
+        };
+        for name in changed {
+            match view.tunnels.get(name) {
+                Some(t) => self.track(view, name, t),
                 None => {
-                    self.tunnels.insert(
-                        name.clone(),
-                        TunnelTrack {
-                            state,
-                            changes: 0,
-                            rekeys: 0,
-                        },
-                    );
+                    self.tunnels.remove(name);
                 }
+            }
+        }
+    }
+
+    fn track(&mut self, view: &View<'_>, name: &String, t: &Tunnel) {
+        let state = crate::status::tunnel_state(
+            t,
+            view.live.get(name),
+            view.apply_errors.get(name).map(String::as_str),
+            view.cert_alerts.get(name),
+        );
+        match self.tunnels.get_mut(name) {
+            Some(track) if track.state != state => {
+                track.state = state;
+                track.changes += 1;
+            }
+            Some(_) => {}
+            None => {
+                self.tunnels.insert(
+                    name.clone(),
+                    TunnelTrack {
+                        state,
+                        changes: 0,
+                        rekeys: 0,
+                    },
+                );
             }
         }
     }
