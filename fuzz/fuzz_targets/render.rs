@@ -360,8 +360,7 @@ libfuzzer_sys::fuzz_target!(|input: Input| {
 
     for t in desired.tunnels.values() {
         if let Ok(conn) = conns::tunnel_conn(t) {
-            let mut bytes = Vec::new();
-            conn.body.encode(&mut bytes).expect("load-conn encodes");
+            conn.body.decode().expect("an encoded load-conn decodes");
         }
     }
 });

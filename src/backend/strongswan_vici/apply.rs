@@ -12,7 +12,7 @@ use super::creds::{CredKey, CredSource, Sha, load_request, psk_source, unload_re
 use super::observe::ObservedConn;
 use super::plan::{Action, body_digest};
 use super::{StrongSwanVici, backend_error, bundles};
-use crate::backend::vici::{Message, check};
+use crate::backend::vici::{Body, Message, check};
 use crate::backend::{ApplyReport, BackendError};
 use crate::model::{Auth, Desired};
 
@@ -63,7 +63,7 @@ impl StrongSwanVici {
             CredKey::Shared(t) => desired.tunnels.get(t).and_then(psk_source),
             _ => None,
         };
-        let mut requests = Vec::new();
+        let mut requests: Vec<(String, Body)> = Vec::new();
         let mut pending = Vec::new();
         let mut renewed = false;
         // A certificate dropped at one path while one is loaded from another is a renewal
@@ -85,7 +85,7 @@ impl StrongSwanVici {
                     if let Some(bundle) = bundle {
                         let loaded = Arc::make_mut(&mut self.loaded);
                         for (cmd, body, member) in bundles::load(loaded, bundle) {
-                            requests.push((cmd, body));
+                            requests.push((cmd, body.into()));
                             pending.push(Pending::Member(member));
                         }
                     }
@@ -93,14 +93,14 @@ impl StrongSwanVici {
                 Action::UnloadStaleAuthorities(_) if bundle_failed => {}
                 Action::UnloadStaleAuthorities(_) => {
                     for (cmd, body) in bundles::unload_stale(Arc::make_mut(&mut self.loaded)) {
-                        requests.push((cmd, body));
+                        requests.push((cmd, body.into()));
                         pending.push(Pending::Stale);
                     }
                 }
                 Action::UnloadCred(CredKey::Authority(path)) => {
                     let loaded = Arc::make_mut(&mut self.loaded);
                     for (cmd, body, member) in bundles::unload(loaded, &path) {
-                        requests.push((cmd, body));
+                        requests.push((cmd, body.into()));
                         pending.push(Pending::Member(member));
                     }
                 }
@@ -143,13 +143,13 @@ impl StrongSwanVici {
                     let (cmd, body) = load_request(&key, &secret, owner.as_deref());
                     renewed |= matches!(key, CredKey::Cert(_))
                         && (moved || self.loaded.creds.contains_key(&key));
-                    requests.push((cmd.to_owned(), body));
+                    requests.push((cmd.to_owned(), body.into()));
                     pending.push(Pending::Cred(key, digest));
                 }
                 Action::LoadConn(c) => {
                     let digest = body_digest(&c.body);
                     let listed = c.listed();
-                    requests.push(("load-conn".to_owned(), c.body));
+                    requests.push(("load-conn".to_owned(), c.body.into()));
                     pending.push(Pending::Conn {
                         name: c.name,
                         digest,
@@ -169,7 +169,7 @@ impl StrongSwanVici {
                             .kv("ike", conn.as_str())
                             .kv("timeout", "-1")
                             .kv("init-limits", "no");
-                        requests.push(("initiate".to_owned(), body));
+                        requests.push(("initiate".to_owned(), body.into()));
                         pending.push(Pending::Initiate {
                             conn: conn.clone(),
                             child,
@@ -180,11 +180,11 @@ impl StrongSwanVici {
                     // unload-conn removes the config and its trap policies but leaves its
                     // established IKE_SA and CHILD_SAs (and their kernel SAs and policies)
                     // in place: close them first, without waiting for the peer.
-                    requests.push(("terminate".to_owned(), terminate_request(&name)));
+                    requests.push(("terminate".to_owned(), terminate_request(&name).into()));
                     pending.push(Pending::Terminate(name.clone()));
                     requests.push((
                         "unload-conn".to_owned(),
-                        Message::new().kv("name", name.as_str()),
+                        Message::new().kv("name", name.as_str()).into(),
                     ));
                     pending.push(Pending::UnloadConn(name));
                 }
@@ -195,7 +195,7 @@ impl StrongSwanVici {
                         .map(String::as_str);
                     match unload_request(&key, key_id) {
                         Some((cmd, body)) => {
-                            requests.push((cmd.to_owned(), body));
+                            requests.push((cmd.to_owned(), body.into()));
                             pending.push(Pending::UnloadCred(key));
                         }
                         None => {
@@ -208,7 +208,7 @@ impl StrongSwanVici {
         }
         if renewed {
             // charon's certificate cache would keep presenting (and trusting) the old one.
-            requests.push(("flush-certs".to_owned(), Message::new()));
+            requests.push(("flush-certs".to_owned(), Message::new().into()));
             pending.push(Pending::Flush);
         }
         let answers = self.batch(requests).await.map_err(backend_error)?;

@@ -24,7 +24,7 @@ use super::custom::{self, Level};
 use super::observe::ObservedConn;
 use super::plan::body_digest;
 use crate::backend::templates::SectionCache;
-use crate::backend::vici::Message;
+use crate::backend::vici::{Encoded, Message, MessageError};
 use crate::model::{Auth, Desired, DesiredTunnel, SkbMark, TunnelType};
 
 /// OVS's default IKE proposal (the Python monitor's `ike=`).
@@ -43,11 +43,34 @@ pub struct DesiredConn {
     /// Tunnels only: the children to start, and the addresses that decide which end starts
     /// them (see [`super::initiator`]).
     pub start: Option<Start>,
-    /// `{ <name> { ... } }`, ready for `load-conn`.
-    pub body: Message,
+    /// Its children's names, in the order of the body.
+    pub children: Vec<String>,
+    /// `{ <name> { ... } }`, encoded for `load-conn` (see [`Encoded`]).
+    pub body: Encoded,
 }
 
 impl DesiredConn {
+    /// The connection `name` with `conn` as its body; fails only for a name or value too long
+    /// for VICI.
+    fn new(
+        name: String,
+        tunnel: Option<String>,
+        start: Option<Start>,
+        conn: Message,
+    ) -> Result<Self, MessageError> {
+        let children = (conn.section_of("children"))
+            .map(|c| c.sections().map(|(n, _)| n.to_owned()).collect())
+            .unwrap_or_default();
+        let body = Encoded::new(&Message::new().section(&name, conn))?;
+        Ok(Self {
+            name,
+            tunnel,
+            start,
+            children,
+            body,
+        })
+    }
+
     /// How `list-conns` shows this connection once loaded: its children and their modes.
     pub fn listed(&self) -> ObservedConn {
         let mode = if self.tunnel.is_some() {
@@ -55,16 +78,9 @@ impl DesiredConn {
         } else {
             "DROP"
         };
-        let children = self
-            .body
-            .section_of(&self.name)
-            .and_then(|c| c.section_of("children"))
-            .map(|c| {
-                c.sections()
-                    .map(|(n, _)| (n.to_owned(), mode.to_owned()))
-                    .collect()
-            })
-            .unwrap_or_default();
+        let children = (self.children.iter())
+            .map(|n| (n.clone(), mode.to_owned()))
+            .collect();
         ObservedConn { children }
     }
 }
@@ -192,16 +208,13 @@ pub fn tunnel_conn(t: &DesiredTunnel) -> Result<DesiredConn, String> {
         .section("remote", remote)
         .section("children", children);
     custom::apply(&mut conn, Level::Conn, &settings);
-    Ok(DesiredConn {
-        body: Message::new().section(&name, conn),
-        name,
-        tunnel: Some(conf.name.clone()),
-        start: Some(Start {
-            children: child_names,
-            local: conf.local_ip,
-            remote: conf.remote_ip,
-        }),
-    })
+    let start = Start {
+        children: child_names,
+        local: conf.local_ip,
+        remote: conf.remote_ip,
+    };
+    DesiredConn::new(name, Some(conf.name.clone()), Some(start), conn)
+        .map_err(|e| format!("cannot encode its VICI load-conn: {e}"))
 }
 
 fn auth_rounds(auth: &Auth, remote_ip: String, t: &DesiredTunnel) -> (Message, Message) {
@@ -236,7 +249,7 @@ fn shunt_conns(desired: &Desired, mark: SkbMark) -> Vec<DesiredConn> {
             .map(|p| (format!("udp_{p}"), format!("udp/{p}"))),
     );
     protos
-        .map(|(suffix, proto)| {
+        .filter_map(|(suffix, proto)| {
             let name = format!("{SHUNT_PREFIX}{suffix}");
             let any = |p: &str| [format!("0.0.0.0/0[{p}]"), format!("::/0[{p}]")];
             let mark = mark.to_string();
@@ -258,12 +271,8 @@ fn shunt_conns(desired: &Desired, mark: SkbMark) -> Vec<DesiredConn> {
                     .section(&format!("{name}-in"), child(&proto, "udp"))
             };
             let conn = Message::new().section("children", children);
-            DesiredConn {
-                body: Message::new().section(&name, conn),
-                name,
-                tunnel: None,
-                start: None,
-            }
+            // Names and values of a few dozen bytes: encoding cannot fail.
+            DesiredConn::new(name, None, None, conn).ok()
         })
         .collect()
 }
@@ -273,16 +282,15 @@ mod tests {
     use super::*;
     use crate::backend::strongswan_vici::test_support::{cert_tunnel, desired, psk_tunnel};
 
-    fn conn(c: &DesiredConn) -> &Message {
-        c.body.section_of(&c.name).unwrap()
+    fn conn(c: &DesiredConn) -> Message {
+        let body = c.body.decode().unwrap();
+        body.section_of(&c.name).unwrap().clone()
     }
 
-    fn child<'a>(c: &'a DesiredConn, name: &str) -> &'a Message {
-        conn(c)
-            .section_of("children")
-            .unwrap()
-            .section_of(name)
-            .unwrap()
+    fn child(c: &DesiredConn, name: &str) -> Message {
+        let conn = conn(c);
+        let children = conn.section_of("children").unwrap();
+        children.section_of(name).unwrap().clone()
     }
 
     #[test]
@@ -294,7 +302,8 @@ mod tests {
         let start = c.start.as_ref().unwrap();
         assert_eq!(start.children, ["vx1-in-1", "vx1-out-1"]);
         assert_eq!(start.remote, "192.0.2.2".parse::<IpAddr>().unwrap());
-        let names: Vec<_> = conn(&c)
+        let ike = conn(&c);
+        let names: Vec<_> = ike
             .section_of("children")
             .unwrap()
             .sections()
@@ -399,7 +408,8 @@ mod tests {
                 "prevent_unencrypted_udp_7000"
             ]
         );
-        let udp = conn(shunts[3]).section_of("children").unwrap();
+        let shunt = conn(shunts[3]);
+        let udp = shunt.section_of("children").unwrap();
         let out = udp.section_of("prevent_unencrypted_udp_7000-out").unwrap();
         assert_eq!(out.str("mode"), Some("drop"));
         assert_eq!(out.str("mark_out"), Some("0/1"));

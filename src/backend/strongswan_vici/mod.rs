@@ -55,7 +55,7 @@ use self::observe::{
 use self::plan::Action;
 use super::ike_view::IkeView;
 use super::initiator;
-use super::vici::{Connection, Message, ViciError};
+use super::vici::{Body, Connection, Message, ViciError};
 use super::{
     ApplyReport, Backend, BackendError, BackendEvent, BackendKind, LiveStatus, Scope, StartOptions,
 };
@@ -200,7 +200,7 @@ impl StrongSwanVici {
         Err(ViciError::Closed)
     }
 
-    async fn batch(&mut self, requests: Vec<(String, Message)>) -> Result<Vec<Message>, ViciError> {
+    async fn batch(&mut self, requests: Vec<(String, Body)>) -> Result<Vec<Message>, ViciError> {
         let result = self.connection().await?.batch(requests).await;
         if result.is_err() {
             self.conn = None;

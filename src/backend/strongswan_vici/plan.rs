@@ -21,7 +21,7 @@ use super::conns::{ConnMemo, DesiredConn, Digested, SHUNT_PREFIX, Start};
 use super::creds::{CredKey, CredSource, Sha, desired_creds, psk_source};
 use super::observe::{Loaded, Observed, ObservedConn};
 use crate::backend::Scope;
-use crate::backend::vici::Message;
+use crate::backend::vici::Encoded;
 use crate::model::{Auth, Desired};
 
 /// One step of a plan.
@@ -81,14 +81,9 @@ fn cred_label(k: &CredKey) -> String {
     }
 }
 
-/// The digest of a `load-conn` body (an unencodable body gets a digest that never matches,
-/// so the load is attempted and its error reported).
-pub fn body_digest(body: &Message) -> Sha {
-    let mut bytes = Vec::new();
-    match body.encode(&mut bytes) {
-        Ok(()) => crate::backend::files::sha256(&bytes),
-        Err(_) => [0xff; 32],
-    }
+/// The digest of a `load-conn` body (what charon was sent, compared with what we would send).
+pub fn body_digest(body: &Encoded) -> Sha {
+    crate::backend::files::sha256(body.bytes())
 }
 
 /// How long a tunnel without any IKE_SA waits before its children are initiated again.

@@ -12,11 +12,43 @@ use std::time::Duration;
 use tokio::net::UnixStream;
 
 use super::ViciError;
-use super::message::Message;
-use super::packet::{Packet, PacketType, read_packet, write_all};
+use super::message::{Encoded, Message};
+use super::packet::{Packet, PacketType, frame, read_packet, write_all};
 
 /// Requests written before their answers are read.
 const PIPELINE_CHUNK: usize = 64;
+
+/// A request's body: a message, or one encoded before and kept (see [`Encoded`]).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Body {
+    Message(Message),
+    Encoded(Encoded),
+}
+
+impl From<Message> for Body {
+    fn from(m: Message) -> Self {
+        Body::Message(m)
+    }
+}
+
+impl From<Encoded> for Body {
+    fn from(e: Encoded) -> Self {
+        Body::Encoded(e)
+    }
+}
+
+impl Body {
+    /// The request packet for `cmd`, with its length prefix.
+    fn request(&self, cmd: &str) -> Result<Vec<u8>, super::MessageError> {
+        frame(PacketType::CmdRequest, cmd, |out| match self {
+            Body::Message(m) => m.encode(out),
+            Body::Encoded(e) => {
+                out.extend_from_slice(e.bytes());
+                Ok(())
+            }
+        })
+    }
+}
 
 /// A connection to charon's VICI socket.
 #[derive(Debug)]
@@ -38,7 +70,7 @@ impl Connection {
     /// Sends `cmd` and returns its response body. A `success = no` answer is returned as is;
     /// see [`check`].
     pub async fn request(&mut self, cmd: &str, body: Message) -> Result<Message, ViciError> {
-        let mut answers = self.batch(vec![(cmd.to_owned(), body)]).await?;
+        let mut answers = self.batch(vec![(cmd.to_owned(), body.into())]).await?;
         answers
             .pop()
             .ok_or_else(|| ViciError::Protocol("no answer".into()))
@@ -47,16 +79,16 @@ impl Connection {
     /// Sends every request and returns the answers in order (pipelined in chunks).
     pub async fn batch(
         &mut self,
-        requests: Vec<(String, Message)>,
+        requests: Vec<(String, Body)>,
     ) -> Result<Vec<Message>, ViciError> {
         let timeout = self.timeout;
         let mut answers = Vec::with_capacity(requests.len());
         let mut requests = requests.into_iter().peekable();
         while requests.peek().is_some() {
-            let chunk: Vec<(String, Message)> = requests.by_ref().take(PIPELINE_CHUNK).collect();
+            let chunk: Vec<(String, Body)> = requests.by_ref().take(PIPELINE_CHUNK).collect();
             let mut bytes = Vec::new();
             for (cmd, body) in &chunk {
-                bytes.extend(Packet::new(PacketType::CmdRequest, cmd, body.clone()).encode()?);
+                bytes.extend(body.request(cmd)?);
             }
             let fut = async {
                 write_all(&mut self.stream, &bytes).await?;
@@ -167,7 +199,7 @@ pub fn check(cmd: &str, answer: &Message) -> Result<(), ViciError> {
     })
 }
 
-fn chunk_name(chunk: &[(String, Message)]) -> String {
+fn chunk_name(chunk: &[(String, Body)]) -> String {
     match chunk {
         [(cmd, _)] => cmd.clone(),
         _ => format!("batch of {} requests", chunk.len()),
@@ -225,7 +257,7 @@ mod tests {
             .await
             .unwrap();
         let reqs: Vec<_> = (0..150)
-            .map(|i| (format!("cmd{i}"), Message::new()))
+            .map(|i| (format!("cmd{i}"), Message::new().into()))
             .collect();
         let answers = c.batch(reqs).await.unwrap();
         assert_eq!(answers.len(), 150);

@@ -13,8 +13,8 @@ use std::path::PathBuf;
 
 use thiserror::Error;
 
-pub use client::{Connection, check};
-pub use message::{Element, Message, MessageError, Value};
+pub use client::{Body, Connection, check};
+pub use message::{Element, Encoded, Message, MessageError, Value};
 
 #[derive(Debug, Error)]
 pub enum ViciError {

@@ -66,17 +66,7 @@ impl Packet {
 
     /// The packet with its length prefix, ready to write.
     pub fn encode(&self) -> Result<Vec<u8>, MessageError> {
-        let mut out = vec![0, 0, 0, 0, self.kind as u8];
-        if self.kind.is_named() {
-            let len = u8::try_from(self.name.len())
-                .map_err(|_| MessageError::NameTooLong(self.name.clone()))?;
-            out.push(len);
-            out.extend_from_slice(self.name.as_bytes());
-        }
-        self.body.encode(&mut out)?;
-        let len = u32::try_from(out.len() - 4).unwrap_or(u32::MAX);
-        out[..4].copy_from_slice(&len.to_be_bytes());
-        Ok(out)
+        frame(self.kind, &self.name, |out| self.body.encode(out))
     }
 
     /// Decodes a packet without its length prefix.
@@ -124,6 +114,24 @@ pub async fn read_packet<R: AsyncRead + Unpin>(r: &mut R) -> Result<Option<Packe
 pub async fn write_all<W: AsyncWrite + Unpin>(w: &mut W, bytes: &[u8]) -> Result<(), ViciError> {
     w.write_all(bytes).await.map_err(ViciError::Io)?;
     w.flush().await.map_err(ViciError::Io)
+}
+
+/// A packet of `kind` named `name` whose body `body` writes, with its length prefix.
+pub fn frame(
+    kind: PacketType,
+    name: &str,
+    body: impl FnOnce(&mut Vec<u8>) -> Result<(), MessageError>,
+) -> Result<Vec<u8>, MessageError> {
+    let mut out = vec![0, 0, 0, 0, kind as u8];
+    if kind.is_named() {
+        let len = u8::try_from(name.len()).map_err(|_| MessageError::NameTooLong(name.into()))?;
+        out.push(len);
+        out.extend_from_slice(name.as_bytes());
+    }
+    body(&mut out)?;
+    let len = u32::try_from(out.len() - 4).unwrap_or(u32::MAX);
+    out[..4].copy_from_slice(&len.to_be_bytes());
+    Ok(out)
 }
 
 #[cfg(test)]
