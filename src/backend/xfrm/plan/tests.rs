@@ -270,10 +270,13 @@ fn a_lost_inbound_sa_forces_a_new_generation_instead_of_a_fresh_replay_window() 
     obs.sas.remove(&in_id); // `ip xfrm state delete` of the inbound SA only
     assert_eq!(kinds(&converge(&d, &mut obs)), ["renew"]);
     let after = resolve(&d, &obs)["t1"].clone().unwrap();
-    assert_ne!(after.in_sa.as_ref().unwrap().key, before.in_sa.unwrap().key);
+    assert_ne!(
+        after.in_sa.as_ref().unwrap().key,
+        before.in_sa.as_ref().unwrap().key
+    );
     assert_ne!(
         after.out_sa.as_ref().unwrap().key,
-        before.out_sa.unwrap().key
+        before.out_sa.as_ref().unwrap().key
     );
     assert_eq!(
         kinds(&converge(&d, &mut obs)),
