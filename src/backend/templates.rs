@@ -140,13 +140,31 @@ pub fn assemble<'a>(
 /// does not change what they compute. (A `Mutex`, not a `RefCell`, because backends' futures
 /// must be `Send`; it is never contended.)
 pub struct SectionCache<I, T = String> {
-    entries: Mutex<HashMap<String, (I, T)>>,
+    entries: Mutex<Entries<I, T>>,
+}
+
+/// The sections kept, and the number of the last [`SectionCache::render_all`], which marks the
+/// entries it saw so that the others can be dropped without building a second map: a
+/// one-tunnel change at 10,000 tunnels used to rebuild the whole map (and copy every key).
+struct Entries<I, T> {
+    by_key: HashMap<String, Entry<I, T>>,
+    round: u64,
+}
+
+struct Entry<I, T> {
+    input: I,
+    text: T,
+    /// The [`Entries::round`] that last listed this key.
+    round: u64,
 }
 
 impl<I, T> Default for SectionCache<I, T> {
     fn default() -> Self {
         Self {
-            entries: Mutex::new(HashMap::new()),
+            entries: Mutex::new(Entries {
+                by_key: HashMap::new(),
+                round: 0,
+            }),
         }
     }
 }
@@ -154,32 +172,58 @@ impl<I, T> Default for SectionCache<I, T> {
 /// Not derived: the inputs may hold secrets. Shows only how many sections are kept.
 impl<I, T> std::fmt::Debug for SectionCache<I, T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let n = self.entries().len();
+        let n = self.entries().by_key.len();
         write!(f, "SectionCache({n} sections)")
     }
 }
 
 impl<I: PartialEq, T: Clone> SectionCache<I, T> {
     /// The text of every `(key, input)` in order: reused when `key` was rendered from an equal
-    /// input by the previous call, else produced by `render`. Keys absent from this call are
-    /// forgotten, so the cache holds one generation of sections.
-    pub fn render_all<E>(
+    /// input before, else produced by `render`. Keys absent from this call are forgotten, so
+    /// the cache holds one generation of sections. A failed render leaves every entry
+    /// matching the input it was rendered from.
+    pub fn render_all<'k, E>(
         &self,
-        items: impl IntoIterator<Item = (String, I)>,
+        items: impl IntoIterator<Item = (&'k str, I)>,
         mut render: impl FnMut(&I) -> Result<T, E>,
     ) -> Result<Vec<T>, E> {
-        let mut old = std::mem::take(&mut *self.entries());
-        let mut next = HashMap::with_capacity(old.len());
-        let mut out = Vec::with_capacity(old.len());
+        let mut entries = self.entries();
+        entries.round += 1;
+        let round = entries.round;
+        let mut out = Vec::with_capacity(entries.by_key.len());
+        let mut listed = 0;
         for (key, input) in items {
-            let text = match old.remove(&key) {
-                Some((was, text)) if was == input => text,
-                _ => render(&input)?,
+            listed += 1;
+            let text = match entries.by_key.get_mut(key) {
+                Some(e) if e.input == input => {
+                    e.round = round;
+                    e.text.clone()
+                }
+                Some(e) => {
+                    let text = render(&input)?;
+                    *e = Entry {
+                        input,
+                        text: text.clone(),
+                        round,
+                    };
+                    text
+                }
+                None => {
+                    let text = render(&input)?;
+                    let e = Entry {
+                        input,
+                        text: text.clone(),
+                        round,
+                    };
+                    entries.by_key.insert(key.to_owned(), e);
+                    text
+                }
             };
-            out.push(text.clone());
-            next.insert(key, (input, text));
+            out.push(text);
         }
-        *self.entries() = next;
+        if entries.by_key.len() > listed {
+            entries.by_key.retain(|_, e| e.round == round);
+        }
         Ok(out)
     }
 
@@ -192,27 +236,33 @@ impl<I: PartialEq, T: Clone> SectionCache<I, T> {
         render: impl FnOnce(&I) -> Result<T, E>,
     ) -> Result<T, E> {
         let mut entries = self.entries();
-        if let Some((was, text)) = entries.get(key)
-            && *was == input
+        if let Some(e) = entries.by_key.get(key)
+            && e.input == input
         {
-            return Ok(text.clone());
+            return Ok(e.text.clone());
         }
         // A failed render must not leave the old text behind for the new input.
-        entries.remove(key);
+        entries.by_key.remove(key);
         let text = render(&input)?;
-        entries.insert(key.to_owned(), (input, text.clone()));
+        let round = entries.round;
+        let e = Entry {
+            input,
+            text: text.clone(),
+            round,
+        };
+        entries.by_key.insert(key.to_owned(), e);
         Ok(text)
     }
 
     /// Drops what was kept for `key` (a tunnel that is gone).
     pub fn forget(&self, key: &str) {
-        self.entries().remove(key);
+        self.entries().by_key.remove(key);
     }
 }
 
 impl<I, T> SectionCache<I, T> {
     /// A panic aborts the daemon, so a poisoned lock can only be seen by tests: take it.
-    fn entries(&self) -> std::sync::MutexGuard<'_, HashMap<String, (I, T)>> {
+    fn entries(&self) -> std::sync::MutexGuard<'_, Entries<I, T>> {
         self.entries.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
@@ -269,13 +319,10 @@ mod tests {
         let mut calls = Vec::new();
         let run = |items: Vec<(&str, u32)>, calls: &mut Vec<u32>| {
             cache
-                .render_all(
-                    items.into_iter().map(|(k, i)| (k.to_owned(), i)),
-                    |i: &u32| -> Result<String, ()> {
-                        calls.push(*i);
-                        Ok(format!("<{i}>"))
-                    },
-                )
+                .render_all(items, |i: &u32| -> Result<String, ()> {
+                    calls.push(*i);
+                    Ok(format!("<{i}>"))
+                })
                 .unwrap()
         };
         assert_eq!(run(vec![("a", 1), ("b", 2)], &mut calls), ["<1>", "<2>"]);
@@ -287,6 +334,26 @@ mod tests {
     }
 
     #[test]
+    fn a_failed_render_all_keeps_what_still_matches() {
+        let cache = SectionCache::default();
+        let calls = std::cell::RefCell::new(Vec::new());
+        let render = |i: &u32| -> Result<String, u32> {
+            calls.borrow_mut().push(*i);
+            if *i == 99 {
+                Err(*i)
+            } else {
+                Ok(format!("<{i}>"))
+            }
+        };
+        cache.render_all([("a", 1), ("b", 2)], render).unwrap();
+        assert_eq!(cache.render_all([("a", 1), ("b", 99)], render), Err(99));
+        let all = cache.render_all([("a", 1), ("b", 3)], render).unwrap();
+        assert_eq!(all, ["<1>", "<3>"]);
+        // "a" is reused throughout; "b" is never served from the failed input.
+        assert_eq!(*calls.borrow(), [1, 2, 99, 3]);
+    }
+
+    #[test]
     fn one_section_is_rendered_like_all_of_them() {
         let cache = SectionCache::default();
         let calls = std::cell::RefCell::new(Vec::new());
@@ -294,22 +361,13 @@ mod tests {
             calls.borrow_mut().push(*i);
             Ok(format!("<{i}>"))
         };
-        cache
-            .render_all([("a".to_owned(), 1), ("b".to_owned(), 2)], render)
-            .unwrap();
+        cache.render_all([("a", 1), ("b", 2)], render).unwrap();
         assert_eq!(cache.render_one("a", 1, render).unwrap(), "<1>");
         assert_eq!(cache.render_one("b", 5, render).unwrap(), "<5>");
         assert_eq!(cache.render_one("c", 7, render).unwrap(), "<7>");
         cache.forget("a");
         let all = cache
-            .render_all(
-                [
-                    ("a".to_owned(), 1),
-                    ("b".to_owned(), 5),
-                    ("c".to_owned(), 7),
-                ],
-                render,
-            )
+            .render_all([("a", 1), ("b", 5), ("c", 7)], render)
             .unwrap();
         assert_eq!(all, ["<1>", "<5>", "<7>"]);
         // Rendered: a and b at first, b and c changed, a again after it was forgotten.
@@ -382,10 +440,10 @@ mod tests {
     fn a_failed_render_keeps_nothing_stale() {
         let cache = SectionCache::default();
         let ok = |i: &u32| -> Result<String, u32> { Ok(i.to_string()) };
-        cache.render_all([("a".to_owned(), 1)], ok).unwrap();
-        let failed = cache.render_all([("a".to_owned(), 2)], |i: &u32| Err(*i));
+        cache.render_all([("a", 1)], ok).unwrap();
+        let failed = cache.render_all([("a", 2)], |i: &u32| Err(*i));
         assert_eq!(failed, Err(2));
-        assert_eq!(cache.render_all([("a".to_owned(), 2)], ok).unwrap(), ["2"]);
+        assert_eq!(cache.render_all([("a", 2)], ok).unwrap(), ["2"]);
     }
 
     #[test]

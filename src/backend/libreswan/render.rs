@@ -318,7 +318,7 @@ pub fn render(
                 tunnel: t.clone(),
                 layout: layout.clone(),
             };
-            (name.clone(), input)
+            (name.as_str(), input)
         }),
         |i| tunnel_text(templates, i),
     )?;

@@ -349,7 +349,7 @@ pub fn render(
                 tunnel: t.clone(),
                 pki: pki_of(t, desired).cloned(),
             };
-            (name.clone(), input)
+            (name.as_str(), input)
         }),
         |i| tunnel_text(templates, i),
     )?;

@@ -135,7 +135,7 @@ impl ConnMemo {
     /// [`desired_conns`], with each connection's digest.
     pub fn conns(&self, desired: &Desired) -> (Vec<Arc<Digested>>, BTreeMap<String, String>) {
         let Ok(built) = self.tunnels.render_all(
-            desired.tunnels.iter().map(|(n, t)| (n.clone(), t.clone())),
+            desired.tunnels.iter().map(|(n, t)| (n.as_str(), t.clone())),
             |t| Ok::<_, std::convert::Infallible>(tunnel_conn(t).map(Digested::new)),
         );
         let mut conns = Vec::with_capacity(desired.tunnels.len());
