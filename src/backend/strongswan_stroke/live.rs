@@ -89,7 +89,7 @@ fn tunnel_status(t: &DesiredTunnel, ix: &Index<'_>) -> LiveStatus {
         let sas = ix.ike_sas_for(conn);
         let mut up = false;
         for c in sas.clone().flat_map(|ike| &ike.children) {
-            if c.name == *conn && c.state == "INSTALLED" {
+            if c.name == *conn && c.state() == "INSTALLED" {
                 up = true;
                 ls.active_mut()
                     .push_fmt(format_args!("{}{{{}}}: {}", c.name, c.id, c.line));
@@ -180,12 +180,12 @@ pub fn views(desired: &Desired, st: &Status) -> BTreeMap<String, Vec<ConnView>> 
         let sas: Vec<&IkeSa> = ix.ike_sas_for(&conn).collect();
         ConnView {
             loaded: ix.loaded.contains(conn.as_str()),
-            ike: SaState::best(sas.iter().map(|s| state(&s.state))),
+            ike: SaState::best(sas.iter().map(|s| state(s.state()))),
             child: SaState::best(
                 sas.iter()
                     .flat_map(|s| &s.children)
                     .filter(|c| c.name == conn)
-                    .map(|c| state(&c.state)),
+                    .map(|c| state(c.state())),
             ),
             name: conn,
             reason: None,
