@@ -16,38 +16,57 @@ const IKE_HEADING: &str = "IKE SAs:";
 const CONN_HEADING: &str = "Connections loaded in charon:";
 
 /// Lookups over one parsed status, built once per call of [`status`] so that the state of
-/// N tunnels costs O(N log N), not O(N²).
+/// N tunnels costs O(N log N), not O(N²). Sorted vectors rather than maps: at 10,000 tunnels
+/// the index is alive at the peak of a full pass, and a map of vectors cost an allocation per
+/// connection there.
 struct Index<'a> {
-    loaded: BTreeSet<&'a str>,
-    peer_of: BTreeMap<&'a str, &'a str>,
-    /// IKE_SAs by the connection names they can carry: their own name, and their children's.
-    sas_of: BTreeMap<&'a str, Vec<&'a IkeSa>>,
+    /// Loaded connection names, sorted, each once.
+    loaded: Vec<&'a str>,
+    /// (connection, peer configuration it was merged into), sorted by connection; of a
+    /// connection listed under two peer configurations the last one counts.
+    peer_of: Vec<(&'a str, &'a str)>,
+    /// IKE_SAs by the connection names they can carry (their own name, and their children's),
+    /// sorted by name; within a name each IKE_SA once, in charon's order.
+    sas_of: Vec<(&'a str, &'a IkeSa)>,
     routed: &'a BTreeSet<String>,
+}
+
+/// The entries of `v` (sorted by name) named `key`.
+fn named<'v, 'a, T>(v: &'v [(&'a str, T)], key: &str) -> &'v [(&'a str, T)] {
+    let start = v.partition_point(|(k, _)| *k < key);
+    let end = v.partition_point(|(k, _)| *k <= key);
+    v.get(start..end).unwrap_or_default()
 }
 
 impl<'a> Index<'a> {
     fn new(st: &'a Status) -> Self {
-        let mut sas_of: BTreeMap<&str, Vec<&IkeSa>> = BTreeMap::new();
-        for ike in &st.sas {
-            let names = std::iter::once(ike.name.as_str())
-                .chain(ike.children.iter().map(|c| c.name.as_str()));
-            for n in names {
-                let v = sas_of.entry(n).or_default();
-                if !v.iter().any(|s| std::ptr::eq(*s, ike)) {
-                    v.push(ike);
-                }
-            }
-        }
+        let mut sas_of: Vec<(&str, &IkeSa)> = (st.sas.iter())
+            .flat_map(|ike| {
+                std::iter::once(ike.name.as_str())
+                    .chain(ike.children.iter().map(|c| c.name.as_str()))
+                    .map(move |n| (n, ike))
+            })
+            .collect();
+        // Stable: an IKE_SA's entries under one name are next to each other.
+        sas_of.sort_by_key(|(a, _)| *a);
+        sas_of.dedup_by(|(a, x), (b, y)| a == b && std::ptr::eq(*x, *y));
+        let mut peer_of: Vec<(&str, &str)> = (st.peers.iter())
+            .flat_map(|(p, kids)| kids.iter().map(move |k| (k.as_str(), p.as_str())))
+            .collect();
+        peer_of.sort_by_key(|(a, _)| *a);
+        let mut loaded: Vec<&str> = st.peers.values().flatten().map(String::as_str).collect();
+        loaded.sort_unstable();
+        loaded.dedup();
         Self {
-            loaded: st.loaded(),
-            peer_of: st
-                .peers
-                .iter()
-                .flat_map(|(p, kids)| kids.iter().map(move |k| (k.as_str(), p.as_str())))
-                .collect(),
+            loaded,
+            peer_of,
             sas_of,
             routed: &st.routed,
         }
+    }
+
+    fn loaded(&self, conn: &str) -> bool {
+        self.loaded.binary_search(&conn).is_ok()
     }
 
     fn routed(&self, conn: &str) -> bool {
@@ -58,14 +77,14 @@ impl<'a> Index<'a> {
     /// into, or that list a CHILD_SA of it. Each once; borrowed from the index, so a tunnel's
     /// status allocates nothing to look them up.
     fn ike_sas_for<'s>(&'s self, conn: &'s str) -> impl Iterator<Item = &'a IkeSa> + Clone + 's {
-        let peer = self.peer_of.get(conn).copied().unwrap_or(conn);
-        let own: &'s [&'a IkeSa] = self.sas_of.get(conn).map_or(&[], Vec::as_slice);
-        let of_peer: &'s [&'a IkeSa] = self.sas_of.get(peer).map_or(&[], Vec::as_slice);
-        own.iter().copied().chain(
+        let peer = named(&self.peer_of, conn).last().map_or(conn, |(_, p)| *p);
+        let own = named(&self.sas_of, conn);
+        let of_peer = named(&self.sas_of, peer);
+        own.iter().map(|(_, s)| *s).chain(
             of_peer
                 .iter()
-                .copied()
-                .filter(move |s| s.name == peer && !own.iter().any(|x| std::ptr::eq(*x, *s))),
+                .map(|(_, s)| *s)
+                .filter(move |s| s.name == peer && !own.iter().any(|(_, x)| std::ptr::eq(*x, *s))),
         )
     }
 }
@@ -78,7 +97,7 @@ fn tunnel_status(t: &DesiredTunnel, ix: &Index<'_>) -> LiveStatus {
     // The IKE_SAs are listed in a section of their own after the connections', each once.
     let mut ikes: Vec<&IkeSa> = Vec::new();
     ls.details_mut().section(CONN_HEADING);
-    for conn in conns.iter().filter(|c| ix.loaded.contains(c.as_str())) {
+    for conn in conns.iter().filter(|c| ix.loaded(c)) {
         let routed = if ix.routed(conn) {
             "routed"
         } else {
@@ -118,7 +137,7 @@ fn tunnel_status(t: &DesiredTunnel, ix: &Index<'_>) -> LiveStatus {
     let missing: Vec<&str> = conns
         .iter()
         .map(String::as_str)
-        .filter(|c| !ix.loaded.contains(c))
+        .filter(|c| !ix.loaded(c))
         .collect();
     ls.state = if !missing.is_empty() {
         LiveState::Down
@@ -179,7 +198,7 @@ pub fn views(desired: &Desired, st: &Status) -> BTreeMap<String, Vec<ConnView>> 
     per_tunnel(desired, |_, conn| {
         let sas: Vec<&IkeSa> = ix.ike_sas_for(&conn).collect();
         ConnView {
-            loaded: ix.loaded.contains(conn.as_str()),
+            loaded: ix.loaded(&conn),
             ike: SaState::best(sas.iter().map(|s| state(s.state()))),
             child: SaState::best(
                 sas.iter()
