@@ -124,8 +124,7 @@ fn failed(desired: &Desired, reason: String) -> PassOutcome {
         .tunnels
         .keys()
         .map(|name| {
-            let mut st = LiveStatus::new(LiveState::Down);
-            st.error = Some(reason.clone());
+            let st = LiveStatus::failed(LiveState::Down, reason.as_str());
             (name.clone(), st)
         })
         .collect();

@@ -258,7 +258,7 @@ impl XfrmWatch {
         let mut live = live
             .cloned()
             .unwrap_or_else(|| LiveStatus::new(crate::backend::LiveState::Configured));
-        live.details.push(("XFRM events".to_owned(), lines));
+        live.add_details("XFRM events", lines);
         Some(live)
     }
 

@@ -106,14 +106,11 @@ impl Backend for DryRun {
             .map(|(name, t)| {
                 let conns = t.conn_names();
                 let mut st = LiveStatus::new(LiveState::Configured);
-                st.details.push((
-                    "Connections loaded (dry run, no IKE daemon)".into(),
-                    conns
-                        .iter()
-                        .filter(|c| observed.contains(*c))
-                        .cloned()
-                        .collect(),
-                ));
+                st.add_details(
+                    "Connections loaded (dry run, no IKE daemon)",
+                    conns.iter().filter(|c| observed.contains(*c)),
+                );
+                st.shrink_to_fit();
                 (name.clone(), st)
             })
             .collect()

@@ -17,6 +17,7 @@ pub mod files;
 pub mod ike_view;
 pub mod initiator;
 pub mod libreswan;
+mod live_status;
 #[cfg(test)]
 mod noop_edit_tests;
 pub mod pidwatch;
@@ -35,6 +36,7 @@ use thiserror::Error;
 use tokio::sync::mpsc;
 
 use crate::model::Desired;
+pub use live_status::{Details, Lines, LiveStatus};
 use xfrm::events::XfrmEvent;
 
 /// Which backend `--ike-daemon` selects.
@@ -114,34 +116,6 @@ impl LiveState {
 impl fmt::Display for LiveState {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
-    }
-}
-
-/// What a backend reports about one tunnel, for OVSDB status and `tunnels/show`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LiveStatus {
-    pub state: LiveState,
-    /// Why the state is `Error` or `Down`; never a secret.
-    pub error: Option<String>,
-    /// Connections (or SA pairs) that are established, by name.
-    pub active: Vec<String>,
-    /// Extra lines for `tunnels/show`, grouped under a heading each (e.g. "Kernel policies
-    /// installed"), already redacted.
-    pub details: Vec<(String, Vec<String>)>,
-    /// Backend-specific `external_ids` keys for the tunnel's row; only keys listed in
-    /// `status::keys::BACKEND_INTERFACE` (and the OVSDB contract) are written.
-    pub keys: BTreeMap<&'static str, String>,
-}
-
-impl LiveStatus {
-    pub fn new(state: LiveState) -> Self {
-        Self {
-            state,
-            error: None,
-            active: Vec::new(),
-            details: Vec::new(),
-            keys: BTreeMap::new(),
-        }
     }
 }
 

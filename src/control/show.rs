@@ -34,7 +34,7 @@ use std::net::IpAddr;
 
 use serde_json::{Value, json};
 
-use crate::backend::LiveStatus;
+use crate::backend::{Details, Lines, LiveStatus};
 use crate::model::{Auth, Family, Global, Tunnel, Validity};
 
 /// One tunnel to show and what the backend knows about it.
@@ -80,8 +80,8 @@ struct View<'a> {
     custom: &'a BTreeMap<String, String>,
     ofport: Option<i64>,
     cfm: Option<bool>,
-    active: &'a [String],
-    details: &'a [(String, Vec<String>)],
+    active: Option<&'a Lines>,
+    details: Option<&'a Details>,
     inner_mtu: Option<u32>,
 }
 
@@ -95,7 +95,7 @@ impl<'a> View<'a> {
             version: tun.version,
             validity: Ok(()),
             state: live.map_or("configured", |l| l.state.as_str()),
-            error: live.and_then(|l| l.error.as_deref()),
+            error: live.and_then(|l| l.error()),
             kind: Some(raw.kind.clone()).filter(|k| !k.is_empty()),
             local_ip: raw.local_ip.clone(),
             remote_ip: raw.remote_ip.clone(),
@@ -112,8 +112,8 @@ impl<'a> View<'a> {
             custom: &raw.custom,
             ofport: tun.ofport,
             cfm: tun.cfm_fault,
-            active: live.map_or(&[], |l| &l.active),
-            details: live.map_or(&[], |l| &l.details),
+            active: live.map(LiveStatus::active),
+            details: live.map(LiveStatus::details),
             inner_mtu: t.inner_mtu,
         };
         let c = match &tun.validity {
@@ -222,18 +222,20 @@ fn text_block(out: &mut String, global: &Global, v: &View<'_>) {
     if let Some(mtu) = v.inner_mtu {
         out.push_str(&format!("  {:<16}{mtu}\n", "Inner MTU:"));
     }
-    let sections = v
-        .details
-        .iter()
-        .map(|(h, lines)| (h.as_str(), lines.as_slice()))
-        .chain([("IPsec connections that are active:", v.active)]);
-    for (heading, lines) in sections {
+    let mut section = |heading: &str, lines: &mut dyn Iterator<Item = &str>| {
         out.push_str(heading);
         out.push('\n');
         for l in lines {
             out.push_str(&format!("  {l}\n"));
         }
+    };
+    for (heading, mut lines) in v.details.iter().flat_map(|d| d.iter()) {
+        section(heading, &mut lines);
     }
+    section(
+        "IPsec connections that are active:",
+        &mut v.active.iter().flat_map(|a| a.iter()),
+    );
     out.push('\n');
 }
 
@@ -255,10 +257,15 @@ pub fn render_json(global: &Global, tunnels: &[ShowTunnel<'_>]) -> String {
         .iter()
         .map(|t| {
             let v = View::new(t);
-            let details: serde_json::Map<String, Value> = v
-                .details
+            let details: serde_json::Map<String, Value> = (v.details.iter())
+                .flat_map(|d| d.iter())
+                .map(|(h, lines)| (h.to_owned(), lines.map(Value::from).collect()))
+                .collect();
+            let active: Value = v
+                .active
                 .iter()
-                .map(|(h, lines)| (h.clone(), json!(lines)))
+                .flat_map(|a| a.iter())
+                .map(Value::from)
                 .collect();
             json!({
                 "name": v.name,
@@ -282,7 +289,7 @@ pub fn render_json(global: &Global, tunnels: &[ShowTunnel<'_>]) -> String {
                 "ofport": v.ofport,
                 "cfm_state": v.cfm_state().to_ascii_lowercase(),
                 "inner_mtu": v.inner_mtu,
-                "active": v.active,
+                "active": active,
                 "details": details,
             })
         })

@@ -91,19 +91,17 @@ fn invalid_tunnel() -> Tunnel {
 }
 
 fn up(active: &[&str]) -> LiveStatus {
-    LiveStatus {
-        state: LiveState::Up,
-        error: None,
-        active: active.iter().map(|s| s.to_string()).collect(),
-        keys: BTreeMap::new(),
-        details: vec![
-            (
-                "Kernel policies installed:".into(),
-                vec!["src 2001:db8::1/128 dst 2001:db8::2/128 proto udp".into()],
-            ),
-            ("Kernel security associations installed:".into(), vec![]),
-        ],
-    }
+    let mut st = LiveStatus::new(LiveState::Up);
+    active.iter().for_each(|a| st.push_active(a));
+    st.add_details(
+        "Kernel policies installed:",
+        ["src 2001:db8::1/128 dst 2001:db8::2/128 proto udp"],
+    );
+    st.add_details(
+        "Kernel security associations installed:",
+        Vec::<String>::new(),
+    );
+    st
 }
 
 #[test]
@@ -154,10 +152,7 @@ IPsec connections that are active:
 #[test]
 fn cert_tunnel_golden_with_error_and_skb_mark() {
     let t = cert_tunnel();
-    let live = LiveStatus {
-        error: Some("peer authentication failed".into()),
-        ..LiveStatus::new(LiveState::Down)
-    };
+    let live = LiveStatus::failed(LiveState::Down, "peer authentication failed");
     let global = Global {
         pki: None,
         skb_mark: Some(SkbMark { value: 0, mask: 1 }),

@@ -66,7 +66,7 @@ pub fn check(
         BackendKind::StrongSwan => "strongSwan",
         BackendKind::Libreswan => "Libreswan",
     };
-    let reason = apply_error.or_else(|| live.and_then(|l| l.error.as_deref()));
+    let reason = apply_error.or_else(|| live.and_then(|l| l.error()));
     match host.ike {
         IkeView::Unreachable(e) => {
             out.layer("IKE daemon", false, format!("{daemon} unreachable: {e}"));

@@ -42,7 +42,7 @@ fn state_and_error(
             };
             match (apply_error.or(expired), live) {
                 (Some(e), _) => (LiveState::Error.as_str(), Some(e.to_owned())),
-                (None, Some(l)) => (l.state.as_str(), l.error.clone()),
+                (None, Some(l)) => (l.state.as_str(), l.error().map(str::to_owned)),
                 (None, None) => (LiveState::Configured.as_str(), None),
             }
         }
@@ -104,7 +104,7 @@ pub fn tunnel_keys(
     // Backend keys: only those the contract declares; absent ones are removed.
     let backend = live.filter(|_| tunnel.conf().is_some());
     for key in keys::BACKEND_INTERFACE {
-        out.insert(key, backend.and_then(|l| l.keys.get(key)).cloned());
+        out.insert(key, backend.and_then(|l| l.key(key)).map(str::to_owned));
     }
     out
 }

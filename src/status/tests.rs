@@ -231,8 +231,8 @@ fn backend_keys_are_written_only_when_declared_and_removed_when_gone() {
     let rows = [row("t1", "u1", &[("ipsec-rotation", "pending")])];
     let tunnels = BTreeMap::from([("t1".to_string(), psk_tunnel("t1", "u1", 1))]);
     let mut st = LiveStatus::new(LiveState::Up);
-    st.keys.insert(keys::GENERATION, "00ff".into());
-    st.keys.insert("ipsec-undeclared", "x".into());
+    st.set_key(keys::GENERATION, "00ff");
+    st.set_key("ipsec-undeclared", "x");
     let live = BTreeMap::from([("t1".to_string(), st)]);
     let errors = BTreeMap::new();
     let ops = wire(plan(&input(&rows, &tunnels, &live, &errors)));

@@ -91,27 +91,23 @@ fn tunnel(t: &DesiredTunnel, observed: &Observed) -> LiveStatus {
         )
     };
     let mut live = LiveStatus::new(state);
-    live.error = error;
-    live.active = conns
-        .iter()
-        .filter(|c| st.active.contains(*c))
-        .cloned()
-        .collect();
-    live.details.push((
-        "IPsec connections that are active".into(),
+    if let Some(error) = error {
+        live.set_error(error);
+    }
+    for c in conns.iter().filter(|c| st.active.contains(*c)) {
+        live.push_active(c);
+    }
+    live.add_details(
+        "IPsec connections that are active",
         conns
             .iter()
-            .flat_map(|c| st.active_lines.get(c).into_iter().flatten().cloned())
-            .collect(),
-    ));
-    live.details.push((
-        "IPsec connections loaded".into(),
-        conns
-            .iter()
-            .filter(|c| st.loaded.contains(*c))
-            .cloned()
-            .collect(),
-    ));
+            .flat_map(|c| st.active_lines.get(c).into_iter().flatten()),
+    );
+    live.add_details(
+        "IPsec connections loaded",
+        conns.iter().filter(|c| st.loaded.contains(*c)),
+    );
+    live.shrink_to_fit();
     live
 }
 

@@ -318,7 +318,7 @@ fn an_ike_sa_with_a_child_sa_still_retried_says_both() {
     let live = super::live::status(&tun(), &o);
     assert_eq!(live["tun"].state, crate::backend::LiveState::Negotiating);
     assert_eq!(
-        live["tun"].error.as_deref(),
+        live["tun"].error(),
         Some(
             "IKE SA established but no IPsec SA for tun-in-1, tun-out-1; \
              negotiating: tun-out-1 (NEW_CHILD_I1)"
@@ -334,7 +334,7 @@ fn a_tunnel_with_a_half_open_ike_sa_is_negotiating_with_the_state_as_reason() {
         let live = super::live::status(&tun(), &o);
         assert_eq!(live["tun"].state, crate::backend::LiveState::Negotiating);
         assert_eq!(
-            live["tun"].error.as_deref(),
+            live["tun"].error(),
             Some(format!("negotiating: tun-out-1 ({state})").as_str())
         );
     }

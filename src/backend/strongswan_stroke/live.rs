@@ -16,38 +16,57 @@ const IKE_HEADING: &str = "IKE SAs:";
 const CONN_HEADING: &str = "Connections loaded in charon:";
 
 /// Lookups over one parsed status, built once per call of [`status`] so that the state of
-/// N tunnels costs O(N log N), not O(N²).
+/// N tunnels costs O(N log N), not O(N²). Sorted vectors rather than maps: at 10,000 tunnels
+/// the index is alive at the peak of a full pass, and a map of vectors cost an allocation per
+/// connection there.
 struct Index<'a> {
-    loaded: BTreeSet<&'a str>,
-    peer_of: BTreeMap<&'a str, &'a str>,
-    /// IKE_SAs by the connection names they can carry: their own name, and their children's.
-    sas_of: BTreeMap<&'a str, Vec<&'a IkeSa>>,
+    /// Loaded connection names, sorted, each once.
+    loaded: Vec<&'a str>,
+    /// (connection, peer configuration it was merged into), sorted by connection; of a
+    /// connection listed under two peer configurations the last one counts.
+    peer_of: Vec<(&'a str, &'a str)>,
+    /// IKE_SAs by the connection names they can carry (their own name, and their children's),
+    /// sorted by name; within a name each IKE_SA once, in charon's order.
+    sas_of: Vec<(&'a str, &'a IkeSa)>,
     routed: &'a BTreeSet<String>,
+}
+
+/// The entries of `v` (sorted by name) named `key`.
+fn named<'v, 'a, T>(v: &'v [(&'a str, T)], key: &str) -> &'v [(&'a str, T)] {
+    let start = v.partition_point(|(k, _)| *k < key);
+    let end = v.partition_point(|(k, _)| *k <= key);
+    v.get(start..end).unwrap_or_default()
 }
 
 impl<'a> Index<'a> {
     fn new(st: &'a Status) -> Self {
-        let mut sas_of: BTreeMap<&str, Vec<&IkeSa>> = BTreeMap::new();
-        for ike in &st.sas {
-            let names = std::iter::once(ike.name.as_str())
-                .chain(ike.children.iter().map(|c| c.name.as_str()));
-            for n in names {
-                let v = sas_of.entry(n).or_default();
-                if !v.iter().any(|s| std::ptr::eq(*s, ike)) {
-                    v.push(ike);
-                }
-            }
-        }
+        let mut sas_of: Vec<(&str, &IkeSa)> = (st.sas.iter())
+            .flat_map(|ike| {
+                std::iter::once(ike.name.as_str())
+                    .chain(ike.children.iter().map(|c| c.name.as_str()))
+                    .map(move |n| (n, ike))
+            })
+            .collect();
+        // Stable: an IKE_SA's entries under one name are next to each other.
+        sas_of.sort_by_key(|(a, _)| *a);
+        sas_of.dedup_by(|(a, x), (b, y)| a == b && std::ptr::eq(*x, *y));
+        let mut peer_of: Vec<(&str, &str)> = (st.peers.iter())
+            .flat_map(|(p, kids)| kids.iter().map(move |k| (k.as_str(), p.as_str())))
+            .collect();
+        peer_of.sort_by_key(|(a, _)| *a);
+        let mut loaded: Vec<&str> = st.peers.values().flatten().map(String::as_str).collect();
+        loaded.sort_unstable();
+        loaded.dedup();
         Self {
-            loaded: st.loaded(),
-            peer_of: st
-                .peers
-                .iter()
-                .flat_map(|(p, kids)| kids.iter().map(move |k| (k.as_str(), p.as_str())))
-                .collect(),
+            loaded,
+            peer_of,
             sas_of,
             routed: &st.routed,
         }
+    }
+
+    fn loaded(&self, conn: &str) -> bool {
+        self.loaded.binary_search(&conn).is_ok()
     }
 
     fn routed(&self, conn: &str) -> bool {
@@ -55,59 +74,72 @@ impl<'a> Index<'a> {
     }
 
     /// IKE_SAs that can carry `conn`: those named after the peer configuration it was merged
-    /// into, or that list a CHILD_SA of it.
-    fn ike_sas_for(&self, conn: &str) -> Vec<&'a IkeSa> {
-        let peer = self.peer_of.get(conn).copied().unwrap_or(conn);
-        let mut v: Vec<&IkeSa> = self.sas_of.get(conn).cloned().unwrap_or_default();
-        for s in self.sas_of.get(peer).into_iter().flatten() {
-            if s.name == peer && !v.iter().any(|x| std::ptr::eq(*x, *s)) {
-                v.push(s);
-            }
-        }
-        v
+    /// into, or that list a CHILD_SA of it. Each once; borrowed from the index, so a tunnel's
+    /// status allocates nothing to look them up.
+    fn ike_sas_for<'s>(&'s self, conn: &'s str) -> impl Iterator<Item = &'a IkeSa> + Clone + 's {
+        let peer = named(&self.peer_of, conn).last().map_or(conn, |(_, p)| *p);
+        let own = named(&self.sas_of, conn);
+        let of_peer = named(&self.sas_of, peer);
+        own.iter().map(|(_, s)| *s).chain(
+            of_peer
+                .iter()
+                .map(|(_, s)| *s)
+                .filter(move |s| s.name == peer && !own.iter().any(|(_, x)| std::ptr::eq(*x, *s))),
+        )
     }
 }
 
 fn tunnel_status(t: &DesiredTunnel, ix: &Index<'_>) -> LiveStatus {
     let conns = t.conn_names();
-    let mut ike_lines = Vec::new();
-    let mut conn_lines = Vec::new();
-    let mut active = Vec::new();
     let mut installed = 0;
     let mut negotiating = false;
-    let mut missing = Vec::new();
-    for conn in &conns {
-        if !ix.loaded.contains(conn.as_str()) {
-            missing.push(conn.clone());
-            continue;
-        }
+    let mut ls = LiveStatus::new(LiveState::Down);
+    // The IKE_SAs are listed in a section of their own after the connections', each once.
+    let mut ikes: Vec<&IkeSa> = Vec::new();
+    ls.details_mut().section(CONN_HEADING);
+    for conn in conns.iter().filter(|c| ix.loaded(c)) {
         let routed = if ix.routed(conn) {
             "routed"
         } else {
             "not routed"
         };
-        conn_lines.push(format!("{conn}: loaded, {routed}"));
+        ls.details_mut()
+            .push_fmt(format_args!("{conn}: loaded, {routed}"));
         let sas = ix.ike_sas_for(conn);
-        let up: Vec<_> = sas
-            .iter()
-            .flat_map(|ike| &ike.children)
-            .filter(|c| c.name == *conn && c.state == "INSTALLED")
-            .collect();
-        active.extend(up.iter().map(|c| format!("{}: {}", c.token(), c.line)));
-        if up.is_empty() {
-            // An IKE_SA exists (being set up, or up while this CHILD_SA is not yet).
-            negotiating |= !sas.is_empty();
-        } else {
-            installed += 1;
-        }
-        for ike in sas {
-            let line = format!("{}: {}", ike.token(), ike.line);
-            if !ike_lines.contains(&line) {
-                ike_lines.push(line);
+        let mut up = false;
+        for c in sas.clone().flat_map(|ike| &ike.children) {
+            if c.name == *conn && c.state() == "INSTALLED" {
+                up = true;
+                ls.active_mut()
+                    .push_fmt(format_args!("{}{{{}}}: {}", c.name, c.id, c.line));
             }
         }
+        let mut any_sa = false;
+        for ike in sas {
+            any_sa = true;
+            let same = |s: &&IkeSa| (&s.name, s.id, &s.line) == (&ike.name, ike.id, &ike.line);
+            if !ikes.iter().any(same) {
+                ikes.push(ike);
+            }
+        }
+        if up {
+            installed += 1;
+        } else {
+            // An IKE_SA exists (being set up, or up while this CHILD_SA is not yet).
+            negotiating |= any_sa;
+        }
     }
-    let state = if !missing.is_empty() {
+    ls.details_mut().section(IKE_HEADING);
+    for ike in ikes {
+        ls.details_mut()
+            .push_fmt(format_args!("{}[{}]: {}", ike.name, ike.id, ike.line));
+    }
+    let missing: Vec<&str> = conns
+        .iter()
+        .map(String::as_str)
+        .filter(|c| !ix.loaded(c))
+        .collect();
+    ls.state = if !missing.is_empty() {
         LiveState::Down
     } else if installed == conns.len() {
         LiveState::Up
@@ -116,15 +148,10 @@ fn tunnel_status(t: &DesiredTunnel, ix: &Index<'_>) -> LiveStatus {
     } else {
         LiveState::Down
     };
-    let mut ls = LiveStatus::new(state);
     if !missing.is_empty() {
-        ls.error = Some(format!("not loaded in charon: {}", missing.join(", ")));
+        ls.set_error(format!("not loaded in charon: {}", missing.join(", ")));
     }
-    ls.active = active;
-    ls.details = vec![
-        (CONN_HEADING.to_owned(), conn_lines),
-        (IKE_HEADING.to_owned(), ike_lines),
-    ];
+    ls.shrink_to_fit();
     ls
 }
 
@@ -156,11 +183,7 @@ pub fn status_in(
     tunnels
         .map(|(name, t)| {
             let ls = match rejected.get(name) {
-                Some(reason) => {
-                    let mut ls = LiveStatus::new(LiveState::Error);
-                    ls.error = Some(reason.clone());
-                    ls
-                }
+                Some(reason) => LiveStatus::failed(LiveState::Error, reason.as_str()),
                 None => tunnel_status(t, &ix),
             };
             (name.clone(), ls)
@@ -173,15 +196,15 @@ pub fn views(desired: &Desired, st: &Status) -> BTreeMap<String, Vec<ConnView>> 
     let ix = Index::new(st);
     let state = |s: &str| SaState::listed(matches!(s, "ESTABLISHED" | "INSTALLED"));
     per_tunnel(desired, |_, conn| {
-        let sas = ix.ike_sas_for(&conn);
+        let sas: Vec<&IkeSa> = ix.ike_sas_for(&conn).collect();
         ConnView {
-            loaded: ix.loaded.contains(conn.as_str()),
-            ike: SaState::best(sas.iter().map(|s| state(&s.state))),
+            loaded: ix.loaded(&conn),
+            ike: SaState::best(sas.iter().map(|s| state(s.state()))),
             child: SaState::best(
                 sas.iter()
                     .flat_map(|s| &s.children)
                     .filter(|c| c.name == conn)
-                    .map(|c| state(&c.state)),
+                    .map(|c| state(c.state())),
             ),
             name: conn,
             reason: None,
@@ -213,7 +236,7 @@ mod tests {
         let tun = &st["tun"];
         assert_eq!(tun.state, LiveState::Up);
         assert_eq!(
-            tun.active,
+            tun.active().iter().collect::<Vec<_>>(),
             [
                 "tun-in-1{4}: INSTALLED, TRANSPORT, reqid 1, ESP SPIs: c0dc3410_i cb107296_o",
                 "tun-out-1{3}: INSTALLED, TRANSPORT, reqid 2, ESP SPIs: ce04275e_i c41b58b3_o"
@@ -242,7 +265,7 @@ mod tests {
         let none = status(&d, &parse(""), &BTreeMap::new());
         assert_eq!(none["tun"].state, LiveState::Down);
         assert_eq!(
-            none["tun"].error.as_deref(),
+            none["tun"].error(),
             Some("not loaded in charon: tun-in-1, tun-out-1")
         );
     }

@@ -20,8 +20,6 @@ use std::collections::{BTreeMap, BTreeSet};
 pub struct ChildSa {
     pub name: String,
     pub id: u32,
-    /// `INSTALLED`, `INSTALLING`, `REKEYING`, ...
-    pub state: String,
     /// The state line after the `name{id}:` token, trimmed.
     pub line: String,
 }
@@ -31,19 +29,27 @@ pub struct ChildSa {
 pub struct IkeSa {
     pub name: String,
     pub id: u32,
-    /// `ESTABLISHED`, `CONNECTING`, `REKEYING`, ...
-    pub state: String,
     pub line: String,
     pub children: Vec<ChildSa>,
 }
 
 impl IkeSa {
+    /// `ESTABLISHED`, `CONNECTING`, `REKEYING`, ...: the first word of the line.
+    pub fn state(&self) -> &str {
+        first_word(&self.line)
+    }
+
     pub fn token(&self) -> String {
         format!("{}[{}]", self.name, self.id)
     }
 }
 
 impl ChildSa {
+    /// `INSTALLED`, `INSTALLING`, `REKEYING`, ...: the first word of the line.
+    pub fn state(&self) -> &str {
+        first_word(&self.line)
+    }
+
     pub fn token(&self) -> String {
         format!("{}{{{}}}", self.name, self.id)
     }
@@ -112,8 +118,8 @@ fn entry(line: &str) -> Option<(Token<'_>, &str)> {
     }
 }
 
-fn first_word(text: &str) -> String {
-    text.split([',', ' ']).next().unwrap_or_default().to_owned()
+fn first_word(text: &str) -> &str {
+    text.split([',', ' ']).next().unwrap_or_default()
 }
 
 /// Parses `ipsec statusall` (or `ipsec status`) output.
@@ -121,27 +127,10 @@ pub fn parse(out: &str) -> Status {
     parse_in(out, |_| true)
 }
 
-/// An IKE_SA as it is read, borrowing from the output.
-struct RawIke<'a> {
-    name: &'a str,
-    id: u32,
-    text: &'a str,
-    children: Vec<(&'a str, u32, &'a str)>,
-}
-
-/// [`parse`], keeping only what concerns the connections `keep` accepts: a peer configuration
-/// is kept with all its children when one of them (or the peer itself) is accepted, an IKE_SA
-/// with all its CHILD_SAs when it, one of them or its kept peer configuration is (an IKE_SA is
-/// named after the peer configuration, not after each connection merged into it), so that whatever is decided about a kept
-/// entry (e.g. "every CHILD_SA of this IKE_SA is outdated") sees the whole group. Lines are
-/// read as borrowed slices and only kept groups are copied: a pass over a few tunnels pays a
-/// scan of charon's output, not a copy of every line.
-pub fn parse_in(out: &str, keep: impl Fn(&str) -> bool) -> Status {
-    let mut peers: Vec<(&str, Vec<&str>)> = Vec::new();
-    let mut routed: Vec<&str> = Vec::new();
-    let mut sas: Vec<RawIke<'_>> = Vec::new();
+/// Each entry line of `out` with the section it is in.
+fn entries(out: &str) -> impl Iterator<Item = (Section, Token<'_>, &str)> {
     let mut section = Section::Other;
-    for line in out.lines() {
+    out.lines().filter_map(move |line| {
         if !line.starts_with(' ') && !line.is_empty() {
             let new = if line.starts_with("Connections:") {
                 Some(Section::Connections)
@@ -156,39 +145,113 @@ pub fn parse_in(out: &str, keep: impl Fn(&str) -> bool) -> Status {
             };
             if let Some(s) = new {
                 section = s;
-                continue;
+                return None;
             }
             // Long connection names are not indented: only a known header changes section.
         }
-        let Some((token, text)) = entry(line) else {
-            continue;
+        let (token, text) = entry(line)?;
+        Some((section, token, text))
+    })
+}
+
+/// The peer configuration entries of the `Connections:` section: each header line's name,
+/// and each `child:` line's name with the peer configuration it belongs to (the last header;
+/// none before the first). A header repeating the last one (its `local:`, `remote:` lines)
+/// adds nothing.
+fn peer_entries<'a>(out: &'a str) -> impl Iterator<Item = (&'a str, Option<&'a str>)> + 'a {
+    let mut last: Option<&str> = None;
+    entries(out).filter_map(move |(section, token, text)| match (section, token) {
+        (Section::Connections, Token::Plain(name)) if text.starts_with("child:") => {
+            last.map(|peer| (peer, Some(name)))
+        }
+        (Section::Connections, Token::Plain(name)) if last != Some(name) => {
+            last = Some(name);
+            Some((name, None))
+        }
+        _ => None,
+    })
+}
+
+/// An IKE_SA as it is read, borrowing from the output.
+struct RawIke<'a> {
+    name: &'a str,
+    id: u32,
+    text: &'a str,
+    children: Vec<(&'a str, u32, &'a str)>,
+}
+
+impl RawIke<'_> {
+    fn owned(&self) -> IkeSa {
+        IkeSa {
+            name: self.name.to_owned(),
+            id: self.id,
+            line: self.text.to_owned(),
+            children: (self.children.iter())
+                .map(|&(name, id, text)| ChildSa {
+                    name: name.to_owned(),
+                    id,
+                    line: text.to_owned(),
+                })
+                .collect(),
+        }
+    }
+}
+
+/// [`parse`], keeping only what concerns the connections `keep` accepts: a peer configuration
+/// is kept with all its children when one of them (or the peer itself) is accepted, an IKE_SA
+/// with all its CHILD_SAs when it, one of them or its kept peer configuration is (an IKE_SA is
+/// named after the peer configuration, not after each connection merged into it), so that
+/// whatever is decided about a kept entry (e.g. "every CHILD_SA of this IKE_SA is outdated")
+/// sees the whole group.
+///
+/// The output is scanned twice, as borrowed slices: once to decide which peer configurations
+/// are kept (a name listed in more than one place is one peer configuration: decided on all
+/// of it), then to copy only what is kept, an IKE_SA as soon as its last line is read. A pass
+/// over a few tunnels so holds charon's output and what it keeps, not a copy of every entry;
+/// at 10,000 tunnels the borrowed index of every entry cost more than the output itself.
+pub fn parse_in(out: &str, keep: impl Fn(&str) -> bool) -> Status {
+    let mut kept_peers: BTreeSet<&str> = BTreeSet::new();
+    for (peer, kid) in peer_entries(out) {
+        if keep(kid.unwrap_or(peer)) {
+            kept_peers.insert(peer);
+        }
+    }
+    let mut st = Status::default();
+    for (peer, kid) in peer_entries(out).filter(|(p, _)| kept_peers.contains(p)) {
+        let kids = match st.peers.get_mut(peer) {
+            Some(kids) => kids,
+            None => st.peers.entry(peer.to_owned()).or_default(),
         };
+        kids.extend(kid.map(str::to_owned));
+    }
+    // The IKE_SA being read; kept or dropped when the next one starts.
+    let mut ike: Option<RawIke<'_>> = None;
+    let wanted = |ike: &RawIke<'_>| {
+        keep(ike.name)
+            || kept_peers.contains(ike.name)
+            || ike.children.iter().any(|(n, _, _)| keep(n))
+    };
+    for (section, token, text) in entries(out) {
         match (section, token) {
-            (Section::Connections, Token::Plain(name)) => {
-                if text.starts_with("child:") {
-                    if let Some((_, kids)) = peers.last_mut() {
-                        kids.push(name);
-                    }
-                } else if peers.last().is_none_or(|(p, _)| *p != name) {
-                    peers.push((name, Vec::new()));
-                }
-            }
-            (Section::Shunted, Token::Plain(name)) | (Section::Routed, Token::Child(name, _)) => {
-                routed.push(name);
+            (Section::Shunted, Token::Plain(name)) | (Section::Routed, Token::Child(name, _))
+                if keep(name) && !st.routed.contains(name) =>
+            {
+                st.routed.insert(name.to_owned());
             }
             (Section::Sas, Token::Ike(name, id)) => {
-                let known = sas.last().is_some_and(|s| s.name == name && s.id == id);
+                let known = ike.as_ref().is_some_and(|s| s.name == name && s.id == id);
                 if !known {
-                    sas.push(RawIke {
+                    let done = ike.replace(RawIke {
                         name,
                         id,
                         text,
                         children: Vec::new(),
                     });
+                    st.sas.extend(done.filter(|d| wanted(d)).map(|d| d.owned()));
                 }
             }
             (Section::Sas, Token::Child(name, id)) => {
-                if let Some(ike) = sas.last_mut() {
+                if let Some(ike) = ike.as_mut() {
                     let known = ike.children.iter().any(|(n, i, _)| *n == name && *i == id);
                     if !known {
                         ike.children.push((name, id, text));
@@ -198,51 +261,7 @@ pub fn parse_in(out: &str, keep: impl Fn(&str) -> bool) -> Status {
             _ => {}
         }
     }
-    let mut st = Status::default();
-    let mut kept_peers = BTreeSet::new();
-    // A name listed in more than one place is one peer configuration: decide on all of it.
-    let mut groups: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
-    for (peer, kids) in peers {
-        groups.entry(peer).or_default().extend(kids);
-    }
-    for (peer, kids) in groups {
-        if keep(peer) || kids.iter().any(|k| keep(k)) {
-            kept_peers.insert(peer);
-            st.peers.insert(
-                peer.to_owned(),
-                kids.iter().map(|k| (*k).to_owned()).collect(),
-            );
-        }
-    }
-    st.routed = routed
-        .into_iter()
-        .filter(|n| keep(n))
-        .map(str::to_owned)
-        .collect();
-    st.sas = sas
-        .into_iter()
-        .filter(|ike| {
-            keep(ike.name)
-                || kept_peers.contains(ike.name)
-                || ike.children.iter().any(|(n, _, _)| keep(n))
-        })
-        .map(|ike| IkeSa {
-            name: ike.name.to_owned(),
-            id: ike.id,
-            state: first_word(ike.text),
-            line: ike.text.to_owned(),
-            children: ike
-                .children
-                .into_iter()
-                .map(|(name, id, text)| ChildSa {
-                    name: name.to_owned(),
-                    id,
-                    state: first_word(text),
-                    line: text.to_owned(),
-                })
-                .collect(),
-        })
-        .collect();
+    st.sas.extend(ike.filter(|d| wanted(d)).map(|d| d.owned()));
     st
 }
 
@@ -320,13 +339,13 @@ Security Associations (1 up, 0 connecting):
         assert_eq!(st.sas.len(), 2);
         let ike = &st.sas[0];
         assert_eq!(
-            (ike.token().as_str(), ike.state.as_str()),
+            (ike.token().as_str(), ike.state()),
             ("tun-in-1[1]", "ESTABLISHED")
         );
         let kids: Vec<_> = ike
             .children
             .iter()
-            .map(|c| (c.token(), c.state.as_str()))
+            .map(|c| (c.token(), c.state()))
             .collect();
         assert_eq!(
             kids,
@@ -335,7 +354,7 @@ Security Associations (1 up, 0 connecting):
                 ("tun-in-1{4}".to_string(), "INSTALLED")
             ]
         );
-        assert_eq!(st.sas[1].state, "CONNECTING");
+        assert_eq!(st.sas[1].state(), "CONNECTING");
         assert!(st.sas[1].children.is_empty());
     }
 

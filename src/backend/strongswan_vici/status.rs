@@ -78,9 +78,7 @@ pub fn status_in(
 }
 
 fn rejected_status(reason: &str) -> LiveStatus {
-    let mut st = LiveStatus::new(LiveState::Error);
-    st.error = Some(reason.to_owned());
-    st
+    LiveStatus::failed(LiveState::Error, reason)
 }
 
 /// One tunnel's state, from its connection `conn` and that connection's IKE_SAs.
@@ -109,9 +107,10 @@ fn tunnel_status(
             .iter()
             .any(|c| NEGOTIATING_CHILD.contains(&c.state.as_str()));
     let mut st = if loaded.is_none() {
-        let mut st = LiveStatus::new(LiveState::Error);
-        st.error = Some(format!("connection {conn} is not loaded in charon"));
-        st
+        LiveStatus::failed(
+            LiveState::Error,
+            format!("connection {conn} is not loaded in charon"),
+        )
     } else if conns.iter().all(|c| installed(c)) {
         LiveStatus::new(LiveState::Up)
     } else if negotiating {
@@ -119,41 +118,34 @@ fn tunnel_status(
     } else {
         LiveStatus::new(LiveState::Down)
     };
-    st.active = conns.iter().filter(|c| installed(c)).cloned().collect();
-    st.details = vec![
-        (
-            "Connections loaded in charon".into(),
-            loaded
-                .map(|c| {
-                    let children: Vec<&str> = c.children.keys().map(String::as_str).collect();
-                    format!("{conn}: children {}", children.join(", "))
-                })
-                .into_iter()
-                .collect(),
-        ),
-        (
-            "IKE SAs".into(),
-            ike.iter()
-                .map(|sa| format!("{}: {} {}...{}", sa.conn, sa.state, sa.local, sa.remote))
-                .collect(),
-        ),
-        (
-            "Child SAs".into(),
-            children
-                .iter()
-                .map(|c| {
-                    format!(
-                        "{}: {} {} {} === {}",
-                        c.name,
-                        c.state,
-                        c.mode,
-                        c.local_ts.join(","),
-                        c.remote_ts.join(",")
-                    )
-                })
-                .collect(),
-        ),
-    ];
+    for c in conns.iter().filter(|c| installed(c)) {
+        st.push_active(c);
+    }
+    let details = st.details_mut();
+    details.section("Connections loaded in charon");
+    if let Some(c) = loaded {
+        let children: Vec<&str> = c.children.keys().map(String::as_str).collect();
+        details.push_fmt(format_args!("{conn}: children {}", children.join(", ")));
+    }
+    details.section("IKE SAs");
+    for sa in ike {
+        details.push_fmt(format_args!(
+            "{}: {} {}...{}",
+            sa.conn, sa.state, sa.local, sa.remote
+        ));
+    }
+    details.section("Child SAs");
+    for c in &children {
+        details.push_fmt(format_args!(
+            "{}: {} {} {} === {}",
+            c.name,
+            c.state,
+            c.mode,
+            c.local_ts.join(","),
+            c.remote_ts.join(",")
+        ));
+    }
+    st.shrink_to_fit();
     st
 }
 
@@ -243,10 +235,14 @@ mod tests {
         o.sas[0].children[1].state = "INSTALLED".into();
         let st = &status(&d, &o)["vx"];
         assert_eq!(st.state, LiveState::Up);
-        assert_eq!(st.active, ["vx-in-1", "vx-out-1"]);
-        assert_eq!(st.details[0].1, ["vx-1: children vx-in-1, vx-out-1"]);
-        assert_eq!(st.details[1].1, ["vx-1: ESTABLISHED ..."]);
-        assert_eq!(st.details[2].1.len(), 2);
+        assert_eq!(
+            st.active().iter().collect::<Vec<_>>(),
+            ["vx-in-1", "vx-out-1"]
+        );
+        let details: Vec<Vec<&str>> = st.details().iter().map(|(_, l)| l.collect()).collect();
+        assert_eq!(details[0], ["vx-1: children vx-in-1, vx-out-1"]);
+        assert_eq!(details[1], ["vx-1: ESTABLISHED ..."]);
+        assert_eq!(details[2].len(), 2);
         let v = &views(&d, &o.conns, &o.sas)["vx"];
         assert_eq!(
             v.iter()
@@ -280,9 +276,6 @@ mod tests {
         let d = desired(vec![psk_tunnel("g", TunnelType::Gre, "192.0.2.2", 2)], None);
         let st = &status(&d, &Observed::default())["g"];
         assert_eq!(st.state, LiveState::Error);
-        assert_eq!(
-            st.error.as_deref(),
-            Some("connection g-2 is not loaded in charon")
-        );
+        assert_eq!(st.error(), Some("connection g-2 is not loaded in charon"));
     }
 }

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use super::error::XfrmError;
 use super::types::{Guard, Observed, SaId, generation_hex};
 use super::want::{TunnelWant, WAITING_FOR_PEER, Wants};
-use crate::backend::{LiveState, LiveStatus};
+use crate::backend::{Details, LiveState, LiveStatus};
 use crate::status::keys;
 
 /// ESN sequence numbers are 64-bit.
@@ -16,11 +16,7 @@ pub fn status(wants: &Wants, obs: &Observed) -> BTreeMap<String, LiveStatus> {
         .iter()
         .map(|(name, w)| {
             let st = match w {
-                Err(reason) => {
-                    let mut st = LiveStatus::new(LiveState::Error);
-                    st.error = Some(reason.clone());
-                    st
-                }
+                Err(reason) => LiveStatus::failed(LiveState::Error, reason.as_str()),
                 Ok(w) => tunnel_status(w, obs),
             };
             (name.clone(), st)
@@ -60,9 +56,10 @@ fn tunnel_status(w: &TunnelWant, obs: &Observed) -> LiveStatus {
     let mut st = if let Some((d, id, errno)) = refused {
         // Worded as the apply error of the pass that was refused, so OVSDB is not rewritten.
         let e = XfrmError::Kernel { errno };
-        let mut st = LiveStatus::new(LiveState::Error);
-        st.error = Some(format!("cannot add {d} SA {id}: {e}{}", e.hint()));
-        st
+        LiveStatus::failed(
+            LiveState::Error,
+            format!("cannot add {d} SA {id}: {e}{}", e.hint()),
+        )
     } else {
         match (&w.in_sa, missing.is_empty(), &obs.nft_error) {
             (None, _, _) => down(WAITING_FOR_PEER.to_owned()),
@@ -72,28 +69,22 @@ fn tunnel_status(w: &TunnelWant, obs: &Observed) -> LiveStatus {
             )),
             (Some(_), true, _) => LiveStatus::new(LiveState::Up),
             (Some(_), false, Some(e)) if !guarded => {
-                let mut st = LiveStatus::new(LiveState::Error);
-                st.error = Some(format!("nftables guard: {e}"));
-                st
+                LiveStatus::failed(LiveState::Error, format!("nftables guard: {e}"))
             }
             (Some(_), false, _) => down(format!("not installed: {}", missing.join(", "))),
         }
     };
-    st.keys
-        .insert(keys::GENERATION, generation_hex(&w.generation));
+    st.set_key(keys::GENERATION, generation_hex(&w.generation));
     if w.rotating {
         let ready = w.in_next.as_ref().is_some_and(|s| has_sa(&s.id));
-        st.keys.insert(
-            keys::ROTATION,
-            if ready { "ready" } else { "pending" }.into(),
-        );
+        st.set_key(keys::ROTATION, if ready { "ready" } else { "pending" });
     }
-    st.active = w
-        .sas()
-        .filter(|(_, s)| has_sa(&s.id))
-        .map(|(d, s)| format!("{d} 0x{:08x}", s.id.spi))
-        .collect();
-    st.details = details(w, obs, guarded);
+    for (d, s) in w.sas().filter(|(_, s)| has_sa(&s.id)) {
+        st.active_mut()
+            .push_fmt(format_args!("{d} 0x{:08x}", s.id.spi));
+    }
+    details(st.details_mut(), w, obs, guarded);
+    st.shrink_to_fit();
     st
 }
 
@@ -109,16 +100,14 @@ fn unknown_peer_spis(w: &TunnelWant, obs: &Observed) -> Vec<String> {
 }
 
 fn down(reason: String) -> LiveStatus {
-    let mut st = LiveStatus::new(LiveState::Down);
-    st.error = Some(reason);
-    st
+    LiveStatus::failed(LiveState::Down, reason)
 }
 
-fn details(w: &TunnelWant, obs: &Observed, guarded: bool) -> Vec<(String, Vec<String>)> {
-    let sas = w
-        .sas()
-        .map(|(d, s)| match obs.sas.get(&s.id) {
-            Some(c) => format!(
+fn details(out: &mut Details, w: &TunnelWant, obs: &Observed, guarded: bool) {
+    out.section("Kernel SAs (static keys)");
+    for (d, s) in w.sas() {
+        match obs.sas.get(&s.id) {
+            Some(c) => out.push_fmt(format_args!(
                 "{d} {}: {} bytes, {} packets, replay drops {}, integrity failures {}, sequence headroom {}",
                 s.id,
                 c.bytes,
@@ -126,42 +115,33 @@ fn details(w: &TunnelWant, obs: &Observed, guarded: bool) -> Vec<(String, Vec<St
                 c.replay_drops,
                 c.integrity_failed,
                 SEQ_MAX - c.oseq
-            ),
-            None => format!("{d} {}: missing", s.id),
-        })
-        .collect();
+            )),
+            None => out.push_fmt(format_args!("{d} {}: missing", s.id)),
+        }
+    }
     let present = |ok: bool| if ok { "installed" } else { "missing" };
-    let policies = vec![
-        format!(
-            "{} (spi 0x{:08x}): {}",
-            w.out_policy(),
-            w.out_spi(),
-            present(obs.policies.get(&w.out_policy()) == Some(&w.out_spi()))
-        ),
-        format!(
-            "{} (level required): {}",
-            w.in_policy(),
-            present(obs.policies.contains_key(&w.in_policy()))
-        ),
-    ];
-    let guard = vec![format!(
+    out.section("Kernel policies");
+    out.push_fmt(format_args!(
+        "{} (spi 0x{:08x}): {}",
+        w.out_policy(),
+        w.out_spi(),
+        present(obs.policies.get(&w.out_policy()) == Some(&w.out_spi()))
+    ));
+    out.push_fmt(format_args!(
+        "{} (level required): {}",
+        w.in_policy(),
+        present(obs.policies.contains_key(&w.in_policy()))
+    ));
+    out.section("Fail-closed guard");
+    out.push_fmt(format_args!(
         "table inet ovs_ipsec drops cleartext {}: {}",
         w.in_flow(),
         present(guarded)
-    )];
-    let mut out = vec![
-        ("Kernel SAs (static keys)".to_owned(), sas),
-        ("Kernel policies".to_owned(), policies),
-        ("Fail-closed guard".to_owned(), guard),
-    ];
+    ));
     if !obs.xfrm_stat.is_empty() {
-        out.push((
-            "Kernel XFRM error counters (/proc/net/xfrm_stat, all tunnels)".to_owned(),
-            obs.xfrm_stat
-                .iter()
-                .map(|(k, v)| format!("{k}: {v}"))
-                .collect(),
-        ));
+        out.section("Kernel XFRM error counters (/proc/net/xfrm_stat, all tunnels)");
+        for (k, v) in &obs.xfrm_stat {
+            out.push_fmt(format_args!("{k}: {v}"));
+        }
     }
-    out
 }

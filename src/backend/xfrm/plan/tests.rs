@@ -382,7 +382,7 @@ fn a_peer_sending_with_an_unknown_spi_puts_the_tunnel_down_with_the_reason() {
     obs.esp_seen.insert(seen(0x1234));
     let st = &status(&resolve(&d, &obs), &obs)["t1"];
     assert_eq!(st.state, LiveState::Down);
-    let why = st.error.as_deref().unwrap();
+    let why = st.error().unwrap();
     assert!(why.contains("SPI 0x00001234") && why.contains("options:ipsec_peer_generation"));
     // Nothing to do about it in the kernel: the planner stays converged.
     assert!(converge(&d, &mut obs).is_empty());
@@ -417,7 +417,7 @@ fn refused_sas_wait_for_their_retry_so_one_new_tunnel_costs_only_its_own_actions
     let st = crate::backend::xfrm::status::status(&resolve(&d, &obs), &obs);
     let t10 = &st["t10"];
     assert_eq!(t10.state, crate::backend::LiveState::Error);
-    let why = t10.error.as_deref().unwrap();
+    let why = t10.error().unwrap();
     assert!(
         why.contains("cannot add in SA") && why.contains("esp4"),
         "{why}"
@@ -515,22 +515,16 @@ fn re_adding_one_tunnel_renews_only_its_generation_and_survives_a_restart() {
     let st = status(&wants, &obs);
     let hex = |g: &[u8; 16]| crate::backend::xfrm::types::generation_hex(g);
     assert_eq!(
-        st["t1"].keys[crate::status::keys::GENERATION],
-        hex(&w1.generation)
+        st["t1"].key(crate::status::keys::GENERATION),
+        Some(hex(&w1.generation).as_str())
     );
     assert_eq!(
-        st["t2"].keys[crate::status::keys::GENERATION],
-        hex(&obs.generations.node)
+        st["t2"].key(crate::status::keys::GENERATION),
+        Some(hex(&obs.generations.node).as_str())
     );
     assert_eq!(st["t2"].state, LiveState::Up);
     assert_eq!(st["t1"].state, LiveState::Down);
-    assert!(
-        st["t1"]
-            .error
-            .as_deref()
-            .unwrap()
-            .contains("ipsec_peer_generation")
-    );
+    assert!(st["t1"].error().unwrap().contains("ipsec_peer_generation"));
     // A monitor restart: the file gives back both generations; nothing to do.
     obs.generations = GenerationStore::load_or_create(&path).unwrap().generations;
     obs.retiring.clear();
