@@ -64,6 +64,8 @@ struct Sockets {
 /// (`connect` to `AF_UNSPEC`, udp(7)), which also forgets the source address the kernel chose,
 /// so the next probe gets its own.
 pub fn probe(remote: IpAddr) -> Option<RouteProbe> {
+    #[cfg(test)]
+    tests::PROBES.with(|n| n.set(n.get() + 1));
     SOCKETS.with(|cell| {
         let mut sockets = cell.borrow_mut();
         let slot = match remote {
@@ -129,13 +131,160 @@ fn disconnect(socket: &UdpSocket) -> bool {
     rc == 0
 }
 
+/// The source address the kernel picks for `remote` (`None`: no route), remembered until the
+/// routing may have changed: a passive pass of VICI or Libreswan asks it for every tunnel
+/// without `local_ip` whose IKE SA is missing, each pass (10,000 route lookups were a third of
+/// such a pass's CPU).
 pub fn source_address(remote: IpAddr) -> Option<IpAddr> {
-    probe(remote).map(|p| p.source)
+    SOURCES.with(|cell| cell.borrow_mut().source(remote))
+}
+
+/// Most sources remembered (a few hundred KiB); past it the cache starts over.
+const MAX_SOURCES: usize = 65_536;
+
+/// rtnetlink groups whose notifications can change a source address: links, addresses, routes
+/// and policy rules, both families.
+const ROUTING_GROUPS: [libc::c_uint; 7] = [
+    libc::RTNLGRP_LINK,
+    libc::RTNLGRP_IPV4_IFADDR,
+    libc::RTNLGRP_IPV4_ROUTE,
+    libc::RTNLGRP_IPV4_RULE,
+    libc::RTNLGRP_IPV6_IFADDR,
+    libc::RTNLGRP_IPV6_ROUTE,
+    libc::RTNLGRP_IPV6_RULE,
+];
+
+thread_local! {
+    static SOURCES: RefCell<SourceCache> = RefCell::new(SourceCache::default());
+}
+
+/// Sources found by [`probe`], valid while no routing notification arrived on `watch` (a
+/// socket subscribed to [`ROUTING_GROUPS`] before the first probe it covers, so no change after
+/// a probe can go unseen; a lost notification, `ENOBUFS`, counts as a change). Without the
+/// socket nothing is remembered.
+#[derive(Default)]
+struct SourceCache {
+    watch: Option<netlink_sys::Socket>,
+    /// The watch could not be opened: probe every time.
+    unwatched: bool,
+    sources: std::collections::HashMap<IpAddr, Option<IpAddr>>,
+}
+
+impl SourceCache {
+    fn source(&mut self, remote: IpAddr) -> Option<IpAddr> {
+        if !self.unchanged() {
+            self.sources.clear();
+        }
+        if let Some(found) = self.sources.get(&remote) {
+            return *found;
+        }
+        let found = probe(remote).map(|p| p.source);
+        if self.watch.is_some() {
+            if self.sources.len() >= MAX_SOURCES {
+                self.sources.clear();
+            }
+            self.sources.insert(remote, found);
+        }
+        found
+    }
+
+    /// True when no routing notification arrived since the last look (reads them all).
+    fn unchanged(&mut self) -> bool {
+        if self.watch.is_none() && !self.unwatched {
+            self.watch = watch();
+            self.unwatched = self.watch.is_none();
+            return false;
+        }
+        let Some(socket) = &self.watch else {
+            return false;
+        };
+        let mut buf: Vec<u8> = Vec::with_capacity(4096);
+        let mut unchanged = true;
+        loop {
+            buf.clear();
+            match socket.recv(&mut buf, libc::MSG_DONTWAIT) {
+                Ok(_) => unchanged = false,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return unchanged,
+                Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => unchanged = false,
+                Err(_) => {
+                    self.watch = None;
+                    self.unwatched = true;
+                    return false;
+                }
+            }
+        }
+    }
+}
+
+/// A non-blocking rtnetlink socket joined to [`ROUTING_GROUPS`]; `None` if the kernel refuses.
+fn watch() -> Option<netlink_sys::Socket> {
+    let mut socket = netlink_sys::Socket::new(netlink_sys::protocols::NETLINK_ROUTE).ok()?;
+    socket.bind_auto().ok()?;
+    for group in ROUTING_GROUPS {
+        socket.add_membership(group).ok()?;
+    }
+    Some(socket)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::cell::Cell;
+    use std::process::Command;
+
+    thread_local! {
+        /// Route lookups made by this thread.
+        pub(super) static PROBES: Cell<u64> = const { Cell::new(0) };
+    }
+
+    fn probes() -> u64 {
+        PROBES.with(Cell::get)
+    }
+
+    fn run_ip(args: &str) {
+        let out = Command::new("ip").args(args.split(' ')).output().unwrap();
+        assert!(out.status.success(), "ip {args}: {out:?}");
+    }
+
+    #[test]
+    fn a_remembered_source_is_forgotten_when_the_addresses_change() {
+        // A network namespace of this thread alone (processes it starts inherit it).
+        std::thread::spawn(|| {
+            // SAFETY: unshare(2) of this thread's network namespace; no pointer involved.
+            assert_eq!(unsafe { libc::unshare(libc::CLONE_NEWNET) }, 0, "unshare");
+            run_ip("link add d0 type veth peer name d1");
+            run_ip("link set d1 up");
+            run_ip("addr add 10.9.0.1/24 dev d0");
+            run_ip("link set d0 up");
+            let peer = ip("10.9.0.2");
+            // Links coming up notify for a while (carrier, IPv6 link-local addresses), and
+            // each notification rightly forgets what was found: wait until an answer stays.
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            let looked_up = loop {
+                assert_eq!(source_address(peer), Some(ip("10.9.0.1")));
+                std::thread::sleep(std::time::Duration::from_millis(300));
+                let looked_up = probes();
+                assert_eq!(source_address(peer), Some(ip("10.9.0.1")));
+                if probes() == looked_up {
+                    break looked_up;
+                }
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "routing never settled"
+                );
+            };
+            run_ip("addr del 10.9.0.1/24 dev d0");
+            run_ip("addr add 10.9.0.5/24 dev d0");
+            assert_eq!(
+                source_address(peer),
+                Some(ip("10.9.0.5")),
+                "not the old source"
+            );
+            assert_eq!(probes(), looked_up + 1);
+        })
+        .join()
+        .unwrap();
+    }
 
     fn ip(s: &str) -> IpAddr {
         s.parse().unwrap()
