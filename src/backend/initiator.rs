@@ -74,13 +74,7 @@ pub fn probe(remote: IpAddr) -> Option<RouteProbe> {
         };
         let socket = match slot.take() {
             Some(s) => s,
-            None => {
-                let any: IpAddr = match remote {
-                    IpAddr::V4(_) => Ipv4Addr::UNSPECIFIED.into(),
-                    IpAddr::V6(_) => Ipv6Addr::UNSPECIFIED.into(),
-                };
-                UdpSocket::bind((any, 0)).ok()?
-            }
+            None => UdpSocket::bind((unspecified(remote), 0)).ok()?,
         };
         let found = probe_with(&socket, remote);
         if disconnect(&socket) {
@@ -88,6 +82,14 @@ pub fn probe(remote: IpAddr) -> Option<RouteProbe> {
         }
         found
     })
+}
+
+/// The wildcard address of `remote`'s family, for a probe socket to bind.
+fn unspecified(remote: IpAddr) -> IpAddr {
+    match remote {
+        IpAddr::V4(_) => Ipv4Addr::UNSPECIFIED.into(),
+        IpAddr::V6(_) => Ipv6Addr::UNSPECIFIED.into(),
+    }
 }
 
 fn probe_with(socket: &UdpSocket, remote: IpAddr) -> Option<RouteProbe> {
@@ -198,11 +200,12 @@ impl SourceCache {
         let Some(socket) = &self.watch else {
             return false;
         };
-        let mut buf: Vec<u8> = Vec::with_capacity(4096);
+        // Only that something arrived matters: a notification longer than the buffer is
+        // truncated, and it is read on every lookup, so it lives on the stack.
+        let mut buf = [0u8; 64];
         let mut unchanged = true;
         loop {
-            buf.clear();
-            match socket.recv(&mut buf, libc::MSG_DONTWAIT) {
+            match socket.recv(&mut &mut buf[..], libc::MSG_DONTWAIT) {
                 Ok(_) => unchanged = false,
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return unchanged,
                 Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => unchanged = false,
@@ -310,11 +313,7 @@ mod tests {
 
     /// What a socket made for one probe sees (the probe before sockets were reused).
     fn fresh(remote: IpAddr) -> Option<IpAddr> {
-        let any: IpAddr = match remote {
-            IpAddr::V4(_) => Ipv4Addr::UNSPECIFIED.into(),
-            IpAddr::V6(_) => Ipv6Addr::UNSPECIFIED.into(),
-        };
-        let s = UdpSocket::bind((any, 0)).ok()?;
+        let s = UdpSocket::bind((unspecified(remote), 0)).ok()?;
         s.connect((remote, 500)).ok()?;
         Some(s.local_addr().ok()?.ip())
     }
