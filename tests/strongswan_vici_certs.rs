@@ -29,6 +29,13 @@ fn trusted_by(node: &Node, ca: &str) -> usize {
         .count()
 }
 
+/// Certificates with subject `CN=<cn>` that `node`'s charon holds.
+fn certs_of(node: &Node, cn: &str) -> usize {
+    (node.charon.swanctl_out(&["--list-certs"]))
+        .matches(&format!("\"CN={cn}\""))
+        .count()
+}
+
 /// The authorities this monitor loaded into `node`'s charon.
 fn authorities(node: &Node) -> Vec<String> {
     let out = node.charon.swanctl_out(&["--list-authorities"]);
@@ -129,18 +136,12 @@ fn ca_bundle_members_are_all_trusted_and_renewed_certificates_load_without_teard
     // Right renewed by CA2, same key, written in place: loaded without touching the IKE_SA.
     let ike = left.ike_sa_id("tun-1").expect("left IKE_SA");
     let rike = right.ike_sa_id("tun-1").expect("right IKE_SA");
-    let rights = |n: &Node| {
-        n.charon
-            .swanctl_out(&["--list-certs"])
-            .matches("\"CN=right\"")
-            .count()
-    };
-    let before = rights(right);
+    let before = certs_of(right, "right");
     let renewed = p("right-cert.new");
     issue(&pki, "ca2", "right", &p("right-key.pem"), &renewed);
     replace(&p("right-cert.pem"), &std::fs::read(&renewed).unwrap());
     wait_for("the renewed certificate in right's charon", T, || {
-        rights(right) > before
+        certs_of(right, "right") > before
     });
     assert_eq!(right.ike_sa_id("tun-1").as_deref(), Some(rike.as_str()));
     assert_eq!(left.ike_sa_id("tun-1").as_deref(), Some(ike.as_str()));
@@ -159,11 +160,7 @@ fn ca_bundle_members_are_all_trusted_and_renewed_certificates_load_without_teard
     replace(&p("left-key.pem"), &std::fs::read(&key2).unwrap());
     replace(&p("left-cert.pem"), &std::fs::read(&cert2).unwrap());
     wait_for("the new certificate in left's charon", T, || {
-        left.charon
-            .swanctl_out(&["--list-certs"])
-            .matches("\"CN=left\"")
-            .count()
-            >= 2
+        certs_of(left, "left") >= 2
     });
     assert_eq!(right.ike_sa_id("tun-1").as_deref(), Some(rike.as_str()));
     assert_eq!(trusted_by(right, "ca2"), before);
@@ -185,13 +182,7 @@ fn ca_bundle_members_are_all_trusted_and_renewed_certificates_load_without_teard
         left.ike_sa_id("tun-1").expect("left IKE_SA"),
         right.ike_sa_id("tun-1").expect("right IKE_SA"),
     );
-    let certs = |n: &Node| {
-        n.charon
-            .swanctl_out(&["--list-certs"])
-            .matches("\"CN=left\"")
-            .count()
-    };
-    let loaded = certs(left);
+    let loaded = certs_of(left, "left");
     left.set_global(&[
         format!("certificate={}", cert3.display()),
         format!("private_key={}", key3.display()),
@@ -202,7 +193,7 @@ fn ca_bundle_members_are_all_trusted_and_renewed_certificates_load_without_teard
         T,
         || {
             left.mon.appctl_ok(&["refresh"]);
-            certs(left) > loaded
+            certs_of(left, "left") > loaded
         },
     );
     assert_eq!(left.ike_sa_id("tun-1").as_deref(), Some(ike.as_str()));
@@ -220,7 +211,7 @@ fn ca_bundle_members_are_all_trusted_and_renewed_certificates_load_without_teard
     // Renewed in place at its new path (by CA2 again, for the CA steps below).
     let cert4 = p("left-cert-2027.new");
     issue(&pki, "ca2", "left", &key3, &cert4);
-    let loaded = certs(left);
+    let loaded = certs_of(left, "left");
     let before = trusted_by(right, "ca2");
     replace(&cert3, &std::fs::read(&cert4).unwrap());
     wait_for(
@@ -228,7 +219,7 @@ fn ca_bundle_members_are_all_trusted_and_renewed_certificates_load_without_teard
         T,
         || {
             left.mon.appctl_ok(&["refresh"]);
-            certs(left) > loaded
+            certs_of(left, "left") > loaded
         },
     );
     reauth(left, "tun-1", right, "ca2");
